@@ -1,0 +1,1 @@
+"""vastsim: a local Vast.ai marketplace with the real REST API and real SSH-able instances."""

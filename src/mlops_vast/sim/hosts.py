@@ -1,0 +1,523 @@
+"""Real SSH hosts behind simulated instances.
+
+Two modes, chosen by privilege:
+
+* ``namespace`` (root): each instance is an OpenSSH ``sshd`` inside its own network
+  namespace (a veth pair, its own address), mount namespace (private ``/workspace``
+  backed by a size-limited ext4 image, private ``/root`` and ``/tmp``), UTS namespace
+  (hostname) and PID namespace (stopping the instance kills everything in it).
+  ``tc`` on the veth makes a slow host really slow.
+* ``loopback`` (not root): ``sshd`` runs as the current user on a loopback port with
+  a per-instance workspace directory. No private mounts, no link shaping, and the
+  SSH user is the current user instead of ``root``.
+
+In both modes the simulator also listens on a loopback "proxy" port per instance and
+forwards it to the instance's sshd, like Vast's ``sshN.vast.ai`` proxies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import getpass
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlops_vast.sim import instance_init, nvidia_smi
+
+log = logging.getLogger("vastsim.hosts")
+
+# RFC 2544 benchmarking range: never routed on the internet, unlikely to clash with a real LAN.
+HOST_NETWORK = ipaddress.ip_network("198.18.0.0/15")
+NETNS_PREFIX = "vastsim-"
+SSHD = "/usr/sbin/sshd"
+PR_SET_PDEATHSIG = 1
+
+
+class HostError(RuntimeError):
+    """The simulator could not build or start an instance's host."""
+
+
+@dataclass
+class HostSpec:
+    """What an instance's host must look like; the market owns and persists it."""
+
+    instance_id: int
+    hostname: str
+    disk_gb: float
+    authorized_keys: list[str]
+    gpu_spec: dict[str, Any]
+    env: dict[str, str] = field(default_factory=dict)
+    onstart: str | None = None
+    direct_port: int = 22
+    address: str | None = None  # namespace mode: the instance's own address
+    sshd_port: int | None = None  # loopback mode: sshd's port on 127.0.0.1
+    link_kbytes_per_s: float | None = None
+
+
+@dataclass
+class _Runtime:
+    spec: HostSpec
+    directory: Path
+    process: asyncio.subprocess.Process | None = None
+    proxy: asyncio.base_events.Server | None = None
+    proxy_port: int | None = None
+    netns: str | None = None
+    veth_host: str | None = None
+
+
+def _die_with_parent() -> None:
+    # If the simulator is killed outright, its instances must not outlive it.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+async def _run(*argv: str, check: bool = True) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    if check and process.returncode != 0:
+        raise HostError(f"{' '.join(argv)} failed ({process.returncode}): {err.decode(errors='replace').strip()}")
+    return out.decode(errors="replace")
+
+
+def namespace_mode_available() -> bool:
+    tools = ("ip", "unshare", "mount", "mkfs.ext4", "tc")
+    return os.geteuid() == 0 and os.path.exists(SSHD) and all(shutil.which(tool) for tool in tools)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_for_ssh_banner(
+    host: str, port: int, timeout: float, process: asyncio.subprocess.Process | None = None
+) -> bool:
+    """True once something at host:port speaks SSH (the banner starts with ``SSH-``).
+
+    Gives up early when ``process`` (the one that should be serving) has exited.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if process is not None and process.returncode is not None:
+            return False
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+            try:
+                banner = await asyncio.wait_for(reader.readline(), 2.0)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+            if banner.startswith(b"SSH-"):
+                return True
+        except (OSError, TimeoutError):
+            pass
+        await asyncio.sleep(0.02)
+    return False
+
+
+class HostManager:
+    """Creates, starts, stops and removes the real hosts of simulated instances."""
+
+    def __init__(self, state_dir: Path, *, bind_host: str = "127.0.0.1", mode: str | None = None) -> None:
+        self.state_dir = state_dir
+        self.bind_host = bind_host
+        self.mode = mode or ("namespace" if namespace_mode_available() else "loopback")
+        # A short tag from the state directory keeps two simulators' interfaces apart.
+        self.tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:4]
+        self.ssh_user = "root" if self.mode == "namespace" else getpass.getuser()
+        self._runtimes: dict[int, _Runtime] = {}
+
+    # ----------------------------------------------------------------- naming
+
+    def netns_name(self, instance_id: int) -> str:
+        return f"{NETNS_PREFIX}{self.tag}-{instance_id}"
+
+    def _veth_names(self, instance_id: int) -> tuple[str, str]:
+        # Interface names are limited to 15 characters.
+        suffix = str(instance_id)[-8:]
+        return f"vs{self.tag}h{suffix}", f"vs{self.tag}c{suffix}"
+
+    def instance_dir(self, instance_id: int) -> Path:
+        return self.state_dir / "instances" / str(instance_id)
+
+    # ------------------------------------------------------------- allocation
+
+    async def allocate(self, spec: HostSpec) -> None:
+        """Give a new instance its address (namespace mode) or sshd port (loopback mode)."""
+        if self.mode == "loopback":
+            spec.sshd_port = spec.sshd_port or free_port()
+            return
+        if spec.address:
+            return
+        used = await self._addresses_in_use()
+        subnets = list(HOST_NETWORK.subnets(new_prefix=30))
+        start = (int(self.tag, 16) * 7 + spec.instance_id) % len(subnets)
+        for offset in range(len(subnets)):
+            subnet = subnets[(start + offset) % len(subnets)]
+            host_ip, instance_ip = list(subnet.hosts())
+            if str(host_ip) not in used and str(instance_ip) not in used and str(instance_ip) not in {
+                rt.spec.address for rt in self._runtimes.values()
+            }:
+                spec.address = str(instance_ip)
+                return
+        raise HostError("no free /30 left in 198.18.0.0/15 for a new instance")
+
+    async def _addresses_in_use(self) -> set[str]:
+        out = await _run("ip", "-4", "-o", "addr", "show", check=False)
+        return {part.split("/")[0] for line in out.splitlines() for part in line.split() if "/" in part}
+
+    # --------------------------------------------------------------- prepare
+
+    async def prepare(self, spec: HostSpec) -> None:
+        """Create the instance's files once: host key, disk, config. Idempotent."""
+        directory = self.instance_dir(spec.instance_id)
+        runtime = self._runtimes.get(spec.instance_id) or _Runtime(spec=spec, directory=directory)
+        runtime.spec = spec
+        self._runtimes[spec.instance_id] = runtime
+        for sub in ("etc", "bin", "home", "tmp", "workspace"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+        (directory / "tmp").chmod(0o1777)
+        (directory / "home").chmod(0o700)
+        host_key = directory / "etc" / "ssh_host_ed25519_key"
+        if not host_key.exists():
+            await _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", spec.hostname, "-f", str(host_key))
+        if self.mode == "namespace":
+            image = directory / "disk.img"
+            if not image.exists():
+                with open(image, "wb") as handle:
+                    handle.truncate(max(int(spec.disk_gb * 1e9), 64 * 1024 * 1024))
+                await _run("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+                           "-E", "lazy_itable_init=1", str(image))
+        smi = directory / "bin" / "nvidia-smi"
+        if not smi.exists():
+            # The interpreter must be visible inside the instance, where /root is private.
+            python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "/usr/bin/env python3"
+            source = Path(nvidia_smi.__file__).read_text()
+            smi.write_text(f"#!{python}\n" + source)
+            smi.chmod(0o755)
+        self.write_gpu_spec(spec.instance_id, spec.gpu_spec)
+        self.write_authorized_keys(spec.instance_id, spec.authorized_keys)
+        self._write_sshd_config(runtime)
+
+    def write_gpu_spec(self, instance_id: int, gpu_spec: dict[str, Any]) -> None:
+        runtime = self._runtimes[instance_id]
+        runtime.spec.gpu_spec = gpu_spec
+        _atomic_write(runtime.directory / "bin" / "nvidia-smi.json", json.dumps(gpu_spec, indent=1))
+
+    def write_authorized_keys(self, instance_id: int, keys: list[str]) -> None:
+        """Rewrite the keys sshd accepts; running sshds read the file at each login."""
+        runtime = self._runtimes.get(instance_id)
+        if runtime is None:
+            return
+        runtime.spec.authorized_keys = list(keys)
+        path = runtime.directory / "etc" / "authorized_keys"
+        _atomic_write(path, "".join(key.strip() + "\n" for key in keys), mode=0o600)
+
+    def _write_sshd_config(self, runtime: _Runtime) -> None:
+        spec = runtime.spec
+        etc = "/run/vastsim/etc" if self.mode == "namespace" else str(runtime.directory / "etc")
+        lines = []
+        if self.mode == "namespace":
+            lines += ["Port 22", f"Port {spec.direct_port}" if spec.direct_port != 22 else "",
+                      "ListenAddress 0.0.0.0", "PermitRootLogin prohibit-password"]
+        else:
+            lines += [f"Port {spec.sshd_port}", "ListenAddress 127.0.0.1"]
+        lines += [
+            f"HostKey {etc}/ssh_host_ed25519_key",
+            f"AuthorizedKeysFile {etc}/authorized_keys",
+            "PidFile none",
+            # The state directory may sit under a world-writable /tmp.
+            "StrictModes no",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "PrintMotd no",
+            "MaxStartups 200:30:400",
+            "MaxSessions 64",
+            "Subsystem sftp internal-sftp",
+        ]
+        env = dict(spec.env)
+        if self.mode == "loopback":
+            # No private mounts here, so nvidia-smi comes first on PATH instead.
+            env["PATH"] = f"{runtime.directory / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+            env["VASTSIM_WORKSPACE"] = str(runtime.directory / "workspace")
+        pairs = []
+        for key, value in env.items():
+            if '"' in value or "\n" in value or "\\" in value:
+                log.warning("instance %s: env %s not passed to sshd (quotes/newlines)", spec.instance_id, key)
+                continue
+            pairs.append(f'"{key}={value}"')
+        if pairs:
+            # sshd keeps only the first SetEnv line, so every variable goes on one.
+            lines.append("SetEnv " + " ".join(pairs))
+        _atomic_write(runtime.directory / "etc" / "sshd_config", "\n".join(x for x in lines if x) + "\n")
+
+    # ---------------------------------------------------------------- network
+
+    async def _ensure_netns(self, runtime: _Runtime) -> None:
+        spec = runtime.spec
+        name = self.netns_name(spec.instance_id)
+        veth_host, veth_peer = self._veth_names(spec.instance_id)
+        runtime.netns, runtime.veth_host = name, veth_host
+        existing = (await _run("ip", "netns", "list", check=False)).split()
+        if name in existing:
+            return
+        assert spec.address is not None
+        instance_ip = ipaddress.ip_address(spec.address)
+        host_ip = instance_ip - 1
+        await _run("ip", "netns", "add", name)
+        try:
+            await _run("ip", "link", "add", veth_host, "type", "veth", "peer", "name", veth_peer)
+            await _run("ip", "link", "set", veth_peer, "netns", name)
+            await _run("ip", "addr", "add", f"{host_ip}/30", "dev", veth_host)
+            await _run("ip", "link", "set", veth_host, "up")
+            await _run("ip", "-n", name, "addr", "add", f"{instance_ip}/30", "dev", veth_peer)
+            await _run("ip", "-n", name, "link", "set", veth_peer, "up")
+            await _run("ip", "-n", name, "link", "set", "lo", "up")
+            # Instances reach the controller side of their link only: no default route, no internet.
+        except HostError:
+            await _run("ip", "netns", "delete", name, check=False)
+            await _run("ip", "link", "delete", veth_host, check=False)
+            raise
+        await self.set_link_rate(spec.instance_id, spec.link_kbytes_per_s)
+
+    async def set_link_rate(self, instance_id: int, kbytes_per_s: float | None) -> None:
+        """Shape the instance's link both ways with tbf (namespace mode only)."""
+        runtime = self._runtimes[instance_id]
+        runtime.spec.link_kbytes_per_s = kbytes_per_s
+        if self.mode != "namespace" or runtime.netns is None:
+            return
+        _, veth_peer = self._veth_names(instance_id)
+        targets = [("ip", "netns", "exec", runtime.netns, "tc", "qdisc", "{op}", "dev", veth_peer),
+                   ("tc", "qdisc", "{op}", "dev", runtime.veth_host)]
+        for target in targets:
+            if kbytes_per_s is None:
+                await _run(*[part.replace("{op}", "del") for part in target], "root", check=False)
+                continue
+            rate_bytes = kbytes_per_s * 1000
+            burst = max(4096, int(rate_bytes / 100))
+            await _run(*[part.replace("{op}", "replace") for part in target], "root", "tbf",
+                       "rate", f"{int(rate_bytes * 8)}bit", "burst", str(burst), "latency", "100ms")
+
+    # ------------------------------------------------------------- processes
+
+    def internal_endpoint(self, instance_id: int) -> tuple[str, int]:
+        spec = self._runtimes[instance_id].spec
+        if self.mode == "namespace":
+            assert spec.address is not None
+            return spec.address, 22
+        assert spec.sshd_port is not None
+        return "127.0.0.1", spec.sshd_port
+
+    def direct_endpoint(self, instance_id: int) -> tuple[str, int]:
+        spec = self._runtimes[instance_id].spec
+        if self.mode == "namespace":
+            assert spec.address is not None
+            return spec.address, spec.direct_port
+        assert spec.sshd_port is not None
+        return "127.0.0.1", spec.sshd_port
+
+    def is_running(self, instance_id: int) -> bool:
+        runtime = self._runtimes.get(instance_id)
+        return bool(runtime and runtime.process and runtime.process.returncode is None)
+
+    async def start(self, instance_id: int, timeout: float = 20.0) -> None:
+        """Boot the instance's sshd and return once it answers with an SSH banner."""
+        runtime = self._runtimes[instance_id]
+        if self.is_running(instance_id):
+            return
+        self._write_sshd_config(runtime)
+        if self.mode == "namespace":
+            await self._ensure_netns(runtime)
+            await self._wait_disk_released(runtime)
+            Path("/workspace").mkdir(exist_ok=True)
+            Path("/run/vastsim").mkdir(parents=True, exist_ok=True)
+            Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
+            spec_path = runtime.directory / "etc" / "init.json"
+            _atomic_write(spec_path, json.dumps({
+                "hostname": runtime.spec.hostname,
+                "disk_image": str(runtime.directory / "disk.img"),
+                "etc_dir": str(runtime.directory / "etc"),
+                "bin_dir": str(runtime.directory / "bin"),
+                "tmp_dir": str(runtime.directory / "tmp"),
+                "home_dir": str(runtime.directory / "home"),
+                "env": runtime.spec.env,
+                "onstart": runtime.spec.onstart,
+            }))
+            python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(
+                sys.executable)
+            argv = ["ip", "netns", "exec", runtime.netns or "", "unshare", "--mount", "--uts", "--pid",
+                    "--fork", "--kill-child", "--mount-proc", "--propagation", "private",
+                    python, "-I", instance_init.__file__, str(spec_path)]
+        else:
+            argv = [SSHD, "-D", "-e", "-f", str(runtime.directory / "etc" / "sshd_config")]
+        log_file = open(runtime.directory / "etc" / "host.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            runtime.process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                preexec_fn=_die_with_parent, start_new_session=True,
+            )
+        finally:
+            log_file.close()
+        host, port = self.internal_endpoint(instance_id)
+        if not await wait_for_ssh_banner(host, port, timeout, runtime.process):
+            tail = _tail(runtime.directory / "etc" / "host.log")
+            await self.stop(instance_id)
+            raise HostError(f"instance {instance_id}: sshd did not answer on {host}:{port}: {tail}")
+
+    async def _wait_disk_released(self, runtime: _Runtime) -> None:
+        # A stopped instance's mount namespace may still be unwinding; never mount one image twice.
+        image = str(runtime.directory / "disk.img")
+        for _ in range(100):
+            if not (await _run("losetup", "-j", image, check=False)).strip():
+                return
+            await asyncio.sleep(0.05)
+        raise HostError(f"disk image {image} is still attached after the previous run")
+
+    async def stop(self, instance_id: int) -> None:
+        """Kill the instance's processes (its PID namespace in namespace mode)."""
+        runtime = self._runtimes.get(instance_id)
+        if runtime is None or runtime.process is None:
+            return
+        process = runtime.process
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                # The whole session: unshare (namespace mode) or sshd plus its logins (loopback mode).
+                os.killpg(process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(process.wait(), 10)
+        if self.mode == "loopback":
+            _kill_descendants_of_sshd(runtime.directory)
+        runtime.process = None
+
+    # ------------------------------------------------------------------ proxy
+
+    async def open_proxy(self, instance_id: int, port: int | None = None) -> int:
+        """Listen on a loopback port that forwards to the instance's sshd (Vast's SSH proxy)."""
+        runtime = self._runtimes[instance_id]
+        if runtime.proxy is not None:
+            return runtime.proxy_port or 0
+
+        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            host, target_port = self.internal_endpoint(instance_id)
+            try:
+                up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, target_port), 5)
+            except (OSError, TimeoutError):
+                writer.close()
+                return
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+        try:
+            server = await asyncio.start_server(forward, self.bind_host, port or 0, reuse_address=True)
+        except OSError:
+            server = await asyncio.start_server(forward, self.bind_host, 0, reuse_address=True)
+        runtime.proxy = server
+        runtime.proxy_port = int(server.sockets[0].getsockname()[1])
+        return runtime.proxy_port
+
+    # --------------------------------------------------------------- removal
+
+    async def destroy(self, instance_id: int) -> None:
+        """Stop the host and remove its namespace, link and files."""
+        runtime = self._runtimes.get(instance_id)
+        if runtime is None:
+            shutil.rmtree(self.instance_dir(instance_id), ignore_errors=True)
+            return
+        await self.stop(instance_id)
+        await self._close_proxy(runtime)
+        if self.mode == "namespace":
+            await _run("ip", "netns", "delete", self.netns_name(instance_id), check=False)
+            await _run("ip", "link", "delete", self._veth_names(instance_id)[0], check=False)
+            with contextlib.suppress(HostError):
+                await self._wait_disk_released(runtime)
+        self._runtimes.pop(instance_id, None)
+        shutil.rmtree(runtime.directory, ignore_errors=True)
+
+    async def _close_proxy(self, runtime: _Runtime) -> None:
+        if runtime.proxy is not None:
+            runtime.proxy.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(runtime.proxy.wait_closed(), 2)
+            runtime.proxy = None
+
+    async def shutdown(self) -> None:
+        """Stop every host and remove every namespace and link; files stay for a restart."""
+        for instance_id, runtime in list(self._runtimes.items()):
+            await self.stop(instance_id)
+            await self._close_proxy(runtime)
+        await self.remove_stale_namespaces()
+
+    async def remove_stale_namespaces(self) -> None:
+        """Remove this simulator's namespaces and links, e.g. after it was killed outright."""
+        if self.mode != "namespace":
+            return
+        prefix = f"{NETNS_PREFIX}{self.tag}-"
+        for name in (await _run("ip", "netns", "list", check=False)).split():
+            if name.startswith(prefix):
+                await _run("ip", "netns", "delete", name, check=False)
+        links = await _run("ip", "-o", "link", "show", check=False)
+        for line in links.splitlines():
+            parts = line.split(":")
+            if len(parts) > 1:
+                name = parts[1].strip().split("@")[0]
+                if name.startswith(f"vs{self.tag}"):
+                    await _run("ip", "link", "delete", name, check=False)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (OSError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, limit: int = 400) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:].strip()
+    except OSError:
+        return ""
+
+
+def _kill_descendants_of_sshd(directory: Path) -> None:
+    """Loopback mode has no PID namespace: find the instance's leftover processes by their cwd/env."""
+    marker = f"VASTSIM_WORKSPACE={directory / 'workspace'}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
