@@ -200,11 +200,10 @@ class Api:
     async def filters(self, request: Request) -> Response:
         account = self.account(request)
         rows = [instance_row(self.market, i) for i in self.mine(account)]
-        options = []
-        for column in ("actual_status", "verification", "gpu_name", "label"):
-            values = sorted({str(row[column]) for row in rows if row.get(column) is not None})
-            options.append({"name": column, "values": values})
-        return JSON({"filters": options})
+        # One entry per distinct combination (§4.1); the CLI collects each column's values from them.
+        columns = ("actual_status", "verification", "gpu_name")
+        combos = sorted({tuple(row.get(c) for c in columns) for row in rows}, key=lambda t: [str(v) for v in t])
+        return JSON({"filters": [dict(zip(columns, combo, strict=True)) for combo in combos]})
 
     def mine(self, account: Account) -> list[Instance]:
         return [i for i in self.market.instances.values() if i.user_id == account.id]

@@ -143,6 +143,12 @@ class Market:
         self._next_instance_id = data.get("next_instance_id", INSTANCE_ID_START)
         self._next_key_id = data.get("next_key_id", 1)
         self._last_tick = time.time()
+        for instance in self.instances.values():
+            # The hosts died with the previous process: report loading until sshd is back.
+            if instance.phase in ("running", "rebooting", "recycling"):
+                instance.running_since = None
+                instance.phase, instance.phase_until = "loading", self._last_tick
+                instance.status_msg = "Resuming after a simulator restart."
 
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -214,12 +220,18 @@ class Market:
         rows = []
         for offer in self.catalog.offers.values():
             machine = self.catalog.machines[offer.machine_id]
+            if self.free_gpus(machine) < offer.num_gpus:
+                continue  # rented GPUs are not on the market, whatever the filters say
             rows.append(offer_row(
                 offer, machine, now=now, allocated_storage=allocated_storage, bid=bid,
-                rentable=self.free_gpus(machine) >= offer.num_gpus, rented=machine.machine_id in mine,
+                rentable=True, rented=machine.machine_id in mine,
                 min_bid=self.min_bid(offer),
             ))
         return rows
+
+    def _offer_columns(self) -> set[str]:
+        offer = next(iter(self.catalog.offers.values()))
+        return set(offer_row(offer, self.catalog.machines[offer.machine_id], now=time.time()))
 
     def search_offers(self, account: Account | None, body: Any) -> list[dict[str, Any]]:
         if not isinstance(body, dict):
@@ -235,7 +247,7 @@ class Market:
         try:
             rows = self.offer_rows(account, allocated_storage=storage,
                                    bid=search_type in ("bid", "interruptible"))
-            known = set(rows[0]) if rows else set()
+            known = self._offer_columns()
             predicate = q.build_predicate(body, known, q.offer_virtual_columns())
             order = q.parse_order(body.get("order"), {"dph": "dph_total", "cuda_vers": "cuda_max_good"})
             limit = q.parse_limit(body.get("limit"), q.DEFAULT_OFFER_LIMIT, q.MAX_OFFER_LIMIT)

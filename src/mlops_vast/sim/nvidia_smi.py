@@ -391,8 +391,8 @@ class Layout:
     Checked against real captures (tests/fixtures/nvidia-smi): 535-549 use a 22-column
     middle box; 550 widened it to 24; 570 widened the process PID column; 580 turned
     the line under the version banner into a ``+`` border and dropped the padding spaces
-    from the blank line between the two boxes. Pre-530 drivers used an older, narrower
-    layout that is not emulated.
+    from the blank line between the two boxes. 530-534 drivers differ slightly in the
+    heading row and are rendered like 535; the older pre-530 layout is not emulated.
     """
 
     mid: int

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: set up everything (idempotently), lint, then run the whole suite.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+scripts/bootstrap.sh
+export PATH="$repo/.venv/bin:$PATH"
+
+ruff check src tests bench
+ansible-playbook --syntax-check playbooks/*.yml
+# pytest exits 5 when it collected nothing; that is a failure here, as is any other non-zero code.
+pytest "$@"

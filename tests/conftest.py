@@ -1,0 +1,146 @@
+"""Shared fixtures: a real vastsim process per test (or module), an SSH key, API helpers.
+
+Every simulator started here is stopped by pid at teardown, and the test fails if it
+left any namespace, veth or sshd of its own behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IS_ROOT = os.geteuid() == 0
+API_KEY = "vastsim-test-key-0123456789abcdef"
+SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+               "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (namespaces, tc)")
+
+
+@dataclass
+class Sim:
+    url: str
+    api_key: str
+    state_dir: Path
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        key = self.api_key if api_key is None else api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_sim(state_dir: Path, *extra: str, speed: float = 100.0, api_key: str = API_KEY,
+              timeout: float = 30.0) -> Sim:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir.parent / f"{state_dir.name}.log"
+    argv = [sys.executable, "-m", "mlops_vast.sim.cli", "serve", "--state-dir", str(state_dir),
+            "--speed", str(speed), "--api-key", api_key, "--log-level", "info", *extra]
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    line = ""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("VAST_URL=") or process.poll() is not None:
+            break
+    if not line.startswith("VAST_URL="):
+        process.kill()
+        raise RuntimeError(f"vastsim did not start: {log_path.read_text()}")
+    return Sim(url=line.strip().split("=", 1)[1], api_key=api_key, state_dir=state_dir, process=process,
+               log_path=log_path)
+
+
+def stop_sim(sim: Sim, timeout: float = 30.0) -> int:
+    if sim.process.poll() is None:
+        sim.process.send_signal(signal.SIGTERM)
+        try:
+            sim.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            sim.process.kill()
+            sim.process.wait(10)
+            raise AssertionError(f"vastsim ignored SIGTERM for {timeout}s") from None
+    return sim.process.returncode
+
+
+def leftovers(state_dir: Path) -> list[str]:
+    """Namespaces, links and processes a simulator on this state dir may have left behind."""
+    from mlops_vast.sim.hosts import HostManager
+
+    tag = HostManager(state_dir, mode="loopback").tag
+    found = []
+    if IS_ROOT:
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        found += [line for line in netns.splitlines() if f"vastsim-{tag}-" in line]
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        found += [line.split(":")[1].strip() for line in links.splitlines() if f" vs{tag}" in line]
+    processes = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    found += [line for line in processes.splitlines() if str(state_dir) in line and "ps -eo" not in line]
+    return found
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Sim]:
+    simulator = start_sim(tmp_path / "state")
+    try:
+        yield simulator
+    finally:
+        code = stop_sim(simulator)
+        left = leftovers(simulator.state_dir)
+        assert code == 0, f"vastsim exited {code}: {simulator.log()[-2000:]}"
+        assert not left, f"vastsim left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ssh") / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vastsim-tests", "-f", str(path)],
+                   check=True)
+    return path
+
+
+def wait_status(client: httpx.Client, instance_id: int, status: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    row: dict = {}
+    while time.monotonic() < deadline:
+        row = client.get(f"/api/v0/instances/{instance_id}/").json()["instances"] or {}
+        if row.get("actual_status") == status:
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"instance {instance_id} not {status} after {timeout}s: {row.get('actual_status')} "
+                         f"{row.get('status_msg')}")
+
+
+def ssh_run(host: str, port: int, key: Path, command: str, user: str = "root",
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ssh", *SSH_OPTIONS, "-i", str(key), "-p", str(port), f"{user}@{host}", command],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def rent(client: httpx.Client, query: dict | None = None, **body: object) -> int:
+    """Rent the cheapest good offer matching `query` and return the instance id."""
+    search = {"verified": {"eq": True}, "rentable": {"eq": True}, "order": [["dph_total", "asc"]],
+              "limit": 50, **(query or {})}
+    offers = client.post("/api/v0/bundles/", json=search).json()["offers"]
+    bad = {m["machine_id"] for m in client.get("/_sim/machines").json()["machines"] if m["defects"]}
+    offer = next(o for o in offers if o["machine_id"] not in bad)
+    payload = {"client_id": "me", "image": "pytorch/pytorch", "disk": 10, "runtype": "ssh_direc ssh_proxy",
+               "cancel_unavail": True, **body}
+    response = client.put(f"/api/v0/asks/{offer['id']}/", json=payload)
+    assert response.status_code == 200, response.text
+    return int(response.json()["new_contract"])

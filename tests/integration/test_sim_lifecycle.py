@@ -1,0 +1,316 @@
+"""The simulator's lifecycle, billing, listing and persistence, over real HTTP and real SSH."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    API_KEY,
+    IS_ROOT,
+    Sim,
+    leftovers,
+    rent,
+    ssh_run,
+    start_sim,
+    stop_sim,
+    wait_status,
+)
+
+
+def register_key(sim: Sim, key: Path) -> None:
+    with sim.client() as client:
+        response = client.post("/api/v0/ssh/", json={"ssh_key": key.with_suffix(".pub").read_text()})
+        assert response.status_code == 200, response.text
+
+
+def direct_endpoint(row: dict) -> tuple[str, int]:
+    return row["public_ipaddr"].strip(), int(row["ports"]["22/tcp"][0]["HostPort"])
+
+
+def test_rent_runs_through_vast_statuses_and_answers_ssh(sim: Sim, ssh_key: Path) -> None:
+    register_key(sim, ssh_key)
+    with sim.client() as client:
+        instance_id = rent(client, label="life")
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            row = client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]
+            if not seen or seen[-1] != row["actual_status"]:
+                seen.append(row["actual_status"])
+            if row["actual_status"] == "running":
+                break
+            time.sleep(0.005)
+        assert seen[-1] == "running"
+        assert set(seen) <= {None, "created", "loading", "running"}
+        assert row["intended_status"] == row["cur_state"] == "running"
+        assert row["status_msg"].startswith("success, running")
+        assert isinstance(row["start_date"], float)
+        host, port = direct_endpoint(row)
+        result = ssh_run(host, port, ssh_key, "echo $VAST_CONTAINERLABEL; cat /proc/sys/kernel/hostname")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [f"C.{instance_id}", f"C.{instance_id}"]
+        proxy = ssh_run(row["ssh_host"], row["ssh_port"], ssh_key, "echo proxied")
+        assert proxy.stdout.strip() == "proxied", proxy.stderr
+
+
+def test_key_added_after_creation_reaches_running_instance(sim: Sim, tmp_path: Path, ssh_key: Path) -> None:
+    register_key(sim, ssh_key)
+    late_key = tmp_path / "late"
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(late_key)], check=True)
+    with sim.client() as client:
+        instance_id = rent(client)
+        row = wait_status(client, instance_id, "running")
+        host, port = direct_endpoint(row)
+        assert ssh_run(host, port, late_key, "true").returncode != 0
+        response = client.post("/api/v0/ssh/", json={"ssh_key": late_key.with_suffix(".pub").read_text()})
+        assert response.json()["success"] is True
+        assert ssh_run(host, port, late_key, "echo late").stdout.strip() == "late"
+        # Deleting the account key takes it away again.
+        client.request("DELETE", f"/api/v0/ssh/{response.json()['id']}/", json={})
+        assert ssh_run(host, port, late_key, "true").returncode != 0
+
+
+def test_stop_keeps_workspace_and_start_brings_it_back(sim: Sim, ssh_key: Path) -> None:
+    register_key(sim, ssh_key)
+    with sim.client() as client:
+        instance_id = rent(client)
+        row = wait_status(client, instance_id, "running")
+        host, port = direct_endpoint(row)
+        assert ssh_run(host, port, ssh_key, "echo kept > /workspace/marker; nohup sleep 300 >/dev/null 2>&1 &").returncode == 0
+        assert client.put(f"/api/v0/instances/{instance_id}/", json={"state": "stopped"}).json()["success"]
+        stopped = wait_status(client, instance_id, "exited")
+        assert stopped["cur_state"] == "stopped" and stopped["intended_status"] == "stopped"
+        assert stopped["ports"] == {}
+        assert ssh_run(host, port, ssh_key, "true", timeout=20).returncode != 0
+        assert client.put(f"/api/v0/instances/{instance_id}/", json={"state": "running"}).json()["success"]
+        row = wait_status(client, instance_id, "running")
+        result = ssh_run(host, port, ssh_key, "cat /workspace/marker; pgrep -c sleep || true")
+        assert result.stdout.split() == ["kept", "0"], "data survives a stop, processes do not"
+
+
+def test_start_when_gpus_were_taken_is_queued(sim: Sim) -> None:
+    with sim.client() as client:
+        # A one-GPU machine, so another tenant taking its offer leaves nothing for us.
+        instance_id = rent(client, query={"gpu_frac": {"eq": 1}, "num_gpus": {"eq": "1"}})
+        wait_status(client, instance_id, "running")
+        offer_id = client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]["bundle_id"]
+        client.put(f"/api/v0/instances/{instance_id}/", json={"state": "stopped"})
+        wait_status(client, instance_id, "exited")
+        fault = client.post("/_sim/faults", json={"kind": "take_offer", "offer_id": offer_id}).json()
+        answer = client.put(f"/api/v0/instances/{instance_id}/", json={"state": "running"}).json()
+        assert answer == {"success": False, "error": "resources_unavailable",
+                          "msg": "Required resources are currently unavailable, state change queued."}
+        row = client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]
+        assert (row["intended_status"], row["cur_state"]) == ("running", "stopped")
+        # Renting the same offer now fails with 410 under cancel_unavail.
+        taken = client.put(f"/api/v0/asks/{offer_id}/", json={"client_id": "me", "image": "x", "disk": 10,
+                                                              "cancel_unavail": True})
+        assert taken.status_code == 410 and taken.json()["error"] == "no_such_ask"
+        client.delete(f"/_sim/faults/{fault['faults'][0]['id']}")
+        wait_status(client, instance_id, "running")
+
+
+def test_destroy_removes_row_and_stops_billing(sim: Sim) -> None:
+    with sim.client() as client:
+        instance_id = rent(client, label="gone")
+        wait_status(client, instance_id, "running")
+        time.sleep(1.0)
+        assert client.request("DELETE", f"/api/v0/instances/{instance_id}/", json={}).json()["success"] is True
+        assert client.get(f"/api/v0/instances/{instance_id}/").json() == {"instances": None}
+        again = client.request("DELETE", f"/api/v0/instances/{instance_id}/", json={})
+        assert again.status_code == 404 and again.json()["error"] == "no_such_instance"
+        ledger = client.get("/_sim/ledger").json()
+        row = next(r for r in ledger["rows"] if r["id"] == instance_id)
+        assert row["destroyed_at"] is not None and row["label"] == "gone"
+        assert row["running_seconds"] >= 0.9
+        assert row["cost"] > 0
+        assert ledger["totals"]["open_instances"] == 0
+        time.sleep(0.5)
+        later = client.get("/_sim/ledger").json()
+        assert next(r for r in later["rows"] if r["id"] == instance_id)["cost"] == row["cost"]
+
+
+def test_billing_matches_prices_and_credit_goes_down(sim: Sim) -> None:
+    with sim.client() as client:
+        credit_before = client.get("/api/v0/users/current").json()["credit"]
+        instance_id = rent(client)
+        running = wait_status(client, instance_id, "running")
+        time.sleep(2.0)
+        ledger = client.get("/_sim/ledger").json()
+        row = next(r for r in ledger["rows"] if r["id"] == instance_id)
+        gpu_rate = running["dph_base"] / 3600
+        storage_rate = running["storage_total_cost"] / 3600
+        assert row["gpu_cost"] == pytest.approx(gpu_rate * row["running_seconds"], rel=0.05)
+        age = time.time() - running["start_date"]
+        assert row["storage_cost"] == pytest.approx(storage_rate * age, rel=0.1)
+        credit_after = client.get("/api/v0/users/current").json()["credit"]
+        assert credit_before - credit_after == pytest.approx(row["cost"], rel=0.1)
+
+
+def test_out_of_credit_stops_instances_but_storage_still_bills(sim: Sim) -> None:
+    with sim.client() as client:
+        instance_id = rent(client)
+        wait_status(client, instance_id, "running")
+        client.put("/_sim/account", json={"credit": 0.0000001})
+        row = wait_status(client, instance_id, "exited", timeout=10)
+        assert row["intended_status"] == "stopped"
+        assert "credit" in row["status_msg"]
+        first = client.get("/_sim/ledger").json()["totals"]["storage_cost"]
+        time.sleep(0.5)
+        assert client.get("/_sim/ledger").json()["totals"]["storage_cost"] > first
+        refused = client.put(f"/api/v0/asks/{row['bundle_id']}/", json={"client_id": "me", "image": "x"})
+        assert refused.status_code == 400 and refused.json()["error"] == "insufficient_credit"
+
+
+def test_bid_instance_outbid_and_resumed_by_raising_the_bid(sim: Sim) -> None:
+    with sim.client() as client:
+        offers = client.post("/api/v0/bundles/", json={"type": "bid", "order": [["dph_total", "asc"]],
+                                                       "limit": 50}).json()["offers"]
+        bad = {m["machine_id"] for m in client.get("/_sim/machines").json()["machines"] if m["defects"]}
+        offer = next(o for o in offers if o["machine_id"] not in bad)
+        bid = round(offer["min_bid"] * 1.5, 4)
+        created = client.put(f"/api/v0/asks/{offer['id']}/", json={"client_id": "me", "image": "x", "disk": 10,
+                                                                   "price": bid}).json()
+        instance_id = created["new_contract"]
+        row = wait_status(client, instance_id, "running")
+        assert row["is_bid"] is True and row["dph_base"] == pytest.approx(bid)
+        client.post("/_sim/faults", json={"kind": "outbid", "machine_id": offer["machine_id"],
+                                          "price": bid * 2})
+        row = wait_status(client, instance_id, "exited")
+        assert (row["intended_status"], row["cur_state"]) == ("running", "stopped")
+        assert "outbid" in row["status_msg"].lower()
+        on_demand = client.put(f"/api/v0/instances/bid_price/{instance_id}/", json={"client_id": "me",
+                                                                                    "price": bid * 3})
+        assert on_demand.status_code == 200
+        wait_status(client, instance_id, "running")
+
+
+def test_price_bounds_and_bad_create_bodies_are_400(sim: Sim) -> None:
+    with sim.client() as client:
+        offer = client.post("/api/v0/bundles/", json={"limit": 1}).json()["offers"][0]
+        cases = [
+            ({"image": "x", "price": 0.0001}, "invalid_price"),
+            ({"image": "x", "price": 500}, "invalid_price"),
+            ({"image": "x", "disk": -5}, "invalid_args"),
+            ({"disk": 10}, "invalid_args"),
+            ({"image": "x", "runtype": "telnet"}, "invalid_args"),
+            ({"image": "x", "label": "x" * 300}, "label_too_long"),
+        ]
+        for body, code in cases:
+            response = client.put(f"/api/v0/asks/{offer['id']}/", json={"client_id": "me", **body})
+            assert response.status_code == 400, body
+            assert response.json()["error"] == code, body
+        missing = client.put("/api/v0/asks/1/", json={"client_id": "me", "image": "x"})
+        assert missing.status_code == 404 and missing.json()["error"] == "no_such_ask"
+        assert client.get("/_sim/ledger").json()["totals"]["instances"] == 0
+
+
+def test_auth_is_bearer_or_query_and_bad_keys_get_401(sim: Sim) -> None:
+    with sim.client(api_key="") as anonymous:
+        assert anonymous.get("/api/v0/users/current").status_code == 401
+        assert anonymous.get(f"/api/v0/users/current?api_key={API_KEY}").status_code == 200
+        # Offer search works without a key, as on Vast.
+        assert anonymous.post("/api/v0/bundles/", json={"limit": 1}).status_code == 200
+    with sim.client(api_key="wrong") as wrong:
+        response = wrong.get("/api/v1/instances/")
+        assert response.status_code == 401
+        assert response.json() == {"success": False, "error": "auth_error", "msg": "Invalid user key"}
+        assert response.headers["content-type"] == "application/json"
+
+
+def test_v1_list_pages_filters_orders_and_counts_labels(sim: Sim) -> None:
+    with sim.client() as client:
+        offers = client.post("/api/v0/bundles/", json={"order": [["dph_total", "asc"]], "limit": 100}).json()
+        ids = []
+        for index, offer in enumerate(offers["offers"][:7]):
+            created = client.put(f"/api/v0/asks/{offer['id']}/", json={
+                "client_id": "me", "image": "x", "disk": 10, "label": "even" if index % 2 == 0 else "odd"})
+            ids.append(created.json()["new_contract"])
+        seen, token, pages = [], None, 0
+        while True:
+            params = {"limit": 3, "order_by": '[{"col":"id","dir":"desc"}]'}
+            if token:
+                params["after_token"] = token
+            page = client.get("/api/v1/instances/", params=params).json()
+            pages += 1
+            seen += [row["id"] for row in page["instances"]]
+            assert page["total_instances"] == 7
+            assert page["label_counts"] == {"even": 4, "odd": 3}
+            token = page["next_token"]
+            if not token:
+                break
+        assert pages == 3 and seen == sorted(ids, reverse=True)
+        odd = client.get("/api/v1/instances/", params={"select_filters": '{"label":{"in":["odd"]}}'}).json()
+        assert sorted(row["id"] for row in odd["instances"]) == ids[1::2]
+        computed = client.get("/api/v1/instances/", params={"select_filters": '{"dph_total":{"lt":1}}'})
+        assert computed.status_code == 400
+        assert computed.json()["msg"] == "Error in query parameters: dph_total is not a valid search key"
+        bad_token = client.get("/api/v1/instances/", params={"after_token": "!!"})
+        assert bad_token.status_code == 400 and bad_token.json()["error"] == "invalid_token"
+        bulk = client.request("DELETE", "/api/v0/instances/", json={"instance_ids": ids})
+        assert bulk.json()["success"] is True
+        assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
+
+
+def test_search_hides_rented_gpus_and_prices_storage(sim: Sim) -> None:
+    with sim.client() as client:
+        body = {"num_gpus": {"eq": "1"}, "order": [["dph_total", "asc"]], "allocated_storage": 100.0,
+                "limit": 200}
+        offers = client.post("/api/v0/bundles/", json=body).json()["offers"]
+        target = offers[0]
+        assert target["dph_total"] == pytest.approx(
+            target["dph_base"] + 100.0 * target["storage_cost"] / 720, rel=1e-6)
+        client.put(f"/api/v0/asks/{target['id']}/", json={"client_id": "me", "image": "x", "disk": 10})
+        after = client.post("/api/v0/bundles/", json=body).json()["offers"]
+        assert target["id"] not in {o["id"] for o in after}
+
+
+def test_restarted_simulator_still_knows_and_serves_its_instances(tmp_path: Path, ssh_key: Path) -> None:
+    state = tmp_path / "state"
+    first = start_sim(state)
+    try:
+        register_key(first, ssh_key)
+        with first.client() as client:
+            instance_id = rent(client, label="survivor")
+            row = wait_status(client, instance_id, "running")
+            host, port = direct_endpoint(row)
+            assert ssh_run(host, port, ssh_key, "echo 1 > /workspace/f").returncode == 0
+    finally:
+        assert stop_sim(first) == 0
+    assert not leftovers(state)
+    second = start_sim(state)
+    try:
+        with second.client() as client:
+            row = wait_status(client, instance_id, "running")
+            assert row["label"] == "survivor"
+            host, port = direct_endpoint(row)
+            result = ssh_run(host, port, ssh_key, "cat /workspace/f")
+            assert result.stdout.strip() == "1", result.stderr
+            client.request("DELETE", f"/api/v0/instances/{instance_id}/", json={})
+    finally:
+        assert stop_sim(second) == 0
+    assert not leftovers(state)
+
+
+def test_second_simulator_on_same_state_dir_is_refused(sim: Sim) -> None:
+    with pytest.raises(RuntimeError, match="in use"):
+        start_sim(sim.state_dir, timeout=15)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="workspace size limits need root (loop-mounted ext4)")
+def test_workspace_is_private_and_limited_to_the_rented_disk(sim: Sim, ssh_key: Path) -> None:
+    register_key(sim, ssh_key)
+    with sim.client() as client:
+        first = wait_status(client, rent(client, disk=12), "running")
+        second = wait_status(client, rent(client, disk=20), "running")
+        one, two = direct_endpoint(first), direct_endpoint(second)
+        ssh_run(*one, ssh_key, "echo a > /workspace/only-here; echo t > /tmp/t")
+        listing = ssh_run(*two, ssh_key, "ls /workspace /tmp; df -B1 --output=size /workspace | tail -1")
+        assert "only-here" not in listing.stdout and "\nt\n" not in listing.stdout
+        size = int(listing.stdout.split()[-1])
+        assert 17e9 < size <= 20e9
