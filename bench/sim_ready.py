@@ -222,6 +222,18 @@ def descendants(root: int) -> dict[int, int]:
     return found
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU time of the process itself, CPU time of its children it has reaped), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return 0.0, 0.0
+    fields = stat[stat.rfind(")") + 2:].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
 def _status_kb(pid: int, key: str, path: str = "status") -> int:
     try:
         with open(f"/proc/{pid}/{path}") as handle:
@@ -457,6 +469,7 @@ def bench_scale(sim: Sim, user: str, key: Path, count: int, deadline: Deadline) 
     attempts: dict[int, int] = {}
     result: dict[str, Any] = {"n": count, "machines": len({o["machine_id"] for o in offers}),
                               "offer_ids": [o["id"] for o in offers]}
+    cpu_before = cpu_seconds(sim.pid)
     t0 = time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=count) as pool:
@@ -491,6 +504,9 @@ def bench_scale(sim: Sim, user: str, key: Path, count: int, deadline: Deadline) 
             for instance_id, future in futures.items():
                 ssh_at[instance_id], attempts[instance_id] = future.result(timeout=deadline.cap(end - t0))
         result["all_ready_s"] = max(ssh_at.values()) - t0
+        cpu_after = cpu_seconds(sim.pid)
+        result["sim_cpu_s"] = cpu_after[0] - cpu_before[0]
+        result["sim_children_cpu_s"] = cpu_after[1] - cpu_before[1]
         per_instance = [ssh_at[i] - put_at[i] for i in ids]
         result["per_instance_ready_s"] = summary(per_instance)
         result["per_instance_running_to_ssh_s"] = summary([ssh_at[i] - running_at[i] for i in ids])

@@ -202,7 +202,8 @@ class Api:
         rows = [instance_row(self.market, i) for i in self.mine(account)]
         # One entry per distinct combination (§4.1); the CLI collects each column's values from them.
         columns = ("actual_status", "verification", "gpu_name")
-        combos = sorted({tuple(row.get(c) for c in columns) for row in rows}, key=lambda t: [str(v) for v in t])
+        combos = sorted({tuple(row.get(c) for c in columns) for row in rows},
+                        key=lambda combo: [str(v) for v in combo])
         return JSON({"filters": [dict(zip(columns, combo, strict=True)) for combo in combos]})
 
     def mine(self, account: Account) -> list[Instance]:

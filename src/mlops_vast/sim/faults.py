@@ -101,8 +101,8 @@ def parse_fault(fault_id: int, spec: Any) -> Fault:
         endpoint = spec.get("endpoint")
         if not isinstance(endpoint, str) or " " not in endpoint.strip():
             raise FaultError("http faults need 'endpoint' as 'METHOD /path/pattern', e.g. 'PUT /api/v0/asks/*'")
-        status = _number(spec, "status", minimum=400)
-        if status is None or status > 599:
+        status = _number(spec, "status")
+        if status is None or not 400 <= status <= 599:
             raise FaultError("http faults need 'status' between 400 and 599")
         body = spec.get("body", "vast")
         if body not in BODY_STYLES:
