@@ -51,6 +51,11 @@ SSH_OPTIONS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserK
                "-o", "PasswordAuthentication=no", "-o", "ConnectTimeout=5"]
 POLL_S = 0.01  # status polling interval (the simulator's own ticker runs every 50 ms)
 SSH_RETRY_S = 0.05
+SCALE_LEGEND = """\
+  running / ready: first PUT -> last instance running / last `ssh true` ok; per-inst: median of each
+  instance's own PUT -> ssh ok; sim CPU: the simulator process's own CPU time during the step;
+  tot RSS: simulator + every process under it; RSS/inst: tot RSS / N; inst RSS: the instances'
+  processes only (unshare, init, sshd); tot PSS: the same processes, shared pages counted once"""
 
 
 class BenchError(RuntimeError):
@@ -552,22 +557,35 @@ def print_scale(rows: list[dict[str, Any]], say: Callable[[str], None]) -> None:
     ok = [r for r in rows if "memory" in r]
     if not ok:
         return
+
+    def total_kb(r: dict[str, Any]) -> int:
+        return int(r["memory"]["sim_rss_kb"] + r["memory"]["instance_rss_kb"])
+
+    def sum_pss(r: dict[str, Any]) -> int:
+        return int(r["memory"]["sim_pss_kb"] + r["memory"]["instance_pss_kb"])
+
     base = ok[0]
-    head = (f"  {'N':>3} {'all ready':>9} {'per-inst':>8} {'wall/N':>7} {'ready':>6} {'total RSS':>9} "
-            f"{'RSS/inst':>8} {'sim RSS':>7} {'inst RSS':>8} {'RSS':>6} {'PSS':>7} {'procs':>5} {'loops':>5}")
-    units = (f"  {'':>3} {'s':>9} {'med s':>8} {'s':>7} {'xN=1':>6} {'MB':>9} {'MB':>8} {'MB':>7} "
-             f"{'MB/inst':>8} {'xN=1':>6} {'MB':>7} {'':>5} {'':>5}")
-    say(head)
-    say(units)
+    # (heading, unit, width, value)
+    columns: list[tuple[str, str, int, Callable[[dict[str, Any]], str]]] = [
+        ("N", "", 3, lambda r: f"{r['n']}"),
+        ("running", "all, s", 8, lambda r: f"{r['all_running_s']:.3f}"),
+        ("ready", "all, s", 8, lambda r: f"{r['all_ready_s']:.3f}"),
+        ("per-inst", "med s", 8, lambda r: f"{r['per_instance_ready_s']['median']:.3f}"),
+        ("wall/N", "s", 6, lambda r: f"{r['all_ready_s'] / r['n']:.3f}"),
+        ("ready", f"xN={base['n']}", 6, lambda r: f"{r['all_ready_s'] / base['all_ready_s']:.2f}"),
+        ("sim CPU", "s", 7, lambda r: f"{r['sim_cpu_s']:.2f}"),
+        ("tot RSS", "MB", 7, lambda r: f"{mb(total_kb(r)):.1f}"),
+        ("RSS/inst", "MB", 8, lambda r: f"{mb(total_kb(r)) / r['n']:.2f}"),
+        ("RSS", f"xN={base['n']}", 6, lambda r: f"{total_kb(r) / total_kb(base):.2f}"),
+        ("sim RSS", "MB", 7, lambda r: f"{mb(r['memory']['sim_rss_kb']):.1f}"),
+        ("inst RSS", "MB/inst", 8, lambda r: f"{mb(r['memory']['instance_rss_kb']) / r['n']:.2f}"),
+        ("tot PSS", "MB", 7, lambda r: f"{mb(sum_pss(r)):.1f}"),
+        ("loops", "", 5, lambda r: f"{r['loops_of_sim']}"),
+    ]
+    say("  " + " ".join(f"{head:>{width}}" for head, _, width, _ in columns))
+    say("  " + " ".join(f"{unit:>{width}}" for _, unit, width, _ in columns))
     for r in ok:
-        m = r["memory"]
-        total = m["sim_rss_kb"] + m["instance_rss_kb"]
-        base_total = base["memory"]["sim_rss_kb"] + base["memory"]["instance_rss_kb"]
-        say(f"  {r['n']:>3} {r['all_ready_s']:9.3f} {r['per_instance_ready_s']['median']:8.3f} "
-            f"{r['all_ready_s'] / r['n']:7.3f} {r['all_ready_s'] / base['all_ready_s']:6.2f} "
-            f"{mb(total):9.1f} {mb(total) / r['n']:8.2f} {mb(m['sim_rss_kb']):7.1f} "
-            f"{mb(m['instance_rss_kb']) / r['n']:8.2f} {total / base_total:6.2f} "
-            f"{mb(m['sim_pss_kb'] + m['instance_pss_kb']):7.1f} {m['processes']:>5} {r['loops_of_sim']:>5}")
+        say("  " + " ".join(f"{value(r):>{width}}" for _, _, width, value in columns))
 
 
 def counts_up_to(limit: int) -> list[int]:
@@ -646,8 +664,7 @@ def run_benchmarks(sim: Sim, key: Path, args: argparse.Namespace, deadline: Dead
     if any("memory" in r for r in rows):
         say("")
         print_scale(rows, say)
-        say("  per-inst = median of each instance's own PUT -> ssh ok; RSS/inst = (sim + instances) / N;\n"
-            "  inst RSS = instance processes only; PSS = sim + instances with shared pages counted once")
+        say(SCALE_LEGEND)
     return exit_code
 
 

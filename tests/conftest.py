@@ -80,9 +80,7 @@ def stop_sim(sim: Sim, timeout: float = 30.0) -> int:
 
 def leftovers(state_dir: Path) -> list[str]:
     """Namespaces, links and processes a simulator on this state dir may have left behind."""
-    from mlops_vast.sim.hosts import HostManager
-
-    tag = HostManager(state_dir, mode="loopback").tag
+    tag = _tag(state_dir)
     found = []
     if IS_ROOT:
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -144,3 +142,26 @@ def rent(client: httpx.Client, query: dict | None = None, **body: object) -> int
     response = client.put(f"/api/v0/asks/{offer['id']}/", json=payload)
     assert response.status_code == 200, response.text
     return int(response.json()["new_contract"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite: no simulator, sshd, namespace or link of ours may remain."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    processes = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    found = [line for line in processes.splitlines() if base in line and "ps -eo" not in line]
+    if IS_ROOT:
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+        tags = {_tag(path) for path in Path(base).rglob("state") if path.is_dir()}
+        found += [line for line in netns.splitlines() if any(f"vastsim-{tag}-" in line for tag in tags)]
+        found += [line.split(":")[1].strip() for line in links.splitlines()
+                  if any(f" vs{tag}" in line for tag in tags)]
+    assert not found, f"the test suite left behind: {found}"
+
+
+def _tag(state_dir: Path) -> str:
+    from mlops_vast.sim.hosts import HostManager
+
+    return HostManager(state_dir, mode="loopback").tag

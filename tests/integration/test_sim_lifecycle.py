@@ -81,7 +81,8 @@ def test_stop_keeps_workspace_and_start_brings_it_back(sim: Sim, ssh_key: Path) 
         instance_id = rent(client)
         row = wait_status(client, instance_id, "running")
         host, port = direct_endpoint(row)
-        assert ssh_run(host, port, ssh_key, "echo kept > /workspace/marker; nohup sleep 300 >/dev/null 2>&1 &").returncode == 0
+        detach = "echo kept > /workspace/marker; nohup sleep 300 >/dev/null 2>&1 &"
+        assert ssh_run(host, port, ssh_key, detach).returncode == 0
         assert client.put(f"/api/v0/instances/{instance_id}/", json={"state": "stopped"}).json()["success"]
         stopped = wait_status(client, instance_id, "exited")
         assert stopped["cur_state"] == "stopped" and stopped["intended_status"] == "stopped"
@@ -314,3 +315,34 @@ def test_workspace_is_private_and_limited_to_the_rented_disk(sim: Sim, ssh_key: 
         assert "only-here" not in listing.stdout and "\nt\n" not in listing.stdout
         size = int(listing.stdout.split()[-1])
         assert 17e9 < size <= 20e9
+
+
+def test_loopback_host_mode_serves_ssh_without_namespaces(tmp_path: Path, ssh_key: Path) -> None:
+    simulator = start_sim(tmp_path / "state", "--host-mode", "loopback")
+    try:
+        register_key(simulator, ssh_key)
+        with simulator.client() as client:
+            assert client.get("/_sim/info").json()["host_mode"] == "loopback"
+            row = wait_status(client, rent(client, query={"gpu_name": {"eq": "RTX 4090"}}), "running")
+            host, port = direct_endpoint(row)
+            assert host == "127.0.0.1"
+            user = client.get("/_sim/info").json()["ssh_user"]
+            result = ssh_run(host, port, ssh_key, "nvidia-smi -L; echo $VASTSIM_WORKSPACE", user=user)
+            lines = result.stdout.splitlines()
+            assert lines[0].startswith("GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-"), result.stderr
+            assert lines[1].endswith(f"instances/{row['id']}/workspace")
+            proxy = ssh_run(row["ssh_host"], row["ssh_port"], ssh_key, "echo via-proxy", user=user)
+            assert proxy.stdout.strip() == "via-proxy"
+            ssh_run(host, port, ssh_key, "nohup sleep 321 >/dev/null 2>&1 &", user=user)
+            client.put(f"/api/v0/instances/{row['id']}/", json={"state": "stopped"})
+            wait_status(client, row["id"], "exited")
+            deadline = time.monotonic() + 10
+            import subprocess
+
+            while time.monotonic() < deadline and "sleep 321" in subprocess.run(
+                    ["ps", "-eo", "args"], capture_output=True, text=True).stdout:
+                time.sleep(0.1)
+            assert "sleep 321" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    finally:
+        assert stop_sim(simulator) == 0
+    assert not leftovers(tmp_path / "state")

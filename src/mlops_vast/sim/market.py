@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import secrets
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 from mlops_vast.sim import query as q
 from mlops_vast.sim.catalog import Catalog, Machine, Offer, build_catalog, offer_row
 from mlops_vast.sim.faults import Fault, FaultBook
-from mlops_vast.sim.hosts import HostError, HostManager, HostSpec
+from mlops_vast.sim.hosts import HostError, HostManager, HostSpec, free_port
 from mlops_vast.sim.models import (
     GPU_BILLED,
     HOLDS_GPUS,
@@ -294,6 +296,8 @@ class Market:
             storage_dph=args["disk"] * machine.storage_cost / 720.0, label=args["label"], env=args["env"],
             onstart=args["onstart"], image_login=args["image_login"], is_bid=price is not None,
             direct_port=40_000 + (instance_id % 20_000), instance_api_key=secrets.token_hex(32),
+            # Vast shows the proxy endpoint from creation on; the listener opens when the host boots.
+            proxy_port=free_port(self.public_host),
         )
         for kind, value in machine.defects.items():
             instance.faults[_defect_kind(kind)] = value
@@ -528,7 +532,8 @@ class Market:
             if fault.kind == "offline":
                 for instance in self.instances.values():
                     if instance.phase == "offline" and instance.faults.pop("offline", None) is not None:
-                        self._enter(instance, "running", None, "success, running (back online)")
+                        # Back online: running again once its sshd answers.
+                        self._enter(instance, "loading", time.time(), "Host is back online.")
             if fault.kind == "slow_link":
                 for instance in self.instances.values():
                     if "slow_link" in instance.faults and _targets(fault, instance):
@@ -677,9 +682,9 @@ class Market:
 
     async def _boot(self, instance: Instance) -> None:
         await self._prepare_host(instance)
-        if instance.proxy_port is None or instance.proxy_port != await self.hosts.open_proxy(
-                instance.id, instance.proxy_port):
-            instance.proxy_port = await self.hosts.open_proxy(instance.id, instance.proxy_port)
+        port = await self.hosts.open_proxy(instance.id, instance.proxy_port)
+        if port != instance.proxy_port:  # the promised port was taken meanwhile
+            instance.proxy_port = port
             self.touch()
         await self.hosts.start(instance.id)
 
@@ -791,7 +796,8 @@ def _gpu_uuid(machine_id: int, index: int) -> str:
 
 def _validate_public_key(key: Any) -> str:
     if not isinstance(key, str) or not key.strip():
-        raise VastError(400, "invalid_args", "ssh_key is required: an OpenSSH public key such as 'ssh-ed25519 AAAA...'.")
+        raise VastError(400, "invalid_args",
+                        "ssh_key is required: an OpenSSH public key such as 'ssh-ed25519 AAAA...'.")
     text = " ".join(key.strip().split())
     parts = text.split(" ")
     if "PRIVATE KEY" in text or len(parts) < 2 or not (parts[0].startswith("ssh-") or parts[0].startswith("ecdsa-")):
@@ -855,11 +861,9 @@ def _validate_create(body: dict[str, Any], machine: Machine) -> dict[str, Any]:
 
 
 def _parse_docker_flags(text: str) -> dict[str, str]:
-    import shlex
-
     env: dict[str, str] = {}
     tokens = shlex.split(text)
-    for flag, value in zip(tokens, tokens[1:], strict=False):
+    for flag, value in itertools.pairwise(tokens):
         if flag == "-e" and "=" in value:
             key, _, val = value.partition("=")
             env[key] = val

@@ -257,10 +257,9 @@ def gpu_from_spec(raw: dict[str, Any], index: int) -> Gpu:
         guess = round(power_limit * (idle_share + (0.85 - idle_share) * util / 100), 2)
         power_draw = float(_get(raw, "power_draw_w", (int, float), guess))
     busy = util > 0
-    if "fan_speed" in raw:
-        fan = _get(raw, "fan_speed", int, None)
-    else:
-        fan = None if datacenter else (30 + util * 40 // 100)
+    # Datacenter cards have no fan of their own: the real tool prints N/A.
+    fan_guess = None if datacenter else 30 + util * 40 // 100
+    fan = _get(raw, "fan_speed", int, None) if "fan_speed" in raw else fan_guess
     default_pstate = "P0" if datacenter else ("P2" if busy else "P8")
     temp = _get(raw, "temperature_gpu", int, 30 + util // 3)
     if "temperature_memory" in raw:
