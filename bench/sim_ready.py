@@ -465,6 +465,24 @@ def bench_ready(sim: Sim, user: str, key: Path, runs: int, deadline: Deadline,
     return {"samples": samples, "summary": stats}
 
 
+def destroy_and_verify(sim: Sim, ids: list[int], count: int, result: dict[str, Any]) -> None:
+    """Destroy every instance of a step, check the ledger, wait until their hosts are gone.
+
+    Has its own time limit rather than the overall deadline, so a step that ran out of time is
+    still cleaned up before the simulator is stopped.
+    """
+    started = time.monotonic()
+    errors = destroy_all(sim, ids)
+    if errors:
+        raise BenchError("; ".join(errors))
+    result["open_instances_after_destroy"] = open_instances(sim)
+    if result["open_instances_after_destroy"]:
+        raise BenchError(f"ledger shows {result['open_instances_after_destroy']} "
+                         "open instances after destroying all")
+    wait_torn_down(sim, Deadline(120 + 2 * count), timeout=60 + 2 * count)
+    result["destroy_to_torn_down_s"] = time.monotonic() - started
+
+
 def bench_scale(sim: Sim, user: str, key: Path, count: int, deadline: Deadline) -> dict[str, Any]:
     offers = pick_offers(sim, count)
     ids: list[int] = []
@@ -490,7 +508,7 @@ def bench_scale(sim: Sim, user: str, key: Path, count: int, deadline: Deadline) 
                 if time.monotonic() > end:
                     pending = {i: (rows.get(i, {}).get("actual_status"), rows.get(i, {}).get("status_msg"))
                                for i in ids if i not in running_at}
-                    raise BenchError(f"N={count}: not all running in time; pending {pending}")
+                    raise BenchError(f"not all running in time; pending {pending}")
                 listing = sim.call("GET", "/api/v0/instances/")["instances"]
                 now = time.monotonic()
                 rows = {row["id"]: row for row in listing if row["id"] in put_at}
@@ -503,7 +521,7 @@ def bench_scale(sim: Sim, user: str, key: Path, count: int, deadline: Deadline) 
                         futures[instance_id] = pool.submit(wait_ssh, host, port, user, key, deadline,
                                                            max(10.0, end - now))
                     elif str(row.get("status_msg") or "").startswith("Error"):
-                        raise BenchError(f"N={count}: instance {instance_id} failed: {row.get('status_msg')}")
+                        raise BenchError(f"instance {instance_id} failed: {row.get('status_msg')}")
                 time.sleep(POLL_S * 2)
             result["all_running_s"] = max(running_at.values()) - t0
             for instance_id, future in futures.items():
@@ -521,17 +539,12 @@ def bench_scale(sim: Sim, user: str, key: Path, count: int, deadline: Deadline) 
         result["loops_of_sim"] = len(loop_devices(sim.state_dir))
         result["loops_all"] = len(loop_devices())
         result["netns_of_sim"] = len(netns_of(sim))
-    finally:
-        destroy_started = time.monotonic()
-        errors = destroy_all(sim, ids)
-        if errors:
-            raise BenchError("; ".join(errors))
-        result["open_instances_after_destroy"] = open_instances(sim)
-        if result["open_instances_after_destroy"]:
-            raise BenchError(f"N={count}: ledger shows {result['open_instances_after_destroy']} "
-                             "open instances after destroying all")
-        wait_torn_down(sim, deadline, timeout=60 + 2 * count)
-        result["destroy_to_torn_down_s"] = time.monotonic() - destroy_started
+    except BaseException:
+        # Clean up, but let the first failure be the one reported.
+        with contextlib.suppress(Exception):
+            destroy_and_verify(sim, ids, count, result)
+        raise
+    destroy_and_verify(sim, ids, count, result)
     return result
 
 

@@ -1,0 +1,339 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one Vast.ai REST client of this collection (controller side, httpx).
+
+Private to the collection: modules, plugins and the mlops_vast package use it; its API
+may change between releases.
+
+- Base URL from the option, ``VAST_URL``, or ``https://console.vast.ai``.
+- Key from the option, ``VAST_API_KEY``, or the official CLI's key files.
+- Retries 429/502/503/504 and connection errors with jittered exponential backoff,
+  honouring ``Retry-After``, all inside one deadline per module run.
+- ``success: false`` with HTTP 200 is raised as the failure it is.
+- Errors are typed and carry Vast's ``msg``; the key never appears in them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+try:
+    import httpx
+
+    HAS_HTTPX = True
+    HTTPX_IMPORT_ERROR: Exception | None = None
+except ImportError as exc:  # reported by the caller with missing_required_lib
+    HAS_HTTPX = False
+    HTTPX_IMPORT_ERROR = exc
+
+DEFAULT_URL = "https://console.vast.ai"
+USER_AGENT = "mlops.vast/0.1"
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Keys the official CLI reads, first match wins after the option and the environment.
+KEY_FILES = ("{xdg_config}/vastai/vast_api_key", "~/.vast_api_key")
+
+
+class VastError(Exception):
+    """Base of every error this client raises."""
+
+
+class VastConfigError(VastError):
+    """Bad or missing configuration (no key, bad URL): nothing was sent."""
+
+
+class VastAPIError(VastError):
+    """Vast answered with an error. ``status`` is the HTTP status (200 for ``success: false``)."""
+
+    def __init__(self, status: int, msg: str, *, error: str | None = None, method: str = "",
+                 path: str = "", body: Any = None) -> None:
+        self.status, self.msg, self.error = status, msg, error
+        self.method, self.path, self.body = method, path, body
+        where = f"{method} {path}: " if method else ""
+        code = f" ({error})" if error else ""
+        super().__init__(f"{where}HTTP {status}{code}: {msg}")
+
+
+class VastAuthError(VastAPIError):
+    """401/403: the key is missing, wrong or lacks a permission."""
+
+
+class VastNotFound(VastAPIError):
+    """404: no such instance, offer or key."""
+
+
+class VastUnavailable(VastAPIError):
+    """The offer is gone or taken (410 with ``cancel_unavail``, or 404 ``no_such_ask``)."""
+
+
+class VastRetryExhausted(VastAPIError):
+    """Transient errors (429/5xx/connection) did not stop before the deadline."""
+
+
+class VastAmbiguousError(VastError):
+    """A non-idempotent request may or may not have taken effect (timeout or 5xx after sending).
+
+    Callers must look before they retry (e.g. find the instance by label).
+    """
+
+
+class Deadline:
+    """One monotonic deadline shared by every request and wait of a module run."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.expires = clock() + seconds
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.expires - self.clock())
+
+    @property
+    def expired(self) -> bool:
+        return self.remaining <= 0
+
+
+def resolve_base_url(explicit: str | None = None, environ: dict[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    url = (explicit or environ.get("VAST_URL") or DEFAULT_URL).strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise VastConfigError(f"api_url must start with http:// or https://, got {url!r}")
+    # The CLI accepts a URL ending in /api/v0 too; paths here carry their own version prefix.
+    for suffix in ("/api/v0", "/api/v1"):
+        if url.endswith(suffix):
+            url = url[: -len(suffix)]
+    return url
+
+
+def resolve_api_key(explicit: str | None = None, environ: dict[str, str] | None = None) -> tuple[str, str]:
+    """The key and where it came from (never the key itself in messages)."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return explicit.strip(), "the api_key option"
+    if environ.get("VAST_API_KEY"):
+        return environ["VAST_API_KEY"].strip(), "VAST_API_KEY"
+    xdg_config = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    for pattern in KEY_FILES:
+        path = os.path.expanduser(pattern.format(xdg_config=xdg_config))
+        try:
+            with open(path) as handle:
+                key = handle.read().strip()
+        except OSError:
+            continue
+        if key:
+            return key, path
+    raise VastConfigError(
+        "No Vast API key: set VAST_API_KEY, pass api_key, or run `vastai set api-key KEY` "
+        "(which writes ~/.config/vastai/vast_api_key)."
+    )
+
+
+def _retry_after(response: Any) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _message(body: Any, text: str) -> tuple[str, str | None]:
+    if isinstance(body, dict):
+        msg = body.get("msg") or body.get("message") or body.get("detail") or body.get("error")
+        return str(msg or text[:300] or "no detail"), body.get("error")
+    return (text.strip()[:300] or "no detail"), None
+
+
+class VastClient:
+    """A small synchronous client; one per module run, sharing that run's deadline."""
+
+    def __init__(
+        self,
+        api_key: str | None,
+        base_url: str,
+        *,
+        deadline: Deadline | None = None,
+        request_timeout: float = 30.0,
+        max_backoff: float = 20.0,
+        base_backoff: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+        transport: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not HAS_HTTPX:
+            raise VastConfigError(f"the Python library httpx is required on the controller: {HTTPX_IMPORT_ERROR}")
+        self.base_url = base_url
+        self.deadline = deadline or Deadline(600)
+        self.request_timeout = request_timeout
+        self.max_backoff = max_backoff
+        self.base_backoff = base_backoff
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.requests_sent = 0
+        self.retries = 0
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.Client(base_url=base_url, headers=headers, transport=transport,
+                                  follow_redirects=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> VastClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ core
+
+    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None, body: Any = None,
+                idempotent: bool = True, allow_unsuccessful: bool = False) -> Any:
+        """Send one logical request, retrying transient failures until the deadline.
+
+        ``idempotent=False`` (renting): a 5xx or a timeout after the request left may have
+        rented something, so it raises VastAmbiguousError instead of retrying blindly.
+        """
+        encoded = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (params or {}).items()}
+        if body is None and method in ("POST", "PUT", "DELETE"):
+            body = {}  # Vast expects a JSON body on every write, as the official CLI sends
+        attempt = 0
+        while True:
+            attempt += 1
+            timeout = min(self.request_timeout, max(self.deadline.remaining, 0.5))
+            try:
+                self.requests_sent += 1
+                response = self._http.request(
+                    method, path, params=encoded or None,
+                    content=None if body is None else json.dumps(body),
+                    headers={"Content-Type": "application/json"} if body is not None else None,
+                    timeout=timeout,
+                )
+            except httpx.ConnectError as exc:
+                # Never reached the server: always safe to retry.
+                self._backoff_or_raise(method, path, attempt, None, f"cannot connect to {self.base_url}: {exc}")
+                continue
+            except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if not idempotent:
+                    raise VastAmbiguousError(f"{method} {path}: no answer ({exc}); it may have taken effect") from exc
+                self._backoff_or_raise(method, path, attempt, None, f"no answer from {self.base_url}: {exc}")
+                continue
+            if response.status_code in RETRY_STATUSES:
+                body_json = _json_or_none(response)
+                msg, error = _message(body_json, response.text)
+                if error == "search_quota_exceeded":
+                    raise VastAPIError(429, msg, error=error, method=method, path=path, body=body_json)
+                if response.status_code != 429 and not idempotent:
+                    raise VastAmbiguousError(f"{method} {path}: HTTP {response.status_code}; it may have taken effect")
+                self._backoff_or_raise(method, path, attempt, response, f"HTTP {response.status_code}: {msg}")
+                continue
+            return self._decode(method, path, response, allow_unsuccessful)
+
+    def _backoff_or_raise(self, method: str, path: str, attempt: int, response: Any, reason: str) -> None:
+        wait = None if response is None else _retry_after(response)
+        if wait is None:
+            # Full jitter: spread retries of parallel runs so they do not hit the limit together.
+            wait = self.rng.uniform(0, min(self.max_backoff, self.base_backoff * 2 ** (attempt - 1)))
+        if wait >= self.deadline.remaining:
+            status = response.status_code if response is not None else 0
+            raise VastRetryExhausted(
+                status, f"gave up after {attempt} attempts within the deadline ({self.deadline.seconds:g} s); "
+                f"last: {reason}", method=method, path=path)
+        self.retries += 1
+        self.sleep(wait)
+
+    def _decode(self, method: str, path: str, response: Any, allow_unsuccessful: bool) -> Any:
+        body = _json_or_none(response)
+        status = response.status_code
+        if status >= 400:
+            msg, error = _message(body, response.text)
+            kind: type[VastAPIError] = VastAPIError
+            if status in (401, 403):
+                kind = VastAuthError
+            elif status == 410 or error == "no_such_ask":
+                kind = VastUnavailable
+            elif status == 404:
+                kind = VastNotFound
+            raise kind(status, msg, error=error, method=method, path=path, body=body)
+        if body is None and response.content.strip():
+            raise VastAPIError(status, f"the answer is not JSON: {response.text[:200]!r}", method=method,
+                               path=path)
+        if isinstance(body, dict) and body.get("success") is False and not allow_unsuccessful:
+            msg, error = _message(body, response.text)
+            raise VastAPIError(status, msg, error=error, method=method, path=path, body=body)
+        return body
+
+    # ----------------------------------------------------------- endpoints
+
+    def search_offers(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(self.request("POST", "/api/v0/bundles/", body=query).get("offers") or [])
+
+    def gpu_names(self) -> list[str]:
+        return list(self.request("GET", "/api/v0/gpu_names/unique/").get("gpu_names") or [])
+
+    def current_user(self) -> dict[str, Any]:
+        return self.request("GET", "/api/v0/users/current")
+
+    def get_instance(self, instance_id: int) -> dict[str, Any] | None:
+        return self.request("GET", f"/api/v0/instances/{int(instance_id)}/", params={"owner": "me"}).get(
+            "instances")
+
+    def iter_instances(self, select_filters: dict[str, Any] | None = None, page_size: int = 25,
+                       max_pages: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every instance of the account, through the v1 list's pages."""
+        token = None
+        for _ in range(max_pages):
+            params: dict[str, Any] = {"select_filters": select_filters or {},
+                                      "order_by": [{"col": "id", "dir": "asc"}], "limit": page_size}
+            if token:
+                params["after_token"] = token
+            page = self.request("GET", "/api/v1/instances/", params=params)
+            yield from page.get("instances") or []
+            token = page.get("next_token")
+            if not token:
+                return
+        raise VastAPIError(200, f"more than {max_pages} pages of instances", method="GET", path="/api/v1/instances/")
+
+    def list_instances(self, select_filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return list(self.iter_instances(select_filters))
+
+    def create_instance(self, offer_id: int, payload: dict[str, Any]) -> dict[str, Any]:
+        # success:false here means "created but stopped": the contract exists and bills storage.
+        return self.request("PUT", f"/api/v0/asks/{int(offer_id)}/", body=payload, idempotent=False,
+                            allow_unsuccessful=True)
+
+    def destroy_instance(self, instance_id: int) -> dict[str, Any]:
+        return self.request("DELETE", f"/api/v0/instances/{int(instance_id)}/", body={})
+
+    def set_instance_state(self, instance_id: int, state: str) -> dict[str, Any]:
+        return self.request("PUT", f"/api/v0/instances/{int(instance_id)}/", body={"state": state},
+                            allow_unsuccessful=True)
+
+    def set_label(self, instance_id: int, label: str) -> dict[str, Any]:
+        return self.request("PUT", f"/api/v0/instances/{int(instance_id)}/", body={"label": label})
+
+    def ssh_keys(self) -> list[dict[str, Any]]:
+        keys = self.request("GET", "/api/v0/ssh/")
+        return list(keys if isinstance(keys, list) else keys.get("ssh_keys") or [])
+
+    def add_ssh_key(self, public_key: str) -> dict[str, Any]:
+        return self.request("POST", "/api/v0/ssh/", body={"ssh_key": public_key})
+
+    def delete_ssh_key(self, key_id: int) -> dict[str, Any]:
+        return self.request("DELETE", f"/api/v0/ssh/{int(key_id)}/", body={})
+
+
+def _json_or_none(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None

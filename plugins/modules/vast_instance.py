@@ -1,0 +1,540 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vast_instance
+short_description: Rent, start, stop and destroy Vast.ai instances, idempotently by label
+description:
+  - Manages one Vast.ai instance identified by its O(label). More than one live instance with the
+    label is an error; the module never rents a silent duplicate.
+  - Rents from an O(offer_id), or from a O(query) by trying up to O(max_offers) offers in order
+    with C(cancel_unavail), skipping offers taken in the meantime.
+  - Waits for C(running) B(and) SSH answering (TCP connect and an SSH banner) within
+    O(wait_timeout); fails fast on states that waiting cannot fix (exited, offline, host errors,
+    image-pull failures) and destroys what this call rented before failing.
+  - Records every contract in a local ledger file the moment create returns, so an interrupted
+    run cannot lose an instance (C(playbooks/teardown.yml) destroys what the ledger holds).
+  - C(state=absent) destroys, then verifies the instance is gone, destroying again if it reappears.
+version_added: 0.1.0
+author:
+  - mlops.vast developers (@mlops-vast)
+extends_documentation_fragment:
+  - mlops.vast.vast
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: all
+options:
+  label:
+    description:
+      - The instance's identity. Required unless O(instance_id) is given with O(state=absent).
+    type: str
+  instance_id:
+    description:
+      - Act on this contract id instead of looking the label up (O(state=absent), O(state=stopped),
+        O(state=running) only).
+    type: int
+  state:
+    description:
+      - C(present) - an instance with the label exists (rented if missing).
+      - C(running) - it exists, is running and answers SSH (started if stopped, rented if missing).
+      - C(stopped) - it is stopped (storage still bills until it is destroyed).
+      - C(absent) - it is destroyed and verified gone.
+    type: str
+    choices: [present, running, stopped, absent]
+    default: present
+  offer_id:
+    description: Rent this offer. Mutually exclusive with O(query).
+    type: int
+  query:
+    description:
+      - Rent the best offer matching this query (the C(vastai search offers) language, plus
+        C(gpu_name ~ regex)). Mutually exclusive with O(offer_id).
+    type: str
+  order:
+    description: Order in which offers of O(query) are tried, as the CLI's C(-o).
+    type: str
+    default: dph+
+  max_offers:
+    description: How many offers of O(query) to try before giving up.
+    type: int
+    default: 5
+  exclude_machines:
+    description: Machine ids never to rent (hosts that failed checks before).
+    type: list
+    elements: int
+    default: []
+  max_dph:
+    description: Never rent an offer whose total $/h (GPU plus storage) is above this.
+    type: float
+  image:
+    description: Docker image to run. Required when renting.
+    type: str
+  disk:
+    description: Disk to allocate, in GB.
+    type: float
+    default: 10
+  env:
+    description:
+      - Environment variables for the container, as a dict. Keys of the form C(-p 8080:8080) open ports
+        as with the CLI's C(--env).
+    type: dict
+    default: {}
+  onstart:
+    description: Shell commands to run when the instance starts.
+    type: str
+  ssh:
+    description:
+      - C(direct) asks for a direct SSH port on the host (runtype C(ssh_direc ssh_proxy)) and connects
+        there; C(proxy) uses Vast's SSH proxy only.
+    type: str
+    choices: [direct, proxy]
+    default: direct
+  ssh_user:
+    description: User to report for SSH (C(root) on Vast).
+    type: str
+    default: root
+  bid_price:
+    description:
+      - Rent as interruptible at this bid ($/h for the whole offer). Without it the instance is on-demand.
+    type: float
+  wait:
+    description: Wait for C(running) and SSH (for C(present) and C(running)) or for the stop to finish.
+    type: bool
+    default: true
+  wait_timeout:
+    description: Seconds for the whole call, API retries and waits included.
+    type: int
+    default: 900
+  ledger_path:
+    description:
+      - The local contract ledger (JSON lines).
+      - Defaults to E(MLOPS_VAST_LEDGER), else C(~/.local/state/mlops-vast/contracts.jsonl).
+    type: path
+notes:
+  - C(stopped) is not free: storage bills until the instance is destroyed.
+  - In check mode nothing is rented, started, stopped or destroyed; the result and diff say what would be.
+seealso:
+  - module: mlops.vast.vast_offer
+  - plugin: mlops.vast.vast
+    plugin_type: inventory
+"""
+
+EXAMPLES = r"""
+- name: Rent the cheapest reliable 24 GB GPU and wait until SSH answers
+  mlops.vast.vast_instance:
+    label: exp-42
+    query: reliability > 0.95 cuda_vers >= 12.4 gpu_ram >= 24 num_gpus=1
+    image: pytorch/pytorch:2.4.0-cuda12.4-cudnn9-devel
+    disk: 50
+    state: running
+  register: rented
+
+- name: Interruptible, from a known offer
+  mlops.vast.vast_instance:
+    label: exp-43
+    offer_id: 21469085
+    bid_price: 0.25
+    image: pytorch/pytorch:latest
+
+- name: Destroy, and prove it is gone
+  mlops.vast.vast_instance:
+    label: exp-42
+    state: absent
+"""
+
+RETURN = r"""
+instance:
+  description: The instance after the call (null after C(absent) or when none exists in check mode).
+  returned: always
+  type: dict
+  contains:
+    id: {description: Contract id, type: int}
+    label: {description: Label, type: str}
+    machine_id: {description: Physical machine, type: int}
+    offer_id: {description: Offer it was rented from, type: int}
+    status: {description: "C(actual_status): running, loading, exited, ...", type: str}
+    ssh_host: {description: Host to SSH to (the direct endpoint when there is one), type: str}
+    ssh_port: {description: Port to SSH to, type: int}
+    ssh_user: {description: SSH user, type: str}
+    ssh_kind: {description: "C(direct) or C(proxy)", type: str}
+    dph_total: {description: "$/h while running, storage included", type: float}
+    gpu_name: {description: GPU model, type: str}
+    num_gpus: {description: Number of GPUs, type: int}
+attempts:
+  description: Offers tried when renting, with what happened to each.
+  returned: when renting
+  type: list
+  elements: dict
+  sample: [{offer_id: 123, result: taken}, {offer_id: 456, result: rented, instance_id: 789}]
+destroyed:
+  description: Contract ids destroyed by this call.
+  returned: always
+  type: list
+  elements: int
+"""
+
+import contextlib
+import time
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ..module_utils.vast_api import (
+    Deadline,
+    VastAmbiguousError,
+    VastError,
+    VastNotFound,
+    VastUnavailable,
+)
+from ..module_utils.vast_common import (
+    ContractLedger,
+    client_for,
+    error_result,
+    hopeless_reason,
+    instance_summary,
+    ssh_banner,
+    ssh_endpoint,
+    vast_argument_spec,
+    wait_until,
+)
+from ..module_utils.vast_query import QueryError, build_search_body, parse_query
+
+RUNTYPES = {"direct": "ssh_direc ssh_proxy", "proxy": "ssh_proxy"}
+STOPPED_STATUSES = frozenset({"exited", "stopped"})
+
+
+class RentFailed(Exception):
+    """Renting failed; whatever this call rented has been destroyed."""
+
+
+class VastInstance:
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.params = module.params
+        self.deadline = Deadline(self.params["wait_timeout"])
+        self.client = client_for(self.params, self.deadline)
+        self.ledger = ContractLedger(self.params["ledger_path"])
+        self.result: dict[str, Any] = {"changed": False, "instance": None, "destroyed": []}
+        self.before: dict[str, Any] = {}
+        self.after: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ lookups
+
+    def find(self) -> dict[str, Any] | None:
+        if self.params["instance_id"] is not None:
+            return self.client.get_instance(self.params["instance_id"])
+        matches = [row for row in self.client.list_instances({"label": {"in": [self.params["label"]]}})
+                   if row.get("label") == self.params["label"]]
+        if len(matches) > 1:
+            ids = ", ".join(str(row["id"]) for row in matches)
+            self.module.fail_json(
+                msg=f"{len(matches)} live instances carry the label {self.params['label']!r} (ids {ids}); "
+                "a label must identify one instance. Destroy the extras with state=absent and instance_id.",
+                instance_ids=[row["id"] for row in matches])
+        return matches[0] if matches else None
+
+    # ------------------------------------------------------------ states
+
+    def run(self) -> None:
+        state = self.params["state"]
+        current = self.find()
+        self.before = _diff_view(current)
+        if state == "absent":
+            self.absent(current)
+        elif state == "stopped":
+            self.stopped(current)
+        else:
+            self.present(current, want_running=state == "running")
+        self.result["diff"] = {"before": self.before, "after": self.after}
+
+    def present(self, current: dict[str, Any] | None, want_running: bool) -> None:
+        if current is None:
+            if self.params["instance_id"] is not None:
+                self.module.fail_json(msg=f"instance {self.params['instance_id']} does not exist; "
+                                      "give a label (and an offer or query) to rent one")
+            self.rent()
+            return
+        if want_running and current.get("cur_state") == "stopped":
+            self.result["changed"] = True
+            self.after = {**_diff_view(current), "status": "running"}
+            if self.module.check_mode:
+                self.result["instance"] = instance_summary(current, self.params["ssh_user"])
+                return
+            answer = self.client.set_instance_state(current["id"], "running")
+            if answer.get("success") is False:
+                self.module.fail_json(msg=f"cannot start instance {current['id']}: {answer.get('msg')}",
+                                      error=answer.get("error"), instance=instance_summary(current))
+        else:
+            self.after = self.before
+        if self.params["wait"] and not self.module.check_mode and (
+                want_running or current.get("intended_status") == "running"):
+            current = self.wait_usable(current["id"])
+        self.result["instance"] = instance_summary(current, self.params["ssh_user"])
+
+    def stopped(self, current: dict[str, Any] | None) -> None:
+        if current is None:
+            self.module.fail_json(msg=f"no instance labelled {self.params['label']!r} to stop "
+                                  "(state=stopped never rents)")
+        already = current.get("cur_state") == "stopped" and current.get("actual_status") in STOPPED_STATUSES
+        if current.get("intended_status") == "stopped" or already:
+            self.after = self.before
+            self.result["instance"] = instance_summary(current, self.params["ssh_user"])
+            return
+        self.result["changed"] = True
+        self.after = {**self.before, "status": "exited"}
+        if self.module.check_mode:
+            self.result["instance"] = instance_summary(current, self.params["ssh_user"])
+            return
+        self.client.set_instance_state(current["id"], "stopped")
+        if self.params["wait"]:
+            done = wait_until(lambda: self._stopped_row(current["id"]), self.deadline, interval=1.0)
+            if not done:
+                self.module.fail_json(msg=f"instance {current['id']} did not stop within the timeout",
+                                      instance=instance_summary(current))
+            current = done
+        self.result["instance"] = instance_summary(current, self.params["ssh_user"])
+
+    def _stopped_row(self, instance_id: int) -> dict[str, Any] | None:
+        row = self.client.get_instance(instance_id)
+        if row is None:
+            self.module.fail_json(msg=f"instance {instance_id} disappeared while stopping")
+        return row if row.get("actual_status") in STOPPED_STATUSES else None
+
+    def absent(self, current: dict[str, Any] | None) -> None:
+        self.after = {}
+        if current is None:
+            return
+        self.result["changed"] = True
+        if self.module.check_mode:
+            self.result["destroyed"] = [current["id"]]
+            return
+        self.destroy_verified(current["id"])
+
+    # ------------------------------------------------------------ renting
+
+    def candidates(self) -> list[dict[str, Any]]:
+        if self.params["offer_id"] is not None:
+            return [{"id": self.params["offer_id"], "machine_id": None}]
+        parsed = parse_query(self.params["query"])
+        names = self.client.gpu_names() if parsed.regex.get("gpu_name") else None
+        body = build_search_body(self.params["query"], order=self.params["order"],
+                                 offer_type="bid" if self.params["bid_price"] is not None else "on-demand",
+                                 limit=self.params["max_offers"] + len(self.params["exclude_machines"]) + 64,
+                                 storage_gb=self.params["disk"], gpu_names=names)
+        excluded = set(self.params["exclude_machines"])
+        max_dph = self.params["max_dph"]
+        offers = [o for o in self.client.search_offers(body)
+                  if o.get("machine_id") not in excluded and parsed.row_matches(o)
+                  and (max_dph is None or float(o.get("dph_total") or 0) <= max_dph)]
+        if not offers:
+            self.module.fail_json(msg=f"no offer matches {self.params['query']!r} (after exclusions and "
+                                  "max_dph); nothing was rented", search=body)
+        return offers[: self.params["max_offers"]]
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "client_id": "me",
+            "image": self.params["image"],
+            "disk": float(self.params["disk"]),
+            "label": self.params["label"],
+            "env": {str(k): str(v) for k, v in (self.params["env"] or {}).items()},
+            "onstart": self.params["onstart"],
+            "runtype": RUNTYPES[self.params["ssh"]],
+            "price": self.params["bid_price"],
+            "cancel_unavail": True,
+            "image_login": None,
+            "python_utf8": False,
+            "lang_utf8": False,
+            "use_jupyter_lab": False,
+            "jupyter_dir": None,
+            "force": False,
+            "extra": None,
+            "template_hash_id": None,
+            "user": None,
+        }
+
+    def rent(self) -> None:
+        if not self.params["label"]:
+            self.module.fail_json(msg="label is required to rent: it is the instance's identity")
+        if not self.params["image"]:
+            self.module.fail_json(msg="image is required to rent an instance")
+        if self.params["disk"] <= 0:
+            self.module.fail_json(msg=f"disk must be a positive number of GB, got {self.params['disk']:g}")
+        offers = self.candidates()
+        self.result["changed"] = True
+        self.after = {"label": self.params["label"], "status": "running", "offer_id": offers[0]["id"],
+                      "machine_id": offers[0].get("machine_id"), "image": self.params["image"],
+                      "disk_gb": self.params["disk"], "gpu_name": offers[0].get("gpu_name"),
+                      "dph_total": offers[0].get("dph_total"), "is_bid": self.params["bid_price"] is not None}
+        if self.module.check_mode:
+            self.result["would_rent"] = {k: v for k, v in self.after.items() if k != "status"}
+            return
+        attempts: list[dict[str, Any]] = []
+        self.result["attempts"] = attempts
+        instance_id = None
+        for offer in offers:
+            instance_id = self.create_on(offer, attempts)
+            if instance_id is not None:
+                break
+        if instance_id is None:
+            self.module.fail_json(msg=f"none of the {len(offers)} offers tried could be rented; nothing is "
+                                  "billing", attempts=attempts)
+        try:
+            row = self.wait_usable(instance_id)
+        except RentFailed as exc:
+            self.destroy_verified(instance_id)
+            self.module.fail_json(msg=f"{exc}; instance {instance_id} was destroyed", attempts=attempts,
+                                  destroyed=self.result["destroyed"])
+        self.result["instance"] = instance_summary(row, self.params["ssh_user"])
+        self.after = _diff_view(row)
+
+    def create_on(self, offer: dict[str, Any], attempts: list[dict[str, Any]]) -> int | None:
+        try:
+            answer = self.client.create_instance(offer["id"], self.payload())
+        except VastUnavailable as exc:
+            attempts.append({"offer_id": offer["id"], "result": "taken", "msg": exc.msg})
+            return None
+        except VastAmbiguousError as exc:
+            # The request may have rented: the label says whether it did.
+            adopted = self.find()
+            attempts.append({"offer_id": offer["id"], "result": "adopted" if adopted else "lost", "msg": str(exc)})
+            if adopted:
+                self._record(adopted["id"], offer)
+                return int(adopted["id"])
+            return None
+        instance_id = answer.get("new_contract")
+        if not instance_id:
+            attempts.append({"offer_id": offer["id"], "result": "refused", "msg": str(answer.get("msg"))})
+            return None
+        self._record(int(instance_id), offer)
+        if answer.get("success") is False:
+            # Created but stopped (GPUs busy): it would bill storage while never running.
+            attempts.append({"offer_id": offer["id"], "result": "unavailable", "instance_id": instance_id})
+            self.destroy_verified(int(instance_id))
+            return None
+        attempts.append({"offer_id": offer["id"], "result": "rented", "instance_id": instance_id})
+        return int(instance_id)
+
+    def _record(self, instance_id: int, offer: dict[str, Any]) -> None:
+        self.ledger.created(instance_id, label=self.params["label"], offer_id=offer.get("id"),
+                            machine_id=offer.get("machine_id"), api_url=self.client.base_url)
+
+    # ------------------------------------------------------------ waiting
+
+    def wait_usable(self, instance_id: int) -> dict[str, Any]:
+        """Wait for running and an SSH banner; RentFailed on hopeless states or the deadline."""
+        last: dict[str, Any] = {}
+
+        def usable() -> dict[str, Any] | None:
+            row = self.client.get_instance(instance_id)
+            if row is None:
+                raise RentFailed(f"instance {instance_id} disappeared while starting")
+            last.clear()
+            last.update(row)
+            reason = hopeless_reason(row)
+            if reason:
+                raise RentFailed(f"instance {instance_id} will not start: {reason}")
+            if row.get("actual_status") != "running":
+                return None
+            host, port, _kind = ssh_endpoint(row)
+            return row if host and ssh_banner(host, port, timeout=min(5.0, self.deadline.remaining + 0.1)) else None
+
+        row = wait_until(usable, self.deadline, interval=1.0, max_interval=5.0)
+        if row is None:
+            raise RentFailed(
+                f"instance {instance_id} was not running with SSH answering within {self.params['wait_timeout']} s "
+                f"(last status {last.get('actual_status')!r}: {last.get('status_msg')})")
+        return row
+
+    # ------------------------------------------------------------ destroying
+
+    def destroy_verified(self, instance_id: int) -> None:
+        """Destroy, then make sure it stays gone; Vast has been seen to bring rows back."""
+        for _attempt in range(3):
+            with contextlib.suppress(VastNotFound):  # already gone is what we want
+                self.client.destroy_instance(instance_id)
+            confirm = Deadline(min(30.0, max(self.deadline.remaining, 10.0)))
+            gone = wait_until(lambda: self.client.get_instance(instance_id) is None, confirm, interval=0.5,
+                              max_interval=2.0)
+            if gone:
+                time.sleep(0.5)
+                if self.client.get_instance(instance_id) is None:
+                    self.ledger.destroyed(instance_id, api_url=self.client.base_url)
+                    self.result["destroyed"].append(instance_id)
+                    return
+        self.module.fail_json(msg=f"instance {instance_id} is still there after 3 destroys; it may be billing",
+                              instance_id=instance_id)
+
+
+def _diff_view(row: dict[str, Any] | None) -> dict[str, Any]:
+    if not row:
+        return {}
+    summary = instance_summary(row)
+    return {key: summary[key] for key in ("id", "label", "status", "offer_id", "machine_id", "image", "disk_gb",
+                                          "gpu_name", "dph_total", "is_bid")}
+
+
+def main() -> None:
+    argument_spec = vast_argument_spec()
+    argument_spec.update(
+        label={"type": "str"},
+        instance_id={"type": "int"},
+        state={"type": "str", "choices": ["present", "running", "stopped", "absent"], "default": "present"},
+        offer_id={"type": "int"},
+        query={"type": "str"},
+        order={"type": "str", "default": "dph+"},
+        max_offers={"type": "int", "default": 5},
+        exclude_machines={"type": "list", "elements": "int", "default": []},
+        max_dph={"type": "float"},
+        image={"type": "str"},
+        disk={"type": "float", "default": 10.0},
+        env={"type": "dict", "default": {}},
+        onstart={"type": "str"},
+        ssh={"type": "str", "choices": ["direct", "proxy"], "default": "direct"},
+        ssh_user={"type": "str", "default": "root"},
+        bid_price={"type": "float"},
+        wait={"type": "bool", "default": True},
+        wait_timeout={"type": "int", "default": 900},
+        ledger_path={"type": "path"},
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        supports_check_mode=True,
+        mutually_exclusive=[("offer_id", "query")],
+        required_one_of=[("label", "instance_id")],
+    )
+    params = module.params
+    if params["max_offers"] < 1:
+        module.fail_json(msg="max_offers must be at least 1")
+    if params["wait_timeout"] < 1:
+        module.fail_json(msg="wait_timeout must be at least 1 second")
+    if params["bid_price"] is not None and not 0.001 <= params["bid_price"] <= 128:
+        module.fail_json(msg=f"bid_price must be between 0.001 and 128 $/h, got {params['bid_price']}")
+    if params["state"] in ("present", "running") and params["query"] is not None:
+        try:
+            parse_query(params["query"])
+        except QueryError as exc:
+            module.fail_json(msg=f"Invalid query: {exc}; nothing was rented")
+    try:
+        manager = VastInstance(module)
+        with manager.client:
+            manager.run()
+    except RentFailed as exc:
+        module.fail_json(msg=str(exc))
+    except QueryError as exc:
+        module.fail_json(msg=f"Invalid query: {exc}; nothing was rented")
+    except VastError as exc:
+        module.fail_json(**error_result(exc))
+    module.exit_json(**manager.result)
+
+
+if __name__ == "__main__":
+    main()
