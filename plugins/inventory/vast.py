@@ -120,7 +120,8 @@ options:
 notes:
   - Instances in the statuses C(loading) or C(created) have no direct port yet; they get the proxy endpoint.
   - With O(cache) enabled, a second run within O(cache_timeout) sends no request; C(--flush-cache) or
-    C(meta) C(refresh_inventory) query the API again. Changing O(api_url) or O(statuses) also misses the cache.
+    the C(refresh_inventory) meta task query the API again. Another O(api_url), O(statuses) or API key also misses
+    the cache (the cache holds a one-way digest of the key, never the key).
   - C(ansible-inventory) only warns, and exits 0, when a source fails to parse. Set
     E(ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED=true) (or C(any_unparsed_is_failed) in C([inventory])) to
     make a missing or rejected key fatal.
@@ -172,6 +173,7 @@ cache_timeout: 600
 """
 
 import copy
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -274,11 +276,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     def _run(self, path: str, cache: bool) -> None:
         api_url = self._templated("api_url")
         statuses = [to_text(s) for s in self.get_option("statuses") or []]
-        fingerprint = {"api_url": self._base_url(api_url), "statuses": sorted(statuses)}
+        key, source = self._resolve_key()
+        # What the cached answer depends on. The account is a one-way digest: the key itself is never stored.
+        account = hashlib.sha256(f"{self.NAME}:{key}".encode()).hexdigest()[:16]
+        fingerprint = {"api_url": self._base_url(api_url), "statuses": sorted(statuses), "account": account}
 
         instances, cached = self._get_cached_result(path, cache, fingerprint)
         if not cached:
-            instances = self._fetch(fingerprint["api_url"], statuses)
+            instances = self._fetch(fingerprint["api_url"], statuses, key, source)
         self._populate(instances)
         if not cached:
             self._update_cached_result(path, cache, fingerprint, instances)
@@ -289,7 +294,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             return None
         try:
             value = self.templar.template(value)
-        except Exception as exc:  # noqa: BLE001 - the message must not carry the value
+        except Exception as exc:  # the message must not carry the value
             raise AnsibleParserError(f"mlops.vast.vast: cannot render the {name} option: "
                                      f"{type(exc).__name__}") from None
         return None if value is None else to_text(value)
@@ -302,13 +307,15 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     # ------------------------------------------------------------------ query
 
-    def _fetch(self, base_url: str, statuses: list[str]) -> list[dict[str, Any]]:
-        api_key = self._templated("api_key")
+    def _resolve_key(self) -> tuple[str, str]:
         try:
-            key, source = resolve_api_key(api_key)
+            key, source = resolve_api_key(self._templated("api_key"))
         except VastError as exc:
             raise AnsibleParserError(f"mlops.vast.vast: {exc}") from None
         self._api_key = key
+        return key, source
+
+    def _fetch(self, base_url: str, statuses: list[str], key: str, source: str) -> list[dict[str, Any]]:
         select_filters = {"actual_status": {"in": statuses}} if statuses else {}
         deadline = Deadline(float(self.get_option("api_retry_timeout")))
         try:
@@ -320,11 +327,13 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 f"mlops.vast.vast: Vast rejected the API key from {source} (HTTP {exc.status}: {exc.msg}). "
                 "Check VAST_API_KEY, the api_key option or ~/.config/vastai/vast_api_key.")) from None
         except VastAPIError as exc:
+            # status 0: no HTTP answer at all (connection refused, DNS, timeouts until the deadline)
+            detail = str(exc) if exc.status else exc.msg
             raise AnsibleParserError(self._redact(
-                f"mlops.vast.vast: listing instances at {base_url} failed: {exc}")) from None
+                f"mlops.vast.vast: listing instances at {base_url} failed: {detail}")) from None
         except VastError as exc:
             raise AnsibleParserError(self._redact(f"mlops.vast.vast: {exc}")) from None
-        except Exception as exc:  # noqa: BLE001 - any other failure becomes one clear parser error
+        except Exception as exc:  # any other failure becomes one clear parser error
             raise AnsibleParserError(self._redact(
                 f"mlops.vast.vast: listing instances at {base_url} failed: {type(exc).__name__}: {exc}")) from None
         return [scrub(row, key) for row in rows if isinstance(row, Mapping)]

@@ -346,3 +346,12 @@ def test_loopback_host_mode_serves_ssh_without_namespaces(tmp_path: Path, ssh_ke
     finally:
         assert stop_sim(simulator) == 0
     assert not leftovers(tmp_path / "state")
+
+
+def test_jupyter_runtype_serves_proxy_ssh_one_port_up(sim: Sim, ssh_key: Path) -> None:
+    register_key(sim, ssh_key)
+    with sim.client() as client:
+        row = wait_status(client, rent(client, runtype="jupyter_proxy ssh_proxy"), "running")
+        assert row["ports"] == {}
+        result = ssh_run(row["ssh_host"], row["ssh_port"] + 1, ssh_key, "echo jupyter-proxy")
+        assert result.stdout.strip() == "jupyter-proxy", result.stderr

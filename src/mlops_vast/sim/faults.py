@@ -64,6 +64,7 @@ class Fault:
     gpu_name: str | None = None
     disk_gb: float | None = None
     price: float | None = None
+    at_rent: bool = False  # take_offer: still listed by search, taken when someone tries to rent it
     fired: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -130,8 +131,10 @@ def parse_fault(fault_id: int, spec: Any) -> Fault:
         fault.gpu_name = str(spec.get("gpu_name") or "NVIDIA GeForce RTX 3060")
     elif kind == "small_disk":
         fault.disk_gb = _number(spec, "disk_gb", minimum=0.1) or 2.0
-    elif kind == "take_offer" and fault.offer_id is None:
-        raise FaultError("take_offer needs 'offer_id'")
+    elif kind == "take_offer":
+        if fault.offer_id is None:
+            raise FaultError("take_offer needs 'offer_id'")
+        fault.at_rent = bool(spec.get("at_rent", False))
     elif kind == "outbid":
         fault.price = _number(spec, "price", minimum=0.001)
         if fault.machine_id is None or fault.price is None:

@@ -202,11 +202,12 @@ class Market:
         return max((f.price or 0.0 for f in self.faults.of_kind("outbid") if f.machine_id == machine_id),
                    default=0.0)
 
-    def free_gpus(self, machine: Machine) -> int:
+    def free_gpus(self, machine: Machine, *, renting: bool = False) -> int:
+        """GPUs of the machine nobody holds. ``renting``: as seen by a create, which loses races."""
         held = sum(i.num_gpus for i in self.instances.values()
                    if i.machine_id == machine.machine_id and i.phase in HOLDS_GPUS)
         taken = sum(self.catalog.offers[f.offer_id].num_gpus for f in self.faults.of_kind("take_offer")
-                    if f.offer_id in self.catalog.offers
+                    if f.offer_id in self.catalog.offers and (renting or not f.at_rent)
                     and self.catalog.offers[f.offer_id].machine_id == machine.machine_id)
         return max(0, machine.gpus_total - held - taken)
 
@@ -281,7 +282,7 @@ class Market:
         args = _validate_create(body, machine)
         if account.credit <= 0:
             raise VastError(400, "insufficient_credit", "You lack credit, see the billing page.")
-        available = self.free_gpus(machine) >= offer.num_gpus
+        available = self.free_gpus(machine, renting=True) >= offer.num_gpus
         if not available and body.get("cancel_unavail"):
             raise VastError(410, "no_such_ask", f"Instance type {offer_id} is no longer available.",
                             ask_id=offer_id)
@@ -682,9 +683,12 @@ class Market:
 
     async def _boot(self, instance: Instance) -> None:
         await self._prepare_host(instance)
-        port = await self.hosts.open_proxy(instance.id, instance.proxy_port)
-        if port != instance.proxy_port:  # the promised port was taken meanwhile
-            instance.proxy_port = port
+        # For jupyter runtypes Vast's proxy serves SSH one port above the reported ssh_port.
+        bump = 1 if "jupyter" in instance.runtype else 0
+        wanted = instance.proxy_port + bump if instance.proxy_port is not None else None
+        port = await self.hosts.open_proxy(instance.id, wanted)
+        if port != wanted:  # the promised port was taken meanwhile
+            instance.proxy_port = port - bump
             self.touch()
         await self.hosts.start(instance.id)
 

@@ -1,0 +1,79 @@
+"""Run the collection's modules and playbooks for real (ansible-playbook in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import REPO, Sim
+
+ANSIBLE_BIN = Path(sys.executable).parent
+
+
+def ansible_env(sim: Sim | None, tmp_path: Path, *, api_key: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAST_", "ANSIBLE_", "MLOPS_VAST_"))}
+    env.update({
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
+        "ANSIBLE_NOCOLOR": "1",
+        "MLOPS_VAST_LEDGER": str(tmp_path / "contracts.jsonl"),
+        "HOME": str(tmp_path / "home"),
+        "PATH": f"{ANSIBLE_BIN}:{env.get('PATH', '')}",
+    })
+    (tmp_path / "home").mkdir(exist_ok=True)
+    if sim is not None:
+        env["VAST_URL"] = sim.url
+        key = sim.api_key if api_key is None else api_key
+        if key:
+            env["VAST_API_KEY"] = key
+    env.update(extra)
+    return env
+
+
+def run_task(module: str, args: dict[str, Any], env: dict[str, str], tmp_path: Path, *, check: bool = False,
+             diff: bool = False, timeout: float = 300) -> dict[str, Any]:
+    """Run one module task on localhost; return its result dict (with ``failed`` when it failed)."""
+    playbook = tmp_path / "task.yml"
+    out = tmp_path / "task-result.json"
+    out.unlink(missing_ok=True)
+    playbook.write_text(yaml.safe_dump([{
+        "hosts": "localhost", "gather_facts": False,
+        "tasks": [{"name": "task", module: args, "register": "out", "ignore_errors": True},
+                  # Written even in check mode: the result is the test's evidence.
+                  {"name": "keep", "ansible.builtin.copy": {"content": "{{ out | to_json }}", "dest": str(out)},
+                   "check_mode": False}],
+    }]))
+    # An explicit localhost goes through interpreter discovery, which can find a broken pyenv shim.
+    argv = [str(ANSIBLE_BIN / "ansible-playbook"), str(playbook), "-i", "localhost,", "-c", "local",
+            "-e", f"ansible_python_interpreter={sys.executable}"]
+    argv += ["--check"] if check else []
+    argv += ["--diff"] if diff else []
+    completed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if not out.exists():
+        raise AssertionError(f"ansible-playbook said: {completed.stdout[-3000:]} {completed.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def run_playbook(playbook: str, env: dict[str, str], *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    argv = [str(ANSIBLE_BIN / "ansible-playbook"), playbook, *extra]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def ledger_open(tmp_path: Path) -> list[int]:
+    """Contract ids the local ledger still holds (created, not destroyed)."""
+    path = tmp_path / "contracts.jsonl"
+    live: dict[int, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record["event"] == "created":
+                live[record["id"]] = record
+            else:
+                live.pop(record["id"], None)
+    return sorted(live)
