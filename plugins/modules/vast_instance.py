@@ -86,7 +86,6 @@ options:
       - Environment variables for the container, as a dict. Keys of the form C(-p 8080:8080) open ports
         as with the CLI's C(--env).
     type: dict
-    default: {}
   onstart:
     description: Shell commands to run when the instance starts.
     type: str
@@ -119,7 +118,7 @@ options:
       - Defaults to E(MLOPS_VAST_LEDGER), else C(~/.local/state/mlops-vast/contracts.jsonl).
     type: path
 notes:
-  - C(stopped) is not free: storage bills until the instance is destroyed.
+  - C(stopped) is not free, storage bills until the instance is destroyed.
   - In check mode nothing is rented, started, stopped or destroyed; the result and diff say what would be.
 seealso:
   - module: mlops.vast.vast_offer
@@ -496,7 +495,7 @@ def main() -> None:
         max_dph={"type": "float"},
         image={"type": "str"},
         disk={"type": "float", "default": 10.0},
-        env={"type": "dict", "default": {}},
+        env={"type": "dict"},
         onstart={"type": "str"},
         ssh={"type": "str", "choices": ["direct", "proxy"], "default": "direct"},
         ssh_user={"type": "str", "default": "root"},
