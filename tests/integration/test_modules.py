@@ -207,3 +207,14 @@ def test_ssh_key_registration_is_idempotent(sim: Sim, tmp_path: Path, ssh_key: P
     assert removed["changed"] is True
     with sim.client() as client:
         assert client.get("/api/v0/ssh/").json() == []
+
+
+def test_api_key_option_is_never_echoed(sim: Sim, tmp_path: Path) -> None:
+    env = ansible_env(sim, tmp_path, api_key="")
+    args = {"api_key": sim.api_key, "label": "quiet", "query": good_query(sim), "image": IMAGE, "state": "absent"}
+    result = run_task("mlops.vast.vast_instance", args, env, tmp_path)
+    assert not result.get("failed"), result
+    assert sim.api_key not in json.dumps(result)
+    offers = run_task("mlops.vast.vast_offer", {"api_key": sim.api_key, "query": "num_gpus=1", "limit": 1}, env,
+                      tmp_path)
+    assert offers["count"] == 1 and sim.api_key not in json.dumps(offers)
