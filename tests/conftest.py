@@ -6,6 +6,7 @@ left any namespace, veth or sshd of its own behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,12 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Ansible's collection finder must own `ansible_collections.*` before any test imports from it
+# (unit tests import module_utils directly; the inventory tests load the plugin through the loader).
+from ansible.plugins.loader import init_plugin_loader  # noqa: E402
+
+init_plugin_loader([str(REPO / ".collections")])
 IS_ROOT = os.geteuid() == 0
 API_KEY = "vastsim-test-key-0123456789abcdef"
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
@@ -92,9 +99,10 @@ def leftovers(state_dir: Path) -> list[str]:
     return found
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[Sim]:
-    simulator = start_sim(tmp_path / "state")
+@contextlib.contextmanager
+def running_sim(state_dir: Path, *extra: str) -> Iterator[Sim]:
+    """A simulator for the block; afterwards it must have exited cleanly and left nothing behind."""
+    simulator = start_sim(state_dir, *extra)
     try:
         yield simulator
     finally:
@@ -102,6 +110,12 @@ def sim(tmp_path: Path) -> Iterator[Sim]:
         left = leftovers(simulator.state_dir)
         assert code == 0, f"vastsim exited {code}: {simulator.log()[-2000:]}"
         assert not left, f"vastsim left behind: {left}"
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Sim]:
+    with running_sim(tmp_path / "state") as simulator:
+        yield simulator
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Sim, leftovers, ssh_run, start_sim, stop_sim, wait_status
+from tests.conftest import API_KEY, Sim, running_sim, ssh_run, wait_status
 from tests.integration.vastai_cli import VastCli
 
 pytestmark = pytest.mark.slow
@@ -31,14 +31,8 @@ DEFAULTS = {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"e
 @pytest.fixture(scope="module")
 def search_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
     """One simulator for the read-only search tests (searches change nothing)."""
-    simulator = start_sim(tmp_path_factory.mktemp("search-sim") / "state")
-    try:
+    with running_sim(tmp_path_factory.mktemp("search-sim") / "state") as simulator:
         yield simulator
-    finally:
-        code = stop_sim(simulator)
-        left = leftovers(simulator.state_dir)
-        assert code == 0, f"vastsim exited {code}: {simulator.log()[-2000:]}"
-        assert not left, f"vastsim left behind: {left}"
 
 
 @pytest.fixture(scope="module")

@@ -17,20 +17,13 @@ from tests.conftest import REPO, Sim, rent, wait_status
 from tests.integration.ansible_run import ANSIBLE_BIN, ansible_env
 
 PLUGIN = "mlops.vast.vast"
-_LOADER_READY = False
-
-
 # ---------------------------------------------------------------------------------------------- helpers
 
 
 def load_plugin() -> Any:
-    """The plugin as Ansible loads it: collection finder installed first (ansible-style.md §3)."""
-    global _LOADER_READY
-    from ansible.plugins.loader import init_plugin_loader, inventory_loader
+    """The plugin as Ansible loads it (tests/conftest.py installed the collection finder first)."""
+    from ansible.plugins.loader import inventory_loader
 
-    if not _LOADER_READY:
-        init_plugin_loader([str(REPO / ".collections")])
-        _LOADER_READY = True
     plugin = inventory_loader.get(PLUGIN)
     assert plugin is not None, "inventory_loader could not find mlops.vast.vast"
     return plugin

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from ansible_collections.mlops.vast.plugins.module_utils import vast_api as api
 
 SECRET = "sk-the-secret-key-0123456789"

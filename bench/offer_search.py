@@ -1,0 +1,547 @@
+#!/usr/bin/env python3
+"""Benchmark an offer search: mlops.vast.vast_offer through ansible-playbook vs ``vastai search offers``.
+
+Starts its own ``vastsim serve`` on a temporary state directory (``--log-level debug``, so its
+access log tells which requests each run sent) and, for one query, times ``--runs`` rounds (after
+one warm-up round, which also fills the CLI's caches) of, interleaved:
+
+1. ``ansible-playbook`` with one ``mlops.vast.vast_offer`` task on localhost (``-i localhost, -c local``);
+2. ``ansible localhost -m mlops.vast.vast_offer -a ...`` (the same module, ad hoc);
+3. ``vastai search offers '<query>' -o <order> --limit N --storage GB -t TYPE --raw`` (the official CLI 1.9.1);
+4. where the time goes: ``ansible-playbook`` with one ``ansible.builtin.ping`` task (start-up plus one
+   module run on localhost) and with one ``meta: noop`` task (start-up and the play, no module run),
+   ``vastai --version`` (the CLI's start-up), and in-process: the module's own ``search()`` through
+   the collection's ``VastClient``, and one bare httpx ``POST /api/v0/bundles/`` of the same body.
+
+Every run of 1, 2, 3 and the in-process search must return the same offer ids in the same order.
+
+    .venv/bin/python bench/offer_search.py --runs 5 --json /tmp/offer_search.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+API_KEY = "vastsim-bench-key-0123456789abcdef"
+MODULE = "mlops.vast.vast_offer"
+DEFAULT_QUERY = "reliability > 0.95 cuda_vers >= 12.4 gpu_ram >= 16"
+ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
+SYNC_PARAM = "bench_sync"
+# Variables of the caller's environment that could point a client elsewhere or at a real key.
+DROPPED = ("VAST_", "VASTAI_", "ANSIBLE_", "MLOPS_VAST_", "XDG_", "HOME", "COLUMNS", "LINES", "NO_COLOR",
+           "FORCE_COLOR")
+LABELS = {
+    "playbook": "ansible-playbook, one vast_offer task",
+    "adhoc": f"ansible localhost -m {MODULE}",
+    "vastai": "vastai search offers ... --raw",
+    "playbook_ping": "ansible-playbook, one ansible.builtin.ping task",
+    "playbook_noop": "ansible-playbook, one meta: noop task",
+    "vastai_version": "vastai --version",
+    "python": "python -c pass",
+    "python_httpx": "python -c 'import httpx'",
+    "search": "in-process: vast_offer.search()",
+    "http": "in-process: new httpx.Client + POST /bundles/",
+}
+
+
+class BenchError(RuntimeError):
+    """A step of the benchmark failed or ran out of time."""
+
+
+class Deadline:
+    """The overall time budget; every wait asks it for a timeout no longer than what is left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def cap(self, timeout: float) -> float:
+        left = self.left()
+        if left <= 0:
+            raise BenchError("overall deadline (--deadline) exceeded")
+        return min(timeout, left)
+
+
+# --------------------------------------------------------------------------- the simulator process
+
+
+@dataclass
+class Sim:
+    process: subprocess.Popen[str]
+    url: str
+    state_dir: Path
+    log_path: Path
+    stdout: list[str]  # every stdout line (the access log at --log-level debug), appended by a thread
+    client: httpx.Client = field(init=False)
+    _syncs: int = 0
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {API_KEY}"},
+                                   timeout=60)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def tag(self) -> str:
+        # Mirrors HostManager.tag: netns are named vastsim-<tag>-<id>.
+        return hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:4]
+
+    def log_tail(self, limit: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-limit:]
+        return ""
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.client.request(method, path, **kwargs)
+        if response.status_code != 200:
+            raise BenchError(f"{method} {path}: HTTP {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    def sync(self, timeout: float = 10.0) -> int:
+        """A position in ``stdout`` after which every request answered so far has been logged.
+
+        Sends a marked ``GET /_sim/info`` and waits for its access-log line: the server logs in
+        order, so every earlier request's line is already there.
+        """
+        self._syncs += 1
+        marker = f"{SYNC_PARAM}={self._syncs} HTTP/"
+        self.call("GET", "/_sim/info", params={SYNC_PARAM: self._syncs})
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            lines = list(self.stdout)
+            for index in range(len(lines) - 1, -1, -1):
+                if marker in lines[index]:
+                    return index + 1
+            time.sleep(0.005)
+        raise BenchError(f"the access log never showed {marker} (is vastsim at --log-level debug?)")
+
+    def requests_between(self, start: int, end: int) -> list[str]:
+        """``METHOD target`` of every request logged between two ``sync()`` positions."""
+        found = []
+        for line in self.stdout[start:end]:
+            match = ACCESS_LINE.search(line)
+            if match and SYNC_PARAM not in match["target"]:
+                found.append(f"{match['method']} {match['target']}")
+        return found
+
+
+def start_sim(root: Path, deadline: Deadline, timeout: float = 60.0) -> Sim:
+    state_dir = root / "state"
+    state_dir.mkdir(parents=True)
+    log_path = root / "vastsim.log"
+    argv = [sys.executable, "-m", "mlops_vast.sim.cli", "serve", "--state-dir", str(state_dir),
+            "--api-key", API_KEY, "--host-mode", "loopback", "--log-level", "debug"]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                   text=True, cwd=REPO)
+    lines: list[str] = []
+    ended = threading.Event()
+
+    def reader() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+        ended.set()
+
+    threading.Thread(target=reader, daemon=True).start()
+    end = time.monotonic() + deadline.cap(timeout)
+    while time.monotonic() < end and not ended.is_set():
+        url = next((line.strip().split("=", 1)[1] for line in list(lines) if line.startswith("VAST_URL=")), None)
+        if url:
+            return Sim(process=process, url=url, state_dir=state_dir, log_path=log_path, stdout=lines)
+        time.sleep(0.01)
+    process.kill()
+    process.wait(10)
+    raise BenchError(f"vastsim did not print VAST_URL= within {timeout:g}s:\n"
+                     f"{log_path.read_text(errors='replace')[-3000:]}")
+
+
+def stop_sim(sim: Sim, timeout: float = 60.0) -> dict[str, Any]:
+    """SIGTERM, wait; SIGKILL only if it ignored SIGTERM. Returns exit code and shutdown time."""
+    started = time.monotonic()
+    killed = False
+    with contextlib.suppress(Exception):
+        sim.client.close()
+    if sim.process.poll() is None:
+        sim.process.send_signal(signal.SIGTERM)
+        try:
+            sim.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            killed = True
+            sim.process.kill()
+            sim.process.wait(10)
+    return {"returncode": sim.process.returncode, "shutdown_s": round(time.monotonic() - started, 3),
+            "sigkilled": killed}
+
+
+def _run(*argv: str) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def stop_and_check(sim: Sim, results: dict[str, Any], say: Callable[[str], None]) -> bool:
+    """Stop the simulator and look for anything of its state dir left behind; True if clean."""
+    stopped = stop_sim(sim)
+    prefix = f"vastsim-{sim.tag}-"
+    leftover = {"netns": [line.split()[0] for line in _run("ip", "netns", "list").splitlines()
+                          if line.startswith(prefix)],
+                "processes": [line for line in _run("ps", "-eo", "pid,args").splitlines()
+                              if str(sim.state_dir) in line and "ps -eo" not in line]}
+    results["stop"] = stopped
+    results["leftovers"] = leftover
+    found = {k: v for k, v in leftover.items() if v}
+    say(f"\nvastsim stopped: exit code {stopped['returncode']} after {stopped['shutdown_s']:.2f}s"
+        f"{' (had to SIGKILL)' if stopped['sigkilled'] else ''}; left behind ({prefix}* netns, "
+        f"processes of its state dir): {found or 'nothing'}")
+    clean = stopped["returncode"] == 0 and not stopped["sigkilled"] and not found
+    if not clean:
+        results["errors"].append(f"unclean stop: {stopped} {leftover}")
+    if not clean or results["errors"]:
+        say("vastsim log tail:\n" + sim.log_tail(2000))
+    return clean
+
+
+# ------------------------------------------------------------------------------------ measurements
+
+
+@dataclass
+class Search:
+    query: str
+    order: str
+    limit: int
+    storage: float
+    type: str
+
+    def module_args(self) -> dict[str, Any]:
+        return {"query": self.query, "order": self.order, "limit": self.limit, "storage": self.storage,
+                "type": self.type}
+
+    def cli_args(self) -> list[str]:
+        return ["search", "offers", self.query, "-o", self.order, "--limit", str(self.limit),
+                "--storage", f"{self.storage:g}", "-t", self.type]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values),
+            "mean": statistics.fmean(values)}
+
+
+def environments(sim: Sim, root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(ansible's environment, vastai's environment): private HOME/XDG dirs, the simulator, the key."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED)}
+    home = root / "home"
+    home.mkdir(exist_ok=True)
+    common = {**base, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+              "XDG_CACHE_HOME": str(home / ".cache"), "PATH": f"{BIN}:{base.get('PATH', '')}",
+              "VAST_URL": sim.url, "VAST_API_KEY": API_KEY}
+    ansible = {**common, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
+               "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+               "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false", "ANSIBLE_DEPRECATION_WARNINGS": "false"}
+    vastai = {**common, "VASTAI_NO_UPDATE_CHECK": "1", "COLUMNS": "300", "TERM": "dumb"}
+    return ansible, vastai
+
+
+def result_after(text: str, marker: str) -> dict[str, Any]:
+    """The JSON object printed after ``marker`` (``ok: [localhost] => {...}``)."""
+    at = text.find(marker)
+    if at < 0:
+        raise BenchError(f"no {marker!r} in the output:\n{text[-2000:]}")
+    value, _ = json.JSONDecoder().raw_decode(text[at + len(marker):].lstrip())
+    return value
+
+
+def module_ids(result: dict[str, Any]) -> list[int]:
+    if result.get("failed"):
+        raise BenchError(f"{MODULE} failed: {result.get('msg')}")
+    return [int(offer["id"]) for offer in result["offers"]]
+
+
+def write_playbook(path: Path, task: dict[str, Any]) -> Path:
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [{"name": "bench", **task}]}]
+    path.write_text(json.dumps(play, indent=2) + "\n")  # JSON is YAML
+    return path
+
+
+def subprocess_variants(root: Path, search: Search, ansible_env: dict[str, str],
+                        vastai_env: dict[str, str], url: str) -> dict[str, tuple[list[str], dict[str, str],
+                                                                              Callable[[str], list[int]] | None]]:
+    """name -> (argv, environment, how to read the offer ids from stdout, or None)."""
+    localhost = ["-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}"]
+    books = {name: write_playbook(root / f"{name}.yml", task) for name, task in (
+        ("playbook", {MODULE: search.module_args()}),
+        ("playbook_ping", {"ansible.builtin.ping": {}}),
+        ("playbook_noop", {"ansible.builtin.meta": "noop"}),
+    )}
+    playbook = str(BIN / "ansible-playbook")
+    vastai = [str(BIN / "vastai"), "--url", url]
+    return {
+        # -v prints each task's result, as one line of JSON (ANSIBLE_CALLBACK_RESULT_FORMAT=json, not pretty)
+        "playbook": ([playbook, "-v", str(books["playbook"]), *localhost], ansible_env,
+                     lambda out: module_ids(result_after(out, "ok: [localhost] =>"))),
+        "adhoc": ([str(BIN / "ansible"), "localhost", *localhost, "-m", MODULE, "-a",
+                   json.dumps(search.module_args())], ansible_env,
+                  lambda out: module_ids(result_after(out, "localhost | SUCCESS =>"))),
+        "vastai": ([*vastai, *search.cli_args(), "--raw"], vastai_env,
+                   lambda out: [int(offer["id"]) for offer in json.loads(out)]),
+        "playbook_ping": ([playbook, "-v", str(books["playbook_ping"]), *localhost], ansible_env, None),
+        "playbook_noop": ([playbook, "-v", str(books["playbook_noop"]), *localhost], ansible_env, None),
+        "vastai_version": ([*vastai, "--version"], vastai_env, None),
+        # What every module run on localhost pays before its work: the interpreter, and httpx for vast_offer.
+        "python": ([sys.executable, "-c", "pass"], ansible_env, None),
+        "python_httpx": ([sys.executable, "-c", "import httpx"], ansible_env, None),
+    }
+
+
+def run_one(sim: Sim, name: str, argv: list[str], env: dict[str, str], ids_of: Callable[[str], list[int]] | None,
+            deadline: Deadline) -> dict[str, Any]:
+    start = sim.sync()
+    t0 = time.perf_counter()
+    completed = subprocess.run(argv, env=env, cwd=Path(env["HOME"]), capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL, timeout=deadline.cap(300))
+    elapsed = time.perf_counter() - t0
+    requests = sim.requests_between(start, sim.sync())
+    output = completed.stdout + completed.stderr
+    if completed.returncode != 0 or "Traceback (most recent call last)" in output:
+        raise BenchError(f"{name}: {' '.join(argv[:4])} ... exited {completed.returncode}:\n{output[-3000:]}")
+    sample: dict[str, Any] = {"s": elapsed, "requests": len(requests), "request_lines": requests}
+    if ids_of is not None:
+        try:
+            sample["ids"] = ids_of(completed.stdout)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BenchError(f"{name}: cannot read the offers ({exc!r}) from:\n{output[-2000:]}") from None
+    return sample
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def in_process_variants(sim: Sim, search: Search, ansible_env: dict[str, str],
+                        results: dict[str, Any]) -> dict[str, Callable[[], list[int] | None]]:
+    """The module's own work without ansible: its search() through VastClient, and the bare request."""
+    keys = ("ANSIBLE_CONFIG", "ANSIBLE_LOCAL_TEMP", "VAST_URL", "VAST_API_KEY", "XDG_CONFIG_HOME")
+    with environment({k: ansible_env[k] for k in keys}):
+        t0 = time.perf_counter()
+        # .collections is on sys.path in the virtualenv (the _mlops_vast.pth file).
+        from ansible_collections.mlops.vast.plugins.module_utils.vast_api import Deadline as VastDeadline
+        from ansible_collections.mlops.vast.plugins.module_utils.vast_common import client_for
+        from ansible_collections.mlops.vast.plugins.modules import vast_offer
+
+        results["module_import_s"] = time.perf_counter() - t0
+    params = {"api_key": API_KEY, "api_url": sim.url, "api_timeout": 30.0, "default_filters": True,
+              "exclude_machines": [], "max_dph": None, **search.module_args()}
+    body: dict[str, Any] = {}
+
+    def module_search() -> list[int]:
+        with client_for(params, VastDeadline(60)) as client:
+            offers, sent = vast_offer.search(client, params)
+        body.update(sent)
+        return [int(offer["id"]) for offer in offers]
+
+    def bare_request() -> None:
+        # A fresh client, as each run of the module or the CLI has; the module's own body.
+        sent = body or vast_offer.build_search_body(
+            search.query, order=search.order, offer_type=search.type, limit=search.limit + vast_offer.OVERFETCH,
+            storage_gb=search.storage)
+        with httpx.Client(base_url=sim.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:
+            response = http.post("/api/v0/bundles/", json=sent)
+            response.raise_for_status()
+            response.json()
+
+    return {"search": module_search, "http": bare_request}
+
+
+def bench(sim: Sim, root: Path, search: Search, runs: int, deadline: Deadline, results: dict[str, Any],
+          say: Callable[[str], None]) -> dict[str, Any]:
+    ansible_env, vastai_env = environments(sim, root)
+    commands = subprocess_variants(root, search, ansible_env, vastai_env, sim.url)
+    in_process = in_process_variants(sim, search, ansible_env, results)
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in [*commands, *in_process]}
+    reference: list[int] | None = None
+    for round_no in range(runs + 1):  # round 0 is the warm-up (.pyc files, the CLI's caches)
+        for name, (argv, env, ids_of) in commands.items():
+            sample = run_one(sim, name, argv, env, ids_of, deadline)
+            samples[name].append(sample)
+        for name, work in in_process.items():
+            deadline.cap(1)
+            start = sim.sync()
+            t0 = time.perf_counter()
+            ids = work()
+            elapsed = time.perf_counter() - t0
+            requests = sim.requests_between(start, sim.sync())
+            samples[name].append({"s": elapsed, "requests": len(requests), "request_lines": requests,
+                                  **({"ids": ids} if ids is not None else {})})
+        for name, rows in samples.items():
+            if "ids" not in rows[-1]:
+                continue
+            reference = reference if reference is not None else rows[-1]["ids"]
+            if rows[-1]["ids"] != reference:
+                raise BenchError(f"{name} returned other offers than the first run of "
+                                 f"{next(iter(commands))}:\n  {rows[-1]['ids']}\n  {reference}")
+        if round_no:
+            say(f"  round {round_no}/{runs}: " + ", ".join(
+                f"{name} {rows[-1]['s']:.3f}s" for name, rows in samples.items()))
+        else:
+            results["warmup"] = {name: {"s": rows[0]["s"], "requests": rows[0]["request_lines"]}
+                                 for name, rows in samples.items()}
+            say(f"  warm-up: {len(reference or [])} offers; requests: " + ", ".join(
+                f"{name} {len(rows[0]['request_lines'])}" for name, rows in samples.items()))
+    results["offer_ids"] = reference
+    return {name: {"samples": rows[1:], "summary": summary([r["s"] for r in rows[1:]]),
+                   "requests": sorted({r["requests"] for r in rows[1:]}),
+                   "request_lines": rows[-1]["request_lines"]} for name, rows in samples.items()}
+
+
+# ------------------------------------------------------------------------------------- reporting
+
+
+def report(timings: dict[str, Any], offers: int, say: Callable[[str], None]) -> None:
+    say(f"\n  {'':48} {'min':>7} {'median':>7} {'max':>7}  requests")
+    for name, label in LABELS.items():
+        s = timings[name]["summary"]
+        say(f"  {label:48} {s['min']:7.3f} {s['median']:7.3f} {s['max']:7.3f}  "
+            f"{'/'.join(map(str, timings[name]['requests'])):>8}")
+    med = {name: timings[name]["summary"]["median"] for name in timings}
+    say(f"  same {offers} offer ids in the same order from every run of vast_offer (playbook, ad hoc, in-process) "
+        "and vastai")
+    say(f"  vast_offer (ansible-playbook) / vastai (medians): {med['playbook'] / med['vastai']:.2f}x; "
+        f"ad hoc / vastai: {med['adhoc'] / med['vastai']:.2f}x; in-process search / vastai: "
+        f"{med['search'] / med['vastai']:.3f}x")
+    total = med["playbook"]
+    httpx_import = med["python_httpx"] - med["python"]
+    parts = [("ansible-playbook start-up and the play (noop)", med["playbook_noop"]),
+             ("one module run on localhost (ping - noop)", med["playbook_ping"] - med["playbook_noop"]),
+             ("vast_offer over ping", med["playbook"] - med["playbook_ping"])]
+    say(f"  where a vast_offer playbook run goes ({total:.3f}s): " + ", ".join(
+        f"{label} {value:.3f}s ({value / total:.0%})" for label, value in parts))
+    say(f"    vast_offer over ping: importing httpx in the module's interpreter ~{httpx_import:.3f}s "
+        f"(python -c 'import httpx' - python -c pass), the search itself {med['search']:.3f}s in-process "
+        f"({med['search'] / total:.1%} of the run; a new httpx.Client + the bare POST: {med['http']:.3f}s)")
+    cli = med["vastai"]
+    say(f"  where a vastai run goes ({cli:.3f}s): start-up (--version) {med['vastai_version']:.3f}s "
+        f"({med['vastai_version'] / cli:.0%}), the search and its output {cli - med['vastai_version']:.3f}s "
+        f"({(cli - med['vastai_version']) / cli:.0%})")
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM to the benchmark unwinds like Ctrl-C, so the simulator is still stopped."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--query", default=DEFAULT_QUERY, help=f"the offer query (default {DEFAULT_QUERY!r})")
+    parser.add_argument("--order", default="dph+", help="sort order, as the CLI's -o (default dph+)")
+    parser.add_argument("--limit", type=int, default=64,
+                        help="offers to return, the CLI's --limit and the module's limit (default 64, the "
+                        "number Vast returns when the CLI sends none)")
+    parser.add_argument("--storage", type=float, default=5.0, help="GB of disk priced in (default 5)")
+    parser.add_argument("--type", default="on-demand", choices=("on-demand", "bid", "reserved"),
+                        help="offer type (default on-demand)")
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds of each variant (default 5)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
+    parser.add_argument("--deadline", type=float, default=900.0, help="overall time limit in seconds (default 900)")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.limit < 1 or args.storage < 0:
+        parser.error("--runs and --limit must be >= 1, --storage >= 0")
+    for tool in ("ansible-playbook", "ansible", "vastai"):
+        if not (BIN / tool).exists():
+            parser.error(f"{BIN / tool} not found: run with the virtualenv's python")
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    search = Search(query=args.query, order=args.order, limit=args.limit, storage=args.storage, type=args.type)
+    deadline = Deadline(args.deadline)
+    root = Path(tempfile.mkdtemp(prefix="vastsim-bench-offers-"))
+    results: dict[str, Any] = {
+        "params": {"query": search.query, "order": search.order, "limit": search.limit, "storage": search.storage,
+                   "type": search.type, "runs": args.runs},
+        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                 "loadavg_start": os.getloadavg()},
+        "errors": [],
+    }
+    sim: Sim | None = None
+    exit_code = 0
+    try:
+        with terminate_as_interrupt():
+            started = time.monotonic()
+            sim = start_sim(root, deadline)
+            results["sim_start_s"] = time.monotonic() - started
+            load = results["host"]["loadavg_start"][0]
+            say(f"vastsim pid {sim.pid} at {sim.url}, started in {results['sim_start_s']:.2f}s; {os.cpu_count()} "
+                f"CPUs (load average {load:.2f}), kernel {platform.release()}, Python {platform.python_version()}")
+            say(f"query {search.query!r}, order {search.order}, limit {search.limit}, storage {search.storage:g} GB, "
+                f"type {search.type}; {args.runs} rounds after 1 warm-up, variants interleaved")
+            timings = bench(sim, root, search, args.runs, deadline, results, say)
+            results["timings"] = timings
+            say(f"  import of the module and its module_utils, in-process: {results['module_import_s']:.3f}s (once)")
+            report(timings, len(results["offer_ids"] or []), say)
+    except (BenchError, httpx.HTTPError, subprocess.SubprocessError, OSError, ValueError) as exc:
+        exit_code = 1
+        results["errors"].append(f"fatal: {exc!r}")
+        say(f"FAILED: {exc}")
+    except KeyboardInterrupt:
+        exit_code = 130
+        results["errors"].append("interrupted")
+        say("interrupted")
+    finally:
+        if sim is not None and not stop_and_check(sim, results, say):
+            exit_code = exit_code or 1
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+            say(f"results written to {args.json}")
+        shutil.rmtree(root, ignore_errors=True)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
