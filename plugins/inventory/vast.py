@@ -192,40 +192,13 @@ from ..module_utils.vast_api import (
     resolve_api_key,
     resolve_base_url,
 )
+from ..module_utils.vast_common import ssh_endpoint
 
 GROUP = "vast"
 CACHE_FORMAT = 1
 REDACTED = "********"
 # A key shorter than this is not searched for in data (it would redact ordinary words).
 MIN_SCRUB_LENGTH = 8
-
-
-def ssh_endpoint(instance: Mapping[str, Any], prefer_direct: bool = True) -> tuple[str | None, int | None]:
-    """The (host, port) to SSH to, as ``vastai ssh-url`` picks it (vast-api.md §4.3).
-
-    Direct when ``prefer_direct`` and the instance maps ``22/tcp`` (public IP and host port), else the
-    proxy ``ssh_host:ssh_port``, plus one on the port for jupyter runtypes. ``(None, None)`` when the
-    instance has neither.
-    """
-    if prefer_direct:
-        ports = instance.get("ports")
-        mapping = ports.get("22/tcp") if isinstance(ports, Mapping) else None
-        public_ip = str(instance.get("public_ipaddr") or "").strip()
-        if mapping and public_ip:
-            try:
-                return public_ip, int(mapping[0]["HostPort"])
-            except (LookupError, TypeError, ValueError):
-                pass
-    host = str(instance.get("ssh_host") or "").strip()
-    try:
-        port = int(instance.get("ssh_port"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None, None
-    if not host:
-        return None, None
-    if "jupyter" in str(instance.get("image_runtype") or ""):
-        port += 1
-    return host, port
 
 
 def label_matches(label: str | None, prefix: str | None, pattern: re.Pattern[str] | None) -> bool:
@@ -389,7 +362,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 continue
             hostvars: dict[str, Any] = {f"{hostvars_prefix}{key}": copy.deepcopy(value)
                                         for key, value in instance.items()}
-            host, port = ssh_endpoint(instance, prefer_direct)
+            host, port, _kind = ssh_endpoint(instance, prefer_direct)
             if host:
                 hostvars["ansible_host"] = host
                 hostvars["ansible_port"] = port

@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .vast_api import Deadline, VastAPIError, VastClient, VastConfigError, VastError, resolve_api_key, resolve_base_url
@@ -88,17 +88,32 @@ def ssh_banner(host: str, port: int, timeout: float = 5.0) -> bool:
         return False
 
 
-def ssh_endpoint(instance: dict[str, Any]) -> tuple[str | None, int | None, str]:
-    """The address to SSH to, preferring the direct port as the official CLI's ssh-url does."""
-    ports = instance.get("ports") or {}
-    direct = ports.get("22/tcp") if isinstance(ports, dict) else None
-    if direct and instance.get("public_ipaddr"):
-        return str(instance["public_ipaddr"]).strip(), int(direct[0]["HostPort"]), "direct"
-    port = instance.get("ssh_port")
-    if port is None or not instance.get("ssh_host"):
+def ssh_endpoint(instance: Mapping[str, Any], prefer_direct: bool = True) -> tuple[str | None, int | None, str]:
+    """``(host, port, kind)`` to SSH to, as ``vastai ssh-url`` picks it (vast-api.md §4.3).
+
+    ``direct`` when ``prefer_direct`` and the instance maps ``22/tcp`` (public IP and host port), else
+    ``proxy``: ``ssh_host:ssh_port``, plus one on the port for jupyter runtypes. ``(None, None, "none")``
+    when the instance has neither (yet).
+    """
+    if prefer_direct:
+        ports = instance.get("ports")
+        mapping = ports.get("22/tcp") if isinstance(ports, Mapping) else None
+        public_ip = str(instance.get("public_ipaddr") or "").strip()
+        if mapping and public_ip:
+            try:
+                return public_ip, int(mapping[0]["HostPort"]), "direct"
+            except (LookupError, TypeError, ValueError):
+                pass
+    host = str(instance.get("ssh_host") or "").strip()
+    try:
+        port = int(instance.get("ssh_port"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
         return None, None, "none"
-    bump = 1 if "jupyter" in str(instance.get("image_runtype") or "") else 0
-    return str(instance["ssh_host"]).strip(), int(port) + bump, "proxy"
+    if not host:
+        return None, None, "none"
+    if "jupyter" in str(instance.get("image_runtype") or ""):
+        port += 1
+    return host, port, "proxy"
 
 
 def hopeless_reason(instance: dict[str, Any]) -> str | None:
