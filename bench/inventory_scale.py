@@ -323,12 +323,22 @@ def destroy_all(sim: Sim, ids: list[int]) -> dict[str, Any]:
 
 
 def summary(values: list[float]) -> dict[str, float]:
+    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
     return {"min": min(values), "median": statistics.median(values), "max": max(values),
-            "mean": statistics.fmean(values)}
+            "mean": statistics.fmean(values), "iqr": quartiles[2] - quartiles[0]}
 
 
-def write_cfg(path: Path, **extra: Any) -> Path:
-    path.write_text(json.dumps({**INVENTORY_OPTIONS, **extra}, indent=2) + "\n")  # JSON is YAML
+def noted(diff: float, *spreads: float) -> str:
+    """A difference of medians, flagged when it is smaller than the runs' own spread (IQRs added)."""
+    spread = sum(spreads)
+    return f"{diff:.3f}s" + (f" (within the run-to-run spread, IQR {spread:.3f}s)" if abs(diff) < spread else "")
+
+
+def write_cfg(path: Path, constructed: bool = True, **extra: Any) -> Path:
+    """The benchmark's config; ``constructed=False`` leaves out keyed_groups, groups and compose."""
+    options = {k: v for k, v in INVENTORY_OPTIONS.items()
+               if constructed or k not in ("keyed_groups", "groups", "compose")}
+    path.write_text(json.dumps({**options, **extra}, indent=2) + "\n")  # JSON is YAML
     return path
 
 
@@ -457,6 +467,7 @@ def bench_in_process(sim: Sim, cfgs: dict[str, Path], env: dict[str, str], count
             "uncached": lambda: parse(cfgs["nocache"], cache=True),
             "fill": lambda: parse(cfgs["cache"], cache=False),
             "cached": lambda: parse(cfgs["cache"], cache=True),
+            "bare": lambda: parse(cfgs["bare"], cache=True),
             "manager_uncached": lambda: manage(cfgs["nocache"], cache=True),
             "manager_cached": lambda: manage(cfgs["cache"], cache=True),
         }
@@ -483,12 +494,12 @@ def bench_in_process(sim: Sim, cfgs: dict[str, Path], env: dict[str, str], count
 
 
 def table(rows: list[tuple[str, dict[str, Any]]], say: Callable[[str], None], hosts: str = "") -> None:
-    say(f"  {'':44} {'min':>7} {'median':>7} {'max':>7}  requests{hosts}")
+    say(f"  {'':54} {'min':>7} {'median':>7} {'max':>7}  requests{hosts}")
     for label, data in rows:
         s = data["summary"]
         requests = "/".join(map(str, data["requests"]))
         extra = f"  {data['samples'][-1].get('hosts', '-'):>5}" if hosts else ""
-        say(f"  {label:44} {s['min']:7.3f} {s['median']:7.3f} {s['max']:7.3f}  {requests:>8}{extra}")
+        say(f"  {label:54} {s['min']:7.3f} {s['median']:7.3f} {s['max']:7.3f}  {requests:>8}{extra}")
 
 
 def report(results: dict[str, Any], count: int, say: Callable[[str], None]) -> None:
@@ -501,7 +512,8 @@ def report(results: dict[str, Any], count: int, say: Callable[[str], None]) -> N
                ("cache fill (cache: true, --flush-cache)", sub["fill"]),
                ("cached (cache: true, run after a fill)", sub["cached"])], say, hosts="  hosts")
         unc, cac, floor = (sub[k]["summary"]["median"] for k in ("uncached", "cached", "startup"))
-        say(f"  uncached / cached (medians): {unc / cac:.2f}x; uncached - cached: {unc - cac:.3f}s; "
+        spread = (sub["uncached"]["summary"]["iqr"], sub["cached"]["summary"]["iqr"])
+        say(f"  uncached / cached (medians): {unc / cac:.2f}x; uncached - cached: {noted(unc - cac, *spread)}; "
             f"requests per uncached run: {'/'.join(map(str, sub['uncached']['requests']))} "
             f"(ceil({count}/{PAGE_SIZE}) = {pages} pages), cached: {'/'.join(map(str, sub['cached']['requests']))}")
         say(f"  over the start-up floor: uncached +{unc - floor:.3f}s, cached +{cac - floor:.3f}s "
@@ -512,12 +524,15 @@ def report(results: dict[str, Any], count: int, say: Callable[[str], None]) -> N
                ("plugin parse, uncached (cache: false)", inproc["uncached"]),
                ("plugin parse, cache fill (cache=False)", inproc["fill"]),
                ("plugin parse, cached", inproc["cached"]),
+               ("plugin parse, uncached, no keyed_groups/groups/compose", inproc["bare"]),
                ("InventoryManager(sources=[cfg]), uncached", inproc["manager_uncached"]),
                ("InventoryManager(sources=[cfg]), cached", inproc["manager_cached"])], say)
         unc, cac, fetch = (inproc[k]["summary"]["median"] for k in ("uncached", "cached", "fetch"))
-        say(f"  plugin parse uncached / cached (medians): {unc / cac:.2f}x; of an uncached parse, listing "
-            f"{fetch:.3f}s ({fetch / unc:.0%}), making {count} hosts (vars, keyed_groups, groups, compose) "
-            f"{unc - fetch:.3f}s ({(unc - fetch) / unc:.0%})")
+        bare = inproc["bare"]["summary"]["median"]
+        say(f"  plugin parse uncached / cached (medians): {unc / cac:.2f}x; of an uncached parse: listing "
+            f"{fetch:.3f}s ({fetch / unc:.0%}), making {count} hosts with their vars {bare - fetch:.3f}s "
+            f"({(bare - fetch) / unc:.0%}), keyed_groups/groups/compose (Ansible's templating) {unc - bare:.3f}s "
+            f"({(unc - bare) / unc:.0%})")
     if sub and inproc:
         for kind in ("uncached", "cached"):
             total = sub[kind]["summary"]["median"]
@@ -565,6 +580,7 @@ def run_benchmark(sim: Sim, root: Path, args: argparse.Namespace, deadline: Dead
         raise BenchError(f"v1 list shows {filled['v1_total_instances']} instances, expected {args.instances}")
 
     cfgs = {"nocache": write_cfg(root / "nocache_vast.yml", cache=False),
+            "bare": write_cfg(root / "bare_vast.yml", constructed=False, cache=False),
             "cache": write_cfg(root / "cached_vast.yml", cache=True, cache_plugin="ansible.builtin.jsonfile",
                                cache_connection=str(root / "inventory-cache"), cache_timeout=3600)}
     env = ansible_env(sim, root)

@@ -250,8 +250,15 @@ class Search:
 
 
 def summary(values: list[float]) -> dict[str, float]:
+    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
     return {"min": min(values), "median": statistics.median(values), "max": max(values),
-            "mean": statistics.fmean(values)}
+            "mean": statistics.fmean(values), "iqr": quartiles[2] - quartiles[0]}
+
+
+def noted(diff: float, *spreads: float) -> str:
+    """A difference of medians, flagged when it is smaller than the runs' own spread (IQRs added)."""
+    spread = sum(spreads)
+    return f"{diff:.3f}s" + (f" (within the run-to-run spread, IQR {spread:.3f}s)" if abs(diff) < spread else "")
 
 
 def environments(sim: Sim, root: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -445,20 +452,24 @@ def report(timings: dict[str, Any], offers: int, say: Callable[[str], None]) -> 
     say(f"  vast_offer (ansible-playbook) / vastai (medians): {med['playbook'] / med['vastai']:.2f}x; "
         f"ad hoc / vastai: {med['adhoc'] / med['vastai']:.2f}x; in-process search / vastai: "
         f"{med['search'] / med['vastai']:.3f}x")
+    iqr = {name: timings[name]["summary"]["iqr"] for name in timings}
     total = med["playbook"]
     httpx_import = med["python_httpx"] - med["python"]
-    parts = [("ansible-playbook start-up and the play (noop)", med["playbook_noop"]),
-             ("one module run on localhost (ping - noop)", med["playbook_ping"] - med["playbook_noop"]),
-             ("vast_offer over ping", med["playbook"] - med["playbook_ping"])]
-    say(f"  where a vast_offer playbook run goes ({total:.3f}s): " + ", ".join(
-        f"{label} {value:.3f}s ({value / total:.0%})" for label, value in parts))
+    module_run = med["playbook_ping"] - med["playbook_noop"]
+    over_ping = med["playbook"] - med["playbook_ping"]
+    say(f"  where a vast_offer playbook run goes ({total:.3f}s): ansible-playbook start-up and the play (noop) "
+        f"{med['playbook_noop']:.3f}s ({med['playbook_noop'] / total:.0%}); one module run on localhost (ping - noop) "
+        f"{noted(module_run, iqr['playbook_ping'], iqr['playbook_noop'])} ({module_run / total:.0%}); "
+        f"vast_offer over ping {noted(over_ping, iqr['playbook'], iqr['playbook_ping'])} ({over_ping / total:.0%})")
+    rest = over_ping - httpx_import - med["search"]
     say(f"    vast_offer over ping: importing httpx in the module's interpreter ~{httpx_import:.3f}s "
         f"(python -c 'import httpx' - python -c pass), the search itself {med['search']:.3f}s in-process "
-        f"({med['search'] / total:.1%} of the run; a new httpx.Client + the bare POST: {med['http']:.3f}s)")
-    cli = med["vastai"]
-    say(f"  where a vastai run goes ({cli:.3f}s): start-up (--version) {med['vastai_version']:.3f}s "
-        f"({med['vastai_version'] / cli:.0%}), the search and its output {cli - med['vastai_version']:.3f}s "
-        f"({(cli - med['vastai_version']) / cli:.0%})")
+        f"({med['search'] / total:.1%} of the run; a new httpx.Client + the bare POST: {med['http']:.3f}s), "
+        f"the rest {noted(rest, iqr['playbook'], iqr['playbook_ping'])} (a larger AnsiballZ payload with the "
+        f"collection's module_utils, the result of {offers} offers through the controller and its callback)")
+    cli, start = med["vastai"], med["vastai_version"]
+    say(f"  where a vastai run goes ({cli:.3f}s): start-up (--version: imports, argparse) {start:.3f}s "
+        f"({start / cli:.0%}), the search and its output {noted(cli - start, iqr['vastai'], iqr['vastai_version'])}")
 
 
 @contextlib.contextmanager
