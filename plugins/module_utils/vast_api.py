@@ -115,9 +115,9 @@ def resolve_api_key(explicit: str | None = None, environ: dict[str, str] | None 
     """The key and where it came from (never the key itself in messages)."""
     environ = os.environ if environ is None else environ
     if explicit:
-        return explicit.strip(), "the api_key option"
+        return _checked_key(explicit, "the api_key option"), "the api_key option"
     if environ.get("VAST_API_KEY"):
-        return environ["VAST_API_KEY"].strip(), "VAST_API_KEY"
+        return _checked_key(environ["VAST_API_KEY"], "VAST_API_KEY"), "VAST_API_KEY"
     xdg_config = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     for pattern in KEY_FILES:
         path = os.path.expanduser(pattern.format(xdg_config=xdg_config))
@@ -127,11 +127,20 @@ def resolve_api_key(explicit: str | None = None, environ: dict[str, str] | None 
         except OSError:
             continue
         if key:
-            return key, path
+            return _checked_key(key, path), path
     raise VastConfigError(
         "No Vast API key: set VAST_API_KEY, pass api_key, or run `vastai set api-key KEY` "
         "(which writes ~/.config/vastai/vast_api_key)."
     )
+
+
+def _checked_key(key: str, source: str) -> str:
+    """The key, stripped; a key with inner whitespace or control characters is refused unechoed."""
+    key = key.strip()
+    if not key.isprintable() or any(ch.isspace() for ch in key):
+        raise VastConfigError(f"the API key from {source} contains whitespace or control characters "
+                              "(a key file with more than one line?); it must be one token")
+    return key
 
 
 def _retry_after(response: Any) -> float | None:
@@ -209,7 +218,10 @@ class VastClient:
         attempt = 0
         while True:
             attempt += 1
-            timeout = min(self.request_timeout, max(self.deadline.remaining, 0.5))
+            # A create keeps its full timeout even late in the run: cutting it short would turn a
+            # slow rent into an ambiguous one.
+            timeout = self.request_timeout if not idempotent else min(self.request_timeout,
+                                                                       max(self.deadline.remaining, 0.5))
             try:
                 self.requests_sent += 1
                 response = self._http.request(
@@ -224,9 +236,16 @@ class VastClient:
                 continue
             except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 if not idempotent:
-                    raise VastAmbiguousError(f"{method} {path}: no answer ({exc}); it may have taken effect") from exc
-                self._backoff_or_raise(method, path, attempt, None, f"no answer from {self.base_url}: {exc}")
+                    raise VastAmbiguousError(f"{method} {path}: no answer ({type(exc).__name__}); "
+                                             "it may have taken effect") from None
+                self._backoff_or_raise(method, path, attempt, None,
+                                       f"no answer from {self.base_url}: {type(exc).__name__}")
                 continue
+            except httpx.HTTPError as exc:
+                # Anything else (a malformed header, a broken stream) is not retried; its text may
+                # quote request headers, so only the kind of error is reported.
+                raise VastAPIError(0, f"request failed before an answer: {type(exc).__name__}", method=method,
+                                   path=path) from None
             if response.status_code in RETRY_STATUSES:
                 body_json = _json_or_none(response)
                 msg, error = _message(body_json, response.text)

@@ -192,6 +192,13 @@ class ContractLedger:
             os.fsync(handle.fileno())
         os.chmod(self.path, 0o600)
 
+    def check_writable(self) -> None:
+        """Raise OSError now, before anything is rented, if the ledger cannot be appended to."""
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        os.chmod(self.path, 0o600)
+
     def created(self, instance_id: int, *, label: str | None, offer_id: int | None, machine_id: int | None,
                 api_url: str) -> None:
         self._append({"event": "created", "id": int(instance_id), "label": label, "offer_id": offer_id,

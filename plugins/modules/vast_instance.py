@@ -181,6 +181,7 @@ destroyed:
 """
 
 import contextlib
+import signal
 import time
 from typing import Any
 
@@ -207,11 +208,23 @@ from ..module_utils.vast_common import (
 from ..module_utils.vast_query import QueryError, build_search_body, parse_query
 
 RUNTYPES = {"direct": "ssh_direc ssh_proxy", "proxy": "ssh_proxy"}
+# How long to look for an instance a create may have rented despite an error, before moving on.
+AMBIGUOUS_LOOK_S = 30.0
+# Cleanup after a failure gets its own deadline: the run's own may be what ran out.
+CLEANUP_S = 180.0
 STOPPED_STATUSES = frozenset({"exited", "stopped"})
 
 
 class RentFailed(Exception):
-    """Renting failed; whatever this call rented has been destroyed."""
+    """Renting failed; the caller destroys whatever this call rented."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM while renting: unwind through the cleanup like Ctrl-C does."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(f"interrupted by signal {signum}")
 
 
 class VastInstance:
@@ -227,16 +240,20 @@ class VastInstance:
 
     # ------------------------------------------------------------ lookups
 
-    def find(self) -> dict[str, Any] | None:
+    def find_all(self) -> list[dict[str, Any]]:
         if self.params["instance_id"] is not None:
-            return self.client.get_instance(self.params["instance_id"])
-        matches = [row for row in self.client.list_instances({"label": {"in": [self.params["label"]]}})
-                   if row.get("label") == self.params["label"]]
+            row = self.client.get_instance(self.params["instance_id"])
+            return [row] if row else []
+        return [row for row in self.client.list_instances({"label": {"in": [self.params["label"]]}})
+                if row.get("label") == self.params["label"]]
+
+    def find(self) -> dict[str, Any] | None:
+        matches = self.find_all()
         if len(matches) > 1:
             ids = ", ".join(str(row["id"]) for row in matches)
             self.module.fail_json(
                 msg=f"{len(matches)} live instances carry the label {self.params['label']!r} (ids {ids}); "
-                "a label must identify one instance. Destroy the extras with state=absent and instance_id.",
+                "a label must identify one instance. state=absent destroys them all.",
                 instance_ids=[row["id"] for row in matches])
         return matches[0] if matches else None
 
@@ -244,14 +261,18 @@ class VastInstance:
 
     def run(self) -> None:
         state = self.params["state"]
-        current = self.find()
-        self.before = _diff_view(current)
         if state == "absent":
-            self.absent(current)
-        elif state == "stopped":
-            self.stopped(current)
+            matches = self.find_all()
+            self.before = _diff_view(matches[0]) if len(matches) == 1 else {
+                "instances": [_diff_view(row) for row in matches]} if matches else {}
+            self.absent(matches)
         else:
-            self.present(current, want_running=state == "running")
+            current = self.find()
+            self.before = _diff_view(current)
+            if state == "stopped":
+                self.stopped(current)
+            else:
+                self.present(current, want_running=state == "running")
         self.result["diff"] = {"before": self.before, "after": self.after}
 
     def present(self, current: dict[str, Any] | None, want_running: bool) -> None:
@@ -307,36 +328,56 @@ class VastInstance:
             self.module.fail_json(msg=f"instance {instance_id} disappeared while stopping")
         return row if row.get("actual_status") in STOPPED_STATUSES else None
 
-    def absent(self, current: dict[str, Any] | None) -> None:
+    def absent(self, matches: list[dict[str, Any]]) -> None:
+        """Destroy every instance with the label: duplicates are exactly what cleanup must catch."""
         self.after = {}
-        if current is None:
+        if not matches:
             return
         self.result["changed"] = True
         if self.module.check_mode:
-            self.result["destroyed"] = [current["id"]]
+            self.result["destroyed"] = [row["id"] for row in matches]
             return
-        self.destroy_verified(current["id"])
+        for row in matches:
+            self.destroy_verified(int(row["id"]), self.client)
 
     # ------------------------------------------------------------ renting
 
     def candidates(self) -> list[dict[str, Any]]:
-        if self.params["offer_id"] is not None:
-            return [{"id": self.params["offer_id"], "machine_id": None}]
-        parsed = parse_query(self.params["query"])
-        names = self.client.gpu_names() if parsed.regex.get("gpu_name") else None
-        body = build_search_body(self.params["query"], order=self.params["order"],
-                                 offer_type="bid" if self.params["bid_price"] is not None else "on-demand",
-                                 limit=self.params["max_offers"] + len(self.params["exclude_machines"]) + 64,
-                                 storage_gb=self.params["disk"], gpu_names=names)
         excluded = set(self.params["exclude_machines"])
         max_dph = self.params["max_dph"]
-        offers = [o for o in self.client.search_offers(body)
-                  if o.get("machine_id") not in excluded and parsed.row_matches(o)
-                  and (max_dph is None or float(o.get("dph_total") or 0) <= max_dph)]
-        if not offers:
-            self.module.fail_json(msg=f"no offer matches {self.params['query']!r} (after exclusions and "
-                                  "max_dph); nothing was rented", search=body)
-        return offers[: self.params["max_offers"]]
+        bid = self.params["bid_price"]
+        if self.params["offer_id"] is not None:
+            # The offer as the market lists it now, so the same limits apply as to a query.
+            body = {"id": {"eq": self.params["offer_id"]}, "type": "bid" if bid is not None else "on-demand",
+                    "allocated_storage": float(self.params["disk"])}
+            offers = self.client.search_offers(body)
+            if not offers:
+                raise RentFailed(f"offer {self.params['offer_id']} is not on the market (taken, or a wrong id); "
+                                 "nothing was rented")
+            parsed = None
+        else:
+            parsed = parse_query(self.params["query"])
+            names = self.client.gpu_names() if parsed.regex.get("gpu_name") else None
+            body = build_search_body(self.params["query"], order=self.params["order"],
+                                     offer_type="bid" if bid is not None else "on-demand",
+                                     limit=self.params["max_offers"] + len(excluded) + 64,
+                                     storage_gb=self.params["disk"], gpu_names=names)
+            offers = self.client.search_offers(body)
+
+        def price(offer: dict[str, Any]) -> float:
+            total = float(offer.get("dph_total") or 0)
+            if bid is not None:  # what will be billed is the bid, not the listed minimum
+                total += bid - float(offer.get("min_bid") or 0)
+            return total
+
+        fitting = [o for o in offers
+                   if o.get("machine_id") not in excluded and (parsed is None or parsed.row_matches(o))
+                   and (max_dph is None or price(o) <= max_dph)]
+        if not fitting:
+            what = (f"offer {self.params['offer_id']}" if parsed is None
+                    else f"no offer matching {self.params['query']!r}")
+            raise RentFailed(f"{what} passes exclude_machines and max_dph; nothing was rented")
+        return fitting[: self.params["max_offers"]]
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -365,9 +406,18 @@ class VastInstance:
             self.module.fail_json(msg="label is required to rent: it is the instance's identity")
         if not self.params["image"]:
             self.module.fail_json(msg="image is required to rent an instance")
+        if self.params["offer_id"] is None and self.params["query"] is None:
+            self.module.fail_json(msg="renting needs offer_id or query (no instance with this label exists); "
+                                  "nothing was rented")
         if self.params["disk"] <= 0:
             self.module.fail_json(msg=f"disk must be a positive number of GB, got {self.params['disk']:g}")
-        offers = self.candidates()
+        try:
+            if not self.module.check_mode:
+                self.ledger.check_writable()
+            offers = self.candidates()
+        except (RentFailed, OSError) as exc:
+            self.module.fail_json(msg=f"{exc}" if isinstance(exc, RentFailed) else
+                                  f"the contract ledger {self.ledger.path} is not writable ({exc}); nothing was rented")
         self.result["changed"] = True
         self.after = {"label": self.params["label"], "status": "running", "offer_id": offers[0]["id"],
                       "machine_id": offers[0].get("machine_id"), "image": self.params["image"],
@@ -378,46 +428,58 @@ class VastInstance:
             return
         attempts: list[dict[str, Any]] = []
         self.result["attempts"] = attempts
-        instance_id = None
-        for offer in offers:
-            instance_id = self.create_on(offer, attempts)
-            if instance_id is not None:
-                break
-        if instance_id is None:
-            self.module.fail_json(msg=f"none of the {len(offers)} offers tried could be rented; nothing is "
-                                  "billing", attempts=attempts)
+        rented: list[int] = []  # every contract this call created, kept or not
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
-            row = self.wait_usable(instance_id)
-        except RentFailed as exc:
-            self.destroy_verified(instance_id)
-            self.module.fail_json(msg=f"{exc}; instance {instance_id} was destroyed", attempts=attempts,
-                                  destroyed=self.result["destroyed"])
+            chosen = None
+            for offer in offers:
+                chosen = self.create_on(offer, attempts, rented)
+                if chosen is not None:
+                    break
+            if chosen is None:
+                raise RentFailed(f"none of the {len(offers)} offers tried could be rented")
+            if self.params["wait"]:
+                row = self.wait_usable(chosen)
+            else:
+                row = self.client.get_instance(chosen) or {"id": chosen, "label": self.params["label"]}
+            self.destroy_strays(chosen, rented)
+        except BaseException as exc:
+            cleanup = self.cleanup([i for i in rented if i not in self.result["destroyed"]])
+            if isinstance(exc, RentFailed | VastError | OSError):
+                self.module.fail_json(msg=f"{exc}; {cleanup}", attempts=attempts, destroyed=self.result["destroyed"])
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         self.result["instance"] = instance_summary(row, self.params["ssh_user"])
         self.after = _diff_view(row)
 
-    def create_on(self, offer: dict[str, Any], attempts: list[dict[str, Any]]) -> int | None:
+    def create_on(self, offer: dict[str, Any], attempts: list[dict[str, Any]], rented: list[int]) -> int | None:
         try:
             answer = self.client.create_instance(offer["id"], self.payload())
         except VastUnavailable as exc:
             attempts.append({"offer_id": offer["id"], "result": "taken", "msg": exc.msg})
             return None
         except VastAmbiguousError as exc:
-            # The request may have rented: the label says whether it did.
-            adopted = self.find()
-            attempts.append({"offer_id": offer["id"], "result": "adopted" if adopted else "lost", "msg": str(exc)})
-            if adopted:
-                self._record(adopted["id"], offer)
-                return int(adopted["id"])
-            return None
+            # The request may have rented: the label says whether it did, once the row shows up.
+            found = wait_until(self.find_all, Deadline(min(AMBIGUOUS_LOOK_S, self.deadline.remaining + 1)),
+                               interval=1.0, max_interval=3.0)
+            attempts.append({"offer_id": offer["id"], "result": "adopted" if found else "lost", "msg": str(exc)})
+            if not found:
+                return None
+            for row in found:
+                self._record(int(row["id"]), offer)
+                rented.append(int(row["id"]))
+            return int(found[0]["id"])
         instance_id = answer.get("new_contract")
         if not instance_id:
             attempts.append({"offer_id": offer["id"], "result": "refused", "msg": str(answer.get("msg"))})
             return None
+        rented.append(int(instance_id))
         self._record(int(instance_id), offer)
         if answer.get("success") is False:
             # Created but stopped (GPUs busy): it would bill storage while never running.
             attempts.append({"offer_id": offer["id"], "result": "unavailable", "instance_id": instance_id})
-            self.destroy_verified(int(instance_id))
+            self.destroy_verified(int(instance_id), self.client)
             return None
         attempts.append({"offer_id": offer["id"], "result": "rented", "instance_id": instance_id})
         return int(instance_id)
@@ -425,6 +487,34 @@ class VastInstance:
     def _record(self, instance_id: int, offer: dict[str, Any]) -> None:
         self.ledger.created(instance_id, label=self.params["label"], offer_id=offer.get("id"),
                             machine_id=offer.get("machine_id"), api_url=self.client.base_url)
+
+    def destroy_strays(self, chosen: int, rented: list[int]) -> None:
+        """A create reported lost may still have landed: nothing but the chosen one may carry the label."""
+        for row in self.find_all():
+            if int(row["id"]) != chosen:
+                if int(row["id"]) not in rented:
+                    rented.append(int(row["id"]))
+                    self._record(int(row["id"]), {"machine_id": row.get("machine_id")})
+                self.destroy_verified(int(row["id"]), self.client)
+
+    def cleanup(self, instance_ids: list[int]) -> str:
+        """Destroy what this call rented, with a client and deadline of its own: the run's may be spent."""
+        if not instance_ids:
+            return "nothing is billing"
+        failures = []
+        try:
+            with client_for(self.params, Deadline(CLEANUP_S)) as client:
+                for instance_id in instance_ids:
+                    try:
+                        self.destroy_verified(instance_id, client)
+                    except Exception as exc:  # keep going: every other instance must still be destroyed
+                        failures.append(f"{instance_id} ({exc})")
+        except Exception as exc:
+            failures.append(f"{instance_ids} ({exc})")
+        if failures:
+            return (f"instances that may still be billing: {', '.join(failures)}; they are in the ledger "
+                    f"{self.ledger.path} (playbooks/teardown.yml destroys them)")
+        return f"instance(s) {', '.join(map(str, instance_ids))} destroyed, nothing is billing"
 
     # ------------------------------------------------------------ waiting
 
@@ -455,22 +545,21 @@ class VastInstance:
 
     # ------------------------------------------------------------ destroying
 
-    def destroy_verified(self, instance_id: int) -> None:
+    def destroy_verified(self, instance_id: int, client: Any) -> None:
         """Destroy, then make sure it stays gone; Vast has been seen to bring rows back."""
         for _attempt in range(3):
             with contextlib.suppress(VastNotFound):  # already gone is what we want
-                self.client.destroy_instance(instance_id)
-            confirm = Deadline(min(30.0, max(self.deadline.remaining, 10.0)))
-            gone = wait_until(lambda: self.client.get_instance(instance_id) is None, confirm, interval=0.5,
+                client.destroy_instance(instance_id)
+            confirm = Deadline(30.0)
+            gone = wait_until(lambda: client.get_instance(instance_id) is None, confirm, interval=0.5,
                               max_interval=2.0)
             if gone:
                 time.sleep(0.5)
-                if self.client.get_instance(instance_id) is None:
-                    self.ledger.destroyed(instance_id, api_url=self.client.base_url)
+                if client.get_instance(instance_id) is None:
+                    self.ledger.destroyed(instance_id, api_url=client.base_url)
                     self.result["destroyed"].append(instance_id)
                     return
-        self.module.fail_json(msg=f"instance {instance_id} is still there after 3 destroys; it may be billing",
-                              instance_id=instance_id)
+        raise VastError(f"instance {instance_id} is still there after 3 destroys; it may be billing")
 
 
 def _diff_view(row: dict[str, Any] | None) -> dict[str, Any]:

@@ -92,11 +92,16 @@ class Api:
             fault = self.market.faults.take_http(request.method, request.url.path)
             if fault is not None:
                 self.market.touch()
-                return fault_response(fault.status or 500, fault.body, fault.retry_after)
+                if not fault.after:
+                    return fault_response(fault.status or 500, fault.body, fault.retry_after)
             try:
-                return await handler(request)
+                response = await handler(request)
             except VastError as exc:
-                return error(exc)
+                response = error(exc)
+            if fault is not None:
+                # The request took effect, but the client hears an error (a lost or failed answer).
+                return fault_response(fault.status or 500, fault.body, fault.retry_after)
+            return response
 
         return endpoint
 

@@ -53,6 +53,7 @@ class Fault:
     count: int | None = None
     retry_after: float | None = None
     body: str = "vast"
+    after: bool = False  # run the real handler first (its effects happen), then answer with the error
     # targets
     instance_id: int | None = None
     machine_id: int | None = None
@@ -112,6 +113,7 @@ def parse_fault(fault_id: int, spec: Any) -> Fault:
         fault.status = int(status)
         fault.retry_after = _number(spec, "retry_after")
         fault.body = body
+        fault.after = bool(spec.get("after", False))
         fault.count = fault.count or 1
         return fault
 
