@@ -55,8 +55,11 @@ def start_sim(state_dir: Path, *extra: str, speed: float = 100.0, api_key: str =
               timeout: float = 30.0) -> Sim:
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir.parent / f"{state_dir.name}.log"
+    key_file = state_dir.parent / f"{state_dir.name}.keys"
+    key_file.write_text(api_key + "\n")
+    key_file.chmod(0o600)
     argv = [sys.executable, "-m", "mlops_vast.sim.cli", "serve", "--state-dir", str(state_dir),
-            "--speed", str(speed), "--api-key", api_key, "--log-level", "info", *extra]
+            "--speed", str(speed), "--api-key-file", str(key_file), "--log-level", "info", *extra]
     with open(log_path, "a") as log:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
     deadline = time.monotonic() + timeout

@@ -133,10 +133,19 @@ def test_catalogue_bad_hosts_look_fine_until_rented(sim: Sim, ssh_key: Path) -> 
         assert "couldn't communicate with the NVIDIA driver" in result.stdout + result.stderr
 
 
+def test_offline_armed_before_running_takes_effect_and_gpu_faults_on_unbooted_instances_are_accepted(
+        sim: Sim) -> None:
+    with sim.client() as client:
+        arm(client, kind="offline", next=True)
+        instance_id = rent(client)
+        assert client.post("/_sim/faults", json={"kind": "wrong_gpu", "instance_id": instance_id}).status_code == 200
+        wait_status(client, instance_id, "offline")
+
+
 @needs_root
 def test_slow_link_is_measurably_slow_over_ssh(sim: Sim, ssh_key: Path) -> None:
     register_key(sim, ssh_key)
-    payload = 300_000
+    payload = 600_000
     command = f"head -c {payload} /dev/zero"
     with sim.client() as client:
         fast = wait_status(client, rent(client), "running")
@@ -148,9 +157,10 @@ def test_slow_link_is_measurably_slow_over_ssh(sim: Sim, ssh_key: Path) -> None:
             result = ssh_run(*direct_endpoint(row), ssh_key, command)
             timings[name] = time.monotonic() - started
             assert result.returncode == 0 and len(result.stdout) == payload
-        # 300 kB at 170 kB/s is ~1.8 s; the unshaped link takes a fraction of that.
-        assert timings["slow"] > 1.3, timings
-        assert timings["slow"] > 3 * timings["fast"], timings
+        # 600 kB at 170 kB/s is ~3.5 s; the unshaped link moves it in well under a second plus the
+        # SSH handshake, which a loaded machine can stretch, hence the margins.
+        assert timings["slow"] > 0.8 * payload / 170_000, timings
+        assert timings["slow"] > 2 * timings["fast"], timings
 
 
 @needs_root

@@ -43,8 +43,10 @@ def test_rent_runs_through_vast_statuses_and_answers_ssh(sim: Sim, ssh_key: Path
             if row["actual_status"] == "running":
                 break
             time.sleep(0.005)
+        order = [None, "created", "loading", "running"]
         assert seen[-1] == "running"
-        assert set(seen) <= {None, "created", "loading", "running"}
+        assert set(seen) <= set(order)
+        assert [order.index(status) for status in seen] == sorted(order.index(status) for status in seen)
         assert row["intended_status"] == row["cur_state"] == "running"
         assert row["status_msg"].startswith("success, running")
         assert isinstance(row["start_date"], float)
@@ -251,6 +253,12 @@ def test_v1_list_pages_filters_orders_and_counts_labels(sim: Sim) -> None:
         computed = client.get("/api/v1/instances/", params={"select_filters": '{"dph_total":{"lt":1}}'})
         assert computed.status_code == 400
         assert computed.json()["msg"] == "Error in query parameters: dph_total is not a valid search key"
+        # Destroying a row already seen must not push an unseen one past the next page.
+        first = client.get("/api/v1/instances/", params={"limit": 3}).json()
+        client.request("DELETE", f"/api/v0/instances/{first['instances'][0]['id']}/", json={})
+        second = client.get("/api/v1/instances/", params={"limit": 3, "after_token": first["next_token"]}).json()
+        assert [row["id"] for row in second["instances"]] == sorted(ids)[3:6]
+        ids.remove(first["instances"][0]["id"])
         bad_token = client.get("/api/v1/instances/", params={"after_token": "!!"})
         assert bad_token.status_code == 400 and bad_token.json()["error"] == "invalid_token"
         bulk = client.request("DELETE", "/api/v0/instances/", json={"instance_ids": ids})
@@ -355,3 +363,25 @@ def test_jupyter_runtype_serves_proxy_ssh_one_port_up(sim: Sim, ssh_key: Path) -
         assert row["ports"] == {}
         result = ssh_run(row["ssh_host"], row["ssh_port"] + 1, ssh_key, "echo jupyter-proxy")
         assert result.stdout.strip() == "jupyter-proxy", result.stderr
+
+
+def test_recycle_needs_a_started_instance(sim: Sim) -> None:
+    with sim.client() as client:
+        instance_id = rent(client)
+        wait_status(client, instance_id, "running")
+        client.put(f"/api/v0/instances/{instance_id}/", json={"state": "stopped"})
+        wait_status(client, instance_id, "exited")
+        answer = client.put(f"/api/v0/instances/recycle/{instance_id}/", json={}).json()
+        assert answer["success"] is False and answer["error"] == "invalid_id"
+        assert client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]["actual_status"] == "exited"
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="private mounts need root")
+def test_instances_cannot_read_the_simulators_state(sim: Sim, ssh_key: Path) -> None:
+    register_key(sim, ssh_key)
+    with sim.client() as client:
+        row = wait_status(client, rent(client), "running")
+        result = ssh_run(*direct_endpoint(row), ssh_key, f"ls -A {sim.state_dir} | wc -l; cat /root/.config/x 2>&1")
+        assert result.stdout.splitlines()[0] == "0", result.stdout
+        assert (sim.state_dir / "state.json").stat().st_mode & 0o077 == 0
+        assert (sim.state_dir / "api_key").stat().st_mode & 0o077 == 0

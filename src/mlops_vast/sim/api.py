@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -77,6 +78,7 @@ def int_path(request: Request, name: str) -> int:
 class Api:
     def __init__(self, market: Market) -> None:
         self.market = market
+        self.snapshots = Snapshots()
 
     # ------------------------------------------------------------ plumbing
 
@@ -180,9 +182,24 @@ class Api:
             raise VastError(400, "invalid_request", str(exc)) from None
         order = [(o["col"], str(o.get("dir", "asc")).lower() == "desc") for o in order_by]
         matching = q.sort_rows(matching, order)
-        offset = decode_token(request.query_params.get("after_token"))
-        page = matching[offset:offset + limit]
-        more = offset + limit < len(matching)
+        token = request.query_params.get("after_token")
+        if token:
+            # Later pages follow the order fixed by the first one, so rows destroyed or created
+            # meanwhile cannot shift others off a page (offsets alone would skip rows).
+            snapshot_id, offset = decode_token(token)
+            ids = self.snapshots.get(snapshot_id)
+            if ids is None:
+                raise VastError(400, "invalid_token", "Invalid or expired after_token.")
+            by_id = {row["id"]: row for row in matching}
+            window = ids[offset:offset + limit]
+            page = [by_id[i] for i in window if i in by_id]
+            more = offset + limit < len(ids)
+        else:
+            snapshot_id, offset = None, 0
+            page = matching[:limit]
+            more = limit < len(matching)
+            if more:
+                snapshot_id = self.snapshots.put([row["id"] for row in matching])
         label_counts: dict[str, int] = {}
         for row in rows:
             label_counts[row["label"] or ""] = label_counts.get(row["label"] or "", 0) + 1
@@ -193,7 +210,7 @@ class Api:
             "instances_found": len(page),
             "total_instances": len(matching),
             "label_counts": label_counts,
-            "next_token": encode_token(offset + limit) if more else None,
+            "next_token": encode_token(snapshot_id, offset + limit) if more and snapshot_id else None,
             "instances": page,
         })
 
@@ -420,21 +437,42 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def encode_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
+class Snapshots:
+    """The id order of listings that span pages, kept a while for their next_tokens."""
+
+    def __init__(self, ttl: float = 600.0, keep: int = 1000) -> None:
+        self.ttl, self.keep = ttl, keep
+        self._store: dict[str, tuple[float, list[int]]] = {}
+
+    def put(self, ids: list[int]) -> str:
+        now = time.monotonic()
+        for key in [k for k, (at, _) in self._store.items() if now - at > self.ttl]:
+            del self._store[key]
+        while len(self._store) >= self.keep:
+            del self._store[next(iter(self._store))]
+        key = secrets.token_hex(8)
+        self._store[key] = (now, ids)
+        return key
+
+    def get(self, key: str) -> list[int] | None:
+        found = self._store.get(key)
+        return None if found is None or time.monotonic() - found[0] > self.ttl else found[1]
 
 
-def decode_token(token: str | None) -> int:
-    if not token:
-        return 0
+def encode_token(snapshot_id: str, offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"s": snapshot_id, "o": offset}).encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> tuple[str, int]:
     try:
         padded = token + "=" * (-len(token) % 4)
-        offset = int(json.loads(base64.urlsafe_b64decode(padded))["o"])
+        data = json.loads(base64.urlsafe_b64decode(padded))
+        snapshot_id, offset = str(data["s"]), int(data["o"])
     except (ValueError, KeyError, TypeError):
         raise VastError(400, "invalid_token", "Invalid after_token.") from None
     if offset < 0:
         raise VastError(400, "invalid_token", "Invalid after_token.")
-    return offset
+    return snapshot_id, offset
 
 
 def fault_response(status: int, style: str, retry_after: float | None) -> Response:

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
                        help="accept this API key (repeatable; each key is its own account). "
                        "Without one, a key is generated and written to STATE_DIR/api_key")
+    serve.add_argument("--api-key-file", type=Path, metavar="PATH",
+                       help="accept the keys in this file, one per line (keeps them out of process listings)")
     serve.add_argument("--credit", type=float, default=DEFAULT_CREDIT,
                        help=f"starting credit of new accounts in USD (default {DEFAULT_CREDIT:g})")
     serve.add_argument("--host-mode", choices=("namespace", "loopback"), default=None,
@@ -64,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     state_dir = (args.state_dir or default_state_dir()).resolve()
     try:
+        if args.api_key_file:
+            args.api_key += [line.strip() for line in args.api_key_file.read_text().splitlines() if line.strip()]
         state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.chmod(0o700)  # it holds the accounts' keys
         return asyncio.run(serve(args, state_dir))
     except (ValueError, OSError) as exc:
         print(f"vastsim: {exc}", file=sys.stderr)
@@ -83,8 +88,9 @@ async def serve(args: argparse.Namespace, state_dir: Path) -> int:
                     credit=args.credit, hosts=hosts, public_host=public_host)
     key_file = state_dir / "api_key"
     first_key = args.api_key[0] if args.api_key else next(iter(market.accounts))
-    key_file.write_text(first_key + "\n")
-    key_file.chmod(0o600)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(first_key + "\n")
     market.save()
     await hosts.remove_stale_namespaces()
 

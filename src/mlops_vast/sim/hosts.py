@@ -219,7 +219,9 @@ class HostManager:
         self._write_sshd_config(runtime)
 
     def write_gpu_spec(self, instance_id: int, gpu_spec: dict[str, Any]) -> None:
-        runtime = self._runtimes[instance_id]
+        runtime = self._runtimes.get(instance_id)
+        if runtime is None:
+            return  # not booted yet: prepare() writes the spec the market computes then
         runtime.spec.gpu_spec = gpu_spec
         _atomic_write(runtime.directory / "bin" / "nvidia-smi.json", json.dumps(gpu_spec, indent=1))
 
@@ -360,6 +362,8 @@ class HostManager:
                 "bin_dir": str(runtime.directory / "bin"),
                 "tmp_dir": str(runtime.directory / "tmp"),
                 "home_dir": str(runtime.directory / "home"),
+                # Instances share the machine's file system: they must not read the simulator's keys.
+                "hide": [str(self.state_dir.resolve())],
                 "env": runtime.spec.env,
                 "onstart": runtime.spec.onstart,
             }))
@@ -469,8 +473,12 @@ class HostManager:
         await self.remove_stale_namespaces()
 
     async def remove_stale_namespaces(self) -> None:
-        """Remove this simulator's namespaces and links, e.g. after it was killed outright."""
+        """Remove this simulator's namespaces, links and processes, e.g. after it was killed outright."""
         if self.mode != "namespace":
+            # Loopback instances have no PID namespace: their processes may have outlived a crash.
+            for directory in (self.state_dir / "instances").glob("*"):
+                if directory.name.isdigit() and int(directory.name) not in self._runtimes:
+                    _kill_descendants_of_sshd(directory)
             return
         prefix = f"{NETNS_PREFIX}{self.tag}-"
         for name in (await _run("ip", "netns", "list", check=False)).split():
@@ -497,10 +505,13 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(mode)
+    # The mode is set at creation: these files may hold the user's env and keys.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 

@@ -41,6 +41,9 @@ def build_view(spec: dict) -> None:
         os.mkdir(target)
         _mount("--bind", spec[f"{name}_dir"], target)
         staged[name] = target
+    for path in spec.get("hide", []):
+        if os.path.isdir(path):
+            _mount("-t", "tmpfs", "-o", "size=1m,mode=700", "tmpfs", path)
     _mount("--bind", staged["bin"], "/usr/local/sbin")
     _mount("--bind", staged["tmp"], "/tmp")
     _mount("--bind", staged["home"], "/root")

@@ -61,6 +61,7 @@ V1_FILTER_COLUMNS = frozenset({
     "geolocation", "template_hash_id", "image_runtype",
 })
 V1_MAX_LIMIT = 25
+LOG_TAIL_BYTES = 256 * 1024
 INSTANCE_ID_START = 20_000_001
 DEFAULT_CREDIT = 100.0
 
@@ -166,8 +167,10 @@ class Market:
             "next_key_id": self._next_key_id,
         }
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.chmod(0o600)
+        # Created 0600 from the start: it holds every account's API key.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data))
         os.replace(tmp, self.state_file)
         self._dirty = False
         self._last_save = time.time()
@@ -351,6 +354,10 @@ class Market:
         instance.intended_status = "stopped"
         if instance.phase in ("stopped", "stopping"):
             return
+        if instance.phase != "running":
+            # Nothing is running to wind down (scheduled, outbid, failed, still starting).
+            self._enter(instance, "stopped", None, msg)
+            return
         self._enter(instance, "stopping", time.time() + self.timing("stopping"), msg)
 
     def start(self, instance: Instance) -> dict[str, Any]:
@@ -384,6 +391,10 @@ class Market:
 
     def recycle(self, account: Account, instance_id: int) -> dict[str, Any]:
         instance = self.own_instance(account, instance_id)
+        if instance.phase not in ("running", "loading", "rebooting"):
+            # Recycling re-pulls the image on GPUs the instance holds; a stopped one holds none.
+            return {"success": False, "error": "invalid_id",
+                    "msg": "Invalid instance id. Is the container started?"}
         self._restart_host(instance, wipe=True)
         self._enter(instance, "recycling", time.time() + self.timing("recycling"), "Recycling: pulling image.")
         return {"success": True}
@@ -638,7 +649,9 @@ class Market:
                     instance.phase_until = None
         elif phase in ("loading", "rebooting", "recycling"):
             # Running means reachable: wait for sshd even when the timer is up.
-            if self.hosts.is_running(instance.id) and instance.id not in self._host_ops:
+            if "offline" in instance.faults:
+                self._enter(instance, "offline", None, "Host is offline.")
+            elif self.hosts.is_running(instance.id) and instance.id not in self._host_ops:
                 runtype = "ssh" if "ssh" in instance.runtype else instance.runtype
                 self._enter(instance, "running", None, f"success, running {instance.image}/{runtype}")
         elif phase == "stopping":
@@ -669,8 +682,9 @@ class Market:
                 return
             del self._host_ops[instance.id]
             error = task.exception()
-            if isinstance(error, HostError):
-                log.error("instance %s: %s", instance.id, error)
+            if error is not None:
+                # Any failure to boot is the host's error: retrying every tick would only spin.
+                log.error("instance %s: host operation failed: %r", instance.id, error)
                 self._enter(instance, "host_error", None, f"Error: {error}")
                 return
         want_up = instance.phase in HOST_UP and not (
@@ -753,8 +767,10 @@ class Market:
         lines = [f"{time.strftime('%Y-%m-%dT%H:%M:%S')} vastsim: instance {instance.id} "
                  f"({instance.image}) is {instance.actual_status}; {instance.status_msg or ''}"]
         onstart_log = self.hosts.instance_dir(instance.id) / "etc" / "onstart.log"
-        with contextlib.suppress(OSError):
-            lines += onstart_log.read_text(errors="replace").splitlines()
+        with contextlib.suppress(OSError), open(onstart_log, "rb") as handle:
+            # Only the end: the log may be large and this runs on the event loop.
+            handle.seek(max(0, onstart_log.stat().st_size - LOG_TAIL_BYTES))
+            lines += handle.read().decode(errors="replace").splitlines()
         if body.get("filter"):
             lines = [line for line in lines if str(body["filter"]) in line]
         tail = body.get("tail")
