@@ -13,6 +13,7 @@ mkdir -p "$workdir"
 key="$workdir/demo_ed25519"
 [[ -f $key ]] || ssh-keygen -q -t ed25519 -N '' -C mlops-vast-demo -f "$key"
 export DEMO_SSH_KEY="$key"
+export MLOPS_VAST_LEDGER="${MLOPS_VAST_LEDGER:-$workdir/contracts.jsonl}"
 
 sim_pid=""
 stop_sim() {
