@@ -167,7 +167,8 @@ options:
     description:
       - Seconds allowed for each step of setting up a connection (DNS, TCP connect, TLS handshake) and
         for the response headers to arrive, and the longest a download may stall before it is an error.
-      - An endpoint costs at most about 4 x O(timeout) per redirect hop plus O(max_seconds).
+      - Each step is bounded on its own, so an endpoint that never answers costs a few times O(timeout),
+        and one that answers costs its set-up plus at most O(max_seconds) of reading.
     type: float
     default: 10
   validate_certs:
@@ -540,8 +541,8 @@ def request(url: str, headers: dict, timeout: float, validate_certs: bool, metho
             target = urljoin(current, location.strip())
             scheme = urlsplit(target).scheme.lower()
             if scheme not in ("http", "https"):
-                raise ProbeError("redirect", f"HTTP {response.status} redirect to a non-http(s) URL refused: "
-                                            f"{target}", response.status)
+                message = f"HTTP {response.status} redirect to a non-http(s) URL refused: {target}"
+                raise ProbeError("redirect", message, response.status)
             if urlsplit(target).hostname != parts.hostname:
                 sent = {k: v for k, v in sent.items() if k.lower() not in SECRET_HEADERS}
             current = target
@@ -642,8 +643,8 @@ def fetch(url: str, headers: dict, limit: int, window: Window, timeout: float, v
 
 def range_support(url: str, headers: dict, timeout: float, validate_certs: bool):
     """Ask for the first byte: (final_url, final_headers, total size or None, ranges?, status, timings)."""
-    connection, sock, response, final, sent, timings = request(url, dict(headers, Range="bytes=0-0"), timeout,
-                                                                validate_certs)
+    wanted = dict(headers, Range="bytes=0-0")
+    connection, sock, response, final, sent, timings = request(url, wanted, timeout, validate_certs)
     try:
         total = None
         ranged = False
@@ -721,7 +722,7 @@ def run_streams(url: str, headers: dict, jobs: list, window: Window, timeout: fl
     for thread in threads:
         thread.start()
     # Every step of a stream is bounded by `timeout`, its reading by the window; this bound is a backstop.
-    deadline = _now() + 4 * timeout * (MAX_REDIRECTS + 1) + window.seconds + 5
+    deadline = _now() + 8 * timeout * (MAX_REDIRECTS + 1) + window.seconds + 5
     for thread in threads:
         thread.join(max(0.0, deadline - _now()))
     for index, value in enumerate(results):

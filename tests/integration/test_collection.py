@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import REPO, Sim
 from tests.integration.ansible_run import ANSIBLE_BIN, ansible_env, ledger_open, run_playbook
 
-MODULES = ["vast_offer", "vast_instance", "vast_ssh_key"]
+MODULES = ["vast_offer", "vast_instance", "vast_ssh_key", "gpu_check", "bandwidth_probe"]
 
 
 @pytest.mark.parametrize(("kind", "name", "must_show"), [
