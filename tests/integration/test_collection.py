@@ -10,11 +10,14 @@ import pytest
 from tests.conftest import REPO, Sim
 from tests.integration.ansible_run import ANSIBLE_BIN, ansible_env, ledger_open, run_playbook
 
-MODULES = ["vast_offer", "vast_instance", "vast_ssh_key", "gpu_check", "bandwidth_probe"]
+CONTROLLER_MODULES = ["vast_offer", "vast_instance", "vast_ssh_key"]
+HOST_MODULES = {"gpu_check": "min_vram_gb", "bandwidth_probe": "min_mbps"}
+MODULES = [*CONTROLLER_MODULES, *HOST_MODULES]
 
 
 @pytest.mark.parametrize(("kind", "name", "must_show"), [
-    *[("module", f"mlops.vast.{m}", ["api_key", "EXAMPLES", "RETURN VALUES"]) for m in MODULES],
+    *[("module", f"mlops.vast.{m}", ["api_key", "EXAMPLES", "RETURN VALUES"]) for m in CONTROLLER_MODULES],
+    *[("module", f"mlops.vast.{m}", [option, "EXAMPLES", "RETURN VALUES"]) for m, option in HOST_MODULES.items()],
     ("inventory", "mlops.vast.vast", ["statuses", "keyed_groups", "label_prefix"]),
 ])
 def test_ansible_doc_renders(tmp_path: Path, kind: str, name: str, must_show: list[str]) -> None:
