@@ -167,12 +167,16 @@ instance:
     dph_total: {description: "$/h while running, storage included", type: float}
     gpu_name: {description: GPU model, type: str}
     num_gpus: {description: Number of GPUs, type: int}
+    gpu_ram: {description: VRAM per GPU in MB as Vast reports it, type: int}
+    compute_cap: {description: CUDA compute capability x100 as Vast reports it, type: int}
 attempts:
   description: Offers tried when renting, with what happened to each.
   returned: when renting
   type: list
   elements: dict
-  sample: [{offer_id: 123, result: taken}, {offer_id: 456, result: rented, instance_id: 789}]
+  sample:
+    - {offer_id: 123, machine_id: 4567, result: taken}
+    - {offer_id: 456, machine_id: 8901, result: rented, instance_id: 789}
 destroyed:
   description: Contract ids destroyed by this call.
   returned: always
@@ -457,13 +461,13 @@ class VastInstance:
         try:
             answer = self.client.create_instance(offer["id"], self.payload())
         except VastUnavailable as exc:
-            attempts.append({"offer_id": offer["id"], "result": "taken", "msg": exc.msg})
+            attempts.append({**_tried(offer), "result": "taken", "msg": exc.msg})
             return None
         except VastAmbiguousError as exc:
             # The request may have rented: the label says whether it did, once the row shows up.
             found = wait_until(self.find_all, Deadline(min(AMBIGUOUS_LOOK_S, self.deadline.remaining + 1)),
                                interval=1.0, max_interval=3.0)
-            attempts.append({"offer_id": offer["id"], "result": "adopted" if found else "lost", "msg": str(exc)})
+            attempts.append({**_tried(offer), "result": "adopted" if found else "lost", "msg": str(exc)})
             if not found:
                 return None
             for row in found:
@@ -472,16 +476,16 @@ class VastInstance:
             return int(found[0]["id"])
         instance_id = answer.get("new_contract")
         if not instance_id:
-            attempts.append({"offer_id": offer["id"], "result": "refused", "msg": str(answer.get("msg"))})
+            attempts.append({**_tried(offer), "result": "refused", "msg": str(answer.get("msg"))})
             return None
         rented.append(int(instance_id))
         self._record(int(instance_id), offer)
         if answer.get("success") is False:
             # Created but stopped (GPUs busy): it would bill storage while never running.
-            attempts.append({"offer_id": offer["id"], "result": "unavailable", "instance_id": instance_id})
+            attempts.append({**_tried(offer), "result": "unavailable", "instance_id": instance_id})
             self.destroy_verified(int(instance_id), self.client)
             return None
-        attempts.append({"offer_id": offer["id"], "result": "rented", "instance_id": instance_id})
+        attempts.append({**_tried(offer), "result": "rented", "instance_id": instance_id})
         return int(instance_id)
 
     def _record(self, instance_id: int, offer: dict[str, Any]) -> None:
@@ -560,6 +564,10 @@ class VastInstance:
                     self.result["destroyed"].append(instance_id)
                     return
         raise VastError(f"instance {instance_id} is still there after 3 destroys; it may be billing")
+
+
+def _tried(offer: dict[str, Any]) -> dict[str, Any]:
+    return {"offer_id": offer["id"], "machine_id": offer.get("machine_id")}
 
 
 def _diff_view(row: dict[str, Any] | None) -> dict[str, Any]:

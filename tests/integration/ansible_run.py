@@ -60,6 +60,13 @@ def run_task(module: str, args: dict[str, Any], env: dict[str, str], tmp_path: P
     return json.loads(out.read_text())
 
 
+def local_inventory(tmp_path: Path) -> Path:
+    """localhost as a local host, in an inventory file: `-c local` would also apply to delegated hosts."""
+    path = tmp_path / "local.ini"
+    path.write_text(f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
+    return path
+
+
 def run_playbook(playbook: str, env: dict[str, str], *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     argv = [str(ANSIBLE_BIN / "ansible-playbook"), playbook, *extra]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)

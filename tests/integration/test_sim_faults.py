@@ -172,3 +172,20 @@ def test_small_disk_shows_only_from_inside(sim: Sim, ssh_key: Path) -> None:
         assert row["disk_space"] == 40
         result = ssh_run(*direct_endpoint(row), ssh_key, "df -B1 --output=size /workspace | tail -1")
         assert int(result.stdout.strip()) < 1.1e9
+
+
+@needs_root
+def test_simulated_internet_answers_well_known_sources_through_the_link(sim: Sim, ssh_key: Path) -> None:
+    register_key(sim, ssh_key)
+    fetch = ("python3 -c \"import time, urllib.request as u; t = time.time(); "
+             "url = 'http://huggingface.co/org/model/resolve/main/x.bin?bytes=400000'; "
+             "n = len(u.urlopen(url, timeout=30).read()); "
+             "print(n, round(time.time() - t, 2))\"")
+    with sim.client() as client:
+        fast = wait_status(client, rent(client), "running")
+        arm(client, kind="slow_link", next=True, kbytes_per_s=170)
+        slow = wait_status(client, rent(client), "running")
+        size_fast, seconds_fast = ssh_run(*direct_endpoint(fast), ssh_key, fetch).stdout.split()
+        size_slow, seconds_slow = ssh_run(*direct_endpoint(slow), ssh_key, fetch).stdout.split()
+    assert size_fast == size_slow == "400000"
+    assert float(seconds_slow) > 0.8 * 400_000 / 170_000 > 4 * float(seconds_fast)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlops_vast.sim import instance_init, nvidia_smi
+from mlops_vast.sim import instance_init, internet, nvidia_smi
 
 log = logging.getLogger("vastsim.hosts")
 
@@ -73,6 +73,7 @@ class _Runtime:
     process: asyncio.subprocess.Process | None = None
     proxy: asyncio.base_events.Server | None = None
     proxy_port: int | None = None
+    internet: asyncio.base_events.Server | None = None
     netns: str | None = None
     veth_host: str | None = None
 
@@ -214,6 +215,9 @@ class HostManager:
             source = Path(nvidia_smi.__file__).read_text()
             smi.write_text(f"#!{python}\n" + source)
             smi.chmod(0o755)
+        if self.mode == "namespace" and spec.address:
+            gateway = str(ipaddress.ip_address(spec.address) - 1)
+            _atomic_write(directory / "etc" / "hosts", internet.hosts_file(_read("/etc/hosts"), gateway), mode=0o644)
         self.write_gpu_spec(spec.instance_id, spec.gpu_spec)
         self.write_authorized_keys(spec.instance_id, spec.authorized_keys)
         self._write_sshd_config(runtime)
@@ -282,6 +286,7 @@ class HostManager:
         runtime.netns, runtime.veth_host = name, veth_host
         existing = (await _run("ip", "netns", "list", check=False)).split()
         if name in existing:
+            await self._ensure_internet(runtime)
             return
         assert spec.address is not None
         instance_ip = ipaddress.ip_address(spec.address)
@@ -301,6 +306,17 @@ class HostManager:
             await _run("ip", "link", "delete", veth_host, check=False)
             raise
         await self.set_link_rate(spec.instance_id, spec.link_kbytes_per_s)
+        await self._ensure_internet(runtime)
+
+    async def _ensure_internet(self, runtime: _Runtime) -> None:
+        """The simulated internet on the controller side of this instance's link (port 80)."""
+        if runtime.internet is not None or not runtime.spec.address:
+            return
+        gateway = str(ipaddress.ip_address(runtime.spec.address) - 1)
+        try:
+            runtime.internet = await internet.serve(gateway)
+        except OSError as exc:
+            log.warning("instance %s: no simulated internet at %s: %s", runtime.spec.instance_id, gateway, exc)
 
     async def set_link_rate(self, instance_id: int, kbytes_per_s: float | None) -> None:
         """Shape the instance's link both ways with tbf (namespace mode only)."""
@@ -459,11 +475,12 @@ class HostManager:
         shutil.rmtree(runtime.directory, ignore_errors=True)
 
     async def _close_proxy(self, runtime: _Runtime) -> None:
-        if runtime.proxy is not None:
-            runtime.proxy.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(runtime.proxy.wait_closed(), 2)
-            runtime.proxy = None
+        for server in (runtime.proxy, runtime.internet):
+            if server is not None:
+                server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 2)
+        runtime.proxy = runtime.internet = None
 
     async def shutdown(self) -> None:
         """Stop every host and remove every namespace and link; files stay for a restart."""
@@ -513,6 +530,13 @@ def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
         handle.write(text)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return "127.0.0.1 localhost\n"
 
 
 def _tail(path: Path, limit: int = 400) -> str:

@@ -44,6 +44,10 @@ def build_view(spec: dict) -> None:
     for path in spec.get("hide", []):
         if os.path.isdir(path):
             _mount("-t", "tmpfs", "-o", "size=1m,mode=700", "tmpfs", path)
+    hosts = os.path.join(staged["etc"], "hosts")
+    if os.path.exists(hosts):
+        # Well-known sources resolve to the simulated internet on this instance's own link.
+        _mount("--bind", hosts, "/etc/hosts")
     _mount("--bind", staged["bin"], "/usr/local/sbin")
     _mount("--bind", staged["tmp"], "/tmp")
     _mount("--bind", staged["home"], "/root")
