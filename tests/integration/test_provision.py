@@ -100,3 +100,29 @@ def test_gives_up_after_max_attempts_with_nothing_billing(sim: Sim, tmp_path: Pa
     with sim.client() as client:
         assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
     assert ledger_open(tmp_path) == []
+
+
+def test_the_catalogues_own_bad_hosts_are_caught_by_measurement(sim: Sim, tmp_path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    with sim.client() as client:
+        machines = client.get("/_sim/machines").json()["machines"]
+    bad = {m["machine_id"]: m["defects"] for m in machines if m["defects"]}
+    env = ansible_env(sim, tmp_path)
+    inventory = str(local_inventory(tmp_path))
+    # The cheapest single RTX 4090s and 3090s are the catalogue's bargains with hidden defects.
+    for label, gpu, expected in (("rug-4090", "RTX_4090", {"wrong_gpu", "driver_error"}),
+                                 ("rug-3090", "RTX_3090", {"slow_link_kbytes"})):
+        query = f"reliability > 0.95 num_gpus=1 gpu_name={gpu}"
+        playbook = provision_playbook(tmp_path, provision_query=query, provision_label=label)
+        done = run_playbook(str(playbook), env, "-i", inventory)
+        assert done.returncode == 0, done.stdout[-5000:]
+        result = json.loads((tmp_path / "provision.json").read_text())
+        rejected = {r["machine_id"] for r in result["rejected"]}
+        assert rejected <= set(bad), result["rejected"]
+        assert {kind for machine in rejected for kind in bad[machine]} == expected, result["rejected"]
+        assert result["instance"]["machine_id"] not in bad
+        with sim.client() as client:
+            assert client.get("/_sim/ledger").json()["totals"]["open_instance_ids"] == [result["instance"]["id"]]
+            client.request("DELETE", f"/api/v0/instances/{result['instance']['id']}/", json={})
