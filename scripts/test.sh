@@ -6,7 +6,7 @@ cd "$repo"
 scripts/bootstrap.sh
 export PATH="$repo/.venv/bin:$PATH"
 
-ruff check src tests bench plugins
+ruff check src tests bench plugins examples
 ansible-lint -q
 ansible-playbook --syntax-check playbooks/*.yml
 # pytest exits 5 when it collected nothing; that is a failure here, as is any other non-zero code.

@@ -336,6 +336,11 @@ class VastInstance:
         """Destroy every instance with the label: duplicates are exactly what cleanup must catch."""
         self.after = {}
         if not matches:
+            instance_id = self.params["instance_id"]
+            if instance_id is not None and not self.module.check_mode and any(
+                    c["id"] == instance_id for c in self.ledger.open_contracts(self.client.base_url)):
+                # Gone already (destroyed elsewhere, or expired): the ledger catches up.
+                self.ledger.destroyed(instance_id, api_url=self.client.base_url)
             return
         self.result["changed"] = True
         if self.module.check_mode:
