@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The main job: set up everything (idempotently), then run the marketplace end to end.
-# Without VAST_API_KEY it starts vastsim on loopback, points the playbook at it, and stops it
-# afterwards (also on Ctrl-C). With VAST_API_KEY set, the same playbook talks to real Vast.ai.
+# The main job: set up everything (idempotently), then run playbooks/train.yml with
+# examples/run.yml: a real (tiny, CPU) training run from nothing to verified checkpoints on this
+# machine, and nothing left billing. Without VAST_API_KEY it starts vastsim on loopback, points the
+# playbook at it, and stops it afterwards. With VAST_API_KEY set, the same playbook rents on
+# Vast.ai. On Ctrl-C, playbooks/teardown.yml destroys whatever the run had rented.
+# Extra arguments go to ansible-playbook (e.g. -e run_name=my-run).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -12,8 +15,9 @@ workdir="$repo/.vastsim"
 mkdir -p "$workdir"
 key="$workdir/demo_ed25519"
 [[ -f $key ]] || ssh-keygen -q -t ed25519 -N '' -C mlops-vast-demo -f "$key"
-export DEMO_SSH_KEY="$key"
+export MLOPS_VAST_SSH_KEY="${MLOPS_VAST_SSH_KEY:-$key}"
 export MLOPS_VAST_LEDGER="${MLOPS_VAST_LEDGER:-$workdir/contracts.jsonl}"
+export MLOPS_VAST_EXCLUSIONS="${MLOPS_VAST_EXCLUSIONS:-$workdir/excluded_machines.json}"
 
 sim_pid=""
 stop_sim() {
@@ -22,8 +26,18 @@ stop_sim() {
     wait "$sim_pid" || true
   fi
 }
+play_pid=""
+interrupted() {
+  echo "demo: interrupted; stopping the playbook, then destroying what it rented (playbooks/teardown.yml)" >&2
+  if [[ -n $play_pid ]] && kill -0 "$play_pid" 2>/dev/null; then
+    kill -TERM "$play_pid" 2>/dev/null || true
+    wait "$play_pid" 2>/dev/null || true
+  fi
+  ansible-playbook playbooks/teardown.yml || true
+  exit 130
+}
 trap stop_sim EXIT
-trap 'exit 130' INT TERM
+trap interrupted INT TERM
 
 if [[ -z ${VAST_API_KEY:-} ]]; then
   speed="${VASTSIM_SPEED:-20}"
@@ -39,4 +53,7 @@ else
   echo "demo: VAST_API_KEY is set: running against ${VAST_URL:-https://console.vast.ai} (real money)" >&2
 fi
 
-ansible-playbook playbooks/marketplace.yml "$@"
+# In the background so that Ctrl-C reaches the trap above while the playbook runs.
+ansible-playbook playbooks/train.yml -e @examples/run.yml "$@" &
+play_pid=$!
+wait "$play_pid"
