@@ -1,0 +1,138 @@
+"""playbooks/train.yml end to end against vastsim: completion, the failure paths, nothing left billing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Sim, needs_root, ssh_run
+from tests.integration.ansible_run import ansible_env, ledger_open, local_inventory, run_playbook
+from tests.integration.test_modules import good_query
+
+pytestmark = [pytest.mark.slow, needs_root]
+
+BASE = "python3 train.py --output_dir /workspace/run/output --logging_steps 10 --save_steps 50"
+
+
+def run_train(sim: Sim, tmp_path: Path, name: str, command: str, *extra: str) -> subprocess.CompletedProcess:
+    key = tmp_path / "key"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(key), MLOPS_VAST_EXCLUSIONS=str(tmp_path / "excl.json"))
+    return run_playbook("playbooks/train.yml", env, "-i", str(local_inventory(tmp_path)),
+                        "-e", "@examples/run.yml",
+                        "-e", json.dumps({"run_name": name, "run_command": command,
+                                          "run_query": good_query(sim, "reliability > 0.95 num_gpus=1"),
+                                          "run_results_dir": str(tmp_path / "results"),
+                                          "run_poll_interval_s": 1, "run_sync_interval_s": 2,
+                                          "run_stall_timeout_s": 6}),
+                        *extra, timeout=900)
+
+
+def nothing_billing(sim: Sim, tmp_path: Path) -> dict:
+    with sim.client() as client:
+        ledger = client.get("/_sim/ledger").json()
+    assert ledger["totals"]["open_instances"] == 0, ledger["totals"]
+    assert ledger_open(tmp_path) == []
+    return ledger
+
+
+class HostWatcher(threading.Thread):
+    """Looks at the rented host over SSH while the playbook runs (what a person would check)."""
+
+    def __init__(self, sim: Sim, key: Path, label: str, deadline: float = 300) -> None:
+        super().__init__(daemon=True)
+        self.sim, self.key, self.label, self.deadline = sim, key, label, time.monotonic() + deadline
+        self.seen: dict[str, bool] = {}
+        self.stop = threading.Event()
+        self.kill_ssh_at_step: int | None = None
+        self.killed = False
+
+    def run(self) -> None:
+        with self.sim.client() as client:
+            while not self.stop.is_set() and time.monotonic() < self.deadline:
+                rows = client.get("/api/v1/instances/").json()["instances"]
+                row = next((r for r in rows if r["label"] == self.label and r["actual_status"] == "running"), None)
+                if row and row.get("ports"):
+                    host, port = row["public_ipaddr"], int(row["ports"]["22/tcp"][0]["HostPort"])
+                    probe = ssh_run(host, port, self.key,
+                                    f"tmux has-session -t run_{self.label} 2>/dev/null && echo tmux; "
+                                    "test -f /workspace/run/STATUS.md && echo status; "
+                                    "test -f /workspace/run/run.log && echo log; "
+                                    "grep -c \"'step'\" /workspace/run/run.log 2>/dev/null || true", timeout=20)
+                    lines = probe.stdout.split()
+                    if {"tmux", "status", "log"} <= set(lines):
+                        self.seen["live"] = True
+                        steps = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+                        if self.kill_ssh_at_step is not None and not self.killed and steps >= self.kill_ssh_at_step:
+                            # Every SSH session on the host dies: the watcher's and this one.
+                            ssh_run(host, port, self.key, "pkill -f 'sshd: root@' || true", timeout=20)
+                            self.killed = True
+                time.sleep(0.5)
+
+
+def test_run_completes_with_verified_checkpoints_and_nothing_billing(sim: Sim, tmp_path: Path) -> None:
+    (tmp_path / "key").parent.mkdir(exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    watcher = HostWatcher(sim, tmp_path / "key", "e2e-ok")
+    watcher.kill_ssh_at_step = 15  # a dropped connection mid-run must change nothing for the training
+    watcher.start()
+    try:
+        done = run_train(sim, tmp_path, "e2e-ok", f"{BASE} --max_steps 400 --step_seconds 0.02")
+    finally:
+        watcher.stop.set()
+        watcher.join(30)
+    assert done.returncode == 0, done.stdout[-6000:]
+    assert watcher.seen.get("live"), "STATUS.md, run.log and the tmux session were never seen on the host"
+    assert watcher.killed
+    results = tmp_path / "results"
+    watch = json.loads((results / "watch.json").read_text())
+    assert watch["outcome"] == "completed" and watch["triage"]["summary"] is True
+    assert watch["reconnects"] >= 1
+    teardown = json.loads((results / "teardown.json").read_text())
+    assert teardown["checkpoints_verified"] is True and teardown["newest_checkpoint"] == "checkpoint-400"
+    assert (results / "checkpoints" / "checkpoint-400" / "model.json").exists()
+    assert sorted(p.name for p in (results / "checkpoints").iterdir()) == [
+        "checkpoint-300", "checkpoint-350", "checkpoint-400"]  # the last three kept
+    log = (results / "run.log").read_text()
+    steps = [int(line.split("'step': ")[1].rstrip("}")) for line in log.splitlines() if "'step': " in line]
+    assert steps == list(range(10, 401, 10)), "the training went on without a gap while SSH was cut"
+    ledger = nothing_billing(sim, tmp_path)
+    row = next(r for r in ledger["rows"] if r["label"] == "e2e-ok")
+    ended = os.stat(results / "EXIT_CODE").st_mtime  # rsync kept the host's time of the run's end
+    assert row["destroyed_at"] - ended < 60
+
+
+def test_diverging_smoke_test_aborts_before_the_long_run(sim: Sim, tmp_path: Path) -> None:
+    done = run_train(sim, tmp_path, "e2e-diverge", f"{BASE} --max_steps 400 --diverge")
+    assert done.returncode != 0
+    assert "Smoke test failed" in done.stdout
+    assert not (tmp_path / "results" / "run.log").exists(), "the long run must never start"
+    nothing_billing(sim, tmp_path)
+
+
+def test_crash_returns_crash_with_traceback_and_keeps_earlier_checkpoints(sim: Sim, tmp_path: Path) -> None:
+    done = run_train(sim, tmp_path, "e2e-crash", f"{BASE} --max_steps 400 --step_seconds 0.02 --crash_at_step 170")
+    assert done.returncode != 0
+    watch = json.loads((tmp_path / "results" / "watch.json").read_text())
+    assert watch["outcome"] == "crash" and watch["triage"]["traceback"] is True
+    assert watch["triage"]["exit_code"] == 1
+    checkpoints = sorted(p.name for p in (tmp_path / "results" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-100", "checkpoint-150", "checkpoint-50"]
+    assert json.loads((tmp_path / "results" / "teardown.json").read_text())["checkpoints_verified"] is True
+    nothing_billing(sim, tmp_path)
+
+
+def test_hang_returns_stall_and_nothing_is_left(sim: Sim, tmp_path: Path) -> None:
+    done = run_train(sim, tmp_path, "e2e-hang", f"{BASE} --max_steps 400 --step_seconds 0.02 --hang_at_step 120")
+    assert done.returncode != 0
+    watch = json.loads((tmp_path / "results" / "watch.json").read_text())
+    assert watch["outcome"] == "stall", watch.get("msg")
+    assert watch["triage"]["step"] in (100, 110)
+    nothing_billing(sim, tmp_path)
