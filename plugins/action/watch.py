@@ -1,0 +1,579 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""mlops.vast.watch: one blocking task on the controller that watches a training run in tmux on
+the rented host until it completes, crashes, stalls, outlives its max runtime or loses its
+instance. Documentation: plugins/modules/watch.py. Decisions: module_utils/watch_logic.py.
+
+The task targets the rented host; every poll is one short shell command over that host's own
+connection (``_low_level_execute_command``), so SSH options, ControlPersist, keys and become come
+from the inventory as for any other task. Nothing on the host is changed. The Vast API is asked
+through the collection's VastClient, from the controller, with the key of the controller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure, AnsibleError
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+from ansible_collections.mlops.vast.plugins.module_utils.vast_api import (
+    Deadline,
+    VastAuthError,
+    VastConfigError,
+    VastError,
+    VastNotFound,
+    resolve_api_key,
+)
+from ansible_collections.mlops.vast.plugins.module_utils.vast_common import client_for, vast_argument_spec
+from ansible_collections.mlops.vast.plugins.module_utils.watch_logic import (
+    DEFAULT_SUMMARY_REGEX,
+    DEFAULT_TRACEBACK_REGEX,
+    LAST_LINES,
+    OUTCOMES,
+    Limits,
+    LogFollower,
+    Observation,
+    PollRequest,
+    StallClock,
+    decide,
+    describe_progress,
+    instance_verdict,
+    metrics_from_tail,
+    parse_poll,
+    parse_timestamp,
+    plain,
+    poll_script,
+    started_from_status,
+)
+
+display = Display()
+
+ARGUMENT_SPEC: dict[str, Any] = {
+    "run_dir": {"type": "str", "required": True},
+    "log_file": {"type": "str", "default": "run.log"},
+    "exit_code_file": {"type": "str", "default": "EXIT_CODE"},
+    "status_file": {"type": "str", "default": "STATUS.md"},
+    "tmux_session": {"type": "str", "required": True},
+    "log_format": {"type": "str", "choices": ["hf", "jsonl"], "default": "hf"},
+    "metrics_file": {"type": "str"},
+    "logging_steps": {"type": "int"},
+    "summary_regex": {"type": "str", "default": DEFAULT_SUMMARY_REGEX},
+    "traceback_regex": {"type": "str", "default": DEFAULT_TRACEBACK_REGEX},
+    "poll_interval": {"type": "float", "default": 30.0},
+    "stall_timeout": {"type": "float", "default": 900.0},
+    "max_runtime": {"type": "float", "default": 0.0},
+    "started_at": {"type": "raw"},
+    "instance_id": {"type": "int"},
+    "api_poll_interval": {"type": "float", "default": 120.0},
+    "reconnect_timeout": {"type": "float", "default": 600.0},
+    "sync_command": {"type": "str"},
+    "sync_interval": {"type": "float", "default": 600.0},
+    "sync_timeout": {"type": "float", "default": 1800.0},
+    "gpu_util": {"type": "bool", "default": True},
+    "fail_on": {"type": "list", "elements": "str", "choices": list(OUTCOMES),
+                "default": [o for o in OUTCOMES if o != "completed"]},
+    "timeout": {"type": "float", "default": 0.0},
+    **vast_argument_spec(),
+}
+
+# A poll command that has not answered after this long is treated as a dropped connection.
+MIN_COMMAND_TIMEOUT = 60.0
+# A poll still running after this long makes the API checks come faster (the host may be gone).
+HANGING_POLL = 10.0
+# While a poll runs, the API, the sync and the watch's timeout are looked at this often (seconds).
+WAIT_SLICE = 1.0
+MAX_BACKOFF = 30.0
+KEPT_SYNCS = 100
+
+
+class _PollTimeout(Exception):
+    pass
+
+
+class _HostFailure(Exception):
+    """A poll that did not answer: the connection, or the command itself (``connection=False``)."""
+
+    def __init__(self, msg: str, *, connection: bool = True) -> None:
+        super().__init__(msg)
+        self.connection = connection
+
+
+class SyncRunner:
+    """The optional controller-side sync command, started every ``interval`` seconds in the
+    background (polls go on meanwhile), killed with its process group after ``timeout``."""
+
+    def __init__(self, command: str, interval: float, timeout: float, now: float, origin: float) -> None:
+        self.command, self.interval, self.timeout = command, interval, timeout
+        self.origin = origin
+        self.next_due = now + interval
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.output: Any = None
+        self.started = 0.0
+        self.records: list[dict[str, Any]] = []
+        self.count = 0
+        self.failures = 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None
+
+    def tick(self, now: float) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is not None:
+                self._record(now, self.proc.returncode, timed_out=False)
+            elif now - self.started >= self.timeout:
+                self._kill()
+                self._record(now, self.proc.returncode, timed_out=True)
+        if self.proc is None and now >= self.next_due:
+            self._start(now)
+
+    def _start(self, now: float) -> None:
+        self.output = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _record
+        self.started = now
+        self.next_due = now + self.interval
+        self.proc = subprocess.Popen(self.command, shell=True, stdin=subprocess.DEVNULL, stdout=self.output,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _kill(self) -> None:
+        assert self.proc is not None
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def _record(self, now: float, rc: int | None, *, timed_out: bool) -> None:
+        text = ""
+        if self.output is not None:
+            with contextlib.suppress(OSError):
+                self.output.seek(0, os.SEEK_END)
+                size = self.output.tell()
+                self.output.seek(max(0, size - 2000))
+                text = self.output.read().decode("utf-8", "replace")
+            self.output.close()
+        self.count += 1
+        ok = rc == 0 and not timed_out
+        self.failures += 0 if ok else 1
+        self.records.append({"n": self.count, "rc": rc, "ok": ok, "timed_out": timed_out,
+                             "at_s": round(self.started - self.origin, 2),
+                             "duration_s": round(now - self.started, 2), "output": text[-1000:]})
+        del self.records[:-KEPT_SYNCS]
+        if not ok:
+            display.warning(f"mlops.vast.watch: sync_command failed (rc {rc}{', timed out' if timed_out else ''}); "
+                            "the watch goes on")
+        self.proc, self.output = None, None
+
+    def finish(self, now: Callable[[], float], *, wait: bool) -> None:
+        """At the end of the watch: let a running sync end within its timeout, or stop it."""
+        if self.proc is None:
+            return
+        if wait:
+            remaining = max(0.0, self.timeout - (now() - self.started))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(remaining)
+        if self.proc.poll() is None:
+            self._kill()
+            self._record(now(), self.proc.returncode, timed_out=True)
+        else:
+            self._record(now(), self.proc.returncode, timed_out=False)
+
+
+class Watcher:
+    def __init__(self, action: ActionModule, params: dict[str, Any], *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, wall: Callable[[], float] = time.time) -> None:
+        self.action = action
+        self.p = params
+        self.clock, self.sleep, self.wall = clock, sleep, wall
+        self.marker = "@@mlops-watch-" + secrets.token_hex(6)
+        self.follower = LogFollower(log_format=params["log_format"], traceback_regex=params["traceback_regex"] or None,
+                                    summary_regex=params["summary_regex"] or None,
+                                    logging_steps=params["logging_steps"])
+        self.limits = Limits(max_runtime=params["max_runtime"], stall_timeout=params["stall_timeout"],
+                             reconnect_timeout=params["reconnect_timeout"], timeout=params["timeout"])
+        self.command_timeout = max(MIN_COMMAND_TIMEOUT, 2 * params["poll_interval"])
+        self.start = clock()
+        self.stall = StallClock(params["stall_timeout"], self.start)
+        self.polls = 0
+        self.reconnects = 0
+        self.connection_failures = 0
+        self.last_failure: str | None = None
+        self.unreachable_since: float | None = None
+        self.metrics_file_metrics = None
+        self.exit_code: int | None = None
+        self.exit_code_raw: str | None = None
+        self.tmux: bool | None = None
+        self.run_dir_exists = True
+        self.gpu_util: list[int] | None = None
+        self.host_offset: float | None = None  # host clock minus controller clock
+        self.run_started: float | None = parse_timestamp(params["started_at"])
+        self.run_started_source = "started_at" if self.run_started is not None else None
+        self.status_read = False
+        # API
+        self.client = None
+        self.api_key: str | None = None
+        self.api_polls = 0
+        self.api_error: str | None = None
+        self.instance_row: dict[str, Any] | None = None
+        self.instance_gone: str | None = None
+        self.last_api: float | None = None
+        self.api_now = False
+        self.poll_hanging = False
+        self.sync = (SyncRunner(params["sync_command"], params["sync_interval"], params["sync_timeout"], self.start,
+                                self.start) if params["sync_command"] else None)
+
+    # --------------------------------------------------------------------------------- API
+
+    def open_api(self) -> None:
+        if self.p["instance_id"] is None:
+            return
+        with contextlib.suppress(VastConfigError):
+            self.api_key = resolve_api_key(self.p["api_key"])[0]
+        self.client = client_for(self.p, Deadline(self._api_budget()))
+
+    def _api_budget(self) -> float:
+        return max(2 * (self.p["api_timeout"] or 30.0), 30.0)
+
+    def api_poll(self) -> None:
+        assert self.client is not None
+        self.last_api = self.clock()
+        self.client.deadline = Deadline(self._api_budget())
+        self.api_polls += 1
+        try:
+            row = self.client.get_instance(self.p["instance_id"])
+        except VastNotFound:
+            row = None
+        except VastAuthError:
+            raise
+        except VastError as exc:
+            self.api_error = str(exc)
+            display.vv(f"mlops.vast.watch: API poll failed, will retry: {exc}")
+            return
+        self.api_error = None
+        self.instance_row = row
+        self.instance_gone = instance_verdict(row)
+
+    # -------------------------------------------------------------------------------- host
+
+    def _execute(self, command: str) -> dict[str, Any]:
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                # Not sudoable: Ansible's ssh would then ask for a tty (-tt), which turns "\n" into "\r\n"
+                # and mixes stderr into stdout; the log's bytes must arrive as they are.
+                box["result"] = self.action._low_level_execute_command(command, sudoable=False)
+            except BaseException as exc:  # handed to the watching thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=target, name="mlops-vast-watch-poll", daemon=True)
+        started = time.monotonic()
+        worker.start()
+        while True:
+            worker.join(WAIT_SLICE)
+            if not worker.is_alive():
+                break
+            waited = time.monotonic() - started
+            if waited >= self.command_timeout:
+                raise _PollTimeout(f"the poll command did not answer within {self.command_timeout:g} s")
+            reason = self._while_waiting(waited)
+            if reason:
+                raise _PollTimeout(reason)
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def host_poll(self) -> None:
+        want_status = not self.status_read or (self.run_started is None and self.limits.max_runtime > 0)
+        request = PollRequest(
+            run_dir=self.p["run_dir"], log_file=self.p["log_file"], exit_code_file=self.p["exit_code_file"],
+            tmux_session=self.p["tmux_session"], marker=self.marker, log_offset=self.follower.next_offset(),
+            gpu_util=self.p["gpu_util"], metrics_file=self.p["metrics_file"],
+            status_file=self.p["status_file"] if want_status and self.p["status_file"] else None,
+        )
+        try:
+            answer = self._execute(poll_script(request))
+        except AnsibleConnectionFailure as exc:
+            raise _HostFailure(f"connection failure: {exc}") from None
+        except _PollTimeout as exc:
+            raise _HostFailure(str(exc)) from None
+        except AnsibleError as exc:
+            raise _HostFailure(f"{type(exc).__name__}: {exc}") from None
+        stdout = answer.get("stdout") or ""
+        snap = parse_poll(stdout, self.marker)
+        if not snap.ok:
+            rc = answer.get("rc")
+            detail = (answer.get("stderr") or stdout or "").strip()[-500:]
+            raise _HostFailure(f"the poll command failed (rc {rc}): {detail}", connection=rc == 255)
+        controller_now = self.wall()
+        if snap.host_now is not None:
+            self.host_offset = snap.host_now - controller_now
+        self.exit_code, self.exit_code_raw = snap.exit_code, snap.exit_code_raw
+        self.tmux, self.run_dir_exists = snap.tmux, snap.run_dir_exists
+        if snap.gpu_util is not None or not self.p["gpu_util"]:
+            self.gpu_util = snap.gpu_util
+        if request.status_file:
+            self.status_read = True
+            if snap.status_text and self.run_started is None:
+                started = started_from_status(snap.status_text)
+                if started is not None:
+                    self.run_started, self.run_started_source = started, self.p["status_file"]
+        self.follower.feed(snap.log_size, snap.log_start, snap.log_data)
+        if self.p["metrics_file"]:
+            found = metrics_from_tail(snap.metrics_text or "", self.p["log_format"])
+            if found is not None:
+                self.metrics_file_metrics = (found, snap.metrics_text)
+
+    def reset_connection(self) -> None:
+        connection = self.action._connection
+        for step in (getattr(connection, "reset", None), getattr(connection, "close", None)):
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception as exc:  # a reset that fails is retried with the next poll
+                display.vvv(f"mlops.vast.watch: connection {step.__name__} failed: {exc}")
+
+    # ----------------------------------------------------------------------------- state
+
+    def metrics(self):
+        if self.metrics_file_metrics is not None:
+            return self.metrics_file_metrics[0]
+        return self.follower.metrics
+
+    def progress_token(self) -> tuple[Any, ...]:
+        if self.metrics_file_metrics is not None:
+            metrics, text = self.metrics_file_metrics
+            return ("step", metrics.step) if metrics.step is not None else ("metrics", text[-300:])
+        return self.follower.progress_token()
+
+    def run_elapsed(self) -> tuple[float | None, str]:
+        if self.run_started is not None:
+            now = self.wall() + (self.host_offset or 0.0)
+            return max(0.0, now - self.run_started), self.run_started_source or ""
+        return self.clock() - self.start, "watch"
+
+    def observation(self, *, host_fresh: bool) -> Observation:
+        now = self.clock()
+        elapsed, _ = self.run_elapsed()
+        token = self.progress_token()
+        return Observation(
+            exit_code=self.exit_code, exit_code_raw=self.exit_code_raw, tmux=self.tmux,
+            run_dir_exists=self.run_dir_exists, traceback=self.follower.traceback, summary=self.follower.summary,
+            summary_required=bool(self.p["summary_regex"]), host_fresh=host_fresh, run_elapsed=elapsed,
+            idle=self.stall.idle(now), stalled=self.stall.stalled(now), progress=describe_progress(token),
+            instance_gone=self.instance_gone,
+            unreachable_for=None if self.unreachable_since is None else now - self.unreachable_since,
+            watch_elapsed=now - self.start,
+        )
+
+    # ------------------------------------------------------------------------------ loop
+
+    def _api_interval(self) -> float:
+        interval = self.p["api_poll_interval"]
+        if self.unreachable_since is not None or self.poll_hanging:
+            # The host is not answering: ask the API often enough to tell a lost instance quickly.
+            interval = min(interval, max(5.0, self.p["poll_interval"]))
+        return interval
+
+    def _api_due(self) -> bool:
+        return self.client is not None and (self.api_now or self.last_api is None
+                                            or self.clock() - self.last_api >= self._api_interval())
+
+    def _api_if_due(self) -> None:
+        if self._api_due():
+            self.api_now = False
+            self.api_poll()
+
+    def _while_waiting(self, waited: float) -> str | None:
+        """Called about every second while a poll command runs; a reason stops waiting for it."""
+        self.poll_hanging = waited >= HANGING_POLL
+        if self.sync is not None:
+            self.sync.tick(self.clock())
+        self._api_if_due()
+        if self.instance_gone:
+            return f"the API says the instance is gone ({self.instance_gone}) while a poll was waiting"
+        if self.limits.timeout > 0 and self.clock() - self.start >= self.limits.timeout:
+            return "the watch's timeout passed while a poll was waiting"
+        return None
+
+    def run(self) -> tuple[str, str]:
+        p = self.p
+        poll_interval = p["poll_interval"]
+        backoff_cap = max(1.0, min(MAX_BACKOFF, poll_interval))
+        backoff = min(1.0, backoff_cap)
+        next_poll = self.start
+        first_poll = True
+        while True:
+            now = self.clock()
+            self._api_if_due()
+            host_fresh = False
+            if now >= next_poll:
+                try:
+                    self.host_poll()
+                except _HostFailure as exc:
+                    if first_poll and not exc.connection:
+                        raise AnsibleActionFail(f"mlops.vast.watch cannot poll the host: {exc}") from None
+                    self.connection_failures += 1
+                    self.last_failure = str(exc)
+                    if self.unreachable_since is None:
+                        self.unreachable_since = self.clock()
+                        self.api_now = True  # ask the API at once whether the instance is gone
+                        display.v(f"mlops.vast.watch: lost the host ({exc}); reconnecting")
+                    self.reset_connection()
+                    next_poll = self.clock() + backoff
+                    backoff = min(backoff * 2, backoff_cap)
+                    self._api_if_due()
+                else:
+                    first_poll = False
+                    self.polls += 1
+                    host_fresh = True
+                    if self.unreachable_since is not None:
+                        self.reconnects += 1
+                        display.v(f"mlops.vast.watch: reconnected after {self.clock() - self.unreachable_since:.1f} s")
+                        self.unreachable_since = None
+                    backoff = min(1.0, backoff_cap)
+                    self.stall.observe(self.progress_token(), self.clock())
+                    next_poll = self.clock() + poll_interval
+                    display.vvv(f"mlops.vast.watch: poll {self.polls}: exit={self.exit_code} tmux={self.tmux} "
+                                f"{describe_progress(self.progress_token())}")
+                finally:
+                    self.poll_hanging = False
+            if self.sync is not None:
+                self.sync.tick(self.clock())
+            verdict = decide(self.observation(host_fresh=host_fresh), self.limits)
+            if (verdict is not None and verdict[0] not in ("completed", "instance_gone") and self.client is not None
+                    and (self.last_api is None or self.clock() - self.last_api > 2.0)):
+                # Before blaming the run, make sure the instance itself is still there.
+                self.api_poll()
+                verdict = decide(self.observation(host_fresh=host_fresh), self.limits)
+            if verdict is not None:
+                return verdict
+            wake = [next_poll]
+            if self.client is not None and self.last_api is not None:
+                wake.append(self.last_api + self._api_interval())
+            if self.sync is not None:
+                wake.append(self.clock() + min(1.0, poll_interval) if self.sync.running else self.sync.next_due)
+            if self.limits.timeout > 0:
+                wake.append(self.start + self.limits.timeout)
+            if self.unreachable_since is not None:
+                wake.append(self.unreachable_since + self.limits.reconnect_timeout)
+            self.sleep(min(max(0.05, min(wake) - self.clock()), 60.0))
+
+    def close(self, outcome: str | None) -> None:
+        if self.sync is not None:
+            self.sync.finish(self.clock, wait=outcome not in (None, "instance_gone"))
+        if self.client is not None:
+            self.client.close()
+
+    # ---------------------------------------------------------------------------- result
+
+    def result(self, outcome: str, msg: str) -> dict[str, Any]:
+        metrics = self.metrics()
+        elapsed, source = self.run_elapsed()
+        token = self.progress_token()
+        row = self.instance_row
+        triage = {
+            "step": metrics.step, "epoch": metrics.epoch, "loss": metrics.loss, "reward": metrics.reward,
+            "last_lines": self.follower.last_lines(LAST_LINES),
+            "traceback": self.follower.traceback,
+            "traceback_excerpt": "\n".join(self.follower.traceback_excerpt),
+            "summary": self.follower.summary, "summary_metrics": self.follower.summary_metrics,
+            "gpu_util": self.gpu_util, "completed": outcome == "completed",
+            "exit_code": self.exit_code if self.exit_code_raw is None else self.exit_code_raw,
+            "tmux_alive": self.tmux,
+        }
+        where = describe_progress(token)
+        if metrics.loss is not None:
+            where += f", loss {metrics.loss:.4g}" if isinstance(metrics.loss, float) else f", loss {metrics.loss}"
+        return {
+            "changed": False,
+            "outcome": outcome,
+            "msg": f"{outcome}: {msg} ({where})",
+            "triage": triage,
+            "polls": self.polls,
+            "reconnects": self.reconnects,
+            "connection_failures": self.connection_failures,
+            "last_connection_failure": self.last_failure,
+            "syncs": self.sync.records if self.sync else [],
+            "sync_count": self.sync.count if self.sync else 0,
+            "sync_failures": self.sync.failures if self.sync else 0,
+            "elapsed_s": round(self.clock() - self.start, 2),
+            "run_elapsed_s": None if elapsed is None else round(elapsed, 1),
+            "run_elapsed_from": source,
+            "idle_s": round(self.stall.idle(self.clock()), 1),
+            "log": {"size": self.follower.size, "read": self.follower.offset, "gaps": self.follower.gaps,
+                    "truncations": self.follower.truncations, "traceback_count": self.follower.traceback_count},
+            "instance": None if self.p["instance_id"] is None else {
+                "id": self.p["instance_id"],
+                "gone": self.instance_gone,
+                "actual_status": row.get("actual_status") if row else None,
+                "intended_status": row.get("intended_status") if row else None,
+                "cur_state": row.get("cur_state") if row else None,
+                "status_msg": row.get("status_msg") if row else None,
+                "api_polls": self.api_polls,
+                "api_error": self.api_error,
+            },
+        }
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = True
+    _supports_check_mode = True
+    _supports_async = False
+
+    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        del tmp
+        validation, _ = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        params = validation.validated_parameters
+        problems = [f"{name} must be > 0" for name in ("poll_interval", "api_poll_interval", "sync_interval",
+                                                        "sync_timeout", "reconnect_timeout") if params[name] <= 0]
+        problems += [f"{name} must be >= 0" for name in ("stall_timeout", "max_runtime", "timeout")
+                     if params[name] < 0]
+        if params["started_at"] not in (None, "") and parse_timestamp(params["started_at"]) is None:
+            problems.append("started_at must be epoch seconds or an ISO 8601 time")
+        if problems:
+            raise AnsibleActionFail("mlops.vast.watch: " + "; ".join(problems))
+
+        if self._task.check_mode:
+            result.update(changed=False, skipped=True, outcome=None,
+                          msg="check mode: the watch does not block and does not contact the host or the API")
+            return result
+
+        watcher = Watcher(self, params)
+        outcome: str | None = None
+        try:
+            try:
+                watcher.open_api()
+                if watcher.client is not None:
+                    watcher.api_poll()  # a bad key or URL fails now, before any waiting
+                outcome, msg = watcher.run()
+            except (VastConfigError, VastAuthError) as exc:
+                raise AnsibleActionFail(f"mlops.vast.watch: the Vast API refused: {exc}") from None
+            finally:
+                watcher.close(outcome)
+            out = watcher.result(outcome, msg)
+        except AnsibleActionFail as exc:
+            raise AnsibleActionFail(plain(str(exc), self._secrets(params, watcher))) from None
+        out["failed"] = outcome in params["fail_on"]
+        result.update(plain(out, self._secrets(params, watcher)))
+        return result
+
+    @staticmethod
+    def _secrets(params: dict[str, Any], watcher: Watcher) -> tuple[str, ...]:
+        """Strings masked wherever they appear in the result: the key, as given and as resolved."""
+        return tuple(key for key in {params.get("api_key"), watcher.api_key} if key)

@@ -1,0 +1,707 @@
+"""mlops.vast.watch without a host: parsing, the stall clock, the outcome rules, the poll script
+(run here with /bin/sh on real files), and the watch loop itself with a fake connection and an
+injected clock."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible_collections.mlops.vast.plugins.action import watch as action
+from ansible_collections.mlops.vast.plugins.module_utils import vast_api
+from ansible_collections.mlops.vast.plugins.module_utils import watch_logic as wl
+from ansible_collections.mlops.vast.plugins.modules import watch as doc
+
+HF = [
+    "{'loss': 0.6931, 'grad_norm': 1.2, 'learning_rate': 0.001, 'epoch': 0.05, 'step': 10}",
+    "{'loss': 0.5123, 'grad_norm': 0.9, 'learning_rate': 0.0009, 'epoch': 0.1, 'step': 20}",
+]
+SUMMARY = ("{'train_runtime': 12.3, 'train_samples_per_second': 40.1, 'train_steps_per_second': 1.6, "
+           "'train_loss': 0.41, 'epoch': 1.0}")
+TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "train.py", line 10, in <module>',
+    "    main()",
+    '  File "train.py", line 7, in main',
+    "    raise ValueError('loss is nan')",
+    "ValueError: loss is nan",
+]
+SECRET = "sk-watch-secret-0123456789"
+
+
+# ----------------------------------------------------------------------------------------- records
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (HF[0], {"loss": 0.6931, "grad_norm": 1.2, "learning_rate": 0.001, "epoch": 0.05, "step": 10}),
+    ('{"step": 10, "loss": 0.69, "done": false, "note": null}', {"step": 10, "loss": 0.69, "done": False,
+                                                                 "note": None}),
+    ("  3%|▎         | 10/400 [00:02<01:10]{'loss': 1.5, 'epoch': 0.03}", {"loss": 1.5, "epoch": 0.03}),
+    ("{'loss': -1e-05, 'rewards/mean': +0.25, 'tags': ['a', ('b', 1)]}", {"loss": -1e-05, "rewards/mean": 0.25,
+                                                                          "tags": ["a", ["b", 1]]}),
+    ("{'eval_loss': 0.7, 'epoch': 1.0}", {"eval_loss": 0.7, "epoch": 1.0}),
+])
+def test_parse_record_reads_hf_and_json_lines(line: str, expected: dict) -> None:
+    assert wl.parse_record(line) == expected
+    assert wl.parse_record(line, "jsonl") == expected
+
+
+def test_parse_record_keeps_nan_and_inf() -> None:
+    record = wl.parse_record("{'loss': nan, 'grad_norm': inf, 'x': -inf, 'step': 3}")
+    assert record is not None and math.isnan(record["loss"])
+    assert record["grad_norm"] == math.inf and record["x"] == -math.inf
+    assert wl.parse_record('{"loss": NaN, "step": 3}', "jsonl")["step"] == 3
+
+
+@pytest.mark.parametrize("line", [
+    "", "loading model", "[1, 2]", "{'loss': 0.5", "{__import__('os').system('id')}",
+    "{'a': print('x')}", "{**base}", "{'loss': 0.1} trailing", "{" + "'k': 1, " * 5000 + "'z': 2}",
+])
+def test_parse_record_refuses_what_is_not_a_plain_dict(line: str) -> None:
+    assert wl.parse_record(line) is None
+
+
+def test_training_metrics_picks_step_loss_reward_epoch() -> None:
+    metrics = wl.training_metrics({"loss": 0.5, "rewards/mean": 0.25, "epoch": 0.5, "step": 20.0})
+    assert metrics == wl.Metrics(step=20, epoch=0.5, loss=0.5, reward=0.25)
+    assert isinstance(metrics.step, int)
+    assert wl.training_metrics({"reward": 1.0, "global_step": 7}) == wl.Metrics(step=7, reward=1.0)
+    assert wl.training_metrics({"train/loss": 2.0, "train/global_step": 3}) == wl.Metrics(step=3, loss=2.0)
+    # Eval lines and the summary are not training records; booleans are not numbers.
+    assert wl.training_metrics({"eval_loss": 0.7, "epoch": 1.0}) is None
+    assert wl.training_metrics(wl.parse_record(SUMMARY)) is None
+    assert wl.training_metrics({"loss": True, "step": "10"}) is None
+
+
+def test_metrics_from_tail_takes_the_newest_record() -> None:
+    text = '{"step": 1, "loss": 0.9}\n{"step": 2, "loss": 0.8}\n{"note": "checkpoint"}\n{"step": 3, "lo'
+    assert wl.metrics_from_tail(text) == wl.Metrics(step=2, loss=0.8)
+    assert wl.metrics_from_tail("") is None
+
+
+# ------------------------------------------------------------------------------------- log follower
+
+
+def feed_text(follower: wl.LogFollower, text: str) -> None:
+    """Append `text` to a log and poll it: the bytes from the follower's offset (its unfinished line) on."""
+    start = follower.next_offset()
+    data = follower.partial + text
+    follower.feed(start + len(data.encode()), start, data)
+
+
+def test_follower_reads_complete_lines_and_rereads_a_partial_one() -> None:
+    follower = wl.LogFollower()
+    log = "loading\n" + HF[0] + "\n" + HF[1][:20]
+    follower.feed(len(log.encode()), 0, log)
+    assert follower.metrics.step == 10 and follower.metric_lines == 1
+    assert follower.offset == len(("loading\n" + HF[0] + "\n").encode())
+    assert follower.last_lines() == ["loading", HF[0], HF[1][:20]]
+    # The next poll reads from the start of the unfinished line and gets it whole.
+    rest = HF[1] + "\n" + SUMMARY + "\n"
+    follower.feed(follower.offset + len(rest.encode()), follower.offset, rest)
+    assert follower.metric_lines == 2
+    assert (follower.metrics.step, follower.metrics.loss, follower.metrics.epoch) == (20, 0.5123, 0.1)
+    assert follower.summary is True
+    assert follower.summary_metrics["train_loss"] == 0.41 and follower.summary_metrics["train_runtime"] == 12.3
+    assert follower.last_lines(2) == [HF[1], SUMMARY]
+    assert follower.traceback is False and follower.gaps == 0
+
+
+def test_follower_counts_bytes_not_characters() -> None:
+    follower = wl.LogFollower()
+    feed_text(follower, "ünïcödé ✓\n{'loss': 1.0, 'step': 1}\n")
+    assert follower.offset == len("ünïcödé ✓\n{'loss': 1.0, 'step': 1}\n".encode())
+    # Undecodable bytes arrive as surrogates (surrogateescape) and still count as one byte each.
+    raw = b"\xff\xfe broken\n"
+    follower.feed(follower.offset + len(raw), follower.offset, raw.decode("utf-8", "surrogateescape"))
+    assert follower.offset == len("ünïcödé ✓\n{'loss': 1.0, 'step': 1}\n".encode()) + len(raw)
+
+
+def test_follower_collects_the_traceback_up_to_the_exception_line() -> None:
+    follower = wl.LogFollower()
+    feed_text(follower, HF[0] + "\n" + "\n".join(TRACEBACK[:3]) + "\n")
+    assert follower.traceback is True
+    # The rest arrives with the next poll; the excerpt goes on until the exception's own line.
+    feed_text(follower, "\n".join(TRACEBACK[3:]) + "\nwandb: syncing\n")
+    assert follower.traceback_excerpt == TRACEBACK
+    assert follower.traceback_count == 1
+
+
+def test_follower_chained_traceback_and_marker_in_an_unfinished_line() -> None:
+    chained = [*TRACEBACK, "", "During handling of the above exception, another exception occurred:", "",
+               "Traceback (most recent call last):", '  File "x.py", line 1', "RuntimeError: cleanup failed"]
+    follower = wl.LogFollower()
+    feed_text(follower, "\n".join(chained) + "\n")
+    assert follower.traceback_count == 2
+    assert follower.traceback_excerpt[-1] == "RuntimeError: cleanup failed"
+    # A traceback header still being written counts at once (the process may die before the newline).
+    other = wl.LogFollower()
+    feed_text(other, "Traceback (most recent call last):")
+    assert other.traceback is True and other.offset == 0
+
+
+def test_follower_without_step_counts_records_times_logging_steps() -> None:
+    lines = ["{'loss': 0.9, 'epoch': 0.1}", "{'loss': 0.8, 'epoch': 0.2}", "{'eval_loss': 0.85, 'epoch': 0.2}",
+             "{'loss': 0.7, 'epoch': 0.3}"]
+    plain = wl.LogFollower()
+    feed_text(plain, "\n".join(lines) + "\n")
+    assert plain.metrics.step is None and plain.metric_lines == 3
+    assert plain.progress_token() == ("records", 3, 0.3)
+    counted = wl.LogFollower(logging_steps=50)
+    feed_text(counted, "\n".join(lines) + "\n")
+    assert counted.metrics.step == 150 and counted.progress_token() == ("step", 150)
+
+
+def test_follower_treats_carriage_returns_as_line_ends() -> None:
+    follower = wl.LogFollower()
+    bar = "".join(f"\r {i}%|##  | {i}/100" for i in range(1, 40))
+    feed_text(follower, bar)
+    # Every redraw but the last is consumed: the offset moves even though no "\n" was written.
+    assert follower.offset > 0 and follower.partial == " 39%|##  | 39/100"
+    feed_text(follower, "\r" + HF[0] + "\r")
+    feed_text(follower, "\n" + HF[1] + "\r\n")
+    assert follower.metrics.step == 20
+    assert follower.last_lines(3) == [" 39%|##  | 39/100", HF[0], HF[1]], "a split \\r\\n is one line end"
+
+
+def test_follower_restarts_on_truncation_and_counts_gaps() -> None:
+    follower = wl.LogFollower()
+    feed_text(follower, HF[1] + "\n" + SUMMARY + "\n")
+    assert follower.summary and follower.metrics.step == 20
+    follower.feed(len(HF[0]) + 1, 0, HF[0] + "\n")  # a new run rewrote the file
+    assert follower.truncations == 1 and follower.summary is False and follower.metrics.step == 10
+    assert follower.last_lines() == [HF[0]]
+    # More than a chunk was written since the last poll: the poll starts later, the middle is skipped.
+    start = follower.offset + 10_000
+    follower.feed(start + len(HF[1]) + 1, start, HF[1] + "\n")
+    assert follower.gaps == 1 and follower.metrics.step == 20
+
+
+def test_follower_progress_token_before_any_record_is_the_log_size() -> None:
+    follower = wl.LogFollower()
+    follower.feed(None, 0, "")
+    assert follower.progress_token() == ("bytes", None, 0)
+    feed_text(follower, "downloading weights\n")
+    first = follower.progress_token()
+    feed_text(follower, "downloading weights 50%\n")
+    assert follower.progress_token() != first
+    assert wl.describe_progress(follower.progress_token()).startswith("no training record yet")
+
+
+def test_follower_disabled_markers() -> None:
+    follower = wl.LogFollower(traceback_regex=None, summary_regex=None)
+    feed_text(follower, "\n".join([*TRACEBACK, SUMMARY]) + "\n")
+    assert follower.traceback is False and follower.summary is False
+
+
+# -------------------------------------------------------------------------------------- stall clock
+
+
+def test_stall_clock_runs_from_the_last_change_of_the_token() -> None:
+    clock = wl.StallClock(timeout=60, now=1000.0)
+    assert not clock.stalled(5000.0), "nothing observed yet"
+    assert clock.observe(("step", 10), 1000.0) is True
+    assert clock.observe(("step", 10), 1030.0) is False
+    assert clock.idle(1059.0) == 59 and not clock.stalled(1059.0)
+    assert clock.stalled(1060.0)
+    assert clock.observe(("step", 20), 1061.0) is True
+    assert not clock.stalled(1100.0) and clock.stalled(1121.0)
+    # A step going back (resumed from a checkpoint) is a change too.
+    assert clock.observe(("step", 15), 1122.0) is True
+    assert not wl.StallClock(timeout=0, now=0).stalled(10**9), "0 disables it"
+
+
+# ----------------------------------------------------------------------------------------- decisions
+
+
+def obs(**fields: Any) -> wl.Observation:
+    return wl.Observation(**fields)
+
+
+LIMITS = wl.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, timeout=7200)
+
+
+@pytest.mark.parametrize(("observation", "outcome", "words"), [
+    (obs(tmux=True), None, None),
+    (obs(exit_code=0, summary=True, tmux=False), "completed", "exited 0"),
+    # Completion wins over everything else seen at the same time.
+    (obs(exit_code=0, summary=True, traceback=True, instance_gone="destroyed", stalled=True, run_elapsed=9999),
+     "completed", "summary"),
+    (obs(exit_code=0, summary=False, tmux=False), "crash", "without the summary marker"),
+    (obs(exit_code=0, summary=False, summary_required=False), "completed", "exited 0"),
+    (obs(exit_code=1, traceback=True, tmux=False), "crash", "code 1 after a traceback"),
+    (obs(exit_code=-9, tmux=False), "crash", "code -9"),
+    (obs(exit_code_raw="oops", tmux=False), "crash", "'oops'"),
+    (obs(traceback=True, tmux=True), "crash", "has not exited yet"),
+    (obs(tmux=False), "crash", "tmux session is gone"),
+    (obs(tmux=False, run_dir_exists=False), "crash", "run directory does not exist"),
+    (obs(tmux=None), "crash", "tmux is not installed"),
+    # The instance going away explains a dead session better than a crash does.
+    (obs(tmux=False, instance_gone="outbid or interrupted"), "instance_gone", "outbid"),
+    (obs(exit_code=1, instance_gone="destroyed"), "instance_gone", "destroyed"),
+    (obs(host_fresh=False, unreachable_for=600), "instance_gone", "unreachable for 600 s"),
+    (obs(host_fresh=False, unreachable_for=599), None, None),
+    (obs(run_elapsed=3600, tmux=True), "max_runtime", "beyond max_runtime 3600"),
+    (obs(exit_code=124, run_elapsed=3601, tmux=False), "max_runtime", "exit code 124"),
+    (obs(exit_code=124, run_elapsed=100, tmux=False), "crash", "code 124"),
+    (obs(exit_code=137, run_elapsed=3600, traceback=True, tmux=False), "crash", "code 137"),
+    (obs(traceback=True, run_elapsed=4000), "crash", "traceback"),
+    (obs(run_elapsed=4000, stalled=True, idle=950), "max_runtime", "beyond"),
+    (obs(stalled=True, idle=950, progress="last step 10"), "stall", "no progress for 950 s (last step 10"),
+    (obs(stalled=True, idle=950, watch_elapsed=8000), "stall", "no progress"),
+    (obs(watch_elapsed=7200), "timeout", "the run goes on"),
+    # Without a fresh poll the host-side rules are not applied again (they were at the last poll).
+    (obs(host_fresh=False, tmux=False, stalled=True), None, None),
+    (obs(host_fresh=False, watch_elapsed=7200), "timeout", "watch's own limit"),
+])
+def test_decide_outcomes_and_precedence(observation: wl.Observation, outcome: str | None, words: str | None) -> None:
+    verdict = wl.decide(observation, LIMITS)
+    if outcome is None:
+        assert verdict is None
+    else:
+        assert verdict is not None and verdict[0] == outcome, verdict
+        assert words in verdict[1]
+
+
+def test_decide_without_limits() -> None:
+    limits = wl.Limits(max_runtime=0, stall_timeout=0, reconnect_timeout=600, timeout=0)
+    assert wl.decide(obs(run_elapsed=10**9, watch_elapsed=10**9), limits) is None
+
+
+@pytest.mark.parametrize(("row", "words"), [
+    (None, "destroyed"),
+    ({}, "destroyed"),
+    ({"actual_status": "running", "intended_status": "running", "cur_state": "running"}, None),
+    ({"actual_status": "loading", "intended_status": "running", "cur_state": "running"}, None),
+    ({"actual_status": "exited", "intended_status": "running", "cur_state": "stopped",
+      "status_msg": "Instance outbid by a higher bid"}, "outbid or interrupted: intended running but cur_state "
+                                                        "stopped: Instance outbid by a higher bid"),
+    ({"actual_status": "exited", "intended_status": "stopped", "cur_state": "stopped"}, "stopped (intended_status"),
+    ({"actual_status": "offline", "intended_status": "running", "cur_state": "running"}, "offline"),
+    ({"actual_status": "exited", "intended_status": "running", "cur_state": "running"}, "container exited"),
+    ({"actual_status": None, "intended_status": "running", "cur_state": "unloaded"}, "destroyed"),
+])
+def test_instance_verdict(row: dict | None, words: str | None) -> None:
+    verdict = wl.instance_verdict(row)
+    assert (verdict is None) if words is None else (verdict is not None and verdict.startswith(words))
+
+
+# ------------------------------------------------------------------------------------------ times
+
+
+def test_timestamps_and_status_md() -> None:
+    assert wl.parse_timestamp("2026-05-01T10:00:00Z") == 1777629600.0
+    assert wl.parse_timestamp("2026-05-01 12:00:00+02:00") == 1777629600.0
+    assert wl.parse_timestamp("2026-05-01T12:00:00+0200") == 1777629600.0
+    assert wl.parse_timestamp("2026-05-01T10:00:00") == 1777629600.0, "naive is UTC"
+    assert wl.parse_timestamp(1777629600) == 1777629600.0
+    assert wl.parse_timestamp("1777629600.5") == 1777629600.5
+    assert wl.parse_timestamp("yesterday") is None and wl.parse_timestamp(None) is None
+    assert wl.parse_timestamp(True) is None
+    status = ("# Run r-42\n\n| key | value |\n|---|---|\n| run id | r-42 |\n| host | C.123 (2026-01-01) |\n"
+              "| started | 2026-05-01T10:00:00Z |\n| max runtime | 21600 s |\n")
+    assert wl.started_from_status(status) == 1777629600.0
+    assert wl.started_from_status("run_id: r\nstart_epoch: 1777629600\n") == 1777629600.0
+    assert wl.started_from_status("- run id: r\n- host: x\n") is None
+
+
+# ----------------------------------------------------------------------------------- the poll script
+
+
+@pytest.fixture
+def fake_host(tmp_path: Path) -> dict[str, Any]:
+    """A run directory plus fake tmux/nvidia-smi on PATH, so the poll script runs for real here."""
+    run = tmp_path / "home" / "run"
+    run.mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tmux = bin_dir / "tmux"
+    # has-session -t =NAME succeeds while the file alive-NAME exists in the run directory.
+    tmux.write_text(f'#!/bin/sh\n[ "$1" = has-session ] && [ -e "{run}/alive-${{3#=}}" ]\n')
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '87\\n45\\n'\n")
+    # The host's clock: the real one, unless a test's fake clock wrote the time to host-now.
+    date = bin_dir / "date"
+    date.write_text(f'#!/bin/sh\nif [ -f "{tmp_path}/host-now" ]; then cat "{tmp_path}/host-now"; '
+                    f'else exec {shutil.which("date")} "$@"; fi\n')
+    for path in (tmux, smi, date):
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path / "home")}
+    return {"run": run, "env": env, "now_file": tmp_path / "host-now"}
+
+
+def run_poll(fake: dict[str, Any], request: wl.PollRequest) -> tuple[wl.Snapshot, subprocess.CompletedProcess]:
+    # As Ansible runs it: /bin/sh -c '<script> && sleep 0'.
+    done = subprocess.run(["/bin/sh", "-c", wl.poll_script(request) + " && sleep 0"], capture_output=True,
+                          env=fake["env"], cwd="/")
+    return wl.parse_poll(done.stdout.decode("utf-8", "surrogateescape"), request.marker), done
+
+
+def request(**more: Any) -> wl.PollRequest:
+    fields = {"run_dir": "~/run", "log_file": "run.log", "exit_code_file": "EXIT_CODE", "tmux_session": "run_r1",
+              "marker": "@@mlops-watch-test"}
+    return wl.PollRequest(**{**fields, **more})
+
+
+def test_poll_script_reads_everything_in_one_command(fake_host: dict[str, Any]) -> None:
+    run = fake_host["run"]
+    (run / "run.log").write_text("loading\n" + HF[0] + "\n")
+    (run / "alive-run_r1").touch()
+    (run / "STATUS.md").write_text("- started_at: 2026-05-01T10:00:00Z\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n')
+    snap, done = run_poll(fake_host, request(status_file="STATUS.md", metrics_file="metrics.jsonl"))
+    assert done.returncode == 0, done.stderr
+    assert snap.ok and snap.run_dir_exists and snap.tmux is True and snap.exit_code is None
+    assert snap.gpu_util == [87, 45]
+    assert abs(snap.host_now - time.time()) < 5
+    assert snap.status_text == "- started_at: 2026-05-01T10:00:00Z"
+    assert wl.metrics_from_tail(snap.metrics_text) == wl.Metrics(step=2, loss=0.9)
+    assert (snap.log_size, snap.log_start, snap.log_data) == (len("loading\n" + HF[0] + "\n"), 0,
+                                                              "loading\n" + HF[0] + "\n")
+    # The run ends: exit code written, session gone; the next poll reads only the new bytes.
+    with open(run / "run.log", "a") as log:
+        log.write(SUMMARY + "\n")
+    (run / "EXIT_CODE").write_text("0\n")
+    (run / "alive-run_r1").unlink()
+    offset = len("loading\n" + HF[0] + "\n")
+    snap, _ = run_poll(fake_host, request(log_offset=offset, gpu_util=False))
+    assert (snap.exit_code, snap.tmux, snap.gpu_util, snap.status_text) == (0, False, None, None)
+    assert (snap.log_start, snap.log_data) == (offset, SUMMARY + "\n")
+
+
+def test_poll_script_caps_the_chunk_and_notices_truncation(fake_host: dict[str, Any]) -> None:
+    run = fake_host["run"]
+    (run / "run.log").write_bytes(b"x" * 5000 + b"\n" + b"tail line\n")
+    snap, _ = run_poll(fake_host, request(chunk=100))
+    assert snap.log_size == 5011 and snap.log_start == 4911 and len(snap.log_data.encode()) == 100
+    assert snap.log_data.endswith("tail line\n")
+    snap, _ = run_poll(fake_host, request(log_offset=99_999))
+    assert snap.log_start == 0 and snap.log_size == 5011, "a shorter file is read from its start"
+
+
+def test_poll_script_missing_things_and_odd_names(fake_host: dict[str, Any], tmp_path: Path) -> None:
+    snap, _ = run_poll(fake_host, request(run_dir=str(tmp_path / "nowhere"), tmux_session="x'; touch /tmp/pwn; '"))
+    assert snap.ok and not snap.run_dir_exists and snap.tmux is False and snap.log_size is None
+    assert snap.exit_code is None and snap.log_data == ""
+    (fake_host["run"] / "EXIT_CODE").write_text("killed\n")
+    snap, _ = run_poll(fake_host, request())
+    assert snap.exit_code is None and snap.exit_code_raw == "killed"
+    # No tmux (and no nvidia-smi) at all on the host.
+    bare = tmp_path / "bare-bin"
+    bare.mkdir()
+    for tool in ("stat", "tail", "head", "date", "tr"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    snap, _ = run_poll({**fake_host, "env": {**fake_host["env"], "PATH": str(bare)}}, request())
+    assert snap.ok and snap.tmux is None and snap.gpu_util is None
+
+
+def test_parse_poll_ignores_noise_and_needs_the_log_line() -> None:
+    marker = "@@m"
+    out = "motd noise\n@@m now 1777629600\n@@m exit 3\n@@m tmux 0\n@@m gpu 12 N/A\n@@m log 4 0\nab\n@@m fake"
+    snap = wl.parse_poll(out, marker)
+    assert snap.ok and snap.exit_code == 3 and snap.tmux is False and snap.gpu_util == [12]
+    assert snap.log_data == "ab\n@@m fake", "everything after the log line is the log's bytes"
+    assert snap.extra == ["motd noise"]
+    assert not wl.parse_poll("bash: sh: command not found", marker).ok
+
+
+def test_shell_path() -> None:
+    assert wl.shell_path("~/run dir") == "\"$HOME\"/'run dir'"
+    assert wl.shell_path("/workspace/run") == "/workspace/run"
+    assert wl.shell_path("a;b") == "'a;b'"
+
+
+def test_plain_masks_secrets_and_non_finite_numbers() -> None:
+    value = {"loss": math.nan, "l": [math.inf, -math.inf, 1.5], "msg": f"key {SECRET} leaked", 3: SECRET}
+    assert wl.plain(value, (SECRET,)) == {"loss": "nan", "l": ["inf", "-inf", 1.5], "msg": "key ******** leaked",
+                                          3: "********"}
+    json.dumps(wl.plain(value), allow_nan=False)
+
+
+# ------------------------------------------------------------------------------ documentation vs spec
+
+
+def test_documentation_matches_the_argument_spec() -> None:
+    documented = yaml.safe_load(doc.DOCUMENTATION)["options"]
+    spec = {k: v for k, v in action.ARGUMENT_SPEC.items() if k not in ("api_key", "api_url", "api_timeout")}
+    assert set(documented) == set(spec)
+    for name, option in spec.items():
+        shown = documented[name]
+        assert shown["type"] == option["type"], name
+        assert shown.get("required", False) == option.get("required", False), name
+        assert shown.get("default") == option.get("default"), name
+        assert shown.get("choices") == option.get("choices"), name
+    yaml.safe_load(doc.EXAMPLES)
+    returned = yaml.safe_load(doc.RETURN)
+    assert set(returned["triage"]["contains"]) == {"step", "epoch", "loss", "reward", "last_lines", "traceback",
+                                                   "traceback_excerpt", "summary", "summary_metrics", "gpu_util",
+                                                   "completed", "exit_code", "tmux_alive"}
+
+
+# ------------------------------------------------------------------------------- the loop, faked host
+
+
+class FakeClock:
+    """Monotonic time that only sleeping moves; wall time starts at the real time (the fake host's
+    `date +%s` is real) and moves with it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.epoch = time.time() - self.now
+
+    def clock(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.epoch + self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.resets = 0
+        self.closes = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+class FakeAction:
+    """Runs each poll with /bin/sh on the fake host, whose clock is the fake clock; `script[n]`
+    changes the host before poll n (1-based) and may raise to simulate a dropped connection."""
+
+    def __init__(self, fake: dict[str, Any], script: dict[int, Any] | None = None,
+                 clock: FakeClock | None = None) -> None:
+        self.fake = fake
+        self.clock = clock
+        self.script = script or {}
+        self.calls = 0
+        self.sudoable: list[bool] = []
+        self._connection = FakeConnection()
+
+    def _low_level_execute_command(self, cmd: str, sudoable: bool = True) -> dict[str, Any]:
+        self.calls += 1
+        self.sudoable.append(sudoable)
+        if self.clock is not None:
+            self.fake["now_file"].write_text(f"{int(self.clock.wall())}\n")
+        step = self.script.get(self.calls)
+        if step is not None:
+            step(self.fake["run"])
+        done = subprocess.run(["/bin/sh", "-c", cmd + " && sleep 0"], capture_output=True, env=self.fake["env"])
+        return {"rc": done.returncode, "stdout": done.stdout.decode("utf-8", "surrogateescape"),
+                "stderr": done.stderr.decode()}
+
+
+def params(**args: Any) -> dict[str, Any]:
+    result = ArgumentSpecValidator(action.ARGUMENT_SPEC).validate({"run_dir": "~/run", "tmux_session": "run_r1",
+                                                                   **args})
+    assert not result.error_messages, result.error_messages
+    return result.validated_parameters
+
+
+def run_watch(fake: dict[str, Any], script: dict[int, Any], clock: FakeClock | None = None,
+              client: Any = None, **args: Any) -> tuple[dict[str, Any], FakeAction]:
+    clock = clock or FakeClock()
+    fake_action = FakeAction(fake, script, clock)
+    watcher = action.Watcher(fake_action, params(**args), clock=clock.clock, sleep=clock.sleep, wall=clock.wall)
+    watcher.client = client
+    if client is not None:
+        watcher.api_key = SECRET
+    outcome = None
+    try:
+        outcome, msg = watcher.run()
+    finally:
+        watcher.close(outcome)
+    return wl.plain(watcher.result(outcome, msg), (SECRET,)), fake_action
+
+
+def append(*lines: str) -> Any:
+    def step(run: Path) -> None:
+        with open(run / "run.log", "a") as log:
+            log.write("".join(line + "\n" for line in lines))
+    return step
+
+
+def start_run(run: Path) -> None:
+    (run / "alive-run_r1").touch()
+    (run / "run.log").write_text("loading\n")
+
+
+def end_run(code: int) -> Any:
+    def step(run: Path) -> None:
+        (run / "EXIT_CODE").write_text(f"{code}\n")
+        (run / "alive-run_r1").unlink()
+    return step
+
+
+def both(*steps: Any) -> Any:
+    def step(run: Path) -> None:
+        for each in steps:
+            each(run)
+    return step
+
+
+def lost(run: Path) -> None:
+    raise AnsibleConnectionFailure("Failed to connect to the host via ssh: Connection closed by remote host")
+
+
+def test_loop_completes_with_the_triage_bundle(fake_host: dict[str, Any]) -> None:
+    result, fake = run_watch(fake_host, {
+        1: start_run, 2: append(HF[0]), 3: append(HF[1]),
+        4: both(append(SUMMARY), end_run(0)),
+    }, poll_interval=30)
+    assert result["outcome"] == "completed" and result["polls"] == 4 and result["elapsed_s"] == 90
+    assert result["triage"] == {
+        "step": 20, "epoch": 0.1, "loss": 0.5123, "reward": None, "last_lines": ["loading", HF[0], HF[1], SUMMARY],
+        "traceback": False, "traceback_excerpt": "", "summary": True,
+        "summary_metrics": wl.parse_record(SUMMARY), "gpu_util": [87, 45], "completed": True, "exit_code": 0,
+        "tmux_alive": False}
+    assert result["msg"] == "completed: the run exited 0 and printed its summary (last step 20, loss 0.5123)"
+    assert fake.sudoable == [False] * 4, "no become, no tty: the log's bytes arrive as they are"
+    assert result["reconnects"] == 0 and result["instance"] is None and result["syncs"] == []
+
+
+def test_loop_reconnects_after_dropped_connections(fake_host: dict[str, Any]) -> None:
+    result, fake = run_watch(fake_host, {
+        1: start_run, 2: lost, 3: lost, 4: append(HF[0]), 5: lost, 6: both(append(SUMMARY), end_run(0)),
+    }, poll_interval=30)
+    assert result["outcome"] == "completed"
+    assert (result["reconnects"], result["connection_failures"], result["polls"]) == (2, 3, 3)
+    assert fake._connection.resets == 3 and fake._connection.closes == 3
+    assert "Connection closed by remote host" in result["last_connection_failure"]
+    # Backoff: 1 s, then 2 s, then back to the poll interval once the host answers.
+    assert result["elapsed_s"] == 30 + 1 + 2 + 30 + 1
+
+
+def test_loop_unreachable_beyond_reconnect_timeout_is_instance_gone(fake_host: dict[str, Any]) -> None:
+    script = {1: start_run, **{n: lost for n in range(2, 200)}}
+    result, _ = run_watch(fake_host, script, poll_interval=30, reconnect_timeout=120)
+    assert result["outcome"] == "instance_gone"
+    assert "unreachable for 120 s" in result["msg"]
+    assert 120 <= result["elapsed_s"] <= 30 + 120 + 1
+    assert result["reconnects"] == 0 and result["connection_failures"] >= 5
+
+
+def test_loop_stall_with_an_injected_clock(fake_host: dict[str, Any]) -> None:
+    result, _ = run_watch(fake_host, {1: start_run, 2: append(HF[0])}, poll_interval=30, stall_timeout=300)
+    assert result["outcome"] == "stall"
+    assert result["idle_s"] == 300 and result["elapsed_s"] == 330, "the step last moved at poll 2 (t=30)"
+    assert "no progress for 300 s (last step 10" in result["msg"]
+    assert result["triage"]["tmux_alive"] is True and result["triage"]["exit_code"] is None
+
+
+def test_loop_crash_max_runtime_and_timeout(fake_host: dict[str, Any]) -> None:
+    crash, _ = run_watch(fake_host, {1: start_run, 2: append(HF[0], *TRACEBACK), 3: end_run(1)}, poll_interval=30)
+    assert crash["outcome"] == "crash" and crash["triage"]["traceback"] is True
+    assert crash["triage"]["traceback_excerpt"] == "\n".join(TRACEBACK)
+    assert crash["polls"] == 2, "a traceback is a crash at once, before the exit code"
+    for name in ("run.log", "EXIT_CODE"):
+        (fake_host["run"] / name).unlink(missing_ok=True)
+
+    clock = FakeClock()
+    started = clock.wall() - 3500  # the run began 3500 s before the watch
+    timed, _ = run_watch(fake_host, {1: start_run}, clock=clock, poll_interval=30, stall_timeout=0,
+                         max_runtime=3600, started_at=str(started))
+    assert timed["outcome"] == "max_runtime" and timed["run_elapsed_from"] == "started_at"
+    assert 3600 <= timed["run_elapsed_s"] <= 3630 and timed["polls"] == 5, "host clock: 3500 s + 4 polls of 30 s"
+
+    limited, _ = run_watch(fake_host, {1: start_run}, poll_interval=30, stall_timeout=0, timeout=100,
+                           fail_on=["crash"])
+    assert limited["outcome"] == "timeout" and limited["elapsed_s"] == 100
+
+
+def test_loop_first_poll_error_fails_at_once(fake_host: dict[str, Any]) -> None:
+    class Broken(FakeAction):
+        def _low_level_execute_command(self, cmd: str, sudoable: bool = True) -> dict[str, Any]:
+            return {"rc": 127, "stdout": "", "stderr": "sh: 1: tail: not found"}
+
+    watcher = action.Watcher(Broken(fake_host), params(), clock=FakeClock().clock, sleep=FakeClock().sleep)
+    with pytest.raises(AnsibleActionFail, match=r"cannot poll the host.*rc 127.*tail: not found"):
+        watcher.run()
+
+
+def test_loop_sync_failure_is_reported_not_fatal(fake_host: dict[str, Any], tmp_path: Path) -> None:
+    marker = tmp_path / "synced"
+    script = {1: start_run, 2: append(HF[0]), 3: append(HF[1]), 4: both(append(SUMMARY), end_run(0))}
+    result, _ = run_watch(fake_host, script, poll_interval=30, sync_interval=20,
+                          sync_command=f"echo pulled >> {marker}; echo rsync: connection refused >&2; exit 23")
+    assert result["outcome"] == "completed" and not result.get("failed")
+    assert result["sync_count"] >= 1 and result["sync_failures"] == result["sync_count"]
+    first = result["syncs"][0]
+    assert first["rc"] == 23 and first["ok"] is False and "connection refused" in first["output"]
+    assert marker.read_text().count("pulled") == result["sync_count"]
+
+
+def test_loop_api_says_destroyed_and_the_key_never_shows(fake_host: dict[str, Any]) -> None:
+    answers = iter([
+        {"instances": {"id": 7, "actual_status": "running", "intended_status": "running", "cur_state": "running",
+                       "status_msg": f"success, running (token {SECRET})"}},
+        {"instances": None},
+    ])
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"])
+        return httpx.Response(200, json=next(answers))
+
+    client = vast_api.VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
+    clock = FakeClock()
+    result, _ = run_watch(fake_host, {1: start_run, 2: append(HF[0])}, clock=clock, client=client, instance_id=7,
+                          poll_interval=30, api_poll_interval=100)
+    assert result["outcome"] == "instance_gone" and result["instance"]["gone"].startswith("destroyed")
+    assert result["instance"]["api_polls"] == 2 and result["elapsed_s"] == 100
+    assert seen == [f"Bearer {SECRET}"] * 2
+    assert SECRET not in json.dumps(result)
+
+
+def test_argument_spec_defaults() -> None:
+    assert action.ARGUMENT_SPEC["api_key"]["no_log"] is True
+    assert params(fail_on=[])["fail_on"] == []
+    defaults = params()
+    assert defaults["fail_on"] == ["crash", "stall", "max_runtime", "instance_gone", "timeout"]
+    assert (defaults["poll_interval"], defaults["stall_timeout"], defaults["api_poll_interval"],
+            defaults["reconnect_timeout"], defaults["max_runtime"], defaults["timeout"]) == (30, 900, 120, 600, 0, 0)
+    assert ArgumentSpecValidator(action.ARGUMENT_SPEC).validate({"run_dir": "/r"}).error_messages == [
+        "missing required arguments: tmux_session"]
+
+
+def test_loop_hung_poll_does_not_hide_a_destroyed_instance(fake_host: dict[str, Any]) -> None:
+    """A poll stuck on a dead TCP connection: the API is still asked while it waits."""
+    release = threading.Event()
+    clock = FakeClock()
+
+    def hang(run: Path) -> None:
+        clock.now += 200  # what the stuck command costs in (fake) time
+        release.wait(30)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        row = {"id": 7, "actual_status": "running", "intended_status": "running", "cur_state": "running"}
+        return httpx.Response(200, json={"instances": row if clock.now < 1100 else None})
+
+    client = vast_api.VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
+    started = time.monotonic()
+    try:
+        result, _ = run_watch(fake_host, {1: start_run, 2: hang}, clock=clock, client=client, instance_id=7,
+                              poll_interval=30, api_poll_interval=120)
+    finally:
+        release.set()
+    assert result["outcome"] == "instance_gone" and result["instance"]["gone"].startswith("destroyed")
+    assert "while a poll was waiting" in result["last_connection_failure"]
+    assert time.monotonic() - started < 10, "not the 60 s command timeout"
