@@ -54,7 +54,10 @@ def run_task(module: str, args: dict[str, Any], env: dict[str, str], tmp_path: P
             "-e", f"ansible_python_interpreter={sys.executable}"]
     argv += ["--check"] if check else []
     argv += ["--diff"] if diff else []
-    completed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    try:
+        completed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    finally:
+        close_ssh_masters(env)
     if not out.exists():
         raise AssertionError(f"ansible-playbook said: {completed.stdout[-3000:]} {completed.stderr[-3000:]}")
     return json.loads(out.read_text())
@@ -69,7 +72,18 @@ def local_inventory(tmp_path: Path) -> Path:
 
 def run_playbook(playbook: str, env: dict[str, str], *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     argv = [str(ANSIBLE_BIN / "ansible-playbook"), playbook, *extra]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    try:
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    finally:
+        close_ssh_masters(env)
+
+
+def close_ssh_masters(env: dict[str, str]) -> None:
+    """End the ControlPersist masters the run left (ansible.cfg keeps them 60 s): a test leaves nothing."""
+    control_dir = Path(env.get("HOME", "")) / ".ansible" / "cp"
+    for socket_path in control_dir.glob("*") if control_dir.is_dir() else []:
+        subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={socket_path}", "vastsim-test"],
+                       capture_output=True, timeout=30, check=False)
 
 
 def ledger_open(tmp_path: Path) -> list[int]:
