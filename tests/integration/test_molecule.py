@@ -1,0 +1,101 @@
+"""Each role's Molecule scenario (molecule/<role>/), run as CI runs it: `molecule test -s <role>`.
+
+Every scenario rents its instance from a private vastsim (molecule/_shared/create.yml) and destroys it and
+the simulator at the end (molecule/_shared/destroy.yml). Molecule runs with a private HOME, so its
+ephemeral directories, caches and SSH control sockets stay in a scratch directory; afterwards nothing of
+it may be running and no network namespace of its simulators may remain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, needs_root
+
+BIN = Path(sys.executable).parent
+SCENARIOS = sorted(path.parent.name for path in (REPO / "molecule").glob("*/molecule.yml"))
+
+
+def test_every_role_has_a_scenario_verified_with_testinfra() -> None:
+    roles = sorted(path.name for path in (REPO / "roles").iterdir() if (path / "tasks" / "main.yml").exists())
+    assert set(roles) <= set(SCENARIOS), f"roles without a molecule scenario: {set(roles) - set(SCENARIOS)}"
+    for scenario in SCENARIOS:
+        assert (REPO / "molecule" / scenario / "tests" / "test_default.py").exists()
+
+
+def molecule_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VAST_", "ANSIBLE_", "MLOPS_VAST_", "MOLECULE_", "XDG_"))}
+    env.update({
+        "HOME": str(home),
+        "MOLECULE_GLOB": "molecule/*/molecule.yml",  # scenarios at the collection root, not extensions/molecule
+        "PATH": f"{BIN}:{env.get('PATH', '')}",  # ansible-playbook, pytest, vastsim's python, uv
+        "NO_COLOR": "1",
+        "ANSIBLE_NOCOLOR": "1",
+        "PY_COLORS": "0",
+    })
+    return env
+
+
+def leftovers(home: Path) -> list[str]:
+    """Processes of this run and network namespaces of its simulators; any simulator still up is stopped."""
+    found = []
+    for pid_file in home.glob(".ansible/tmp/molecule.*/vastsim/vastsim.pid"):
+        pid = int(pid_file.read_text().strip() or 0)
+        if pid > 0 and _alive(pid):
+            found.append(f"vastsim pid {pid} still running ({pid_file})")
+            os.kill(pid, signal.SIGTERM)  # it stops its instances and removes their namespaces
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+    processes = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    found += [line.strip() for line in processes.splitlines() if str(home) in line and "ps -eo" not in line]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for state in home.glob(".ansible/tmp/molecule.*/vastsim/state"):
+        tag = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:4]
+        found += [line for line in netns.splitlines() if line.startswith(f"vastsim-{tag}-")]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@needs_root
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(scenario: str) -> None:
+    config = yaml.safe_load((REPO / "molecule" / scenario / "molecule.yml").read_text())
+    # Short on purpose: SSH control sockets live in $HOME/.ansible/cp (a socket path has at most 107 bytes).
+    home = Path(tempfile.mkdtemp(prefix="molecule-", dir="/tmp"))
+    started = time.monotonic()
+    try:
+        done = subprocess.run([str(BIN / "molecule"), "test", "-s", scenario], cwd=REPO, env=molecule_env(home),
+                              capture_output=True, text=True, timeout=400)
+    finally:
+        seconds = time.monotonic() - started
+        left = leftovers(home)  # also after a timeout: whatever is still up is stopped here
+        shutil.rmtree(home, ignore_errors=True)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"molecule test -s {scenario} failed after {seconds:.0f} s:\n{output[-8000:]}"
+    for step in config["scenario"]["test_sequence"]:  # every step ran (none skipped or missing)
+        assert re.search(rf"{scenario} (>|➜) {step}: Executed: Successful", output), f"{step}:\n{output[-3000:]}"
+    assert not left, f"molecule test -s {scenario} left behind: {left}"
+    print(f"molecule test -s {scenario}: {seconds:.1f} s")
