@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,33 @@ def local_inventory(tmp_path: Path) -> Path:
 def run_playbook(playbook: str, env: dict[str, str], *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     argv = [str(ANSIBLE_BIN / "ansible-playbook"), playbook, *extra]
     try:
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     finally:
         close_ssh_masters(env)
+    # The whole output stays next to the test's files: an assertion message only holds an excerpt.
+    keep = os.environ.get("MLOPS_VAST_TEST_LOGS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        (Path(keep) / f"{Path(playbook).stem}-{os.getpid()}-{time.time_ns()}.log").write_text(done.stdout + done.stderr)
+    return done
+
+
+def failure_excerpt(stdout: str, limit: int = 6000) -> str:
+    """The failed tasks and the recap of a playbook's output: where it went wrong, not just its tail."""
+    lines = stdout.splitlines()
+    picked: list[str] = []
+    for index, line in enumerate(lines):
+        if line.startswith(("fatal:", "failed:")) or "FAILED!" in line or "UNREACHABLE!" in line:
+            start = max(0, index - 3)
+            while start > 0 and not lines[start].startswith("TASK ["):
+                start -= 1
+            picked.extend(lines[start:index + 12])
+            picked.append("...")
+    recap = next((i for i, line in enumerate(lines) if line.startswith("PLAY RECAP")), None)
+    if recap is not None:
+        picked.extend(lines[recap:])
+    excerpt = "\n".join(picked) if picked else stdout
+    return excerpt[-limit:]
 
 
 def close_ssh_masters(env: dict[str, str]) -> None:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.conftest import Sim, needs_root
-from tests.integration.ansible_run import ansible_env, ledger_open, local_inventory, run_playbook
+from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, local_inventory, run_playbook
 from tests.integration.test_modules import good_query
 
 pytestmark = [pytest.mark.slow, needs_root]
@@ -56,7 +56,7 @@ def test_slow_wrong_gpu_and_small_disk_hosts_are_rejected_and_replaced(sim: Sim,
     env = ansible_env(sim, tmp_path)
     inventory = str(local_inventory(tmp_path))
     done = run_playbook(str(provision_playbook(tmp_path, provision_query=query)), env, "-i", inventory)
-    assert done.returncode == 0, done.stdout[-5000:]
+    assert done.returncode == 0, failure_excerpt(done.stdout) + done.stderr[-3000:]
     result = json.loads((tmp_path / "provision.json").read_text())
     rejected = result["rejected"]
     assert [r["machine_id"] for r in rejected] == [o["machine_id"] for o in first_three], done.stdout[-6000:]
@@ -78,7 +78,7 @@ def test_slow_wrong_gpu_and_small_disk_hosts_are_rejected_and_replaced(sim: Sim,
     # A later run starts from the exclusions and lands on a good host at once.
     again = run_playbook(str(provision_playbook(tmp_path, provision_query=query, provision_label="rug2")), env,
                          "-i", str(local_inventory(tmp_path)))
-    assert again.returncode == 0, again.stdout[-3000:]
+    assert again.returncode == 0, failure_excerpt(again.stdout)
     assert json.loads((tmp_path / "provision.json").read_text())["rejected"] == []
     with sim.client() as client:
         for instance_id in client.get("/_sim/ledger").json()["totals"]["open_instance_ids"]:
@@ -117,7 +117,7 @@ def test_the_catalogues_own_bad_hosts_are_caught_by_measurement(sim: Sim, tmp_pa
         query = f"reliability > 0.95 num_gpus=1 gpu_name={gpu}"
         playbook = provision_playbook(tmp_path, provision_query=query, provision_label=label)
         done = run_playbook(str(playbook), env, "-i", inventory)
-        assert done.returncode == 0, done.stdout[-5000:]
+        assert done.returncode == 0, failure_excerpt(done.stdout) + done.stderr[-3000:]
         result = json.loads((tmp_path / "provision.json").read_text())
         rejected = {r["machine_id"] for r in result["rejected"]}
         assert rejected <= set(bad), result["rejected"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Sim, needs_root, ssh_run
-from tests.integration.ansible_run import ansible_env, ledger_open, local_inventory, run_playbook
+from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, local_inventory, run_playbook
 from tests.integration.test_modules import good_query
 
 pytestmark = [pytest.mark.slow, needs_root]
@@ -88,7 +88,7 @@ def test_run_completes_with_verified_checkpoints_and_nothing_billing(sim: Sim, t
     finally:
         watcher.stop.set()
         watcher.join(30)
-    assert done.returncode == 0, done.stdout[-6000:]
+    assert done.returncode == 0, failure_excerpt(done.stdout) + done.stderr[-3000:]
     assert watcher.seen.get("live"), "STATUS.md, run.log and the tmux session were never seen on the host"
     assert watcher.killed
     results = tmp_path / "results"

@@ -1,0 +1,82 @@
+"""The teardown role's guard rail: a checkpoint that cannot be verified keeps its instance (stopped, not destroyed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import Sim, needs_root
+from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, local_inventory, run_playbook
+from tests.integration.test_modules import good_query
+
+pytestmark = [pytest.mark.slow, needs_root]
+
+LABEL = "td-unverified"
+OUTPUT = "/workspace/run/output"
+# The newest checkpoint is rewritten every 20 ms, as by a run that never stops writing it: a local copy
+# can never match the host's checksums, which is exactly what verification must catch.
+REWRITER = (f"mkdir -p {OUTPUT}/checkpoint-50 {OUTPUT}/checkpoint-100 && echo old > {OUTPUT}/checkpoint-50/model.json"
+            f" && setsid nohup bash -c 'while :; do date +%s%N > {OUTPUT}/checkpoint-100/model.json; sleep 0.02; done'"
+            " >/dev/null 2>&1 < /dev/null &")
+
+
+def rent_write_and_tear_down(tmp_path: Path, sim: Sim, **teardown_vars: object) -> Path:
+    playbook = tmp_path / "teardown-guard.yml"
+    playbook.write_text(yaml.safe_dump([
+        {"hosts": "localhost", "gather_facts": False,
+         "roles": [{"role": "mlops.vast.provision", "vars": {
+             "provision_label": LABEL, "provision_query": good_query(sim, "reliability > 0.95 num_gpus=1"),
+             "provision_probe": False, "provision_check": False, "provision_disk_gb": 10,
+             "provision_exclusions_path": str(tmp_path / "excluded.json"),
+             "provision_ssh_private_key": str(tmp_path / "key")}}]},
+        {"hosts": "provisioned", "gather_facts": False,
+         "tasks": [{"name": "A run that keeps rewriting its newest checkpoint",
+                    "ansible.builtin.shell": REWRITER, "changed_when": True}]},
+        {"hosts": "localhost", "gather_facts": False,
+         "roles": [{"role": "mlops.vast.teardown", "vars": {
+             "teardown_label": LABEL, "teardown_results_dir": str(tmp_path / "results"), **teardown_vars}}]},
+    ]))
+    return playbook
+
+
+def instance_rows(sim: Sim) -> list[dict]:
+    with sim.client() as client:
+        rows = client.get("/api/v1/instances/").json()["instances"]
+    return [row for row in rows if row["label"] == LABEL]
+
+
+def test_unverified_checkpoint_stops_the_instance_instead_of_destroying_it(sim: Sim, tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(tmp_path / "key"))
+    inventory = str(local_inventory(tmp_path))
+
+    done = run_playbook(str(rent_write_and_tear_down(tmp_path, sim)), env, "-i", inventory)
+    assert done.returncode != 0, "teardown must fail when the newest checkpoint cannot be verified"
+    assert "checkpoint-100" in done.stdout and "stopped, not destroyed" in done.stdout, failure_excerpt(done.stdout)
+    rows = instance_rows(sim)
+    assert len(rows) == 1, "the instance holding the only copy must not be destroyed"
+    assert rows[0]["intended_status"] == "stopped"
+    assert len(ledger_open(tmp_path)) == 1
+    assert not (tmp_path / "results" / "teardown.json").exists()
+    # What was verified-or-not is all on the controller too: the older checkpoint came home intact.
+    assert (tmp_path / "results" / "checkpoints" / "checkpoint-50" / "model.json").read_text() == "old\n"
+
+    # Giving the data up is one command, the one the failure message names; it proves the ledger empty.
+    gone = run_playbook("playbooks/teardown.yml", env, "-i", inventory, "-e", f"teardown_label={LABEL}")
+    assert gone.returncode == 0, failure_excerpt(gone.stdout)
+    assert instance_rows(sim) == [] and ledger_open(tmp_path) == []
+
+
+def test_teardown_keep_unverified_false_destroys_anyway(sim: Sim, tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(tmp_path / "key"))
+    playbook = rent_write_and_tear_down(tmp_path, sim, teardown_keep_unverified=False)
+    done = run_playbook(str(playbook), env, "-i", str(local_inventory(tmp_path)))
+    assert done.returncode == 0, failure_excerpt(done.stdout)
+    record = json.loads((tmp_path / "results" / "teardown.json").read_text())
+    assert record["checkpoints_verified"] is False and record["destroyed"]
+    assert instance_rows(sim) == [] and ledger_open(tmp_path) == []
