@@ -21,37 +21,41 @@ Every run of 1, 2, 3 and the in-process search must return the same offer ids in
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import os
 import platform
-import re
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from _sim import (
+    BIN,
+    REPO,
+    BenchError,
+    Deadline,
+    Outcome,
+    Sim,
+    ansible_env,
+    client_env,
+    environment,
+    host_info,
+    noted,
+    say,
+    start_sim,
+    stop_and_check,
+    summary,
+    write_results,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-API_KEY = "vastsim-bench-key-0123456789abcdef"
 MODULE = "mlops.vast.vast_offer"
 DEFAULT_QUERY = "reliability > 0.95 cuda_vers >= 12.4 gpu_ram >= 16"
-ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
-SYNC_PARAM = "bench_sync"
-# Variables of the caller's environment that could point a client elsewhere or at a real key.
-DROPPED = ("VAST_", "VASTAI_", "ANSIBLE_", "MLOPS_VAST_", "XDG_", "HOME", "COLUMNS", "LINES", "NO_COLOR",
-           "FORCE_COLOR")
 LABELS = {
     "playbook": "ansible-playbook, one vast_offer task",
     "adhoc": f"ansible localhost -m {MODULE}",
@@ -64,169 +68,6 @@ LABELS = {
     "search": "in-process: vast_offer.search()",
     "http": "in-process: new httpx.Client + POST /bundles/",
 }
-
-
-class BenchError(RuntimeError):
-    """A step of the benchmark failed or ran out of time."""
-
-
-class Deadline:
-    """The overall time budget; every wait asks it for a timeout no longer than what is left."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    def cap(self, timeout: float) -> float:
-        left = self.left()
-        if left <= 0:
-            raise BenchError("overall deadline (--deadline) exceeded")
-        return min(timeout, left)
-
-
-# --------------------------------------------------------------------------- the simulator process
-
-
-@dataclass
-class Sim:
-    process: subprocess.Popen[str]
-    url: str
-    state_dir: Path
-    log_path: Path
-    stdout: list[str]  # every stdout line (the access log at --log-level debug), appended by a thread
-    client: httpx.Client = field(init=False)
-    _syncs: int = 0
-
-    def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {API_KEY}"},
-                                   timeout=60)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def tag(self) -> str:
-        # Mirrors HostManager.tag: netns are named vastsim-<tag>-<id>.
-        return hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:4]
-
-    def log_tail(self, limit: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-limit:]
-        return ""
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.client.request(method, path, **kwargs)
-        if response.status_code != 200:
-            raise BenchError(f"{method} {path}: HTTP {response.status_code}: {response.text[:500]}")
-        return response.json()
-
-    def sync(self, timeout: float = 10.0) -> int:
-        """A position in ``stdout`` after which every request answered so far has been logged.
-
-        Sends a marked ``GET /_sim/info`` and waits for its access-log line: the server logs in
-        order, so every earlier request's line is already there.
-        """
-        self._syncs += 1
-        marker = f"{SYNC_PARAM}={self._syncs} HTTP/"
-        self.call("GET", "/_sim/info", params={SYNC_PARAM: self._syncs})
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            lines = list(self.stdout)
-            for index in range(len(lines) - 1, -1, -1):
-                if marker in lines[index]:
-                    return index + 1
-            time.sleep(0.005)
-        raise BenchError(f"the access log never showed {marker} (is vastsim at --log-level debug?)")
-
-    def requests_between(self, start: int, end: int) -> list[str]:
-        """``METHOD target`` of every request logged between two ``sync()`` positions."""
-        found = []
-        for line in self.stdout[start:end]:
-            match = ACCESS_LINE.search(line)
-            if match and SYNC_PARAM not in match["target"]:
-                found.append(f"{match['method']} {match['target']}")
-        return found
-
-
-def start_sim(root: Path, deadline: Deadline, timeout: float = 60.0) -> Sim:
-    state_dir = root / "state"
-    state_dir.mkdir(parents=True)
-    log_path = root / "vastsim.log"
-    argv = [sys.executable, "-m", "mlops_vast.sim.cli", "serve", "--state-dir", str(state_dir),
-            "--api-key", API_KEY, "--host-mode", "loopback", "--log-level", "debug"]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                   text=True, cwd=REPO)
-    lines: list[str] = []
-    ended = threading.Event()
-
-    def reader() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-        ended.set()
-
-    threading.Thread(target=reader, daemon=True).start()
-    end = time.monotonic() + deadline.cap(timeout)
-    while time.monotonic() < end and not ended.is_set():
-        url = next((line.strip().split("=", 1)[1] for line in list(lines) if line.startswith("VAST_URL=")), None)
-        if url:
-            return Sim(process=process, url=url, state_dir=state_dir, log_path=log_path, stdout=lines)
-        time.sleep(0.01)
-    process.kill()
-    process.wait(10)
-    raise BenchError(f"vastsim did not print VAST_URL= within {timeout:g}s:\n"
-                     f"{log_path.read_text(errors='replace')[-3000:]}")
-
-
-def stop_sim(sim: Sim, timeout: float = 60.0) -> dict[str, Any]:
-    """SIGTERM, wait; SIGKILL only if it ignored SIGTERM. Returns exit code and shutdown time."""
-    started = time.monotonic()
-    killed = False
-    with contextlib.suppress(Exception):
-        sim.client.close()
-    if sim.process.poll() is None:
-        sim.process.send_signal(signal.SIGTERM)
-        try:
-            sim.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            killed = True
-            sim.process.kill()
-            sim.process.wait(10)
-    return {"returncode": sim.process.returncode, "shutdown_s": round(time.monotonic() - started, 3),
-            "sigkilled": killed}
-
-
-def _run(*argv: str) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def stop_and_check(sim: Sim, results: dict[str, Any], say: Callable[[str], None]) -> bool:
-    """Stop the simulator and look for anything of its state dir left behind; True if clean."""
-    stopped = stop_sim(sim)
-    prefix = f"vastsim-{sim.tag}-"
-    leftover = {"netns": [line.split()[0] for line in _run("ip", "netns", "list").splitlines()
-                          if line.startswith(prefix)],
-                "processes": [line for line in _run("ps", "-eo", "pid,args").splitlines()
-                              if str(sim.state_dir) in line and "ps -eo" not in line]}
-    results["stop"] = stopped
-    results["leftovers"] = leftover
-    found = {k: v for k, v in leftover.items() if v}
-    say(f"\nvastsim stopped: exit code {stopped['returncode']} after {stopped['shutdown_s']:.2f}s"
-        f"{' (had to SIGKILL)' if stopped['sigkilled'] else ''}; left behind ({prefix}* netns, "
-        f"processes of its state dir): {found or 'nothing'}")
-    clean = stopped["returncode"] == 0 and not stopped["sigkilled"] and not found
-    if not clean:
-        results["errors"].append(f"unclean stop: {stopped} {leftover}")
-    if not clean or results["errors"]:
-        say("vastsim log tail:\n" + sim.log_tail(2000))
-    return clean
 
 
 # ------------------------------------------------------------------------------------ measurements
@@ -249,30 +90,11 @@ class Search:
                 "--storage", f"{self.storage:g}", "-t", self.type]
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
-    return {"min": min(values), "median": statistics.median(values), "max": max(values),
-            "mean": statistics.fmean(values), "iqr": quartiles[2] - quartiles[0]}
-
-
-def noted(diff: float, *spreads: float) -> str:
-    """A difference of medians, flagged when it is smaller than the runs' own spread (IQRs added)."""
-    spread = sum(spreads)
-    return f"{diff:.3f}s" + (f" (within the run-to-run spread, IQR {spread:.3f}s)" if abs(diff) < spread else "")
-
-
 def environments(sim: Sim, root: Path) -> tuple[dict[str, str], dict[str, str]]:
     """(ansible's environment, vastai's environment): private HOME/XDG dirs, the simulator, the key."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED)}
-    home = root / "home"
-    home.mkdir(exist_ok=True)
-    common = {**base, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-              "XDG_CACHE_HOME": str(home / ".cache"), "PATH": f"{BIN}:{base.get('PATH', '')}",
-              "VAST_URL": sim.url, "VAST_API_KEY": API_KEY}
-    ansible = {**common, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
-               "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
-               "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false", "ANSIBLE_DEPRECATION_WARNINGS": "false"}
-    vastai = {**common, "VASTAI_NO_UPDATE_CHECK": "1", "COLUMNS": "300", "TERM": "dumb"}
+    ansible = ansible_env(sim, root, ANSIBLE_CALLBACK_RESULT_FORMAT="json", ANSIBLE_CALLBACK_FORMAT_PRETTY="false",
+                          ANSIBLE_DEPRECATION_WARNINGS="false")
+    vastai = {**client_env(sim, root), "VASTAI_NO_UPDATE_CHECK": "1", "COLUMNS": "300", "TERM": "dumb"}
     return ansible, vastai
 
 
@@ -329,12 +151,10 @@ def subprocess_variants(root: Path, search: Search, ansible_env: dict[str, str],
 
 def run_one(sim: Sim, name: str, argv: list[str], env: dict[str, str], ids_of: Callable[[str], list[int]] | None,
             deadline: Deadline) -> dict[str, Any]:
-    start = sim.sync()
-    t0 = time.perf_counter()
-    completed = subprocess.run(argv, env=env, cwd=Path(env["HOME"]), capture_output=True, text=True,
-                               stdin=subprocess.DEVNULL, timeout=deadline.cap(300))
-    elapsed = time.perf_counter() - t0
-    requests = sim.requests_between(start, sim.sync())
+    timeout = deadline.cap(300)
+    completed, elapsed, requests = sim.measure(lambda: subprocess.run(
+        argv, env=env, cwd=Path(env["HOME"]), capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        timeout=timeout))
     output = completed.stdout + completed.stderr
     if completed.returncode != 0 or "Traceback (most recent call last)" in output:
         raise BenchError(f"{name}: {' '.join(argv[:4])} ... exited {completed.returncode}:\n{output[-3000:]}")
@@ -345,20 +165,6 @@ def run_one(sim: Sim, name: str, argv: list[str], env: dict[str, str], ids_of: C
         except (ValueError, KeyError, TypeError) as exc:
             raise BenchError(f"{name}: cannot read the offers ({exc!r}) from:\n{output[-2000:]}") from None
     return sample
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def in_process_variants(sim: Sim, search: Search, ansible_env: dict[str, str],
@@ -373,7 +179,7 @@ def in_process_variants(sim: Sim, search: Search, ansible_env: dict[str, str],
         from ansible_collections.mlops.vast.plugins.modules import vast_offer
 
         results["module_import_s"] = time.perf_counter() - t0
-    params = {"api_key": API_KEY, "api_url": sim.url, "api_timeout": 30.0, "default_filters": True,
+    params = {"api_key": sim.api_key, "api_url": sim.url, "api_timeout": 30.0, "default_filters": True,
               "exclude_machines": [], "max_dph": None, **search.module_args()}
     body: dict[str, Any] = {}
 
@@ -388,7 +194,7 @@ def in_process_variants(sim: Sim, search: Search, ansible_env: dict[str, str],
         sent = body or vast_offer.build_search_body(
             search.query, order=search.order, offer_type=search.type, limit=search.limit + vast_offer.OVERFETCH,
             storage_gb=search.storage)
-        with httpx.Client(base_url=sim.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as http:
+        with httpx.Client(base_url=sim.url, headers={"Authorization": f"Bearer {sim.api_key}"}, timeout=60) as http:
             response = http.post("/api/v0/bundles/", json=sent)
             response.raise_for_status()
             response.json()
@@ -409,11 +215,7 @@ def bench(sim: Sim, root: Path, search: Search, runs: int, deadline: Deadline, r
             samples[name].append(sample)
         for name, work in in_process.items():
             deadline.cap(1)
-            start = sim.sync()
-            t0 = time.perf_counter()
-            ids = work()
-            elapsed = time.perf_counter() - t0
-            requests = sim.requests_between(start, sim.sync())
+            ids, elapsed, requests = sim.measure(work)
             samples[name].append({"s": elapsed, "requests": len(requests), "request_lines": requests,
                                   **({"ids": ids} if ids is not None else {})})
         for name, rows in samples.items():
@@ -432,7 +234,7 @@ def bench(sim: Sim, root: Path, search: Search, runs: int, deadline: Deadline, r
             say(f"  warm-up: {len(reference or [])} offers; requests: " + ", ".join(
                 f"{name} {len(rows[0]['request_lines'])}" for name, rows in samples.items()))
     results["offer_ids"] = reference
-    return {name: {"samples": rows[1:], "summary": summary([r["s"] for r in rows[1:]]),
+    return {name: {"samples": rows[1:], "summary": summary([r["s"] for r in rows[1:]], iqr=True),
                    "requests": sorted({r["requests"] for r in rows[1:]}),
                    "request_lines": rows[-1]["request_lines"]} for name, rows in samples.items()}
 
@@ -472,20 +274,6 @@ def report(timings: dict[str, Any], offers: int, say: Callable[[str], None]) -> 
         f"({start / cli:.0%}), the search and its output {noted(cli - start, iqr['vastai'], iqr['vastai_version'])}")
 
 
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM to the benchmark unwinds like Ctrl-C, so the simulator is still stopped."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--query", default=DEFAULT_QUERY, help=f"the offer query (default {DEFAULT_QUERY!r})")
@@ -506,25 +294,22 @@ def main(argv: list[str] | None = None) -> int:
         if not (BIN / tool).exists():
             parser.error(f"{BIN / tool} not found: run with the virtualenv's python")
 
-    def say(line: str) -> None:
-        print(line, flush=True)
-
     search = Search(query=args.query, order=args.order, limit=args.limit, storage=args.storage, type=args.type)
     deadline = Deadline(args.deadline)
     root = Path(tempfile.mkdtemp(prefix="vastsim-bench-offers-"))
     results: dict[str, Any] = {
         "params": {"query": search.query, "order": search.order, "limit": search.limit, "storage": search.storage,
                    "type": search.type, "runs": args.runs},
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "loadavg_start": os.getloadavg()},
+        "host": host_info(loadavg_start=os.getloadavg()),
         "errors": [],
     }
     sim: Sim | None = None
-    exit_code = 0
+    outcome = Outcome(results, say)
     try:
-        with terminate_as_interrupt():
+        with outcome.guard(ValueError):
             started = time.monotonic()
-            sim = start_sim(root, deadline)
+            # --log-level debug: the access log counts each run's requests.
+            sim = start_sim(root, deadline, host_mode="loopback", log_level="debug", cwd=REPO, client_timeout=60)
             results["sim_start_s"] = time.monotonic() - started
             load = results["host"]["loadavg_start"][0]
             say(f"vastsim pid {sim.pid} at {sim.url}, started in {results['sim_start_s']:.2f}s; {os.cpu_count()} "
@@ -535,23 +320,12 @@ def main(argv: list[str] | None = None) -> int:
             results["timings"] = timings
             say(f"  import of the module and its module_utils, in-process: {results['module_import_s']:.3f}s (once)")
             report(timings, len(results["offer_ids"] or []), say)
-    except (BenchError, httpx.HTTPError, subprocess.SubprocessError, OSError, ValueError) as exc:
-        exit_code = 1
-        results["errors"].append(f"fatal: {exc!r}")
-        say(f"FAILED: {exc}")
-    except KeyboardInterrupt:
-        exit_code = 130
-        results["errors"].append("interrupted")
-        say("interrupted")
     finally:
         if sim is not None and not stop_and_check(sim, results, say):
-            exit_code = exit_code or 1
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
-            say(f"results written to {args.json}")
+            outcome.fail()
+        write_results(args.json, results, say)
         shutil.rmtree(root, ignore_errors=True)
-    return exit_code
+    return outcome.code
 
 
 if __name__ == "__main__":

@@ -21,36 +21,45 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import os
 import platform
-import queue
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from _sim import (
+    BenchError,
+    Deadline,
+    Outcome,
+    Sim,
+    descendants,
+    direct_endpoint,
+    host_info,
+    links_of,
+    loop_devices,
+    netns_of,
+    pick_offers,
+    rent,
+    say,
+    ssh_true,
+    start_sim,
+    stat_fields,
+    stop_and_check,
+    summary,
+    wait_running,
+    wait_ssh,
+    write_results,
+)
 
-API_KEY = "vastsim-bench-key-0123456789abcdef"
-CREATE_BODY = {"client_id": "me", "image": "x", "disk": 10, "runtype": "ssh_direc ssh_proxy",
-               "cancel_unavail": True}
-SEARCH_BODY = {"rentable": {"eq": True}, "order": [["dph_total", "asc"]], "limit": 100}
-SSH_OPTIONS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-               "-o", "PasswordAuthentication=no", "-o", "ConnectTimeout=5"]
+OFFERS_HINT = "; lower --max-instances"
 POLL_S = 0.01  # status polling interval (the simulator's own ticker runs every 50 ms)
-SSH_RETRY_S = 0.05
 SCALE_LEGEND = """\
   running / ready: first PUT -> last instance running / last `ssh true` ok; per-inst: median of each
   instance's own PUT -> ssh ok; sim CPU: the simulator process's own CPU time during the step;
@@ -58,183 +67,14 @@ SCALE_LEGEND = """\
   processes only (unshare, init, sshd); tot PSS: the same processes, shared pages counted once"""
 
 
-class BenchError(RuntimeError):
-    """A step of the benchmark failed or ran out of time."""
-
-
-class Deadline:
-    """The overall time budget; every wait asks it for a timeout no longer than what is left."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    def cap(self, timeout: float) -> float:
-        left = self.left()
-        if left <= 0:
-            raise BenchError("overall deadline (--deadline) exceeded")
-        return min(timeout, left)
-
-
-# --------------------------------------------------------------------------- the simulator process
-
-
-@dataclass
-class Sim:
-    process: subprocess.Popen[str]
-    url: str
-    state_dir: Path
-    log_path: Path
-    client: httpx.Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {API_KEY}"},
-                                   timeout=30)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def tag(self) -> str:
-        # Mirrors HostManager.tag: netns are named vastsim-<tag>-<id>, host-side veths vs<tag>...
-        return hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:4]
-
-    def log_tail(self, limit: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-limit:]
-        return ""
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.client.request(method, path, **kwargs)
-        if response.status_code != 200:
-            raise BenchError(f"{method} {path}: HTTP {response.status_code}: {response.text[:500]}")
-        return response.json()
-
-
-def start_sim(root: Path, speed: float, deadline: Deadline, timeout: float = 60.0) -> Sim:
-    state_dir = root / "state"
-    state_dir.mkdir(parents=True)
-    log_path = root / "vastsim.log"
-    argv = [sys.executable, "-m", "mlops_vast.sim.cli", "serve", "--state-dir", str(state_dir),
-            "--speed", str(speed), "--api-key", API_KEY, "--credit", "1000000", "--log-level", "info"]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                   text=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def reader() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=reader, daemon=True).start()
-    end = time.monotonic() + deadline.cap(timeout)
-    while time.monotonic() < end:
-        try:
-            line = lines.get(timeout=max(0.01, end - time.monotonic()))
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        if line.startswith("VAST_URL="):
-            return Sim(process=process, url=line.strip().split("=", 1)[1], state_dir=state_dir,
-                       log_path=log_path)
-    process.kill()
-    process.wait(10)
-    raise BenchError(f"vastsim did not print VAST_URL= within {timeout:g}s:\n"
-                     f"{log_path.read_text(errors='replace')[-3000:]}")
-
-
-def stop_sim(sim: Sim, timeout: float = 60.0) -> dict[str, Any]:
-    """SIGTERM, wait; SIGKILL only if it ignored SIGTERM. Returns exit code and shutdown time."""
-    started = time.monotonic()
-    killed = False
-    with contextlib.suppress(Exception):
-        sim.client.close()
-    if sim.process.poll() is None:
-        sim.process.send_signal(signal.SIGTERM)
-        try:
-            sim.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            killed = True
-            sim.process.kill()
-            sim.process.wait(10)
-    return {"returncode": sim.process.returncode, "shutdown_s": round(time.monotonic() - started, 3),
-            "sigkilled": killed}
-
-
 # ----------------------------------------------------------------------------- system inspection
-
-
-def _run(*argv: str) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
-
-
-def netns_of(sim: Sim) -> list[str]:
-    prefix = f"vastsim-{sim.tag}-"
-    return [line.split()[0] for line in _run("ip", "netns", "list").splitlines()
-            if line.startswith(prefix)]
-
-
-def links_of(sim: Sim) -> list[str]:
-    found = []
-    for line in _run("ip", "-o", "link", "show").splitlines():
-        parts = line.split(":")
-        if len(parts) > 1 and parts[1].strip().split("@")[0].startswith(f"vs{sim.tag}"):
-            found.append(parts[1].strip().split("@")[0])
-    return found
-
-
-def loop_devices(state_dir: Path | None = None) -> list[str]:
-    """``losetup -a`` lines, optionally only those backed by a file under ``state_dir``."""
-    lines = _run("losetup", "-a").splitlines()
-    if state_dir is None:
-        return lines
-    return [line for line in lines if str(state_dir) in line]
-
-
-def _parent_map() -> dict[int, int]:
-    parents = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        # The command name may contain spaces and parentheses; fields resume after the last ')'.
-        fields = stat[stat.rfind(")") + 2:].split()
-        parents[int(entry.name)] = int(fields[1])
-    return parents
-
-
-def descendants(root: int) -> dict[int, int]:
-    """Every process below ``root`` -> the child of ``root`` it descends from (its instance)."""
-    parents = _parent_map()
-    found: dict[int, int] = {}
-    for pid in parents:
-        chain, current = [], pid
-        while current in parents and current not in (root, 0, 1):
-            chain.append(current)
-            current = parents[current]
-        if current == root and chain:
-            found[pid] = chain[-1]
-    return found
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(CPU time of the process itself, CPU time of its children it has reaped), in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return 0.0, 0.0
-    fields = stat[stat.rfind(")") + 2:].split()
     tick = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
@@ -310,44 +150,6 @@ def wait_torn_down(sim: Sim, deadline: Deadline, timeout: float = 60.0) -> float
 # ------------------------------------------------------------------------------ marketplace calls
 
 
-def pick_offers(sim: Sim, count: int) -> list[dict[str, Any]]:
-    """``count`` rentable offers on machines without defects, cheapest first, distinct machines first.
-
-    An offer is taken only while its machine still has enough free GPUs for it, so every PUT is
-    expected to start (``cancel_unavail`` would refuse it otherwise).
-    """
-    offers = sim.call("POST", "/api/v0/bundles/", json=SEARCH_BODY)["offers"]
-    machines = {m["machine_id"]: m for m in sim.call("GET", "/_sim/machines")["machines"]}
-    free = {mid: m["free_gpus"] for mid, m in machines.items() if not m["defects"]}
-    chosen: list[dict[str, Any]] = []
-    for distinct in (True, False):
-        used_machines = {o["machine_id"] for o in chosen}
-        for offer in offers:
-            if len(chosen) == count:
-                return chosen
-            mid = offer["machine_id"]
-            if offer in chosen or mid not in free or free[mid] < offer["num_gpus"]:
-                continue
-            if distinct and mid in used_machines:
-                continue
-            chosen.append(offer)
-            used_machines.add(mid)
-            free[mid] -= offer["num_gpus"]
-    if len(chosen) < count:
-        raise BenchError(f"only {len(chosen)} offers can be rented at once on machines without defects "
-                         f"(wanted {count}); lower --max-instances")
-    return chosen
-
-
-def rent(sim: Sim, offer: dict[str, Any]) -> int:
-    response = sim.client.put(f"/api/v0/asks/{offer['id']}/", json=CREATE_BODY)
-    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
-    if response.status_code != 200 or not body.get("success"):
-        raise BenchError(f"renting offer {offer['id']} (machine {offer['machine_id']}): "
-                         f"HTTP {response.status_code} {response.text[:300]}")
-    return int(body["new_contract"])
-
-
 def destroy_all(sim: Sim, ids: list[int]) -> list[str]:
     errors = []
     for instance_id in ids:
@@ -364,70 +166,14 @@ def open_instances(sim: Sim) -> int:
     return int(sim.call("GET", "/_sim/ledger")["totals"]["open_instances"])
 
 
-def direct_endpoint(row: dict[str, Any]) -> tuple[str, int]:
-    try:
-        return str(row["public_ipaddr"]), int(row["ports"]["22/tcp"][0]["HostPort"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise BenchError(f"instance {row.get('id')} is running but has no direct SSH port: "
-                         f"ports={row.get('ports')!r}") from None
-
-
-def ssh_true(host: str, port: int, user: str, key: Path, timeout: float = 15.0) -> bool:
-    argv = ["ssh", *SSH_OPTIONS, "-i", str(key), "-p", str(port), f"{user}@{host}", "true"]
-    try:
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def wait_ssh(host: str, port: int, user: str, key: Path, deadline: Deadline,
-             timeout: float = 60.0) -> tuple[float, int]:
-    """Retry ``ssh true`` until it succeeds; returns (monotonic time of success, attempts)."""
-    end = time.monotonic() + deadline.cap(timeout)
-    attempts = 0
-    while time.monotonic() < end:
-        attempts += 1
-        if ssh_true(host, port, user, key, timeout=max(1.0, min(15.0, end - time.monotonic()))):
-            return time.monotonic(), attempts
-        time.sleep(SSH_RETRY_S)
-    raise BenchError(f"ssh {user}@{host} -p {port} true did not succeed within {timeout:g}s "
-                     f"({attempts} attempts)")
-
-
-def wait_running(sim: Sim, instance_id: int, deadline: Deadline, timeout: float = 60.0,
-                 seen: dict[str, float] | None = None) -> tuple[float, dict[str, Any]]:
-    """Poll one instance until ``actual_status == "running"``; returns (monotonic time, row)."""
-    end = time.monotonic() + deadline.cap(timeout)
-    row: dict[str, Any] = {}
-    while time.monotonic() < end:
-        row = sim.call("GET", f"/api/v0/instances/{instance_id}/")["instances"] or {}
-        now = time.monotonic()
-        status = str(row.get("actual_status"))
-        if seen is not None:
-            seen.setdefault(status, now)
-        if status == "running":
-            return now, row
-        if not row or status in ("exited", "offline") or str(row.get("status_msg") or "").startswith("Error"):
-            break
-        time.sleep(POLL_S)
-    raise BenchError(f"instance {instance_id} not running within {timeout:g}s: "
-                     f"{row.get('actual_status')} / {row.get('status_msg')}")
-
-
 # --------------------------------------------------------------------------------- the benchmarks
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values),
-            "mean": statistics.fmean(values)}
 
 
 def bench_ready(sim: Sim, user: str, key: Path, runs: int, deadline: Deadline,
                 say: Callable[[str], None]) -> dict[str, Any]:
     samples: list[dict[str, Any]] = []
     for run in range(runs):
-        offer = pick_offers(sim, 1)[0]
+        offer = pick_offers(sim, 1, hint=OFFERS_HINT)[0]
         seen: dict[str, float] = {}
         t0 = time.monotonic()
         instance_id = rent(sim, offer)
@@ -484,7 +230,7 @@ def destroy_and_verify(sim: Sim, ids: list[int], count: int, result: dict[str, A
 
 
 def bench_scale(sim: Sim, user: str, key: Path, count: int, deadline: Deadline) -> dict[str, Any]:
-    offers = pick_offers(sim, count)
+    offers = pick_offers(sim, count, hint=OFFERS_HINT)
     ids: list[int] = []
     put_at: dict[int, float] = {}
     running_at: dict[int, float] = {}
@@ -611,20 +357,6 @@ def counts_up_to(limit: int) -> list[int]:
     return counts
 
 
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM to the benchmark unwinds like Ctrl-C, so the simulator is still stopped."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_benchmarks(sim: Sim, key: Path, args: argparse.Namespace, deadline: Deadline,
                    results: dict[str, Any], say: Callable[[str], None]) -> int:
     """Both benchmarks against a started simulator; returns 1 if any step failed."""
@@ -681,27 +413,6 @@ def run_benchmarks(sim: Sim, key: Path, args: argparse.Namespace, deadline: Dead
     return exit_code
 
 
-def stop_and_check(sim: Sim, results: dict[str, Any], say: Callable[[str], None]) -> bool:
-    """Stop the simulator and look for anything of its state dir left behind; True if clean."""
-    stopped = stop_sim(sim)
-    leftover = {"netns": netns_of(sim), "links": links_of(sim), "loops": loop_devices(sim.state_dir),
-                "processes": [line for line in _run("ps", "-eo", "pid,args").splitlines()
-                              if str(sim.state_dir) in line and "ps -eo" not in line]}
-    results["stop"] = stopped
-    results["leftovers"] = leftover
-    found = {k: v for k, v in leftover.items() if v}
-    say(f"\nvastsim stopped: exit code {stopped['returncode']} after {stopped['shutdown_s']:.2f}s"
-        f"{' (had to SIGKILL)' if stopped['sigkilled'] else ''}; "
-        f"left behind (vastsim-{sim.tag}-* netns, vs{sim.tag}* links, loops, processes): "
-        f"{found or 'nothing'}")
-    clean = stopped["returncode"] == 0 and not stopped["sigkilled"] and not found
-    if not clean:
-        results["errors"].append(f"unclean stop: {stopped} {leftover}")
-    if not clean or results["errors"]:
-        say("vastsim log tail:\n" + sim.log_tail(2000))
-    return clean
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speed", type=float, default=1000.0,
@@ -720,45 +431,30 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found on PATH")
 
-    def say(line: str) -> None:
-        print(line, flush=True)
-
     deadline = Deadline(args.deadline)
     root = Path(tempfile.mkdtemp(prefix="vastsim-bench-"))
     results: dict[str, Any] = {
         "params": {"speed": args.speed, "runs": args.runs, "max_instances": args.max_instances},
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "euid": os.geteuid()},
+        "host": host_info(euid=os.geteuid()),
         "errors": [],
     }
     sim: Sim | None = None
-    exit_code = 0
+    outcome = Outcome(results, say)
     try:
-        with terminate_as_interrupt():
+        with outcome.guard():
             key = root / "id_ed25519"
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vastsim-bench",
                             "-f", str(key)], check=True, timeout=30)
             started = time.monotonic()
-            sim = start_sim(root, args.speed, deadline)
+            sim = start_sim(root, deadline, speed=args.speed, credit=1_000_000)
             results["sim_start_s"] = time.monotonic() - started
-            exit_code = run_benchmarks(sim, key, args, deadline, results, say)
-    except (BenchError, httpx.HTTPError, subprocess.SubprocessError, OSError) as exc:
-        exit_code = 1
-        results["errors"].append(f"fatal: {exc!r}")
-        say(f"FAILED: {exc}")
-    except KeyboardInterrupt:
-        exit_code = 130
-        results["errors"].append("interrupted")
-        say("interrupted")
+            outcome.code = run_benchmarks(sim, key, args, deadline, results, say)
     finally:
-        if sim is not None and not stop_and_check(sim, results, say):
-            exit_code = exit_code or 1
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
-            say(f"results written to {args.json}")
+        if sim is not None and not stop_and_check(sim, results, say, links=True, loops=True):
+            outcome.fail()
+        write_results(args.json, results, say)
         shutil.rmtree(root, ignore_errors=True)
-    return exit_code
+    return outcome.code
 
 
 if __name__ == "__main__":

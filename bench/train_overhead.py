@@ -31,11 +31,9 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import hashlib
 import json
 import os
 import platform
-import queue
 import re
 import shutil
 import signal
@@ -45,24 +43,32 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+from _sim import (
+    BIN,
+    REPO,
+    BenchError,
+    Deadline,
+    Outcome,
+    Sim,
+    ansible_env,
+    direct_endpoint,
+    host_info,
+    pick_offers,
+    rent,
+    say,
+    start_sim,
+    stop_and_check,
+    summary,
+    wait_running,
+    wait_ssh,
+    write_results,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-SEARCH_BODY = {"rentable": {"eq": True}, "order": [["dph_total", "asc"]], "limit": 100}
-CREATE_BODY = {"client_id": "me", "image": "x", "disk": 10, "runtype": "ssh_direc ssh_proxy",
-               "cancel_unavail": True, "label": "bench-ssh"}
-SSH_OPTIONS = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
-               "-o", "PasswordAuthentication=no", "-o", "ConnectTimeout=5"]
-# Variables of the caller's environment that could point a client elsewhere or at a real key.
-DROPPED = ("VAST_", "VASTAI_", "ANSIBLE_", "MLOPS_VAST_", "XDG_", "HOME", "NO_COLOR", "FORCE_COLOR",
-           "BENCH_TIMER_")
 HOST_KEY_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
 PERSIST_ARGS = "-o ControlMaster=auto -o ControlPersist=60s"
 # (pipelining, ControlPersist), both-on first: the baseline of the ratios.
@@ -135,133 +141,7 @@ class CallbackModule(CallbackBase):
 '''
 
 
-class BenchError(RuntimeError):
-    """A step of the benchmark failed or ran out of time."""
-
-
-class Deadline:
-    """The overall time budget; every wait asks it for a timeout no longer than what is left."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    def cap(self, timeout: float) -> float:
-        left = self.left()
-        if left <= 0:
-            raise BenchError("overall deadline (--deadline) exceeded")
-        return min(timeout, left)
-
-
-# --------------------------------------------------------------------------- the simulator process
-
-
-@dataclass
-class Sim:
-    process: subprocess.Popen[str]
-    url: str
-    api_key: str
-    state_dir: Path
-    log_path: Path
-    client: httpx.Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"},
-                                   timeout=30)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def tag(self) -> str:
-        # Mirrors HostManager.tag: netns are named vastsim-<tag>-<id>, host-side veths vs<tag>...
-        return hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:4]
-
-    def log_tail(self, limit: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-limit:]
-        return ""
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.client.request(method, path, **kwargs)
-        if response.status_code != 200:
-            raise BenchError(f"{method} {path}: HTTP {response.status_code}: {response.text[:500]}")
-        return response.json()
-
-
-def start_sim(root: Path, speed: float, deadline: Deadline, timeout: float = 60.0) -> Sim:
-    """``vastsim serve --state-dir STATE --speed S``; the API key is read from STATE/api_key (as demo.sh)."""
-    state_dir = root / "state"
-    log_path = root / "vastsim.log"
-    argv = [sys.executable, "-m", "mlops_vast.sim.cli", "serve", "--state-dir", str(state_dir),
-            "--speed", str(speed), "--credit", "1000000", "--log-level", "info"]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                   text=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def reader() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=reader, daemon=True).start()
-    end = time.monotonic() + deadline.cap(timeout)
-    while time.monotonic() < end:
-        try:
-            line = lines.get(timeout=max(0.01, end - time.monotonic()))
-        except queue.Empty:
-            break
-        if line is None:
-            break
-        if line.startswith("VAST_URL="):
-            api_key = (state_dir / "api_key").read_text().strip()
-            return Sim(process=process, url=line.strip().split("=", 1)[1], api_key=api_key,
-                       state_dir=state_dir, log_path=log_path)
-    process.kill()
-    process.wait(10)
-    raise BenchError(f"vastsim did not print VAST_URL= within {timeout:g}s:\n"
-                     f"{log_path.read_text(errors='replace')[-3000:]}")
-
-
-def stop_sim(sim: Sim, timeout: float = 60.0) -> dict[str, Any]:
-    """SIGTERM, wait; SIGKILL only if it ignored SIGTERM. Returns exit code and shutdown time."""
-    started = time.monotonic()
-    killed = False
-    with contextlib.suppress(Exception):
-        sim.client.close()
-    if sim.process.poll() is None:
-        sim.process.send_signal(signal.SIGTERM)
-        try:
-            sim.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            killed = True
-            sim.process.kill()
-            sim.process.wait(10)
-    return {"returncode": sim.process.returncode, "shutdown_s": round(time.monotonic() - started, 3),
-            "sigkilled": killed}
-
-
-def _run(*argv: str) -> str:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
-
-
-def netns_of(sim: Sim) -> list[str]:
-    prefix = f"vastsim-{sim.tag}-"
-    return [line.split()[0] for line in _run("ip", "netns", "list").splitlines() if line.startswith(prefix)]
-
-
-def links_of(sim: Sim) -> list[str]:
-    found = []
-    for line in _run("ip", "-o", "link", "show").splitlines():
-        parts = line.split(":")
-        if len(parts) > 1 and parts[1].strip().split("@")[0].startswith(f"vs{sim.tag}"):
-            found.append(parts[1].strip().split("@")[0])
-    return found
+# ------------------------------------------------------------------------------ the account
 
 
 def open_instance_ids(sim: Sim) -> list[int]:
@@ -277,8 +157,8 @@ def destroy_open(sim: Sim) -> list[int]:
     return ids
 
 
-def stop_and_check(sim: Sim, results: dict[str, Any], say: Callable[[str], None]) -> bool:
-    """Check the ledger, stop the simulator, look for anything of its state dir left; True if clean."""
+def check_ledger_and_stop(sim: Sim, results: dict[str, Any], say: Callable[[str], None]) -> bool:
+    """Destroy what is still open, check the ledger, then stop the simulator and check; True if clean."""
     clean = True
     try:
         left = destroy_open(sim)
@@ -293,43 +173,16 @@ def stop_and_check(sim: Sim, results: dict[str, Any], say: Callable[[str], None]
         clean = False
         results["errors"].append(f"ledger check: {exc!r}")
         say(f"ledger check FAILED: {exc}")
-    stopped = stop_sim(sim)
-    leftover = {"netns": netns_of(sim), "links": links_of(sim),
-                "processes": [line for line in _run("ps", "-eo", "pid,args").splitlines()
-                              if str(sim.state_dir) in line and "ps -eo" not in line]}
-    results["stop"] = stopped
-    results["leftovers"] = leftover
-    found = {k: v for k, v in leftover.items() if v}
-    say(f"vastsim stopped: exit code {stopped['returncode']} after {stopped['shutdown_s']:.2f}s"
-        f"{' (had to SIGKILL)' if stopped['sigkilled'] else ''}; left behind (vastsim-{sim.tag}-* netns, "
-        f"vs{sim.tag}* links, processes): {found or 'nothing'}")
-    clean = clean and stopped["returncode"] == 0 and not stopped["sigkilled"] and not found
-    if not clean:
-        results["errors"].append(f"unclean stop: {stopped} {leftover}")
-    if not clean or results["errors"]:
-        say("vastsim log tail:\n" + sim.log_tail(2000))
-    return clean
+    return stop_and_check(sim, results, say, links=True, blank_line=False) and clean
 
 
 # ------------------------------------------------------------------------------ running ansible
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values),
-            "mean": statistics.fmean(values)}
-
-
-def ansible_env(sim: Sim, root: Path, key: Path) -> dict[str, str]:
+def demo_env(sim: Sim, root: Path, key: Path) -> dict[str, str]:
     """demo.sh's environment, with private HOME/XDG dirs and the timing callback enabled."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED)}
-    home = root / "home"
-    home.mkdir(exist_ok=True)
-    return {**base, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
-            "XDG_CACHE_HOME": str(home / ".cache"), "PATH": f"{BIN}:{base.get('PATH', '')}",
-            "VAST_URL": sim.url, "VAST_API_KEY": sim.api_key, "MLOPS_VAST_SSH_KEY": str(key),
-            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_LOCAL_TEMP": str(root / "ansible-local"),
-            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CALLBACK_PLUGINS": str(root / "callback_plugins"),
-            "ANSIBLE_CALLBACKS_ENABLED": CALLBACK_NAME}
+    return ansible_env(sim, root, MLOPS_VAST_SSH_KEY=str(key), ANSIBLE_CALLBACK_PLUGINS=str(root / "callback_plugins"),
+                       ANSIBLE_CALLBACKS_ENABLED=CALLBACK_NAME)
 
 
 def write_callback(root: Path) -> None:
@@ -449,7 +302,7 @@ def train_once(sim: Sim, root: Path, key: Path, index: int, args: argparse.Names
     results_dir = run_dir / "results"
     run_dir.mkdir(parents=True)
     timer = run_dir / "timer.jsonl"
-    env = {**ansible_env(sim, root, key), "BENCH_TIMER_OUT": str(timer),
+    env = {**demo_env(sim, root, key), "BENCH_TIMER_OUT": str(timer),
            # A fresh local ledger and exclusions file: every run starts from nothing, as a first demo does.
            "MLOPS_VAST_LEDGER": str(run_dir / "contracts.jsonl"),
            "MLOPS_VAST_EXCLUSIONS": str(run_dir / "excluded_machines.json")}
@@ -621,17 +474,6 @@ def bench_train(sim: Sim, root: Path, key: Path, args: argparse.Namespace, deadl
 # --------------------------------------------------------------- 2. pipelining x ControlPersist
 
 
-def pick_offer(sim: Sim) -> dict[str, Any]:
-    """The cheapest rentable offer on a machine without defects with enough free GPUs."""
-    offers = sim.call("POST", "/api/v0/bundles/", json=SEARCH_BODY)["offers"]
-    machines = {m["machine_id"]: m for m in sim.call("GET", "/_sim/machines")["machines"]}
-    for offer in offers:
-        machine = machines.get(offer["machine_id"])
-        if machine and not machine["defects"] and machine["free_gpus"] >= offer["num_gpus"]:
-            return offer
-    raise BenchError("no rentable offer on a machine without defects")
-
-
 def register_key(sim: Sim, key: Path) -> None:
     """Add the public key to the account unless it is there (part 1's provision role adds it too)."""
     public = key.with_suffix(".pub").read_text().split()
@@ -641,30 +483,15 @@ def register_key(sim: Sim, key: Path) -> None:
 
 
 def rent_ready(sim: Sim, key: Path, deadline: Deadline) -> tuple[int, dict[str, Any]]:
+    """Rent the cheapest offer on a machine without defects; wait until it runs and answers ``ssh true``."""
     register_key(sim, key)
-    offer = pick_offer(sim)
-    response = sim.client.put(f"/api/v0/asks/{offer['id']}/", json=CREATE_BODY)
-    if response.status_code != 200 or not response.json().get("success"):
-        raise BenchError(f"renting offer {offer['id']}: HTTP {response.status_code} {response.text[:300]}")
-    instance_id = int(response.json()["new_contract"])
-    end = time.monotonic() + deadline.cap(120)
-    row: dict[str, Any] = {}
-    while time.monotonic() < end:
-        row = sim.call("GET", f"/api/v0/instances/{instance_id}/")["instances"]
-        if row.get("actual_status") == "running":
-            break
-        time.sleep(0.05)
-    else:
-        raise BenchError(f"instance {instance_id} not running after 120 s: {row.get('status_msg')}")
-    host, port = str(row["public_ipaddr"]), int(row["ports"]["22/tcp"][0]["HostPort"])
+    instance_id = rent(sim, pick_offers(sim, 1)[0], label="bench-ssh")
+    end = time.monotonic() + deadline.cap(120)  # one limit for running and ssh together
+    _, row = wait_running(sim, instance_id, deadline, timeout=120, poll=0.05)
+    host, port = direct_endpoint(row)
     user = sim.call("GET", "/_sim/info")["ssh_user"]
-    argv = ["ssh", *SSH_OPTIONS, "-i", str(key), "-p", str(port), f"{user}@{host}", "true"]
-    while time.monotonic() < end:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            if subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=15).returncode == 0:
-                return instance_id, {"host": host, "port": port, "user": user, "machine_id": row["machine_id"]}
-        time.sleep(0.1)
-    raise BenchError(f"instance {instance_id} never answered ssh true")
+    wait_ssh(host, port, user, key, deadline, timeout=max(0.0, end - time.monotonic()), retry=0.1)
+    return instance_id, {"host": host, "port": port, "user": user, "machine_id": row["machine_id"]}
 
 
 def ssh_playbook(path: Path, count: int) -> Path:
@@ -735,7 +562,7 @@ def bench_ssh(sim: Sim, root: Path, key: Path, args: argparse.Namespace, deadlin
     section: dict[str, Any] = {"runs": []}
     results["ssh"] = section
     (root / "ssh").mkdir()
-    base = ansible_env(sim, root, key)
+    base = demo_env(sim, root, key)
     instance_id: int | None = None
     try:
         started = time.monotonic()
@@ -810,20 +637,6 @@ def print_ssh(section: dict[str, Any], count: int, say: Callable[[str], None]) -
 # ------------------------------------------------------------------------------------------ main
 
 
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM to the benchmark unwinds like Ctrl-C, so the simulator is still stopped."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speed", type=float, default=1000.0,
@@ -850,27 +663,24 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found on PATH")
 
-    def say(line: str) -> None:
-        print(line, flush=True)
-
     deadline = Deadline(args.deadline)
     root = Path(tempfile.mkdtemp(prefix="vastsim-bench-"))
     results: dict[str, Any] = {
         "params": {k: v for k, v in vars(args).items() if k != "json"},
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                 "euid": os.geteuid()},
+        "host": host_info(euid=os.geteuid()),
         "errors": [],
     }
     sim: Sim | None = None
-    exit_code = 0
+    outcome = Outcome(results, say)
     try:
-        with terminate_as_interrupt():
+        with outcome.guard():
             key = root / "id_ed25519"
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vastsim-bench", "-f", str(key)],
                            check=True, timeout=30)
             write_callback(root)
             started = time.monotonic()
-            sim = start_sim(root, args.speed, deadline)
+            # No --api-key: the simulator makes one and the bench reads STATE/api_key, as demo.sh does.
+            sim = start_sim(root, deadline, speed=args.speed, api_key=None, credit=1_000_000)
             info = sim.call("GET", "/_sim/info")
             results["sim"] = {"host_mode": info["host_mode"], "timings": info["timings"],
                               "start_s": time.monotonic() - started}
@@ -880,30 +690,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, kernel {platform.release()}; tasks timed by a "
                 f"callback in {root}")
             if args.runs:
-                exit_code |= bench_train(sim, root, key, args, deadline, results, say)
+                outcome.code |= bench_train(sim, root, key, args, deadline, results, say)
             if args.repeats:
-                exit_code |= bench_ssh(sim, root, key, args, deadline, results, say)
-    except (BenchError, httpx.HTTPError, subprocess.SubprocessError, OSError) as exc:
-        exit_code = 1
-        results["errors"].append(f"fatal: {exc!r}")
-        say(f"FAILED: {exc}")
-    except KeyboardInterrupt:
-        exit_code = 130
-        results["errors"].append("interrupted")
-        say("interrupted")
+                outcome.code |= bench_ssh(sim, root, key, args, deadline, results, say)
     finally:
-        if sim is not None and not stop_and_check(sim, results, say):
-            exit_code = exit_code or 1
+        if sim is not None and not check_ledger_and_stop(sim, results, say):
+            outcome.fail()
         close_masters(root / "home" / ".ansible" / "cp")
         results["loadavg_end"] = os.getloadavg()
         say(f"load average at the end: {' '.join(f'{x:.2f}' for x in results['loadavg_end'])} "
             f"({os.cpu_count()} CPUs; other work on the machine skews every figure)")
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
-            say(f"results written to {args.json}")
+        write_results(args.json, results, say)
         shutil.rmtree(root, ignore_errors=True)
-    return exit_code
+    return outcome.code
 
 
 if __name__ == "__main__":
