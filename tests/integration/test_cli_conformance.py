@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, Sim, running_sim, ssh_run, wait_status
+from tests.conftest import API_KEY, Sim, rent, running_sim, ssh_run, wait_status
 from tests.integration.vastai_cli import VastCli
 
 pytestmark = pytest.mark.slow
@@ -330,3 +331,174 @@ def test_interruptible_instance(cli: VastCli, client: httpx.Client) -> None:
     cli.run("destroy", "instance", str(instance_id), "-y")
     cli.run("destroy", "instance", str(on_demand), "-y")
     assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
+
+
+# ------------------------------------------------------------------ copy
+
+
+def test_copy_with_a_local_side_runs_rsync_over_ssh(cli: VastCli, client: httpx.Client, ssh_key: Path,
+                                                    tmp_path: Path) -> None:
+    """`vastai copy` to and from `local:` reads `src_addr/src_port` or `dst_addr/dst_port` (§1.1) and rsyncs."""
+    register_key(cli, client, ssh_key)
+    direct = create(cli, good_offer(cli, client)["id"], "--disk", "10", "--ssh", "--direct")
+    row = wait_status(client, direct, "running")
+    host, port = row["public_ipaddr"], int(row["ports"]["22/tcp"][0]["HostPort"])
+    user = ssh_user(client)
+    made = ssh_run(host, port, ssh_key, "mkdir -p /workspace/out && echo from-instance > /workspace/out/a.txt",
+                   user=user)
+    assert made.returncode == 0, made.stderr
+
+    # The REST answer: the instance's direct SSH endpoint, in the fields the CLI reads.
+    answer = client.put("/api/v0/commands/copy_direct/", json={
+        "client_id": "me", "src_id": f"C.{direct}", "dst_id": "local", "src_path": "/workspace/out/",
+        "dst_path": "/tmp/x"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["success"] is True
+    assert (answer.json()["src_addr"], answer.json()["src_port"]) == (host, port)
+    answer = client.put("/api/v0/commands/rsync/", json={
+        "client_id": "me", "src_id": None, "dst_id": str(direct), "src_path": "/tmp/x", "dst_path": "/workspace/"})
+    assert (answer.json()["dst_addr"], answer.json()["dst_port"]) == (host, port), answer.text
+
+    if client.get("/_sim/info").json()["host_mode"] != "namespace":
+        pytest.skip("loopback mode: the CLI's rsync logs in as vastai_kaalia, which needs namespace mode")
+    # Download: C.ID:path -> local:path.
+    download = tmp_path / "dl"
+    result = cli.run("copy", "-i", str(ssh_key), f"C.{direct}:/workspace/out/", f"local:{download}")
+    assert (download / "a.txt").read_text() == "from-instance\n", result.stdout + result.stderr
+    # Upload with the legacy form: a bare local path and ID:path.
+    upload = tmp_path / "up.txt"
+    upload.write_text("from-laptop\n")
+    result = cli.run("copy", "-i", str(ssh_key), str(upload), f"{direct}:/workspace/in/")
+    seen = ssh_run(host, port, ssh_key, "cat /workspace/in/up.txt", user=user)
+    assert seen.stdout == "from-laptop\n", result.stdout + result.stderr + seen.stderr
+
+    # A proxy-only instance: the copy goes through the SSH proxy, ssh_host:ssh_port.
+    proxied = create(cli, good_offer(cli, client)["id"], "--disk", "10", "--ssh")
+    row = wait_status(client, proxied, "running")
+    answer = client.put("/api/v0/commands/rsync/", json={
+        "client_id": "me", "src_id": None, "dst_id": f"C.{proxied}", "src_path": "/tmp/x", "dst_path": "/w/"})
+    assert (answer.json()["dst_addr"], answer.json()["dst_port"]) == (row["ssh_host"], row["ssh_port"])
+    result = cli.run("copy", "-i", str(ssh_key), f"local:{upload}", f"C.{proxied}:/workspace/")
+    seen = ssh_run(row["ssh_host"], row["ssh_port"], ssh_key, "cat /workspace/up.txt", user=user)
+    assert seen.stdout == "from-laptop\n", result.stdout + result.stderr + seen.stderr
+
+    for instance_id in (direct, proxied):
+        cli.run("destroy", "instance", str(instance_id), "-y")
+
+
+def test_copy_refuses_instances_that_are_not_the_callers(tmp_path: Path) -> None:
+    other_key = "vastsim-other-account-key-0123456789"
+    with running_sim(tmp_path / "state", "--api-key", other_key) as simulator, \
+            simulator.client() as owner, simulator.client(other_key) as other:
+        theirs = rent(owner, runtype="ssh_proxy")
+        missing = theirs + 1000
+        for instance_id, client in ((missing, owner), (theirs, other)):
+            for path, body in (
+                ("rsync", {"src_id": None, "dst_id": str(instance_id), "src_path": "/tmp/x", "dst_path": "/w/"}),
+                ("copy_direct", {"src_id": f"C.{instance_id}", "dst_id": "local", "src_path": "/w/",
+                                 "dst_path": "/tmp/x"}),
+                ("copy_direct", {"src_id": f"C.{theirs}", "dst_id": f"C.{instance_id}", "src_path": "/",
+                                 "dst_path": "/"}),
+            ):
+                answer = client.put(f"/api/v0/commands/{path}/", json={"client_id": "me", **body})
+                assert answer.status_code == 404, (path, body, answer.text)
+                assert answer.json() == {"success": False, "error": "no_such_instance",
+                                         "msg": f"Instance {instance_id} not found."}
+        # The CLI reports the error instead of crashing on a missing dst_port / src_port.
+        cli = VastCli(simulator.url, tmp_path / "home", other_key)
+        for args in (("/etc/hostname", f"{theirs}:/workspace/"),
+                     (f"C.{theirs}:/workspace/", f"local:{tmp_path / 'never'}")):
+            result = cli.run("copy", *args)
+            assert "Failed with error 404" in result.stdout + result.stderr, result.stdout + result.stderr
+        assert not (tmp_path / "never").exists()
+
+
+def test_bid_below_the_floor_is_created_stopped_and_never_runs(cli: VastCli, client: httpx.Client) -> None:
+    offer = good_offer(cli, client, "-t", "bid")
+    floor = offer["min_bid"]
+    low = round(max(0.001, floor / 4), 4)
+    answer = cli.raw("create", "instance", str(offer["id"]), "--image", "pytorch/pytorch", "--disk", "10",
+                     "--bid_price", str(low))
+    # Created but stopped: success false with a valid new_contract (§5, §9.6).
+    assert answer["success"] is False and isinstance(answer["new_contract"], int), answer
+    instance_id = answer["new_contract"]
+    row = rest_row(client, instance_id)
+    assert (row["is_bid"], row["intended_status"], row["cur_state"], row["actual_status"]) == (
+        True, "running", "stopped", "exited"), row
+    assert row["min_bid"] == pytest.approx(floor) and "outbid" in row["status_msg"].lower()
+
+    # Starting it does not run it below the floor: queued until the bid wins.
+    out = cli.run("start", "instance", str(instance_id)).stdout
+    assert "Required resources are currently unavailable" in out, out
+    time.sleep(0.5)
+    row = rest_row(client, instance_id)
+    assert (row["cur_state"], row["actual_status"]) == ("stopped", "exited"), row
+    assert client.get("/_sim/ledger").json()["rows"][0]["gpu_cost"] == 0
+
+    # Without --price the CLI sends price null and the server uses a winning bid (the CLI's help).
+    assert cli.sent_body("change", "bid", str(instance_id)) == {"client_id": "me", "price": None}
+    assert "Per gpu bid price changed" in cli.run("change", "bid", str(instance_id)).stdout
+    row = wait_status(client, instance_id, "running")
+    assert row["dph_base"] == pytest.approx(floor) and row["cur_state"] == "running"
+    cli.run("destroy", "instance", str(instance_id), "-y")
+
+
+def test_lowering_a_bid_below_the_competitor_or_floor_gets_it_outbid(cli: VastCli, client: httpx.Client) -> None:
+    offer = good_offer(cli, client, "-t", "bid")
+    floor = offer["min_bid"]
+    high = round(floor * 4 + 0.2, 4)
+    instance_id = create(cli, offer["id"], "--disk", "10", "--bid_price", str(high))
+    wait_status(client, instance_id, "running")
+    competitor = round(floor * 2 + 0.1, 4)
+    fault = client.post("/_sim/faults", json={"kind": "outbid", "machine_id": offer["machine_id"],
+                                              "price": competitor}).json()["faults"][0]
+    time.sleep(0.3)
+    assert rest_row(client, instance_id)["actual_status"] == "running"  # still the highest bid
+
+    def change_bid(*price: str) -> None:
+        assert "Per gpu bid price changed" in cli.run("change", "bid", str(instance_id), *price).stdout
+
+    # Above the floor but below the competing bid: outbid.
+    change_bid("--price", str(round((floor + competitor) / 2, 4)))
+    row = wait_status(client, instance_id, "exited")
+    assert (row["intended_status"], row["cur_state"]) == ("running", "stopped")
+    assert "outbid" in row["status_msg"].lower()
+    change_bid("--price", str(high))
+    wait_status(client, instance_id, "running")
+
+    # No competitor, but below the machine's floor: outbid too.
+    client.delete(f"/_sim/faults/{fault['id']}")
+    change_bid("--price", str(round(max(0.001, floor / 2), 4)))
+    row = wait_status(client, instance_id, "exited")
+    assert row["cur_state"] == "stopped" and row["dph_base"] < row["min_bid"]
+    # No --price: the winning bid, which is the floor now.
+    change_bid()
+    row = wait_status(client, instance_id, "running")
+    assert row["dph_base"] == pytest.approx(floor) == row["min_bid"]
+    cli.run("destroy", "instance", str(instance_id), "-y")
+
+
+def test_create_below_the_minimum_disk_is_refused(cli: VastCli, client: httpx.Client) -> None:
+    offer = good_offer(cli, client)
+    result = cli.run("create", "instance", str(offer["id"]), "--image", "pytorch/pytorch", "--disk", "1")
+    assert "Failed with error 400" in result.stderr and "8 GB" in result.stderr, (result.stdout, result.stderr)
+    raw = cli.run("create", "instance", str(offer["id"]), "--image", "pytorch/pytorch", "--disk", "1", "--raw")
+    error = json.loads(raw.stderr[raw.stderr.index("{"):])
+    assert error["status_code"] == 400 and "8 GB" in error["msg"], error
+    assert client.get("/_sim/ledger").json()["totals"]["instances"] == 0
+    instance_id = create(cli, offer["id"], "--disk", "8")  # the minimum itself is fine
+    assert rest_row(client, instance_id)["disk_space"] == 8
+    cli.run("destroy", "instance", str(instance_id), "-y")
+
+
+def test_execute_refuses_what_vast_refuses(cli: VastCli, client: httpx.Client) -> None:
+    instance_id = create(cli, good_offer(cli, client)["id"], "--disk", "10")
+    wait_status(client, instance_id, "running")
+    out = cli.run("execute", str(instance_id), "ls -l")
+    assert "Failed with error 400" in out.stderr and "only avail on stopped instances" in out.stderr, out.stderr
+    cli.run("stop", "instance", str(instance_id))
+    wait_status(client, instance_id, "exited")
+    for command in ("cat /etc/passwd", "ls; reboot", "ls -l " + "x" * 600, "rm -r /usr/lib", "rm -r home/x"):
+        out = cli.run("execute", str(instance_id), command)
+        assert "Failed with error 400" in out.stderr, (command, out.stdout, out.stderr)
+    cli.run("destroy", "instance", str(instance_id), "-y")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import (
@@ -13,6 +14,7 @@ from tests.conftest import (
     Sim,
     leftovers,
     rent,
+    running_sim,
     ssh_run,
     start_sim,
     stop_sim,
@@ -110,12 +112,32 @@ def test_start_when_gpus_were_taken_is_queued(sim: Sim) -> None:
                           "msg": "Required resources are currently unavailable, state change queued."}
         row = client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]
         assert (row["intended_status"], row["cur_state"]) == ("running", "stopped")
+        # Queued, not started: the container stays exited while it waits (§4.2, §8), ticks later too.
+        time.sleep(0.3)
+        row = client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]
+        assert (row["actual_status"], row["cur_state"], row["intended_status"]) == ("exited", "stopped", "running")
         # Renting the same offer now fails with 410 under cancel_unavail.
         taken = client.put(f"/api/v0/asks/{offer_id}/", json={"client_id": "me", "image": "x", "disk": 10,
                                                               "cancel_unavail": True})
         assert taken.status_code == 410 and taken.json()["error"] == "no_such_ask"
         client.delete(f"/_sim/faults/{fault['faults'][0]['id']}")
-        wait_status(client, instance_id, "running")
+        seen = statuses_until(client, instance_id, "running")
+        # A restart, not a new container: exited -> loading -> running, never back to null/created.
+        assert seen[-2:] == ["loading", "running"] and set(seen) <= {"exited", "loading", "running"}, seen
+
+
+def statuses_until(client: httpx.Client, instance_id: int, final: str, timeout: float = 30.0) -> list:
+    """The distinct actual_status values seen, in order, polling fast until `final`."""
+    seen: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]["actual_status"]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status == final:
+            return seen
+        time.sleep(0.005)
+    raise AssertionError(f"instance {instance_id} not {final} after {timeout}s: {seen}")
 
 
 def test_destroy_removes_row_and_stops_billing(sim: Sim) -> None:
@@ -200,6 +222,8 @@ def test_price_bounds_and_bad_create_bodies_are_400(sim: Sim) -> None:
             ({"image": "x", "price": 0.0001}, "invalid_price"),
             ({"image": "x", "price": 500}, "invalid_price"),
             ({"image": "x", "disk": -5}, "invalid_args"),
+            ({"image": "x", "disk": 1}, "invalid_args"),  # the server's minimum is 8 GB (§5)
+            ({"image": "x", "disk": 7.9}, "invalid_args"),
             ({"disk": 10}, "invalid_args"),
             ({"image": "x", "runtype": "telnet"}, "invalid_args"),
             ({"image": "x", "label": "x" * 300}, "label_too_long"),
@@ -376,6 +400,21 @@ def test_recycle_needs_a_started_instance(sim: Sim) -> None:
         assert client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]["actual_status"] == "exited"
 
 
+def test_recycle_goes_through_loading(sim: Sim) -> None:
+    with sim.client() as client:
+        instance_id = rent(client)
+        wait_status(client, instance_id, "running")
+        assert client.put(f"/api/v0/instances/recycle/{instance_id}/", json={}).json() == {"success": True}
+        seen = statuses_until(client, instance_id, "running")
+        # recycling -> loading (the image is pulled again) -> running (§8); the first may pass unseen.
+        order = ["recycling", "loading", "running"]
+        assert "loading" in seen and set(seen) <= set(order), seen
+        assert [order.index(status) for status in seen] == sorted(order.index(status) for status in seen), seen
+        row = client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]
+        assert (row["cur_state"], row["intended_status"]) == ("running", "running")
+        assert row["status_msg"].startswith("success, running")
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="private mounts need root")
 def test_instances_cannot_read_the_simulators_state(sim: Sim, ssh_key: Path) -> None:
     register_key(sim, ssh_key)
@@ -385,3 +424,62 @@ def test_instances_cannot_read_the_simulators_state(sim: Sim, ssh_key: Path) -> 
         assert result.stdout.splitlines()[0] == "0", result.stdout
         assert (sim.state_dir / "state.json").stat().st_mode & 0o077 == 0
         assert (sim.state_dir / "api_key").stat().st_mode & 0o077 == 0
+
+
+def execute(client: httpx.Client, instance_id: int, command: str) -> str:
+    """PUT instances/command, then poll the unauthenticated result URL like the CLI (§7, §9.13)."""
+    answer = client.put(f"/api/v0/instances/command/{instance_id}/", json={"command": command})
+    assert answer.status_code == 200 and answer.json()["success"] is True, answer.text
+    body = answer.json()
+    deadline = time.monotonic() + 9
+    while time.monotonic() < deadline:
+        result = httpx.get(body["result_url"], timeout=10)
+        if result.status_code == 200:
+            return result.text.replace(body["writeable_path"], "") if body["writeable_path"] else result.text
+        time.sleep(0.1)
+    raise AssertionError(f"no result for {command!r} at {body['result_url']}")
+
+
+def names(listing: str) -> list[str]:
+    return [name for name in listing.split() if name != "lost+found"]  # ext4's, in namespace mode
+
+
+def test_execute_runs_ls_du_rm_on_the_stopped_instances_files(sim: Sim, ssh_key: Path) -> None:
+    check_execute(sim, ssh_key)
+
+
+def test_execute_in_loopback_host_mode(tmp_path: Path, ssh_key: Path) -> None:
+    with running_sim(tmp_path / "state", "--host-mode", "loopback") as simulator:
+        check_execute(simulator, ssh_key)
+
+
+def check_execute(sim: Sim, ssh_key: Path) -> None:
+    register_key(sim, ssh_key)
+    with sim.client() as client:
+        instance_id = rent(client)
+        row = wait_status(client, instance_id, "running")
+        user = client.get("/_sim/info").json()["ssh_user"]
+        setup = ('cd "${VASTSIM_WORKSPACE:-/workspace}" && echo hi > keep.txt && echo x > drop-me.txt '
+                 "&& mkdir -p sub && head -c 300000 /dev/urandom > sub/blob")
+        assert ssh_run(*direct_endpoint(row), ssh_key, setup, user=user).returncode == 0
+        running = client.put(f"/api/v0/instances/command/{instance_id}/", json={"command": "ls /workspace"})
+        assert running.status_code == 400 and "only avail on stopped instances" in running.json()["msg"]
+        client.put(f"/api/v0/instances/{instance_id}/", json={"state": "stopped"})
+        wait_status(client, instance_id, "exited")
+
+        assert names(execute(client, instance_id, "ls /workspace")) == ["drop-me.txt", "keep.txt", "sub"]
+        assert execute(client, instance_id, "ls -1 workspace/sub").split() == ["blob"]  # relative to /
+        size, path = execute(client, instance_id, "du -sk /workspace/sub").split()
+        assert int(size) >= 290 and path == "/workspace/sub"
+        assert "No such file" in execute(client, instance_id, "ls /workspace/missing")
+        assert execute(client, instance_id, "rm /workspace/drop-me.txt") == ""
+        assert names(execute(client, instance_id, "ls /workspace")) == ["keep.txt", "sub"]
+        for bad in ("cat /workspace/keep.txt", "ls | sh", "rm -rf /", "rm /etc/hostname", "", "ls " + "a" * 520):
+            refused = client.put(f"/api/v0/instances/command/{instance_id}/", json={"command": bad})
+            assert refused.status_code == 400 and refused.json()["error"] == "invalid_args", (bad, refused.text)
+
+        # The instance starts again with the change made, its disk intact.
+        client.put(f"/api/v0/instances/{instance_id}/", json={"state": "running"})
+        row = wait_status(client, instance_id, "running")
+        listing = ssh_run(*direct_endpoint(row), ssh_key, 'ls "${VASTSIM_WORKSPACE:-/workspace}"', user=user)
+        assert names(listing.stdout) == ["keep.txt", "sub"], listing.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -61,18 +62,22 @@ class HostWatcher(threading.Thread):
                 row = next((r for r in rows if r["label"] == self.label and r["actual_status"] == "running"), None)
                 if row and row.get("ports"):
                     host, port = row["public_ipaddr"], int(row["ports"]["22/tcp"][0]["HostPort"])
-                    probe = ssh_run(host, port, self.key,
-                                    f"tmux has-session -t run_{self.label} 2>/dev/null && echo tmux; "
-                                    "test -f /workspace/run/STATUS.md && echo status; "
-                                    "test -f /workspace/run/run.log && echo log; "
-                                    "grep -c \"'step'\" /workspace/run/run.log 2>/dev/null || true", timeout=20)
+                    try:
+                        probe = ssh_run(host, port, self.key,
+                                        f"tmux has-session -t run_{self.label} 2>/dev/null && echo tmux; "
+                                        "test -f /workspace/run/STATUS.md && echo status; "
+                                        "test -f /workspace/run/run.log && echo log; "
+                                        "grep -c \"'step'\" /workspace/run/run.log 2>/dev/null || true", timeout=20)
+                    except subprocess.TimeoutExpired:
+                        continue  # a loaded machine, or the host going away at teardown: look again
                     lines = probe.stdout.split()
                     if {"tmux", "status", "log"} <= set(lines):
                         self.seen["live"] = True
                         steps = int(lines[-1]) if lines and lines[-1].isdigit() else 0
                         if self.kill_ssh_at_step is not None and not self.killed and steps >= self.kill_ssh_at_step:
                             # Every SSH session on the host dies: the watcher's and this one.
-                            ssh_run(host, port, self.key, "pkill -f 'sshd: root@' || true", timeout=20)
+                            with contextlib.suppress(subprocess.TimeoutExpired):
+                                ssh_run(host, port, self.key, "pkill -f 'sshd: root@' || true", timeout=20)
                             self.killed = True
                 time.sleep(0.5)
 

@@ -126,7 +126,7 @@ def inventory(tmp_path: Path, row: dict, key: Path) -> Path:
 
 
 def start_watch(sim: Sim, tmp_path: Path, row: dict, key: Path, args: dict[str, Any], *extra: str,
-                ssh_args: str | None = NO_CONTROL_MASTER) -> tuple[subprocess.Popen[str], Path]:
+                ssh_args: str | None = NO_CONTROL_MASTER, **env_extra: str) -> tuple[subprocess.Popen[str], Path]:
     out = tmp_path / "watch-result.json"
     out.unlink(missing_ok=True)
     playbook = tmp_path / "watch.yml"
@@ -138,7 +138,7 @@ def start_watch(sim: Sim, tmp_path: Path, row: dict, key: Path, args: dict[str, 
              "delegate_to": "localhost", "check_mode": False},
         ],
     }]))
-    env = ansible_env(sim, tmp_path, **({"ANSIBLE_SSH_ARGS": ssh_args} if ssh_args else {}))
+    env = ansible_env(sim, tmp_path, **({"ANSIBLE_SSH_ARGS": ssh_args} if ssh_args else {}), **env_extra)
     argv = [str(ANSIBLE_BIN / "ansible-playbook"), str(playbook), "-i", str(inventory(tmp_path, row, key)), *extra]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                                start_new_session=True)
@@ -325,9 +325,10 @@ def test_killed_ssh_sessions_are_reconnected_and_the_run_goes_on(
         wsim: Sim, host: dict, ssh_key: Path, tmp_path: Path) -> None:
     steps = 60
     run_dir = launch(host, ssh_key, "drop", "complete", steps=steps, delay=0.15)
-    # The product's own SSH settings (ansible.cfg): ControlPersist on, the master under this test's HOME.
+    # The product's own SSH settings (ansible.cfg): ControlPersist on, the master under this test's HOME; but no
+    # connection retries, which would absorb the drops below the watcher whose own reconnecting is tested here.
     process, out = start_watch(wsim, tmp_path, host, ssh_key, job_args(run_dir, "drop", instance_id=host["id"]),
-                               ssh_args=None)
+                               ssh_args=None, ANSIBLE_SSH_RETRIES="0")
     # Every other SSH session on the instance, killed for 4 s ([s] keeps the pattern from matching this shell).
     killer = ("end=$(( $(date +%s) + 4 )); n=0; while [ $(date +%s) -lt $end ]; do "
               "for pid in $(pgrep -f '[s]shd: .*@'); do [ $pid != $PPID ] && kill $pid 2>/dev/null && n=$((n+1)); "

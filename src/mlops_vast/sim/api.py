@@ -298,18 +298,15 @@ class Api:
             return JSON({"success": True, "updated_instance": instance_row(market, instance),
                          "msg": "Instance updated."})
         if action == "command":
-            if instance.phase == "running":
-                raise VastError(400, "invalid_args", "Execute command only avail on stopped instances. "
-                                "Use ssh to run commands on running instances.")
-            token = market.request_logs(account, instance_id, {})
+            token, writeable_path = market.execute(account, instance_id, body)
             return JSON({"success": True, "result_url": f"{base_url(request)}/_sim/results/{token}",
-                         "writeable_path": "", "msg": "Command queued."})
+                         "writeable_path": writeable_path, "msg": "Command queued."})
         raise VastError(404, "not_found", f"Unknown instance action {action}")
 
     async def results(self, request: Request) -> Response:
         # Vast serves these from object storage: unauthenticated, 404 until uploaded.
         found = self.market.log_requests.get(request.path_params["token"])
-        if found is None or time.time() < found.ready_at:
+        if found is None or found.text is None or time.time() < found.ready_at:
             return PlainTextResponse("<Error><Code>NoSuchKey</Code></Error>", status_code=404)
         return PlainTextResponse(found.text)
 
@@ -354,9 +351,69 @@ class Api:
     async def current_user(self, request: Request) -> Response:
         return JSON(self.account(request).public())
 
-    async def ack(self, request: Request) -> Response:
-        self.account(request)
-        return JSON({"success": True, "msg": "Request accepted (vastsim does not copy data)."})
+    # ------------------------------------------------------------ copy (§1.1, §7)
+
+    def copy_side(self, account: Account, raw: Any) -> Instance | str | None:
+        """One side of a copy: None for local, the caller's instance for 123 / "123" / "C.123" (404 when
+        it is not theirs), else the id as text (a volume "V.55", a cloud service "s3.101", "drive")."""
+        if raw is None or raw == "local":
+            return None
+        text = str(raw)
+        digits = text[2:] if text.startswith("C.") else text
+        if isinstance(raw, bool) or not digits.isdigit():
+            if text.startswith("C."):
+                raise VastError(400, "invalid_args", f"Invalid instance id {text!r}.")
+            return text
+        return self.market.own_instance(account, int(digits))
+
+    async def copy(self, request: Request) -> Response:
+        """``PUT commands/copy_direct/`` and ``commands/rsync/``.
+
+        With a local side the CLI runs ``rsync -e "ssh -p PORT" vastai_kaalia@ADDR::<id>/<path>`` itself, so
+        the answer carries ``src_addr``/``src_port`` (download) or ``dst_addr``/``dst_port`` (upload): the
+        instance's direct SSH endpoint when it has ``ports["22/tcp"]``, else its SSH proxy (as ``ssh-url``).
+        Copies between two remote sides are acknowledged only.
+        """
+        account = self.account(request)
+        body = await read_json(request, required=True)
+        if not isinstance(body, dict):
+            raise VastError(400, "invalid_args", "Invalid json body")
+        src = self.copy_side(account, body.get("src_id"))
+        dst = self.copy_side(account, body.get("dst_id"))
+        if src is None and dst is None:
+            raise VastError(400, "invalid_args", "Nothing to copy: both sides are local.")
+        if src is not None and dst is not None:
+            return JSON({"success": True,
+                         "msg": "Remote copy initiated (vastsim does not move data between remote sides)."})
+        side, remote = ("src", src) if src is not None else ("dst", dst)
+        if not isinstance(remote, Instance):
+            raise VastError(400, "invalid_args", "Copy to or from local is only supported with an instance.")
+        if remote.phase != "running":
+            raise VastError(400, "invalid_args",
+                            f"Instance {remote.id} is not running: start it before copying to or from it.")
+        row = instance_row(self.market, remote)
+        if "22/tcp" in row["ports"]:
+            addr, port = row["public_ipaddr"].strip(), int(row["ports"]["22/tcp"][0]["HostPort"])
+        else:
+            # Vast's proxy serves SSH one port above ssh_port for jupyter runtypes (§4.3).
+            addr, port = row["ssh_host"], int(row["ssh_port"] or 0) + (1 if "jupyter" in remote.runtype else 0)
+        return JSON({"success": True, "msg": "Copy ready: rsync over ssh.", f"{side}_addr": addr, f"{side}_port": port})
+
+    async def cancel_copy(self, request: Request) -> Response:
+        """``DELETE commands/copy_direct/`` and ``commands/rclone/`` with ``{"dst_id": ...}``."""
+        account = self.account(request)
+        body = await read_json(request)
+        self.copy_side(account, body.get("dst_id") if isinstance(body, dict) else None)
+        return JSON({"success": True, "msg": "Remote copy canceled."})
+
+    async def cloud_copy(self, request: Request) -> Response:
+        """``POST commands/rclone/``: acknowledged for the caller's instance (vastsim has no cloud storage)."""
+        account = self.account(request)
+        body = await read_json(request, required=True)
+        if not isinstance(body, dict):
+            raise VastError(400, "invalid_args", "Invalid json body")
+        self.copy_side(account, body.get("instance_id"))
+        return JSON({"success": True, "msg": "Cloud copy initiated (vastsim does not move data to clouds)."})
 
     # ------------------------------------------------------------ /_sim
 
@@ -508,17 +565,10 @@ def instance_row(market: Market, instance: Instance) -> dict[str, Any]:
     frac = instance.num_gpus / machine.gpus_total
     direct = "direc" in instance.runtype
     ports: dict[str, Any] = {}
-    if running and direct:
-        host_port = instance.direct_port
-        if market.hosts.mode == "loopback" and instance.sshd_port:
-            host_port = instance.sshd_port
-        ports["22/tcp"] = [{"HostIp": "0.0.0.0", "HostPort": str(host_port)}]
-        extra = [k.split(" ", 1)[1] for k in instance.env if k.startswith("-p ")]
-        for index, spec in enumerate(extra, start=1):
-            container = spec.split(":")[-1]
-            proto = "udp" if container.endswith("/udp") else "tcp"
-            ports[f"{container.split('/')[0]}/{proto}"] = [
-                {"HostIp": "0.0.0.0", "HostPort": str(instance.direct_port + index)}]
+    if running:
+        # The same mapping the instance's VAST_*_PORT_* variables and port forwards come from.
+        ports = {key: [{"HostIp": "0.0.0.0", "HostPort": str(public)}]
+                 for key, public in market.port_map(instance).items()}
     public_ip = instance.address or market.public_host
     if market.hosts.mode == "loopback":
         public_ip = "127.0.0.1"
@@ -645,9 +695,11 @@ def build_app(market: Market) -> Starlette:
         *both("/api/v0/instances/{action}/{instance_id:int}", api.action, write),
         *both("/api/v0/ssh", api.ssh_keys, ["GET", "POST"]),
         *both("/api/v0/ssh/{key_id:int}", api.ssh_key, ["PUT", "DELETE"]),
-        *both("/api/v0/commands/copy_direct", api.ack, ["PUT", "DELETE"]),
-        *both("/api/v0/commands/rsync", api.ack, ["PUT"]),
-        *both("/api/v0/commands/rclone", api.ack, ["POST", "DELETE"]),
+        *both("/api/v0/commands/copy_direct", api.copy, ["PUT"]),
+        *both("/api/v0/commands/copy_direct", api.cancel_copy, ["DELETE"]),
+        *both("/api/v0/commands/rsync", api.copy, ["PUT"]),
+        *both("/api/v0/commands/rclone", api.cloud_copy, ["POST"]),
+        *both("/api/v0/commands/rclone", api.cancel_copy, ["DELETE"]),
         *both("/_sim/ledger", api.sim_ledger, read),
         *both("/_sim/faults", api.sim_faults, ["GET", "POST", "DELETE"]),
         *both("/_sim/faults/{fault_id:int}", api.sim_fault, ["DELETE"]),

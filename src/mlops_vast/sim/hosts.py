@@ -12,7 +12,9 @@ Two modes, chosen by privilege:
   SSH user is the current user instead of ``root``.
 
 In both modes the simulator also listens on a loopback "proxy" port per instance and
-forwards it to the instance's sshd, like Vast's ``sshN.vast.ai`` proxies.
+forwards it to the instance's sshd, like Vast's ``sshN.vast.ai`` proxies. The ``-p`` ports of a
+direct instance are relayed from their public port to the container port, like Docker's ``-p``
+(by the instance's init in namespace mode, by a helper process in loopback mode).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,18 @@ HOST_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 NETNS_PREFIX = "vastsim-"
 SSHD = "/usr/sbin/sshd"
 PR_SET_PDEATHSIG = 1
+# The account `vastai copy` logs in as for its rsync daemon (namespace mode: root's uid, in the instance only).
+COPY_USER = "vastai_kaalia"
+RSYNCD_CONF = """\
+# vastsim: the rsync daemon `vastai copy` reaches over SSH as vastai_kaalia.
+uid = root
+gid = root
+use chroot = no
+munge symlinks = no
+read only = no
+list = no
+log file = /run/vastsim/etc/rsyncd.log
+"""
 
 
 class HostError(RuntimeError):
@@ -64,6 +79,8 @@ class HostSpec:
     address: str | None = None  # namespace mode: the instance's own address
     sshd_port: int | None = None  # loopback mode: sshd's port on 127.0.0.1
     link_kbytes_per_s: float | None = None
+    # Docker's -p beyond 22: (protocol, public port, container port), relayed while the instance runs.
+    forwards: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -76,6 +93,7 @@ class _Runtime:
     internet: asyncio.base_events.Server | None = None
     netns: str | None = None
     veth_host: str | None = None
+    forwarder: asyncio.subprocess.Process | None = None  # loopback mode: relays the -p ports
 
 
 def _die_with_parent() -> None:
@@ -198,6 +216,8 @@ class HostManager:
             (directory / sub).mkdir(parents=True, exist_ok=True)
         (directory / "tmp").chmod(0o1777)
         (directory / "home").chmod(0o700)
+        # sshd's StrictModes checks every directory above an authorized_keys file (here /run/vastsim/etc).
+        (directory / "etc").chmod(0o755)
         host_key = directory / "etc" / "ssh_host_ed25519_key"
         if not host_key.exists():
             await _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", spec.hostname, "-f", str(host_key))
@@ -218,6 +238,15 @@ class HostManager:
         if self.mode == "namespace" and spec.address:
             gateway = str(ipaddress.ip_address(spec.address) - 1)
             _atomic_write(directory / "etc" / "hosts", internet.hosts_file(_read("/etc/hosts"), gateway), mode=0o644)
+        if self.mode == "namespace":
+            # `vastai copy` with a local side runs `rsync -e ssh vastai_kaalia@ADDR::C.<id>/<path>`: an rsync
+            # daemon over SSH as Vast's copy user, whose modules are the instance's file system.
+            passwd = Path("/etc/passwd").read_text()
+            if not any(line.startswith(f"{COPY_USER}:") for line in passwd.splitlines()):
+                passwd = passwd.rstrip("\n") + f"\n{COPY_USER}:x:0:0:vastai copy:/root:/bin/sh\n"
+            _atomic_write(directory / "etc" / "passwd", passwd, mode=0o644)
+            modules = "".join(f"[{name}]\n    path = /\n" for name in (f"C.{spec.instance_id}", spec.instance_id))
+            _atomic_write(directory / "etc" / "rsyncd.conf", RSYNCD_CONF + modules, mode=0o644)
         self.write_gpu_spec(spec.instance_id, spec.gpu_spec)
         self.write_authorized_keys(spec.instance_id, spec.authorized_keys)
         self._write_sshd_config(runtime)
@@ -237,22 +266,71 @@ class HostManager:
         runtime.spec.authorized_keys = list(keys)
         path = runtime.directory / "etc" / "authorized_keys"
         _atomic_write(path, "".join(key.strip() + "\n" for key in keys), mode=0o600)
+        if self.mode == "namespace":
+            try:
+                self._seed_root_keys(runtime, keys)
+            except OSError as exc:  # e.g. the instance is being destroyed; etc/authorized_keys still holds them
+                log.warning("instance %s: cannot update /root/.ssh/authorized_keys: %s", instance_id, exc)
+
+    def _seed_root_keys(self, runtime: _Runtime, keys: list[str]) -> None:
+        """Put the instance's keys in its ``/root/.ssh/authorized_keys`` too, as Vast does.
+
+        The user's own lines there (``ssh-copy-id``) are kept; a key vastsim put there and the
+        account no longer has is taken out again. ``etc/seeded_keys`` remembers which ones it put.
+        """
+        ssh_dir = runtime.directory / "home" / ".ssh"
+        path, record = ssh_dir / "authorized_keys", runtime.directory / "etc" / "seeded_keys"
+        if ssh_dir.is_symlink() or path.is_symlink():
+            log.warning("instance %s: /root/.ssh is a symlink; not seeding authorized_keys", runtime.spec.instance_id)
+            return
+        try:
+            seeded = set(json.loads(record.read_text()))
+        except (OSError, ValueError):
+            seeded = set()
+        wanted = [" ".join(key.split()) for key in keys if key.strip()]
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        try:
+            current = path.read_text(errors="replace").splitlines()
+            mode = stat.S_IMODE(path.stat().st_mode)  # the user's chmod stays, as with `>>`
+        except FileNotFoundError:
+            current, mode = None, 0o600
+        revoked = seeded - set(wanted)
+        kept = [line for line in current or [] if " ".join(line.split()) not in revoked]
+        present = {" ".join(line.split()) for line in kept}
+        lines = kept + [key for key in wanted if key not in present]
+        if lines != current:
+            _atomic_write(path, "".join(line + "\n" for line in lines), mode=mode)
+        _atomic_write(record, json.dumps(wanted))
+
+    def _strict_modes(self) -> bool:
+        # Namespace mode: sshd checks modes like a stock one (~/.ssh and authorized_keys). That needs
+        # /run/vastsim/etc's parents to be root's and not group/world writable; loopback mode's state
+        # directory may sit under a world-writable /tmp.
+        if self.mode != "namespace":
+            return False
+        for parent in ("/", "/run"):
+            info = os.stat(parent)
+            if info.st_uid != 0 or info.st_mode & 0o022:
+                return False
+        return True
 
     def _write_sshd_config(self, runtime: _Runtime) -> None:
         spec = runtime.spec
         etc = "/run/vastsim/etc" if self.mode == "namespace" else str(runtime.directory / "etc")
+        keys = f"{etc}/authorized_keys"
         lines = []
         if self.mode == "namespace":
             lines += ["Port 22", f"Port {spec.direct_port}" if spec.direct_port != 22 else "",
                       "ListenAddress 0.0.0.0", "PermitRootLogin prohibit-password"]
+            # The instance's /root is private: users add keys there (ssh-copy-id) as on Vast.
+            keys += " .ssh/authorized_keys"
         else:
             lines += [f"Port {spec.sshd_port}", "ListenAddress 127.0.0.1"]
         lines += [
             f"HostKey {etc}/ssh_host_ed25519_key",
-            f"AuthorizedKeysFile {etc}/authorized_keys",
+            f"AuthorizedKeysFile {keys}",
             "PidFile none",
-            # The state directory may sit under a world-writable /tmp.
-            "StrictModes no",
+            f"StrictModes {'yes' if self._strict_modes() else 'no'}",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
             "UsePAM no",
@@ -275,6 +353,10 @@ class HostManager:
         if pairs:
             # sshd keeps only the first SetEnv line, so every variable goes on one.
             lines.append("SetEnv " + " ".join(pairs))
+        if self.mode == "namespace":
+            # Last: a Match block runs to the end of the file.
+            lines += [f"Match User {COPY_USER}",
+                      "    ForceCommand rsync --server --daemon --config=/run/vastsim/etc/rsyncd.conf ."]
         _atomic_write(runtime.directory / "etc" / "sshd_config", "\n".join(x for x in lines if x) + "\n")
 
     # ---------------------------------------------------------------- network
@@ -382,6 +464,9 @@ class HostManager:
                 "hide": [str(self.state_dir.resolve())],
                 "env": runtime.spec.env,
                 "onstart": runtime.spec.onstart,
+                # Docker's -p: public ports on every address, relayed to the container port on its own.
+                "forwards": {"listen": "0.0.0.0", "target": runtime.spec.address,
+                             "ports": runtime.spec.forwards},
             }))
             python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(
                 sys.executable)
@@ -390,6 +475,8 @@ class HostManager:
                     python, "-I", instance_init.__file__, str(spec_path)]
         else:
             argv = [SSHD, "-D", "-e", "-f", str(runtime.directory / "etc" / "sshd_config")]
+            if runtime.spec.forwards:
+                await self._start_forwarder(runtime)
         log_file = open(runtime.directory / "etc" / "host.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             runtime.process = await asyncio.create_subprocess_exec(
@@ -404,6 +491,30 @@ class HostManager:
             await self.stop(instance_id)
             raise HostError(f"instance {instance_id}: sshd did not answer on {host}:{port}: {tail}")
 
+    async def _start_forwarder(self, runtime: _Runtime) -> None:
+        """Loopback mode: relay 127.0.0.1:<public port> to 127.0.0.1:<container port> (Docker's -p)."""
+        await self._stop_forwarder(runtime)
+        spec_path = runtime.directory / "etc" / "forwards.json"
+        _atomic_write(spec_path, json.dumps({"listen": "127.0.0.1", "target": "127.0.0.1",
+                                             "ports": runtime.spec.forwards}))
+        # The marker lets _kill_descendants_of_sshd find it after a crash, like the instance's processes.
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "VASTSIM_WORKSPACE": str(runtime.directory / "workspace")}
+        with open(runtime.directory / "etc" / "host.log", "ab") as log_file:
+            runtime.forwarder = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", instance_init.__file__, "--forward", str(spec_path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
+                preexec_fn=_die_with_parent, start_new_session=True,
+            )
+
+    async def _stop_forwarder(self, runtime: _Runtime) -> None:
+        forwarder, runtime.forwarder = runtime.forwarder, None
+        if forwarder is not None and forwarder.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                forwarder.kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(forwarder.wait(), 10)
+
     async def _wait_disk_released(self, runtime: _Runtime) -> None:
         # A stopped instance's mount namespace may still be unwinding; never mount one image twice.
         image = str(runtime.directory / "disk.img")
@@ -416,7 +527,10 @@ class HostManager:
     async def stop(self, instance_id: int) -> None:
         """Kill the instance's processes (its PID namespace in namespace mode)."""
         runtime = self._runtimes.get(instance_id)
-        if runtime is None or runtime.process is None:
+        if runtime is None:
+            return
+        await self._stop_forwarder(runtime)
+        if runtime.process is None:
             return
         process = runtime.process
         if process.returncode is None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlops_vast.sim import execute
 from mlops_vast.sim import query as q
 from mlops_vast.sim.catalog import Catalog, Machine, Offer, build_catalog, offer_row
 from mlops_vast.sim.faults import Fault, FaultBook
@@ -64,6 +65,7 @@ V1_MAX_LIMIT = 25
 LOG_TAIL_BYTES = 256 * 1024
 INSTANCE_ID_START = 20_000_001
 DEFAULT_CREDIT = 100.0
+MIN_DISK_GB = 8.0  # the server's minimum at create (§5)
 
 
 class VastError(Exception):
@@ -81,7 +83,7 @@ class VastError(Exception):
 class LogRequest:
     instance_id: int
     ready_at: float
-    text: str
+    text: str | None  # None until there is something to upload (an execute still running)
 
 
 class Market:
@@ -220,6 +222,14 @@ class Market:
         competing = self._competing_bid(machine.machine_id)
         return round(max(floor, competing + 0.001 if competing else 0.0), 6)
 
+    def _bid_wins(self, instance: Instance) -> bool:
+        """Whether a bid instance's bid reaches the machine's floor and tops every competing bid."""
+        return instance.gpu_dph + 1e-9 >= self.min_bid(self.catalog.offers[instance.offer_id])
+
+    def _outbid_msg(self, instance: Instance) -> str:
+        minimum = self.min_bid(self.catalog.offers[instance.offer_id])
+        return f"Instance outbid: your bid ${instance.gpu_dph:g}/h is below the current minimum bid ${minimum:g}/h."
+
     def offer_rows(self, account: Account | None, *, allocated_storage: float, bid: bool) -> list[dict[str, Any]]:
         now = time.time()
         mine = {i.machine_id for i in self.instances.values() if account and i.user_id == account.id}
@@ -313,8 +323,10 @@ class Market:
         if not available:
             self._enter(instance, "scheduling", None,
                         "Waiting for the GPUs to become available (another contract holds them).")
-        elif instance.is_bid and price is not None and price < self.min_bid(offer):
-            self._enter(instance, "outbid", None, "Instance outbid: your bid is below the current minimum.")
+        elif instance.is_bid and not self._bid_wins(instance):
+            # Created, but stopped (§5: success false); it runs once its bid wins.
+            started = False
+            self._enter(instance, "outbid", None, self._outbid_msg(instance))
         else:
             self._enter(instance, "provisioning", now + self.timing("provisioning"))
         self.touch()
@@ -363,18 +375,22 @@ class Market:
     def start(self, instance: Instance) -> dict[str, Any]:
         instance.intended_status = "running"
         self.touch()
-        if instance.phase not in ("stopped", "stopping", "scheduling", "outbid", "host_error"):
+        if instance.phase not in ("stopped", "stopping", "scheduling", "queued", "outbid", "host_error"):
             return {"success": True}
         if instance.phase == "host_error" and "host_error" in instance.faults:
             return {"success": True}
         machine = self.catalog.machines[instance.machine_id]
+        unavailable = {"success": False, "error": "resources_unavailable",
+                       "msg": "Required resources are currently unavailable, state change queued."}
         if self.free_gpus(machine) < instance.num_gpus:
-            self._enter(instance, "scheduling", None, "Waiting for the GPUs to become available.")
-            return {"success": False, "error": "resources_unavailable",
-                    "msg": "Required resources are currently unavailable, state change queued."}
-        if instance.is_bid and instance.gpu_dph <= self._competing_bid(instance.machine_id):
-            self._enter(instance, "outbid", None, "Instance outbid: a higher bid holds the GPUs.")
-            return {"success": True}
+            # A container that never ran stays "created"; a stopped one stays "exited" until it starts.
+            queued = "scheduling" if instance.phase == "scheduling" else "queued"
+            self._enter(instance, queued, None, "Waiting for the GPUs to become available.")
+            return unavailable
+        if instance.is_bid and not self._bid_wins(instance):
+            # Below the floor or a competing bid: it waits, stopped, until its bid wins (or is raised).
+            self._enter(instance, "outbid", None, self._outbid_msg(instance))
+            return unavailable
         self._enter(instance, "loading", time.time() + self.timing("start_loading"), "Starting container.")
         return {"success": True}
 
@@ -407,7 +423,8 @@ class Market:
             raise VastError(400, "invalid_args", "Can't change price of on-demand contract.")
         price = body.get("price")
         if price is None:
-            return {"success": True}
+            # The CLI sends price null without --price: "a winning bid price is used as the default".
+            price = self.min_bid(self.catalog.offers[instance.offer_id])
         try:
             price = float(price)
         except (TypeError, ValueError):
@@ -418,6 +435,11 @@ class Market:
             raise VastError(400, "invalid_price", f"Bid price must be <= {32 * instance.num_gpus}.")
         instance.gpu_dph = price
         self.touch()
+        if instance.phase in HOLDS_GPUS and not self._bid_wins(instance):
+            # Lowered below the floor or a competing bid: preempted like any losing bid.
+            self._enter(instance, "outbid", None, self._outbid_msg(instance))
+        elif instance.phase == "outbid":
+            self._try_resume_bid(instance)
         return {"success": True}
 
     def destroy(self, account: Account, instance_id: int) -> None:
@@ -583,8 +605,7 @@ class Market:
         for instance in self.instances.values():
             if not instance.is_bid:
                 continue
-            competing = self._competing_bid(instance.machine_id)
-            if competing and instance.gpu_dph <= competing and instance.phase in HOLDS_GPUS:
+            if instance.phase in HOLDS_GPUS and not self._bid_wins(instance):
                 self._enter(instance, "outbid", None, "Instance outbid: a higher bid took the GPUs.")
 
     # ================================================================ the ticker
@@ -632,7 +653,7 @@ class Market:
 
     def _advance(self, instance: Instance, now: float) -> None:
         if instance.phase_until is None or now < instance.phase_until:
-            if instance.phase == "scheduling":
+            if instance.phase in ("scheduling", "queued"):
                 self._try_schedule(instance)
             elif instance.phase == "outbid":
                 self._try_resume_bid(instance)
@@ -647,7 +668,12 @@ class Market:
                 self._enter(instance, "loading", now + self.timing("loading"), f"Pulling image {instance.image}")
                 if "stuck_loading" in instance.faults:
                     instance.phase_until = None
-        elif phase in ("loading", "rebooting", "recycling"):
+        elif phase == "recycling":
+            # Recycling re-pulls the image: recycling -> loading -> running (§8).
+            self._enter(instance, "loading", now + self.timing("loading"), f"Recycling: pulling image {instance.image}")
+            if "stuck_loading" in instance.faults:
+                instance.phase_until = None
+        elif phase in ("loading", "rebooting"):
             # Running means reachable: wait for sshd even when the timer is up.
             if "offline" in instance.faults:
                 self._enter(instance, "offline", None, "Host is offline.")
@@ -662,15 +688,21 @@ class Market:
             return
         machine = self.catalog.machines[instance.machine_id]
         # Our own GPUs are not held while scheduling, so the machine must have room for them.
-        if self.free_gpus(machine) >= instance.num_gpus:
+        if self.free_gpus(machine) < instance.num_gpus:
+            return
+        if instance.is_bid and not self._bid_wins(instance):
+            self._enter(instance, "outbid", None, self._outbid_msg(instance))
+        elif instance.phase == "queued":
+            # A queued start of a stopped instance: its container starts again, it is not created anew.
+            self._enter(instance, "loading", time.time() + self.timing("start_loading"), "GPUs available; starting.")
+        else:
             self._enter(instance, "provisioning", time.time() + self.timing("provisioning"),
                         "GPUs available; starting.")
 
     def _try_resume_bid(self, instance: Instance) -> None:
         if instance.intended_status != "running":
             return
-        offer = self.catalog.offers[instance.offer_id]
-        if instance.gpu_dph >= self.min_bid(offer) and self.free_gpus(
+        if self._bid_wins(instance) and self.free_gpus(
                 self.catalog.machines[instance.machine_id]) >= instance.num_gpus:
             self._enter(instance, "loading", time.time() + self.timing("start_loading"),
                         "Bid is winning again; resuming.")
@@ -720,6 +752,8 @@ class Market:
             instance.address, instance.sshd_port = spec.address, spec.sshd_port
             self.touch()
         spec.env = self._instance_env(instance)
+        spec.forwards = [(key.split("/")[1], public, int(key.split("/")[0]))
+                         for key, public in self.port_map(instance).items() if key != "22/tcp"]
         await self.hosts.prepare(spec)
 
     def _instance_env(self, instance: Instance) -> dict[str, str]:
@@ -727,11 +761,34 @@ class Market:
         env.update({
             "VAST_CONTAINERLABEL": f"C.{instance.id}",
             "CONTAINER_ID": str(instance.id),
-            "VAST_TCP_PORT_22": str(instance.direct_port),
             "GPU_COUNT": str(instance.num_gpus),
             "PUBLIC_IPADDR": instance.address or "",
         })
+        # VAST_TCP_PORT_<n> / VAST_UDP_PORT_<n>: the public port of each mapped one (none when proxy-only).
+        for key, public in self.port_map(instance).items():
+            number, proto = key.split("/")
+            env[f"VAST_{proto.upper()}_PORT_{number}"] = str(public)
         return env
+
+    def port_map(self, instance: Instance) -> dict[str, int]:
+        """The instance's Docker-style port mapping, ``{"22/tcp": 40001, "8080/tcp": 40002}``.
+
+        The one source of the API's ``ports``, the ``VAST_*_PORT_*`` variables and the host's
+        forwards. Only direct runtypes have one: 22 on the instance's direct port (sshd's own port
+        in loopback mode), then each ``-p`` entry of ``env`` on the ports that follow.
+        """
+        if "direc" not in instance.runtype:
+            return {}
+        ssh_port = instance.direct_port
+        if self.hosts.mode == "loopback" and instance.sshd_port:
+            ssh_port = instance.sshd_port
+        ports = {"22/tcp": ssh_port}
+        extra = [k.split(" ", 1)[1] for k in instance.env if k.startswith("-p ")]
+        for index, spec in enumerate(extra, start=1):
+            number, _, proto = spec.split(":")[-1].partition("/")
+            if number.isdigit() and 0 < int(number) < 65536:
+                ports.setdefault(f"{int(number)}/{'udp' if proto == 'udp' else 'tcp'}", instance.direct_port + index)
+        return ports
 
     def _gpu_spec(self, instance: Instance) -> dict[str, Any]:
         machine = self.catalog.machines[instance.machine_id]
@@ -781,6 +838,46 @@ class Market:
         self.log_requests[token] = LogRequest(instance.id, time.time() + self.timing("logs_upload"),
                                               "\n".join(lines) + "\n")
         return token
+
+    def execute(self, account: Account, instance_id: int, body: dict[str, Any]) -> tuple[str, str]:
+        """``PUT instances/command``: one ls, rm or du on a stopped instance's files (execute.py).
+
+        Returns the result token and ``writeable_path``; the output appears at the result URL once
+        the command has run (404 until then, like Vast's upload).
+        """
+        instance = self.own_instance(account, instance_id)
+        try:
+            command = execute.parse(body.get("command"), self.hosts.mode)
+        except execute.CommandError as exc:
+            raise VastError(400, "invalid_args", str(exc)) from None
+        if instance.cur_state != "stopped" or instance.phase == "stopping":
+            raise VastError(400, "invalid_args", "Execute command only avail on stopped instances. "
+                            "Use ssh to run commands on running instances.")
+        request = LogRequest(instance.id, time.time() + self.timing("logs_upload"), None)
+        token = secrets.token_urlsafe(16)
+        self.log_requests[token] = request
+        previous = self._host_ops.get(instance.id)
+        directory = self.hosts.instance_dir(instance.id)
+
+        async def run() -> None:
+            # A host operation like the others, so the instance does not boot while the command runs.
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            try:
+                if self.hosts.is_running(instance.id):
+                    if instance.phase in HOST_UP:
+                        request.text = "vastsim: the instance is running again; use ssh to run commands on it.\n"
+                        return
+                    await self.hosts.stop(instance.id)  # stopped meanwhile; the ticker would stop it too
+                request.text = await execute.run(command, mode=self.hosts.mode, directory=directory,
+                                                 state_dir=self.state_dir, instance_id=instance.id)
+            except Exception as exc:  # a failure to run is the command's output, never a host error
+                log.exception("instance %s: execute failed", instance.id)
+                request.text = f"vastsim: could not run the command: {exc}\n"
+
+        self._host_ops[instance.id] = asyncio.ensure_future(run())
+        return token, "" if self.hosts.mode == "namespace" else str(directory)
 
     # ================================================================ shutdown
 
@@ -836,8 +933,8 @@ def _validate_create(body: dict[str, Any], machine: Machine) -> dict[str, Any]:
         disk = float(disk)
     except (TypeError, ValueError):
         raise VastError(400, "invalid_args", f"disk must be a number of GB, got {disk!r}") from None
-    if disk <= 0:
-        raise VastError(400, "invalid_args", f"disk must be a positive number of GB, got {disk:g}")
+    if disk < MIN_DISK_GB:
+        raise VastError(400, "invalid_args", f"disk must be at least {MIN_DISK_GB:g} GB, got {disk:g}")
     share = machine.disk_space_gb
     if disk > share:
         raise VastError(400, "invalid_args",

@@ -15,6 +15,8 @@ PHASES: dict[str, tuple[str | None, str]] = {
     "stopped": ("exited", "stopped"),
     # intended running, GPUs held by someone else: the console's "Scheduling"
     "scheduling": ("created", "stopped"),
+    # a start of a stopped instance queued until the GPUs free up: the container stays exited
+    "queued": ("exited", "stopped"),
     "rebooting": ("rebooting", "running"),
     "recycling": ("recycling", "running"),
     "host_error": ("created", "stopped"),
