@@ -78,7 +78,7 @@ options:
     description: Docker image to run. Required when renting.
     type: str
   disk:
-    description: Disk to allocate, in GB.
+    description: Disk to allocate, in GB (at least 8, the service's minimum).
     type: float
     default: 10
   env:
@@ -217,6 +217,8 @@ AMBIGUOUS_LOOK_S = 30.0
 # Cleanup after a failure gets its own deadline: the run's own may be what ran out.
 CLEANUP_S = 180.0
 STOPPED_STATUSES = frozenset({"exited", "stopped"})
+# The service refuses smaller disks; saying so here names the option instead of relaying a 400.
+MIN_DISK_GB = 8
 
 
 class RentFailed(Exception):
@@ -418,8 +420,9 @@ class VastInstance:
         if self.params["offer_id"] is None and self.params["query"] is None:
             self.module.fail_json(msg="renting needs offer_id or query (no instance with this label exists); "
                                   "nothing was rented")
-        if self.params["disk"] <= 0:
-            self.module.fail_json(msg=f"disk must be a positive number of GB, got {self.params['disk']:g}")
+        if self.params["disk"] < MIN_DISK_GB:
+            self.module.fail_json(msg=f"disk must be at least {MIN_DISK_GB} GB (Vast's minimum), got "
+                                  f"{self.params['disk']:g}; nothing was rented")
         try:
             if not self.module.check_mode:
                 self.ledger.check_writable()

@@ -285,6 +285,8 @@ def test_absent_destroys_every_instance_with_the_label(sim: Sim, tmp_path: Path)
     ({}, "renting needs offer_id or query"),
     ({"query": "num_gpus=1", "max_dph": 0.0001}, "passes exclude_machines and max_dph"),
     ({"offer_id": 1}, "offer 1 is not on the market"),
+    ({"query": "num_gpus=1", "disk": -5}, "disk must be at least 8 GB"),
+    ({"query": "num_gpus=1", "disk": 4}, "disk must be at least 8 GB"),
 ])
 def test_rent_limits_are_checked_before_renting(sim: Sim, tmp_path: Path, args: dict, words: str) -> None:
     env = ansible_env(sim, tmp_path)
