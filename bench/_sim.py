@@ -255,7 +255,7 @@ def loop_devices(state_dir: Path | None = None) -> list[str]:
 
 def processes_of(state_dir: Path) -> list[str]:
     """``pid args`` of every process whose command line names ``state_dir`` (the simulator, its hosts)."""
-    return [line for line in command_output("ps", "-eo", "pid,args").splitlines()
+    return [line for line in command_output("ps", "-ww", "-eo", "pid,args").splitlines()
             if str(state_dir) in line and "ps -eo" not in line]
 
 

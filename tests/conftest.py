@@ -97,8 +97,8 @@ def leftovers(state_dir: Path) -> list[str]:
         found += [line for line in netns.splitlines() if f"vastsim-{tag}-" in line]
         links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
         found += [line.split(":")[1].strip() for line in links.splitlines() if f" vs{tag}" in line]
-    processes = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    found += [line for line in processes.splitlines() if str(state_dir) in line and "ps -eo" not in line]
+    processes = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    found += [line for line in processes.splitlines() if str(state_dir) in line and "ps -ww -eo" not in line]
     return found
 
 
@@ -166,8 +166,8 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     """After the whole suite: no simulator, sshd, namespace or link of ours may remain."""
     yield
     base = str(tmp_path_factory.getbasetemp())
-    processes = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    found = [line for line in processes.splitlines() if base in line and "ps -eo" not in line]
+    processes = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    found = [line for line in processes.splitlines() if base in line and "ps -ww -eo" not in line]
     if IS_ROOT:
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout

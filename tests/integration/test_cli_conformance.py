@@ -498,7 +498,8 @@ def test_execute_refuses_what_vast_refuses(cli: VastCli, client: httpx.Client) -
     assert "Failed with error 400" in out.stderr and "only avail on stopped instances" in out.stderr, out.stderr
     cli.run("stop", "instance", str(instance_id))
     wait_status(client, instance_id, "exited")
-    for command in ("cat /etc/passwd", "ls; reboot", "ls -l " + "x" * 600, "rm -r /usr/lib", "rm -r home/x"):
+    for command in ("cat /etc/passwd", "ls; reboot", "ls -l " + "x" * 600, "rm -r /usr/lib", "rm -r home/x",
+                    "ls /etc", "du -sh /", "du --files0-from=workspace/list", "du -X workspace/x workspace"):
         out = cli.run("execute", str(instance_id), command)
         assert "Failed with error 400" in out.stderr, (command, out.stdout, out.stderr)
     cli.run("destroy", "instance", str(instance_id), "-y")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -444,39 +447,63 @@ def names(listing: str) -> list[str]:
     return [name for name in listing.split() if name != "lost+found"]  # ext4's, in namespace mode
 
 
-def test_execute_runs_ls_du_rm_on_the_stopped_instances_files(sim: Sim, ssh_key: Path) -> None:
-    check_execute(sim, ssh_key)
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A directory of this test's, none of an instance's own: not under /tmp, which namespace-mode
+    instances have their own of, nor /root or the simulator's state. It holds a file that must survive."""
+    path = Path(tempfile.mkdtemp(prefix="vastsim-execute-test-", dir="/var/tmp"))
+    try:
+        (path / "victim").write_text("must survive\n")
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def test_execute_in_loopback_host_mode(tmp_path: Path, ssh_key: Path) -> None:
+def test_execute_runs_ls_du_rm_on_the_stopped_instances_files(sim: Sim, ssh_key: Path, outside: Path) -> None:
+    check_execute(sim, ssh_key, outside)
+
+
+def test_execute_in_loopback_host_mode(tmp_path: Path, ssh_key: Path, outside: Path) -> None:
     with running_sim(tmp_path / "state", "--host-mode", "loopback") as simulator:
-        check_execute(simulator, ssh_key)
+        check_execute(simulator, ssh_key, outside)
 
 
-def check_execute(sim: Sim, ssh_key: Path) -> None:
+def check_execute(sim: Sim, ssh_key: Path, outside: Path) -> None:
     register_key(sim, ssh_key)
     with sim.client() as client:
         instance_id = rent(client)
         row = wait_status(client, instance_id, "running")
         user = client.get("/_sim/info").json()["ssh_user"]
+        # esc: a symlink out of the instance's own files, to a directory of the machine's.
         setup = ('cd "${VASTSIM_WORKSPACE:-/workspace}" && echo hi > keep.txt && echo x > drop-me.txt '
-                 "&& mkdir -p sub && head -c 300000 /dev/urandom > sub/blob")
+                 f"&& mkdir -p sub && head -c 300000 /dev/urandom > sub/blob && ln -s {outside} esc")
         assert ssh_run(*direct_endpoint(row), ssh_key, setup, user=user).returncode == 0
         running = client.put(f"/api/v0/instances/command/{instance_id}/", json={"command": "ls /workspace"})
         assert running.status_code == 400 and "only avail on stopped instances" in running.json()["msg"]
         client.put(f"/api/v0/instances/{instance_id}/", json={"state": "stopped"})
         wait_status(client, instance_id, "exited")
 
-        assert names(execute(client, instance_id, "ls /workspace")) == ["drop-me.txt", "keep.txt", "sub"]
+        assert names(execute(client, instance_id, "ls /workspace")) == ["drop-me.txt", "esc", "keep.txt", "sub"]
+        assert names(execute(client, instance_id, "ls")) == ["drop-me.txt", "esc", "keep.txt", "sub"]
         assert execute(client, instance_id, "ls -1 workspace/sub").split() == ["blob"]  # relative to /
         size, path = execute(client, instance_id, "du -sk /workspace/sub").split()
         assert int(size) >= 290 and path == "/workspace/sub"
         assert "No such file" in execute(client, instance_id, "ls /workspace/missing")
         assert execute(client, instance_id, "rm /workspace/drop-me.txt") == ""
-        assert names(execute(client, instance_id, "ls /workspace")) == ["keep.txt", "sub"]
-        for bad in ("cat /workspace/keep.txt", "ls | sh", "rm -rf /", "rm /etc/hostname", "", "ls " + "a" * 520):
+        assert names(execute(client, instance_id, "ls /workspace")) == ["esc", "keep.txt", "sub"]
+        for bad in ("cat /workspace/keep.txt", "ls | sh", "rm -rf /", "rm /etc/hostname", "", "ls " + "a" * 520,
+                    "ls /etc", "du -s /", "du --files0-from=/workspace/keep.txt",
+                    "du -X /workspace/keep.txt /workspace", "ls -lL /workspace"):
             refused = client.put(f"/api/v0/instances/command/{instance_id}/", json={"command": bad})
             assert refused.status_code == 400 and refused.json()["error"] == "invalid_args", (bad, refused.text)
+        # Inside the workspace as written, outside once the symlink is followed: refused where it runs.
+        for escape in ("rm -rf /workspace/esc/victim", "rm -r workspace/esc/victim", "ls -l /workspace/esc",
+                       "du -a /workspace/esc/"):
+            out = execute(client, instance_id, escape)
+            assert out.startswith("vastsim: refused:") and out.count("\n") == 1, (escape, out)  # no listing
+            assert (outside / "victim").read_text() == "must survive\n", escape
+        assert execute(client, instance_id, "rm /workspace/esc") == ""  # the link itself
+        assert (outside / "victim").exists()
 
         # The instance starts again with the change made, its disk intact.
         client.put(f"/api/v0/instances/{instance_id}/", json={"state": "running"})

@@ -563,12 +563,11 @@ def instance_row(market: Market, instance: Instance) -> dict[str, Any]:
     now = time.time()
     running = instance.phase == "running"
     frac = instance.num_gpus / machine.gpus_total
-    direct = "direc" in instance.runtype
+    port_map = market.port_map(instance)  # {} unless a direct runtype
     ports: dict[str, Any] = {}
     if running:
         # The same mapping the instance's VAST_*_PORT_* variables and port forwards come from.
-        ports = {key: [{"HostIp": "0.0.0.0", "HostPort": str(public)}]
-                 for key, public in market.port_map(instance).items()}
+        ports = {key: [{"HostIp": "0.0.0.0", "HostPort": str(public)}] for key, public in port_map.items()}
     public_ip = instance.address or market.public_host
     if market.hosts.mode == "loopback":
         public_ip = "127.0.0.1"
@@ -631,8 +630,9 @@ def instance_row(market: Market, instance: Instance) -> dict[str, Any]:
         "public_ipaddr": public_ip,
         "local_ipaddrs": public_ip,
         "ports": ports,
-        "direct_port_start": instance.direct_port if direct else -1,
-        "direct_port_end": instance.direct_port + 9 if direct else -1,
+        # The range the instance's public ports were allocated in, sshd's direct port first.
+        "direct_port_start": min(port_map.values()) if port_map else -1,
+        "direct_port_end": max(port_map.values()) if port_map else -1,
         "start_date": instance.created_at,
         "end_date": machine.end_date,
         "duration": now - instance.created_at,

@@ -3,34 +3,31 @@
 Vast allows one ``ls``, ``rm`` or ``du`` of at most 512 characters, on a *stopped* instance only
 (reference §6, §9.13); it runs it against the container's files and uploads the output to the
 result URL, whose ``writeable_path`` is the host-side prefix the CLI strips from it. Here the
-command runs without a shell, where the instance's files are:
+command runs without a shell, in ``/workspace``, where the instance's files are
+(``HostManager.run_in_view``):
 
 * namespace mode (root): in fresh private mount, PID, UTS and network namespaces that mount the
   instance's disk image on ``/workspace`` and its own ``/root`` and ``/tmp``, the view it has when
-  it runs (``instance_init.py`` builds both), from ``/``;
+  it runs (``instance_init.py`` builds both);
 * loopback mode: the instance's only private directory is its workspace, so operands under
   ``/workspace`` are rewritten to it, and ``writeable_path`` strips the prefix again.
 
-Relative paths are relative to ``/``, like the CLI's examples (``rm -r home/x``). ``rm`` may only
-remove what belongs to the instance: paths inside ``/workspace`` (and ``/root``, ``/tmp`` in
-namespace mode), since everything else is the machine's own file system.
+Relative paths are relative to ``/``, like the CLI's examples (``rm -r home/x``). Everything but the
+instance's own directories (``/workspace``, and ``/root``, ``/tmp`` in namespace mode) is the
+machine's file system, so every path operand must lie inside them: here, as written (400
+otherwise), and where the command runs, with its symlinks resolved (``instance_init.confine``; the
+output says why it did not run). Options that read other files (``du --files0-from``, ``-X``) or
+follow every symlink (``-L``) are refused.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ctypes
-import json
-import os
 import posixpath
 import shlex
-import signal
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from mlops_vast.sim import instance_init
+from mlops_vast.sim.hosts import OWN_DIRS, HostError, HostManager
 
 COMMANDS = ("ls", "rm", "du")
 MAX_CHARS = 512
@@ -47,6 +44,17 @@ _VALUE_OPTIONS = {
             "--time-style"}),
     "rm": (set(), set()),
 }
+# Options that read files named by their value (du's list of paths or of patterns), or follow every
+# symlink they meet (out of the instance's directories): (short, long). GNU takes any unambiguous
+# prefix of a long option, so a prefix of one of these is refused too, unless it is another option.
+_REFUSED_OPTIONS = {
+    "ls": ({"-L"}, {"--dereference"}),
+    "du": ({"-L", "-X"}, {"--dereference", "--exclude-from", "--files0-from"}),
+    "rm": (set(), set()),
+}
+_OTHER_OPTIONS = {"--exclude", "--dereference-args", "--dereference-command-line",
+                  "--dereference-command-line-symlink-to-dir"}
+_REFUSED_WHY = "it reads files that need not be the instance's own (a list of them, or every symlink's target)."
 
 
 class CommandError(ValueError):
@@ -57,15 +65,6 @@ class CommandError(ValueError):
 class Command:
     words: list[str]
     operands: list[int]  # indices of the words that are paths, made absolute
-
-    def argv(self, mode: str, directory: Path) -> list[str]:
-        """The argv to run for an instance whose files are in ``directory``."""
-        words = list(self.words)
-        if mode != "namespace":
-            for index in self.operands:
-                if words[index] == "/workspace" or _inside(words[index], "/workspace"):
-                    words[index] = str(directory) + words[index]
-        return words
 
 
 def parse(command: object, mode: str) -> Command:
@@ -83,8 +82,10 @@ def parse(command: object, mode: str) -> Command:
         raise CommandError(f"Invalid command {command!r}: {exc}.") from None
     if not words or words[0] not in COMMANDS:
         raise CommandError(f"Invalid command {command!r}. {allowed}")
-    short, long = _VALUE_OPTIONS[words[0]]
-    roots = ("/workspace", "/root", "/tmp") if mode == "namespace" else ("/workspace",)
+    name = words[0]
+    short, long = _VALUE_OPTIONS[name]
+    refused_short, refused_long = _REFUSED_OPTIONS[name]
+    roots = OWN_DIRS[mode]
     operands, only_operands, value_next = [], False, False
     for index in range(1, len(words)):
         word = words[index]
@@ -94,15 +95,22 @@ def parse(command: object, mode: str) -> Command:
             only_operands = True
         elif not only_operands and word.startswith("-") and word != "-":
             if word.startswith("--"):
+                option = word.split("=", 1)[0]
+                others = (long | _OTHER_OPTIONS) - refused_long
+                if option not in others and any(refused.startswith(option) for refused in refused_long):
+                    raise CommandError(f"{name} {option} is not allowed: {_REFUSED_WHY}")
                 value_next = "=" not in word and word in long
             else:
                 # A cluster such as -sh or -d2: an option with a value takes the rest, or the next word.
-                at = next((i for i, letter in enumerate(word[1:], 1) if f"-{letter}" in short), None)
-                value_next = at == len(word) - 1
+                at = next((i for i, letter in enumerate(word[1:], 1) if f"-{letter}" in short), len(word) - 1)
+                if refused := [f"-{letter}" for letter in word[1:at + 1] if f"-{letter}" in refused_short]:
+                    raise CommandError(f"{name} {refused[0]} is not allowed: {_REFUSED_WHY}")
+                value_next = at == len(word) - 1 and f"-{word[-1]}" in short
         else:
             path = posixpath.normpath("/" + word.lstrip("/"))
-            if words[0] == "rm" and not any(_inside(path, root) for root in roots):
-                raise CommandError(f"rm may only remove the instance's own files, inside {' or '.join(roots)}: "
+            # rm must leave the directories themselves (mount points); ls and du may look at them.
+            if not any(_inside(path, root) or (name != "rm" and path == root) for root in roots):
+                raise CommandError(f"{name} may only touch the instance's own files, inside {' or '.join(roots)}: "
                                    f"{word!r} is {path}.")
             words[index] = path
             operands.append(index)
@@ -113,64 +121,17 @@ def _inside(path: str, root: str) -> bool:
     return path.startswith(root + "/")
 
 
-async def run(command: Command, *, mode: str, directory: Path, state_dir: Path, instance_id: int,
-              timeout: float = TIMEOUT) -> str:
-    """Run the command on the stopped instance's files and return its output (stdout and stderr)."""
-    if not directory.is_dir():
-        return ""  # never booted: nothing is on its disk yet
-    argv = command.argv(mode, directory)
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
-    if mode == "namespace":
-        image = directory / "disk.img"
-        if not image.exists():
-            return ""
-        if not await _disk_released(image):
-            return "vastsim: the instance's disk is still attached; try again.\n"
-        for path in ("/workspace", "/run/vastsim"):
-            Path(path).mkdir(parents=True, exist_ok=True)
-        spec_path = directory / "etc" / "execute.json"
-        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({
-                "hostname": f"C.{instance_id}",
-                "disk_image": str(image),
-                "etc_dir": str(directory / "etc"),
-                "bin_dir": str(directory / "bin"),
-                "tmp_dir": str(directory / "tmp"),
-                "home_dir": str(directory / "home"),
-                "hide": [str(state_dir.resolve())],
-                "env": env,
-                "exec": argv,
-            }, handle)
-        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(sys.executable)
-        argv = ["unshare", "--mount", "--uts", "--pid", "--net", "--fork", "--kill-child", "--mount-proc",
-                "--propagation", "private", python, "-I", instance_init.__file__, str(spec_path)]
-    process = await asyncio.create_subprocess_exec(
-        *argv, cwd="/", env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=True,
-    )
+async def run(command: Command, hosts: HostManager, instance_id: int, *,
+              proceed: Callable[[], str | None] | None = None, timeout: float = TIMEOUT) -> str:
+    """Run the command on the stopped instance's files and return its output (stdout and stderr), or why not.
+
+    ``proceed``, asked right before it runs, may still refuse it (the instance is starting meanwhile).
+    """
     try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+        out = await hosts.run_in_view(instance_id, command.words, paths=command.operands,
+                                      remove=command.words[0] == "rm", timeout=timeout, proceed=proceed)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        await process.wait()
         return f"vastsim: {command.words[0]} did not finish within {timeout:g} s and was killed.\n"
+    except HostError as exc:
+        return f"vastsim: {exc}\n"
     return out[:OUTPUT_LIMIT].decode(errors="replace")
-
-
-async def _disk_released(image: Path) -> bool:
-    # A stopped instance's mount namespace may still be unwinding; never mount one image twice.
-    for _ in range(100):
-        process = await asyncio.create_subprocess_exec(
-            "losetup", "-j", str(image), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        out, _ = await process.communicate()
-        if not out.strip():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

@@ -14,7 +14,12 @@ Two modes, chosen by privilege:
 In both modes the simulator also listens on a loopback "proxy" port per instance and
 forwards it to the instance's sshd, like Vast's ``sshN.vast.ai`` proxies. The ``-p`` ports of a
 direct instance are relayed from their public port to the container port, like Docker's ``-p``
-(by the instance's init in namespace mode, by a helper process in loopback mode).
+(by the instance's init in namespace mode, by a helper process in loopback mode); a port that
+cannot be bound fails the boot.
+
+Instances can write some of the directories the simulator writes (``bin/`` is their
+``/usr/local/sbin``, ``home/`` their ``/root``): writes there never follow a symlink
+(``_atomic_write``), and ``etc/`` is read-only inside the instance.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import signal
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,9 @@ HOST_NETWORK = ipaddress.ip_network("198.18.0.0/15")
 NETNS_PREFIX = "vastsim-"
 SSHD = "/usr/sbin/sshd"
 PR_SET_PDEATHSIG = 1
+# What is the instance's own, as it sees its files; everything else is the machine's file system
+# (loopback mode: its workspace only, /root and /tmp are the machine's).
+OWN_DIRS = {"namespace": ("/workspace", "/root", "/tmp"), "loopback": ("/workspace",)}
 # The account `vastai copy` logs in as for its rsync daemon (namespace mode: root's uid, in the instance only).
 COPY_USER = "vastai_kaalia"
 RSYNCD_CONF = """\
@@ -56,8 +65,10 @@ use chroot = no
 munge symlinks = no
 read only = no
 list = no
-log file = /run/vastsim/etc/rsyncd.log
+log file = /run/vastsim/rsyncd.log
 """
+# The most bytes of an instance's /root/.ssh/authorized_keys the simulator reads (namespace mode).
+MAX_AUTHORIZED_KEYS_BYTES = 1 << 20
 
 
 class HostError(RuntimeError):
@@ -102,6 +113,16 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _init_argv(spec_path: Path) -> list[str]:
+    """instance_init.py on ``spec_path`` in fresh private mount, UTS and PID namespaces (namespace mode)."""
+    Path("/workspace").mkdir(exist_ok=True)  # the mount points it uses
+    Path("/run/vastsim").mkdir(parents=True, exist_ok=True)
+    # The interpreter must be visible inside the instance, where /root is private (pyenv lives there).
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(sys.executable)
+    return ["unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
+            "--propagation", "private", python, "-I", instance_init.__file__, str(spec_path)]
+
+
 async def _run(*argv: str, check: bool = True) -> str:
     process = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -121,6 +142,56 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``port`` can be bound on ``host`` right now, for TCP and for UDP."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def _block_region() -> tuple[int, int]:
+    """Where blocks of public ports go (``[low, high)``): outside the kernel's ephemeral range.
+
+    ``free_port()`` (sshd and proxy ports) and outgoing connections take their ports from that
+    range, so a block below it (or above it, when there is more room there) never meets them.
+    """
+    try:
+        first, last = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        first, last = 32768, 60999
+    below, above = (10_000, first), (last + 1, 65_536)
+    region = max(below, above, key=lambda span: span[1] - span[0])
+    return region if region[1] - region[0] >= 1000 else (1024, 65_536)
+
+
+def free_port_block(count: int, *, avoid: set[int], hint: int = 0, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive ports, none in ``avoid``, each free for TCP and UDP on ``host`` now.
+
+    The search starts at ``hint`` (modulo the region, outside the kernel's ephemeral range) and
+    wraps around; HostError when there is no such block.
+    """
+    low, high = _block_region()
+    starts = high - low - count + 1
+    if count < 1 or starts < 1:
+        raise HostError(f"no room for {count} consecutive ports in {low}-{high - 1}")
+    offset, tried = hint % starts, 0
+    while tried < starts:
+        first = low + offset
+        bad = next((port for port in range(first, first + count)
+                    if port in avoid or not _port_free(host, port)), None)
+        if bad is None:
+            return first
+        # No block that holds the bad port can work: go on right after it.
+        skip = bad - first + 1
+        tried += skip
+        offset = (offset + skip) % starts
+    raise HostError(f"no {count} consecutive free ports left in {low}-{high - 1}")
 
 
 async def wait_for_ssh_banner(
@@ -229,12 +300,11 @@ class HostManager:
                 await _run("mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
                            "-E", "lazy_itable_init=1", str(image))
         smi = directory / "bin" / "nvidia-smi"
-        if not smi.exists():
+        if not os.path.lexists(smi):  # bin/ is the instance's /usr/local/sbin: never write through its links
             # The interpreter must be visible inside the instance, where /root is private.
             python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "/usr/bin/env python3"
             source = Path(nvidia_smi.__file__).read_text()
-            smi.write_text(f"#!{python}\n" + source)
-            smi.chmod(0o755)
+            _atomic_write(smi, f"#!{python}\n" + source, mode=0o755)
         if self.mode == "namespace" and spec.address:
             gateway = str(ipaddress.ip_address(spec.address) - 1)
             _atomic_write(directory / "etc" / "hosts", internet.hosts_file(_read("/etc/hosts"), gateway), mode=0o644)
@@ -277,29 +347,58 @@ class HostManager:
 
         The user's own lines there (``ssh-copy-id``) are kept; a key vastsim put there and the
         account no longer has is taken out again. ``etc/seeded_keys`` remembers which ones it put.
+
+        The instance (root inside) owns ``/root``: every step goes through directory descriptors
+        opened without following symlinks, so a link planted there cannot redirect the write.
         """
-        ssh_dir = runtime.directory / "home" / ".ssh"
-        path, record = ssh_dir / "authorized_keys", runtime.directory / "etc" / "seeded_keys"
-        if ssh_dir.is_symlink() or path.is_symlink():
-            log.warning("instance %s: /root/.ssh is a symlink; not seeding authorized_keys", runtime.spec.instance_id)
-            return
+        instance_id = runtime.spec.instance_id
+        record = runtime.directory / "etc" / "seeded_keys"
         try:
             seeded = set(json.loads(record.read_text()))
         except (OSError, ValueError):
             seeded = set()
         wanted = [" ".join(key.split()) for key in keys if key.strip()]
-        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        no_follow = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        home_fd = os.open(runtime.directory / "home", no_follow)
         try:
-            current = path.read_text(errors="replace").splitlines()
-            mode = stat.S_IMODE(path.stat().st_mode)  # the user's chmod stays, as with `>>`
-        except FileNotFoundError:
-            current, mode = None, 0o600
-        revoked = seeded - set(wanted)
-        kept = [line for line in current or [] if " ".join(line.split()) not in revoked]
-        present = {" ".join(line.split()) for line in kept}
-        lines = kept + [key for key in wanted if key not in present]
-        if lines != current:
-            _atomic_write(path, "".join(line + "\n" for line in lines), mode=mode)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(".ssh", 0o700, dir_fd=home_fd)
+            try:
+                ssh_fd = os.open(".ssh", no_follow, dir_fd=home_fd)
+            except OSError as exc:  # ELOOP or ENOTDIR: a symlink or a file
+                log.warning("instance %s: /root/.ssh is not a directory (%s); not seeding authorized_keys",
+                            instance_id, exc.strerror)
+                return
+        finally:
+            os.close(home_fd)
+        try:
+            try:
+                fd = os.open("authorized_keys", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=ssh_fd)
+            except FileNotFoundError:
+                current, mode = None, 0o600
+            except OSError as exc:  # a symlink
+                log.warning("instance %s: /root/.ssh/authorized_keys is not a file (%s); not seeding it",
+                            instance_id, exc.strerror)
+                return
+            else:
+                with os.fdopen(fd, "rb") as handle:
+                    info = os.fstat(handle.fileno())
+                    data = handle.read(MAX_AUTHORIZED_KEYS_BYTES + 1) if stat.S_ISREG(info.st_mode) else None
+                if data is None or len(data) > MAX_AUTHORIZED_KEYS_BYTES:
+                    log.warning("instance %s: /root/.ssh/authorized_keys is not a regular file of at most %d "
+                                "bytes; not seeding it", instance_id, MAX_AUTHORIZED_KEYS_BYTES)
+                    return
+                current = data.decode(errors="replace").splitlines()
+                mode = stat.S_IMODE(info.st_mode)  # the user's chmod stays, as with `>>`
+            revoked = seeded - set(wanted)
+            kept = [line for line in current or [] if " ".join(line.split()) not in revoked]
+            present = {" ".join(line.split()) for line in kept}
+            lines = kept + [key for key in wanted if key not in present]
+            if lines != current:
+                _atomic_write("authorized_keys", "".join(line + "\n" for line in lines), mode=mode, dir_fd=ssh_fd)
+        finally:
+            os.close(ssh_fd)
         _atomic_write(record, json.dumps(wanted))
 
     def _strict_modes(self) -> bool:
@@ -440,6 +539,12 @@ class HostManager:
         runtime = self._runtimes.get(instance_id)
         return bool(runtime and runtime.process and runtime.process.returncode is None)
 
+    def needs_stop(self, instance_id: int) -> bool:
+        """Whether ``stop`` has something to end: a live sshd, or what a sshd that died on its own left
+        (its port forwarder, in loopback mode its logins' processes)."""
+        runtime = self._runtimes.get(instance_id)
+        return bool(runtime and (runtime.process is not None or runtime.forwarder is not None))
+
     async def start(self, instance_id: int, timeout: float = 20.0) -> None:
         """Boot the instance's sshd and return once it answers with an SSH banner."""
         runtime = self._runtimes[instance_id]
@@ -448,51 +553,48 @@ class HostManager:
         self._write_sshd_config(runtime)
         if self.mode == "namespace":
             await self._ensure_netns(runtime)
-            await self._wait_disk_released(runtime)
-            Path("/workspace").mkdir(exist_ok=True)
-            Path("/run/vastsim").mkdir(parents=True, exist_ok=True)
+            await self._wait_disk_released(runtime.directory)
             Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
             spec_path = runtime.directory / "etc" / "init.json"
             _atomic_write(spec_path, json.dumps({
-                "hostname": runtime.spec.hostname,
-                "disk_image": str(runtime.directory / "disk.img"),
-                "etc_dir": str(runtime.directory / "etc"),
-                "bin_dir": str(runtime.directory / "bin"),
-                "tmp_dir": str(runtime.directory / "tmp"),
-                "home_dir": str(runtime.directory / "home"),
-                # Instances share the machine's file system: they must not read the simulator's keys.
-                "hide": [str(self.state_dir.resolve())],
+                **self._view_spec(runtime.directory, runtime.spec.hostname),
                 "env": runtime.spec.env,
                 "onstart": runtime.spec.onstart,
                 # Docker's -p: public ports on every address, relayed to the container port on its own.
                 "forwards": {"listen": "0.0.0.0", "target": runtime.spec.address,
                              "ports": runtime.spec.forwards},
             }))
-            python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else os.path.realpath(
-                sys.executable)
-            argv = ["ip", "netns", "exec", runtime.netns or "", "unshare", "--mount", "--uts", "--pid",
-                    "--fork", "--kill-child", "--mount-proc", "--propagation", "private",
-                    python, "-I", instance_init.__file__, str(spec_path)]
+            argv = ["ip", "netns", "exec", runtime.netns or "", *_init_argv(spec_path)]
         else:
             argv = [SSHD, "-D", "-e", "-f", str(runtime.directory / "etc" / "sshd_config")]
-            if runtime.spec.forwards:
-                await self._start_forwarder(runtime)
-        log_file = open(runtime.directory / "etc" / "host.log", "ab")  # noqa: SIM115 - handed to the child
         try:
-            runtime.process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                preexec_fn=_die_with_parent, start_new_session=True,
-            )
-        finally:
-            log_file.close()
+            if self.mode == "loopback" and runtime.spec.forwards:
+                # Before sshd: a -p port that cannot be bound fails the boot (HostError) with nothing started.
+                await self._start_forwarder(runtime)
+            log_fd = _open_log(runtime.directory / "etc" / "host.log")
+            try:
+                runtime.process = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
+                    preexec_fn=_die_with_parent, start_new_session=True,
+                )
+            finally:
+                os.close(log_fd)
+        except BaseException:
+            await self.stop(instance_id)  # the forwarder must not outlive a boot that failed
+            raise
         host, port = self.internal_endpoint(instance_id)
         if not await wait_for_ssh_banner(host, port, timeout, runtime.process):
             tail = _tail(runtime.directory / "etc" / "host.log")
+            code = runtime.process.returncode
             await self.stop(instance_id)
-            raise HostError(f"instance {instance_id}: sshd did not answer on {host}:{port}: {tail}")
+            what = f"sshd did not answer on {host}:{port}" if code is None else f"the host exited ({code}) at boot"
+            raise HostError(f"instance {instance_id}: {what}: {tail}")
 
-    async def _start_forwarder(self, runtime: _Runtime) -> None:
-        """Loopback mode: relay 127.0.0.1:<public port> to 127.0.0.1:<container port> (Docker's -p)."""
+    async def _start_forwarder(self, runtime: _Runtime, timeout: float = 10.0) -> None:
+        """Loopback mode: relay 127.0.0.1:<public port> to 127.0.0.1:<container port> (Docker's -p).
+
+        Returns once every port is bound; HostError (and no forwarder) when one cannot be.
+        """
         await self._stop_forwarder(runtime)
         spec_path = runtime.directory / "etc" / "forwards.json"
         _atomic_write(spec_path, json.dumps({"listen": "127.0.0.1", "target": "127.0.0.1",
@@ -500,12 +602,23 @@ class HostManager:
         # The marker lets _kill_descendants_of_sshd find it after a crash, like the instance's processes.
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                "VASTSIM_WORKSPACE": str(runtime.directory / "workspace")}
-        with open(runtime.directory / "etc" / "host.log", "ab") as log_file:
-            runtime.forwarder = await asyncio.create_subprocess_exec(
+        log_fd = _open_log(runtime.directory / "etc" / "host.log")
+        try:
+            runtime.forwarder = forwarder = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", instance_init.__file__, "--forward", str(spec_path),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_fd, env=env,
                 preexec_fn=_die_with_parent, start_new_session=True,
             )
+        finally:
+            os.close(log_fd)
+        assert forwarder.stdout is not None
+        try:
+            answer = (await asyncio.wait_for(forwarder.stdout.readline(), timeout)).decode(errors="replace").strip()
+        except TimeoutError:
+            answer = f"no answer within {timeout:g} s"
+        if answer != "ready":
+            await self._stop_forwarder(runtime)
+            raise HostError(f"instance {runtime.spec.instance_id}: {answer or 'the port forwarder exited'}")
 
     async def _stop_forwarder(self, runtime: _Runtime) -> None:
         forwarder, runtime.forwarder = runtime.forwarder, None
@@ -515,14 +628,92 @@ class HostManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(forwarder.wait(), 10)
 
-    async def _wait_disk_released(self, runtime: _Runtime) -> None:
+    async def _wait_disk_released(self, directory: Path) -> None:
         # A stopped instance's mount namespace may still be unwinding; never mount one image twice.
-        image = str(runtime.directory / "disk.img")
+        image = str(directory / "disk.img")
         for _ in range(100):
             if not (await _run("losetup", "-j", image, check=False)).strip():
                 return
             await asyncio.sleep(0.05)
         raise HostError(f"disk image {image} is still attached after the previous run")
+
+    def _view_spec(self, directory: Path, hostname: str) -> dict[str, Any]:
+        """What instance_init.py needs to build an instance's view (namespace mode)."""
+        return {
+            "hostname": hostname,
+            "disk_image": str(directory / "disk.img"),
+            "etc_dir": str(directory / "etc"),
+            "bin_dir": str(directory / "bin"),
+            "tmp_dir": str(directory / "tmp"),
+            "home_dir": str(directory / "home"),
+            # Instances share the machine's file system: they must not read the simulator's keys.
+            "hide": [str(self.state_dir.resolve())],
+        }
+
+    @property
+    def own_dirs(self) -> tuple[str, ...]:
+        """The directories whose files are the instance's own, as it sees them; the rest is the machine's."""
+        return OWN_DIRS[self.mode]
+
+    def writeable_path(self, instance_id: int) -> str:
+        """What ``run_in_view`` puts before the instance's paths in what it runs (and so in its output)."""
+        return "" if self.mode == "namespace" else str(self.instance_dir(instance_id).resolve())
+
+    async def run_in_view(self, instance_id: int, argv: list[str], *, paths: list[int], remove: bool,
+                          timeout: float, proceed: Callable[[], str | None] | None = None) -> bytes:
+        """Run one command on a stopped instance's files, where it has them; returns its stdout and stderr.
+
+        ``argv`` names the files as the instance sees them; ``paths`` are the indices of its path
+        operands (absolute, normalised), which must be the instance's own once their symlinks are
+        resolved (``instance_init.confine``, where the command runs, right before it runs): inside
+        ``own_dirs``, whole for ``ls``/``du``, up to the last component for ``rm`` (``remove``). It runs
+        without a shell in /workspace, once ``proceed``, asked right before, has no objection:
+
+        * namespace mode: in fresh private namespaces with the instance's view (instance_init.py, ``exec``);
+        * loopback mode: on the machine, /workspace being the instance's workspace directory.
+
+        Raises HostError when it does not run, TimeoutError (once it is killed) when it runs too long.
+        """
+        if self.is_running(instance_id):
+            raise HostError("the instance is running")
+        directory = self.instance_dir(instance_id).resolve()
+        if not directory.is_dir() or (self.mode == "namespace" and not (directory / "disk.img").exists()):
+            return b""  # never booted: nothing is on its disk yet
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+        if self.mode == "namespace":
+            await self._wait_disk_released(directory)
+            spec_path = directory / "etc" / "execute.json"
+            _atomic_write(spec_path, json.dumps({
+                **self._view_spec(directory, f"C.{instance_id}"), "env": env,
+                "exec": {"argv": argv, "paths": paths, "roots": list(self.own_dirs), "remove": remove,
+                         "cwd": "/workspace"},
+            }))
+            run, cwd = ["unshare", "--net", *_init_argv(spec_path)], "/"
+        else:
+            workspace, run = str(directory / "workspace"), list(argv)
+            for index in paths:
+                if run[index] != "/workspace" and not run[index].startswith("/workspace/"):
+                    raise HostError(f"refused: {run[index]} is not the instance's own (inside /workspace).")
+                run[index] = workspace + run[index][len("/workspace"):]
+            refusal = instance_init.confine(run, paths, [workspace], remove)
+            if refusal is not None:
+                raise HostError(refusal)
+            cwd = workspace
+        refusal = proceed() if proceed is not None else None
+        if refusal is not None:
+            raise HostError(refusal)
+        process = await asyncio.create_subprocess_exec(
+            *run, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent, start_new_session=True,
+        )
+        try:
+            out, _ = await asyncio.wait_for(process.communicate(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+            raise
+        return out
 
     async def stop(self, instance_id: int) -> None:
         """Kill the instance's processes (its PID namespace in namespace mode)."""
@@ -584,7 +775,7 @@ class HostManager:
             await _run("ip", "netns", "delete", self.netns_name(instance_id), check=False)
             await _run("ip", "link", "delete", self._veth_names(instance_id)[0], check=False)
             with contextlib.suppress(HostError):
-                await self._wait_disk_released(runtime)
+                await self._wait_disk_released(runtime.directory)
         self._runtimes.pop(instance_id, None)
         shutil.rmtree(runtime.directory, ignore_errors=True)
 
@@ -636,14 +827,35 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+def _atomic_write(path: Path | str, text: str, mode: int = 0o600, *, dir_fd: int | None = None) -> None:
+    """Replace ``path`` with a file holding ``text``, never writing through a symlink.
+
+    Instances can write some of the directories written here (bin/, /root/.ssh), so a stale or
+    planted ``<name>.tmp`` is removed, the new one is created exclusively without following links,
+    and renamed over ``path`` (a rename replaces a symlink, it does not follow it). With ``dir_fd``,
+    ``path`` is a name in that directory (opened by the caller without following links).
+    """
+    name = str(path)
+    tmp = name + ".tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp, dir_fd=dir_fd)
     # The mode is set at creation: these files may hold the user's env and keys.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            os.fchmod(handle.fileno(), mode)  # whatever the umask took away
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _open_log(path: Path) -> int:
+    """An append-only descriptor for a log of the instance's etc/, not following a symlink."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
 def _read(path: str) -> str:

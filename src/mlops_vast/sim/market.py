@@ -26,7 +26,7 @@ from mlops_vast.sim import execute
 from mlops_vast.sim import query as q
 from mlops_vast.sim.catalog import Catalog, Machine, Offer, build_catalog, offer_row
 from mlops_vast.sim.faults import Fault, FaultBook
-from mlops_vast.sim.hosts import HostError, HostManager, HostSpec, free_port
+from mlops_vast.sim.hosts import HostError, HostManager, HostSpec, free_port, free_port_block
 from mlops_vast.sim.models import (
     GPU_BILLED,
     HOLDS_GPUS,
@@ -63,6 +63,9 @@ V1_FILTER_COLUMNS = frozenset({
 })
 V1_MAX_LIMIT = 25
 LOG_TAIL_BYTES = 256 * 1024
+# request_logs and execute results kept for their URLs (see Market._add_result).
+RESULTS_KEPT = 64
+RESULT_TTL_S = 600.0
 INSTANCE_ID_START = 20_000_001
 DEFAULT_CREDIT = 100.0
 MIN_DISK_GB = 8.0  # the server's minimum at create (§5)
@@ -154,6 +157,10 @@ class Market:
                 instance.running_since = None
                 instance.phase, instance.phase_until = "loading", self._last_tick
                 instance.status_msg = "Resuming after a simulator restart."
+        for instance in self.instances.values():
+            if instance.ports is None:  # saved before ports were kept: allocate them once, for good
+                with contextlib.suppress(HostError):
+                    self._allocate_ports(instance)
 
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -313,6 +320,10 @@ class Market:
             # Vast shows the proxy endpoint from creation on; the listener opens when the host boots.
             proxy_port=free_port(self.public_host),
         )
+        try:
+            self._allocate_ports(instance)
+        except HostError as exc:
+            raise VastError(503, "resources_unavailable", f"No public ports for the instance: {exc}") from None
         for kind, value in machine.defects.items():
             instance.faults[_defect_kind(kind)] = value
         for fault in self.faults.host_faults_for(instance_id=instance_id, machine_id=machine.machine_id,
@@ -724,7 +735,8 @@ class Market:
         running = self.hosts.is_running(instance.id)
         if want_up and not running:
             self._host_ops[instance.id] = asyncio.ensure_future(self._boot(instance))
-        elif not want_up and running:
+        elif not want_up and (running or self.hosts.needs_stop(instance.id)):
+            # Also when sshd died on its own: its port forwarder (and loopback leftovers) must end too.
             self._host_ops[instance.id] = asyncio.ensure_future(self.hosts.stop(instance.id))
 
     async def _boot(self, instance: Instance) -> None:
@@ -774,21 +786,68 @@ class Market:
         """The instance's Docker-style port mapping, ``{"22/tcp": 40001, "8080/tcp": 40002}``.
 
         The one source of the API's ``ports``, the ``VAST_*_PORT_*`` variables and the host's
-        forwards. Only direct runtypes have one: 22 on the instance's direct port (sshd's own port
-        in loopback mode), then each ``-p`` entry of ``env`` on the ports that follow.
+        forwards. Only direct runtypes have one: 22 on sshd's direct port, then each ``-p`` entry of
+        ``env`` on the ports ``_allocate_ports`` gave the instance at create (kept in the state).
         """
         if "direc" not in instance.runtype:
             return {}
-        ssh_port = instance.direct_port
+        ports = dict(instance.ports or {})
         if self.hosts.mode == "loopback" and instance.sshd_port:
-            ssh_port = instance.sshd_port
-        ports = {"22/tcp": ssh_port}
-        extra = [k.split(" ", 1)[1] for k in instance.env if k.startswith("-p ")]
-        for index, spec in enumerate(extra, start=1):
-            number, _, proto = spec.split(":")[-1].partition("/")
-            if number.isdigit() and 0 < int(number) < 65536:
-                ports.setdefault(f"{int(number)}/{'udp' if proto == 'udp' else 'tcp'}", instance.direct_port + index)
+            ports["22/tcp"] = instance.sshd_port
+        ports.setdefault("22/tcp", instance.direct_port)
         return ports
+
+    def _allocate_ports(self, instance: Instance) -> None:
+        """Give a direct instance its public ports for good: ``22/tcp``, then each distinct ``-p`` entry.
+
+        Namespace mode: each instance listens on its own address, so its ports need only be distinct
+        within it: sshd's direct port, then the ports after it, skipping the instance's container ports
+        (they are bound on the same address). Loopback mode: every instance shares 127.0.0.1, so each
+        gets a block of consecutive ports that are nobody else's and free when allocated, outside the
+        kernel's ephemeral range (where free_port() picks sshd and proxy ports); sshd listens on the first.
+        """
+        if "direc" not in instance.runtype:
+            instance.ports = {}
+            return
+        keys = ["22/tcp"]
+        for name in instance.env:
+            if not name.startswith("-p "):
+                continue
+            number, _, proto = name.split(" ", 1)[1].split(":")[-1].partition("/")
+            if number.isdigit() and 0 < int(number) < 65536:
+                key = f"{int(number)}/{'udp' if proto == 'udp' else 'tcp'}"
+                if key not in keys:
+                    keys.append(key)
+        if self.hosts.mode == "loopback":
+            taken: set[int] = set()
+            for other in self.instances.values():
+                if other.id != instance.id:
+                    taken.update((other.ports or {}).values())
+                    # The proxy serves SSH one port above ssh_port for jupyter runtypes.
+                    taken.update(p + bump for p in (other.proxy_port, other.sshd_port) if p for bump in (0, 1))
+            hint = int(self.hosts.tag, 16) * 7919 + instance.id * 16
+            if instance.sshd_port:  # allocated before ports were kept: sshd keeps its port
+                first = free_port_block(len(keys) - 1, avoid=taken, hint=hint) if len(keys) > 1 else 0
+                instance.ports = {"22/tcp": instance.sshd_port,
+                                  **{key: first + index for index, key in enumerate(keys[1:])}}
+                return
+            first = free_port_block(len(keys), avoid=taken, hint=hint)
+            instance.sshd_port = instance.direct_port = first
+            instance.ports = {key: first + index for index, key in enumerate(keys)}
+            return
+        container = {int(key.split("/")[0]) for key in keys[1:]}
+        port = instance.direct_port
+        if port + len(keys) + len(container) > 65_535:
+            port = 40_000  # room for every port, even with each container port in the way
+        while port in container:
+            port += 1
+        instance.direct_port = port
+        instance.ports = {"22/tcp": port}
+        for key in keys[1:]:
+            port += 1
+            while port in container:
+                port += 1
+            instance.ports[key] = port
 
     def _gpu_spec(self, instance: Instance) -> dict[str, Any]:
         machine = self.catalog.machines[instance.machine_id]
@@ -834,10 +893,8 @@ class Market:
         with contextlib.suppress(TypeError, ValueError):
             if tail is not None:
                 lines = lines[-int(tail):]
-        token = secrets.token_urlsafe(16)
-        self.log_requests[token] = LogRequest(instance.id, time.time() + self.timing("logs_upload"),
-                                              "\n".join(lines) + "\n")
-        return token
+        return self._add_result(LogRequest(instance.id, time.time() + self.timing("logs_upload"),
+                                           "\n".join(lines) + "\n"))
 
     def execute(self, account: Account, instance_id: int, body: dict[str, Any]) -> tuple[str, str]:
         """``PUT instances/command``: one ls, rm or du on a stopped instance's files (execute.py).
@@ -850,14 +907,21 @@ class Market:
             command = execute.parse(body.get("command"), self.hosts.mode)
         except execute.CommandError as exc:
             raise VastError(400, "invalid_args", str(exc)) from None
-        if instance.cur_state != "stopped" or instance.phase == "stopping":
+        if _host_wanted(instance) or instance.cur_state != "stopped":
             raise VastError(400, "invalid_args", "Execute command only avail on stopped instances. "
                             "Use ssh to run commands on running instances.")
         request = LogRequest(instance.id, time.time() + self.timing("logs_upload"), None)
-        token = secrets.token_urlsafe(16)
-        self.log_requests[token] = request
+        token = self._add_result(request)
         previous = self._host_ops.get(instance.id)
-        directory = self.hosts.instance_dir(instance.id)
+
+        def still_stopped() -> str | None:
+            # Asked again right before the command runs: a queued, scheduling or outbid instance may have
+            # started loading meanwhile, and its host must never come up on files the command changes.
+            if self.instances.get(instance.id) is not instance:
+                return "the instance was destroyed; the command did not run."
+            if _host_wanted(instance):
+                return "the instance is starting; the command did not run. Use ssh to run commands on it."
+            return None
 
         async def run() -> None:
             # A host operation like the others, so the instance does not boot while the command runs.
@@ -865,19 +929,36 @@ class Market:
                 with contextlib.suppress(Exception):
                     await previous
             try:
+                refusal = still_stopped()
+                if refusal is not None:
+                    request.text = f"vastsim: {refusal}\n"
+                    return
                 if self.hosts.is_running(instance.id):
-                    if instance.phase in HOST_UP:
-                        request.text = "vastsim: the instance is running again; use ssh to run commands on it.\n"
-                        return
                     await self.hosts.stop(instance.id)  # stopped meanwhile; the ticker would stop it too
-                request.text = await execute.run(command, mode=self.hosts.mode, directory=directory,
-                                                 state_dir=self.state_dir, instance_id=instance.id)
+                request.text = await execute.run(command, self.hosts, instance.id, proceed=still_stopped)
             except Exception as exc:  # a failure to run is the command's output, never a host error
                 log.exception("instance %s: execute failed", instance.id)
                 request.text = f"vastsim: could not run the command: {exc}\n"
 
         self._host_ops[instance.id] = asyncio.ensure_future(run())
-        return token, "" if self.hosts.mode == "namespace" else str(directory)
+        return token, self.hosts.writeable_path(instance.id)
+
+    def _add_result(self, request: LogRequest) -> str:
+        """Keep a request_logs or execute result for its URL; returns its token.
+
+        Each result holds up to 256 KiB (a log tail, a command's output), so only the newest
+        RESULTS_KEPT are kept, whatever the rate of requests (at most ~16 MiB), and none longer than
+        RESULT_TTL_S after it is ready: the CLI fetches a result within seconds (execute polls for about
+        9 s), so an older one is garbage. An execute still running that is dropped just goes unfetched.
+        """
+        expired = time.time() - RESULT_TTL_S
+        for token in [token for token, old in self.log_requests.items() if old.ready_at < expired]:
+            del self.log_requests[token]
+        while len(self.log_requests) >= RESULTS_KEPT:
+            del self.log_requests[next(iter(self.log_requests))]  # dicts keep insertion order: the oldest
+        token = secrets.token_urlsafe(16)
+        self.log_requests[token] = request
+        return token
 
     # ================================================================ shutdown
 
@@ -890,6 +971,11 @@ class Market:
                 await asyncio.wait_for(task, 15)
         self.save()
         await self.hosts.shutdown()
+
+
+def _host_wanted(instance: Instance) -> bool:
+    """Whether the instance's host is up, coming up (loading) or not down yet: no execute on its files then."""
+    return instance.phase in HOST_UP or instance.phase in ("loading", "stopping")
 
 
 def _targets(fault: Fault, instance: Instance) -> bool:

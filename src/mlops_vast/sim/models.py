@@ -100,6 +100,9 @@ class Instance:
     address: str | None = None
     sshd_port: int | None = None
     direct_port: int = 22
+    # Docker-style mapping of a direct runtype, "22/tcp" and each -p, to its public port (Market.port_map);
+    # {} for proxy-only instances, None until allocated (state saved before it existed).
+    ports: dict[str, int] | None = None
     instance_api_key: str = ""
     # Faults and machine defects applied to this instance (kind -> parameter).
     faults: dict[str, Any] = field(default_factory=dict)

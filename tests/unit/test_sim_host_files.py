@@ -1,0 +1,217 @@
+"""The simulator's writes into directories an instance can write (bin/, /root/.ssh) never follow a
+symlink the instance planted, and the instance's -p relays (instance_init.py) behave."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlops_vast.sim import instance_init
+from mlops_vast.sim.hosts import MAX_AUTHORIZED_KEYS_BYTES, HostManager, HostSpec, _atomic_write, _Runtime
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyOfTheAccount account"
+
+
+# ------------------------------------------------------------------ _atomic_write
+
+
+def test_atomic_write_does_not_follow_a_planted_tmp_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    (directory / "nvidia-smi.json.tmp").symlink_to(victim)
+    _atomic_write(directory / "nvidia-smi.json", "{}", mode=0o644)
+    assert victim.read_text() == "precious\n"
+    written = directory / "nvidia-smi.json"
+    assert not written.is_symlink() and written.read_text() == "{}"
+    assert oct(written.stat().st_mode & 0o777) == oct(0o644)
+    assert not os.path.lexists(directory / "nvidia-smi.json.tmp")
+
+
+def test_atomic_write_replaces_a_link_at_the_destination(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "hosts").symlink_to(victim)
+    _atomic_write(tmp_path / "hosts", "127.0.0.1 localhost\n")
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "hosts").is_symlink()
+
+
+def test_atomic_write_with_a_directory_descriptor(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "keys.tmp").symlink_to(victim)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _atomic_write("keys", "k\n", mode=0o600, dir_fd=fd)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "keys").read_text() == "k\n" and victim.read_text() == "precious\n"
+
+
+# --------------------------------------------------------------- _seed_root_keys
+
+
+@pytest.fixture
+def seeding(tmp_path: Path) -> tuple[HostManager, _Runtime]:
+    manager = HostManager(tmp_path / "state", mode="namespace")
+    directory = manager.instance_dir(1)
+    for sub in ("etc", "home"):
+        (directory / sub).mkdir(parents=True)
+    spec = HostSpec(instance_id=1, hostname="C.1", disk_gb=10, authorized_keys=[KEY], gpu_spec={})
+    return manager, _Runtime(spec=spec, directory=directory)
+
+
+def test_seeding_goes_through_no_planted_link(seeding: tuple[HostManager, _Runtime], tmp_path: Path) -> None:
+    manager, runtime = seeding
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    ssh_dir = runtime.directory / "home" / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    (ssh_dir / "authorized_keys.tmp").symlink_to(victim)
+    manager._seed_root_keys(runtime, [KEY])
+    assert victim.read_text() == "precious\n"
+    assert not (ssh_dir / "authorized_keys").is_symlink()
+    assert (ssh_dir / "authorized_keys").read_text() == KEY + "\n"
+
+
+@pytest.mark.parametrize("link", [".ssh", ".ssh/authorized_keys"])
+def test_seeding_leaves_a_linked_ssh_dir_or_file_alone(seeding: tuple[HostManager, _Runtime], tmp_path: Path,
+                                                       link: str) -> None:
+    manager, runtime = seeding
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "authorized_keys").write_text("precious\n")
+    home = runtime.directory / "home"
+    if link == ".ssh":
+        (home / ".ssh").symlink_to(elsewhere)
+    else:
+        (home / ".ssh").mkdir()
+        (home / ".ssh" / "authorized_keys").symlink_to(elsewhere / "authorized_keys")
+    manager._seed_root_keys(runtime, [KEY])
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["authorized_keys"]
+    assert (elsewhere / "authorized_keys").read_text() == "precious\n"
+
+
+def test_seeding_reads_a_bounded_regular_file_only(seeding: tuple[HostManager, _Runtime]) -> None:
+    manager, runtime = seeding
+    ssh_dir = runtime.directory / "home" / ".ssh"
+    ssh_dir.mkdir()
+    # A FIFO would block a plain read forever; it is not a regular file, so it is left alone.
+    os.mkfifo(ssh_dir / "authorized_keys")
+    done = threading.Thread(target=manager._seed_root_keys, args=(runtime, [KEY]), daemon=True)
+    done.start()
+    done.join(5)
+    assert not done.is_alive(), "seeding blocked on a FIFO"
+    (ssh_dir / "authorized_keys").unlink()
+    huge = "# padding\n" * (MAX_AUTHORIZED_KEYS_BYTES // 10 + 1)
+    (ssh_dir / "authorized_keys").write_text(huge)
+    manager._seed_root_keys(runtime, [KEY])
+    assert (ssh_dir / "authorized_keys").read_text() == huge
+    (ssh_dir / "authorized_keys").write_text("ssh-ed25519 AAAAmine mine\n")
+    (ssh_dir / "authorized_keys").chmod(0o640)
+    manager._seed_root_keys(runtime, [KEY])
+    assert (ssh_dir / "authorized_keys").read_text() == f"ssh-ed25519 AAAAmine mine\n{KEY}\n"
+    assert (ssh_dir / "authorized_keys").stat().st_mode & 0o777 == 0o640
+
+
+# ------------------------------------------------------------ -p relays (instance_init)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def forwarding(ports: list[list]) -> Iterator[list[socket.socket]]:
+    socks = instance_init.serve_forwards({"listen": "127.0.0.1", "target": "127.0.0.1", "ports": ports})
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the relay thread blocked on it
+            sock.close()
+
+
+def test_a_port_that_cannot_be_bound_fails_them_all() -> None:
+    tcp_public, udp_public = free_port(), free_port(socket.SOCK_DGRAM)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", udp_public))
+        with pytest.raises(OSError, match=f"cannot forward udp port {udp_public} to 7000"):
+            instance_init.serve_forwards({"listen": "127.0.0.1", "target": "127.0.0.1",
+                                          "ports": [["tcp", tcp_public, 8080], ["udp", udp_public, 7000]]})
+    with socket.socket() as again:  # the TCP port it had bound is released
+        again.bind(("127.0.0.1", tcp_public))
+
+
+def test_two_forwarders_cannot_share_a_udp_port() -> None:
+    public = free_port(socket.SOCK_DGRAM)
+    with forwarding([["udp", public, 7000]]), pytest.raises(OSError, match="cannot forward udp"):
+        instance_init.serve_forwards({"listen": "127.0.0.1", "target": "127.0.0.1",
+                                      "ports": [["udp", public, 7001]]})
+
+
+def test_a_half_open_tcp_relay_ends_once_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(instance_init, "TCP_HALF_OPEN_IDLE_S", 0.5)
+    held: list[socket.socket] = []
+
+    def serve(server: socket.socket) -> None:
+        # Answers each request, then neither sends nor closes: half-open once the client is done.
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                held.append(conn)
+                conn.sendall(conn.recv(100).upper())
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        threading.Thread(target=serve, args=(server,), daemon=True).start()
+        public = free_port()
+        with forwarding([["tcp", public, server.getsockname()[1]]]), \
+                socket.create_connection(("127.0.0.1", public), timeout=10) as client:
+            client.sendall(b"ping")
+            assert client.recv(100) == b"PING"
+            client.shutdown(socket.SHUT_WR)
+            started = time.monotonic()
+            assert client.recv(100) == b"", "the relay should close an idle half-open connection"
+            assert time.monotonic() - started < 8
+        server.shutdown(socket.SHUT_RDWR)
+    for conn in held:
+        conn.close()
+
+
+def test_udp_relay_forgets_an_idle_peer_and_serves_it_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(instance_init, "UDP_IDLE_S", 0.3)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as echo:
+        echo.bind(("127.0.0.1", 0))
+        echo.settimeout(0.2)
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    data, peer = echo.recvfrom(100)
+                    echo.sendto(data.upper(), peer)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        public = free_port(socket.SOCK_DGRAM)
+        with forwarding([["udp", public, echo.getsockname()[1]]]), \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            for payload in (b"one", b"two"):
+                client.sendto(payload, ("127.0.0.1", public))
+                assert client.recvfrom(100)[0] == payload.upper()
+                time.sleep(1.0)  # the peer's relay socket times out meanwhile
+        stop.set()
+        thread.join(5)
