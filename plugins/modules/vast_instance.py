@@ -209,7 +209,7 @@ from ..module_utils.vast_common import (
     vast_argument_spec,
     wait_until,
 )
-from ..module_utils.vast_query import QueryError, build_search_body, parse_query
+from ..module_utils.vast_query import QueryError, build_search_body, no_offer_reason, parse_query
 
 RUNTYPES = {"direct": "ssh_direc ssh_proxy", "proxy": "ssh_proxy"}
 # How long to look for an instance a create may have rented despite an error, before moving on.
@@ -365,7 +365,7 @@ class VastInstance:
             if not offers:
                 raise RentFailed(f"offer {self.params['offer_id']} is not on the market (taken, or a wrong id); "
                                  "nothing was rented")
-            parsed = None
+            parsed, names = None, None
         else:
             parsed = parse_query(self.params["query"])
             names = self.client.gpu_names() if parsed.regex.get("gpu_name") else None
@@ -381,13 +381,20 @@ class VastInstance:
                 total += bid - float(offer.get("min_bid") or 0)
             return total
 
-        fitting = [o for o in offers
-                   if o.get("machine_id") not in excluded and (parsed is None or parsed.row_matches(o))
-                   and (max_dph is None or price(o) <= max_dph)]
+        matching = [o for o in offers if parsed is None or parsed.row_matches(o)]
+        if not matching:
+            raise RentFailed(f"{no_offer_reason(parsed, names or self.client.gpu_names())}; nothing was rented")
+        allowed = [o for o in matching if o.get("machine_id") not in excluded]
+        fitting = [o for o in allowed if max_dph is None or price(o) <= max_dph]
         if not fitting:
-            what = (f"offer {self.params['offer_id']}" if parsed is None
-                    else f"no offer matching {self.params['query']!r}")
-            raise RentFailed(f"{what} passes exclude_machines and max_dph; nothing was rented")
+            subject = (f"offer {self.params['offer_id']}" if parsed is None
+                       else f"{len(matching)} offer(s) match {self.params['query']!r}")
+            if not allowed:
+                why = "on machines in exclude_machines only"
+            else:
+                why = (f"the cheapest allowed costs ${min(map(price, allowed)):.4f}/h, over max_dph ${max_dph:g}/h; "
+                       "raise max_dph or loosen the query")
+            raise RentFailed(f"{subject}: {why}; nothing was rented")
         return fitting[: self.params["max_offers"]]
 
     def payload(self) -> dict[str, Any]:

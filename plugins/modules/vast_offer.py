@@ -33,6 +33,8 @@ options:
       - The search query, e.g. C(reliability > 0.95 cuda_vers >= 12.4 gpu_ram >= 24 num_gpus=1).
       - Numbers of GB (C(gpu_ram), C(cpu_ram)) are GB as in the CLI; C(_) stands for a space.
       - A query that does not parse fails before any request, naming the bad token.
+      - No offers is a result (RV(count) 0), except when a C(gpu_name) in the query is no GPU on the
+        market: that fails, listing the names there are (a misspelt model is the usual cause).
     type: str
     default: ""
   order:
@@ -138,7 +140,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ..module_utils.vast_api import Deadline, VastError
 from ..module_utils.vast_common import client_for, error_result, normalise_offer, vast_argument_spec
-from ..module_utils.vast_query import QueryError, build_search_body, parse_query
+from ..module_utils.vast_query import QueryError, build_search_body, no_offer_reason, parse_query
 
 # Ask the server for more than `limit` so client-side exclusions still leave enough rows.
 OVERFETCH = 64
@@ -185,10 +187,14 @@ def main() -> None:
         module.fail_json(msg=f"storage must be a positive number of GB, got {params['storage']:g}")
     try:
         # Parse first: a bad query must fail before any request, and without needing a key.
-        parse_query(params["query"] or "", defaults=params["default_filters"])
+        parsed = parse_query(params["query"] or "", defaults=params["default_filters"])
         deadline = Deadline(max(params["api_timeout"] * 4, 60))
         with client_for(params, deadline, need_key=False) as client:
             offers, body = search(client, params)
+            # An empty answer is a fine answer, unless it is empty because a GPU name is misspelt.
+            names = client.gpu_names() if not offers and parsed.filters.get("gpu_name") else []
+            if names and parsed.unknown_gpu_names(names):
+                module.fail_json(msg=no_offer_reason(parsed, names), search=body)
     except QueryError as exc:
         module.fail_json(msg=f"Invalid query: {exc}")
     except VastError as exc:

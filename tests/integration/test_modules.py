@@ -66,6 +66,15 @@ def test_vast_offer_rejects_a_bad_query_before_any_request(tmp_path: Path) -> No
     assert "Traceback" not in json.dumps(result)
 
 
+def test_vast_offer_names_a_misspelt_gpu_but_an_empty_market_is_an_answer(sim: Sim, tmp_path: Path) -> None:
+    env = ansible_env(sim, tmp_path)
+    result = run_task("mlops.vast.vast_offer", {"query": "gpu_name=RTX_4099 num_gpus=1"}, env, tmp_path)
+    assert result["failed"] and "no GPU on the market is called 'RTX 4099'" in result["msg"], result
+    assert "RTX 4090" in result["msg"], "the message lists the names that exist"
+    empty = run_task("mlops.vast.vast_offer", {"query": "gpu_name=RTX_4090 num_gpus=1 gpu_ram > 4000"}, env, tmp_path)
+    assert not empty.get("failed") and empty["count"] == 0, empty
+
+
 def test_rent_is_idempotent_check_mode_rents_nothing_absent_twice(sim: Sim, tmp_path: Path) -> None:
     env = ansible_env(sim, tmp_path)
     args = {"label": "idem", "query": good_query(sim), "image": IMAGE, "disk": 12, "state": "present"}
@@ -283,7 +292,10 @@ def test_absent_destroys_every_instance_with_the_label(sim: Sim, tmp_path: Path)
 
 @pytest.mark.parametrize(("args", "words"), [
     ({}, "renting needs offer_id or query"),
-    ({"query": "num_gpus=1", "max_dph": 0.0001}, "passes exclude_machines and max_dph"),
+    ({"query": "num_gpus=1", "max_dph": 0.0001}, "over max_dph $0.0001/h; raise max_dph"),
+    ({"query": "gpu_name=RTX_9999 num_gpus=1"}, "no GPU on the market is called 'RTX 9999'"),
+    ({"query": "gpu_name in [H200_NVL,B300] num_gpus=1"}, "no GPU on the market is called 'H200 NVL', 'B300'"),
+    ({"query": "num_gpus=1 gpu_ram > 4000"}, "no offer on the market matches"),
     ({"offer_id": 1}, "offer 1 is not on the market"),
     ({"query": "num_gpus=1", "disk": -5}, "disk must be at least 8 GB"),
     ({"query": "num_gpus=1", "disk": 4}, "disk must be at least 8 GB"),
@@ -303,6 +315,7 @@ def test_offer_id_respects_max_dph_and_exclusions(sim: Sim, tmp_path: Path) -> N
         result = run_task("mlops.vast.vast_instance", {"label": "pricey", "image": IMAGE, "offer_id": offer["id"],
                                                        **extra}, env, tmp_path)
         assert result["failed"] and "nothing was rented" in result["msg"], result
+        assert ("max_dph" if "max_dph" in extra else "exclude_machines") in result["msg"], result
     assert open_instances(sim) == []
 
 
