@@ -34,7 +34,7 @@ options:
       - Numbers of GB (C(gpu_ram), C(cpu_ram)) are GB as in the CLI; C(_) stands for a space.
       - A query that does not parse fails before any request, naming the bad token.
       - No offers is a result (RV(count) 0), except when a C(gpu_name) in the query is no GPU on the
-        market: that fails, listing the names there are (a misspelt model is the usual cause).
+        market; then it fails, listing the names there are (a misspelt model is the usual cause).
     type: str
     default: ""
   order:
