@@ -147,13 +147,18 @@ def ssh_run(host: str, port: int, key: Path, command: str, user: str = "root",
                           capture_output=True, text=True, timeout=timeout)
 
 
-def rent(client: httpx.Client, query: dict | None = None, **body: object) -> int:
-    """Rent the cheapest good offer matching `query` and return the instance id."""
+def cheapest_good_offer(client: httpx.Client, query: dict | None = None) -> dict:
+    """The cheapest offer matching `query` that is not on one of the catalogue's deliberately bad hosts."""
     search = {"verified": {"eq": True}, "rentable": {"eq": True}, "order": [["dph_total", "asc"]],
               "limit": 50, **(query or {})}
     offers = client.post("/api/v0/bundles/", json=search).json()["offers"]
     bad = {m["machine_id"] for m in client.get("/_sim/machines").json()["machines"] if m["defects"]}
-    offer = next(o for o in offers if o["machine_id"] not in bad)
+    return next(o for o in offers if o["machine_id"] not in bad)
+
+
+def rent(client: httpx.Client, query: dict | None = None, **body: object) -> int:
+    """Rent the cheapest good offer matching `query` and return the instance id."""
+    offer = cheapest_good_offer(client, query)
     payload = {"client_id": "me", "image": "pytorch/pytorch", "disk": 10, "runtype": "ssh_direc ssh_proxy",
                "cancel_unavail": True, **body}
     response = client.put(f"/api/v0/asks/{offer['id']}/", json=payload)

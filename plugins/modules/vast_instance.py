@@ -383,7 +383,9 @@ class VastInstance:
 
         matching = [o for o in offers if parsed is None or parsed.row_matches(o)]
         if not matching:
-            raise RentFailed(f"{no_offer_reason(parsed, names or self.client.gpu_names())}; nothing was rented")
+            if names is None:  # the names are only needed to tell a misspelt gpu_name, as vast_offer does
+                names = self.client.gpu_names() if parsed.filters.get("gpu_name") else []
+            raise RentFailed(f"{no_offer_reason(parsed, names)}; nothing was rented")
         allowed = [o for o in matching if o.get("machine_id") not in excluded]
         fitting = [o for o in allowed if max_dph is None or price(o) <= max_dph]
         if not fitting:

@@ -121,12 +121,17 @@ def test_stop_and_start_by_label(sim: Sim, tmp_path: Path) -> None:
     assert open_instances(sim) == []
 
 
-def test_duplicate_labels_are_an_error_never_a_third_instance(sim: Sim, tmp_path: Path) -> None:
-    env = ansible_env(sim, tmp_path)
+def rent_twins(sim: Sim) -> None:
+    """Two instances labelled "twin", rented behind the modules' back (as another controller might)."""
     with sim.client() as client:
         offers = client.post("/api/v0/bundles/", json={"order": [["dph_total", "asc"]], "limit": 2}).json()
         for offer in offers["offers"]:
             client.put(f"/api/v0/asks/{offer['id']}/", json={"client_id": "me", "image": "x", "label": "twin"})
+
+
+def test_duplicate_labels_are_an_error_never_a_third_instance(sim: Sim, tmp_path: Path) -> None:
+    env = ansible_env(sim, tmp_path)
+    rent_twins(sim)
     result = run_task("mlops.vast.vast_instance", {"label": "twin", "query": good_query(sim), "image": IMAGE},
                       env, tmp_path)
     assert result["failed"] and "2 live instances carry the label 'twin'" in result["msg"]
@@ -281,10 +286,7 @@ def test_unwritable_ledger_rents_nothing(sim: Sim, tmp_path: Path) -> None:
 
 def test_absent_destroys_every_instance_with_the_label(sim: Sim, tmp_path: Path) -> None:
     env = ansible_env(sim, tmp_path)
-    with sim.client() as client:
-        offers = client.post("/api/v0/bundles/", json={"order": [["dph_total", "asc"]], "limit": 2}).json()
-        for offer in offers["offers"]:
-            client.put(f"/api/v0/asks/{offer['id']}/", json={"client_id": "me", "image": "x", "label": "twin"})
+    rent_twins(sim)
     result = run_task("mlops.vast.vast_instance", {"label": "twin", "state": "absent"}, env, tmp_path)
     assert result["changed"] and len(result["destroyed"]) == 2
     assert open_instances(sim) == []

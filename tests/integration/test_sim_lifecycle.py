@@ -15,6 +15,7 @@ from tests.conftest import (
     API_KEY,
     IS_ROOT,
     Sim,
+    cheapest_good_offer,
     leftovers,
     rent,
     running_sim,
@@ -197,10 +198,7 @@ def test_out_of_credit_stops_instances_but_storage_still_bills(sim: Sim) -> None
 
 def test_bid_instance_outbid_and_resumed_by_raising_the_bid(sim: Sim) -> None:
     with sim.client() as client:
-        offers = client.post("/api/v0/bundles/", json={"type": "bid", "order": [["dph_total", "asc"]],
-                                                       "limit": 50}).json()["offers"]
-        bad = {m["machine_id"] for m in client.get("/_sim/machines").json()["machines"] if m["defects"]}
-        offer = next(o for o in offers if o["machine_id"] not in bad)
+        offer = cheapest_good_offer(client, {"type": "bid"})
         bid = round(offer["min_bid"] * 1.5, 4)
         created = client.put(f"/api/v0/asks/{offer['id']}/", json={"client_id": "me", "image": "x", "disk": 10,
                                                                    "price": bid}).json()

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import API_KEY, IS_ROOT, REPO, SSH_OPTIONS, Sim, rent, running_sim, wait_status
+from tests.conftest import API_KEY, IS_ROOT, REPO, SSH_OPTIONS, Sim, cheapest_good_offer, rent, running_sim, wait_status
 from tests.integration.ansible_run import ANSIBLE_BIN, ansible_env
 from tests.integration.test_sim_lifecycle import direct_endpoint, register_key
 
@@ -293,10 +293,7 @@ def test_destroyed_instance_mid_watch_is_instance_gone(wsim: Sim, ssh_key: Path,
 
 def test_outbid_instance_is_instance_gone(wsim: Sim, ssh_key: Path, tmp_path: Path) -> None:
     with wsim.client() as client:
-        offers = client.post("/api/v0/bundles/", json={"type": "bid", "order": [["dph_total", "asc"]],
-                                                       "limit": 50}).json()["offers"]
-        bad = {m["machine_id"] for m in client.get("/_sim/machines").json()["machines"] if m["defects"]}
-        offer = next(o for o in offers if o["machine_id"] not in bad)
+        offer = cheapest_good_offer(client, {"type": "bid"})
         bid = round(offer["min_bid"] * 1.5, 4)
         created = client.put(f"/api/v0/asks/{offer['id']}/", json={"client_id": "me", "image": "x", "disk": 10,
                                                                    "price": bid, "label": "watch-bid",
