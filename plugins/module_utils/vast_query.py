@@ -188,26 +188,33 @@ class ParsedQuery:
         return True
 
     def unknown_gpu_names(self, gpu_names: Iterable[str]) -> list[str]:
-        """The ``gpu_name =``/``in`` values that no GPU on the market is called (case and _ ignored).
+        """The ``gpu_name =``/``in`` values that no GPU on the market is called (_ read as a space).
 
+        Case counts, as in the server's comparison: ``rtx_4090`` finds nothing, so it is unknown too.
         Only asked once a search came back empty: the list holds what is listed now, so a real model
         that is simply not offered today would also be "unknown", which is still why nothing matched.
         """
-        known = {str(name).replace("_", " ").casefold() for name in gpu_names}
+        known = {str(name).replace("_", " ") for name in gpu_names}
         condition = self.filters.get("gpu_name") or {}
         wanted = [condition["eq"]] if isinstance(condition.get("eq"), str) else []
         wanted += [value for value in condition.get("in") or [] if isinstance(value, str)]
-        return [name for name in wanted if name.replace("_", " ").casefold() not in known]
+        return [name for name in wanted if name.replace("_", " ") not in known]
 
 
 def no_offer_reason(parsed: ParsedQuery, gpu_names: Iterable[str]) -> str:
     """Why a search found no offer at all, in words that say what to change."""
-    names = [str(name).replace("_", " ") for name in gpu_names]
+    names = sorted({str(name).replace("_", " ") for name in gpu_names})
     unknown = parsed.unknown_gpu_names(names)
     if unknown:
-        sample = ", ".join(sorted(set(names))[:12]) or "(none)"
+        by_case = {name.casefold(): name for name in names}
+        hints = [f"{name!r} is written {by_case[name.replace('_', ' ').casefold()]!r}" for name in unknown
+                 if name.replace("_", " ").casefold() in by_case]
+        if hints:
+            return (f"no GPU on the market is called {', '.join(map(repr, unknown))}: names are case-sensitive "
+                    f"({'; '.join(hints)})")
+        sample = ", ".join(names[:12]) or "(none)"
         return (f"no GPU on the market is called {', '.join(map(repr, unknown))}; names on the market now: "
-                f"{sample}. Write them as the CLI does (RTX_4090 or 'RTX 4090'), or use gpu_name ~ REGEX")
+                f"{sample}. Write them as the CLI does (RTX_4090 or \"RTX 4090\"), or use gpu_name ~ REGEX")
     return f"no offer on the market matches {parsed.text!r}; loosen the query"
 
 

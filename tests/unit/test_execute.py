@@ -182,7 +182,11 @@ def test_results_are_bounded(sim_market: market.Market, monkeypatch: pytest.Monk
     assert len(sim_market.log_requests) < len(tokens)
     assert len(sim_market.log_requests) == market.RESULTS_KEPT
     assert list(sim_market.log_requests) == tokens[-market.RESULTS_KEPT:]  # the newest
-    later = sim_market.log_requests[tokens[-1]].ready_at + market.RESULT_TTL_S + 1
+    ready = sim_market.log_requests[tokens[-1]].ready_at
+    monkeypatch.setattr(market.time, "time", lambda: ready + 1)
+    assert sim_market.result_text(tokens[-1]) is not None
+    later = ready + market.RESULT_TTL_S + 1
     monkeypatch.setattr(market.time, "time", lambda: later)
+    assert sim_market.result_text(tokens[-1]) is None, "an expired result is gone even before the next request"
     fresh = sim_market.request_logs(account, instance.id, {})
     assert list(sim_market.log_requests) == [fresh]  # the others expired

@@ -28,12 +28,15 @@ def test_atomic_write_does_not_follow_a_planted_tmp_link(tmp_path: Path) -> None
     directory = tmp_path / "bin"
     directory.mkdir()
     (directory / "nvidia-smi.json.tmp").symlink_to(victim)
+    # A directory where a predictable temporary name would go must not make every later write fail.
+    (directory / "nvidia-smi.json.tmp.d").mkdir()
     _atomic_write(directory / "nvidia-smi.json", "{}", mode=0o644)
     assert victim.read_text() == "precious\n"
     written = directory / "nvidia-smi.json"
     assert not written.is_symlink() and written.read_text() == "{}"
     assert oct(written.stat().st_mode & 0o777) == oct(0o644)
-    assert not os.path.lexists(directory / "nvidia-smi.json.tmp")
+    leftovers = sorted(p.name for p in directory.iterdir())
+    assert leftovers == ["nvidia-smi.json", "nvidia-smi.json.tmp", "nvidia-smi.json.tmp.d"], "no temporary file left"
 
 
 def test_atomic_write_replaces_a_link_at_the_destination(tmp_path: Path) -> None:
@@ -215,3 +218,36 @@ def test_udp_relay_forgets_an_idle_peer_and_serves_it_again(monkeypatch: pytest.
                 time.sleep(1.0)  # the peer's relay socket times out meanwhile
         stop.set()
         thread.join(5)
+
+
+def test_a_port_is_never_relayed_to_itself() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(OSError, match="to itself"):
+        instance_init.serve_forwards({"listen": "127.0.0.1", "target": "127.0.0.1", "ports": [["tcp", port, port]]})
+
+
+def test_loopback_public_ports_never_take_a_container_port(tmp_path: Path) -> None:
+    from mlops_vast.sim import market
+
+    def first_rent(state: Path, env: dict[str, str]) -> dict[str, int]:
+        sim = market.Market(state, speed=100.0, hosts=HostManager(state, mode="loopback"))
+        account = next(iter(sim.accounts.values()))
+        offer = next(iter(sim.catalog.offers))
+        body = {"image": "pytorch/pytorch", "disk": 10, "runtype": "ssh_direc ssh_proxy", "env": env}
+        instance, _started = sim.create_instance(account, offer, body)
+        return dict(instance.ports)
+
+    state = tmp_path / "state"
+    state.mkdir()
+    # Where the allocator puts this instance's block when nothing is in the way ...
+    probe = first_rent(state, {"-p 5000:5000": "1"})
+    chosen = probe["22/tcp"]
+    for path in list(state.iterdir()):
+        if path.is_file():
+            path.unlink()
+    # ... is exactly where the same instance's app now wants to listen: the block must go elsewhere.
+    ports = first_rent(state, {f"-p {chosen}:{chosen}": "1"})
+    assert ports.keys() == {"22/tcp", f"{chosen}/tcp"}
+    assert chosen not in ports.values(), ports

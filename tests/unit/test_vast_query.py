@@ -32,6 +32,7 @@ from ansible_collections.mlops.vast.plugins.module_utils.vast_query import (
     ParsedQuery,
     QueryError,
     build_search_body,
+    no_offer_reason,
     parse_order,
     parse_query,
 )
@@ -471,3 +472,27 @@ def test_build_search_body_options() -> None:
         build_search_body("", limit="seven")
     with pytest.raises(QueryError, match=r"storage_gb must be a finite number"):
         build_search_body("", storage_gb=float("nan"))
+
+
+MARKET_NAMES = ["RTX_4090", "H100 SXM", "A100 PCIE"]
+
+
+@pytest.mark.parametrize(("query", "unknown"), [
+    ("gpu_name=RTX_4090", []),
+    ('gpu_name="H100 SXM"', []),
+    ("gpu_name=RTX_9999", ["RTX 9999"]),
+    ("gpu_name=rtx_4090", ["rtx 4090"]),  # the server compares case-sensitively: this finds nothing
+    ("gpu_name in [RTX_4090,B300]", ["B300"]),
+    ("num_gpus=1", []),
+])
+def test_unknown_gpu_names(query: str, unknown: list[str]) -> None:
+    assert parse_query(query).unknown_gpu_names(MARKET_NAMES) == unknown
+
+
+def test_no_offer_reason_says_what_to_change() -> None:
+    misspelt = no_offer_reason(parse_query("gpu_name=RTX_9999"), MARKET_NAMES)
+    assert "'RTX 9999'" in misspelt and "A100 PCIE, H100 SXM, RTX 4090" in misspelt
+    wrong_case = no_offer_reason(parse_query("gpu_name=rtx_4090"), MARKET_NAMES)
+    assert "case-sensitive" in wrong_case and "'rtx 4090' is written 'RTX 4090'" in wrong_case
+    plain = no_offer_reason(parse_query("gpu_ram > 4000"), MARKET_NAMES)
+    assert plain == "no offer on the market matches 'gpu_ram > 4000'; loosen the query"

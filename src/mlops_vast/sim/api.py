@@ -305,10 +305,10 @@ class Api:
 
     async def results(self, request: Request) -> Response:
         # Vast serves these from object storage: unauthenticated, 404 until uploaded.
-        found = self.market.log_requests.get(request.path_params["token"])
-        if found is None or found.text is None or time.time() < found.ready_at:
+        text = self.market.result_text(request.path_params["token"])
+        if text is None:
             return PlainTextResponse("<Error><Code>NoSuchKey</Code></Error>", status_code=404)
-        return PlainTextResponse(found.text)
+        return PlainTextResponse(text)
 
     # ------------------------------------------------------------ ssh keys
 

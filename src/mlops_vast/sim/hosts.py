@@ -33,6 +33,7 @@ import ipaddress
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -830,18 +831,24 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 def _atomic_write(path: Path | str, text: str, mode: int = 0o600, *, dir_fd: int | None = None) -> None:
     """Replace ``path`` with a file holding ``text``, never writing through a symlink.
 
-    Instances can write some of the directories written here (bin/, /root/.ssh), so a stale or
-    planted ``<name>.tmp`` is removed, the new one is created exclusively without following links,
-    and renamed over ``path`` (a rename replaces a symlink, it does not follow it). With ``dir_fd``,
-    ``path`` is a name in that directory (opened by the caller without following links).
+    Instances can write some of the directories written here (bin/, /root/.ssh), so the temporary
+    file gets a fresh random name, is created exclusively without following links (nothing planted
+    can stand in for it, and nothing stale has to be removed first), and is renamed over ``path`` (a
+    rename replaces a symlink, it does not follow it). With ``dir_fd``, ``path`` is a name in that
+    directory (opened by the caller without following links).
     """
     name = str(path)
-    tmp = name + ".tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp, dir_fd=dir_fd)
     # The mode is set at creation: these files may hold the user's env and keys.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+    for _attempt in range(8):
+        tmp = f"{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name beside {name}")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

@@ -18,6 +18,7 @@ interpreter that runs it may live under /root (pyenv).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -121,6 +122,9 @@ def serve_forwards(spec: dict) -> list[socket.socket]:
     bound = []  # (relay loop, socket, target)
     try:
         for proto, public, container in spec.get("ports", []):
+            if spec["listen"] == spec["target"] and int(public) == int(container):
+                # Relaying a port to itself would accept connections to itself until fds run out.
+                raise OSError(errno.EINVAL, f"cannot forward {proto} port {public} to itself")
             try:
                 if proto == "udp":
                     # No SO_REUSEADDR: for UDP it would let a second socket bind the same port.

@@ -818,11 +818,15 @@ class Market:
                 key = f"{int(number)}/{'udp' if proto == 'udp' else 'tcp'}"
                 if key not in keys:
                     keys.append(key)
+        container = {int(key.split("/")[0]) for key in keys[1:]}
         if self.hosts.mode == "loopback":
-            taken: set[int] = set()
+            # Container ports too, this instance's and everyone's: on the shared 127.0.0.1 a public port
+            # equal to one would relay to itself, or keep the app from binding its own port.
+            taken: set[int] = set(container)
             for other in self.instances.values():
                 if other.id != instance.id:
                     taken.update((other.ports or {}).values())
+                    taken.update(int(key.split("/")[0]) for key in other.ports or {} if key != "22/tcp")
                     # The proxy serves SSH one port above ssh_port for jupyter runtypes.
                     taken.update(p + bump for p in (other.proxy_port, other.sshd_port) if p for bump in (0, 1))
             hint = int(self.hosts.tag, 16) * 7919 + instance.id * 16
@@ -835,7 +839,6 @@ class Market:
             instance.sshd_port = instance.direct_port = first
             instance.ports = {key: first + index for index, key in enumerate(keys)}
             return
-        container = {int(key.split("/")[0]) for key in keys[1:]}
         port = instance.direct_port
         if port + len(keys) + len(container) > 65_535:
             port = 40_000  # room for every port, even with each container port in the way
@@ -907,7 +910,7 @@ class Market:
             command = execute.parse(body.get("command"), self.hosts.mode)
         except execute.CommandError as exc:
             raise VastError(400, "invalid_args", str(exc)) from None
-        if _host_wanted(instance) or instance.cur_state != "stopped":
+        if not _files_at_rest(instance):
             raise VastError(400, "invalid_args", "Execute command only avail on stopped instances. "
                             "Use ssh to run commands on running instances.")
         request = LogRequest(instance.id, time.time() + self.timing("logs_upload"), None)
@@ -919,7 +922,7 @@ class Market:
             # started loading meanwhile, and its host must never come up on files the command changes.
             if self.instances.get(instance.id) is not instance:
                 return "the instance was destroyed; the command did not run."
-            if _host_wanted(instance):
+            if not _files_at_rest(instance):
                 return "the instance is starting; the command did not run. Use ssh to run commands on it."
             return None
 
@@ -942,6 +945,14 @@ class Market:
 
         self._host_ops[instance.id] = asyncio.ensure_future(run())
         return token, self.hosts.writeable_path(instance.id)
+
+    def result_text(self, token: str) -> str | None:
+        """A result's text once it is "uploaded" and until it expires (RESULT_TTL_S); None otherwise."""
+        found = self.log_requests.get(token)
+        now = time.time()
+        if found is None or found.text is None or not found.ready_at <= now < found.ready_at + RESULT_TTL_S:
+            return None
+        return found.text
 
     def _add_result(self, request: LogRequest) -> str:
         """Keep a request_logs or execute result for its URL; returns its token.
@@ -973,9 +984,13 @@ class Market:
         await self.hosts.shutdown()
 
 
-def _host_wanted(instance: Instance) -> bool:
-    """Whether the instance's host is up, coming up (loading) or not down yet: no execute on its files then."""
-    return instance.phase in HOST_UP or instance.phase in ("loading", "stopping")
+def _files_at_rest(instance: Instance) -> bool:
+    """Whether execute may touch the instance's files: stopped, and not on its way up or down.
+
+    One test for the request and for the re-check right before running: a scheduling instance counts
+    as stopped, but once it moves on (provisioning, created, loading) its cur_state says running.
+    """
+    return instance.cur_state == "stopped" and instance.phase not in HOST_UP and instance.phase != "stopping"
 
 
 def _targets(fault: Fault, instance: Instance) -> bool:
