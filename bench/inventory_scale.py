@@ -203,7 +203,7 @@ def bench_in_process(sim: Sim, cfgs: dict[str, Path], env: dict[str, str], count
         from ansible.plugins.loader import init_plugin_loader, inventory_loader
 
         init_plugin_loader([str(REPO / ".collections")])
-        from ansible_collections.mlops.vast.plugins.module_utils.vast_api import VastClient
+        from ansible_collections.mlops.vast.plugins.module_utils.api_client import VastClient
 
         if inventory_loader.get(PLUGIN) is None:
             raise BenchError(f"inventory_loader cannot find {PLUGIN}")

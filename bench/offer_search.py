@@ -10,8 +10,9 @@ one warm-up round, which also fills the CLI's caches) of, interleaved:
 3. ``vastai search offers '<query>' -o <order> --limit N --storage GB -t TYPE --raw`` (the official CLI 1.9.1);
 4. where the time goes: ``ansible-playbook`` with one ``ansible.builtin.ping`` task (start-up plus one
    module run on localhost) and with one ``meta: noop`` task (start-up and the play, no module run),
-   ``vastai --version`` (the CLI's start-up), and in-process: the module's own ``search()`` through
-   the collection's ``VastClient``, and one bare httpx ``POST /api/v0/bundles/`` of the same body.
+   ``vastai --version`` (the CLI's start-up), and in-process: the module's own offer selection
+   (``select_offers()``) through the collection's ``VastClient``, and one bare httpx
+   ``POST /api/v0/bundles/`` of the same body.
 
 Every run of 1, 2, 3 and the in-process search must return the same offer ids in the same order.
 
@@ -65,7 +66,7 @@ LABELS = {
     "vastai_version": "vastai --version",
     "python": "python -c pass",
     "python_httpx": "python -c 'import httpx'",
-    "search": "in-process: vast_offer.search()",
+    "search": "in-process: offer_selection.select_offers()",
     "http": "in-process: new httpx.Client + POST /bundles/",
 }
 
@@ -169,31 +170,36 @@ def run_one(sim: Sim, name: str, argv: list[str], env: dict[str, str], ids_of: C
 
 def in_process_variants(sim: Sim, search: Search, ansible_env: dict[str, str],
                         results: dict[str, Any]) -> dict[str, Callable[[], list[int] | None]]:
-    """The module's own work without ansible: its search() through VastClient, and the bare request."""
+    """The module's own work without ansible: select_offers() through VastClient, and the bare request."""
     keys = ("ANSIBLE_CONFIG", "ANSIBLE_LOCAL_TEMP", "VAST_URL", "VAST_API_KEY", "XDG_CONFIG_HOME")
     with environment({k: ansible_env[k] for k in keys}):
         t0 = time.perf_counter()
         # .collections is on sys.path in the virtualenv (the _mlops_vast.pth file).
-        from ansible_collections.mlops.vast.plugins.module_utils.vast_api import Deadline as VastDeadline
-        from ansible_collections.mlops.vast.plugins.module_utils.vast_common import client_for
-        from ansible_collections.mlops.vast.plugins.modules import vast_offer
+        from ansible_collections.mlops.vast.plugins.module_utils.api_client import VastClient
+        from ansible_collections.mlops.vast.plugins.module_utils.offer_selection import (
+            OVERFETCH,
+            OfferRequest,
+            select_offers,
+        )
+        from ansible_collections.mlops.vast.plugins.module_utils.vast_query import build_search_body
+        from ansible_collections.mlops.vast.plugins.module_utils.waiting import Deadline as VastDeadline
 
         results["module_import_s"] = time.perf_counter() - t0
-    params = {"api_key": sim.api_key, "api_url": sim.url, "api_timeout": 30.0, "default_filters": True,
-              "exclude_machines": [], "max_dph": None, **search.module_args()}
+    params = {"api_key": sim.api_key, "api_url": sim.url, "api_timeout": 30.0}
+    request = OfferRequest(query=search.query, order=search.order, offer_type=search.type, storage_gb=search.storage,
+                           limit=search.limit)
     body: dict[str, Any] = {}
 
     def module_search() -> list[int]:
-        with client_for(params, VastDeadline(60)) as client:
-            offers, sent = vast_offer.search(client, params)
-        body.update(sent)
-        return [int(offer["id"]) for offer in offers]
+        with VastClient.from_options(params, VastDeadline(60)) as client:
+            selection = select_offers(client, request)
+        body.update(selection.body)
+        return [int(offer["id"]) for offer in selection.offers]
 
     def bare_request() -> None:
         # A fresh client, as each run of the module or the CLI has; the module's own body.
-        sent = body or vast_offer.build_search_body(
-            search.query, order=search.order, offer_type=search.type, limit=search.limit + vast_offer.OVERFETCH,
-            storage_gb=search.storage)
+        sent = body or build_search_body(search.query, order=search.order, offer_type=search.type,
+                                         limit=search.limit + OVERFETCH, storage_gb=search.storage)
         with httpx.Client(base_url=sim.url, headers={"Authorization": f"Bearer {sim.api_key}"}, timeout=60) as http:
             response = http.post("/api/v0/bundles/", json=sent)
             response.raise_for_status()

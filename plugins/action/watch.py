@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """mlops.vast.watch: one blocking task on the controller that watches a training run in tmux on
 the rented host until it completes, crashes, stalls, outlives its max runtime or loses its
-instance. Documentation: plugins/modules/watch.py. Decisions: module_utils/watch_logic.py.
+instance. Documentation: plugins/modules/watch.py. What a poll asks and reads: plugin_utils/host_poll.py;
+the log: plugin_utils/training_log.py; the decisions: plugin_utils/watch_decisions.py.
 
 The task targets the rented host; every poll is one short shell command over that host's own
 connection (``_low_level_execute_command``), so SSH options, ControlPersist, keys and become come
@@ -26,33 +27,33 @@ from typing import Any
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure, AnsibleError
 from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
-from ansible_collections.mlops.vast.plugins.module_utils.vast_api import (
-    Deadline,
+from ansible_collections.mlops.vast.plugins.module_utils.api_client import VastClient, resolve_api_key
+from ansible_collections.mlops.vast.plugins.module_utils.errors import (
     VastAuthError,
     VastConfigError,
     VastError,
     VastNotFound,
-    resolve_api_key,
 )
-from ansible_collections.mlops.vast.plugins.module_utils.vast_common import client_for, vast_argument_spec
-from ansible_collections.mlops.vast.plugins.module_utils.watch_logic import (
+from ansible_collections.mlops.vast.plugins.module_utils.vast_module import auth_argument_spec
+from ansible_collections.mlops.vast.plugins.module_utils.waiting import Deadline
+from ansible_collections.mlops.vast.plugins.plugin_utils.host_poll import PollRequest, parse_poll, poll_script
+from ansible_collections.mlops.vast.plugins.plugin_utils.redaction import redact_text, redacted
+from ansible_collections.mlops.vast.plugins.plugin_utils.training_log import (
     DEFAULT_SUMMARY_REGEX,
     DEFAULT_TRACEBACK_REGEX,
     LAST_LINES,
+    LogFollower,
+    metrics_from_tail,
+)
+from ansible_collections.mlops.vast.plugins.plugin_utils.watch_decisions import (
     OUTCOMES,
     Limits,
-    LogFollower,
     Observation,
-    PollRequest,
     StallClock,
     decide,
     describe_progress,
     instance_verdict,
-    metrics_from_tail,
-    parse_poll,
     parse_timestamp,
-    plain,
-    poll_script,
     started_from_status,
 )
 
@@ -83,7 +84,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "fail_on": {"type": "list", "elements": "str", "choices": list(OUTCOMES),
                 "default": [o for o in OUTCOMES if o != "completed"]},
     "timeout": {"type": "float", "default": 0.0},
-    **vast_argument_spec(),
+    **auth_argument_spec(),
 }
 
 # A poll command that has not answered after this long is treated as a dropped connection.
@@ -241,7 +242,7 @@ class Watcher:
             return
         with contextlib.suppress(VastConfigError):
             self.api_key = resolve_api_key(self.p["api_key"])[0]
-        self.client = client_for(self.p, Deadline(self._api_budget()))
+        self.client = VastClient.from_options(self.p, Deadline(self._api_budget()))
 
     def _api_budget(self) -> float:
         return max(2 * (self.p["api_timeout"] or 30.0), 30.0)
@@ -568,9 +569,9 @@ class ActionModule(ActionBase):
                 watcher.close(outcome)
             out = watcher.result(outcome, msg)
         except AnsibleActionFail as exc:
-            raise AnsibleActionFail(plain(str(exc), self._secrets(params, watcher))) from None
+            raise AnsibleActionFail(redact_text(str(exc), self._secrets(params, watcher))) from None
         out["failed"] = outcome in params["fail_on"]
-        result.update(plain(out, self._secrets(params, watcher)))
+        result.update(redacted(out, self._secrets(params, watcher)))
         return result
 
     @staticmethod

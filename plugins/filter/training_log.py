@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any
 
-from ..module_utils.watch_logic import (
+from ..plugin_utils.training_log import (
     DEFAULT_SUMMARY_REGEX,
     DEFAULT_TRACEBACK_REGEX,
     parse_record,

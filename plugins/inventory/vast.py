@@ -183,22 +183,14 @@ from ansible.errors import AnsibleParserError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
 
-from ..module_utils.vast_api import (
-    Deadline,
-    VastAPIError,
-    VastAuthError,
-    VastClient,
-    VastError,
-    resolve_api_key,
-    resolve_base_url,
-)
-from ..module_utils.vast_common import ssh_endpoint
+from ..module_utils.api_client import VastClient, resolve_api_key, resolve_base_url
+from ..module_utils.errors import VastAPIError, VastAuthError, VastError
+from ..module_utils.rows import ssh_endpoint
+from ..module_utils.waiting import Deadline
+from ..plugin_utils.redaction import redact_text, redacted
 
 GROUP = "vast"
 CACHE_FORMAT = 1
-REDACTED = "********"
-# A key shorter than this is not searched for in data (it would redact ordinary words).
-MIN_SCRUB_LENGTH = 8
 
 
 def label_matches(label: str | None, prefix: str | None, pattern: re.Pattern[str] | None) -> bool:
@@ -206,21 +198,6 @@ def label_matches(label: str | None, prefix: str | None, pattern: re.Pattern[str
     if prefix and not (label or "").startswith(prefix):
         return False
     return not (pattern is not None and not pattern.search(label or ""))
-
-
-def scrub(value: Any, secret: str | None) -> Any:
-    """A JSON-safe deep copy of ``value`` with ``secret`` redacted from every string in it."""
-    if isinstance(value, Mapping):
-        return {to_text(scrub(k, secret)): scrub(v, secret) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v, secret) for v in value]
-    if isinstance(value, str):
-        if secret and len(secret) >= MIN_SCRUB_LENGTH and secret in value:
-            return value.replace(secret, REDACTED)
-        return value
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    return scrub(to_text(value), secret)
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -309,11 +286,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         except Exception as exc:  # any other failure becomes one clear parser error
             raise AnsibleParserError(self._redact(
                 f"mlops.vast.vast: listing instances at {base_url} failed: {type(exc).__name__}: {exc}")) from None
-        return [scrub(row, key) for row in rows if isinstance(row, Mapping)]
+        return [redacted(row, (key,)) for row in rows if isinstance(row, Mapping)]
 
     def _redact(self, text: str) -> str:
-        key = self._api_key
-        return text.replace(key, REDACTED) if key else text
+        return redact_text(text, (self._api_key,))
 
     # ------------------------------------------------------------------ cache
 

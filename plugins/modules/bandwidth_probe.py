@@ -27,20 +27,15 @@ description:
     C(threading)); nothing is installed there.
   - Never changes anything (C(changed=false)); an O(upload) writes throwaway bytes to the given sink.
 version_added: 0.2.0
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - mlops.vast.attributes
+  - mlops.vast.attributes.host
+  - mlops.vast.attributes.read_only
 attributes:
   check_mode:
-    support: full
     details:
       - In check mode no transfer is made; the module returns what it would probe (RV(probes)),
         an empty RV(results) and C(changed=false).
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
 options:
   endpoints:
     description:

@@ -26,17 +26,10 @@ description:
     C(df -BG) count them.
   - Read-only; safe and fully supported in check mode.
 version_added: 0.1.0
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - mlops.vast.attributes
+  - mlops.vast.attributes.host
+  - mlops.vast.attributes.read_only
 options:
   nvidia_smi:
     description:

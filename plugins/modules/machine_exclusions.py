@@ -14,17 +14,13 @@ description:
   - With no O(machine_id) the module only reads the list.
   - Writes are locked, so parallel runs (sweeps) can share the file.
 version_added: 0.1.0
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
+  - mlops.vast.attributes
+  - mlops.vast.attributes.resource
 attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
   platform:
     platforms: posix
+    details: Runs where the exclusion file is, the controller.
 options:
   path:
     description:
@@ -82,42 +78,9 @@ path:
   type: str
 """
 
-import fcntl
-import json
-import os
-import tempfile
-import time
-from typing import Any
-
 from ansible.module_utils.basic import AnsibleModule
 
-
-def default_path() -> str:
-    if os.environ.get("MLOPS_VAST_EXCLUSIONS"):
-        return os.environ["MLOPS_VAST_EXCLUSIONS"]
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "mlops-vast", "excluded_machines.json")
-
-
-def read(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return {}
-    machines = data.get("machines") if isinstance(data, dict) else None
-    if not isinstance(machines, dict):
-        raise ValueError(f"{path} is not an exclusion list (expected {{\"machines\": {{...}}}})")
-    return machines
-
-
-def write(path: str, machines: dict[str, Any]) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".excluded-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"machines": machines}, handle, indent=1, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
+from ..module_utils.local_state import MachineExclusions
 
 
 def main() -> None:
@@ -130,28 +93,16 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    path = os.path.expanduser(module.params["path"] or default_path())
-    machine_id = module.params["machine_id"]
+    exclusions = MachineExclusions(module.params["path"])
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            machines = read(path)
-            before = dict(machines)
-            key = str(machine_id) if machine_id is not None else None
-            if key is not None and module.params["state"] == "present" and key not in machines:
-                machines[key] = {"reason": module.params["reason"] or "", "excluded_at": time.time()}
-            elif key is not None and module.params["state"] == "absent":
-                machines.pop(key, None)
-            changed = machines != before
-            if changed and not module.check_mode:
-                write(path, machines)
+        before, after = exclusions.update(module.params["machine_id"], present=module.params["state"] == "present",
+                                          reason=module.params["reason"] or "", write=not module.check_mode)
     except (OSError, ValueError) as exc:
-        module.fail_json(msg=f"cannot use the exclusion list {path}: {exc}")
+        module.fail_json(msg=f"cannot use the exclusion list {exclusions.path}: {exc}")
     module.exit_json(
-        changed=changed, path=path, machines=machines, machine_ids=sorted(int(k) for k in machines),
+        changed=after != before, path=exclusions.path, machines=after, machine_ids=sorted(int(k) for k in after),
         diff={"before": {"machine_ids": sorted(int(k) for k in before)},
-              "after": {"machine_ids": sorted(int(k) for k in machines)}},
+              "after": {"machine_ids": sorted(int(k) for k in after)}},
     )
 
 

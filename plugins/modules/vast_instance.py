@@ -19,18 +19,11 @@ description:
     run cannot lose an instance (C(playbooks/teardown.yml) destroys what the ledger holds).
   - C(state=absent) destroys, then verifies the instance is gone, destroying again if it reappears.
 version_added: 0.1.0
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
   - mlops.vast.vast
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: all
+  - mlops.vast.attributes
+  - mlops.vast.attributes.api
+  - mlops.vast.attributes.resource
 options:
   label:
     description:
@@ -187,41 +180,28 @@ destroyed:
 import contextlib
 import signal
 import time
-from typing import Any
+from typing import Any, ClassVar
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ..module_utils.vast_api import (
-    Deadline,
-    VastAmbiguousError,
-    VastError,
-    VastNotFound,
-    VastUnavailable,
-)
-from ..module_utils.vast_common import (
-    ContractLedger,
-    client_for,
-    error_result,
-    hopeless_reason,
-    instance_summary,
-    ssh_banner,
-    ssh_endpoint,
-    vast_argument_spec,
-    wait_until,
-)
-from ..module_utils.vast_query import QueryError, build_search_body, no_offer_reason, parse_query
+from ..module_utils.api_client import VastClient
+from ..module_utils.errors import VastAmbiguousError, VastError, VastNotFound, VastUnavailable, WaitTimeout
+from ..module_utils.local_state import ContractLedger
+from ..module_utils.offer_selection import OfferRequest, select_offers
+from ..module_utils.rows import STOPPED_STATUSES, diff_view, instance_summary
+from ..module_utils.vast_module import VastModule
+from ..module_utils.vast_query import QueryError
+from ..module_utils.waiting import Deadline, instance_gone, instance_stopped, instance_usable, wait_until
 
 RUNTYPES = {"direct": "ssh_direc ssh_proxy", "proxy": "ssh_proxy"}
 # How long to look for an instance a create may have rented despite an error, before moving on.
 AMBIGUOUS_LOOK_S = 30.0
 # Cleanup after a failure gets its own deadline: the run's own may be what ran out.
 CLEANUP_S = 180.0
-STOPPED_STATUSES = frozenset({"exited", "stopped"})
 # The service refuses smaller disks; saying so here names the option instead of relaying a 400.
 MIN_DISK_GB = 8
+NOTHING_RENTED = "; nothing was rented"
 
 
-class RentFailed(Exception):
+class RentFailed(VastError):
     """Renting failed; the caller destroys whatever this call rented."""
 
 
@@ -233,16 +213,61 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(f"interrupted by signal {signum}")
 
 
-class VastInstance:
-    def __init__(self, module: AnsibleModule) -> None:
-        self.module = module
-        self.params = module.params
-        self.deadline = Deadline(self.params["wait_timeout"])
-        self.client = client_for(self.params, self.deadline)
+class VastInstance(VastModule):
+    argument_spec: ClassVar[dict[str, Any]] = {
+        "label": {"type": "str"},
+        "instance_id": {"type": "int"},
+        "state": {"type": "str", "choices": ["present", "running", "stopped", "absent"], "default": "present"},
+        "offer_id": {"type": "int"},
+        "query": {"type": "str"},
+        "order": {"type": "str", "default": "dph+"},
+        "max_offers": {"type": "int", "default": 5},
+        "exclude_machines": {"type": "list", "elements": "int", "default": []},
+        "max_dph": {"type": "float"},
+        "image": {"type": "str"},
+        "disk": {"type": "float", "default": 10.0},
+        "env": {"type": "dict"},
+        "onstart": {"type": "str"},
+        "ssh": {"type": "str", "choices": ["direct", "proxy"], "default": "direct"},
+        "ssh_user": {"type": "str", "default": "root"},
+        "bid_price": {"type": "float"},
+        "wait": {"type": "bool", "default": True},
+        "wait_timeout": {"type": "int", "default": 900},
+        "ledger_path": {"type": "path"},
+    }
+    module_rules: ClassVar[dict[str, Any]] = {"mutually_exclusive": [("offer_id", "query")],
+                                              "required_one_of": [("label", "instance_id")]}
+
+    def __init__(self, module: Any) -> None:
+        super().__init__(module)
         self.ledger = ContractLedger(self.params["ledger_path"])
-        self.result: dict[str, Any] = {"changed": False, "instance": None, "destroyed": []}
+        self.result.update(instance=None, destroyed=[])
         self.before: dict[str, Any] = {}
         self.after: dict[str, Any] = {}
+
+    def deadline_seconds(self) -> float:
+        return float(self.params["wait_timeout"])
+
+    def check_params(self) -> None:
+        params = self.params
+        if params["max_offers"] < 1:
+            self.fail("max_offers must be at least 1")
+        if params["wait_timeout"] < 1:
+            self.fail("wait_timeout must be at least 1 second")
+        if params["bid_price"] is not None and not 0.001 <= params["bid_price"] <= 128:
+            self.fail(f"bid_price must be between 0.001 and 128 $/h, got {params['bid_price']}")
+        if params["state"] in ("present", "running") and params["query"] is not None:
+            try:
+                self.offer_request().parsed()
+            except QueryError as exc:
+                self.fail(f"Invalid query: {exc}{NOTHING_RENTED}")
+
+    def offer_request(self) -> OfferRequest:
+        p = self.params
+        return OfferRequest(query=p["query"], offer_id=p["offer_id"], order=p["order"],
+                            offer_type="bid" if p["bid_price"] is not None else "on-demand", bid_price=p["bid_price"],
+                            storage_gb=float(p["disk"]), max_dph=p["max_dph"], exclude_machines=p["exclude_machines"],
+                            limit=p["max_offers"])
 
     # ------------------------------------------------------------ lookups
 
@@ -257,10 +282,9 @@ class VastInstance:
         matches = self.find_all()
         if len(matches) > 1:
             ids = ", ".join(str(row["id"]) for row in matches)
-            self.module.fail_json(
-                msg=f"{len(matches)} live instances carry the label {self.params['label']!r} (ids {ids}); "
-                "a label must identify one instance. state=absent destroys them all.",
-                instance_ids=[row["id"] for row in matches])
+            self.fail(f"{len(matches)} live instances carry the label {self.params['label']!r} (ids {ids}); "
+                      "a label must identify one instance. state=absent destroys them all.",
+                      instance_ids=[row["id"] for row in matches])
         return matches[0] if matches else None
 
     # ------------------------------------------------------------ states
@@ -269,70 +293,63 @@ class VastInstance:
         state = self.params["state"]
         if state == "absent":
             matches = self.find_all()
-            self.before = _diff_view(matches[0]) if len(matches) == 1 else {
-                "instances": [_diff_view(row) for row in matches]} if matches else {}
+            self.before = diff_view(matches[0]) if len(matches) == 1 else {
+                "instances": [diff_view(row) for row in matches]} if matches else {}
             self.absent(matches)
         else:
             current = self.find()
-            self.before = _diff_view(current)
+            self.before = diff_view(current)
             if state == "stopped":
                 self.stopped(current)
             else:
                 self.present(current, want_running=state == "running")
-        self.result["diff"] = {"before": self.before, "after": self.after}
+        self.set_diff(self.before, self.after)
+
+    def summary(self, row: dict[str, Any]) -> dict[str, Any]:
+        return instance_summary(row, self.params["ssh_user"])
 
     def present(self, current: dict[str, Any] | None, want_running: bool) -> None:
         if current is None:
             if self.params["instance_id"] is not None:
-                self.module.fail_json(msg=f"instance {self.params['instance_id']} does not exist; "
-                                      "give a label (and an offer or query) to rent one")
+                self.fail(f"instance {self.params['instance_id']} does not exist; "
+                          "give a label (and an offer or query) to rent one")
             self.rent()
             return
         if want_running and current.get("cur_state") == "stopped":
-            self.result["changed"] = True
-            self.after = {**_diff_view(current), "status": "running"}
+            self.changed()
+            self.after = {**diff_view(current), "status": "running"}
             if self.module.check_mode:
-                self.result["instance"] = instance_summary(current, self.params["ssh_user"])
+                self.result["instance"] = self.summary(current)
                 return
             answer = self.client.set_instance_state(current["id"], "running")
             if answer.get("success") is False:
-                self.module.fail_json(msg=f"cannot start instance {current['id']}: {answer.get('msg')}",
-                                      error=answer.get("error"), instance=instance_summary(current))
+                self.fail(f"cannot start instance {current['id']}: {answer.get('msg')}",
+                          error=answer.get("error"), instance=instance_summary(current))
         else:
             self.after = self.before
         if self.params["wait"] and not self.module.check_mode and (
                 want_running or current.get("intended_status") == "running"):
             current = self.wait_usable(current["id"])
-        self.result["instance"] = instance_summary(current, self.params["ssh_user"])
+        self.result["instance"] = self.summary(current)
 
     def stopped(self, current: dict[str, Any] | None) -> None:
         if current is None:
-            self.module.fail_json(msg=f"no instance labelled {self.params['label']!r} to stop "
-                                  "(state=stopped never rents)")
+            self.fail(f"no instance labelled {self.params['label']!r} to stop (state=stopped never rents)")
         already = current.get("cur_state") == "stopped" and current.get("actual_status") in STOPPED_STATUSES
         if current.get("intended_status") == "stopped" or already:
             self.after = self.before
-            self.result["instance"] = instance_summary(current, self.params["ssh_user"])
+            self.result["instance"] = self.summary(current)
             return
-        self.result["changed"] = True
+        self.changed()
         self.after = {**self.before, "status": "exited"}
         if self.module.check_mode:
-            self.result["instance"] = instance_summary(current, self.params["ssh_user"])
+            self.result["instance"] = self.summary(current)
             return
         self.client.set_instance_state(current["id"], "stopped")
         if self.params["wait"]:
-            done = wait_until(lambda: self._stopped_row(current["id"]), self.deadline, interval=1.0)
-            if not done:
-                self.module.fail_json(msg=f"instance {current['id']} did not stop within the timeout",
-                                      instance=instance_summary(current))
-            current = done
-        self.result["instance"] = instance_summary(current, self.params["ssh_user"])
-
-    def _stopped_row(self, instance_id: int) -> dict[str, Any] | None:
-        row = self.client.get_instance(instance_id)
-        if row is None:
-            self.module.fail_json(msg=f"instance {instance_id} disappeared while stopping")
-        return row if row.get("actual_status") in STOPPED_STATUSES else None
+            current = instance_stopped(current["id"]).wait(lambda: self.client.get_instance(current["id"]),
+                                                           self.deadline)
+        self.result["instance"] = self.summary(current)
 
     def absent(self, matches: list[dict[str, Any]]) -> None:
         """Destroy every instance with the label: duplicates are exactly what cleanup must catch."""
@@ -344,7 +361,7 @@ class VastInstance:
                 # Gone already (destroyed elsewhere, or expired): the ledger catches up.
                 self.ledger.destroyed(instance_id, api_url=self.client.base_url)
             return
-        self.result["changed"] = True
+        self.changed()
         if self.module.check_mode:
             self.result["destroyed"] = [row["id"] for row in matches]
             return
@@ -354,50 +371,10 @@ class VastInstance:
     # ------------------------------------------------------------ renting
 
     def candidates(self) -> list[dict[str, Any]]:
-        excluded = set(self.params["exclude_machines"])
-        max_dph = self.params["max_dph"]
-        bid = self.params["bid_price"]
-        if self.params["offer_id"] is not None:
-            # The offer as the market lists it now, so the same limits apply as to a query.
-            body = {"id": {"eq": self.params["offer_id"]}, "type": "bid" if bid is not None else "on-demand",
-                    "allocated_storage": float(self.params["disk"])}
-            offers = self.client.search_offers(body)
-            if not offers:
-                raise RentFailed(f"offer {self.params['offer_id']} is not on the market (taken, or a wrong id); "
-                                 "nothing was rented")
-            parsed, names = None, None
-        else:
-            parsed = parse_query(self.params["query"])
-            names = self.client.gpu_names() if parsed.regex.get("gpu_name") else None
-            body = build_search_body(self.params["query"], order=self.params["order"],
-                                     offer_type="bid" if bid is not None else "on-demand",
-                                     limit=self.params["max_offers"] + len(excluded) + 64,
-                                     storage_gb=self.params["disk"], gpu_names=names)
-            offers = self.client.search_offers(body)
-
-        def price(offer: dict[str, Any]) -> float:
-            total = float(offer.get("dph_total") or 0)
-            if bid is not None:  # what will be billed is the bid, not the listed minimum
-                total += bid - float(offer.get("min_bid") or 0)
-            return total
-
-        matching = [o for o in offers if parsed is None or parsed.row_matches(o)]
-        if not matching:
-            if names is None:  # the names are only needed to tell a misspelt gpu_name, as vast_offer does
-                names = self.client.gpu_names() if parsed.filters.get("gpu_name") else []
-            raise RentFailed(f"{no_offer_reason(parsed, names)}; nothing was rented")
-        allowed = [o for o in matching if o.get("machine_id") not in excluded]
-        fitting = [o for o in allowed if max_dph is None or price(o) <= max_dph]
-        if not fitting:
-            subject = (f"offer {self.params['offer_id']}" if parsed is None
-                       else f"{len(matching)} offer(s) match {self.params['query']!r}")
-            if not allowed:
-                why = "on machines in exclude_machines only"
-            else:
-                why = (f"the cheapest allowed costs ${min(map(price, allowed)):.4f}/h, over max_dph ${max_dph:g}/h; "
-                       "raise max_dph or loosen the query")
-            raise RentFailed(f"{subject}: {why}; nothing was rented")
-        return fitting[: self.params["max_offers"]]
+        selection = select_offers(self.client, self.offer_request())
+        if not selection.offers:
+            raise RentFailed(f"{selection.reason}{NOTHING_RENTED}")
+        return selection.offers
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -423,23 +400,24 @@ class VastInstance:
 
     def rent(self) -> None:
         if not self.params["label"]:
-            self.module.fail_json(msg="label is required to rent: it is the instance's identity")
+            self.fail("label is required to rent: it is the instance's identity")
         if not self.params["image"]:
-            self.module.fail_json(msg="image is required to rent an instance")
+            self.fail("image is required to rent an instance")
         if self.params["offer_id"] is None and self.params["query"] is None:
-            self.module.fail_json(msg="renting needs offer_id or query (no instance with this label exists); "
-                                  "nothing was rented")
+            self.fail(f"renting needs offer_id or query (no instance with this label exists){NOTHING_RENTED}")
         if self.params["disk"] < MIN_DISK_GB:
-            self.module.fail_json(msg=f"disk must be at least {MIN_DISK_GB} GB (Vast's minimum), got "
-                                  f"{self.params['disk']:g}; nothing was rented")
+            self.fail(f"disk must be at least {MIN_DISK_GB} GB (Vast's minimum), got "
+                      f"{self.params['disk']:g}{NOTHING_RENTED}")
         try:
             if not self.module.check_mode:
                 self.ledger.check_writable()
+        except OSError as exc:
+            self.fail(f"the contract ledger {self.ledger.path} is not writable ({exc}){NOTHING_RENTED}")
+        try:
             offers = self.candidates()
-        except (RentFailed, OSError) as exc:
-            self.module.fail_json(msg=f"{exc}" if isinstance(exc, RentFailed) else
-                                  f"the contract ledger {self.ledger.path} is not writable ({exc}); nothing was rented")
-        self.result["changed"] = True
+        except RentFailed as exc:
+            self.fail(str(exc))
+        self.changed()
         self.after = {"label": self.params["label"], "status": "running", "offer_id": offers[0]["id"],
                       "machine_id": offers[0].get("machine_id"), "image": self.params["image"],
                       "disk_gb": self.params["disk"], "gpu_name": offers[0].get("gpu_name"),
@@ -466,13 +444,13 @@ class VastInstance:
             self.destroy_strays(chosen, rented)
         except BaseException as exc:
             cleanup = self.cleanup([i for i in rented if i not in self.result["destroyed"]])
-            if isinstance(exc, RentFailed | VastError | OSError):
-                self.module.fail_json(msg=f"{exc}; {cleanup}", attempts=attempts, destroyed=self.result["destroyed"])
+            if isinstance(exc, VastError | OSError):
+                self.fail(f"{exc}; {cleanup}")
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-        self.result["instance"] = instance_summary(row, self.params["ssh_user"])
-        self.after = _diff_view(row)
+        self.result["instance"] = self.summary(row)
+        self.after = diff_view(row)
 
     def create_on(self, offer: dict[str, Any], attempts: list[dict[str, Any]], rented: list[int]) -> int | None:
         try:
@@ -524,7 +502,7 @@ class VastInstance:
             return "nothing is billing"
         failures = []
         try:
-            with client_for(self.params, Deadline(CLEANUP_S)) as client:
+            with VastClient.from_options(self.params, Deadline(CLEANUP_S)) as client:
                 for instance_id in instance_ids:
                     try:
                         self.destroy_verified(instance_id, client)
@@ -540,29 +518,9 @@ class VastInstance:
     # ------------------------------------------------------------ waiting
 
     def wait_usable(self, instance_id: int) -> dict[str, Any]:
-        """Wait for running and an SSH banner; RentFailed on hopeless states or the deadline."""
-        last: dict[str, Any] = {}
-
-        def usable() -> dict[str, Any] | None:
-            row = self.client.get_instance(instance_id)
-            if row is None:
-                raise RentFailed(f"instance {instance_id} disappeared while starting")
-            last.clear()
-            last.update(row)
-            reason = hopeless_reason(row)
-            if reason:
-                raise RentFailed(f"instance {instance_id} will not start: {reason}")
-            if row.get("actual_status") != "running":
-                return None
-            host, port, _kind = ssh_endpoint(row)
-            return row if host and ssh_banner(host, port, timeout=min(5.0, self.deadline.remaining + 0.1)) else None
-
-        row = wait_until(usable, self.deadline, interval=1.0, max_interval=5.0)
-        if row is None:
-            raise RentFailed(
-                f"instance {instance_id} was not running with SSH answering within {self.params['wait_timeout']} s "
-                f"(last status {last.get('actual_status')!r}: {last.get('status_msg')})")
-        return row
+        """Running and answering SSH; WaitFailed on hopeless states, WaitTimeout at the deadline."""
+        return instance_usable(instance_id, self.deadline).wait(lambda: self.client.get_instance(instance_id),
+                                                                 self.deadline)
 
     # ------------------------------------------------------------ destroying
 
@@ -571,15 +529,15 @@ class VastInstance:
         for _attempt in range(3):
             with contextlib.suppress(VastNotFound):  # already gone is what we want
                 client.destroy_instance(instance_id)
-            confirm = Deadline(30.0)
-            gone = wait_until(lambda: client.get_instance(instance_id) is None, confirm, interval=0.5,
-                              max_interval=2.0)
-            if gone:
-                time.sleep(0.5)
-                if client.get_instance(instance_id) is None:
-                    self.ledger.destroyed(instance_id, api_url=client.base_url)
-                    self.result["destroyed"].append(instance_id)
-                    return
+            try:
+                instance_gone(instance_id).wait(lambda: client.get_instance(instance_id), Deadline(30.0))
+            except WaitTimeout:
+                continue
+            time.sleep(0.5)
+            if client.get_instance(instance_id) is None:
+                self.ledger.destroyed(instance_id, api_url=client.base_url)
+                self.result["destroyed"].append(instance_id)
+                return
         raise VastError(f"instance {instance_id} is still there after 3 destroys; it may be billing")
 
 
@@ -587,66 +545,8 @@ def _tried(offer: dict[str, Any]) -> dict[str, Any]:
     return {"offer_id": offer["id"], "machine_id": offer.get("machine_id")}
 
 
-def _diff_view(row: dict[str, Any] | None) -> dict[str, Any]:
-    if not row:
-        return {}
-    summary = instance_summary(row)
-    return {key: summary[key] for key in ("id", "label", "status", "offer_id", "machine_id", "image", "disk_gb",
-                                          "gpu_name", "dph_total", "is_bid")}
-
-
 def main() -> None:
-    argument_spec = vast_argument_spec()
-    argument_spec.update(
-        label={"type": "str"},
-        instance_id={"type": "int"},
-        state={"type": "str", "choices": ["present", "running", "stopped", "absent"], "default": "present"},
-        offer_id={"type": "int"},
-        query={"type": "str"},
-        order={"type": "str", "default": "dph+"},
-        max_offers={"type": "int", "default": 5},
-        exclude_machines={"type": "list", "elements": "int", "default": []},
-        max_dph={"type": "float"},
-        image={"type": "str"},
-        disk={"type": "float", "default": 10.0},
-        env={"type": "dict"},
-        onstart={"type": "str"},
-        ssh={"type": "str", "choices": ["direct", "proxy"], "default": "direct"},
-        ssh_user={"type": "str", "default": "root"},
-        bid_price={"type": "float"},
-        wait={"type": "bool", "default": True},
-        wait_timeout={"type": "int", "default": 900},
-        ledger_path={"type": "path"},
-    )
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        supports_check_mode=True,
-        mutually_exclusive=[("offer_id", "query")],
-        required_one_of=[("label", "instance_id")],
-    )
-    params = module.params
-    if params["max_offers"] < 1:
-        module.fail_json(msg="max_offers must be at least 1")
-    if params["wait_timeout"] < 1:
-        module.fail_json(msg="wait_timeout must be at least 1 second")
-    if params["bid_price"] is not None and not 0.001 <= params["bid_price"] <= 128:
-        module.fail_json(msg=f"bid_price must be between 0.001 and 128 $/h, got {params['bid_price']}")
-    if params["state"] in ("present", "running") and params["query"] is not None:
-        try:
-            parse_query(params["query"])
-        except QueryError as exc:
-            module.fail_json(msg=f"Invalid query: {exc}; nothing was rented")
-    try:
-        manager = VastInstance(module)
-        with manager.client:
-            manager.run()
-    except RentFailed as exc:
-        module.fail_json(msg=str(exc))
-    except QueryError as exc:
-        module.fail_json(msg=f"Invalid query: {exc}; nothing was rented")
-    except VastError as exc:
-        module.fail_json(**error_result(exc))
-    module.exit_json(**manager.result)
+    VastInstance.execute()
 
 
 if __name__ == "__main__":

@@ -12,19 +12,14 @@ description:
     create returns, and marks it destroyed once the instance is verified gone. This module lists the
     contracts still open (created and not verified destroyed), so an interrupted run can be cleaned up
     (C(playbooks/teardown.yml)).
-  - Read-only.
+  - Read-only. It sends no request; it is in the C(mlops.vast.vast) action group so that the
+    O(api_url) set once with C(module_defaults) selects the same service's contracts as the other modules.
 version_added: 0.1.0
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: posix
+  - mlops.vast.vast
+  - mlops.vast.attributes
+  - mlops.vast.attributes.api
+  - mlops.vast.attributes.read_only
 options:
   ledger_path:
     description:
@@ -34,7 +29,7 @@ options:
     description:
       - Only contracts of this API (contracts on vastsim and on Vast are kept apart). Defaults to
         E(VAST_URL), else C(https://console.vast.ai). C(all) lists every API's.
-    type: str
+      - O(api_key) and O(api_timeout) are accepted, for C(module_defaults), and not used.
 """
 
 EXAMPLES = r"""
@@ -65,26 +60,29 @@ path:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from typing import Any, ClassVar
 
-from ..module_utils.vast_api import VastConfigError, resolve_base_url
-from ..module_utils.vast_common import ContractLedger
+from ..module_utils.api_client import resolve_base_url
+from ..module_utils.local_state import ContractLedger
+from ..module_utils.vast_module import VastModule
+
+
+class VastLedger(VastModule):
+    argument_spec: ClassVar[dict[str, Any]] = {"ledger_path": {"type": "path"}}
+
+    def run(self) -> None:
+        ledger = ContractLedger(self.params["ledger_path"])
+        api_url = self.params["api_url"]
+        wanted = None if api_url == "all" else resolve_base_url(api_url)
+        try:
+            contracts = ledger.open_contracts(wanted)
+        except OSError as exc:
+            self.fail(f"cannot read the ledger {ledger.path}: {exc}")
+        self.result.update(open=contracts, count=len(contracts), path=ledger.path)
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec={"ledger_path": {"type": "path"}, "api_url": {"type": "str"}},
-                           supports_check_mode=True)
-    ledger = ContractLedger(module.params["ledger_path"])
-    api_url = module.params["api_url"]
-    try:
-        wanted = None if api_url == "all" else resolve_base_url(api_url)
-    except VastConfigError as exc:
-        module.fail_json(msg=str(exc))
-    try:
-        contracts = ledger.open_contracts(wanted)
-    except OSError as exc:
-        module.fail_json(msg=f"cannot read the ledger {ledger.path}: {exc}")
-    module.exit_json(changed=False, open=contracts, count=len(contracts), path=ledger.path)
+    VastLedger.execute()
 
 
 if __name__ == "__main__":

@@ -15,18 +15,11 @@ description:
     against the marketplace's GPU names.
   - Read-only; safe in check mode.
 version_added: 0.1.0
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
   - mlops.vast.vast
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
-  platform:
-    platforms: all
+  - mlops.vast.attributes
+  - mlops.vast.attributes.api
+  - mlops.vast.attributes.read_only
 options:
   query:
     description:
@@ -71,7 +64,8 @@ options:
     default: []
   max_dph:
     description:
-      - Drop offers whose total $/h (GPU plus storage) is above this.
+      - Drop offers whose total $/h (GPU plus storage) is above this. For O(type=bid) the price is the
+        current minimum bid, as listed.
     type: float
 notes:
   - Vast reports VRAM in MB; a 24 GB card shows C(gpu_ram=24564), so query C(gpu_ram >= 24), not C(gpu_ram = 24).
@@ -134,73 +128,60 @@ search:
   description: The search body sent to C(POST /api/v0/bundles/) (filters, order, type, storage).
   returned: always
   type: dict
+reason:
+  description: Why no offer is returned (nothing matches the query, every match is on an excluded machine,
+    or the cheapest costs more than O(max_dph)), in words that say what to change.
+  returned: when RV(count) is 0
+  type: str
+  sample: "12 offer(s) match 'gpu_ram >= 24': the cheapest allowed costs $0.3169/h, over max_dph $0.2/h;
+    raise max_dph or loosen the query"
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from typing import Any, ClassVar
 
-from ..module_utils.vast_api import Deadline, VastError
-from ..module_utils.vast_common import client_for, error_result, normalise_offer, vast_argument_spec
-from ..module_utils.vast_query import QueryError, build_search_body, no_offer_reason, parse_query
-
-# Ask the server for more than `limit` so client-side exclusions still leave enough rows.
-OVERFETCH = 64
+from ..module_utils.offer_selection import OfferRequest, select_offers
+from ..module_utils.vast_module import VastModule
 
 
-def search(client, params: dict) -> tuple[list[dict], dict]:
-    parsed = parse_query(params["query"] or "", defaults=params["default_filters"])
-    gpu_names = client.gpu_names() if parsed.regex.get("gpu_name") else None
-    body = build_search_body(
-        params["query"] or "", order=params["order"], offer_type=params["type"],
-        limit=max(params["limit"], 0) + len(params["exclude_machines"]) + OVERFETCH,
-        storage_gb=params["storage"], defaults=params["default_filters"], gpu_names=gpu_names,
-    )
-    excluded = set(params["exclude_machines"])
-    offers = []
-    for offer in client.search_offers(body):
-        if offer.get("machine_id") in excluded or not parsed.row_matches(offer):
-            continue
-        if params["max_dph"] is not None and float(offer.get("dph_total") or 0) > params["max_dph"]:
-            continue
-        offers.append(normalise_offer(offer))
-        if len(offers) >= params["limit"]:
-            break
-    return offers, body
+class VastOffer(VastModule):
+    argument_spec: ClassVar[dict[str, Any]] = {
+        "query": {"type": "str", "default": ""},
+        "order": {"type": "str", "default": "score-"},
+        "type": {"type": "str", "choices": ["on-demand", "bid", "reserved"], "default": "on-demand"},
+        "limit": {"type": "int", "default": 10},
+        "storage": {"type": "float", "default": 5.0},
+        "default_filters": {"type": "bool", "default": True},
+        "exclude_machines": {"type": "list", "elements": "int", "default": []},
+        "max_dph": {"type": "float"},
+    }
+    requires_api_key = False  # the marketplace answers searches without a key
+
+    def check_params(self) -> None:
+        if self.params["limit"] < 1:
+            self.fail(f"limit must be at least 1, got {self.params['limit']}")
+        if self.params["storage"] < 0:
+            self.fail(f"storage must be a positive number of GB, got {self.params['storage']:g}")
+        self.request().parsed()  # a bad query fails here, before any request and without a key
+
+    def request(self) -> OfferRequest:
+        p = self.params
+        return OfferRequest(query=p["query"] or "", order=p["order"], offer_type=p["type"], storage_gb=p["storage"],
+                            max_dph=p["max_dph"], exclude_machines=p["exclude_machines"], limit=p["limit"],
+                            default_filters=p["default_filters"])
+
+    def run(self) -> None:
+        selection = select_offers(self.client, self.request())
+        # An empty answer is a fine answer, unless it is empty because a GPU name is misspelt.
+        if selection.unknown_gpu_name:
+            self.fail(selection.reason or "no offer", search=selection.body)
+        self.result.update(offers=selection.offers, best=selection.offers[0] if selection.offers else None,
+                           count=len(selection.offers), search=selection.body)
+        if selection.reason:
+            self.result["reason"] = selection.reason
 
 
 def main() -> None:
-    argument_spec = vast_argument_spec()
-    argument_spec.update(
-        query={"type": "str", "default": ""},
-        order={"type": "str", "default": "score-"},
-        type={"type": "str", "choices": ["on-demand", "bid", "reserved"], "default": "on-demand"},
-        limit={"type": "int", "default": 10},
-        storage={"type": "float", "default": 5.0},
-        default_filters={"type": "bool", "default": True},
-        exclude_machines={"type": "list", "elements": "int", "default": []},
-        max_dph={"type": "float"},
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    params = module.params
-    if params["limit"] < 1:
-        module.fail_json(msg=f"limit must be at least 1, got {params['limit']}")
-    if params["storage"] < 0:
-        module.fail_json(msg=f"storage must be a positive number of GB, got {params['storage']:g}")
-    try:
-        # Parse first: a bad query must fail before any request, and without needing a key.
-        parsed = parse_query(params["query"] or "", defaults=params["default_filters"])
-        deadline = Deadline(max(params["api_timeout"] * 4, 60))
-        with client_for(params, deadline, need_key=False) as client:
-            offers, body = search(client, params)
-            # An empty answer is a fine answer, unless it is empty because a GPU name is misspelt.
-            names = client.gpu_names() if not offers and parsed.filters.get("gpu_name") else []
-            if names and parsed.unknown_gpu_names(names):
-                module.fail_json(msg=no_offer_reason(parsed, names), search=body)
-    except QueryError as exc:
-        module.fail_json(msg=f"Invalid query: {exc}")
-    except VastError as exc:
-        module.fail_json(**error_result(exc))
-    module.exit_json(changed=False, offers=offers, best=offers[0] if offers else None, count=len(offers),
-                     search=body)
+    VastOffer.execute()
 
 
 if __name__ == "__main__":

@@ -13,18 +13,11 @@ description:
     controller's key before renting.
   - Keys compare by type and key material; the comment does not matter.
 version_added: 0.1.0
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
   - mlops.vast.vast
-  - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: all
+  - mlops.vast.attributes
+  - mlops.vast.attributes.api
+  - mlops.vast.attributes.resource
 options:
   public_key:
     description:
@@ -58,12 +51,9 @@ key:
   type: dict
 """
 
-from typing import Any
+from typing import Any, ClassVar
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ..module_utils.vast_api import Deadline, VastError
-from ..module_utils.vast_common import client_for, error_result, vast_argument_spec
+from ..module_utils.vast_module import VastModule
 
 
 def key_material(text: str) -> str:
@@ -71,51 +61,51 @@ def key_material(text: str) -> str:
     return " ".join(text.split()[:2])
 
 
+class VastSshKey(VastModule):
+    argument_spec: ClassVar[dict[str, Any]] = {
+        "public_key": {"type": "str", "no_log": False},
+        "public_key_file": {"type": "path"},
+        "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+    }
+    module_rules: ClassVar[dict[str, Any]] = {"mutually_exclusive": [("public_key", "public_key_file")],
+                    "required_one_of": [("public_key", "public_key_file")]}
+
+    def check_params(self) -> None:
+        text = self.params["public_key"]
+        if self.params["public_key_file"]:
+            try:
+                with open(self.params["public_key_file"]) as handle:
+                    text = handle.read()
+            except OSError as exc:
+                self.fail(f"cannot read public_key_file: {exc}")
+        self.text = (text or "").strip()
+        if "PRIVATE KEY" in self.text:
+            self.fail("that is a private key; give the public one (the .pub file)")
+        if len(self.text.split()) < 2 or not self.text.startswith(("ssh-", "ecdsa-", "sk-")):
+            self.fail("public_key must be an OpenSSH public key such as 'ssh-ed25519 AAAA... comment'")
+
+    def run(self) -> None:
+        want = self.params["state"] == "present"
+        mine = key_material(self.text)
+        existing = [k for k in self.client.ssh_keys() if key_material(str(k.get("key") or "")) == mine]
+        self.result["key"] = None
+        if want and existing:
+            self.result["key"] = {"id": existing[0].get("id"), "key": existing[0].get("key")}
+        elif want:
+            self.changed()
+            if not self.module.check_mode:
+                added = self.client.add_ssh_key(self.text)
+                self.result["key"] = {"id": added.get("id") or (added.get("key") or {}).get("id"), "key": self.text}
+        elif existing:
+            self.changed()
+            if not self.module.check_mode:
+                for key in existing:
+                    self.client.delete_ssh_key(int(key["id"]))
+        self.set_diff({"registered": bool(existing)}, {"registered": want})
+
+
 def main() -> None:
-    argument_spec = vast_argument_spec()
-    argument_spec.update(
-        public_key={"type": "str", "no_log": False},
-        public_key_file={"type": "path"},
-        state={"type": "str", "choices": ["present", "absent"], "default": "present"},
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
-                           mutually_exclusive=[("public_key", "public_key_file")],
-                           required_one_of=[("public_key", "public_key_file")])
-    text = module.params["public_key"]
-    if module.params["public_key_file"]:
-        try:
-            with open(module.params["public_key_file"]) as handle:
-                text = handle.read()
-        except OSError as exc:
-            module.fail_json(msg=f"cannot read public_key_file: {exc}")
-    text = (text or "").strip()
-    if "PRIVATE KEY" in text:
-        module.fail_json(msg="that is a private key; give the public one (the .pub file)")
-    if len(text.split()) < 2 or not text.startswith(("ssh-", "ecdsa-", "sk-")):
-        module.fail_json(msg="public_key must be an OpenSSH public key such as 'ssh-ed25519 AAAA... comment'")
-    result: dict[str, Any] = {"changed": False, "key": None}
-    try:
-        with client_for(module.params, Deadline(max(module.params["api_timeout"] * 4, 60))) as client:
-            existing = [k for k in client.ssh_keys() if key_material(str(k.get("key") or "")) == key_material(text)]
-            if module.params["state"] == "present":
-                if existing:
-                    result["key"] = {"id": existing[0].get("id"), "key": existing[0].get("key")}
-                else:
-                    result["changed"] = True
-                    if not module.check_mode:
-                        added = client.add_ssh_key(text)
-                        result["key"] = {"id": added.get("id") or (added.get("key") or {}).get("id"), "key": text}
-            elif existing:
-                result["changed"] = True
-                if not module.check_mode:
-                    for key in existing:
-                        client.delete_ssh_key(int(key["id"]))
-    except VastError as exc:
-        module.fail_json(**error_result(exc))
-    present_before = bool(existing)
-    present_after = module.params["state"] == "present"
-    result["diff"] = {"before": {"registered": present_before}, "after": {"registered": present_after}}
-    module.exit_json(**result)
+    VastSshKey.execute()
 
 
 if __name__ == "__main__":

@@ -39,12 +39,19 @@ description:
     are reported in RV(syncs); a failing sync is a warning, never the outcome.
   - In check mode the task returns at once without contacting the host or the API.
 version_added: 0.1.0
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
   - mlops.vast.vast
-  - ansible.builtin.action_common_attributes
+  - mlops.vast.attributes
+  - mlops.vast.attributes.api
+  - ansible.builtin.action_common_attributes.flow
 attributes:
+  action:
+    support: full
+    details: An action plugin; it runs on the controller and reaches the host over the task's connection.
+  async:
+    support: none
+  bypass_host_loop:
+    support: none
   check_mode:
     support: full
     details: Returns at once, skipped, without contacting the host or the API.
@@ -52,6 +59,7 @@ attributes:
     support: none
   platform:
     platforms: posix
+    details: The host (the task's target) needs a POSIX shell and tmux.
 options:
   run_dir:
     description:

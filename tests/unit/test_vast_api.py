@@ -9,7 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ansible_collections.mlops.vast.plugins.module_utils import vast_api as api
+from ansible_collections.mlops.vast.plugins.module_utils import api_client as api
+from ansible_collections.mlops.vast.plugins.module_utils import errors
+from ansible_collections.mlops.vast.plugins.module_utils.waiting import Deadline
 
 SECRET = "sk-the-secret-key-0123456789"
 
@@ -29,7 +31,7 @@ class FakeClock:
 
 def client_with(handler: Callable[[httpx.Request], httpx.Response], clock: FakeClock, deadline: float = 60,
                 key: str | None = SECRET) -> api.VastClient:
-    return api.VastClient(key, "http://vast.test", deadline=api.Deadline(deadline, clock.clock),
+    return api.VastClient(key, "http://vast.test", deadline=Deadline(deadline, clock.clock),
                           sleep=clock.sleep, transport=httpx.MockTransport(handler), rng=random.Random(7))
 
 
@@ -67,7 +69,7 @@ def test_429_storm_honours_retry_after_then_succeeds() -> None:
 def test_backoff_grows_jittered_and_stops_at_the_deadline() -> None:
     clock = FakeClock()
     handler, seen = scripted([httpx.Response(503, text="busy")])
-    with client_with(handler, clock, deadline=20) as client, pytest.raises(api.VastRetryExhausted) as caught:
+    with client_with(handler, clock, deadline=20) as client, pytest.raises(errors.VastRetryExhausted) as caught:
         client.request("GET", "/api/v1/instances/")
     assert "within the deadline (20 s)" in str(caught.value) and "HTTP 503" in str(caught.value)
     assert clock.now <= 20
@@ -79,7 +81,7 @@ def test_backoff_grows_jittered_and_stops_at_the_deadline() -> None:
 def test_retry_after_beyond_the_deadline_gives_up_at_once() -> None:
     clock = FakeClock()
     handler, seen = scripted([httpx.Response(429, headers={"Retry-After": "3600"}, text="slow down")])
-    with client_with(handler, clock, deadline=30) as client, pytest.raises(api.VastRetryExhausted):
+    with client_with(handler, clock, deadline=30) as client, pytest.raises(errors.VastRetryExhausted):
         client.request("GET", "/api/v0/users/current")
     assert len(seen) == 1 and clock.sleeps == []
 
@@ -88,7 +90,7 @@ def test_search_quota_is_not_retried() -> None:
     clock = FakeClock()
     handler, seen = scripted([httpx.Response(429, json={"success": False, "error": "search_quota_exceeded",
                                                          "msg": "Daily search quota exceeded"})])
-    with client_with(handler, clock) as client, pytest.raises(api.VastAPIError, match="quota"):
+    with client_with(handler, clock) as client, pytest.raises(errors.VastAPIError, match="quota"):
         client.search_offers({})
     assert len(seen) == 1
 
@@ -105,7 +107,7 @@ def test_connection_errors_are_retried() -> None:
 def test_create_is_never_blindly_retried_after_it_may_have_landed(failure: object) -> None:
     clock = FakeClock()
     handler, seen = scripted([failure, ok({"success": True, "new_contract": 9})])
-    with client_with(handler, clock) as client, pytest.raises(api.VastAmbiguousError):
+    with client_with(handler, clock) as client, pytest.raises(errors.VastAmbiguousError):
         client.create_instance(42, {"image": "x"})
     assert len(seen) == 1
 
@@ -121,7 +123,7 @@ def test_create_is_retried_on_429_because_nothing_happened() -> None:
 def test_success_false_with_http_200_is_an_error() -> None:
     clock = FakeClock()
     handler, _ = scripted([ok({"success": False, "error": "invalid_args", "msg": "Bad thing."})])
-    with client_with(handler, clock) as client, pytest.raises(api.VastAPIError) as caught:
+    with client_with(handler, clock) as client, pytest.raises(errors.VastAPIError) as caught:
         client.request("PUT", "/api/v0/instances/1/", body={"state": "running"})
     assert caught.value.status == 200 and caught.value.msg == "Bad thing." and caught.value.error == "invalid_args"
 
@@ -135,15 +137,15 @@ def test_create_stopped_success_false_is_returned_not_raised() -> None:
 
 @pytest.mark.parametrize(("response", "kind", "text"), [
     (httpx.Response(401, json={"success": False, "error": "auth_error", "msg": "Invalid user key"}),
-     api.VastAuthError, "Invalid user key"),
+     errors.VastAuthError, "Invalid user key"),
     (httpx.Response(404, json={"success": False, "error": "no_such_instance", "msg": "Instance 3 not found."}),
-     api.VastNotFound, "Instance 3 not found."),
+     errors.VastNotFound, "Instance 3 not found."),
     (httpx.Response(410, json={"success": False, "error": "no_such_ask", "msg": "no longer available"}),
-     api.VastUnavailable, "no longer available"),
+     errors.VastUnavailable, "no longer available"),
     (httpx.Response(404, json={"success": False, "error": "no_such_ask", "msg": "not available"}),
-     api.VastUnavailable, "not available"),
-    (httpx.Response(400, text="<html>Bad Request</html>"), api.VastAPIError, "Bad Request"),
-    (httpx.Response(200, text="{not json"), api.VastAPIError, "not JSON"),
+     errors.VastUnavailable, "not available"),
+    (httpx.Response(400, text="<html>Bad Request</html>"), errors.VastAPIError, "Bad Request"),
+    (httpx.Response(200, text="{not json"), errors.VastAPIError, "not JSON"),
 ])
 def test_errors_are_typed_and_carry_vasts_message(response: httpx.Response, kind: type, text: str) -> None:
     clock = FakeClock()
@@ -174,7 +176,7 @@ def test_key_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("HOME", str(tmp_path))
     config = tmp_path / "config"
     env = {"XDG_CONFIG_HOME": str(config)}
-    with pytest.raises(api.VastConfigError, match="VAST_API_KEY"):
+    with pytest.raises(errors.VastConfigError, match="VAST_API_KEY"):
         api.resolve_api_key(None, env)
     (tmp_path / ".vast_api_key").write_text("legacy\n")
     assert api.resolve_api_key(None, env) == ("legacy", str(tmp_path / ".vast_api_key"))
@@ -196,5 +198,5 @@ def test_base_url_resolution(given: str | None, expected: str) -> None:
 
 def test_base_url_from_env_and_bad_urls() -> None:
     assert api.resolve_base_url(None, {"VAST_URL": "http://sim:1"}) == "http://sim:1"
-    with pytest.raises(api.VastConfigError, match="http"):
+    with pytest.raises(errors.VastConfigError, match="http"):
         api.resolve_base_url("console.vast.ai", {})

@@ -10,7 +10,7 @@ may change between releases.
 - Retries 429/502/503/504 and connection errors with jittered exponential backoff,
   honouring ``Retry-After``, all inside one deadline per module run.
 - ``success: false`` with HTTP 200 is raised as the failure it is.
-- Errors are typed and carry Vast's ``msg``; the key never appears in them.
+- Errors are typed (``errors.py``) and carry Vast's ``msg``; the key never appears in them.
 """
 
 from __future__ import annotations
@@ -20,8 +20,19 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+from .errors import (
+    VastAmbiguousError,
+    VastAPIError,
+    VastAuthError,
+    VastConfigError,
+    VastNotFound,
+    VastRetryExhausted,
+    VastUnavailable,
+)
+from .waiting import Deadline
 
 try:
     import httpx
@@ -37,66 +48,6 @@ USER_AGENT = "mlops.vast/0.1"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Keys the official CLI reads, first match wins after the option and the environment.
 KEY_FILES = ("{xdg_config}/vastai/vast_api_key", "~/.vast_api_key")
-
-
-class VastError(Exception):
-    """Base of every error this client raises."""
-
-
-class VastConfigError(VastError):
-    """Bad or missing configuration (no key, bad URL): nothing was sent."""
-
-
-class VastAPIError(VastError):
-    """Vast answered with an error. ``status`` is the HTTP status (200 for ``success: false``)."""
-
-    def __init__(self, status: int, msg: str, *, error: str | None = None, method: str = "",
-                 path: str = "", body: Any = None) -> None:
-        self.status, self.msg, self.error = status, msg, error
-        self.method, self.path, self.body = method, path, body
-        where = f"{method} {path}: " if method else ""
-        code = f" ({error})" if error else ""
-        super().__init__(f"{where}HTTP {status}{code}: {msg}")
-
-
-class VastAuthError(VastAPIError):
-    """401/403: the key is missing, wrong or lacks a permission."""
-
-
-class VastNotFound(VastAPIError):
-    """404: no such instance, offer or key."""
-
-
-class VastUnavailable(VastAPIError):
-    """The offer is gone or taken (410 with ``cancel_unavail``, or 404 ``no_such_ask``)."""
-
-
-class VastRetryExhausted(VastAPIError):
-    """Transient errors (429/5xx/connection) did not stop before the deadline."""
-
-
-class VastAmbiguousError(VastError):
-    """A non-idempotent request may or may not have taken effect (timeout or 5xx after sending).
-
-    Callers must look before they retry (e.g. find the instance by label).
-    """
-
-
-class Deadline:
-    """One monotonic deadline shared by every request and wait of a module run."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.seconds = seconds
-        self.expires = clock() + seconds
-
-    @property
-    def remaining(self) -> float:
-        return max(0.0, self.expires - self.clock())
-
-    @property
-    def expired(self) -> bool:
-        return self.remaining <= 0
 
 
 def resolve_base_url(explicit: str | None = None, environ: dict[str, str] | None = None) -> str:
@@ -163,6 +114,23 @@ def _message(body: Any, text: str) -> tuple[str, str | None]:
 
 class VastClient:
     """A small synchronous client; one per module run, sharing that run's deadline."""
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], deadline: Deadline, *, need_key: bool = True) -> VastClient:
+        """A client from the auth options (``api_key``, ``api_url``, ``api_timeout``) of a module or action.
+
+        VastConfigError says what is missing (nothing is sent); without ``need_key`` a missing key is
+        allowed (the offer search answers anonymously).
+        """
+        base_url = resolve_base_url(options.get("api_url"))
+        key: str | None
+        try:
+            key, _source = resolve_api_key(options.get("api_key"))
+        except VastConfigError:
+            if need_key:
+                raise
+            key = None
+        return cls(key, base_url, deadline=deadline, request_timeout=options.get("api_timeout") or 30.0)
 
     def __init__(
         self,

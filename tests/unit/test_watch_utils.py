@@ -20,9 +20,12 @@ import yaml
 from ansible.errors import AnsibleActionFail, AnsibleConnectionFailure
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.mlops.vast.plugins.action import watch as action
-from ansible_collections.mlops.vast.plugins.module_utils import vast_api
-from ansible_collections.mlops.vast.plugins.module_utils import watch_logic as wl
+from ansible_collections.mlops.vast.plugins.module_utils.api_client import VastClient
 from ansible_collections.mlops.vast.plugins.modules import watch as doc
+from ansible_collections.mlops.vast.plugins.plugin_utils import host_poll as hp
+from ansible_collections.mlops.vast.plugins.plugin_utils import training_log as tl
+from ansible_collections.mlops.vast.plugins.plugin_utils import watch_decisions as wd
+from ansible_collections.mlops.vast.plugins.plugin_utils.redaction import redacted
 
 HF = [
     "{'loss': 0.6931, 'grad_norm': 1.2, 'learning_rate': 0.001, 'epoch': 0.05, 'step': 10}",
@@ -54,15 +57,15 @@ SECRET = "sk-watch-secret-0123456789"
     ("{'eval_loss': 0.7, 'epoch': 1.0}", {"eval_loss": 0.7, "epoch": 1.0}),
 ])
 def test_parse_record_reads_hf_and_json_lines(line: str, expected: dict) -> None:
-    assert wl.parse_record(line) == expected
-    assert wl.parse_record(line, "jsonl") == expected
+    assert tl.parse_record(line) == expected
+    assert tl.parse_record(line, "jsonl") == expected
 
 
 def test_parse_record_keeps_nan_and_inf() -> None:
-    record = wl.parse_record("{'loss': nan, 'grad_norm': inf, 'x': -inf, 'step': 3}")
+    record = tl.parse_record("{'loss': nan, 'grad_norm': inf, 'x': -inf, 'step': 3}")
     assert record is not None and math.isnan(record["loss"])
     assert record["grad_norm"] == math.inf and record["x"] == -math.inf
-    assert wl.parse_record('{"loss": NaN, "step": 3}', "jsonl")["step"] == 3
+    assert tl.parse_record('{"loss": NaN, "step": 3}', "jsonl")["step"] == 3
 
 
 @pytest.mark.parametrize("line", [
@@ -70,31 +73,31 @@ def test_parse_record_keeps_nan_and_inf() -> None:
     "{'a': print('x')}", "{**base}", "{'loss': 0.1} trailing", "{" + "'k': 1, " * 5000 + "'z': 2}",
 ])
 def test_parse_record_refuses_what_is_not_a_plain_dict(line: str) -> None:
-    assert wl.parse_record(line) is None
+    assert tl.parse_record(line) is None
 
 
 def test_training_metrics_picks_step_loss_reward_epoch() -> None:
-    metrics = wl.training_metrics({"loss": 0.5, "rewards/mean": 0.25, "epoch": 0.5, "step": 20.0})
-    assert metrics == wl.Metrics(step=20, epoch=0.5, loss=0.5, reward=0.25)
+    metrics = tl.training_metrics({"loss": 0.5, "rewards/mean": 0.25, "epoch": 0.5, "step": 20.0})
+    assert metrics == tl.Metrics(step=20, epoch=0.5, loss=0.5, reward=0.25)
     assert isinstance(metrics.step, int)
-    assert wl.training_metrics({"reward": 1.0, "global_step": 7}) == wl.Metrics(step=7, reward=1.0)
-    assert wl.training_metrics({"train/loss": 2.0, "train/global_step": 3}) == wl.Metrics(step=3, loss=2.0)
+    assert tl.training_metrics({"reward": 1.0, "global_step": 7}) == tl.Metrics(step=7, reward=1.0)
+    assert tl.training_metrics({"train/loss": 2.0, "train/global_step": 3}) == tl.Metrics(step=3, loss=2.0)
     # Eval lines and the summary are not training records; booleans are not numbers.
-    assert wl.training_metrics({"eval_loss": 0.7, "epoch": 1.0}) is None
-    assert wl.training_metrics(wl.parse_record(SUMMARY)) is None
-    assert wl.training_metrics({"loss": True, "step": "10"}) is None
+    assert tl.training_metrics({"eval_loss": 0.7, "epoch": 1.0}) is None
+    assert tl.training_metrics(tl.parse_record(SUMMARY)) is None
+    assert tl.training_metrics({"loss": True, "step": "10"}) is None
 
 
 def test_metrics_from_tail_takes_the_newest_record() -> None:
     text = '{"step": 1, "loss": 0.9}\n{"step": 2, "loss": 0.8}\n{"note": "checkpoint"}\n{"step": 3, "lo'
-    assert wl.metrics_from_tail(text) == wl.Metrics(step=2, loss=0.8)
-    assert wl.metrics_from_tail("") is None
+    assert tl.metrics_from_tail(text) == tl.Metrics(step=2, loss=0.8)
+    assert tl.metrics_from_tail("") is None
 
 
 # ------------------------------------------------------------------------------------- log follower
 
 
-def feed_text(follower: wl.LogFollower, text: str) -> None:
+def feed_text(follower: tl.LogFollower, text: str) -> None:
     """Append `text` to a log and poll it: the bytes from the follower's offset (its unfinished line) on."""
     start = follower.next_offset()
     data = follower.partial + text
@@ -102,7 +105,7 @@ def feed_text(follower: wl.LogFollower, text: str) -> None:
 
 
 def test_follower_reads_complete_lines_and_rereads_a_partial_one() -> None:
-    follower = wl.LogFollower()
+    follower = tl.LogFollower()
     log = "loading\n" + HF[0] + "\n" + HF[1][:20]
     follower.feed(len(log.encode()), 0, log)
     assert follower.metrics.step == 10 and follower.metric_lines == 1
@@ -120,7 +123,7 @@ def test_follower_reads_complete_lines_and_rereads_a_partial_one() -> None:
 
 
 def test_follower_counts_bytes_not_characters() -> None:
-    follower = wl.LogFollower()
+    follower = tl.LogFollower()
     feed_text(follower, "ünïcödé ✓\n{'loss': 1.0, 'step': 1}\n")
     assert follower.offset == len("ünïcödé ✓\n{'loss': 1.0, 'step': 1}\n".encode())
     # Undecodable bytes arrive as surrogates (surrogateescape) and still count as one byte each.
@@ -130,7 +133,7 @@ def test_follower_counts_bytes_not_characters() -> None:
 
 
 def test_follower_collects_the_traceback_up_to_the_exception_line() -> None:
-    follower = wl.LogFollower()
+    follower = tl.LogFollower()
     feed_text(follower, HF[0] + "\n" + "\n".join(TRACEBACK[:3]) + "\n")
     assert follower.traceback is True
     # The rest arrives with the next poll; the excerpt goes on until the exception's own line.
@@ -142,12 +145,12 @@ def test_follower_collects_the_traceback_up_to_the_exception_line() -> None:
 def test_follower_chained_traceback_and_marker_in_an_unfinished_line() -> None:
     chained = [*TRACEBACK, "", "During handling of the above exception, another exception occurred:", "",
                "Traceback (most recent call last):", '  File "x.py", line 1', "RuntimeError: cleanup failed"]
-    follower = wl.LogFollower()
+    follower = tl.LogFollower()
     feed_text(follower, "\n".join(chained) + "\n")
     assert follower.traceback_count == 2
     assert follower.traceback_excerpt[-1] == "RuntimeError: cleanup failed"
     # A traceback header still being written counts at once (the process may die before the newline).
-    other = wl.LogFollower()
+    other = tl.LogFollower()
     feed_text(other, "Traceback (most recent call last):")
     assert other.traceback is True and other.offset == 0
 
@@ -155,17 +158,17 @@ def test_follower_chained_traceback_and_marker_in_an_unfinished_line() -> None:
 def test_follower_without_step_counts_records_times_logging_steps() -> None:
     lines = ["{'loss': 0.9, 'epoch': 0.1}", "{'loss': 0.8, 'epoch': 0.2}", "{'eval_loss': 0.85, 'epoch': 0.2}",
              "{'loss': 0.7, 'epoch': 0.3}"]
-    plain = wl.LogFollower()
+    plain = tl.LogFollower()
     feed_text(plain, "\n".join(lines) + "\n")
     assert plain.metrics.step is None and plain.metric_lines == 3
     assert plain.progress_token() == ("records", 3, 0.3)
-    counted = wl.LogFollower(logging_steps=50)
+    counted = tl.LogFollower(logging_steps=50)
     feed_text(counted, "\n".join(lines) + "\n")
     assert counted.metrics.step == 150 and counted.progress_token() == ("step", 150)
 
 
 def test_follower_treats_carriage_returns_as_line_ends() -> None:
-    follower = wl.LogFollower()
+    follower = tl.LogFollower()
     bar = "".join(f"\r {i}%|##  | {i}/100" for i in range(1, 40))
     feed_text(follower, bar)
     # Every redraw but the last is consumed: the offset moves even though no "\n" was written.
@@ -177,7 +180,7 @@ def test_follower_treats_carriage_returns_as_line_ends() -> None:
 
 
 def test_follower_restarts_on_truncation_and_counts_gaps() -> None:
-    follower = wl.LogFollower()
+    follower = tl.LogFollower()
     feed_text(follower, HF[1] + "\n" + SUMMARY + "\n")
     assert follower.summary and follower.metrics.step == 20
     follower.feed(len(HF[0]) + 1, 0, HF[0] + "\n")  # a new run rewrote the file
@@ -190,18 +193,18 @@ def test_follower_restarts_on_truncation_and_counts_gaps() -> None:
 
 
 def test_follower_progress_token_before_any_record_is_the_log_size() -> None:
-    follower = wl.LogFollower()
+    follower = tl.LogFollower()
     follower.feed(None, 0, "")
     assert follower.progress_token() == ("bytes", None, 0)
     feed_text(follower, "downloading weights\n")
     first = follower.progress_token()
     feed_text(follower, "downloading weights 50%\n")
     assert follower.progress_token() != first
-    assert wl.describe_progress(follower.progress_token()).startswith("no training record yet")
+    assert wd.describe_progress(follower.progress_token()).startswith("no training record yet")
 
 
 def test_follower_disabled_markers() -> None:
-    follower = wl.LogFollower(traceback_regex=None, summary_regex=None)
+    follower = tl.LogFollower(traceback_regex=None, summary_regex=None)
     feed_text(follower, "\n".join([*TRACEBACK, SUMMARY]) + "\n")
     assert follower.traceback is False and follower.summary is False
 
@@ -210,7 +213,7 @@ def test_follower_disabled_markers() -> None:
 
 
 def test_stall_clock_runs_from_the_last_change_of_the_token() -> None:
-    clock = wl.StallClock(timeout=60, now=1000.0)
+    clock = wd.StallClock(timeout=60, now=1000.0)
     assert not clock.stalled(5000.0), "nothing observed yet"
     assert clock.observe(("step", 10), 1000.0) is True
     assert clock.observe(("step", 10), 1030.0) is False
@@ -220,17 +223,17 @@ def test_stall_clock_runs_from_the_last_change_of_the_token() -> None:
     assert not clock.stalled(1100.0) and clock.stalled(1121.0)
     # A step going back (resumed from a checkpoint) is a change too.
     assert clock.observe(("step", 15), 1122.0) is True
-    assert not wl.StallClock(timeout=0, now=0).stalled(10**9), "0 disables it"
+    assert not wd.StallClock(timeout=0, now=0).stalled(10**9), "0 disables it"
 
 
 # ----------------------------------------------------------------------------------------- decisions
 
 
-def obs(**fields: Any) -> wl.Observation:
-    return wl.Observation(**fields)
+def obs(**fields: Any) -> wd.Observation:
+    return wd.Observation(**fields)
 
 
-LIMITS = wl.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, timeout=7200)
+LIMITS = wd.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, timeout=7200)
 
 
 @pytest.mark.parametrize(("observation", "outcome", "words"), [
@@ -266,8 +269,8 @@ LIMITS = wl.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, t
     (obs(host_fresh=False, tmux=False, stalled=True), None, None),
     (obs(host_fresh=False, watch_elapsed=7200), "timeout", "watch's own limit"),
 ])
-def test_decide_outcomes_and_precedence(observation: wl.Observation, outcome: str | None, words: str | None) -> None:
-    verdict = wl.decide(observation, LIMITS)
+def test_decide_outcomes_and_precedence(observation: wd.Observation, outcome: str | None, words: str | None) -> None:
+    verdict = wd.decide(observation, LIMITS)
     if outcome is None:
         assert verdict is None
     else:
@@ -276,8 +279,8 @@ def test_decide_outcomes_and_precedence(observation: wl.Observation, outcome: st
 
 
 def test_decide_without_limits() -> None:
-    limits = wl.Limits(max_runtime=0, stall_timeout=0, reconnect_timeout=600, timeout=0)
-    assert wl.decide(obs(run_elapsed=10**9, watch_elapsed=10**9), limits) is None
+    limits = wd.Limits(max_runtime=0, stall_timeout=0, reconnect_timeout=600, timeout=0)
+    assert wd.decide(obs(run_elapsed=10**9, watch_elapsed=10**9), limits) is None
 
 
 @pytest.mark.parametrize(("row", "words"), [
@@ -294,7 +297,7 @@ def test_decide_without_limits() -> None:
     ({"actual_status": None, "intended_status": "running", "cur_state": "unloaded"}, "destroyed"),
 ])
 def test_instance_verdict(row: dict | None, words: str | None) -> None:
-    verdict = wl.instance_verdict(row)
+    verdict = wd.instance_verdict(row)
     assert (verdict is None) if words is None else (verdict is not None and verdict.startswith(words))
 
 
@@ -302,19 +305,19 @@ def test_instance_verdict(row: dict | None, words: str | None) -> None:
 
 
 def test_timestamps_and_status_md() -> None:
-    assert wl.parse_timestamp("2026-05-01T10:00:00Z") == 1777629600.0
-    assert wl.parse_timestamp("2026-05-01 12:00:00+02:00") == 1777629600.0
-    assert wl.parse_timestamp("2026-05-01T12:00:00+0200") == 1777629600.0
-    assert wl.parse_timestamp("2026-05-01T10:00:00") == 1777629600.0, "naive is UTC"
-    assert wl.parse_timestamp(1777629600) == 1777629600.0
-    assert wl.parse_timestamp("1777629600.5") == 1777629600.5
-    assert wl.parse_timestamp("yesterday") is None and wl.parse_timestamp(None) is None
-    assert wl.parse_timestamp(True) is None
+    assert wd.parse_timestamp("2026-05-01T10:00:00Z") == 1777629600.0
+    assert wd.parse_timestamp("2026-05-01 12:00:00+02:00") == 1777629600.0
+    assert wd.parse_timestamp("2026-05-01T12:00:00+0200") == 1777629600.0
+    assert wd.parse_timestamp("2026-05-01T10:00:00") == 1777629600.0, "naive is UTC"
+    assert wd.parse_timestamp(1777629600) == 1777629600.0
+    assert wd.parse_timestamp("1777629600.5") == 1777629600.5
+    assert wd.parse_timestamp("yesterday") is None and wd.parse_timestamp(None) is None
+    assert wd.parse_timestamp(True) is None
     status = ("# Run r-42\n\n| key | value |\n|---|---|\n| run id | r-42 |\n| host | C.123 (2026-01-01) |\n"
               "| started | 2026-05-01T10:00:00Z |\n| max runtime | 21600 s |\n")
-    assert wl.started_from_status(status) == 1777629600.0
-    assert wl.started_from_status("run_id: r\nstart_epoch: 1777629600\n") == 1777629600.0
-    assert wl.started_from_status("- run id: r\n- host: x\n") is None
+    assert wd.started_from_status(status) == 1777629600.0
+    assert wd.started_from_status("run_id: r\nstart_epoch: 1777629600\n") == 1777629600.0
+    assert wd.started_from_status("- run id: r\n- host: x\n") is None
 
 
 # ----------------------------------------------------------------------------------- the poll script
@@ -342,17 +345,17 @@ def fake_host(tmp_path: Path) -> dict[str, Any]:
     return {"run": run, "env": env, "now_file": tmp_path / "host-now"}
 
 
-def run_poll(fake: dict[str, Any], request: wl.PollRequest) -> tuple[wl.Snapshot, subprocess.CompletedProcess]:
+def run_poll(fake: dict[str, Any], request: hp.PollRequest) -> tuple[hp.Snapshot, subprocess.CompletedProcess]:
     # As Ansible runs it: /bin/sh -c '<script> && sleep 0'.
-    done = subprocess.run(["/bin/sh", "-c", wl.poll_script(request) + " && sleep 0"], capture_output=True,
+    done = subprocess.run(["/bin/sh", "-c", hp.poll_script(request) + " && sleep 0"], capture_output=True,
                           env=fake["env"], cwd="/")
-    return wl.parse_poll(done.stdout.decode("utf-8", "surrogateescape"), request.marker), done
+    return hp.parse_poll(done.stdout.decode("utf-8", "surrogateescape"), request.marker), done
 
 
-def request(**more: Any) -> wl.PollRequest:
+def request(**more: Any) -> hp.PollRequest:
     fields = {"run_dir": "~/run", "log_file": "run.log", "exit_code_file": "EXIT_CODE", "tmux_session": "run_r1",
               "marker": "@@mlops-watch-test"}
-    return wl.PollRequest(**{**fields, **more})
+    return hp.PollRequest(**{**fields, **more})
 
 
 def test_poll_script_reads_everything_in_one_command(fake_host: dict[str, Any]) -> None:
@@ -367,7 +370,7 @@ def test_poll_script_reads_everything_in_one_command(fake_host: dict[str, Any]) 
     assert snap.gpu_util == [87, 45]
     assert abs(snap.host_now - time.time()) < 5
     assert snap.status_text == "- started_at: 2026-05-01T10:00:00Z"
-    assert wl.metrics_from_tail(snap.metrics_text) == wl.Metrics(step=2, loss=0.9)
+    assert tl.metrics_from_tail(snap.metrics_text) == tl.Metrics(step=2, loss=0.9)
     assert (snap.log_size, snap.log_start, snap.log_data) == (len("loading\n" + HF[0] + "\n"), 0,
                                                               "loading\n" + HF[0] + "\n")
     # The run ends: exit code written, session gone; the next poll reads only the new bytes.
@@ -410,24 +413,24 @@ def test_poll_script_missing_things_and_odd_names(fake_host: dict[str, Any], tmp
 def test_parse_poll_ignores_noise_and_needs_the_log_line() -> None:
     marker = "@@m"
     out = "motd noise\n@@m now 1777629600\n@@m exit 3\n@@m tmux 0\n@@m gpu 12 N/A\n@@m log 4 0\nab\n@@m fake"
-    snap = wl.parse_poll(out, marker)
+    snap = hp.parse_poll(out, marker)
     assert snap.ok and snap.exit_code == 3 and snap.tmux is False and snap.gpu_util == [12]
     assert snap.log_data == "ab\n@@m fake", "everything after the log line is the log's bytes"
     assert snap.extra == ["motd noise"]
-    assert not wl.parse_poll("bash: sh: command not found", marker).ok
+    assert not hp.parse_poll("bash: sh: command not found", marker).ok
 
 
 def test_shell_path() -> None:
-    assert wl.shell_path("~/run dir") == "\"$HOME\"/'run dir'"
-    assert wl.shell_path("/workspace/run") == "/workspace/run"
-    assert wl.shell_path("a;b") == "'a;b'"
+    assert hp.shell_path("~/run dir") == "\"$HOME\"/'run dir'"
+    assert hp.shell_path("/workspace/run") == "/workspace/run"
+    assert hp.shell_path("a;b") == "'a;b'"
 
 
 def test_plain_masks_secrets_and_non_finite_numbers() -> None:
     value = {"loss": math.nan, "l": [math.inf, -math.inf, 1.5], "msg": f"key {SECRET} leaked", 3: SECRET}
-    assert wl.plain(value, (SECRET,)) == {"loss": "nan", "l": ["inf", "-inf", 1.5], "msg": "key ******** leaked",
+    assert redacted(value, (SECRET,)) == {"loss": "nan", "l": ["inf", "-inf", 1.5], "msg": "key ******** leaked",
                                           3: "********"}
-    json.dumps(wl.plain(value), allow_nan=False)
+    json.dumps(redacted(value), allow_nan=False)
 
 
 # ------------------------------------------------------------------------------ documentation vs spec
@@ -529,7 +532,7 @@ def run_watch(fake: dict[str, Any], script: dict[int, Any], clock: FakeClock | N
         outcome, msg = watcher.run()
     finally:
         watcher.close(outcome)
-    return wl.plain(watcher.result(outcome, msg), (SECRET,)), fake_action
+    return redacted(watcher.result(outcome, msg), (SECRET,)), fake_action
 
 
 def append(*lines: str) -> Any:
@@ -571,7 +574,7 @@ def test_loop_completes_with_the_triage_bundle(fake_host: dict[str, Any]) -> Non
     assert result["triage"] == {
         "step": 20, "epoch": 0.1, "loss": 0.5123, "reward": None, "last_lines": ["loading", HF[0], HF[1], SUMMARY],
         "traceback": False, "traceback_excerpt": "", "summary": True,
-        "summary_metrics": wl.parse_record(SUMMARY), "gpu_util": [87, 45], "completed": True, "exit_code": 0,
+        "summary_metrics": tl.parse_record(SUMMARY), "gpu_util": [87, 45], "completed": True, "exit_code": 0,
         "tmux_alive": False}
     assert result["msg"] == "completed: the run exited 0 and printed its summary (last step 20, loss 0.5123)"
     assert fake.sudoable == [False] * 4, "no become, no tty: the log's bytes arrive as they are"
@@ -661,7 +664,7 @@ def test_loop_api_says_destroyed_and_the_key_never_shows(fake_host: dict[str, An
         seen.append(request.headers["authorization"])
         return httpx.Response(200, json=next(answers))
 
-    client = vast_api.VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
+    client = VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
     clock = FakeClock()
     result, _ = run_watch(fake_host, {1: start_run, 2: append(HF[0])}, clock=clock, client=client, instance_id=7,
                           poll_interval=30, api_poll_interval=100)
@@ -695,7 +698,7 @@ def test_loop_hung_poll_does_not_hide_a_destroyed_instance(fake_host: dict[str, 
         row = {"id": 7, "actual_status": "running", "intended_status": "running", "cur_state": "running"}
         return httpx.Response(200, json={"instances": row if clock.now < 1100 else None})
 
-    client = vast_api.VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
+    client = VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
     started = time.monotonic()
     try:
         result, _ = run_watch(fake_host, {1: start_run, 2: hang}, clock=clock, client=client, instance_id=7,

@@ -1,0 +1,139 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the controller keeps between runs, in one state directory: the contract ledger (every
+instance rented, until it is verified destroyed) and the machines never to rent again.
+
+The directory is ``$XDG_STATE_HOME/mlops-vast`` (``~/.local/state/mlops-vast``); each file can be
+moved on its own with ``MLOPS_VAST_LEDGER`` and ``MLOPS_VAST_EXCLUSIONS``. Writes are locked, so
+parallel runs (sweeps) can share the files.
+
+Private to the collection.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from typing import Any
+
+
+def state_dir(environ: Mapping[str, str] | None = None) -> str:
+    """The controller's state directory (not created here)."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "mlops-vast")
+
+
+def default_ledger_path(environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    return environ.get("MLOPS_VAST_LEDGER") or os.path.join(state_dir(environ), "contracts.jsonl")
+
+
+def default_exclusions_path(environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    return environ.get("MLOPS_VAST_EXCLUSIONS") or os.path.join(state_dir(environ), "excluded_machines.json")
+
+
+class ContractLedger:
+    """An append-only local record of every contract a run created and destroyed.
+
+    Written the moment create returns, before anything else can fail, so an interrupted run
+    can always be cleaned up (playbooks/teardown.yml reads it).
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = os.path.expanduser(path or default_ledger_path())
+
+    def _append(self, record: dict[str, Any]) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        line = json.dumps({"ts": time.time(), **record}, sort_keys=True) + "\n"
+        with open(self.path, "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(self.path, 0o600)
+
+    def check_writable(self) -> None:
+        """Raise OSError now, before anything is rented, if the ledger cannot be appended to."""
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        os.chmod(self.path, 0o600)
+
+    def created(self, instance_id: int, *, label: str | None, offer_id: int | None, machine_id: int | None,
+                api_url: str) -> None:
+        self._append({"event": "created", "id": int(instance_id), "label": label, "offer_id": offer_id,
+                      "machine_id": machine_id, "api_url": api_url})
+
+    def destroyed(self, instance_id: int, *, api_url: str) -> None:
+        self._append({"event": "destroyed", "id": int(instance_id), "api_url": api_url})
+
+    def open_contracts(self, api_url: str | None = None) -> list[dict[str, Any]]:
+        """Contracts created and not yet recorded as destroyed, oldest first."""
+        live: dict[int, dict[str, Any]] = {}
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                for line in handle:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue  # a torn last line after a crash
+                    if api_url and record.get("api_url") != api_url:
+                        continue
+                    if record.get("event") == "created":
+                        live[int(record["id"])] = record
+                    elif record.get("event") == "destroyed":
+                        live.pop(int(record["id"]), None)
+        except FileNotFoundError:
+            return []
+        return list(live.values())
+
+
+class MachineExclusions:
+    """The machines never to rent again, with why and when: ``{"machines": {"<id>": {reason, excluded_at}}}``."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = os.path.expanduser(path or default_exclusions_path())
+
+    def read(self) -> dict[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return {}
+        machines = data.get("machines") if isinstance(data, dict) else None
+        if not isinstance(machines, dict):
+            raise ValueError(f"{self.path} is not an exclusion list (expected {{\"machines\": {{...}}}})")
+        return machines
+
+    def update(self, machine_id: int | None, *, present: bool, reason: str = "",
+               write: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Add (``present``) or remove ``machine_id`` under the lock; ``(before, after)``.
+
+        With ``machine_id`` None it only reads; with ``write`` False (check mode) nothing is written.
+        """
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            before = self.read()
+            after = dict(before)
+            key = None if machine_id is None else str(machine_id)
+            if key is not None and present and key not in after:
+                after[key] = {"reason": reason, "excluded_at": time.time()}
+            elif key is not None and not present:
+                after.pop(key, None)
+            if after != before and write:
+                self._write(after)
+        return before, after
+
+    def _write(self, machines: dict[str, Any]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".excluded-")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump({"machines": machines}, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, self.path)

@@ -1,0 +1,106 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one way the collection picks offers, for searching (``vast_offer``) and renting (``vast_instance``):
+the query (or one offer id) sent as the CLI sends it, ``field ~ regex`` applied to the rows, machines
+excluded, the price held against ``max_dph`` (at the bid for interruptible rentals, on-demand otherwise),
+the order kept, and, when nothing is left, why, in words that say what to change.
+
+Private to the collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .rows import normalise_offer
+from .vast_query import ParsedQuery, build_search_body, no_offer_reason, parse_query
+
+# Ask the server for more than wanted so client-side exclusions still leave enough rows.
+OVERFETCH = 64
+
+
+@dataclass(frozen=True)
+class OfferRequest:
+    """What offers are wanted: a query (or one ``offer_id``) and the limits every pick honours."""
+
+    query: str | None = None
+    offer_id: int | None = None
+    order: str | None = "dph+"
+    offer_type: str = "on-demand"
+    bid_price: float | None = None
+    storage_gb: float = 5.0
+    max_dph: float | None = None
+    exclude_machines: Sequence[int] = ()
+    limit: int = 10
+    default_filters: bool = True
+
+    def parsed(self) -> ParsedQuery | None:
+        """The query parsed (QueryError names a bad token before any request); None for an offer id."""
+        if self.offer_id is not None:
+            return None
+        return parse_query(self.query or "", defaults=self.default_filters)
+
+    def price(self, offer: Mapping[str, Any]) -> float:
+        """$/h the rental would bill, storage included: at the bid when there is one, not the listed minimum."""
+        total = float(offer.get("dph_total") or 0)
+        if self.bid_price is not None:
+            total += self.bid_price - float(offer.get("min_bid") or 0)
+        return total
+
+
+@dataclass
+class OfferSelection:
+    """The offers that may be rented, best first, and why there are none when there are none."""
+
+    offers: list[dict[str, Any]]
+    body: dict[str, Any]
+    matching: int = 0
+    reason: str | None = None
+    # Empty because a gpu_name in the query is no GPU on the market (a misspelt model, usually).
+    unknown_gpu_name: bool = False
+    excluded: list[int] = field(default_factory=list)
+
+
+def select_offers(client: Any, request: OfferRequest) -> OfferSelection:
+    """Search, filter and order offers for ``request``; the reason is set whenever none is left."""
+    parsed = request.parsed()
+    excluded = set(request.exclude_machines)
+    if parsed is None:
+        # The offer as the market lists it now, so the same limits apply as to a query.
+        body: dict[str, Any] = {"id": {"eq": request.offer_id}, "type": request.offer_type,
+                                "allocated_storage": float(request.storage_gb)}
+        rows = client.search_offers(body)
+        if not rows:
+            return OfferSelection([], body, reason=f"offer {request.offer_id} is not on the market "
+                                  "(taken, or a wrong id)")
+        names: list[str] | None = None
+        subject = f"offer {request.offer_id}"
+    else:
+        names = client.gpu_names() if parsed.regex.get("gpu_name") else None
+        body = build_search_body(parsed, order=request.order, offer_type=request.offer_type,
+                                 limit=max(request.limit, 0) + len(excluded) + OVERFETCH,
+                                 storage_gb=request.storage_gb, gpu_names=names)
+        rows = client.search_offers(body)
+        subject = f"{{count}} offer(s) match {request.query!r}"
+
+    matching = [row for row in rows if parsed is None or parsed.row_matches(row)]
+    allowed = [row for row in matching if row.get("machine_id") not in excluded]
+    fitting = [row for row in allowed if request.max_dph is None or request.price(row) <= request.max_dph]
+    selection = OfferSelection([normalise_offer(row) for row in fitting[: request.limit]], body,
+                               matching=len(matching), excluded=sorted(excluded))
+    if selection.offers:
+        return selection
+    if parsed is not None and not matching:
+        if names is None and parsed.filters.get("gpu_name"):
+            names = client.gpu_names()  # only needed to tell a misspelt gpu_name from an empty market
+        selection.unknown_gpu_name = bool(names) and bool(parsed.unknown_gpu_names(names or []))
+        selection.reason = no_offer_reason(parsed, names or [])
+    elif not allowed:
+        selection.reason = f"{subject.format(count=len(matching))}: on machines in exclude_machines only"
+    else:
+        cheapest = min(request.price(row) for row in allowed)
+        selection.reason = (f"{subject.format(count=len(matching))}: the cheapest allowed costs ${cheapest:.4f}/h, "
+                            f"over max_dph ${request.max_dph:g}/h; raise max_dph or loosen the query")
+    return selection

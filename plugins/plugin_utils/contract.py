@@ -1,0 +1,65 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A playbook's variables held against its argument spec (``playbooks/<name>.meta.yml``), beyond what
+``ansible.builtin.validate_argument_spec`` checks: names that are not in the spec (with the closest
+one that is), and ranges (``minimum``, ``maximum``, ``exclusive_minimum`` next to ``type``); and the
+values with every default filled in and every type converted, so the defaults live in the spec alone.
+
+Private to the collection.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+# The keys of an option that the range check reads; ArgumentSpecValidator ignores them.
+RANGE_KEYS = ("minimum", "maximum", "exclusive_minimum")
+TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "list": "a list",
+              "dict": "a mapping", "str": "a string", "path": "a path", "raw": "a value"}
+_UNCONVERTIBLE = re.compile(r"^argument '(?P<name>[^']+)' is of type .* unable to convert to (?P<type>\w+)")
+
+
+def plain_errors(errors: list[str], values: Mapping[str, Any]) -> list[str]:
+    """The validator's errors, with "unable to convert" said as what the value must be and what it was."""
+    said = []
+    for error in errors:
+        match = _UNCONVERTIBLE.match(error)
+        if match and match["name"] in values:
+            wanted = TYPE_WORDS.get(match["type"], f"of type {match['type']}")
+            error = f"{match['name']} must be {wanted}, got {str(values[match['name']])!r}"
+        said.append(error)
+    return said
+
+
+def validated(values: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The values converted to their types with the defaults filled in, and the validator's errors."""
+    known = {name: value for name, value in values.items() if name in spec}
+    result = ArgumentSpecValidator(dict(spec)).validate(known)
+    return dict(result.validated_parameters), list(result.error_messages)
+
+
+def problems(values: Mapping[str, Any], spec: Mapping[str, Any], *, where: str = "the argument spec") -> list[str]:
+    """Every name not in ``spec`` and every value out of its range, one sentence each."""
+    found = []
+    for name in sorted(set(values) - set(spec)):
+        close = difflib.get_close_matches(name, list(spec), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        found.append(f"{name} is not a variable of {where}{hint}")
+    converted, _errors = validated(values, spec)
+    for name, option in spec.items():
+        value = converted.get(name)
+        if name not in values or isinstance(value, bool) or not isinstance(value, int | float):
+            continue  # a default is in range by construction; a wrong type is validate_argument_spec's to report
+        low, high, above = (option.get(key) for key in RANGE_KEYS)
+        if low is not None and value < low:
+            found.append(f"{name} must be at least {low:g}, got {value:g}")
+        if high is not None and value > high:
+            found.append(f"{name} must be at most {high:g}, got {value:g}")
+        if above is not None and value <= above:
+            found.append(f"{name} must be more than {above:g}, got {value:g}")
+    return found

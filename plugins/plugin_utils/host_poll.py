@@ -1,0 +1,163 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What one poll of the watch asks the rented host (one POSIX sh command over the task's own
+connection), and how its answer is read. Standard library only; no I/O.
+
+Private to the collection.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+
+# Bytes of new log read per poll at most; more than this since the last poll is skipped (a gap).
+LOG_CHUNK = 256 * 1024
+
+
+# --------------------------------------------------------------------------------- the poll script
+
+@dataclass
+class PollRequest:
+    run_dir: str
+    log_file: str
+    exit_code_file: str
+    tmux_session: str
+    marker: str
+    log_offset: int = 0
+    chunk: int = LOG_CHUNK
+    gpu_util: bool = True
+    metrics_file: str | None = None
+    status_file: str | None = None  # read STATUS.md this time
+
+
+def shell_path(path: str) -> str:
+    """A path quoted for sh, with a leading ``~/`` still meaning the remote user's home."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def poll_script(req: PollRequest) -> str:
+    """One POSIX sh command that gathers everything a poll needs; the log's bytes come last."""
+    q = shell_path
+    m = req.marker
+    lines = [
+        f"M={q(m)}; R={q(req.run_dir)}; L={q(req.log_file)}; E={q(req.exit_code_file)}; "
+        f"S={shlex.quote(req.tmux_session)}",
+        'cd "$R" 2>/dev/null || echo "$M nodir"',
+        'echo "$M now $(date +%s)"',
+        'if [ -f "$E" ]; then echo "$M exit $(head -c 64 "$E" | tr -d \' \\t\\r\\n\')"; fi',
+        'if command -v tmux >/dev/null 2>&1; then if tmux has-session -t "=$S" 2>/dev/null; '
+        'then echo "$M tmux 1"; else echo "$M tmux 0"; fi; else echo "$M tmux -"; fi',
+    ]
+    if req.gpu_util:
+        lines.append(
+            'if command -v nvidia-smi >/dev/null 2>&1; then T=; command -v timeout >/dev/null 2>&1 && T="timeout 10"; '
+            'echo "$M gpu $($T nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null '
+            '| tr \'\\n\' \' \')"; fi')
+    if req.status_file:
+        lines.append(f'if [ -f {q(req.status_file)} ]; then echo "$M begin status"; head -c 8192 {q(req.status_file)}; '
+                     'echo; echo "$M end status"; fi')
+    if req.metrics_file:
+        lines.append(f'if [ -f {q(req.metrics_file)} ]; then echo "$M begin metrics"; tail -n 5 {q(req.metrics_file)} '
+                     '| head -c 65536; echo; echo "$M end metrics"; fi')
+    lines += [
+        f'Z=$(stat -c %s "$L" 2>/dev/null || echo -1); O={int(req.log_offset)}',
+        '[ "$Z" -ge 0 ] && [ "$Z" -lt "$O" ] && O=0',
+        f'[ $((Z - O)) -gt {int(req.chunk)} ] && O=$((Z - {int(req.chunk)}))',
+        'echo "$M log $Z $O"',
+        'if [ "$Z" -gt "$O" ]; then tail -c +$((O + 1)) "$L" | head -c $((Z - O)); fi',
+    ]
+    # No newline at the end: Ansible appends " && sleep 0" to the last line.
+    return "\n".join(lines)
+
+
+@dataclass
+class Snapshot:
+    ok: bool = False  # the marker lines were there: the script ran
+    run_dir_exists: bool = True
+    host_now: float | None = None
+    exit_code: int | None = None
+    exit_code_raw: str | None = None  # EXIT_CODE's content when it is not a number
+    tmux: bool | None = None  # None: tmux is not installed
+    gpu_util: list[int] | None = None
+    status_text: str | None = None
+    metrics_text: str | None = None
+    log_size: int | None = None
+    log_start: int = 0
+    log_data: str = ""
+    extra: list[str] = field(default_factory=list)
+
+
+def parse_poll(stdout: str, marker: str) -> Snapshot:
+    snap = Snapshot()
+    head, sep, data = _split_log(stdout, marker)
+    if sep:
+        snap.ok = True
+        snap.log_data = data
+    section: str | None = None
+    body: list[str] = []
+    for line in head.splitlines():
+        if not line.startswith(marker + " "):
+            if section is not None:
+                body.append(line)
+            else:
+                snap.extra.append(line)
+            continue
+        words = line[len(marker) + 1:].split(" ", 1)
+        key, value = words[0], (words[1] if len(words) > 1 else "").strip()
+        if key == "begin":
+            section, body = value, []
+        elif key == "end":
+            text = "\n".join(body).strip("\n")
+            if section == "status":
+                snap.status_text = text
+            elif section == "metrics":
+                snap.metrics_text = text
+            section = None
+        elif key == "nodir":
+            snap.run_dir_exists = False
+        elif key == "now":
+            snap.host_now = _float(value)
+        elif key == "exit":
+            if value:
+                try:
+                    snap.exit_code = int(value)
+                except ValueError:
+                    snap.exit_code_raw = value[:64]
+        elif key == "tmux":
+            snap.tmux = {"1": True, "0": False}.get(value)
+        elif key == "gpu":
+            utils = [round(v) for v in (_float(w) for w in value.replace(",", " ").split()) if v is not None]
+            snap.gpu_util = utils or None
+        elif key == "log":
+            parts = value.split()
+            size = int(parts[0]) if parts and _is_int(parts[0]) else -1
+            snap.log_size = size if size >= 0 else None
+            snap.log_start = int(parts[1]) if len(parts) > 1 and _is_int(parts[1]) else 0
+    return snap
+
+
+def _split_log(stdout: str, marker: str) -> tuple[str, bool, str]:
+    """Everything before the log line, whether it was there, and the log bytes after it."""
+    match = re.search(rf"(?m)^{re.escape(marker)} log [^\n]*\n?", stdout)
+    if not match:
+        return stdout, False, ""
+    return stdout[: match.end()], True, stdout[match.end():]
+
+
+def _float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _is_int(text: str) -> bool:
+    return bool(re.fullmatch(r"-?\d+", text))
