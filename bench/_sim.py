@@ -13,7 +13,6 @@ and they import it as ``_sim``; it is not part of the collection or the package.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -30,6 +29,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+
+from mlops_vast.sim import harness
+from mlops_vast.sim.hosts import state_tag
 
 T = TypeVar("T")
 
@@ -102,8 +104,8 @@ class Sim:
 
     @property
     def tag(self) -> str:
-        # Mirrors HostManager.tag: netns are named vastsim-<tag>-<id>, host-side veths vs<tag>...
-        return hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:4]
+        # netns are named vastsim-<tag>-<id>, host-side veths vs<tag>...
+        return state_tag(self.state_dir)
 
     def log_tail(self, limit: int = 3000) -> str:
         with contextlib.suppress(OSError):
@@ -159,7 +161,8 @@ class Sim:
 def start_sim(root: Path, deadline: Deadline, *, speed: float | None = None, api_key: str | None = API_KEY,
               credit: int | None = None, host_mode: str | None = None, log_level: str = "info",
               cwd: Path | None = None, client_timeout: float = 30.0, timeout: float = 60.0) -> Sim:
-    """``vastsim serve`` on ``root/state``, logging to ``root/vastsim.log``; returns once it prints VAST_URL=.
+    """``vastsim serve`` on ``root/state`` through the project's harness, logging to ``root/vastsim.log``;
+    returns once it serves (its ready file).
 
     ``None`` leaves an option to vastsim's default; with ``api_key=None`` vastsim makes a key and the
     Sim reads it from ``STATE/api_key``, as scripts/demo.sh does.
@@ -167,38 +170,30 @@ def start_sim(root: Path, deadline: Deadline, *, speed: float | None = None, api
     state_dir = root / "state"
     state_dir.mkdir(parents=True)
     log_path = root / "vastsim.log"
-    argv = [sys.executable, "-m", "mlops_vast.sim.cli", "serve", "--state-dir", str(state_dir)]
-    for option, value in (("--speed", speed), ("--api-key", api_key), ("--credit", credit),
-                          ("--host-mode", host_mode), ("--log-level", log_level)):
+    args: list[str] = []
+    for option, value in (("--speed", speed), ("--credit", credit), ("--host-mode", host_mode),
+                          ("--log-level", log_level)):
         if value is not None:
-            argv += [option, str(value)]
-    wait = deadline.cap(timeout)  # before Popen: running out of time must not leave a simulator behind
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
-                                   text=True, cwd=cwd)
+            args += [option, str(value)]
+    wait = deadline.cap(timeout)  # before starting: running out of time must not leave a simulator behind
+    try:
+        started = harness.start(state_dir, *args, api_keys=[api_key] if api_key else [], log_path=log_path,
+                                stdout=subprocess.PIPE, timeout=wait, cwd=cwd)
+    except harness.SimError as exc:
+        raise BenchError(str(exc)) from None
+    process = started.process
+    assert process is not None and process.stdout is not None
     lines: list[str] = []
-    announced = threading.Event()  # VAST_URL= printed, or stdout closed
 
     def reader() -> None:
         # Drains stdout for the simulator's whole life: a full pipe would block its access log.
         assert process.stdout is not None
         for line in process.stdout:
-            lines.append(line)
-            if line.startswith("VAST_URL="):
-                announced.set()
-        announced.set()
+            lines.append(line.decode(errors="replace"))
 
     threading.Thread(target=reader, daemon=True).start()
-    announced.wait(wait)
-    url = next((line.strip().split("=", 1)[1] for line in list(lines) if line.startswith("VAST_URL=")), None)
-    if url:
-        key = api_key if api_key is not None else (state_dir / "api_key").read_text().strip()
-        return Sim(process=process, url=url, api_key=key, state_dir=state_dir, log_path=log_path, stdout=lines,
-                   client_timeout=client_timeout)
-    process.kill()
-    process.wait(10)
-    raise BenchError(f"vastsim did not print VAST_URL= within {timeout:g}s:\n"
-                     f"{log_path.read_text(errors='replace')[-3000:]}")
+    return Sim(process=process, url=started.url, api_key=started.api_key, state_dir=started.state_dir,
+               log_path=log_path, stdout=lines, client_timeout=client_timeout)
 
 
 def stop_sim(sim: Sim, timeout: float = 60.0) -> dict[str, Any]:
@@ -207,14 +202,11 @@ def stop_sim(sim: Sim, timeout: float = 60.0) -> dict[str, Any]:
     killed = False
     with contextlib.suppress(Exception):
         sim.client.close()
-    if sim.process.poll() is None:
-        sim.process.send_signal(signal.SIGTERM)
-        try:
-            sim.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            killed = True
-            sim.process.kill()
-            sim.process.wait(10)
+    try:
+        harness.stop(harness.SimProcess(url=sim.url, pid=sim.pid, state_dir=sim.state_dir, api_key=sim.api_key,
+                                        host_mode="", process=sim.process), timeout)
+    except harness.SimError:
+        killed = True
     return {"returncode": sim.process.returncode, "shutdown_s": round(time.monotonic() - started, 3),
             "sigkilled": killed}
 
@@ -222,41 +214,18 @@ def stop_sim(sim: Sim, timeout: float = 60.0) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- system inspection
 
 
-def command_output(*argv: str) -> str:
-    """stdout of a system tool; empty if it is not installed (vastsim cannot have used it then)."""
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
-    except OSError:
-        return ""
-
-
 def netns_of(sim: Sim) -> list[str]:
-    prefix = f"vastsim-{sim.tag}-"
-    return [line.split()[0] for line in command_output("ip", "netns", "list").splitlines()
-            if line.startswith(prefix)]
-
-
-def links_of(sim: Sim) -> list[str]:
-    found = []
-    for line in command_output("ip", "-o", "link", "show").splitlines():
-        parts = line.split(":")
-        if len(parts) > 1 and parts[1].strip().split("@")[0].startswith(f"vs{sim.tag}"):
-            found.append(parts[1].strip().split("@")[0])
-    return found
+    return harness.leftovers(sim.state_dir)["netns"]
 
 
 def loop_devices(state_dir: Path | None = None) -> list[str]:
-    """``losetup -a`` lines, optionally only those backed by a file under ``state_dir``."""
-    lines = command_output("losetup", "-a").splitlines()
-    if state_dir is None:
-        return lines
-    return [line for line in lines if str(state_dir) in line]
-
-
-def processes_of(state_dir: Path) -> list[str]:
-    """``pid args`` of every process whose command line names ``state_dir`` (the simulator, its hosts)."""
-    return [line for line in command_output("ps", "-ww", "-eo", "pid,args").splitlines()
-            if str(state_dir) in line and "ps -eo" not in line]
+    """``losetup -a`` lines: those backed by a file under ``state_dir``, or every one (None)."""
+    if state_dir is not None:
+        return harness.leftovers(state_dir)["loops"]
+    try:
+        return subprocess.run(["losetup", "-a"], capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except OSError:
+        return []
 
 
 def stat_fields(pid: int | str) -> list[str] | None:
@@ -302,19 +271,14 @@ def stop_and_check(sim: Sim, results: dict[str, Any], say: Callable[[str], None]
     """
     stopped = stop_sim(sim)
     results["stop"] = stopped
-    probes: dict[str, Callable[[], list[str]]] = {"netns": lambda: netns_of(sim)}
-    if links:
-        probes["links"] = lambda: links_of(sim)
-    if loops:
-        probes["loops"] = lambda: loop_devices(sim.state_dir)
-    probes["processes"] = lambda: processes_of(sim.state_dir)
     leftover: dict[str, list[str]] = {}
     failed = None
-    for name, probe in probes.items():
-        try:
-            leftover[name] = probe()
-        except subprocess.SubprocessError as exc:  # a hung tool: unknown is not clean
-            leftover[name], failed = [], exc
+    try:
+        found_all = harness.leftovers(sim.state_dir)
+    except (OSError, subprocess.SubprocessError) as exc:  # a hung tool: unknown is not clean
+        found_all, failed = {}, exc
+    wanted = ["netns", *(["links"] if links else []), *(["loops"] if loops else []), "processes"]
+    leftover = {name: found_all.get(name, []) for name in wanted}
     results["leftovers"] = leftover
     found = {k: v for k, v in leftover.items() if v}
     looked_for = ", ".join([f"vastsim-{sim.tag}-* netns", *([f"vs{sim.tag}* links"] if links else []),

@@ -42,7 +42,6 @@ from _sim import (
     descendants,
     direct_endpoint,
     host_info,
-    links_of,
     loop_devices,
     netns_of,
     pick_offers,
@@ -57,6 +56,8 @@ from _sim import (
     wait_ssh,
     write_results,
 )
+
+from mlops_vast.sim import harness
 
 OFFERS_HINT = "; lower --max-instances"
 POLL_S = 0.01  # status polling interval (the simulator's own ticker runs every 50 ms)
@@ -134,11 +135,12 @@ def wait_torn_down(sim: Sim, deadline: Deadline, timeout: float = 60.0) -> float
     left: dict[str, Any] = {}
     while time.monotonic() < end:
         instances_dir = sim.state_dir / "instances"
+        found = harness.leftovers(sim.state_dir)
         left = {
             "processes": [f"{pid} {cmdline(pid)[:120]}" for pid in descendants(sim.pid)],
-            "netns": netns_of(sim),
-            "links": links_of(sim),
-            "loops": loop_devices(sim.state_dir),
+            "netns": found["netns"],
+            "links": found["links"],
+            "loops": found["loops"],
             "dirs": sorted(p.name for p in instances_dir.iterdir()) if instances_dir.exists() else [],
         }
         if not any(left.values()):

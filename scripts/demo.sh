@@ -19,11 +19,11 @@ export MLOPS_VAST_SSH_KEY="${MLOPS_VAST_SSH_KEY:-$key}"
 export MLOPS_VAST_LEDGER="${MLOPS_VAST_LEDGER:-$workdir/contracts.jsonl}"
 export MLOPS_VAST_EXCLUSIONS="${MLOPS_VAST_EXCLUSIONS:-$workdir/excluded_machines.json}"
 
-sim_pid=""
+sim_started=""
 stop_sim() {
-  if [[ -n $sim_pid ]] && kill -0 "$sim_pid" 2>/dev/null; then
-    kill -TERM "$sim_pid"
-    wait "$sim_pid" || true
+  # vastsim stop: SIGTERM by the pid in its ready file, wait, and check it left nothing behind.
+  if [[ -n $sim_started ]]; then
+    vastsim stop --state-dir "$workdir/state" || echo "demo: vastsim left something behind (see above)" >&2
   fi
 }
 play_pid=""
@@ -42,10 +42,12 @@ trap interrupted INT TERM
 if [[ -z ${VAST_API_KEY:-} ]]; then
   speed="${VASTSIM_SPEED:-20}"
   echo "demo: no VAST_API_KEY set, so starting vastsim (speed ${speed}x, state in .vastsim/state)" >&2
-  coproc SIM { exec vastsim serve --state-dir "$workdir/state" --speed "$speed" 2>>"$workdir/vastsim.log"; }
-  sim_pid=$SIM_PID
-  read -r -t 60 line <&"${SIM[0]}" || { echo "demo: vastsim did not start; see .vastsim/vastsim.log" >&2; exit 1; }
-  export VAST_URL="${line#VAST_URL=}"
+  # In the background; it returns once the simulator serves (or fails, with its log's end).
+  started="$(vastsim start --state-dir "$workdir/state" --speed "$speed" --log-file "$workdir/vastsim.log")" || {
+    echo "demo: vastsim did not start; see .vastsim/vastsim.log" >&2; exit 1; }
+  sim_started=1
+  VAST_URL="$(sed -n 's/^VAST_URL=//p' <<<"$started")"
+  export VAST_URL
   VAST_API_KEY="$(cat "$workdir/state/api_key")"
   export VAST_API_KEY
   echo "demo: vastsim at $VAST_URL" >&2

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 from ansible.plugins.loader import init_plugin_loader  # noqa: E402
 
 init_plugin_loader([str(REPO / ".collections")])
+
+from mlops_vast.sim import harness  # noqa: E402
+from mlops_vast.sim.hosts import state_tag  # noqa: E402
+
 IS_ROOT = os.geteuid() == 0
 API_KEY = "vastsim-test-key-0123456789abcdef"
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
@@ -53,53 +55,26 @@ class Sim:
 
 def start_sim(state_dir: Path, *extra: str, speed: float = 100.0, api_key: str = API_KEY,
               timeout: float = 30.0) -> Sim:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    log_path = state_dir.parent / f"{state_dir.name}.log"
-    key_file = state_dir.parent / f"{state_dir.name}.keys"
-    key_file.write_text(api_key + "\n")
-    key_file.chmod(0o600)
-    argv = [sys.executable, "-m", "mlops_vast.sim.cli", "serve", "--state-dir", str(state_dir),
-            "--speed", str(speed), "--api-key-file", str(key_file), "--log-level", "info", *extra]
-    with open(log_path, "a") as log:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True)
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    line = ""
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line.startswith("VAST_URL=") or process.poll() is not None:
-            break
-    if not line.startswith("VAST_URL="):
-        process.kill()
-        raise RuntimeError(f"vastsim did not start: {log_path.read_text()}")
-    return Sim(url=line.strip().split("=", 1)[1], api_key=api_key, state_dir=state_dir, process=process,
-               log_path=log_path)
+    """A simulator through the project's one harness (mlops_vast.sim.harness), at --log-level info."""
+    started = harness.start(state_dir, "--speed", str(speed), "--log-level", "info", *extra, api_keys=[api_key],
+                            timeout=timeout)
+    assert started.process is not None
+    return Sim(url=started.url, api_key=api_key, state_dir=started.state_dir, process=started.process,
+               log_path=started.log_path or state_dir.parent / f"{state_dir.name}.log")
 
 
 def stop_sim(sim: Sim, timeout: float = 30.0) -> int:
-    if sim.process.poll() is None:
-        sim.process.send_signal(signal.SIGTERM)
-        try:
-            sim.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            sim.process.kill()
-            sim.process.wait(10)
-            raise AssertionError(f"vastsim ignored SIGTERM for {timeout}s") from None
-    return sim.process.returncode
+    try:
+        code = harness.stop(harness.SimProcess(url=sim.url, pid=sim.process.pid, state_dir=sim.state_dir,
+                                               api_key=sim.api_key, host_mode="", process=sim.process), timeout)
+    except harness.SimError as exc:
+        raise AssertionError(str(exc)) from None
+    return int(code or 0)
 
 
 def leftovers(state_dir: Path) -> list[str]:
-    """Namespaces, links and processes a simulator on this state dir may have left behind."""
-    tag = _tag(state_dir)
-    found = []
-    if IS_ROOT:
-        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        found += [line for line in netns.splitlines() if f"vastsim-{tag}-" in line]
-        links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-        found += [line.split(":")[1].strip() for line in links.splitlines() if f" vs{tag}" in line]
-    processes = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    found += [line for line in processes.splitlines() if str(state_dir) in line and "ps -ww -eo" not in line]
-    return found
+    """Namespaces, links, loop devices and processes a simulator on this state dir may have left behind."""
+    return [item for items in harness.leftovers(state_dir).values() for item in items]
 
 
 @contextlib.contextmanager
@@ -184,6 +159,4 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 
 
 def _tag(state_dir: Path) -> str:
-    from mlops_vast.sim.hosts import HostManager
-
-    return HostManager(state_dir, mode="loopback").tag
+    return state_tag(state_dir)

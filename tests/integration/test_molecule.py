@@ -8,11 +8,10 @@ it may be running and no network namespace of its simulators may remain.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlops_vast.sim import harness
 from tests.conftest import REPO, needs_root
 
 BIN = Path(sys.executable).parent
@@ -50,31 +50,18 @@ def molecule_env(home: Path) -> dict[str, str]:
 
 
 def leftovers(home: Path) -> list[str]:
-    """Processes of this run and network namespaces of its simulators; any simulator still up is stopped."""
+    """Processes of this run and what its simulators left; any simulator still up is stopped first."""
     found = []
-    for pid_file in home.glob(".ansible/tmp/molecule.*/vastsim/vastsim.pid"):
-        pid = int(pid_file.read_text().strip() or 0)
-        if pid > 0 and _alive(pid):
-            found.append(f"vastsim pid {pid} still running ({pid_file})")
-            os.kill(pid, signal.SIGTERM)  # it stops its instances and removes their namespaces
-            deadline = time.monotonic() + 30
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-    processes = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    found += [line.strip() for line in processes.splitlines() if str(home) in line and "ps -eo" not in line]
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for state in home.glob(".ansible/tmp/molecule.*/vastsim/state"):
-        tag = hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:4]
-        found += [line for line in netns.splitlines() if line.startswith(f"vastsim-{tag}-")]
+        sim = harness.find(state)
+        if sim is not None:
+            found.append(f"vastsim pid {sim.pid} still running ({state})")
+            with contextlib.suppress(harness.SimError):
+                harness.stop(sim)  # it stops its instances and removes their namespaces
+        found += [item for items in harness.leftovers(state).values() for item in items]
+    processes = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    found += [line.strip() for line in processes.splitlines() if str(home) in line and "ps -ww" not in line]
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mlops_vast.sim import host_loopback
 from mlops_vast.sim import hosts as sim_hosts
 from mlops_vast.sim.market import Market
 from mlops_vast.sim.models import Instance
@@ -351,7 +352,7 @@ def loopback_spec(instance_id: int) -> sim_hosts.HostSpec:
 
 
 def test_a_failed_sshd_start_leaves_no_forwarder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sim_hosts, "SSHD", str(tmp_path / "no-such-sshd"))
+    monkeypatch.setattr(host_loopback, "SSHD", str(tmp_path / "no-such-sshd"))
     state_dir = tmp_path / "state"
 
     async def scenario() -> None:
@@ -391,9 +392,9 @@ def test_stopping_an_instance_whose_sshd_died_ends_its_forwarder(tmp_path: Path)
             instance = Instance(id=7, user_id=1, offer_id=1, machine_id=1, num_gpus=1, image="x", disk=10,
                                 runtype="ssh_direc ssh_proxy", created_at=time.time(), gpu_dph=0.1,
                                 storage_dph=0.01, phase="stopped")
-            market._reconcile_host(instance)
-            assert 7 in market._host_ops, "reconcile did not stop the host"
-            await market._host_ops[7]
+            assert market.host_sync.reconcile(instance) is None
+            assert 7 in market.host_sync.ops, "reconcile did not stop the host"
+            await market.host_sync.ops[7]
             assert not forwarder_pids(state_dir, 7) and not manager.needs_stop(7)
         finally:
             await manager.destroy(7)

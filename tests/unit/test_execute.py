@@ -9,8 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from mlops_vast.sim import execute, instance_init, market
+from mlops_vast.sim import execute, instance_init, instance_io, market
+from mlops_vast.sim.errors import VastError
+from mlops_vast.sim.host_loopback import LoopbackBackend
+from mlops_vast.sim.host_namespace import NamespaceBackend
 from mlops_vast.sim.hosts import HostError, HostManager
+from mlops_vast.sim.models import Instance
 
 
 @pytest.mark.parametrize(("command", "words"), [
@@ -26,7 +30,7 @@ from mlops_vast.sim.hosts import HostError, HostManager
     ("rm -rf /workspace/x root/.cache /tmp/t/", ["rm", "-rf", "/workspace/x", "/root/.cache", "/tmp/t"]),
 ])
 def test_parse_finds_the_paths(command: str, words: list[str]) -> None:
-    assert execute.parse(command, "namespace").words == words
+    assert execute.parse(command, NamespaceBackend.own_dirs).words == words
 
 
 @pytest.mark.parametrize("command", [
@@ -45,15 +49,15 @@ def test_parse_finds_the_paths(command: str, words: list[str]) -> None:
 ])
 def test_parse_refuses(command: object) -> None:
     with pytest.raises(execute.CommandError):
-        execute.parse(command, "namespace")
+        execute.parse(command, NamespaceBackend.own_dirs)
 
 
 def test_loopback_mode_keeps_every_path_in_the_workspace() -> None:
-    assert execute.parse("du -s /workspace workspace/sub", "loopback").words == ["du", "-s", "/workspace",
+    assert execute.parse("du -s /workspace workspace/sub", LoopbackBackend.own_dirs).words == ["du", "-s", "/workspace",
                                                                                  "/workspace/sub"]
     for command in ("rm /tmp/x", "ls /root", "du -s /etc", "ls ../state.json"):
         with pytest.raises(execute.CommandError, match="/workspace"):
-            execute.parse(command, "loopback")  # loopback instances share the machine's /tmp and /root
+            execute.parse(command, LoopbackBackend.own_dirs)  # loopback instances share the machine's /tmp and /root
 
 
 @pytest.fixture
@@ -96,7 +100,7 @@ def test_confine_resolves_symlinks(escape: tuple[Path, Path], name: str, path: s
 
 
 def run(hosts: HostManager, command: str, **kwargs: object) -> str:
-    return asyncio.run(execute.run(execute.parse(command, hosts.mode), hosts, 7, **kwargs))
+    return asyncio.run(execute.run(execute.parse(command, hosts.own_dirs), hosts, 7, **kwargs))
 
 
 @pytest.fixture
@@ -143,8 +147,8 @@ def sim_market(tmp_path: Path) -> market.Market:
     return market.Market(state, speed=100.0, hosts=HostManager(state, mode="loopback"))
 
 
-def rent(sim: market.Market) -> market.Instance:
-    account = next(iter(sim.accounts.values()))
+def rent(sim: market.Market) -> Instance:
+    account = next(iter(sim.state.accounts.values()))
     offer = next(iter(sim.catalog.offers))
     instance, _started = sim.create_instance(account, offer, {"image": "pytorch/pytorch", "disk": 10})
     return instance
@@ -153,7 +157,7 @@ def rent(sim: market.Market) -> market.Instance:
 @pytest.mark.parametrize("waiting", ["queued", "scheduling", "outbid"])
 def test_execute_does_not_run_once_the_instance_starts_loading(sim_market: market.Market, waiting: str) -> None:
     instance = rent(sim_market)
-    account = next(iter(sim_market.accounts.values()))
+    account = next(iter(sim_market.state.accounts.values()))
     workspace = sim_market.hosts.instance_dir(instance.id) / "workspace"
     workspace.mkdir(parents=True)
     (workspace / "data").write_text("the host will mount this\n")
@@ -163,30 +167,30 @@ def test_execute_does_not_run_once_the_instance_starts_loading(sim_market: marke
         token, _path = sim_market.execute(account, instance.id, {"command": "rm /workspace/data"})
         # The GPUs free up before the command gets to run: the instance starts loading (_try_schedule).
         instance.phase = "loading"
-        await sim_market._host_ops[instance.id]
-        return sim_market.log_requests[token].text or ""
+        await sim_market.host_sync.ops[instance.id]
+        return sim_market.instance_io.results[token].text or ""
 
     out = asyncio.run(scenario())
     assert "the instance is starting; the command did not run" in out, out
     assert (workspace / "data").exists()
     for phase in ("loading", "stopping", "running"):
         instance.phase = phase
-        with pytest.raises(market.VastError, match="only avail on stopped"):
+        with pytest.raises(VastError, match="only avail on stopped"):
             sim_market.execute(account, instance.id, {"command": "ls"})
 
 
 def test_results_are_bounded(sim_market: market.Market, monkeypatch: pytest.MonkeyPatch) -> None:
     instance = rent(sim_market)
-    account = next(iter(sim_market.accounts.values()))
+    account = next(iter(sim_market.state.accounts.values()))
     tokens = [sim_market.request_logs(account, instance.id, {}) for _ in range(500)]
-    assert len(sim_market.log_requests) < len(tokens)
-    assert len(sim_market.log_requests) == market.RESULTS_KEPT
-    assert list(sim_market.log_requests) == tokens[-market.RESULTS_KEPT:]  # the newest
-    ready = sim_market.log_requests[tokens[-1]].ready_at
-    monkeypatch.setattr(market.time, "time", lambda: ready + 1)
+    assert len(sim_market.instance_io.results) < len(tokens)
+    assert len(sim_market.instance_io.results) == instance_io.RESULTS_KEPT
+    assert list(sim_market.instance_io.results) == tokens[-instance_io.RESULTS_KEPT:]  # the newest
+    ready = sim_market.instance_io.results[tokens[-1]].ready_at
+    monkeypatch.setattr(instance_io.time, "time", lambda: ready + 1)
     assert sim_market.result_text(tokens[-1]) is not None
-    later = ready + market.RESULT_TTL_S + 1
-    monkeypatch.setattr(market.time, "time", lambda: later)
+    later = ready + instance_io.RESULT_TTL_S + 1
+    monkeypatch.setattr(instance_io.time, "time", lambda: later)
     assert sim_market.result_text(tokens[-1]) is None, "an expired result is gone even before the next request"
     fresh = sim_market.request_logs(account, instance.id, {})
-    assert list(sim_market.log_requests) == [fresh]  # the others expired
+    assert list(sim_market.instance_io.results) == [fresh]  # the others expired

@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 
 from mlops_vast.sim import instance_init
-from mlops_vast.sim.hosts import MAX_AUTHORIZED_KEYS_BYTES, HostManager, HostSpec, _atomic_write, _Runtime
+from mlops_vast.sim.host_namespace import MAX_AUTHORIZED_KEYS_BYTES, NamespaceBackend
+from mlops_vast.sim.host_os import atomic_write
+from mlops_vast.sim.hosts import HostManager, HostSpec, Runtime
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyOfTheAccount account"
 
 
-# ------------------------------------------------------------------ _atomic_write
+# ------------------------------------------------------------------ atomic_write
 
 
-def test_atomic_write_does_not_follow_a_planted_tmp_link(tmp_path: Path) -> None:
+def testatomic_write_does_not_follow_a_planted_tmp_link(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     directory = tmp_path / "bin"
@@ -30,7 +32,7 @@ def test_atomic_write_does_not_follow_a_planted_tmp_link(tmp_path: Path) -> None
     (directory / "nvidia-smi.json.tmp").symlink_to(victim)
     # A directory where a predictable temporary name would go must not make every later write fail.
     (directory / "nvidia-smi.json.tmp.d").mkdir()
-    _atomic_write(directory / "nvidia-smi.json", "{}", mode=0o644)
+    atomic_write(directory / "nvidia-smi.json", "{}", mode=0o644)
     assert victim.read_text() == "precious\n"
     written = directory / "nvidia-smi.json"
     assert not written.is_symlink() and written.read_text() == "{}"
@@ -39,55 +41,56 @@ def test_atomic_write_does_not_follow_a_planted_tmp_link(tmp_path: Path) -> None
     assert leftovers == ["nvidia-smi.json", "nvidia-smi.json.tmp", "nvidia-smi.json.tmp.d"], "no temporary file left"
 
 
-def test_atomic_write_replaces_a_link_at_the_destination(tmp_path: Path) -> None:
+def testatomic_write_replaces_a_link_at_the_destination(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     (tmp_path / "hosts").symlink_to(victim)
-    _atomic_write(tmp_path / "hosts", "127.0.0.1 localhost\n")
+    atomic_write(tmp_path / "hosts", "127.0.0.1 localhost\n")
     assert victim.read_text() == "precious\n"
     assert not (tmp_path / "hosts").is_symlink()
 
 
-def test_atomic_write_with_a_directory_descriptor(tmp_path: Path) -> None:
+def testatomic_write_with_a_directory_descriptor(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     (tmp_path / "keys.tmp").symlink_to(victim)
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        _atomic_write("keys", "k\n", mode=0o600, dir_fd=fd)
+        atomic_write("keys", "k\n", mode=0o600, dir_fd=fd)
     finally:
         os.close(fd)
     assert (tmp_path / "keys").read_text() == "k\n" and victim.read_text() == "precious\n"
 
 
-# --------------------------------------------------------------- _seed_root_keys
+# --------------------------------------------------------------- seed_root_keys
 
 
 @pytest.fixture
-def seeding(tmp_path: Path) -> tuple[HostManager, _Runtime]:
-    manager = HostManager(tmp_path / "state", mode="namespace")
-    directory = manager.instance_dir(1)
+def seeding(tmp_path: Path) -> tuple[NamespaceBackend, Runtime]:
+    backend = HostManager(tmp_path / "state", mode="namespace").backend
+    assert isinstance(backend, NamespaceBackend)
+    directory = backend.instance_dir(1)
     for sub in ("etc", "home"):
         (directory / sub).mkdir(parents=True)
     spec = HostSpec(instance_id=1, hostname="C.1", disk_gb=10, authorized_keys=[KEY], gpu_spec={})
-    return manager, _Runtime(spec=spec, directory=directory)
+    return backend, Runtime(spec=spec, directory=directory)
 
 
-def test_seeding_goes_through_no_planted_link(seeding: tuple[HostManager, _Runtime], tmp_path: Path) -> None:
+def test_seeding_goes_through_no_planted_link(seeding: tuple[NamespaceBackend, Runtime], tmp_path: Path) -> None:
     manager, runtime = seeding
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
     ssh_dir = runtime.directory / "home" / ".ssh"
     ssh_dir.mkdir(mode=0o700)
     (ssh_dir / "authorized_keys.tmp").symlink_to(victim)
-    manager._seed_root_keys(runtime, [KEY])
+    manager.seed_root_keys(runtime, [KEY])
     assert victim.read_text() == "precious\n"
     assert not (ssh_dir / "authorized_keys").is_symlink()
     assert (ssh_dir / "authorized_keys").read_text() == KEY + "\n"
 
 
 @pytest.mark.parametrize("link", [".ssh", ".ssh/authorized_keys"])
-def test_seeding_leaves_a_linked_ssh_dir_or_file_alone(seeding: tuple[HostManager, _Runtime], tmp_path: Path,
+def test_seeding_leaves_a_linked_ssh_dir_or_file_alone(seeding: tuple[NamespaceBackend, Runtime], tmp_path: Path,
                                                        link: str) -> None:
     manager, runtime = seeding
     elsewhere = tmp_path / "elsewhere"
@@ -99,29 +102,29 @@ def test_seeding_leaves_a_linked_ssh_dir_or_file_alone(seeding: tuple[HostManage
     else:
         (home / ".ssh").mkdir()
         (home / ".ssh" / "authorized_keys").symlink_to(elsewhere / "authorized_keys")
-    manager._seed_root_keys(runtime, [KEY])
+    manager.seed_root_keys(runtime, [KEY])
     assert sorted(p.name for p in elsewhere.iterdir()) == ["authorized_keys"]
     assert (elsewhere / "authorized_keys").read_text() == "precious\n"
 
 
-def test_seeding_reads_a_bounded_regular_file_only(seeding: tuple[HostManager, _Runtime]) -> None:
+def test_seeding_reads_a_bounded_regular_file_only(seeding: tuple[NamespaceBackend, Runtime]) -> None:
     manager, runtime = seeding
     ssh_dir = runtime.directory / "home" / ".ssh"
     ssh_dir.mkdir()
     # A FIFO would block a plain read forever; it is not a regular file, so it is left alone.
     os.mkfifo(ssh_dir / "authorized_keys")
-    done = threading.Thread(target=manager._seed_root_keys, args=(runtime, [KEY]), daemon=True)
+    done = threading.Thread(target=manager.seed_root_keys, args=(runtime, [KEY]), daemon=True)
     done.start()
     done.join(5)
     assert not done.is_alive(), "seeding blocked on a FIFO"
     (ssh_dir / "authorized_keys").unlink()
     huge = "# padding\n" * (MAX_AUTHORIZED_KEYS_BYTES // 10 + 1)
     (ssh_dir / "authorized_keys").write_text(huge)
-    manager._seed_root_keys(runtime, [KEY])
+    manager.seed_root_keys(runtime, [KEY])
     assert (ssh_dir / "authorized_keys").read_text() == huge
     (ssh_dir / "authorized_keys").write_text("ssh-ed25519 AAAAmine mine\n")
     (ssh_dir / "authorized_keys").chmod(0o640)
-    manager._seed_root_keys(runtime, [KEY])
+    manager.seed_root_keys(runtime, [KEY])
     assert (ssh_dir / "authorized_keys").read_text() == f"ssh-ed25519 AAAAmine mine\n{KEY}\n"
     assert (ssh_dir / "authorized_keys").stat().st_mode & 0o777 == 0o640
 
@@ -233,7 +236,7 @@ def test_loopback_public_ports_never_take_a_container_port(tmp_path: Path) -> No
 
     def first_rent(state: Path, env: dict[str, str]) -> dict[str, int]:
         sim = market.Market(state, speed=100.0, hosts=HostManager(state, mode="loopback"))
-        account = next(iter(sim.accounts.values()))
+        account = next(iter(sim.state.accounts.values()))
         offer = next(iter(sim.catalog.offers))
         body = {"image": "pytorch/pytorch", "disk": 10, "runtype": "ssh_direc ssh_proxy", "env": env}
         instance, _started = sim.create_instance(account, offer, body)

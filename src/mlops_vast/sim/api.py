@@ -15,11 +15,19 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from mlops_vast.sim import query as q
+from mlops_vast.sim.errors import VastError
 from mlops_vast.sim.faults import FaultError
-from mlops_vast.sim.market import V1_FILTER_COLUMNS, V1_MAX_LIMIT, Market, VastError
+from mlops_vast.sim.market import Market
 from mlops_vast.sim.models import Account, Instance
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+V1_FILTER_COLUMNS = frozenset({
+    "id", "actual_status", "intended_status", "cur_state", "next_state", "label", "gpu_name",
+    "verification", "machine_id", "host_id", "image_uuid", "status_msg", "is_bid", "start_date",
+    "geolocation", "template_hash_id", "image_runtype",
+})
+V1_MAX_LIMIT = 25
 
 
 class JSON(Response):
@@ -91,7 +99,7 @@ class Api:
 
     def wrap(self, handler: Handler) -> Handler:
         async def endpoint(request: Request) -> Response:
-            fault = self.market.faults.take_http(request.method, request.url.path)
+            fault = self.market.state.faults.take_http(request.method, request.url.path)
             if fault is not None:
                 self.market.touch()
                 if not fault.after:
@@ -229,7 +237,7 @@ class Api:
         return JSON({"filters": [dict(zip(columns, combo, strict=True)) for combo in combos]})
 
     def mine(self, account: Account) -> list[Instance]:
-        return [i for i in self.market.instances.values() if i.user_id == account.id]
+        return self.market.mine(account)
 
     # ------------------------------------------------------------ one instance
 
@@ -237,7 +245,7 @@ class Api:
         account = self.account(request)
         instance_id = int_path(request, "instance_id")
         if request.method == "GET":
-            found = self.market.instances.get(instance_id)
+            found = self.market.state.instances.get(instance_id)
             row = instance_row(self.market, found) if found and found.user_id == account.id else None
             return JSON({"instances": row})
         if request.method == "DELETE":
@@ -315,7 +323,7 @@ class Api:
     async def ssh_keys(self, request: Request) -> Response:
         account = self.account(request)
         if request.method == "GET":
-            return JSON([k.public() for k in self.market.ssh_keys.values()
+            return JSON([k.public() for k in self.market.state.ssh_keys.values()
                          if k.user_id == account.id and k.instance_id is None])
         body = await read_json(request, required=True)
         key = self.market.add_account_key(account, body.get("ssh_key") if isinstance(body, dict) else None)
@@ -336,7 +344,7 @@ class Api:
         instance_id = int_path(request, "instance_id")
         if request.method == "GET":
             self.market.own_instance(account, instance_id)
-            return JSON([k.public() for k in self.market.ssh_keys.values() if k.instance_id == instance_id])
+            return JSON([k.public() for k in self.market.state.ssh_keys.values() if k.instance_id == instance_id])
         body = await read_json(request, required=True)
         key = body.get("ssh_key") if isinstance(body, dict) else None
         return JSON(self.market.attach_instance_key(account, instance_id, key))
@@ -420,7 +428,7 @@ class Api:
     async def sim_ledger(self, request: Request) -> Response:
         account = self.account(request)
         live = [i.ledger_row() for i in self.mine(account)]
-        done = [row for row in self.market.ledger if row.get("user_id") == account.id]
+        done = [row for row in self.market.state.ledger if row.get("user_id") == account.id]
         rows = sorted(live + done, key=lambda row: row["id"])
         totals = {
             "instances": len(rows),
@@ -437,7 +445,7 @@ class Api:
     async def sim_faults(self, request: Request) -> Response:
         self.account(request)
         if request.method == "GET":
-            return JSON({"success": True, "faults": [f.as_dict() for f in self.market.faults.faults]})
+            return JSON({"success": True, "faults": [f.as_dict() for f in self.market.state.faults.faults]})
         if request.method == "DELETE":
             removed = self.market.clear_faults()
             return JSON({"success": True, "removed": len(removed)})
@@ -568,9 +576,7 @@ def instance_row(market: Market, instance: Instance) -> dict[str, Any]:
     if running:
         # The same mapping the instance's VAST_*_PORT_* variables and port forwards come from.
         ports = {key: [{"HostIp": "0.0.0.0", "HostPort": str(public)}] for key, public in port_map.items()}
-    public_ip = instance.address or market.public_host
-    if market.hosts.mode == "loopback":
-        public_ip = "127.0.0.1"
+    public_ip = market.hosts.backend.public_address(instance.address) or market.public_host
     dph_total = instance.gpu_dph + instance.storage_dph
     storage_total = instance.storage_dph
     uptime = (now - instance.running_since) / 60.0 if instance.running_since else None

@@ -1,4 +1,9 @@
-"""``vastsim``: run the local Vast marketplace."""
+"""``vastsim``: run the local Vast marketplace.
+
+``serve`` runs it in the foreground; ``start`` runs it in the background and returns once it serves;
+``stop`` stops the one serving a state directory; ``check-clean`` says whether a simulator left
+anything behind (network namespaces, links, loop devices, processes).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import TextIO
 
 import uvicorn
 
+from mlops_vast.sim import harness
 from mlops_vast.sim.api import build_app
 from mlops_vast.sim.market import DEFAULT_CREDIT, Market
 
@@ -26,37 +32,71 @@ def default_state_dir() -> Path:
     return Path(base) / "vastsim"
 
 
+def _state_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help=f"where instances, keys and the ledger live (default {default_state_dir()})")
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free port)")
+    _state_dir_option(parser)
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="divide Vast's real provisioning timings by this factor (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the offer catalogue (default 0)")
+    parser.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                        help="accept this API key (repeatable; each key is its own account). "
+                        "Without one, a key is generated and written to STATE_DIR/api_key")
+    parser.add_argument("--api-key-file", type=Path, metavar="PATH",
+                        help="accept the keys in this file, one per line (keeps them out of process listings)")
+    parser.add_argument("--credit", type=float, default=DEFAULT_CREDIT,
+                        help=f"starting credit of new accounts in USD (default {DEFAULT_CREDIT:g})")
+    parser.add_argument("--host-mode", choices=("namespace", "loopback"), default=None,
+                        help="namespace (root: netns, mount ns, tc) or loopback; default: namespace when root")
+    parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vastsim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="vastsim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
-        "serve",
-        help="run the marketplace in the foreground",
-        description="Serve the Vast REST API on loopback. Prints 'VAST_URL=http://HOST:PORT' when ready; "
-        "on SIGINT or SIGTERM stops every instance and removes every namespace and link it made.",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="port to listen on (default: a free port)")
-    serve.add_argument("--state-dir", type=Path, default=None,
-                       help=f"where instances, keys and the ledger live (default {default_state_dir()})")
-    serve.add_argument("--speed", type=float, default=1.0,
-                       help="divide Vast's real provisioning timings by this factor (default 1)")
-    serve.add_argument("--seed", type=int, default=0, help="seed of the offer catalogue (default 0)")
-    serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                       help="accept this API key (repeatable; each key is its own account). "
-                       "Without one, a key is generated and written to STATE_DIR/api_key")
-    serve.add_argument("--api-key-file", type=Path, metavar="PATH",
-                       help="accept the keys in this file, one per line (keeps them out of process listings)")
-    serve.add_argument("--credit", type=float, default=DEFAULT_CREDIT,
-                       help=f"starting credit of new accounts in USD (default {DEFAULT_CREDIT:g})")
-    serve.add_argument("--host-mode", choices=("namespace", "loopback"), default=None,
-                       help="namespace (root: netns, mount ns, tc) or loopback; default: namespace when root")
-    serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+        "serve", help="run the marketplace in the foreground",
+        description="Serve the Vast REST API on loopback. Prints 'VAST_URL=http://HOST:PORT' when ready (and "
+        "writes --ready-file); on SIGINT or SIGTERM stops every instance and removes every namespace and link "
+        "it made.")
+    _serve_options(serve)
+    serve.add_argument("--ready-file", type=Path, metavar="PATH",
+                       help="write {url, pid, api_key_file, host_mode, ...} as JSON here once serving; removed "
+                       "when it stops")
+    start = commands.add_parser(
+        "start", help="run the marketplace in the background; return once it serves",
+        description="Start 'vastsim serve' in a session of its own and wait until it serves; print "
+        "VAST_URL=..., VASTSIM_PID=... and VASTSIM_STATE_DIR=... (shell assignments). Its log goes to --log-file.")
+    _serve_options(start)
+    start.add_argument("--log-file", type=Path, help="append the simulator's log here (default STATE_DIR.log)")
+    start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to serve (default 60)")
+    stop = commands.add_parser(
+        "stop", help="stop the simulator serving a state directory, and check it left nothing",
+        description="Send SIGTERM to the simulator serving --state-dir, wait until it is gone, then check that it "
+        "left nothing behind (as check-clean). Exits 0 when nothing is left (also when none was running).")
+    _state_dir_option(stop)
+    stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to stop (default 60)")
+    clean = commands.add_parser(
+        "check-clean", help="list what a simulator left behind; exit 1 if anything",
+        description="Look for what a simulator on STATE_DIR may leave behind: network namespaces and links "
+        "of its own, loop devices of its disks, processes naming its state directory.")
+    clean.add_argument("state_dir", type=Path, metavar="STATE_DIR")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check-clean":
+        return check_clean(args.state_dir)
+    state_dir = (args.state_dir or default_state_dir()).resolve()
+    if args.command == "stop":
+        return stop(state_dir, args.timeout)
     logging.basicConfig(level=args.log_level.upper(), format="vastsim %(levelname)s %(name)s: %(message)s")
     if args.speed <= 0:
         print("vastsim: --speed must be a positive number, e.g. --speed 50", file=sys.stderr)
@@ -64,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         print("vastsim: --port must be between 0 and 65535", file=sys.stderr)
         return 2
-    state_dir = (args.state_dir or default_state_dir()).resolve()
+    if args.command == "start":
+        return start(args, state_dir)
     try:
         if args.api_key_file:
             args.api_key += [line.strip() for line in args.api_key_file.read_text().splitlines() if line.strip()]
@@ -74,6 +115,46 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"vastsim: {exc}", file=sys.stderr)
         return 1
+
+
+def start(args: argparse.Namespace, state_dir: Path) -> int:
+    running = harness.find(state_dir)
+    if running is not None:
+        print(f"vastsim: state dir {state_dir} is already served by pid {running.pid} at {running.url}; "
+              "stop it first (vastsim stop --state-dir ...)", file=sys.stderr)
+        return 1
+    passed = ["--host", args.host, "--port", str(args.port), "--speed", str(args.speed), "--seed", str(args.seed),
+              "--credit", str(args.credit), "--log-level", args.log_level]
+    passed += ["--host-mode", args.host_mode] if args.host_mode else []
+    passed += ["--api-key-file", str(args.api_key_file.resolve())] if args.api_key_file else []
+    try:
+        sim = harness.start(state_dir, *passed, api_keys=args.api_key, log_path=args.log_file, detach=True,
+                            timeout=args.timeout)
+    except (harness.SimError, OSError) as exc:
+        print(f"vastsim: {exc}", file=sys.stderr)
+        return 1
+    print(f"VAST_URL={sim.url}\nVASTSIM_PID={sim.pid}\nVASTSIM_STATE_DIR={sim.state_dir}", flush=True)
+    return 0
+
+
+def stop(state_dir: Path, timeout: float) -> int:
+    sim = harness.find(state_dir)
+    if sim is not None:
+        try:
+            harness.stop(sim, timeout)
+        except harness.SimError as exc:
+            print(f"vastsim: {exc}", file=sys.stderr)
+            return 1
+    return check_clean(state_dir)
+
+
+def check_clean(state_dir: Path) -> int:
+    left = {kind: items for kind, items in harness.leftovers(state_dir).items() if items}
+    if left:
+        for kind, items in left.items():
+            print(f"vastsim: left behind ({kind}): {', '.join(items)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def serve(args: argparse.Namespace, state_dir: Path) -> int:
@@ -87,7 +168,7 @@ async def serve(args: argparse.Namespace, state_dir: Path) -> int:
     market = Market(state_dir, speed=args.speed, seed=args.seed, api_keys=args.api_key,
                     credit=args.credit, hosts=hosts, public_host=public_host)
     key_file = state_dir / "api_key"
-    first_key = args.api_key[0] if args.api_key else next(iter(market.accounts))
+    first_key = args.api_key[0] if args.api_key else next(iter(market.state.accounts))
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(first_key + "\n")
@@ -111,7 +192,12 @@ async def serve(args: argparse.Namespace, state_dir: Path) -> int:
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         host = public_host if ":" not in public_host else f"[{public_host}]"
-        print(f"VAST_URL=http://{host}:{port}", flush=True)
+        url = f"http://{host}:{port}"
+        if args.ready_file:
+            harness.write_ready(args.ready_file, {"url": url, "pid": os.getpid(), "state_dir": str(state_dir),
+                                                  "api_key_file": str(key_file), "host_mode": hosts.mode,
+                                                  "ssh_user": hosts.ssh_user})
+        print(f"VAST_URL={url}", flush=True)
         log.warning("API key in %s; host mode %s; state in %s", key_file, hosts.mode, state_dir)
         await serving
     finally:
@@ -121,6 +207,8 @@ async def serve(args: argparse.Namespace, state_dir: Path) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
         await market.shutdown()
+        if args.ready_file:
+            args.ready_file.unlink(missing_ok=True)
         lock.close()
     return 0
 

@@ -27,7 +27,7 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlops_vast.sim.hosts import OWN_DIRS, HostError, HostManager
+from mlops_vast.sim.hosts import HostError, HostManager
 
 COMMANDS = ("ls", "rm", "du")
 MAX_CHARS = 512
@@ -67,8 +67,11 @@ class Command:
     operands: list[int]  # indices of the words that are paths, made absolute
 
 
-def parse(command: object, mode: str) -> Command:
-    """Check a command as Vast does and find its path operands; CommandError says what is wrong."""
+def parse(command: object, roots: tuple[str, ...]) -> Command:
+    """Check a command as Vast does and find its path operands; CommandError says what is wrong.
+
+    ``roots`` are the instance's own directories (``HostManager.own_dirs``): every path must lie inside one.
+    """
     allowed = f"Allowed: one ls, rm or du command, without shell syntax, of {MAX_CHARS} characters at most."
     if not isinstance(command, str) or not command.strip():
         raise CommandError(f"command is required. {allowed}")
@@ -85,7 +88,6 @@ def parse(command: object, mode: str) -> Command:
     name = words[0]
     short, long = _VALUE_OPTIONS[name]
     refused_short, refused_long = _REFUSED_OPTIONS[name]
-    roots = OWN_DIRS[mode]
     operands, only_operands, value_next = [], False, False
     for index in range(1, len(words)):
         word = words[index]

@@ -1,4 +1,4 @@
-"""The simulator's persistent records: accounts, SSH keys, instances, ledger rows."""
+"""The simulator's persistent records: accounts, SSH keys, instances, ledger rows, and their phases."""
 
 from __future__ import annotations
 
@@ -111,6 +111,17 @@ class Instance:
     gpu_cost: float = 0.0
     storage_cost: float = 0.0
     destroyed_at: float | None = None
+
+    def enter(self, phase: str, until: float | None, msg: str | None, now: float) -> None:
+        """Move to ``phase`` until the wall-clock time ``until`` (None: no deadline); the GPU meter follows."""
+        if self.phase == "running" and phase != "running" and self.running_since is not None:
+            self.running_since = None
+        if phase == "running" and self.running_since is None:
+            self.running_since = now
+        self.phase = phase
+        self.phase_until = until
+        if msg is not None:
+            self.status_msg = msg
 
     @property
     def actual_status(self) -> str | None:

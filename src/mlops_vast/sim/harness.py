@@ -1,0 +1,225 @@
+"""One way to run a simulator from the outside: start ``vastsim serve`` on a state directory and wait
+until it serves (its ready file, not a line on stdout), stop it by its pid, and check that it left
+nothing behind (network namespaces, links, loop devices, processes of its state directory).
+
+The tests, the benchmarks, the Molecule scenarios and ``scripts/demo.sh`` use it, the last two through
+``vastsim start``, ``vastsim stop`` and ``vastsim check-clean``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from mlops_vast.sim.hosts import state_tag
+
+READY_FILE = "ready.json"
+KEYS_FILE = "accepted_keys"
+
+
+class SimError(RuntimeError):
+    """The simulator did not start, or did not stop when asked."""
+
+
+@dataclass
+class SimProcess:
+    """A running simulator, as its ready file describes it."""
+
+    url: str
+    pid: int
+    state_dir: Path
+    api_key: str  # the first account's key (STATE_DIR/api_key)
+    host_mode: str
+    log_path: Path | None = None
+    process: subprocess.Popen[Any] | None = None  # set when this process started it and may wait for it
+
+    @property
+    def tag(self) -> str:
+        return state_tag(self.state_dir)
+
+    def log_tail(self, limit: int = 3000) -> str:
+        if self.log_path is None:
+            return ""
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-limit:]
+        return ""
+
+
+def ready_path(state_dir: Path) -> Path:
+    return state_dir / READY_FILE
+
+
+def read_ready(path: Path) -> dict[str, Any] | None:
+    """The ready file's content, or None while there is none (it is written whole, by a rename)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_ready(path: Path, info: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info) + "\n")
+    os.replace(tmp, path)
+
+
+def start(state_dir: Path, *args: str, api_keys: Sequence[str] = (), log_path: Path | None = None,
+          stdout: int | IO[Any] | None = subprocess.DEVNULL, timeout: float = 30.0, detach: bool = False,
+          cwd: Path | None = None, python: str = sys.executable) -> SimProcess:
+    """``vastsim serve`` on ``state_dir`` with ``args``; returns once it serves.
+
+    ``api_keys`` are passed in a file (never on the command line, where ``ps`` shows them). Its log (stderr)
+    is appended to ``log_path``; ``stdout`` (the ``VAST_URL=`` line, the access log at ``--log-level
+    debug``) goes where the caller says. ``detach`` starts it in a session of its own, for a simulator that
+    outlives the caller (``vastsim start``). SimError, with the end of its log, when it does not serve.
+    """
+    state_dir = state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ready = ready_path(state_dir)
+    ready.unlink(missing_ok=True)
+    argv = [python, "-m", "mlops_vast.sim.cli", "serve", "--state-dir", str(state_dir), "--ready-file", str(ready)]
+    if api_keys:
+        keys_file = state_dir / KEYS_FILE
+        fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write("".join(f"{key}\n" for key in api_keys))
+        argv += ["--api-key-file", str(keys_file)]
+    argv += list(args)
+    log_path = log_path or state_dir.parent / f"{state_dir.name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=log, cwd=cwd,
+                                   start_new_session=detach)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        info = read_ready(ready)
+        if info and info.get("pid") == process.pid:
+            return SimProcess(url=info["url"], pid=process.pid, state_dir=state_dir,
+                              api_key=Path(info["api_key_file"]).read_text().strip(), host_mode=info["host_mode"],
+                              log_path=log_path, process=process)
+        if process.poll() is not None:
+            raise SimError(f"vastsim exited ({process.returncode}) before serving:\n{_tail(log_path)}")
+        time.sleep(0.02)
+    process.kill()
+    process.wait(10)
+    raise SimError(f"vastsim did not serve within {timeout:g} s:\n{_tail(log_path)}")
+
+
+def find(state_dir: Path) -> SimProcess | None:
+    """The simulator serving ``state_dir`` now, from its ready file (None when none is)."""
+    state_dir = state_dir.resolve()
+    info = read_ready(ready_path(state_dir))
+    if not info or not _alive(int(info.get("pid") or 0)):
+        return None
+    return SimProcess(url=info["url"], pid=int(info["pid"]), state_dir=state_dir,
+                      api_key=Path(info["api_key_file"]).read_text().strip(), host_mode=info["host_mode"])
+
+
+def stop(sim: SimProcess, timeout: float = 30.0) -> int | None:
+    """SIGTERM, and wait until it is gone: its exit code when this process started it, else None.
+
+    SimError when it ignored SIGTERM for ``timeout`` seconds (it is SIGKILLed then).
+    """
+    process = sim.process
+    if process is not None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+                raise SimError(f"vastsim {sim.pid} ignored SIGTERM for {timeout:g} s") from None
+        return process.returncode
+    if not _alive(sim.pid):
+        return None
+    os.kill(sim.pid, signal.SIGTERM)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not _alive(sim.pid):
+            return None
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(sim.pid, signal.SIGKILL)
+    raise SimError(f"vastsim {sim.pid} ignored SIGTERM for {timeout:g} s")
+
+
+@contextlib.contextmanager
+def running(state_dir: Path, *args: str, **options: Any) -> Iterator[SimProcess]:
+    """A simulator for the block; afterwards it must have exited cleanly and left nothing behind."""
+    sim = start(state_dir, *args, **options)
+    try:
+        yield sim
+    finally:
+        code = stop(sim)
+        left = leftovers(sim.state_dir)
+        if code not in (0, None):
+            raise SimError(f"vastsim exited {code}: {sim.log_tail(2000)}")
+        if any(left.values()):
+            raise SimError(f"vastsim left behind: {left}")
+
+
+def leftovers(state_dir: Path) -> dict[str, list[str]]:
+    """What a simulator on ``state_dir`` may leave behind, by kind; all empty when it left nothing.
+
+    Network namespaces ``vastsim-<tag>-*`` and links ``vs<tag>*`` (namespace backend), loop devices
+    backed by its disk images, and processes whose command line names the state directory.
+    """
+    state_dir = state_dir.resolve()
+    tag = state_tag(state_dir)
+    found: dict[str, list[str]] = {"netns": [], "links": [], "loops": [], "processes": []}
+    found["netns"] = [line.split()[0] for line in _output("ip", "netns", "list").splitlines()
+                      if line.startswith(f"vastsim-{tag}-")]
+    for line in _output("ip", "-o", "link", "show").splitlines():
+        parts = line.split(":")
+        if len(parts) > 1 and parts[1].strip().split("@")[0].startswith(f"vs{tag}"):
+            found["links"].append(parts[1].strip().split("@")[0])
+    found["loops"] = [line for line in _output("losetup", "-a").splitlines() if str(state_dir) in line]
+    me = os.getpid()
+    for line in _output("ps", "-ww", "-eo", "pid,args").splitlines():
+        pid, _, command = line.strip().partition(" ")
+        if str(state_dir) in command and pid.isdigit() and int(pid) != me and not command.startswith("ps -ww"):
+            found["processes"].append(line.strip())
+    return found
+
+
+def _output(*argv: str) -> str:
+    """stdout of a system tool; empty when it is not installed (the simulator cannot have used it then)."""
+    if shutil.which(argv[0]) is None:
+        return ""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) holds nothing any more.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rfind(")") + 2:].split()[0] != "Z"
+    return True
+
+
+def _tail(path: Path, limit: int = 3000) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace")[-limit:]
+    return ""
