@@ -54,8 +54,8 @@ def make_dataset():
     """A smooth nonlinear target with a little noise: learnable by the MLP, not by a line."""
     rng = random.Random(DATA_SEED)
     data = []
-    for _ in range(NUM_SAMPLES):
-        x = [rng.gauss(0.0, 1.0) for _ in range(INPUT_SIZE)]
+    for _sample in range(NUM_SAMPLES):
+        x = [rng.gauss(0.0, 1.0) for _input in range(INPUT_SIZE)]
         y = math.sin(x[0]) + 0.5 * x[1] * x[2] - 0.3 * x[3] + rng.gauss(0.0, 0.05)
         data.append((x, y))
     return data
@@ -70,8 +70,8 @@ NUM_PARAMS = B2 + 1
 
 def init_params(rng):
     scale = 1.0 / math.sqrt(INPUT_SIZE)  # keeps tanh out of saturation at the start
-    params = [rng.uniform(-scale, scale) for _ in range(B1)] + [0.0] * HIDDEN_SIZE
-    return params + [rng.uniform(-0.5, 0.5) for _ in range(HIDDEN_SIZE)] + [0.0]
+    params = [rng.uniform(-scale, scale) for _weight in range(B1)] + [0.0] * HIDDEN_SIZE
+    return params + [rng.uniform(-0.5, 0.5) for _weight in range(HIDDEN_SIZE)] + [0.0]
 
 
 def loss_and_grad(params, batch):
@@ -110,13 +110,13 @@ def write_json(path, obj):
 
 def checkpoint_step(name):
     """The step of a 'checkpoint-<step>' directory name, or None for anything else."""
-    prefix, _, step = name.partition("-")
+    prefix, _dash, step = name.partition("-")
     return int(step) if prefix == "checkpoint" and step.isdigit() else None
 
 
 def list_checkpoints(output_dir):
     steps = sorted((checkpoint_step(n), n) for n in os.listdir(output_dir) if checkpoint_step(n) is not None)
-    return [os.path.join(output_dir, n) for _, n in steps]
+    return [os.path.join(output_dir, n) for _step, n in steps]
 
 
 def save_checkpoint(output_dir, state, limit):
@@ -214,7 +214,7 @@ def main(argv=None):
         if args.crash_at_step == step:
             raise RuntimeError(f"simulated failure at step {step} (--crash_at_step)")
         batch = []
-        for _ in range(batch_size):
+        for _item in range(batch_size):
             if pos >= len(order):  # a new epoch: reshuffle with the seeded rng (its state is checkpointed)
                 rng.shuffle(order)
                 pos = 0

@@ -31,8 +31,7 @@ class ActionModule(ValidateArgumentSpec):
 
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         task_vars = task_vars or {}
-        validation, _ = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        args = validation.validated_parameters
+        args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[0].validated_parameters
         path = self._spec_path(args["spec_file"], task_vars)
         options = self._options(path, args["spec_name"])
         prefix = args["prefix"]

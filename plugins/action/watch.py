@@ -146,7 +146,8 @@ class SyncRunner:
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def _kill(self) -> None:
-        assert self.proc is not None
+        if self.proc is None:
+            return
         for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
@@ -248,7 +249,8 @@ class Watcher:
         return max(2 * (self.p["api_timeout"] or 30.0), 30.0)
 
     def api_poll(self) -> None:
-        assert self.client is not None
+        if self.client is None:
+            return
         self.last_api = self.clock()
         self.client.deadline = Deadline(self._api_budget())
         self.api_polls += 1
@@ -368,7 +370,7 @@ class Watcher:
 
     def observation(self, *, host_fresh: bool) -> Observation:
         now = self.clock()
-        elapsed, _ = self.run_elapsed()
+        elapsed = self.run_elapsed()[0]
         token = self.progress_token()
         return Observation(
             exit_code=self.exit_code, exit_code_raw=self.exit_code_raw, tmux=self.tmux,
@@ -539,10 +541,9 @@ class ActionModule(ActionBase):
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         result = super().run(tmp, task_vars)
         del tmp
-        validation, _ = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
-        params = validation.validated_parameters
-        problems = [f"{name} must be > 0" for name in ("poll_interval", "api_poll_interval", "sync_interval",
-                                                        "sync_timeout", "reconnect_timeout") if params[name] <= 0]
+        params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[0].validated_parameters
+        positive = ("poll_interval", "api_poll_interval", "sync_interval", "sync_timeout", "reconnect_timeout")
+        problems = [f"{name} must be > 0" for name in positive if params[name] <= 0]
         problems += [f"{name} must be >= 0" for name in ("stall_timeout", "max_runtime", "timeout")
                      if params[name] < 0]
         if params["started_at"] not in (None, "") and parse_timestamp(params["started_at"]) is None:
@@ -577,4 +578,4 @@ class ActionModule(ActionBase):
     @staticmethod
     def _secrets(params: dict[str, Any], watcher: Watcher) -> tuple[str, ...]:
         """Strings masked wherever they appear in the result: the key, as given and as resolved."""
-        return tuple(key for key in {params.get("api_key"), watcher.api_key} if key)
+        return tuple(dict.fromkeys(key for key in (params.get("api_key"), watcher.api_key) if key))

@@ -188,8 +188,8 @@ class VastClient:
             attempt += 1
             # A create keeps its full timeout even late in the run: cutting it short would turn a
             # slow rent into an ambiguous one.
-            timeout = self.request_timeout if not idempotent else min(self.request_timeout,
-                                                                       max(self.deadline.remaining, 0.5))
+            timeout = (self.request_timeout if not idempotent
+                       else min(self.request_timeout, max(self.deadline.remaining, 0.5)))
             try:
                 self.requests_sent += 1
                 response = self._http.request(
@@ -278,7 +278,7 @@ class VastClient:
                        max_pages: int = 1000) -> Iterator[dict[str, Any]]:
         """Every instance of the account, through the v1 list's pages."""
         token = None
-        for _ in range(max_pages):
+        for _page in range(max_pages):
             params: dict[str, Any] = {"select_filters": select_filters or {},
                                       "order_by": [{"col": "id", "dir": "asc"}], "limit": page_size}
             if token:

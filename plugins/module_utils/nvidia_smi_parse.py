@@ -120,7 +120,7 @@ def parse_query_csv(text: str, fields: tuple[str, ...] | list[str] | None = None
     With a header line, the keys are its field names without the ``[unit]``; with
     ``noheader`` pass ``fields``. Values are stripped; ``[N/A]`` and the like become None.
     """
-    return [row for _, row in _csv_rows(text, fields)]
+    return [row for _line, row in _csv_rows(text, fields)]
 
 
 def gpus_from_query(text: str, fields: tuple[str, ...] | list[str] = QUERY_FIELDS, header: bool = False) -> list[dict]:

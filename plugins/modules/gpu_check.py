@@ -110,7 +110,7 @@ options:
     type: bool
     default: false
 notes:
-  - The module changes nothing on the machine; RV(changed) is always false.
+  - The module changes nothing on the machine; C(changed) is always false.
   - Every requirement is checked even after one fails, so a single run says everything that is wrong
     with a host, which is what a rent, check and replace loop needs to record.
 seealso:
@@ -460,7 +460,7 @@ def read_meminfo(path: str = "/proc/meminfo") -> dict[str, int]:
     values = {}
     with open(path, encoding="utf-8") as handle:
         for line in handle:
-            key, _, rest = line.partition(":")
+            key, _sep, rest = line.partition(":")
             parts = rest.split()
             if parts and parts[0].isdigit():
                 values[key.strip()] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)

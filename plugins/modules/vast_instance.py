@@ -519,8 +519,8 @@ class VastInstance(VastModule):
 
     def wait_usable(self, instance_id: int) -> dict[str, Any]:
         """Running and answering SSH; WaitFailed on hopeless states, WaitTimeout at the deadline."""
-        return instance_usable(instance_id, self.deadline).wait(lambda: self.client.get_instance(instance_id),
-                                                                 self.deadline)
+        waiter = instance_usable(instance_id, self.deadline)
+        return waiter.wait(lambda: self.client.get_instance(instance_id), self.deadline)
 
     # ------------------------------------------------------------ destroying
 

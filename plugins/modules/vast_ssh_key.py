@@ -67,8 +67,10 @@ class VastSshKey(VastModule):
         "public_key_file": {"type": "path"},
         "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
     }
-    module_rules: ClassVar[dict[str, Any]] = {"mutually_exclusive": [("public_key", "public_key_file")],
-                    "required_one_of": [("public_key", "public_key_file")]}
+    module_rules: ClassVar[dict[str, Any]] = {
+        "mutually_exclusive": [("public_key", "public_key_file")],
+        "required_one_of": [("public_key", "public_key_file")],
+    }
 
     def check_params(self) -> None:
         text = self.params["public_key"]
