@@ -13,9 +13,7 @@ export PATH="$repo/.venv/bin:$PATH"
 
 workdir="$repo/.vastsim"
 mkdir -p "$workdir"
-key="$workdir/demo_ed25519"
-[[ -f $key ]] || ssh-keygen -q -t ed25519 -N '' -C mlops-vast-demo -f "$key"
-export MLOPS_VAST_SSH_KEY="${MLOPS_VAST_SSH_KEY:-$key}"
+# The ledger (and, next to it, the collection's own SSH key, created on the first run) stay in .vastsim.
 export MLOPS_VAST_LEDGER="${MLOPS_VAST_LEDGER:-$workdir/contracts.jsonl}"
 export MLOPS_VAST_EXCLUSIONS="${MLOPS_VAST_EXCLUSIONS:-$workdir/excluded_machines.json}"
 
@@ -43,10 +41,11 @@ if [[ -z ${VAST_API_KEY:-} ]]; then
   speed="${VASTSIM_SPEED:-20}"
   echo "demo: no VAST_API_KEY set, so starting vastsim (speed ${speed}x, state in .vastsim/state)" >&2
   # In the background; it returns once the simulator serves (or fails, with its log's end).
+  # It prints shell assignments (VAST_URL, VASTSIM_PID, VASTSIM_STATE_DIR).
   started="$(vastsim start --state-dir "$workdir/state" --speed "$speed" --log-file "$workdir/vastsim.log")" || {
     echo "demo: vastsim did not start; see .vastsim/vastsim.log" >&2; exit 1; }
   sim_started=1
-  VAST_URL="$(sed -n 's/^VAST_URL=//p' <<<"$started")"
+  eval "$started"
   export VAST_URL
   VAST_API_KEY="$(cat "$workdir/state/api_key")"
   export VAST_API_KEY

@@ -16,7 +16,9 @@ export PATH="$repo/.venv/bin:$PATH"
 
 home="$repo/.cache/ansible-test"
 cache="$home/.ansible/test/cache"
-mkdir -p "$cache"
+mkdir -p "$cache" "$home/.config/pip"
+# pip's progress in the test environments says nothing a failure would not; errors still show.
+printf '[global]\nquiet = 1\ndisable-pip-version-check = true\n' >"$home/.config/pip/pip.conf"
 pip_version="$(python - <<'EOF'
 from ansible_test._internal.python_requirements import get_venv_packages
 from ansible_test._internal.host_configs import NativePythonConfig

@@ -29,6 +29,10 @@ from mlops_vast.sim import harness  # noqa: E402
 from mlops_vast.sim.hosts import state_tag  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0
+# ansible-playbook refuses a non-blocking stdin, and an ssh killed at a timeout leaves its stdin so; every
+# process the tests start gets stdin of its own (/dev/null, ssh -n), and the suite starts from a blocking one.
+with contextlib.suppress(OSError):
+    os.set_blocking(0, True)
 API_KEY = "vastsim-test-key-0123456789abcdef"
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
                "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
@@ -118,7 +122,7 @@ def wait_status(client: httpx.Client, instance_id: int, status: str, timeout: fl
 
 def ssh_run(host: str, port: int, key: Path, command: str, user: str = "root",
             timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ssh", *SSH_OPTIONS, "-i", str(key), "-p", str(port), f"{user}@{host}", command],
+    return subprocess.run(["ssh", "-n", *SSH_OPTIONS, "-i", str(key), "-p", str(port), f"{user}@{host}", command],
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -4,7 +4,8 @@
 
 Use ``mlops.vast.attributes`` (maintainers, what each attribute means) and one fragment per trait:
 ``.api`` (talks to the Vast API from the controller, in the ``mlops.vast.vast`` action group),
-``.host`` (runs on the rented host), ``.read_only`` or ``.resource`` (check mode and diff support).
+``.host`` (runs on the rented host), ``.action`` (an action plugin, on the controller), ``.read_only`` or
+``.resource`` (check mode and diff support).
 """
 
 from __future__ import annotations
@@ -42,6 +43,21 @@ attributes:
   platform:
     platforms: posix
     details: Runs on the rented host, with the Python standard library only.
+"""
+
+    ACTION = r"""
+attributes:
+  action:
+    description: Indicates this has a corresponding action plugin, so some parts of the options can be executed
+      on the controller.
+    support: full
+    details: An action plugin; it runs on the controller.
+  async:
+    description: Supports being used with the C(async) keyword.
+    support: none
+  bypass_host_loop:
+    description: Forces a 'global' task that does not execute per host.
+    support: none
 """
 
     READ_ONLY = r"""

@@ -9,6 +9,8 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
+from ..module_utils.local_state import ssh_key_in_use
+
 DOCUMENTATION = r"""
 name: rsync_ssh
 short_description: The C(rsync -e) command that reaches a rented host over SSH
@@ -25,7 +27,9 @@ options:
     type: dict
     required: true
   key:
-    description: The private key; defaults to the host's C(ansible_ssh_private_key_file), else C(~/.ssh/id_ed25519).
+    description:
+      - The private key; defaults to the host's C(ansible_ssh_private_key_file), else the key the collection
+        rents with (P(mlops.vast.ssh_key#lookup)).
     type: str
   connect_timeout:
     description: Seconds to wait for the connection (C(ConnectTimeout)); 0 leaves SSH's default.
@@ -46,11 +50,8 @@ _value:
   type: str
 """
 
-DEFAULT_KEY = "~/.ssh/id_ed25519"
-
-
 def rsync_ssh(host: Mapping[str, Any], key: str | None = None, connect_timeout: int = 20) -> str:
-    key = key or host.get("ansible_ssh_private_key_file") or DEFAULT_KEY
+    key = key or host.get("ansible_ssh_private_key_file") or ssh_key_in_use()[0]
     argv = ["ssh", "-p", str(host.get("ansible_port") or 22), "-i", os.path.expanduser(str(key)),
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]
     if connect_timeout:

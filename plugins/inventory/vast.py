@@ -15,7 +15,8 @@ description:
   - Uses a YAML configuration file whose name ends with C(vast.yml) or C(vast.yaml).
   - Every field of an instance becomes a host variable with the O(hostvars_prefix) (C(vast_id),
     C(vast_label), C(vast_gpu_name), C(vast_actual_status), ...). C(ansible_host), C(ansible_port) and
-    C(ansible_user) are set from the instance's SSH endpoint, as C(vastai ssh-url) computes it.
+    C(ansible_user) are set from the instance's SSH endpoint, as C(vastai ssh-url) computes it, and
+    C(ansible_ssh_private_key_file) to the key the collection rents with (O(ssh_private_key_file)).
   - The API key is never written to host variables, the cache, warnings or errors.
 extends_documentation_fragment:
   - mlops.vast.vast
@@ -117,6 +118,13 @@ options:
     ini:
       - section: vast
         key: ssh_user
+  ssh_private_key_file:
+    description:
+      - The C(ansible_ssh_private_key_file) of every host, the key that reaches the instances.
+      - When not set, E(MLOPS_VAST_SSH_KEY), else the collection's own key (C(id_ed25519) next to the contract
+        ledger, which M(mlops.vast.ssh_keypair) creates the first time the collection rents), if it exists.
+      - An empty string sets none (SSH's own defaults then apply).
+    type: str
 notes:
   - Instances in the statuses C(loading) or C(created) have no direct port yet; they get the proxy endpoint.
   - With O(cache) enabled, a second run within O(cache_timeout) sends no request; C(--flush-cache) or
@@ -175,6 +183,7 @@ cache_timeout: 600
 import copy
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -185,6 +194,7 @@ from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructa
 
 from ..module_utils.api_client import VastClient, resolve_api_key, resolve_base_url
 from ..module_utils.errors import VastAPIError, VastAuthError, VastError
+from ..module_utils.local_state import ssh_key_in_use
 from ..module_utils.rows import ssh_endpoint
 from ..module_utils.waiting import Deadline
 from ..plugin_utils.redaction import redact_text, redacted
@@ -329,6 +339,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         hostvars_prefix = self.get_option("hostvars_prefix") or ""
         prefer_direct = bool(self.get_option("prefer_direct"))
         user = self.get_option("ansible_user")
+        key_file = self._ssh_private_key_file()
         strict = self.get_option("strict")
 
         self.inventory.add_group(GROUP)
@@ -344,6 +355,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 hostvars["ansible_port"] = port
             if user:
                 hostvars["ansible_user"] = user
+            if key_file:
+                hostvars["ansible_ssh_private_key_file"] = key_file
 
             name = self._hostname(instance, hostvars, strict)
             if name is None:
@@ -367,6 +380,13 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             self._set_composite_vars(self.get_option("compose"), variables, name, strict=strict)
             self._add_host_to_composed_groups(self.get_option("groups"), {}, name, strict=strict)
             self._add_host_to_keyed_groups(self.get_option("keyed_groups"), {}, name, strict=strict)
+
+    def _ssh_private_key_file(self) -> str | None:
+        configured = self.get_option("ssh_private_key_file")
+        if configured is not None:
+            return to_text(configured) or None
+        path, _source = ssh_key_in_use()
+        return path if os.path.exists(path) else None
 
     def _hostname(self, instance: Mapping[str, Any], hostvars: dict[str, Any], strict: bool) -> str | None:
         for entry in self.get_option("hostnames") or []:

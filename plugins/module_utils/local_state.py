@@ -1,11 +1,13 @@
 # Copyright: (c) 2026, mlops.vast developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """What the controller keeps between runs, in one state directory: the contract ledger (every
-instance rented, until it is verified destroyed) and the machines never to rent again.
+instance rented, until it is verified destroyed), the machines never to rent again, and the
+collection's own SSH key (``id_ed25519``, next to the ledger) when no key is configured.
 
 The directory is ``$XDG_STATE_HOME/mlops-vast`` (``~/.local/state/mlops-vast``); each file can be
-moved on its own with ``MLOPS_VAST_LEDGER`` and ``MLOPS_VAST_EXCLUSIONS``. Writes are locked, so
-parallel runs (sweeps) can share the files.
+moved on its own with ``MLOPS_VAST_LEDGER`` (the key moves with it) and ``MLOPS_VAST_EXCLUSIONS``, and
+``MLOPS_VAST_SSH_KEY`` names a key of the user's own. Writes are locked, so parallel runs (sweeps) can
+share the files.
 
 Private to the collection.
 """
@@ -36,6 +38,23 @@ def default_ledger_path(environ: Mapping[str, str] | None = None) -> str:
 def default_exclusions_path(environ: Mapping[str, str] | None = None) -> str:
     environ = os.environ if environ is None else environ
     return environ.get("MLOPS_VAST_EXCLUSIONS") or os.path.join(state_dir(environ), "excluded_machines.json")
+
+
+OWN_KEY = "the collection's own key"
+
+
+def own_ssh_key_path(environ: Mapping[str, str] | None = None) -> str:
+    """The collection's own SSH key: ``id_ed25519`` in the directory of the contract ledger."""
+    return os.path.join(os.path.dirname(os.path.expanduser(default_ledger_path(environ))), "id_ed25519")
+
+
+def ssh_key_in_use(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``(path, where it comes from)`` of the private key for rented hosts: ``MLOPS_VAST_SSH_KEY``, else
+    the collection's own (which may not exist yet: ``mlops.vast.ssh_keypair`` creates it)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("MLOPS_VAST_SSH_KEY"):
+        return os.path.expanduser(environ["MLOPS_VAST_SSH_KEY"]), "MLOPS_VAST_SSH_KEY"
+    return own_ssh_key_path(environ), OWN_KEY
 
 
 class ContractLedger:

@@ -25,14 +25,8 @@ description:
 version_added: 0.1.0
 extends_documentation_fragment:
   - mlops.vast.attributes
-  - ansible.builtin.action_common_attributes.flow
+  - mlops.vast.attributes.action
 attributes:
-  action:
-    support: full
-  async:
-    support: none
-  bypass_host_loop:
-    support: none
   check_mode:
     support: full
     details: Checks and sets the fact in check mode too.

@@ -43,15 +43,10 @@ extends_documentation_fragment:
   - mlops.vast.vast
   - mlops.vast.attributes
   - mlops.vast.attributes.api
-  - ansible.builtin.action_common_attributes.flow
+  - mlops.vast.attributes.action
 attributes:
   action:
-    support: full
     details: An action plugin; it runs on the controller and reaches the host over the task's connection.
-  async:
-    support: none
-  bypass_host_loop:
-    support: none
   check_mode:
     support: full
     details: Returns at once, skipped, without contacting the host or the API.

@@ -22,16 +22,20 @@ RANGE_KEYS = ("minimum", "maximum", "exclusive_minimum")
 TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "list": "a list",
               "dict": "a mapping", "str": "a string", "path": "a path", "raw": "a value"}
 _UNCONVERTIBLE = re.compile(r"^argument '(?P<name>[^']+)' is of type .* unable to convert to (?P<type>\w+)")
+_BAD_ELEMENT = re.compile(r"^Elements value for option '(?P<name>[^']+)' is of type .* "
+                          r"unable to convert to (?P<type>\w+)")
 
 
 def plain_errors(errors: list[str], values: Mapping[str, Any]) -> list[str]:
     """The validator's errors, with "unable to convert" said as what the value must be and what it was."""
     said = []
     for error in errors:
-        match = _UNCONVERTIBLE.match(error)
+        whole, element = _UNCONVERTIBLE.match(error), _BAD_ELEMENT.match(error)
+        match = whole or element
         if match and match["name"] in values:
             wanted = TYPE_WORDS.get(match["type"], f"of type {match['type']}")
-            error = f"{match['name']} must be {wanted}, got {str(values[match['name']])!r}"
+            subject = match["name"] if whole else f"each item of {match['name']}"
+            error = f"{subject} must be {wanted}, got {str(values[match['name']])!r}"
         said.append(error)
     return said
 

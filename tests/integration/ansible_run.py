@@ -23,6 +23,8 @@ def ansible_env(sim: Sim | None, tmp_path: Path, *, api_key: str | None = None, 
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
         "ANSIBLE_NOCOLOR": "1",
+        # On, whatever the caller's environment says: the tests fail on a deprecation of ours.
+        "ANSIBLE_DEPRECATION_WARNINGS": "1",
         "MLOPS_VAST_LEDGER": str(tmp_path / "contracts.jsonl"),
         "HOME": str(tmp_path / "home"),
         "PATH": f"{ANSIBLE_BIN}:{env.get('PATH', '')}",
@@ -56,7 +58,8 @@ def run_task(module: str, args: dict[str, Any], env: dict[str, str], tmp_path: P
     argv += ["--check"] if check else []
     argv += ["--diff"] if diff else []
     try:
-        completed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        completed = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                   timeout=timeout, cwd=REPO)
     finally:
         close_ssh_masters(env)
     if not out.exists():
@@ -74,7 +77,8 @@ def local_inventory(tmp_path: Path) -> Path:
 def run_playbook(playbook: str, env: dict[str, str], *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     argv = [str(ANSIBLE_BIN / "ansible-playbook"), playbook, *extra]
     try:
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        done = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO)
     finally:
         close_ssh_masters(env)
     # The whole output stays next to the test's files: an assertion message only holds an excerpt.
@@ -107,7 +111,7 @@ def close_ssh_masters(env: dict[str, str]) -> None:
     """End the ControlPersist masters the run left (ansible.cfg keeps them 60 s): a test leaves nothing."""
     control_dir = Path(env.get("HOME", "")) / ".ansible" / "cp"
     for socket_path in control_dir.glob("*") if control_dir.is_dir() else []:
-        subprocess.run(["ssh", "-O", "exit", "-o", f"ControlPath={socket_path}", "vastsim-test"],
+        subprocess.run(["ssh", "-n", "-O", "exit", "-o", f"ControlPath={socket_path}", "vastsim-test"],
                        capture_output=True, timeout=30, check=False)
 
 

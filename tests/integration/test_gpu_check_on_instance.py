@@ -57,7 +57,8 @@ def gpu_check(sim: Sim, row: dict, ssh_key: Path, tmp_path: Path, args: dict[str
     env = ansible_env(sim, tmp_path, ANSIBLE_SSH_ARGS="-o ControlMaster=no -o ControlPath=none")
     argv = [str(ANSIBLE_BIN / "ansible"), "-i", str(inventory), "gpu", "-m", "mlops.vast.gpu_check",
             "-a", json.dumps(args), "-o", *extra]
-    completed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
+    completed = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+                               cwd=REPO)
     for line in completed.stdout.splitlines():
         if line.startswith("gpu | "):
             status, _, payload = line[len("gpu | "):].partition(" => ")

@@ -413,7 +413,8 @@ def test_key_sources_and_clear_errors(sim_env: Sim, client: httpx.Client, tmp_pa
 
 
 def run_cli(argv: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
 
 
 def test_ansible_inventory_list_and_graph(fleet: Fleet, sim: Sim, tmp_path: Path) -> None:

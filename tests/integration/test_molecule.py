@@ -75,7 +75,7 @@ def test_molecule_scenario(scenario: str) -> None:
     started = time.monotonic()
     try:
         done = subprocess.run([str(BIN / "molecule"), "test", "-s", scenario], cwd=REPO, env=molecule_env(home),
-                              capture_output=True, text=True, timeout=400)
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=400)
     finally:
         seconds = time.monotonic() - started
         left = leftovers(home)  # also after a timeout: whatever is still up is stopped here

@@ -94,6 +94,8 @@ def test_run_completes_with_verified_checkpoints_and_nothing_billing(sim: Sim, t
         watcher.stop.set()
         watcher.join(30)
     assert done.returncode == 0, failure_excerpt(done.stdout) + done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "DEPRECATION WARNING" not in output, [line for line in output.splitlines() if "DEPRECAT" in line]
     assert watcher.seen.get("live"), "STATUS.md, run.log and the tmux session were never seen on the host"
     assert watcher.killed
     results = tmp_path / "results"
@@ -110,6 +112,11 @@ def test_run_completes_with_verified_checkpoints_and_nothing_billing(sim: Sim, t
     steps = [int(line.split("'step': ")[1].rstrip("}")) for line in log.splitlines() if "'step': " in line]
     assert steps == list(range(10, 401, 10)), "the training went on without a gap while SSH was cut"
     ledger = nothing_billing(sim, tmp_path)
+    # MLOPS_VAST_SSH_KEY was set: that key reached the host, and the collection made no key of its own.
+    mine = " ".join((tmp_path / "key.pub").read_text().split()[:2])
+    with sim.client() as client:
+        assert [" ".join(k["key"].split()[:2]) for k in client.get("/api/v0/ssh/").json()] == [mine]
+    assert not (tmp_path / "id_ed25519").exists()
     row = next(r for r in ledger["rows"] if r["label"] == "e2e-ok")
     ended = os.stat(results / "EXIT_CODE").st_mtime  # rsync kept the host's time of the run's end
     assert row["destroyed_at"] - ended < 60

@@ -80,8 +80,10 @@ def host(wsim: Sim) -> dict:
 
 def ssh(row: dict, key: Path, command: str, stdin: str | None = None, timeout: float = 30) -> str:
     address, port = direct_endpoint(row)
+    # Its own stdin, never the suite's: an ssh killed at its timeout would leave that one non-blocking.
+    feed: dict[str, Any] = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
     done = subprocess.run(["ssh", *SSH_OPTIONS, "-i", str(key), "-p", str(port), f"{user()}@{address}", command],
-                          input=stdin, capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, **feed)
     assert done.returncode == 0, f"{command}: {done.stderr}"
     return done.stdout
 
@@ -140,8 +142,8 @@ def start_watch(sim: Sim, tmp_path: Path, row: dict, key: Path, args: dict[str, 
     }]))
     env = ansible_env(sim, tmp_path, **({"ANSIBLE_SSH_ARGS": ssh_args} if ssh_args else {}), **env_extra)
     argv = [str(ANSIBLE_BIN / "ansible-playbook"), str(playbook), "-i", str(inventory(tmp_path, row, key)), *extra]
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                               start_new_session=True)
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, cwd=REPO, start_new_session=True)
     return process, out
 
 

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -133,7 +134,9 @@ def start(args: argparse.Namespace, state_dir: Path) -> int:
     except (harness.SimError, OSError) as exc:
         print(f"vastsim: {exc}", file=sys.stderr)
         return 1
-    print(f"VAST_URL={sim.url}\nVASTSIM_PID={sim.pid}\nVASTSIM_STATE_DIR={sim.state_dir}", flush=True)
+    # Shell assignments, quoted: `eval "$(vastsim start ...)"` sets them.
+    for name, value in (("VAST_URL", sim.url), ("VASTSIM_PID", sim.pid), ("VASTSIM_STATE_DIR", sim.state_dir)):
+        print(f"{name}={shlex.quote(str(value))}", flush=True)
     return 0
 
 

@@ -35,48 +35,42 @@ class HostSync:
 
     # ------------------------------------------------------------------ operations, one at a time
 
-    def after_previous(self, instance_id: int, step: Awaitable[Any]) -> None:
-        """Run ``step`` once the instance's previous host operation is done; a host that is gone or failing
-        meanwhile is not an error of the step."""
-        previous = self.ops.get(instance_id)
+    def _after(self, instance_id: int, step: Awaitable[Any], *, quiet: bool = False) -> asyncio.Task[None]:
+        """A task that awaits ``step`` once the instance's previous host operation is done (``quiet``: a host
+        that is gone or failing meanwhile is not an error of the step)."""
+        previous = self.ops.pop(instance_id, None)
 
         async def chained() -> None:
             if previous is not None:
                 with contextlib.suppress(Exception):
                     await previous
+            if not quiet:
+                await step
+                return
             with contextlib.suppress(HostError, KeyError):
                 await step
 
-        self.ops[instance_id] = asyncio.ensure_future(chained())
+        return asyncio.ensure_future(chained())
+
+    def after_previous(self, instance_id: int, step: Awaitable[Any]) -> None:
+        """Run ``step`` once the instance's previous host operation is done (a fault's change to the host)."""
+        self.ops[instance_id] = self._after(instance_id, step, quiet=True)
 
     def busy(self, instance_id: int) -> bool:
         return instance_id in self.ops
 
     def restart(self, instance: Instance, wipe: bool = False) -> None:
         """Stop the host (reboot), or rebuild it from nothing (recycle); the ticker boots it again."""
-        previous = self.ops.pop(instance.id, None)
+        self.ops[instance.id] = self._after(instance.id, self._restart(instance, wipe))
 
-        async def restart() -> None:
-            if previous is not None:
-                with contextlib.suppress(Exception):
-                    await previous
-            await self.hosts.stop(instance.id)
-            if wipe:
-                await self.hosts.destroy(instance.id)
-                await self.prepare(instance)
-
-        self.ops[instance.id] = asyncio.ensure_future(restart())
+    async def _restart(self, instance: Instance, wipe: bool) -> None:
+        await self.hosts.stop(instance.id)
+        if wipe:
+            await self.hosts.destroy(instance.id)
+            await self.prepare(instance)
 
     def remove(self, instance: Instance) -> None:
-        previous = self.ops.pop(instance.id, None)
-
-        async def teardown() -> None:
-            if previous is not None:
-                with contextlib.suppress(Exception):
-                    await previous
-            await self.hosts.destroy(instance.id)
-
-        task = asyncio.ensure_future(teardown())
+        task = self._after(instance.id, self.hosts.destroy(instance.id))
         self._destroying.add(task)
         task.add_done_callback(self._destroying.discard)
 
