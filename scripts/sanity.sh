@@ -34,7 +34,7 @@ if [[ ! -s $bootstrap ]]; then
 import subprocess
 import sys
 
-subprocess.check_call([sys.executable, "-m", "ensurepip"])
+subprocess.check_call([sys.executable, "-m", "ensurepip"], stdout=subprocess.DEVNULL)
 args = [arg for arg in sys.argv[1:] if arg not in ("--no-setuptools", "--no-wheel")]
 sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", *args]))
 EOF

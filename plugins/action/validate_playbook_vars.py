@@ -41,7 +41,8 @@ class ActionModule(ValidateArgumentSpec):
         self._task.args = {"argument_spec": options, "provided_arguments": {},
                            "validate_args_context": {"name": os.path.basename(path), "type": "playbook", "path": path}}
         result = super().run(tmp, task_vars)  # types, choices, required: ansible.builtin.validate_argument_spec
-        errors = plain_errors(list(result.get("argument_errors") or []), given)
+        secret = frozenset(name for name, option in options.items() if option.get("no_log"))
+        errors = plain_errors(list(result.get("argument_errors") or []), given, secret)
         errors += problems(given, options, where=os.path.basename(path))
         if errors:
             return {"failed": True, "changed": False, "argument_errors": errors,
@@ -49,9 +50,13 @@ class ActionModule(ValidateArgumentSpec):
         values, _errors = validated(given, options)
         if prefix:
             values = {name[len(prefix):] if name.startswith(prefix) else name: value for name, value in values.items()}
-        out: dict[str, Any] = {"changed": False, "msg": f"the variables match {path}", "values": values}
+        hidden = {name[len(prefix):] if prefix and name.startswith(prefix) else name for name in secret}
+        shown = {name: "********" if name in hidden and value else value for name, value in values.items()}
+        out: dict[str, Any] = {"changed": False, "msg": f"the variables match {path}", "values": shown}
         if args["fact"]:
             out["ansible_facts"] = {args["fact"]: values}
+            # The fact holds what no_log options were given (tokens in run_env): its display is censored.
+            out["_ansible_no_log"] = any(values.get(name) for name in hidden)
         return out
 
     def _spec_path(self, spec_file: str, task_vars: dict[str, Any]) -> str:

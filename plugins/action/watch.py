@@ -572,7 +572,7 @@ class ActionModule(ActionBase):
         except AnsibleActionFail as exc:
             raise AnsibleActionFail(redact_text(str(exc), self._secrets(params, watcher))) from None
         out["failed"] = outcome in params["fail_on"]
-        result.update(redacted(out, self._secrets(params, watcher)))
+        result.update(redacted(out, self._secrets(params, watcher), min_length=1))
         return result
 
     @staticmethod

@@ -50,6 +50,7 @@ _value:
   type: str
 """
 
+
 def rsync_ssh(host: Mapping[str, Any], key: str | None = None, connect_timeout: int = 20) -> str:
     key = key or host.get("ansible_ssh_private_key_file") or ssh_key_in_use()[0]
     argv = ["ssh", "-p", str(host.get("ansible_port") or 22), "-i", os.path.expanduser(str(key)),

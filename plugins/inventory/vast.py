@@ -15,8 +15,8 @@ description:
   - Uses a YAML configuration file whose name ends with C(vast.yml) or C(vast.yaml).
   - Every field of an instance becomes a host variable with the O(hostvars_prefix) (C(vast_id),
     C(vast_label), C(vast_gpu_name), C(vast_actual_status), ...). C(ansible_host), C(ansible_port) and
-    C(ansible_user) are set from the instance's SSH endpoint, as C(vastai ssh-url) computes it, and
-    C(ansible_ssh_private_key_file) to the key the collection rents with (O(ssh_private_key_file)).
+    C(ansible_user) are set from the instance's SSH endpoint, as C(vastai ssh-url) computes it, and the
+    group C(vast) gets C(ansible_ssh_private_key_file), the key the collection rents with (O(ssh_private_key_file)).
   - The API key is never written to host variables, the cache, warnings or errors.
 extends_documentation_fragment:
   - mlops.vast.vast
@@ -120,7 +120,8 @@ options:
         key: ssh_user
   ssh_private_key_file:
     description:
-      - The C(ansible_ssh_private_key_file) of every host, the key that reaches the instances.
+      - The C(ansible_ssh_private_key_file) of the group C(vast), the key that reaches the instances. A group
+        variable, so C(group_vars/vast.yml) or a host variable of the user's own still wins.
       - When not set, E(MLOPS_VAST_SSH_KEY), else the collection's own key (C(id_ed25519) next to the contract
         ledger, which M(mlops.vast.ssh_keypair) creates the first time the collection rents), if it exists.
       - An empty string sets none (SSH's own defaults then apply).
@@ -343,6 +344,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         strict = self.get_option("strict")
 
         self.inventory.add_group(GROUP)
+        if key_file:
+            # A group variable of `vast`, not a host variable: the user's own group_vars still win.
+            self.inventory.set_variable(GROUP, "ansible_ssh_private_key_file", key_file)
         taken: dict[str, int] = {}
         for instance in sorted(instances, key=lambda row: _sort_id(row.get("id"))):
             if not label_matches(instance.get("label"), prefix, pattern):
@@ -355,8 +359,6 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 hostvars["ansible_port"] = port
             if user:
                 hostvars["ansible_user"] = user
-            if key_file:
-                hostvars["ansible_ssh_private_key_file"] = key_file
 
             name = self._hostname(instance, hostvars, strict)
             if name is None:

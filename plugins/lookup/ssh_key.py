@@ -4,12 +4,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ansible.plugins.lookup import LookupBase
-
-from ..module_utils.local_state import ssh_key_in_use
-
 DOCUMENTATION = r"""
 name: ssh_key
 short_description: The private key the collection reaches its rented hosts with
@@ -35,6 +29,12 @@ _raw:
   type: list
   elements: str
 """
+
+from typing import Any
+
+from ansible.plugins.lookup import LookupBase
+
+from ..module_utils.local_state import ssh_key_in_use
 
 
 class LookupModule(LookupBase):

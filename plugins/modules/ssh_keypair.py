@@ -122,27 +122,34 @@ def main() -> None:
         result.update(changed=True, created=True)
         if module.check_mode:
             module.exit_json(**result)
-        directory = os.path.dirname(path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        with open(path + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel run may be creating it right now
-            if os.path.exists(path):
-                result.update(changed=False, created=False)
-            else:
-                rc, _out, err = module.run_command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
-                                                    module.params["comment"], "-f", path])
-                if rc != 0:
-                    module.fail_json(msg=f"ssh-keygen could not create {path}: {err.strip()}", **result)
-        os.chmod(path, 0o600)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            with open(path + ".lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # a parallel run may be creating it right now
+                if os.path.exists(path):
+                    result.update(changed=False, created=False)
+                else:
+                    rc, _out, err = module.run_command(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                                                        module.params["comment"], "-f", path])
+                    if rc != 0:
+                        module.fail_json(msg=f"ssh-keygen could not create {path}: {err.strip()}", **result)
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            module.fail_json(msg=f"cannot create the SSH key {path}: {exc.strerror} ({exc.filename})", **result)
     if not os.path.exists(path + ".pub"):
         result["changed"] = True
         if module.check_mode:
             module.exit_json(**result)
-        rc, out, err = module.run_command(["ssh-keygen", "-y", "-f", path])
+        # -P "": a key with a passphrase fails here instead of waiting for one at a prompt.
+        rc, out, err = module.run_command(["ssh-keygen", "-y", "-P", "", "-f", path])
         if rc != 0:
-            module.fail_json(msg=f"cannot derive the public key of {path}: {err.strip()}", **result)
-        with open(path + ".pub", "w", encoding="utf-8") as handle:
-            handle.write(out.strip() + "\n")
+            module.fail_json(msg=f"cannot derive the public key of {path} (a passphrase?): {err.strip()}; put its "
+                             f"public key in {path}.pub", **result)
+        try:
+            with open(path + ".pub", "w", encoding="utf-8") as handle:
+                handle.write(out.strip() + "\n")
+        except OSError as exc:
+            module.fail_json(msg=f"cannot write {path}.pub: {exc.strerror}", **result)
     try:
         with open(path + ".pub", encoding="utf-8") as handle:
             result["public_key"] = handle.read().strip()

@@ -22,6 +22,8 @@ description:
   - On success the variables, converted to their types and with the C(default) of every option not given,
     are returned in RV(values) and set as the fact O(fact), names without O(prefix), so that the defaults are
     written once, in the spec.
+  - An option marked C(no_log) in the spec (a dict of tokens, say) is never shown - not in RV(values), not
+    in a message; when one is given and O(fact) is set, the task's output is censored as with C(no_log).
 version_added: 0.1.0
 extends_documentation_fragment:
   - mlops.vast.attributes

@@ -183,7 +183,14 @@ import time
 from typing import Any, ClassVar
 
 from ..module_utils.api_client import VastClient
-from ..module_utils.errors import VastAmbiguousError, VastError, VastNotFound, VastUnavailable, WaitTimeout
+from ..module_utils.errors import (
+    VastAmbiguousError,
+    VastError,
+    VastNotFound,
+    VastUnavailable,
+    WaitFailed,
+    WaitTimeout,
+)
 from ..module_utils.local_state import ContractLedger
 from ..module_utils.offer_selection import OfferRequest, select_offers
 from ..module_utils.rows import STOPPED_STATUSES, diff_view, instance_summary
@@ -347,8 +354,11 @@ class VastInstance(VastModule):
             return
         self.client.set_instance_state(current["id"], "stopped")
         if self.params["wait"]:
-            current = instance_stopped(current["id"]).wait(lambda: self.client.get_instance(current["id"]),
-                                                           self.deadline)
+            try:
+                current = instance_stopped(current["id"]).wait(lambda: self.client.get_instance(current["id"]),
+                                                               self.deadline)
+            except (WaitFailed, WaitTimeout) as exc:
+                self.fail(str(exc), instance=instance_summary(current))
         self.result["instance"] = self.summary(current)
 
     def absent(self, matches: list[dict[str, Any]]) -> None:
@@ -371,7 +381,10 @@ class VastInstance(VastModule):
     # ------------------------------------------------------------ renting
 
     def candidates(self) -> list[dict[str, Any]]:
-        selection = select_offers(self.client, self.offer_request())
+        try:
+            selection = select_offers(self.client, self.offer_request())
+        except QueryError as exc:  # an order or type the CLI would refuse
+            raise RentFailed(f"Invalid query: {exc}{NOTHING_RENTED}") from None
         if not selection.offers:
             raise RentFailed(f"{selection.reason}{NOTHING_RENTED}")
         return selection.offers

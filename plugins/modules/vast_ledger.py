@@ -20,6 +20,10 @@ extends_documentation_fragment:
   - mlops.vast.attributes
   - mlops.vast.attributes.api
   - mlops.vast.attributes.read_only
+attributes:
+  platform:
+    platforms: posix
+    details: Runs on the controller, where the ledger file is; it sends no request to the API.
 options:
   ledger_path:
     description:

@@ -26,8 +26,9 @@ _BAD_ELEMENT = re.compile(r"^Elements value for option '(?P<name>[^']+)' is of t
                           r"unable to convert to (?P<type>\w+)")
 
 
-def plain_errors(errors: list[str], values: Mapping[str, Any]) -> list[str]:
-    """The validator's errors, with "unable to convert" said as what the value must be and what it was."""
+def plain_errors(errors: list[str], values: Mapping[str, Any], secret: frozenset[str] = frozenset()) -> list[str]:
+    """The validator's errors, with "unable to convert" said as what the value must be and what it was
+    (not for the names in ``secret``: their values are never shown)."""
     said = []
     for error in errors:
         whole, element = _UNCONVERTIBLE.match(error), _BAD_ELEMENT.match(error)
@@ -35,7 +36,8 @@ def plain_errors(errors: list[str], values: Mapping[str, Any]) -> list[str]:
         if match and match["name"] in values:
             wanted = TYPE_WORDS.get(match["type"], f"of type {match['type']}")
             subject = match["name"] if whole else f"each item of {match['name']}"
-            error = f"{subject} must be {wanted}, got {str(values[match['name']])!r}"
+            shown = "a value not shown" if match["name"] in secret else repr(str(values[match["name"]]))
+            error = f"{subject} must be {wanted}, got {shown}"
         said.append(error)
     return said
 

@@ -17,10 +17,13 @@ REDACTED = "********"
 MIN_SECRET_LENGTH = 8
 
 
-def redacted(value: Any, secrets: Iterable[str | None] = ()) -> Any:
+def redacted(value: Any, secrets: Iterable[str | None] = (), *, min_length: int = MIN_SECRET_LENGTH) -> Any:
     """A JSON-safe deep copy of ``value``: every secret masked in every string (keys too), non-finite
-    floats as ``"nan"``/``"inf"``/``"-inf"``, anything else that is not JSON as its text."""
-    wanted = tuple(secret for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH)
+    floats as ``"nan"``/``"inf"``/``"-inf"``, anything else that is not JSON as its text.
+
+    Secrets shorter than ``min_length`` are left alone: searched for in data they would mask ordinary
+    words (an inventory's host variables); 1 masks any (a result that must never carry the key)."""
+    wanted = tuple(secret for secret in secrets if secret and len(secret) >= min_length)
     return _copy(value, wanted)
 
 

@@ -169,3 +169,16 @@ def test_an_execution_environment_with_the_collection_finds_its_dependencies(tmp
     found = yaml.safe_load(done.stdout)
     assert any(line.startswith("httpx") for line in found["python"]), found
     assert any(line.startswith("rsync") for line in found["system"]), found
+
+
+@pytest.mark.slow
+def test_the_marketplace_playbook_rents_with_the_collections_key_and_destroys(sim: Sim, tmp_path: Path) -> None:
+    done = run_playbook("playbooks/marketplace.yml", ansible_env(sim, tmp_path), "-i", str(local_inventory(tmp_path)))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    key = tmp_path / "id_ed25519"  # next to the ledger (MLOPS_VAST_LEDGER is in tmp_path)
+    with sim.client() as client:
+        keys = [" ".join(k["key"].split()[:2]) for k in client.get("/api/v0/ssh/").json()]
+        totals = client.get("/_sim/ledger").json()["totals"]
+    assert keys == [" ".join(key.with_suffix(".pub").read_text().split()[:2])]
+    assert totals["instances"] == 1 and totals["open_instances"] == 0
+    assert ledger_open(tmp_path) == []

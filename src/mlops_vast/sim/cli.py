@@ -79,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to serve (default 60)")
     stop = commands.add_parser(
         "stop", help="stop the simulator serving a state directory, and check it left nothing",
-        description="Send SIGTERM to the simulator serving --state-dir, wait until it is gone, then check that it "
-        "left nothing behind (as check-clean). Exits 0 when nothing is left (also when none was running).")
+        description="Send SIGTERM to the simulator serving --state-dir (the one holding its lock), wait until it "
+        "is gone, then check that it left nothing behind (as check-clean). Exits 0 when nothing is left (also "
+        "when none was running).")
     _state_dir_option(stop)
     stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to stop (default 60)")
     clean = commands.add_parser(
@@ -121,15 +122,18 @@ def main(argv: list[str] | None = None) -> int:
 def start(args: argparse.Namespace, state_dir: Path) -> int:
     running = harness.find(state_dir)
     if running is not None:
-        print(f"vastsim: state dir {state_dir} is already served by pid {running.pid} at {running.url}; "
+        print(f"vastsim: state dir {state_dir} is already served by pid {running.pid}; "
               "stop it first (vastsim stop --state-dir ...)", file=sys.stderr)
         return 1
     passed = ["--host", args.host, "--port", str(args.port), "--speed", str(args.speed), "--seed", str(args.seed),
               "--credit", str(args.credit), "--log-level", args.log_level]
     passed += ["--host-mode", args.host_mode] if args.host_mode else []
-    passed += ["--api-key-file", str(args.api_key_file.resolve())] if args.api_key_file else []
     try:
-        sim = harness.start(state_dir, *passed, api_keys=args.api_key, log_path=args.log_file, detach=True,
+        # --api-key and --api-key-file together: the harness hands them all over in one file of its own.
+        keys = list(args.api_key)
+        if args.api_key_file:
+            keys += [line.strip() for line in args.api_key_file.read_text().splitlines() if line.strip()]
+        sim = harness.start(state_dir, *passed, api_keys=keys, log_path=args.log_file, detach=True,
                             timeout=args.timeout)
     except (harness.SimError, OSError) as exc:
         print(f"vastsim: {exc}", file=sys.stderr)
@@ -145,7 +149,7 @@ def stop(state_dir: Path, timeout: float) -> int:
     if sim is not None:
         try:
             harness.stop(sim, timeout)
-        except harness.SimError as exc:
+        except (harness.SimError, OSError) as exc:
             print(f"vastsim: {exc}", file=sys.stderr)
             return 1
     return check_clean(state_dir)

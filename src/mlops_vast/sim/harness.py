@@ -9,15 +9,17 @@ The tests, the benchmarks, the Molecule scenarios and ``scripts/demo.sh`` use it
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,7 +40,7 @@ class SimProcess:
     url: str
     pid: int
     state_dir: Path
-    api_key: str  # the first account's key (STATE_DIR/api_key)
+    api_key: str = field(repr=False)  # the first account's key (STATE_DIR/api_key): never in a repr
     host_mode: str
     log_path: Path | None = None
     process: subprocess.Popen[Any] | None = None  # set when this process started it and may wait for it
@@ -116,13 +118,39 @@ def start(state_dir: Path, *args: str, api_keys: Sequence[str] = (), log_path: P
 
 
 def find(state_dir: Path) -> SimProcess | None:
-    """The simulator serving ``state_dir`` now, from its ready file (None when none is)."""
+    """The simulator serving ``state_dir`` now (None when none is).
+
+    A serving simulator holds ``STATE_DIR/lock`` and wrote its pid there; a ready file left by one that was
+    killed outright is never believed on its own (its pid may be someone else's by now).
+    """
     state_dir = state_dir.resolve()
-    info = read_ready(ready_path(state_dir))
-    if not info or not _alive(int(info.get("pid") or 0)):
+    pid = _lock_holder(state_dir)
+    if pid is None:
         return None
-    return SimProcess(url=info["url"], pid=int(info["pid"]), state_dir=state_dir,
-                      api_key=Path(info["api_key_file"]).read_text().strip(), host_mode=info["host_mode"])
+    info = read_ready(ready_path(state_dir)) or {}
+    if info.get("pid") != pid:
+        info = {}  # served without --ready-file, or still starting: only the pid is known
+    key = ""
+    with contextlib.suppress(OSError):
+        key = Path(info.get("api_key_file") or state_dir / "api_key").read_text().strip()
+    return SimProcess(url=info.get("url", ""), pid=pid, state_dir=state_dir, api_key=key,
+                      host_mode=info.get("host_mode", ""))
+
+
+def _lock_holder(state_dir: Path) -> int | None:
+    """The pid of the simulator holding the state directory's lock, or None when nobody holds it."""
+    path = state_dir / "lock"
+    try:
+        handle = open(path)  # noqa: SIM115 - closed below, the lock with it
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else None
+        return None  # it could be taken: nobody serves this state directory
 
 
 def stop(sim: SimProcess, timeout: float = 30.0) -> int | None:
@@ -184,11 +212,13 @@ def leftovers(state_dir: Path) -> dict[str, list[str]]:
         parts = line.split(":")
         if len(parts) > 1 and parts[1].strip().split("@")[0].startswith(f"vs{tag}"):
             found["links"].append(parts[1].strip().split("@")[0])
-    found["loops"] = [line for line in _output("losetup", "-a").splitlines() if str(state_dir) in line]
+    found["loops"] = [line for line in _output("losetup", "-a").splitlines() if f"{state_dir}/" in line]
     me = os.getpid()
+    # The state directory itself or a path below it, not /x/state.log or /x/state2.
+    names_it = re.compile(re.escape(str(state_dir)) + r"(?=/|\s|$)")
     for line in _output("ps", "-ww", "-eo", "pid,args").splitlines():
         pid, _, command = line.strip().partition(" ")
-        if str(state_dir) in command and pid.isdigit() and int(pid) != me and not command.startswith("ps -ww"):
+        if names_it.search(command) and pid.isdigit() and int(pid) != me and not command.startswith("ps -ww"):
             found["processes"].append(line.strip())
     return found
 
