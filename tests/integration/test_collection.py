@@ -40,10 +40,14 @@ def test_ansible_doc_lists_every_module(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_rent_playbook_rents_pings_through_the_inventory_and_destroys(sim: Sim, tmp_path: Path) -> None:
-    env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(tmp_path / "key"))
+    env = ansible_env(sim, tmp_path)  # no MLOPS_VAST_SSH_KEY: the collection's own key, next to the ledger
     done = run_playbook("playbooks/rent.yml", env, "-i", "inventory/vast.yml", "-e", "rent_label=rent-e2e")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "ok: [localhost -> rent-e2e(" in done.stdout  # the ping went to the inventory host by its label
+    # ... over the key the inventory plugin gave the group: the one rent.yml made and registered.
+    with sim.client() as client:
+        keys = [" ".join(k["key"].split()[:2]) for k in client.get("/api/v0/ssh/").json()]
+    assert keys == [" ".join((tmp_path / "id_ed25519.pub").read_text().split()[:2])]
     with sim.client() as client:
         ledger = client.get("/_sim/ledger").json()
     assert ledger["totals"]["open_instances"] == 0
