@@ -373,9 +373,10 @@ def test_loopback_host_mode_serves_ssh_without_namespaces(tmp_path: Path, ssh_ke
             import subprocess
 
             while time.monotonic() < deadline and "sleep 321" in subprocess.run(
-                    ["ps", "-eo", "args"], capture_output=True, text=True).stdout:
+                    ["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout:
                 time.sleep(0.1)
-            assert "sleep 321" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+            listing = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
+            assert "sleep 321" not in listing
     finally:
         assert stop_sim(simulator) == 0
     assert not leftovers(tmp_path / "state")

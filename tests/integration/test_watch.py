@@ -352,10 +352,11 @@ def test_killed_ssh_sessions_are_reconnected_and_the_run_goes_on(
 def stop_control_masters(tmp_path: Path) -> None:
     """Kill, by pid, the ControlPersist masters ansible started with this test's HOME."""
     control_dir = str(tmp_path / "home" / ".ansible" / "cp")
-    listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    # -ww: without it ps cuts each line at 80 columns, and a long temporary path falls off the end.
+    listing = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     for line in listing.splitlines()[1:]:
         pid, _, args = line.strip().partition(" ")
-        if control_dir in args and "ps -eo" not in args:
+        if control_dir in args and "ps -ww" not in args:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGTERM)
 
