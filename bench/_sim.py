@@ -24,14 +24,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
 from mlops_vast.sim import harness
-from mlops_vast.sim.hosts import state_tag
 
 T = TypeVar("T")
 
@@ -83,13 +82,10 @@ def say(line: str) -> None:
 
 
 @dataclass
-class Sim:
-    process: subprocess.Popen[str]
-    url: str
-    api_key: str
-    state_dir: Path
-    log_path: Path
-    stdout: list[str]  # every stdout line (the access log at --log-level debug), appended by a thread
+class Sim(harness.SimProcess):
+    """A simulator started through the project's harness, with a client and its access log."""
+
+    stdout: list[str] = field(default_factory=list)  # every stdout line (the access log at debug), by a thread
     client_timeout: float = 30.0
     client: httpx.Client = field(init=False)
     _syncs: int = 0
@@ -97,20 +93,6 @@ class Sim:
     def __post_init__(self) -> None:
         self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.api_key}"},
                                    timeout=self.client_timeout)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def tag(self) -> str:
-        # netns are named vastsim-<tag>-<id>, host-side veths vs<tag>...
-        return state_tag(self.state_dir)
-
-    def log_tail(self, limit: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-limit:]
-        return ""
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """The JSON answer of one request; anything but HTTP 200 is a BenchError."""
@@ -192,8 +174,8 @@ def start_sim(root: Path, deadline: Deadline, *, speed: float | None = None, api
             lines.append(line.decode(errors="replace"))
 
     threading.Thread(target=reader, daemon=True).start()
-    return Sim(process=process, url=started.url, api_key=started.api_key, state_dir=started.state_dir,
-               log_path=log_path, stdout=lines, client_timeout=client_timeout)
+    return Sim(**{name.name: getattr(started, name.name) for name in fields(started)}, stdout=lines,
+               client_timeout=client_timeout)
 
 
 def stop_sim(sim: Sim, timeout: float = 60.0) -> dict[str, Any]:
@@ -203,10 +185,10 @@ def stop_sim(sim: Sim, timeout: float = 60.0) -> dict[str, Any]:
     with contextlib.suppress(Exception):
         sim.client.close()
     try:
-        harness.stop(harness.SimProcess(url=sim.url, pid=sim.pid, state_dir=sim.state_dir, api_key=sim.api_key,
-                                        host_mode="", process=sim.process), timeout)
+        harness.stop(sim, timeout)
     except harness.SimError:
         killed = True
+    assert sim.process is not None
     return {"returncode": sim.process.returncode, "shutdown_s": round(time.monotonic() - started, 3),
             "sigkilled": killed}
 

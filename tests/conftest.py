@@ -11,7 +11,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 
 import httpx
@@ -40,13 +40,8 @@ SSH_OPTIONS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (namespaces, tc)")
 
 
-@dataclass
-class Sim:
-    url: str
-    api_key: str
-    state_dir: Path
-    process: subprocess.Popen[str]
-    log_path: Path
+class Sim(harness.SimProcess):
+    """A simulator the tests started through the project's harness, with what the tests ask of it."""
 
     def client(self, api_key: str | None = None) -> httpx.Client:
         key = self.api_key if api_key is None else api_key
@@ -54,26 +49,19 @@ class Sim:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.log_tail(limit=1 << 30)
 
 
 def start_sim(state_dir: Path, *extra: str, speed: float = 100.0, api_key: str = API_KEY,
               timeout: float = 30.0) -> Sim:
-    """A simulator through the project's one harness (mlops_vast.sim.harness), at --log-level info."""
+    """A simulator (mlops_vast.sim.harness) at --log-level info, accepting ``api_key``."""
     started = harness.start(state_dir, "--speed", str(speed), "--log-level", "info", *extra, api_keys=[api_key],
                             timeout=timeout)
-    assert started.process is not None
-    return Sim(url=started.url, api_key=api_key, state_dir=started.state_dir, process=started.process,
-               log_path=started.log_path or state_dir.parent / f"{state_dir.name}.log")
+    return Sim(**{field.name: getattr(started, field.name) for field in fields(started)})
 
 
 def stop_sim(sim: Sim, timeout: float = 30.0) -> int:
-    try:
-        code = harness.stop(harness.SimProcess(url=sim.url, pid=sim.process.pid, state_dir=sim.state_dir,
-                                               api_key=sim.api_key, host_mode="", process=sim.process), timeout)
-    except harness.SimError as exc:
-        raise AssertionError(str(exc)) from None
-    return int(code or 0)
+    return int(harness.stop(sim, timeout) or 0)
 
 
 def leftovers(state_dir: Path) -> list[str]:
@@ -88,10 +76,7 @@ def running_sim(state_dir: Path, *extra: str) -> Iterator[Sim]:
     try:
         yield simulator
     finally:
-        code = stop_sim(simulator)
-        left = leftovers(simulator.state_dir)
-        assert code == 0, f"vastsim exited {code}: {simulator.log()[-2000:]}"
-        assert not left, f"vastsim left behind: {left}"
+        harness.stop_checked(simulator)
 
 
 @pytest.fixture

@@ -42,15 +42,18 @@ class ActionModule(ValidateArgumentSpec):
                            "validate_args_context": {"name": os.path.basename(path), "type": "playbook", "path": path}}
         result = super().run(tmp, task_vars)  # types, choices, required: ansible.builtin.validate_argument_spec
         secret = frozenset(name for name, option in options.items() if option.get("no_log"))
+        converted = validated(given, options)[0]
         errors = plain_errors(list(result.get("argument_errors") or []), given, secret)
-        errors += problems(given, options, where=os.path.basename(path))
+        errors += problems(given, options, where=os.path.basename(path), converted=converted)
         if errors:
             return {"failed": True, "changed": False, "argument_errors": errors,
                     "msg": f"{'; '.join(errors)} (the variables are described in {path})"}
-        values, _errors = validated(given, options)
-        if prefix:
-            values = {name[len(prefix):] if name.startswith(prefix) else name: value for name, value in values.items()}
-        hidden = {name[len(prefix):] if prefix and name.startswith(prefix) else name for name in secret}
+
+        def short(name: str) -> str:
+            return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+        values = {short(name): value for name, value in converted.items()}
+        hidden = {short(name) for name in secret}
         shown = {name: "********" if name in hidden and value else value for name, value in values.items()}
         out: dict[str, Any] = {"changed": False, "msg": f"the variables match {path}", "values": shown}
         if args["fact"]:

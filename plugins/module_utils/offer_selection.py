@@ -11,7 +11,7 @@ Private to the collection.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .rows import normalise_offer
@@ -56,11 +56,9 @@ class OfferSelection:
 
     offers: list[dict[str, Any]]
     body: dict[str, Any]
-    matching: int = 0
     reason: str | None = None
     # Empty because a gpu_name in the query is no GPU on the market (a misspelt model, usually).
     unknown_gpu_name: bool = False
-    excluded: list[int] = field(default_factory=list)
 
 
 def select_offers(client: Any, request: OfferRequest) -> OfferSelection:
@@ -88,8 +86,7 @@ def select_offers(client: Any, request: OfferRequest) -> OfferSelection:
     matching = [row for row in rows if parsed is None or parsed.row_matches(row)]
     allowed = [row for row in matching if row.get("machine_id") not in excluded]
     fitting = [row for row in allowed if request.max_dph is None or request.price(row) <= request.max_dph]
-    selection = OfferSelection([normalise_offer(row) for row in fitting[: request.limit]], body,
-                               matching=len(matching), excluded=sorted(excluded))
+    selection = OfferSelection([normalise_offer(row) for row in fitting[: request.limit]], body)
     if selection.offers:
         return selection
     if parsed is not None and not matching:

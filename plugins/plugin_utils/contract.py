@@ -49,14 +49,18 @@ def validated(values: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[dict[
     return dict(result.validated_parameters), list(result.error_messages)
 
 
-def problems(values: Mapping[str, Any], spec: Mapping[str, Any], *, where: str = "the argument spec") -> list[str]:
-    """Every name not in ``spec`` and every value out of its range, one sentence each."""
+def problems(values: Mapping[str, Any], spec: Mapping[str, Any], *, where: str = "the argument spec",
+             converted: Mapping[str, Any] | None = None) -> list[str]:
+    """Every name not in ``spec`` and every value out of its range, one sentence each.
+
+    ``converted`` is ``validated(values, spec)[0]`` when the caller has it already."""
     found = []
     for name in sorted(set(values) - set(spec)):
         close = difflib.get_close_matches(name, list(spec), n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         found.append(f"{name} is not a variable of {where}{hint}")
-    converted, _errors = validated(values, spec)
+    if converted is None:
+        converted = validated(values, spec)[0]
     for name, option in spec.items():
         value = converted.get(name)
         if name not in values or isinstance(value, bool) or not isinstance(value, int | float):

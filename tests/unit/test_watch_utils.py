@@ -705,6 +705,10 @@ def test_loop_hung_poll_does_not_hide_a_destroyed_instance(fake_host: dict[str, 
                               poll_interval=30, api_poll_interval=120)
     finally:
         release.set()
+        # The abandoned poll goes on to run its command; wait for it, so no process outlives the test.
+        for thread in threading.enumerate():
+            if thread.name == "mlops-vast-watch-poll":
+                thread.join(30)
     assert result["outcome"] == "instance_gone" and result["instance"]["gone"].startswith("destroyed")
     assert "while a poll was waiting" in result["last_connection_failure"]
     assert time.monotonic() - started < 10, "not the 60 s command timeout"

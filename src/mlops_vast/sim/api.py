@@ -182,7 +182,7 @@ class Api:
             if field not in V1_FILTER_COLUMNS:
                 raise VastError(400, "invalid_request",
                                 f"Error in query parameters: {field} is not a valid search key")
-        rows = [instance_row(self.market, i) for i in self.mine(account)]
+        rows = [instance_row(self.market, i) for i in self.market.mine(account)]
         try:
             predicate = q.build_predicate(filters, V1_FILTER_COLUMNS)
             matching = [row for row in rows if predicate(row)]
@@ -224,20 +224,17 @@ class Api:
 
     async def list_legacy(self, request: Request) -> Response:
         account = self.account(request)
-        rows = [instance_row(self.market, i) for i in self.mine(account)]
+        rows = [instance_row(self.market, i) for i in self.market.mine(account)]
         return JSON({"instances_found": len(rows), "instances": rows})
 
     async def filters(self, request: Request) -> Response:
         account = self.account(request)
-        rows = [instance_row(self.market, i) for i in self.mine(account)]
+        rows = [instance_row(self.market, i) for i in self.market.mine(account)]
         # One entry per distinct combination (§4.1); the CLI collects each column's values from them.
         columns = ("actual_status", "verification", "gpu_name")
         combos = sorted({tuple(row.get(c) for c in columns) for row in rows},
                         key=lambda combo: [str(v) for v in combo])
         return JSON({"filters": [dict(zip(columns, combo, strict=True)) for combo in combos]})
-
-    def mine(self, account: Account) -> list[Instance]:
-        return self.market.mine(account)
 
     # ------------------------------------------------------------ one instance
 
@@ -427,7 +424,7 @@ class Api:
 
     async def sim_ledger(self, request: Request) -> Response:
         account = self.account(request)
-        live = [i.ledger_row() for i in self.mine(account)]
+        live = [i.ledger_row() for i in self.market.mine(account)]
         done = [row for row in self.market.state.ledger if row.get("user_id") == account.id]
         rows = sorted(live + done, key=lambda row: row["id"])
         totals = {

@@ -182,6 +182,16 @@ def stop(sim: SimProcess, timeout: float = 30.0) -> int | None:
     raise SimError(f"vastsim {sim.pid} ignored SIGTERM for {timeout:g} s")
 
 
+def stop_checked(sim: SimProcess, timeout: float = 30.0) -> None:
+    """Stop ``sim``; SimError unless it exited cleanly and left nothing behind."""
+    code = stop(sim, timeout)
+    left = {kind: items for kind, items in leftovers(sim.state_dir).items() if items}
+    if code not in (0, None):
+        raise SimError(f"vastsim exited {code}: {sim.log_tail(2000)}")
+    if left:
+        raise SimError(f"vastsim left behind: {left}")
+
+
 @contextlib.contextmanager
 def running(state_dir: Path, *args: str, **options: Any) -> Iterator[SimProcess]:
     """A simulator for the block; afterwards it must have exited cleanly and left nothing behind."""
@@ -189,12 +199,7 @@ def running(state_dir: Path, *args: str, **options: Any) -> Iterator[SimProcess]
     try:
         yield sim
     finally:
-        code = stop(sim)
-        left = leftovers(sim.state_dir)
-        if code not in (0, None):
-            raise SimError(f"vastsim exited {code}: {sim.log_tail(2000)}")
-        if any(left.values()):
-            raise SimError(f"vastsim left behind: {left}")
+        stop_checked(sim)
 
 
 def leftovers(state_dir: Path) -> dict[str, list[str]]:
