@@ -57,7 +57,8 @@ def start_sim(state_dir: Path, *extra: str, speed: float = 100.0, api_key: str =
     """A simulator (mlops_vast.sim.harness) at --log-level info, accepting ``api_key``."""
     started = harness.start(state_dir, "--speed", str(speed), "--log-level", "info", *extra, api_keys=[api_key],
                             timeout=timeout)
-    return Sim(**{field.name: getattr(started, field.name) for field in fields(started)})
+    # The harness's api_key is the last one the simulator accepts; the tests' own account is ``api_key``.
+    return Sim(**{**{field.name: getattr(started, field.name) for field in fields(started)}, "api_key": api_key})
 
 
 def stop_sim(sim: Sim, timeout: float = 30.0) -> int:

@@ -1,0 +1,80 @@
+"""train.yml with run_estimate on vastsim: a job that fits no offer, or whose optimistic cost passes the budget,
+rents nothing and says why; a job that fits rents the offer the estimate ranked cheapest in total."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, Sim, needs_root
+from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, local_inventory, run_playbook
+from tests.integration.test_modules import good_query
+
+pytestmark = [pytest.mark.slow]
+
+MISTRAL_7B = {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+              "intermediate_size": 14336, "vocab_size": 32000}
+
+
+def train(sim: Sim, tmp_path: Path, **run_vars: object) -> subprocess.CompletedProcess:
+    key = tmp_path / "key"
+    if not key.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(key), MLOPS_VAST_EXCLUSIONS=str(tmp_path / "excl.json"))
+    return run_playbook("playbooks/train.yml", env, "-i", str(local_inventory(tmp_path)), "-e", "@examples/run.yml",
+                        "-e", json.dumps({"run_results_dir": str(tmp_path / "results"), **run_vars}))
+
+
+def instances(sim: Sim) -> list[dict]:
+    with sim.client() as client:
+        return client.get("/api/v1/instances/").json()["instances"]
+
+
+def test_a_job_that_fits_no_offer_rents_nothing_and_says_what_would(sim: Sim, tmp_path: Path) -> None:
+    done = train(sim, tmp_path, run_name="est-nofit", run_disk_gb=800,
+                 run_query="reliability > 0.95 num_gpus=1 gpu_ram <= 25",
+                 run_estimate={"model_config": MISTRAL_7B, "method": "full", "precision": "amp", "seq_len": 2048,
+                               "max_steps": 1000})
+    assert done.returncode != 0
+    message = done.stdout
+    assert "No offer fits the job" in message, failure_excerpt(message)
+    assert re.search(r"GPU memory: needs \d+\.\d GiB per GPU", message), failure_excerpt(message)
+    assert "What would fit:" in message and "method: lora" in message, failure_excerpt(message)
+    assert "Nothing was rented" in message
+    assert instances(sim) == [] and ledger_open(tmp_path) == []
+
+
+def test_a_disk_too_small_for_the_job_rents_nothing(sim: Sim, tmp_path: Path) -> None:
+    done = train(sim, tmp_path, run_name="est-disk", run_disk_gb=20,
+                 run_estimate={"model_config": MISTRAL_7B, "method": "lora", "seq_len": 1024, "max_steps": 100})
+    assert done.returncode != 0
+    assert re.search(r"raise the disk \(run_disk_gb\) to at least \d+", done.stdout), failure_excerpt(done.stdout)
+    assert instances(sim) == [] and ledger_open(tmp_path) == []
+
+
+def test_a_budget_below_the_optimistic_cost_rents_nothing(sim: Sim, tmp_path: Path) -> None:
+    done = train(sim, tmp_path, run_name="est-budget", run_max_total_usd=0.001,
+        run_estimate={"params": 1.1e9, "method": "lora", "seq_len": 2048, "max_steps": 400, "weights_gb": 2.2})
+    assert done.returncode != 0
+    assert re.search(r"would cost at least \$[\d.]+ \(optimistic", done.stdout), failure_excerpt(done.stdout)
+    assert "run_max_total_usd $0.001" in done.stdout
+    assert instances(sim) == [] and ledger_open(tmp_path) == []
+
+
+@needs_root
+def test_a_job_that_fits_rents_the_offer_ranked_cheapest_in_total(sim: Sim, tmp_path: Path) -> None:
+    example = yaml.safe_load((REPO / "examples" / "run-estimate.yml").read_text())
+    done = train(sim, tmp_path, run_name="est-fits", run_query=good_query(sim, "reliability > 0.95 num_gpus=1"),
+                 run_estimate=example["run_estimate"], run_max_total_usd=example["run_max_total_usd"])
+    assert done.returncode == 0, failure_excerpt(done.stdout)
+    best = re.search(r"Best: offer (\d+) ", done.stdout)
+    assert best, failure_excerpt(done.stdout)
+    ledger = [json.loads(line) for line in (tmp_path / "contracts.jsonl").read_text().splitlines()]
+    rented = [row for row in ledger if row.get("event", "created") == "created" and row.get("offer_id")]
+    assert rented and rented[0]["offer_id"] == int(best.group(1)), (rented, best.group(0))
+    assert ledger_open(tmp_path) == [], "nothing left billing"
