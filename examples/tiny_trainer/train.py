@@ -41,6 +41,9 @@ def parse_args(argv=None):
     p.add_argument("--diverge", action="store_true", help="blow the learning rate up so loss rises")
     p.add_argument("--crash_at_step", type=int, default=None, help="raise an exception during step N")
     p.add_argument("--hang_at_step", type=int, default=None, help="stop making progress at step N, forever")
+    p.add_argument("--gpu_mem_gib", type=float, default=0.0,
+                   help="act as a GPU job whose allocated peak is this many GiB: logged as max_memory_allocated "
+                        "and declared to vastsim's nvidia-smi (with the allocator's reserve and a CUDA context)")
     args = p.parse_args(argv)
     for name in ("max_steps", "logging_steps", "save_steps", "per_device_train_batch_size"):
         if getattr(args, name) < 1:
@@ -174,6 +177,24 @@ def load_checkpoint(output_dir, where):
     return where, state
 
 
+def declare_gpu_memory(gib):
+    """Tell vastsim's nvidia-smi what this process holds (its documented gpu-processes/ directory); a no-op
+    where nvidia-smi is not vastsim's. A real job on a real GPU needs none of this."""
+    if gib <= 0:
+        return
+    smi = shutil.which("nvidia-smi")
+    directory = os.environ.get("VASTSIM_GPU_PROCESSES") or (
+        os.path.join(os.path.dirname(os.path.realpath(smi)), "gpu-processes") if smi else None)
+    if directory is None:
+        return
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, str(os.getpid())), "w") as f:
+            json.dump({"used_mib": int(gib * 1.12 * 1024 + 500), "gpu": 0, "name": "python3"}, f)
+    except OSError:
+        pass  # not vastsim's, or not writable: nothing to declare to
+
+
 def hf_line(metrics):
     print(repr(metrics), flush=True)  # HF Trainer prints exactly a dict repr; the collection parses that
 
@@ -184,6 +205,7 @@ def main(argv=None):
     for name in os.listdir(args.output_dir):  # half-written checkpoints of a run that was killed mid-save
         if name.startswith(".tmp-checkpoint-"):
             shutil.rmtree(os.path.join(args.output_dir, name), ignore_errors=True)
+    declare_gpu_memory(args.gpu_mem_gib)
     data = make_dataset()
     lr0 = args.learning_rate * (DIVERGE_FACTOR if args.diverge else 1.0)
     batch_size = args.per_device_train_batch_size
@@ -241,6 +263,8 @@ def main(argv=None):
             if args.report_reward:
                 logs["reward"] = round(trainer["interval_reward"] / n, 4)
             logs.update(epoch=round(trainer["epoch"], 4), step=step)
+            if args.gpu_mem_gib > 0:
+                logs["max_memory_allocated"] = int(args.gpu_mem_gib * 2**30)
             hf_line(logs)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps({"step": step, **{k: v for k, v in logs.items() if k != "step"}}) + "\n")

@@ -59,6 +59,21 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.watch_decisions import 
 
 display = Display()
 
+
+def instance_spend(row: dict[str, Any] | None, now: float) -> tuple[float, float] | None:
+    """($ spent, $ per second) from an instance row: the GPU part (dph_base) while it has been running
+    (uptime_mins), storage (storage_total_cost) since it was created (start_date), as Vast bills them;
+    without those fields, dph_total over its whole age (an upper bound)."""
+    if not row or row.get("start_date") is None or row.get("dph_total") is None:
+        return None
+    age_h = max(0.0, now - float(row["start_date"])) / 3600
+    rate = float(row["dph_total"]) / 3600
+    if row.get("uptime_mins") is None or row.get("dph_base") is None or row.get("storage_total_cost") is None:
+        return age_h * 3600 * rate, rate
+    spent = float(row["uptime_mins"]) / 60 * float(row["dph_base"]) + age_h * float(row["storage_total_cost"])
+    return spent, rate
+
+
 ARGUMENT_SPEC: dict[str, Any] = {
     "run_dir": {"type": "str", "required": True},
     "log_file": {"type": "str", "default": "run.log"},
@@ -84,6 +99,9 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "fail_on": {"type": "list", "elements": "str", "choices": list(OUTCOMES),
                 "default": [o for o in OUTCOMES if o != "completed"]},
     "timeout": {"type": "float", "default": 0.0},
+    "max_total_usd": {"type": "float", "default": 0.0},
+    "stop_margin_s": {"type": "float", "default": 60.0},
+    "total_steps": {"type": "int"},
     **auth_argument_spec(),
 }
 
@@ -384,8 +402,35 @@ class Watcher:
 
     # ------------------------------------------------------------------------------ loop
 
+    def spend(self) -> tuple[float, float] | None:
+        """($ spent so far, $ per second now) of the instance, from its own API row."""
+        return instance_spend(self.instance_row, self.wall())
+
+    def over_budget(self) -> str | None:
+        """Why the run must stop now: spent plus the burn until the next look and the stop would pass the budget."""
+        budget = self.p["max_total_usd"]
+        spend = self.spend() if budget > 0 else None
+        if spend is None:
+            return None
+        spent, rate = spend
+        ahead = rate * (self.p["poll_interval"] + self.p["stop_margin_s"])
+        if spent + ahead >= budget:
+            return (f"${spent:.4f} spent and ${ahead:.4f} more until the next look and the teardown would pass the "
+                    f"budget of ${budget:g}; stopping with the newest checkpoint")
+        return None
+
+    def eta_s(self) -> float | None:
+        step = self.metrics().step
+        elapsed = self.run_elapsed()[0]
+        total = self.p["total_steps"]
+        if not total or not step or not elapsed or step <= 0:
+            return None
+        return max(0.0, (total - step) * elapsed / step)
+
     def _api_interval(self) -> float:
         interval = self.p["api_poll_interval"]
+        if self.p["max_total_usd"] > 0:
+            interval = min(interval, self.p["poll_interval"])  # the budget holds to one poll of burn
         if self.unreachable_since is not None or self.poll_hanging:
             # The host is not answering: ask the API often enough to tell a lost instance quickly.
             interval = min(interval, max(5.0, self.p["poll_interval"]))
@@ -456,6 +501,9 @@ class Watcher:
                     self.poll_hanging = False
             if self.sync is not None:
                 self.sync.tick(self.clock())
+            budget_reason = self.over_budget()
+            if budget_reason:
+                return "budget", budget_reason
             verdict = decide(self.observation(host_fresh=host_fresh), self.limits)
             if (verdict is not None and verdict[0] not in ("completed", "instance_gone") and self.client is not None
                     and (self.last_api is None or self.clock() - self.last_api > 2.0)):
@@ -497,6 +545,8 @@ class Watcher:
             "gpu_util": self.gpu_util, "completed": outcome == "completed",
             "exit_code": self.exit_code if self.exit_code_raw is None else self.exit_code_raw,
             "tmux_alive": self.tmux,
+            "spent_usd": None if self.spend() is None else round(self.spend()[0], 4),
+            "eta_s": None if self.eta_s() is None else round(self.eta_s(), 1),
         }
         where = describe_progress(token)
         if metrics.loss is not None:

@@ -163,7 +163,7 @@ class Job:
                 "micro_batch_size": self.micro_batch, "seq_len": self.seq_len, "grad_accum": self.grad_accum,
                 "gradient_checkpointing": self.checkpointing, "num_gpus": self.num_gpus,
                 "zero_stage": self.zero_stage, "cpu_offload": self.cpu_offload, "attention": self.attention,
-                "fused_cross_entropy": self.fused_ce,
+                "fused_cross_entropy": self.fused_ce, "checkpoints_kept": self.checkpoints_kept,
                 "lora_r": self.lora_r if self.method != "full" else None,
                 "lora_targets": list(self.targets) if self.method != "full" else None}
 

@@ -9,6 +9,7 @@ Private to the collection.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +86,12 @@ def instance_summary(instance: Mapping[str, Any], ssh_user: str = "root") -> dic
         "image": instance.get("image_uuid"),
         "disk_gb": instance.get("disk_space"),
         "dph_total": instance.get("dph_total"),
+        "start_date": instance.get("start_date"),
+        # When the GPU started billing (now minus uptime), and the two prices spend is made of.
+        "running_since": (round(time.time() - float(instance["uptime_mins"]) * 60, 3)
+                          if instance.get("uptime_mins") is not None else None),
+        "dph_base": instance.get("dph_base"),
+        "storage_dph": instance.get("storage_total_cost"),
         "is_bid": instance.get("is_bid"),
         "public_ipaddr": (instance.get("public_ipaddr") or "").strip() or None,
         "ssh_host": host,

@@ -27,7 +27,8 @@ description:
     C(max_runtime) (the run has been going longer than O(max_runtime), or the host's C(timeout) stopped it
     there with exit code 124 or 137); C(instance_gone) (the API says destroyed, stopped, outbid, exited or
     offline, or the host stayed unreachable for O(reconnect_timeout)); C(timeout) (the watch's own O(timeout)
-    passed while the run goes on)."
+    passed while the run goes on); C(budget) (what the instance has cost would pass O(max_total_usd) before
+    the next look)."
   - When several apply at once the first of C(completed), C(instance_gone), C(crash), C(max_runtime),
     C(stall), C(timeout) wins. Before it returns anything but C(completed) it asks the API once more, so a
     run killed by a preemption is reported as C(instance_gone), not as a crash.
@@ -185,8 +186,24 @@ options:
         list to branch on RV(outcome) instead.
     type: list
     elements: str
-    choices: [completed, crash, stall, max_runtime, instance_gone, timeout]
-    default: [crash, stall, max_runtime, instance_gone, timeout]
+    choices: [completed, crash, stall, max_runtime, instance_gone, timeout, budget]
+    default: [crash, stall, max_runtime, instance_gone, timeout, budget]
+  max_total_usd:
+    description:
+      - The run's budget in $. The instance's spend is read from its own API row (C(dph_total), which includes
+        storage, over the time since C(start_date)) at least every O(poll_interval); when what is spent plus the
+        burn for one more O(poll_interval) and O(stop_margin_s) would pass it, the watch returns C(budget), so
+        the teardown that follows pulls the newest checkpoint and destroys the instance. Needs O(instance_id).
+        C(0) means no budget.
+    type: float
+    default: 0
+  stop_margin_s:
+    description: Seconds the stop after a C(budget) outcome is expected to take (final pull and destroy).
+    type: float
+    default: 60
+  total_steps:
+    description: The run's total steps, for the triage bundle's C(eta_s).
+    type: int
   timeout:
     description:
       - Seconds the watch itself may block; then it returns C(timeout) and the run goes on. C(0) means no
@@ -294,6 +311,12 @@ triage:
     tmux_alive:
       description: Whether the tmux session existed at the last poll (null when tmux is not installed).
       type: bool
+    spent_usd:
+      description: What the instance has cost so far, from its API row (null without O(instance_id)).
+      type: float
+    eta_s:
+      description: Seconds until O(total_steps) at the pace so far (null without O(total_steps) or a step).
+      type: float
   sample:
     step: 400
     epoch: 1.0

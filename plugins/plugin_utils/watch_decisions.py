@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-OUTCOMES = ("completed", "crash", "stall", "max_runtime", "instance_gone", "timeout")
+OUTCOMES = ("completed", "crash", "stall", "max_runtime", "instance_gone", "timeout", "budget")
 # Exit codes of coreutils `timeout` (TERM, then KILL after -k): the host-side max runtime fired.
 TIMEOUT_EXIT_CODES = frozenset({124, 137})
 

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.mlops.vast.plugins.module_utils.estimate_cost import estimate
+from ansible_collections.mlops.vast.plugins.module_utils.estimate_job import job_from_params
 
 from tests.conftest import REPO, Sim, needs_root
-from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, local_inventory, run_playbook
+from tests.integration.ansible_run import (
+    ansible_env,
+    failure_excerpt,
+    ledger_open,
+    local_inventory,
+    run_playbook,
+    run_task,
+)
 from tests.integration.test_modules import good_query
 
 pytestmark = [pytest.mark.slow]
@@ -78,3 +87,77 @@ def test_a_job_that_fits_rents_the_offer_ranked_cheapest_in_total(sim: Sim, tmp_
     rented = [row for row in ledger if row.get("event", "created") == "created" and row.get("offer_id")]
     assert rented and rented[0]["offer_id"] == int(best.group(1)), (rented, best.group(0))
     assert ledger_open(tmp_path) == [], "nothing left billing"
+
+
+def tiny_command(**flags: object) -> str:
+    extra = " ".join(f"--{name} {value}" for name, value in flags.items())
+    return f"python3 train.py --output_dir /workspace/run/output --max_steps 400 --save_steps 50 {extra}"
+
+
+def ledger_row(sim: Sim, instance_id: int) -> dict:
+    with sim.client() as client:
+        rows = client.get("/_sim/ledger").json()["rows"]
+    return next(row for row in rows if row["id"] == instance_id)
+
+
+@needs_root
+def test_a_smoke_test_that_contradicts_the_estimate_aborts_before_the_long_run(sim: Sim, tmp_path: Path) -> None:
+    example = yaml.safe_load((REPO / "examples" / "run-estimate.yml").read_text())
+    base = estimate_base_gib(example["run_estimate"])
+    done = train(sim, tmp_path, run_name="est-smoke-abort", run_query=good_query(sim, "reliability > 0.95 num_gpus=1"),
+                 run_estimate=example["run_estimate"],
+                 run_command=tiny_command(step_seconds=0.02, gpu_mem_gib=round(1.5 * base, 3)))
+    assert done.returncode != 0
+    assert "Contradicts the estimate: gpu_memory_allocated: 1.50x the base estimate" in done.stdout, \
+        failure_excerpt(done.stdout)
+    assert "TASK [mlops.vast.train : " not in done.stdout, "the long run must not start"
+    smoke = json.loads((tmp_path / "results" / "smoke.json").read_text())
+    assert smoke["verdict"] == "abort" and smoke["measured"]["allocated_gib"] == pytest.approx(1.5 * base, rel=0.01)
+    assert smoke["measured"]["nvidia_smi_gib"] > 1.5 * base, "vastsim's nvidia-smi saw the job's memory"
+    assert ledger_open(tmp_path) == [], "torn down"
+
+
+@needs_root
+def test_a_smoke_test_within_the_estimate_passes_and_reestimates_the_cost(sim: Sim, tmp_path: Path) -> None:
+    """The re-estimate after the smoke test (spend so far, plus the measured step time over the run's steps
+    and the end of the run, at the instance's rate) against what vastsim's ledger charged the instance."""
+    example = yaml.safe_load((REPO / "examples" / "run-estimate.yml").read_text())
+    base = estimate_base_gib(example["run_estimate"])
+    done = train(sim, tmp_path, run_name="est-smoke-pass", run_query=good_query(sim, "reliability > 0.95 num_gpus=1"),
+                 run_estimate=example["run_estimate"], run_tail_s=15,
+                 run_command=tiny_command(step_seconds=0.2, gpu_mem_gib=round(1.05 * base, 3)))
+    assert done.returncode == 0, failure_excerpt(done.stdout)
+    smoke = json.loads((tmp_path / "results" / "smoke.json").read_text())
+    assert smoke["verdict"] in ("pass", "warn"), smoke["checks"]
+    memory = next(check for check in smoke["checks"] if check["name"] == "gpu_memory_allocated")
+    assert memory["verdict"] == "pass"
+    watch = json.loads((tmp_path / "results" / "watch.json").read_text())
+    charged = ledger_row(sim, watch["instance"]["id"])["cost"]
+    reestimated = smoke["reestimate"]["compute_usd"]
+    assert abs(reestimated / charged - 1) <= 0.10, (reestimated, charged, smoke["reestimate"])
+    assert watch["triage"]["spent_usd"] is not None and watch["triage"]["eta_s"] is not None
+
+
+@needs_root
+def test_a_budget_below_the_runs_cost_stops_it_within_one_poll(sim: Sim, tmp_path: Path) -> None:
+    query = good_query(sim, "reliability > 0.95 num_gpus=1")
+    env = ansible_env(sim, tmp_path)
+    found = run_task("mlops.vast.vast_offer", {"query": query, "order": "dph+", "limit": 1, "storage": 20},
+                     env, tmp_path)
+    rate = found["offers"][0]["dph_total"] / 3600  # $/s of the offer the run will rent
+    budget = round(rate * 150, 6)  # the whole run takes well over 150 s of billing: 400 steps of 0.5 s
+    poll = 5
+    done = train(sim, tmp_path, run_name="est-budget-stop", run_query=query, run_max_total_usd=budget,
+                 run_tail_s=10, run_poll_interval_s=poll, run_command=tiny_command(step_seconds=0.5))
+    assert done.returncode != 0 and "The run did not complete: budget:" in done.stdout, failure_excerpt(done.stdout)
+    watch = json.loads((tmp_path / "results" / "watch.json").read_text())
+    assert watch["outcome"] == "budget"
+    charged = ledger_row(sim, watch["instance"]["id"])["cost"]
+    assert charged <= budget + rate * poll, (charged, budget, rate)
+    assert charged >= budget - rate * (poll + 10 + 30), "stopped near the budget, not long before it"
+    assert list((tmp_path / "results" / "checkpoints").glob("checkpoint-*")), "checkpoints home"
+    assert ledger_open(tmp_path) == [], "nothing billing"
+
+
+def estimate_base_gib(job: dict) -> float:
+    return estimate(job_from_params(job))["gpu_mem_gib"]["base"]

@@ -501,3 +501,31 @@ def test_date_line_pads_single_digit_days_with_a_space() -> None:
     text, _ = nvidia_smi.run(machine, ["--query-gpu=timestamp", "--format=csv,noheader"],
                              now=datetime(2026, 7, 5, 9, 3, 7, 45000))
     assert text == "2026/07/05 09:03:07.045\n"
+
+
+def test_declared_gpu_processes_show_in_memory_and_compute_apps(tmp_path: Path) -> None:
+    """The simulator's mechanism for a job's GPU memory: a file per live pid in gpu-processes/."""
+    from mlops_vast.sim import nvidia_smi
+
+    machine = nvidia_smi.machine_from_spec(BRIEF_SPEC)
+    processes = tmp_path / "gpu-processes"
+    processes.mkdir()
+    (processes / str(os.getpid())).write_text(json.dumps({"used_mib": 20000, "name": "python3"}))
+    (processes / "999999999").write_text("777")  # a process that is gone: dropped, and its file removed
+    found = nvidia_smi.read_processes(str(processes))
+    assert [(proc.pid, proc.used_mib) for proc in found] == [(os.getpid(), 20000)]
+    assert not (processes / "999999999").exists()
+    text, code = nvidia_smi.run(machine, ["--query-gpu=memory.used,memory.free", "--format=csv,noheader,nounits"],
+                                processes=found)
+    used = machine.gpus[0].memory_used_mib + 20000
+    assert code == 0 and text == f"{used}, {machine.gpus[0].memory_total_mib - used}\n"
+    text, code = nvidia_smi.run(machine, ["--query-compute-apps=pid,process_name,used_memory", "--format=csv"],
+                                processes=found)
+    assert text == f"pid, process_name, used_gpu_memory [MiB]\n{os.getpid()}, python3, 20000 MiB\n"
+    text, _ = nvidia_smi.run(machine, ["--query-compute-apps=pid", "--format=csv,noheader"])
+    assert text == "", "no process, no line"
+    text, code = nvidia_smi.run(machine, ["--query-compute-apps=bogus", "--format=csv"])
+    assert code == 2 and 'Field "bogus" is not a valid field to query.' in text
+    # Unchanged for the next call: the machine itself is not modified.
+    assert nvidia_smi.run(machine, ["--query-gpu=memory.used", "--format=csv,noheader,nounits"])[0] == \
+        f"{machine.gpus[0].memory_used_mib}\n"

@@ -450,7 +450,7 @@ def test_documentation_matches_the_argument_spec() -> None:
     returned = yaml.safe_load(doc.RETURN)
     assert set(returned["triage"]["contains"]) == {"step", "epoch", "loss", "reward", "last_lines", "traceback",
                                                    "traceback_excerpt", "summary", "summary_metrics", "gpu_util",
-                                                   "completed", "exit_code", "tmux_alive"}
+                                                   "completed", "exit_code", "tmux_alive", "spent_usd", "eta_s"}
 
 
 # ------------------------------------------------------------------------------- the loop, faked host
@@ -575,7 +575,7 @@ def test_loop_completes_with_the_triage_bundle(fake_host: dict[str, Any]) -> Non
         "step": 20, "epoch": 0.1, "loss": 0.5123, "reward": None, "last_lines": ["loading", HF[0], HF[1], SUMMARY],
         "traceback": False, "traceback_excerpt": "", "summary": True,
         "summary_metrics": tl.parse_record(SUMMARY), "gpu_util": [87, 45], "completed": True, "exit_code": 0,
-        "tmux_alive": False}
+        "tmux_alive": False, "spent_usd": None, "eta_s": None}
     assert result["msg"] == "completed: the run exited 0 and printed its summary (last step 20, loss 0.5123)"
     assert fake.sudoable == [False] * 4, "no become, no tty: the log's bytes arrive as they are"
     assert result["reconnects"] == 0 and result["instance"] is None and result["syncs"] == []
@@ -678,7 +678,7 @@ def test_argument_spec_defaults() -> None:
     assert action.ARGUMENT_SPEC["api_key"]["no_log"] is True
     assert params(fail_on=[])["fail_on"] == []
     defaults = params()
-    assert defaults["fail_on"] == ["crash", "stall", "max_runtime", "instance_gone", "timeout"]
+    assert defaults["fail_on"] == ["crash", "stall", "max_runtime", "instance_gone", "timeout", "budget"]
     assert (defaults["poll_interval"], defaults["stall_timeout"], defaults["api_poll_interval"],
             defaults["reconnect_timeout"], defaults["max_runtime"], defaults["timeout"]) == (30, 900, 120, 600, 0, 0)
     assert ArgumentSpecValidator(action.ARGUMENT_SPEC).validate({"run_dir": "/r"}).error_messages == [
@@ -712,3 +712,26 @@ def test_loop_hung_poll_does_not_hide_a_destroyed_instance(fake_host: dict[str, 
     assert result["outcome"] == "instance_gone" and result["instance"]["gone"].startswith("destroyed")
     assert "while a poll was waiting" in result["last_connection_failure"]
     assert time.monotonic() - started < 10, "not the 60 s command timeout"
+
+
+def test_loop_stops_for_the_budget_within_one_poll(fake_host: dict[str, Any]) -> None:
+    """Spend is read from the instance's row (GPU while running, storage since creation); the watch returns
+    `budget` when one more poll and the stop would pass the budget, not after."""
+    clock = FakeClock()
+    created = clock.wall() - 100
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        row = {"id": 7, "actual_status": "running", "intended_status": "running", "cur_state": "running",
+               "start_date": created, "uptime_mins": (clock.now - 1000 + 60) / 60, "dph_base": 36.0,
+               "storage_total_cost": 3.6, "dph_total": 39.6}
+        return httpx.Response(200, json={"instances": row})
+
+    client = VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
+    result, _ = run_watch(fake_host, {1: start_run}, clock=clock, client=client, instance_id=7, poll_interval=30,
+                          max_total_usd=5.0, stop_margin_s=60, total_steps=400)
+    assert result["outcome"] == "budget", result["msg"]
+    spent = result["triage"]["spent_usd"]
+    rate = 39.6 / 3600
+    assert spent + rate * 90 >= 5.0 > spent, "stopped before the budget, with one poll and the stop in reserve"
+    assert spent + rate * 90 - rate * 30 < 5.0, "not later than one poll after the threshold"
+    assert result["instance"]["api_polls"] >= 2

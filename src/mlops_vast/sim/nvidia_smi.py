@@ -55,10 +55,25 @@ The GPUs are read from a JSON file: ``$VASTSIM_NVIDIA_SMI_SPEC`` if set, otherwi
 
 Optional keys may be missing or null (null means N/A where the real tool can print
 N/A). An empty ``gpus`` list behaves like a machine whose GPUs fell off the bus.
+
+GPU memory in use by processes
+------------------------------
+A process on the instance that "holds GPU memory" says so by writing a file named after
+its pid into ``gpu-processes/`` next to the spec file (``$VASTSIM_GPU_PROCESSES`` if set)::
+
+    {"used_mib": 20480, "gpu": 0, "name": "python3"}     # or just: 20480
+
+Files of processes that are gone are ignored (and removed). Their memory is added to the
+GPU's ``memory.used`` (and taken from ``memory.free``), and they are listed by
+``--query-compute-apps=pid,process_name,used_memory,gpu_uuid,gpu_bus_id,gpu_name``, so a
+smoke test's memory sampling sees a job's footprint without a GPU
+(``examples/tiny_trainer --gpu_mem_gib`` writes such a file).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -70,6 +85,8 @@ from typing import Any
 
 SPEC_ENV = "VASTSIM_NVIDIA_SMI_SPEC"
 SPEC_FILENAME = "nvidia-smi.json"
+PROCESSES_ENV = "VASTSIM_GPU_PROCESSES"
+PROCESSES_DIRNAME = "gpu-processes"
 DEFAULT_DRIVER = "550.54.14"
 
 # Exit codes documented in nvidia-smi(1) "RETURN VALUE".
@@ -746,6 +763,97 @@ def render_query(machine: Machine, gpus: list[Gpu], fields: list[str], header: b
     return "".join(line + "\n" for line in out)
 
 
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    gpu: int
+    used_mib: int
+    name: str
+
+
+def processes_dir(spec_file: str) -> str:
+    return os.environ.get(PROCESSES_ENV) or os.path.join(os.path.dirname(spec_file), PROCESSES_DIRNAME)
+
+
+def read_processes(directory: str) -> list[GpuProcess]:
+    """The live processes that declared GPU memory; a declaration of a dead process is dropped."""
+    found: list[GpuProcess] = []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        path = os.path.join(directory, name)
+        if not os.path.exists(f"/proc/{name}"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            continue
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read().strip()
+            raw = json.loads(text) if text.startswith("{") else {"used_mib": int(float(text))}
+            found.append(GpuProcess(pid=int(name), gpu=int(raw.get("gpu", 0)), used_mib=int(raw["used_mib"]),
+                                    name=str(raw.get("name") or "python3")))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # half-written or foreign: the next call reads it again
+    return found
+
+
+def with_processes(machine: Machine, processes: list[GpuProcess]) -> Machine:
+    """The machine with each GPU's used memory raised by what its processes declared."""
+    if not processes:
+        return machine
+    gpus = []
+    for gpu in machine.gpus:
+        extra = sum(proc.used_mib for proc in processes if proc.gpu == gpu.index)
+        used = min(gpu.memory_total_mib - gpu.memory_reserved_mib, gpu.memory_used_mib + extra)
+        gpus.append(dataclasses.replace(gpu, memory_used_mib=used))
+    return dataclasses.replace(machine, gpus=gpus)
+
+
+APP_FIELDS: dict[str, tuple[str, Callable[[GpuProcess, Gpu], Any], str | None]] = {
+    "timestamp": ("timestamp", lambda p, g: _timestamp(datetime.now()), None),
+    "gpu_name": ("gpu_name", lambda p, g: g.name, None),
+    "gpu_bus_id": ("gpu_bus_id", lambda p, g: g.pci_bus_id, None),
+    "gpu_serial": ("gpu_serial", lambda p, g: g.serial, None),
+    "gpu_uuid": ("gpu_uuid", lambda p, g: g.uuid, None),
+    "pid": ("pid", lambda p, g: p.pid, None),
+    "process_name": ("process_name", lambda p, g: p.name, None),
+    "name": ("process_name", lambda p, g: p.name, None),
+    "used_memory": ("used_gpu_memory", lambda p, g: p.used_mib, "MiB"),
+    "used_gpu_memory": ("used_gpu_memory", lambda p, g: p.used_mib, "MiB"),
+}
+
+
+def render_compute_apps(machine: Machine, processes: list[GpuProcess], spec: str, header: bool,
+                        units: bool) -> str:
+    """``--query-compute-apps`` csv: one line per process on a GPU that exists."""
+    fields = []
+    for requested in spec.split(","):
+        if requested not in APP_FIELDS:
+            raise UsageError(f'Field "{requested}" is not a valid field to query.')
+        fields.append(APP_FIELDS[requested])
+    out = []
+    if header:
+        out.append(", ".join(f"{title} [{unit}]" if unit else title for title, _, unit in fields))
+    by_index = {gpu.index: gpu for gpu in machine.gpus}
+    for proc in processes:
+        gpu = by_index.get(proc.gpu)
+        if gpu is None:
+            continue
+        values = []
+        for _title, value, unit in fields:
+            shown = value(proc, gpu)
+            values.append("[N/A]" if shown is None else f"{shown} {unit}" if unit and units else str(shown))
+        out.append(", ".join(values))
+    return "".join(line + "\n" for line in out)
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -753,7 +861,7 @@ def render_query(machine: Machine, gpus: list[Gpu], fields: list[str], header: b
 class Request:
     """What the command line asked for."""
 
-    action: str = "table"  # table | list | query | version | help
+    action: str = "table"  # table | list | query | apps | version | help
     ids: str | None = None
     query: str | None = None
     fmt: str | None = None
@@ -790,6 +898,12 @@ def parse_args(argv: list[str]) -> Request:
         elif arg.startswith("--query-gpu="):
             req.query = arg[len("--query-gpu="):]
             actions.append("query")
+        elif arg == "--query-compute-apps":
+            req.query = value_of(arg)
+            actions.append("apps")
+        elif arg.startswith("--query-compute-apps="):
+            req.query = arg[len("--query-compute-apps="):]
+            actions.append("apps")
         elif arg == "--format":
             req.fmt = value_of(arg)
         elif arg.startswith("--format="):
@@ -802,11 +916,11 @@ def parse_args(argv: list[str]) -> Request:
         if early in actions:
             req.action = early
             return req
-    if len(set(actions)) > 1 or (req.fmt is not None and "query" not in actions):
+    if len(set(actions)) > 1 or (req.fmt is not None and not {"query", "apps"} & set(actions)):
         raise UsageError(f"Invalid combination of input arguments. {HELP_HINT}")
     if actions:
         req.action = actions[0]
-    if req.action == "query" and req.fmt is None:
+    if req.action in ("query", "apps") and req.fmt is None:
         raise UsageError(f'"--format=" switch is missing. {HELP_HINT}')
     return req
 
@@ -834,8 +948,11 @@ def select_gpus(machine: Machine, ids: str | None) -> list[Gpu]:
     return sorted(chosen, key=lambda g: g.index)
 
 
-def run(machine: Machine, argv: list[str], now: datetime | None = None) -> tuple[str, int]:
+def run(machine: Machine, argv: list[str], now: datetime | None = None,
+        processes: list[GpuProcess] | None = None) -> tuple[str, int]:
     """Produce (stdout text, exit code) for a command line; no I/O, so tests can call it."""
+    processes = processes or []
+    machine = with_processes(machine, processes)
     try:
         req = parse_args(argv)
         if req.action == "help":
@@ -850,6 +967,11 @@ def run(machine: Machine, argv: list[str], now: datetime | None = None) -> tuple
             header, units = parse_format(req.fmt)
             gpus = select_gpus(machine, req.ids)
             return render_query(machine, gpus, fields, header, units, now), EXIT_OK
+        if req.action == "apps":
+            assert req.query is not None and req.fmt is not None
+            header, units = parse_format(req.fmt)
+            select_gpus(machine, req.ids)
+            return render_compute_apps(machine, processes, req.query, header, units), EXIT_OK
         gpus = select_gpus(machine, req.ids)
         if req.action == "list":
             return render_list(gpus), EXIT_OK
@@ -867,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         sys.stderr.write(f"nvidia-smi (vastsim): bad GPU spec: {exc}\n")
         return EXIT_OTHER
-    text, code = run(machine, args)
+    text, code = run(machine, args, processes=read_processes(processes_dir(path)))
     sys.stdout.write(text)
     sys.stdout.flush()
     return code
