@@ -58,6 +58,10 @@ _value:
 """
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def smoke_verdict(log_text: str, stamps: str, probe: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     log_format = context.get("log_format") or "hf"
     estimate = context.get("estimate") or None
@@ -68,7 +72,7 @@ def smoke_verdict(log_text: str, stamps: str, probe: dict[str, Any], context: di
     disk = sum((probe.get("disk_used_gb") or {}).values())
     measured: dict[str, Any] = {
         "step_seconds": round(step_s, 5) if step_s else None,
-        "allocated_gib": allocated_peak_gib(log_text or "", log_format),
+        "allocated_gib": _rounded(allocated_peak_gib(log_text or "", log_format)),
         "nvidia_smi_gib": round(max(gpu_peaks) / 1024, 3) if gpu_peaks and max(gpu_peaks) > 1 else None,
         "ram_used_gib": probe.get("ram_used_gib_peak"), "ram_total_gib": probe.get("ram_total_gib"),
         "swap_grew_gib": probe.get("swap_used_gib_peak", 0) - (probe.get("swap_used_gib_start") or 0),
