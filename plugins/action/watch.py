@@ -247,6 +247,7 @@ class Watcher:
         self.api_polls = 0
         self.api_error: str | None = None
         self.instance_row: dict[str, Any] | None = None
+        self.instance_row_at: float | None = None
         self.instance_gone: str | None = None
         self.last_api: float | None = None
         self.api_now = False
@@ -284,6 +285,7 @@ class Watcher:
             return
         self.api_error = None
         self.instance_row = row
+        self.instance_row_at = self.wall()
         self.instance_gone = instance_verdict(row)
 
     # -------------------------------------------------------------------------------- host
@@ -403,8 +405,13 @@ class Watcher:
     # ------------------------------------------------------------------------------ loop
 
     def spend(self) -> tuple[float, float] | None:
-        """($ spent so far, $ per second now) of the instance, from its own API row."""
-        return instance_spend(self.instance_row, self.wall())
+        """($ spent so far, $ per second now) of the instance: its API row's figures, plus the full rate for
+        the time since that row was read (so a failing or slow API never freezes the spend)."""
+        spend = instance_spend(self.instance_row, self.instance_row_at or self.wall())
+        if spend is None:
+            return None
+        spent, rate = spend
+        return spent + max(0.0, self.wall() - (self.instance_row_at or self.wall())) * rate, rate
 
     def over_budget(self) -> str | None:
         """Why the run must stop now: spent plus the burn until the next look and the stop would pass the budget."""
@@ -501,10 +508,10 @@ class Watcher:
                     self.poll_hanging = False
             if self.sync is not None:
                 self.sync.tick(self.clock())
-            budget_reason = self.over_budget()
+            verdict = decide(self.observation(host_fresh=host_fresh), self.limits)
+            budget_reason = None if verdict and verdict[0] in ("completed", "instance_gone") else self.over_budget()
             if budget_reason:
                 return "budget", budget_reason
-            verdict = decide(self.observation(host_fresh=host_fresh), self.limits)
             if (verdict is not None and verdict[0] not in ("completed", "instance_gone") and self.client is not None
                     and (self.last_api is None or self.clock() - self.last_api > 2.0)):
                 # Before blaming the run, make sure the instance itself is still there.
@@ -582,6 +589,19 @@ class Watcher:
         }
 
 
+def param_problems(params: dict[str, Any]) -> list[str]:
+    """What is wrong with validated options, in words; empty when nothing is."""
+    positive = ("poll_interval", "api_poll_interval", "sync_interval", "sync_timeout", "reconnect_timeout")
+    problems = [f"{name} must be > 0" for name in positive if params[name] <= 0]
+    problems += [f"{name} must be >= 0" for name in ("stall_timeout", "max_runtime", "timeout", "max_total_usd",
+                                                      "stop_margin_s") if params[name] < 0]
+    if params["max_total_usd"] > 0 and params["instance_id"] is None:
+        problems.append("max_total_usd needs instance_id (the spend is read from the instance's API row)")
+    if params["started_at"] not in (None, "") and parse_timestamp(params["started_at"]) is None:
+        problems.append("started_at must be epoch seconds or an ISO 8601 time")
+    return problems
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = True
@@ -592,12 +612,7 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         params = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[0].validated_parameters
-        positive = ("poll_interval", "api_poll_interval", "sync_interval", "sync_timeout", "reconnect_timeout")
-        problems = [f"{name} must be > 0" for name in positive if params[name] <= 0]
-        problems += [f"{name} must be >= 0" for name in ("stall_timeout", "max_runtime", "timeout")
-                     if params[name] < 0]
-        if params["started_at"] not in (None, "") and parse_timestamp(params["started_at"]) is None:
-            problems.append("started_at must be epoch seconds or an ISO 8601 time")
+        problems = param_problems(params)
         if problems:
             raise AnsibleActionFail("mlops.vast.watch: " + "; ".join(problems))
 

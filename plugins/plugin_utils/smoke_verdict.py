@@ -28,7 +28,11 @@ def timed_steps(log_text: str, stamps_text: str, log_format: str = "hf") -> list
     stamps = [float(value) for value in stamps_text.split()] if stamps_text else []
     found = []
     # Both are read from their ends (a long log's tail), so they are paired from the end.
-    lines = log_text.splitlines()
+    # One stamp per "\n" (the probe reads the output line by line); a progress bar's "\r" segments stay in
+    # their line, of which the last segment is what the terminal would show.
+    lines = [line.rsplit("\r", 1)[-1] for line in log_text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
     count = min(len(lines), len(stamps))
     for line, stamp in zip(lines[len(lines) - count:], stamps[len(stamps) - count:], strict=True):
         record = parse_record(line, log_format)

@@ -151,3 +151,16 @@ def test_the_probe_stops_a_job_at_its_time_limit(tmp_path: Path) -> None:
     assert done.returncode == 124
     assert json.loads((smoke / "smoke.probe.json").read_text())["exit_code"] == 124
     assert (smoke / "smoke.log").read_text() == "started\n"
+
+
+def test_progress_bar_carriage_returns_keep_lines_and_stamps_aligned() -> None:
+    log = "loading\n 10%|#  | 1/10\r 50%|#####  | 5/10\r" + repr({"loss": 1.0, "step": 10}) + "\n" + \
+        repr({"loss": 0.5, "step": 20}) + "\n"
+    assert timed_steps(log, "0.5 2.0 4.0") == [(2.0, 10), (4.0, 20)]
+
+
+def test_the_probe_reports_a_killed_job_as_a_shell_does(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(PROBE), "--dir", str(tmp_path), "--timeout", "30", "--",
+                           "bash", "-c", "kill -9 $$"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 137
+    assert json.loads((tmp_path / "smoke.probe.json").read_text())["exit_code"] == 137

@@ -735,3 +735,27 @@ def test_loop_stops_for_the_budget_within_one_poll(fake_host: dict[str, Any]) ->
     assert spent + rate * 90 >= 5.0 > spent, "stopped before the budget, with one poll and the stop in reserve"
     assert spent + rate * 90 - rate * 30 < 5.0, "not later than one poll after the threshold"
     assert result["instance"]["api_polls"] >= 2
+
+
+def test_a_completed_run_is_completed_even_near_its_budget(fake_host: dict[str, Any]) -> None:
+    clock = FakeClock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        row = {"id": 7, "actual_status": "running", "intended_status": "running", "cur_state": "running",
+               "start_date": clock.wall() - 100, "uptime_mins": 100 / 60, "dph_base": 36.0,
+               "storage_total_cost": 0.0, "dph_total": 36.0}
+        return httpx.Response(200, json={"instances": row})
+
+    client = VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
+    result, _ = run_watch(fake_host, {1: both(start_run, append(HF[0]), append(SUMMARY), end_run(0))}, clock=clock,
+                          client=client, instance_id=7, poll_interval=30, max_total_usd=1.5)
+    assert result["outcome"] == "completed", result["msg"]
+
+
+def test_a_budget_needs_the_instance_and_no_option_may_be_negative() -> None:
+    assert action.param_problems(params()) == []
+    assert action.param_problems(params(max_total_usd=5.0)) == [
+        "max_total_usd needs instance_id (the spend is read from the instance's API row)"]
+    assert action.param_problems(params(max_total_usd=5.0, instance_id=7)) == []
+    assert action.param_problems(params(max_total_usd=-1.0, stop_margin_s=-2.0)) == [
+        "max_total_usd must be >= 0", "stop_margin_s must be >= 0"]

@@ -144,7 +144,8 @@ def main() -> int:
     sampler.join(15)
     sampler.sample()
     report = {
-        "exit_code": 124 if timed_out else code,
+        # As a shell reports them: a job killed by a signal (the OOM killer's 9) exits 128 + the signal.
+        "exit_code": 124 if timed_out else (128 - code if code < 0 else code),
         "seconds": round(seconds, 3),
         "samples": sampler.samples,
         "gpu_mem_used_mib_peak": sampler.gpu_peak,
