@@ -593,8 +593,8 @@ def param_problems(params: dict[str, Any]) -> list[str]:
     """What is wrong with validated options, in words; empty when nothing is."""
     positive = ("poll_interval", "api_poll_interval", "sync_interval", "sync_timeout", "reconnect_timeout")
     problems = [f"{name} must be > 0" for name in positive if params[name] <= 0]
-    problems += [f"{name} must be >= 0" for name in ("stall_timeout", "max_runtime", "timeout", "max_total_usd",
-                                                      "stop_margin_s") if params[name] < 0]
+    not_negative = ("stall_timeout", "max_runtime", "timeout", "max_total_usd", "stop_margin_s")
+    problems += [f"{name} must be >= 0" for name in not_negative if params[name] < 0]
     if params["max_total_usd"] > 0 and params["instance_id"] is None:
         problems.append("max_total_usd needs instance_id (the spend is read from the instance's API row)")
     if params["started_at"] not in (None, "") and parse_timestamp(params["started_at"]) is None:
