@@ -543,6 +543,7 @@ class Watcher:
         elapsed, source = self.run_elapsed()
         token = self.progress_token()
         row = self.instance_row
+        spend, eta = self.spend(), self.eta_s()
         triage = {
             "step": metrics.step, "epoch": metrics.epoch, "loss": metrics.loss, "reward": metrics.reward,
             "last_lines": self.follower.last_lines(LAST_LINES),
@@ -552,8 +553,8 @@ class Watcher:
             "gpu_util": self.gpu_util, "completed": outcome == "completed",
             "exit_code": self.exit_code if self.exit_code_raw is None else self.exit_code_raw,
             "tmux_alive": self.tmux,
-            "spent_usd": None if self.spend() is None else round(self.spend()[0], 4),
-            "eta_s": None if self.eta_s() is None else round(self.eta_s(), 1),
+            "spent_usd": None if spend is None else round(spend[0], 4),
+            "eta_s": None if eta is None else round(eta, 1),
         }
         where = describe_progress(token)
         if metrics.loss is not None:

@@ -19,6 +19,7 @@ from typing import Any
 from .estimate_job import Job, Span
 from .estimate_memory import CONTEXT, GB, GIB, checkpoint_bytes, disk, gpu_memory, host_ram, saves
 from .gpu_specs import gpu_spec, mfu
+from .offer_selection import OfferRequest
 from .vast_query import parse_query
 
 VRAM_SHARE, RAM_SHARE, DISK_SHARE = 0.92, 0.85, 0.90
@@ -51,11 +52,8 @@ def tokens_per_second(job: Job, offer: Mapping[str, Any]) -> tuple[Span, dict[st
 
 
 def offer_price(offer: Mapping[str, Any], bid_price: float | None = None) -> float:
-    """$/h billed, storage included: at the bid for an interruptible rental."""
-    total = float(offer.get("dph_total") or 0)
-    if bid_price:
-        total += bid_price - float(offer.get("min_bid") or 0)
-    return total
+    """$/h billed, storage included: at the bid for an interruptible rental (the offer pick's own rule)."""
+    return OfferRequest(bid_price=bid_price or None).price(offer)
 
 
 def time_and_cost(job: Job, offer: Mapping[str, Any], rate: Span, bid_price: float | None = None) -> dict[str, Any]:

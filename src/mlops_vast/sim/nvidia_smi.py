@@ -867,6 +867,10 @@ class Request:
     fmt: str | None = None
 
 
+# The query options and the action each asks for.
+QUERY_OPTIONS = {"--query-gpu": "query", "--query-compute-apps": "apps"}
+
+
 def parse_args(argv: list[str]) -> Request:
     """Parse the subset of the real option grammar this fake answers."""
     req = Request()
@@ -892,18 +896,10 @@ def parse_args(argv: list[str]) -> Request:
             req.ids = value_of(arg)
         elif arg.startswith("--id="):
             req.ids = arg[len("--id="):]
-        elif arg == "--query-gpu":
-            req.query = value_of(arg)
-            actions.append("query")
-        elif arg.startswith("--query-gpu="):
-            req.query = arg[len("--query-gpu="):]
-            actions.append("query")
-        elif arg == "--query-compute-apps":
-            req.query = value_of(arg)
-            actions.append("apps")
-        elif arg.startswith("--query-compute-apps="):
-            req.query = arg[len("--query-compute-apps="):]
-            actions.append("apps")
+        elif arg.split("=", 1)[0] in QUERY_OPTIONS:
+            option = arg.split("=", 1)[0]
+            req.query = arg[len(option) + 1:] if "=" in arg else value_of(arg)
+            actions.append(QUERY_OPTIONS[option])
         elif arg == "--format":
             req.fmt = value_of(arg)
         elif arg.startswith("--format="):
