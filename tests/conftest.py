@@ -150,3 +150,85 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 
 def _tag(state_dir: Path) -> str:
     return state_tag(state_dir)
+
+
+# ---------------------------------------------------------------------------------------------- S3 (moto_server)
+
+S3_ACCESS_KEY = "mlopstestaccesskey"
+S3_SECRET_KEY = "mlops-test-secret-key-never-printed"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real moto_server process on loopback for the session: ``endpoint_url``, ``access_key``, ``secret_key``.
+
+    The credentials are fixed test values; ``s3_bucket`` puts them into the environment of each test that
+    uses it, never the whole session's. Stopped by pid at the end.
+    """
+    import socket
+    import sys
+    import urllib.error
+    import urllib.request
+
+    binary = Path(sys.executable).parent / "moto_server"
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: install the dev extras (pip install 'moto[server]')")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdin=subprocess.DEVNULL,
+                                   stdout=sink, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"moto_server exited with {process.returncode}: {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not answer on {endpoint} within 30 s: {log.read_text()[-2000:]}")
+                time.sleep(0.1)
+        yield {"endpoint_url": endpoint, "access_key": S3_ACCESS_KEY, "secret_key": S3_SECRET_KEY}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, object]:
+    """A fresh bucket on a reset moto_server, and the test's AWS_* environment pointing boto3 at nothing else.
+
+    Returns ``s3_server``'s keys plus ``bucket`` and ``client`` (a boto3 client with the test credentials).
+    """
+    import urllib.request
+
+    import boto3
+    from botocore.config import Config
+
+    request = urllib.request.Request(f"{s3_server['endpoint_url']}/moto-api/reset", method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    # Nothing of the user's own AWS setup (profile files, instance metadata) may answer instead.
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["access_key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["secret_key"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"ckpt-{time.time_ns()}"
+    client = boto3.client("s3", endpoint_url=s3_server["endpoint_url"], region_name="us-east-1",
+                          config=Config(s3={"addressing_style": "path"}, request_checksum_calculation="when_required",
+                                        response_checksum_validation="when_required"))
+    client.create_bucket(Bucket=bucket)
+    return {**s3_server, "bucket": bucket, "client": client}

@@ -37,6 +37,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint directory, or 'latest'")
     p.add_argument("--step_seconds", type=float, default=0.0, help="sleep per step to simulate real work")
+    p.add_argument("--save_mode", choices=("atomic", "inplace"), default="atomic",
+                   help="atomic: a staging directory renamed into place; inplace: straight into checkpoint-<step>, "
+                        "trainer_state.json last, as Hugging Face's Trainer does (a kill mid-save leaves half of one)")
+    p.add_argument("--save_file_seconds", type=float, default=0.0,
+                   help="sleep after writing each checkpoint file (a slow disk; widens the mid-save window)")
     p.add_argument("--report_reward", action="store_true", help="also log a 'reward' metric (RL-style)")
     p.add_argument("--diverge", action="store_true", help="blow the learning rate up so loss rises")
     p.add_argument("--crash_at_step", type=int, default=None, help="raise an exception during step N")
@@ -122,9 +127,18 @@ def list_checkpoints(output_dir):
     return [os.path.join(output_dir, n) for _step, n in steps]
 
 
-def save_checkpoint(output_dir, state, limit):
-    """Write checkpoint-<step>/ atomically: a reader (rsync, resume) never sees half a checkpoint."""
+def save_checkpoint(output_dir, state, limit, mode="atomic", file_seconds=0.0):
+    """Write checkpoint-<step>/: atomically (a reader never sees half a checkpoint), or in place with
+    trainer_state.json last, as Hugging Face's Trainer does (a reader must wait for that file)."""
     final = os.path.join(output_dir, f"checkpoint-{state['trainer']['global_step']}")
+    if mode == "inplace":
+        os.makedirs(final, exist_ok=True)
+        for key, name in CHECKPOINT_FILES.items():  # dicts keep their order: trainer_state.json is last
+            write_json(os.path.join(final, name), state[key])
+            if file_seconds > 0:
+                time.sleep(file_seconds)
+        _rotate(output_dir, limit)
+        return
     tmp = os.path.join(output_dir, f".tmp-{os.path.basename(final)}-{os.getpid()}")  # outside checkpoint-*
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -137,6 +151,12 @@ def save_checkpoint(output_dir, state, limit):
         shutil.rmtree(old)
     else:
         os.rename(tmp, final)
+    if file_seconds > 0:
+        time.sleep(file_seconds * len(CHECKPOINT_FILES))
+    _rotate(output_dir, limit)
+
+
+def _rotate(output_dir, limit):
     if limit is not None:
         for path in list_checkpoints(output_dir)[:-limit]:
             shutil.rmtree(path)
@@ -275,7 +295,7 @@ def main(argv=None):
                 "model": {"input_size": INPUT_SIZE, "hidden_size": HIDDEN_SIZE, "params": params},
                 "optimizer": {"type": "sgd", "momentum": 0.9, "learning_rate": lr0, "momentum_buffer": momentum},
                 "rng": {"random_state": list(rng.getstate()), "order": order, "position": pos},
-                "trainer": trainer}, args.save_total_limit)
+                "trainer": trainer}, args.save_total_limit, args.save_mode, args.save_file_seconds)
 
     runtime = max(time.time() - started, 1e-9)
     steps_run = max(args.max_steps - start_step, 0)

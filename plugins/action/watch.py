@@ -46,12 +46,14 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.training_log import (
     metrics_from_tail,
 )
 from ansible_collections.mlops.vast.plugins.plugin_utils.watch_decisions import (
+    GONE_OUTCOMES,
     OUTCOMES,
     Limits,
     Observation,
     StallClock,
     decide,
     describe_progress,
+    gone_kind,
     instance_verdict,
     parse_timestamp,
     started_from_status,
@@ -249,6 +251,7 @@ class Watcher:
         self.instance_row: dict[str, Any] | None = None
         self.instance_row_at: float | None = None
         self.instance_gone: str | None = None
+        self.gone_kind = "instance_gone"
         self.last_api: float | None = None
         self.api_now = False
         self.poll_hanging = False
@@ -287,6 +290,7 @@ class Watcher:
         self.instance_row = row
         self.instance_row_at = self.wall()
         self.instance_gone = instance_verdict(row)
+        self.gone_kind = gone_kind(row)
 
     # -------------------------------------------------------------------------------- host
 
@@ -398,6 +402,7 @@ class Watcher:
             summary_required=bool(self.p["summary_regex"]), host_fresh=host_fresh, run_elapsed=elapsed,
             idle=self.stall.idle(now), stalled=self.stall.stalled(now), progress=describe_progress(token),
             instance_gone=self.instance_gone,
+            gone_kind=self.gone_kind,
             unreachable_for=None if self.unreachable_since is None else now - self.unreachable_since,
             watch_elapsed=now - self.start,
         )
@@ -509,10 +514,10 @@ class Watcher:
             if self.sync is not None:
                 self.sync.tick(self.clock())
             verdict = decide(self.observation(host_fresh=host_fresh), self.limits)
-            budget_reason = None if verdict and verdict[0] in ("completed", "instance_gone") else self.over_budget()
+            budget_reason = None if verdict and verdict[0] in ("completed", *GONE_OUTCOMES) else self.over_budget()
             if budget_reason:
                 return "budget", budget_reason
-            if (verdict is not None and verdict[0] not in ("completed", "instance_gone") and self.client is not None
+            if (verdict is not None and verdict[0] not in ("completed", *GONE_OUTCOMES) and self.client is not None
                     and (self.last_api is None or self.clock() - self.last_api > 2.0)):
                 # Before blaming the run, make sure the instance itself is still there.
                 self.api_poll()
@@ -532,7 +537,7 @@ class Watcher:
 
     def close(self, outcome: str | None) -> None:
         if self.sync is not None:
-            self.sync.finish(self.clock, wait=outcome not in (None, "instance_gone"))
+            self.sync.finish(self.clock, wait=outcome not in (None, *GONE_OUTCOMES))
         if self.client is not None:
             self.client.close()
 

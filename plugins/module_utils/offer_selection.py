@@ -30,6 +30,9 @@ class OfferRequest:
     order: str | None = "dph+"
     offer_type: str = "on-demand"
     bid_price: float | None = None
+    # Interruptible at this multiple of each offer's current minimum bid, capped at max_bid (when no bid_price).
+    bid_margin: float | None = None
+    max_bid: float | None = None
     storage_gb: float = 5.0
     max_dph: float | None = None
     exclude_machines: Sequence[int] = ()
@@ -42,11 +45,26 @@ class OfferRequest:
             return None
         return parse_query(self.query or "", defaults=self.default_filters)
 
+    def bid_for(self, offer: Mapping[str, Any]) -> float | None:
+        """The bid ($/h) this request places on the offer; None for on-demand."""
+        if self.bid_price is not None:
+            return self.bid_price
+        if self.bid_margin is None:
+            return None
+        bid = round(float(offer.get("min_bid") or 0) * self.bid_margin, 4)
+        return max(0.001, bid if self.max_bid is None else min(bid, self.max_bid))
+
+    def winnable(self, offer: Mapping[str, Any]) -> bool:
+        """A bid below the offer's current minimum would be created stopped (outbid) and never run."""
+        bid = self.bid_for(offer)
+        return bid is None or bid + 1e-9 >= float(offer.get("min_bid") or 0)
+
     def price(self, offer: Mapping[str, Any]) -> float:
         """$/h the rental would bill, storage included: at the bid when there is one, not the listed minimum."""
         total = float(offer.get("dph_total") or 0)
-        if self.bid_price is not None:
-            total += self.bid_price - float(offer.get("min_bid") or 0)
+        bid = self.bid_for(offer)
+        if bid is not None:
+            total += bid - float(offer.get("min_bid") or 0)
         return total
 
 
@@ -85,7 +103,8 @@ def select_offers(client: Any, request: OfferRequest) -> OfferSelection:
 
     matching = [row for row in rows if parsed is None or parsed.row_matches(row)]
     allowed = [row for row in matching if row.get("machine_id") not in excluded]
-    fitting = [row for row in allowed if request.max_dph is None or request.price(row) <= request.max_dph]
+    winnable = [row for row in allowed if request.winnable(row)]
+    fitting = [row for row in winnable if request.max_dph is None or request.price(row) <= request.max_dph]
     selection = OfferSelection([normalise_offer(row) for row in fitting[: request.limit]], body)
     if selection.offers:
         return selection
@@ -96,8 +115,12 @@ def select_offers(client: Any, request: OfferRequest) -> OfferSelection:
         selection.reason = no_offer_reason(parsed, names or [])
     elif not allowed:
         selection.reason = f"{subject.format(count=len(matching))}: on machines in exclude_machines only"
+    elif not winnable:
+        lowest = min(float(row.get("min_bid") or 0) for row in allowed)
+        selection.reason = (f"{subject.format(count=len(matching))}: every minimum bid (lowest ${lowest:.4f}/h) is "
+                            f"above max_bid ${request.max_bid:g}/h; raise max_bid or rent on-demand")
     else:
-        cheapest = min(request.price(row) for row in allowed)
+        cheapest = min(request.price(row) for row in winnable)
         selection.reason = (f"{subject.format(count=len(matching))}: the cheapest allowed costs ${cheapest:.4f}/h, "
                             f"over max_dph ${request.max_dph:g}/h; raise max_dph or loosen the query")
     return selection

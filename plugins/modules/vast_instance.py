@@ -97,6 +97,15 @@ options:
     description:
       - Rent as interruptible at this bid ($/h for the whole offer). Without it the instance is on-demand.
     type: float
+  bid_margin:
+    description:
+      - Rent as interruptible, bidding this multiple of each offer's current minimum bid (for instance C(1.25)),
+        capped at O(max_bid). Ignored when O(bid_price) is set. Offers whose minimum bid is above O(max_bid)
+        are skipped (such a bid would be created stopped, outbid, and never run).
+    type: float
+  max_bid:
+    description: The highest bid ($/h for the whole offer) O(bid_margin) may place.
+    type: float
   wait:
     description: Wait for C(running) and SSH (for C(present) and C(running)) or for the stop to finish.
     type: bool
@@ -238,6 +247,8 @@ class VastInstance(VastModule):
         "ssh": {"type": "str", "choices": ["direct", "proxy"], "default": "direct"},
         "ssh_user": {"type": "str", "default": "root"},
         "bid_price": {"type": "float"},
+        "bid_margin": {"type": "float"},
+        "max_bid": {"type": "float"},
         "wait": {"type": "bool", "default": True},
         "wait_timeout": {"type": "int", "default": 900},
         "ledger_path": {"type": "path"},
@@ -263,6 +274,11 @@ class VastInstance(VastModule):
             self.fail("wait_timeout must be at least 1 second")
         if params["bid_price"] is not None and not 0.001 <= params["bid_price"] <= 128:
             self.fail(f"bid_price must be between 0.001 and 128 $/h, got {params['bid_price']}")
+        if params["bid_margin"] is not None and not 1.0 <= params["bid_margin"] <= 10:
+            self.fail(f"bid_margin must be between 1 and 10 (a multiple of the minimum bid), "
+                      f"got {params['bid_margin']}")
+        if params["max_bid"] is not None and not 0.001 <= params["max_bid"] <= 128:
+            self.fail(f"max_bid must be between 0.001 and 128 $/h, got {params['max_bid']}")
         if params["state"] in ("present", "running") and params["query"] is not None:
             try:
                 self.offer_request().parsed()
@@ -272,7 +288,8 @@ class VastInstance(VastModule):
     def offer_request(self) -> OfferRequest:
         p = self.params
         return OfferRequest(query=p["query"], offer_id=p["offer_id"], order=p["order"],
-                            offer_type="bid" if p["bid_price"] is not None else "on-demand", bid_price=p["bid_price"],
+                            offer_type="bid" if self.interruptible else "on-demand", bid_price=p["bid_price"],
+                            bid_margin=p["bid_margin"], max_bid=p["max_bid"],
                             storage_gb=float(p["disk"]), max_dph=p["max_dph"], exclude_machines=p["exclude_machines"],
                             limit=p["max_offers"])
 
@@ -389,7 +406,11 @@ class VastInstance(VastModule):
             raise RentFailed(f"{selection.reason}{NOTHING_RENTED}")
         return selection.offers
 
-    def payload(self) -> dict[str, Any]:
+    @property
+    def interruptible(self) -> bool:
+        return self.params["bid_price"] is not None or self.params["bid_margin"] is not None
+
+    def payload(self, offer: dict[str, Any]) -> dict[str, Any]:
         return {
             "client_id": "me",
             "image": self.params["image"],
@@ -398,7 +419,7 @@ class VastInstance(VastModule):
             "env": {str(k): str(v) for k, v in (self.params["env"] or {}).items()},
             "onstart": self.params["onstart"],
             "runtype": RUNTYPES[self.params["ssh"]],
-            "price": self.params["bid_price"],
+            "price": self.offer_request().bid_for(offer),
             "cancel_unavail": True,
             "image_login": None,
             "python_utf8": False,
@@ -434,7 +455,8 @@ class VastInstance(VastModule):
         self.after = {"label": self.params["label"], "status": "running", "offer_id": offers[0]["id"],
                       "machine_id": offers[0].get("machine_id"), "image": self.params["image"],
                       "disk_gb": self.params["disk"], "gpu_name": offers[0].get("gpu_name"),
-                      "dph_total": offers[0].get("dph_total"), "is_bid": self.params["bid_price"] is not None}
+                      "dph_total": offers[0].get("dph_total"), "is_bid": self.interruptible,
+                      "bid_price": self.offer_request().bid_for(offers[0])}
         if self.module.check_mode:
             self.result["would_rent"] = {k: v for k, v in self.after.items() if k != "status"}
             return
@@ -467,7 +489,7 @@ class VastInstance(VastModule):
 
     def create_on(self, offer: dict[str, Any], attempts: list[dict[str, Any]], rented: list[int]) -> int | None:
         try:
-            answer = self.client.create_instance(offer["id"], self.payload())
+            answer = self.client.create_instance(offer["id"], self.payload(offer))
         except VastUnavailable as exc:
             attempts.append({**_tried(offer), "result": "taken", "msg": exc.msg})
             return None

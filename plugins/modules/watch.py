@@ -25,13 +25,15 @@ description:
     C(crash) (a non-zero exit code, a traceback in the log, or the tmux session gone without an exit code);
     C(stall) (no new step for O(stall_timeout) seconds, or no log growth before any step was logged);
     C(max_runtime) (the run has been going longer than O(max_runtime), or the host's C(timeout) stopped it
-    there with exit code 124 or 137); C(instance_gone) (the API says destroyed, stopped, outbid, exited or
-    offline, or the host stayed unreachable for O(reconnect_timeout)); C(timeout) (the watch's own O(timeout)
-    passed while the run goes on); C(budget) (what the instance has cost would pass O(max_total_usd) before
-    the next look)."
-  - When several apply at once the first of C(completed), C(instance_gone), C(crash), C(max_runtime),
-    C(stall), C(timeout) wins. Before it returns anything but C(completed) it asks the API once more, so a
-    run killed by a preemption is reported as C(instance_gone), not as a crash.
+    there with exit code 124 or 137); C(preempted) (an interruptible instance was outbid: the API says it is
+    stopped though we want it running; its disk is kept and it may resume); C(host_lost) (the machine went
+    offline, its container exited, or the host stayed unreachable for O(reconnect_timeout) while the API
+    still calls it running); C(instance_gone) (the API says destroyed, or stopped on purpose);
+    C(timeout) (the watch's own O(timeout) passed while the run goes on); C(budget) (what the instance has
+    cost would pass O(max_total_usd) before the next look)."
+  - When several apply at once the first of C(completed), C(preempted)/C(host_lost)/C(instance_gone), C(crash),
+    C(max_runtime), C(stall), C(timeout) wins. Before it returns anything but C(completed) it asks the API once
+    more, so a run killed by a preemption is reported as C(preempted), not as a crash.
   - A dropped connection is not an outcome. The watch resets the connection, backs off (1 s doubling up to
     O(poll_interval), at most 30 s) and polls again until O(reconnect_timeout); each outage it survives is
     counted in RV(reconnects). The run lives in tmux on the host and is not touched by any of this.
@@ -156,7 +158,7 @@ options:
     default: 120
   reconnect_timeout:
     description:
-      - Seconds the host may stay unreachable before the outcome is C(instance_gone).
+      - Seconds the host may stay unreachable before the outcome is C(host_lost).
     type: float
     default: 600
   sync_command:
@@ -186,8 +188,8 @@ options:
         list to branch on RV(outcome) instead.
     type: list
     elements: str
-    choices: [completed, crash, stall, max_runtime, instance_gone, timeout, budget]
-    default: [crash, stall, max_runtime, instance_gone, timeout, budget]
+    choices: [completed, crash, stall, max_runtime, preempted, host_lost, instance_gone, timeout, budget]
+    default: [crash, stall, max_runtime, preempted, host_lost, instance_gone, timeout, budget]
   max_total_usd:
     description:
       - The run's budget in $. The instance's spend is read from its own API row (C(dph_total), which includes
@@ -258,7 +260,7 @@ outcome:
   description: Why the watch returned.
   returned: success
   type: str
-  choices: [completed, crash, stall, max_runtime, instance_gone, timeout]
+  choices: [completed, crash, stall, max_runtime, preempted, host_lost, instance_gone, timeout, budget]
   sample: completed
 msg:
   description: The outcome in words, with the last progress seen.

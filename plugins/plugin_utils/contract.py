@@ -61,15 +61,28 @@ def problems(values: Mapping[str, Any], spec: Mapping[str, Any], *, where: str =
         found.append(f"{name} is not a variable of {where}{hint}")
     if converted is None:
         converted = validated(values, spec)[0]
+    found += _range_problems(values, spec, converted, prefix="")
+    return found
+
+
+def _range_problems(values: Mapping[str, Any], spec: Mapping[str, Any], converted: Mapping[str, Any], *,
+                    prefix: str) -> list[str]:
+    """Values out of their range, also inside a dict's suboptions (named ``run_recovery.wait_in_place_s``)."""
+    found = []
     for name, option in spec.items():
         value = converted.get(name)
+        given = values.get(name) if isinstance(values, Mapping) else None
+        if option.get("options") and isinstance(value, Mapping) and isinstance(given, Mapping):
+            found += _range_problems(given, option["options"], value, prefix=f"{prefix}{name}.")
+            continue
         if name not in values or isinstance(value, bool) or not isinstance(value, int | float):
             continue  # a default is in range by construction; a wrong type is validate_argument_spec's to report
         low, high, above = (option.get(key) for key in RANGE_KEYS)
+        label = prefix + name
         if low is not None and value < low:
-            found.append(f"{name} must be at least {low:g}, got {value:g}")
+            found.append(f"{label} must be at least {low:g}, got {value:g}")
         if high is not None and value > high:
-            found.append(f"{name} must be at most {high:g}, got {value:g}")
+            found.append(f"{label} must be at most {high:g}, got {value:g}")
         if above is not None and value <= above:
-            found.append(f"{name} must be more than {above:g}, got {value:g}")
+            found.append(f"{label} must be more than {above:g}, got {value:g}")
     return found

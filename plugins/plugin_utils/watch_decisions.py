@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-OUTCOMES = ("completed", "crash", "stall", "max_runtime", "instance_gone", "timeout", "budget")
+OUTCOMES = ("completed", "crash", "stall", "max_runtime", "preempted", "host_lost", "instance_gone", "timeout",
+            "budget")
+# The outcomes where the machine, not the run, ended it: what recovery acts on (instance_gone: destroyed or
+# stopped by someone, which recovery leaves alone).
+GONE_OUTCOMES = ("preempted", "host_lost", "instance_gone")
 # Exit codes of coreutils `timeout` (TERM, then KILL after -k): the host-side max runtime fired.
 TIMEOUT_EXIT_CODES = frozenset({124, 137})
 
@@ -114,6 +118,18 @@ def instance_verdict(row: dict[str, Any] | None) -> str | None:
     return None
 
 
+def gone_kind(row: dict[str, Any] | None) -> str:
+    """Which outcome a gone instance is: ``preempted`` (an interruptible one outbid: stopped, disk kept, it may
+    resume when its bid wins again), ``host_lost`` (the machine went offline or its container died under a
+    running contract) or ``instance_gone`` (destroyed, or stopped on purpose by someone)."""
+    if not row or row.get("cur_state") == "unloaded" or row.get("intended_status") in ("stopped", "frozen"):
+        return "instance_gone"
+    message = str(row.get("status_msg") or "").lower()
+    if row.get("intended_status") == "running" and row.get("cur_state") == "stopped":
+        return "preempted" if row.get("is_bid") or "outbid" in message else "host_lost"
+    return "host_lost"
+
+
 # ---------------------------------------------------------------------------------- the decision
 
 @dataclass
@@ -133,6 +149,7 @@ class Observation:
     stalled: bool = False
     progress: str = ""
     instance_gone: str | None = None
+    gone_kind: str = "instance_gone"
     unreachable_for: float | None = None
     watch_elapsed: float = 0.0
 
@@ -148,16 +165,17 @@ class Limits:
 def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
     """The outcome and its message, or None to keep watching.
 
-    Precedence: completed > instance_gone > crash > max_runtime > stall > timeout. A host-side
-    `timeout` kill at the max runtime (exit 124/137) is max_runtime, not a crash.
+    Precedence: completed > preempted/host_lost/instance_gone > crash > max_runtime > stall > timeout. A
+    host-side `timeout` kill at the max runtime (exit 124/137) is max_runtime, not a crash; a host that stays
+    unreachable while the API still calls it running is host_lost.
     """
     ended = obs.exit_code is not None or obs.exit_code_raw is not None
     if obs.host_fresh and obs.exit_code == 0 and (obs.summary or not obs.summary_required):
         return "completed", "the run exited 0" + (" and printed its summary" if obs.summary else "")
     if obs.instance_gone:
-        return "instance_gone", f"the instance is gone: {obs.instance_gone}"
+        return obs.gone_kind, f"the instance is gone: {obs.instance_gone}"
     if obs.unreachable_for is not None and obs.unreachable_for >= limits.reconnect_timeout:
-        return "instance_gone", (f"the host has been unreachable for {obs.unreachable_for:.0f} s "
+        return "host_lost", (f"the host has been unreachable for {obs.unreachable_for:.0f} s "
                                  f"(reconnect_timeout {limits.reconnect_timeout:g} s)")
     if obs.host_fresh:
         at_limit = (limits.max_runtime > 0 and obs.run_elapsed is not None

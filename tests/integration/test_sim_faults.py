@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import http.server
+import secrets
+import subprocess
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
 
-from tests.conftest import Sim, needs_root, rent, ssh_run, wait_status
+from tests.conftest import Sim, cheapest_good_offer, needs_root, rent, running_sim, ssh_run, wait_status
 from tests.integration.test_sim_lifecycle import direct_endpoint, register_key
 
 
@@ -189,3 +198,239 @@ def test_simulated_internet_answers_well_known_sources_through_the_link(sim: Sim
         size_slow, seconds_slow = ssh_run(*direct_endpoint(slow), ssh_key, fetch).stdout.split()
     assert size_fast == size_slow == "400000"
     assert float(seconds_slow) > 0.8 * 400_000 / 170_000 > 4 * float(seconds_fast)
+
+
+# ---------------------------------------------------------------------- timed and triggered faults, forwards
+# One simulator per host backend for the tests below: each rents its own instance and gives it back.
+
+MODES = [pytest.param("namespace", marks=needs_root), "loopback"]
+# Where the instance's /workspace is from a login: its own disk (namespace), or its directory (loopback).
+WS = "${VASTSIM_WORKSPACE:-/workspace}"
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode_sim(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, ssh_key: Path
+             ) -> Iterator[Sim]:
+    with running_sim(tmp_path_factory.mktemp(request.param) / "state", "--host-mode", request.param) as simulator:
+        register_key(simulator, ssh_key)
+        yield simulator
+
+
+@dataclass
+class Rented:
+    client: httpx.Client
+    id: int
+    row: dict
+    user: str
+    key: Path
+
+    def ssh(self, command: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return ssh_run(*direct_endpoint(self.row), self.key, command, user=self.user, timeout=timeout)
+
+    def wait_ssh(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.ssh("true", timeout=15).returncode != 0:
+            assert time.monotonic() < deadline, f"instance {self.id}: no SSH after {timeout} s"
+            time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def rented(sim: Sim, key: Path, **body: object) -> Iterator[Rented]:
+    """A running instance on the shared simulator; its faults cleared and it destroyed afterwards."""
+    with sim.client() as client:
+        user = client.get("/_sim/info").json()["ssh_user"]
+        instance_id = rent_offer(client, cheapest_good_offer(client), **body)
+        try:
+            yield Rented(client, instance_id, wait_status(client, instance_id, "running"), user, key)
+        finally:
+            client.delete("/_sim/faults")
+            client.delete(f"/api/v0/instances/{instance_id}/")
+
+
+def rent_offer(client: httpx.Client, offer: dict, **body: object) -> int:
+    payload = {"client_id": "me", "image": "pytorch/pytorch", "disk": 10, "runtype": "ssh_direc ssh_proxy", **body}
+    response = client.put(f"/api/v0/asks/{offer['id']}/", json=payload)
+    assert response.status_code == 200 and response.json()["success"], response.text
+    return int(response.json()["new_contract"])
+
+
+def listed(client: httpx.Client, fault_id: int) -> dict | None:
+    return next((f for f in client.get("/_sim/faults").json()["faults"] if f["id"] == fault_id), None)
+
+
+def stays_pending(client: httpx.Client, instance_id: int, fault_id: int, seconds: float = 1.0) -> None:
+    """Several trigger checks long (every ~0.2 s): nothing happens to the instance."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]["actual_status"] == "running"
+        assert listed(client, fault_id)["pending"] is True
+        time.sleep(0.1)
+
+
+def test_outbid_when_a_log_line_appears_ends_after_for_s(mode_sim: Sim, ssh_key: Path) -> None:
+    with mode_sim.client() as client:
+        offer = cheapest_good_offer(client)
+    bid = round(offer["min_bid"] * 1.2, 4)
+    with rented(mode_sim, ssh_key, price=bid) as box:
+        client = box.client
+        assert box.ssh(f"mkdir -p {WS}/run && echo 'step 1 loss 2.5' >> {WS}/run/run.log").returncode == 0
+        fault = arm(client, kind="outbid", machine_id=offer["machine_id"], price=bid + 1, for_s=2,
+                    when_log={"path": "/workspace/run/run.log", "pattern": r"^step 3 "})
+        assert fault["pending"] is True and "clears_at" not in fault
+        # Armed but pending: no competing bid yet, whatever the log says that does not match.
+        assert box.ssh(f"echo 'step 2 loss 2.1' >> {WS}/run/run.log; echo 'no step 3 here' >> {WS}/run/run.log"
+                       ).returncode == 0
+        stays_pending(client, box.id, fault["id"])
+        assert client.get(f"/api/v0/instances/{box.id}/").json()["instances"]["min_bid"] < bid
+        assert box.ssh(f"echo 'step 3 loss 1.9' >> {WS}/run/run.log").returncode == 0
+        row = wait_status(client, box.id, "exited", timeout=10)
+        assert row["status_msg"].startswith("Instance outbid"), row["status_msg"]
+        assert row["min_bid"] > bid + 1
+        fired = listed(client, fault["id"])
+        assert fired["pending"] is False and fired["triggered_on"] == box.id
+        assert fired["clears_at"] == pytest.approx(fired["effective_at"] + 2)
+        # for_s later the competing bid is gone and the instance resumes on its own (try_resume).
+        wait_status(client, box.id, "running", timeout=20)
+        assert time.time() >= fired["triggered_at"] + 2
+        assert listed(client, fault["id"]) is None
+        box.wait_ssh()
+        assert "step 3 loss 1.9" in box.ssh(f"cat {WS}/run/run.log").stdout
+
+
+def test_offline_for_s_comes_back_with_its_files_and_without_its_processes(mode_sim: Sim, ssh_key: Path) -> None:
+    token = f"{secrets.randbelow(10**6)}.5"
+    with rented(mode_sim, ssh_key) as box:
+        client = box.client
+        started = box.ssh(f"echo kept > {WS}/kept.txt; nohup setsid sleep {token} >/dev/null 2>&1 & echo ok")
+        assert started.returncode == 0 and box.ssh(f"pgrep -f 'slee[p] {token}'").returncode == 0
+        fault = arm(client, kind="offline", instance_id=box.id, for_s=3)
+        wait_status(client, box.id, "offline", timeout=10)
+        clears_at = listed(client, fault["id"])["clears_at"]
+        assert clears_at > time.time() + 1
+        time.sleep(0.3)  # the host is stopped right after the phase changes
+        assert box.ssh("true", timeout=20).returncode != 0
+        wait_status(client, box.id, "running", timeout=20)
+        assert time.time() >= clears_at
+        assert listed(client, fault["id"]) is None
+        box.wait_ssh()
+        assert box.ssh(f"cat {WS}/kept.txt").stdout == "kept\n"
+        assert box.ssh(f"pgrep -f 'slee[p] {token}'").returncode == 1, "a process outlived the outage"
+
+
+def test_offline_while_a_checkpoint_is_being_written(mode_sim: Sim, ssh_key: Path) -> None:
+    out = f"{WS}/run/output"
+    with rented(mode_sim, ssh_key) as box:
+        client = box.client
+        fault = arm(client, kind="offline", instance_id=box.id, for_s=1,
+                    when_partial={"glob": "/workspace/run/output/checkpoint-*", "missing": "trainer_state.json"})
+        # A finished checkpoint (moved into place whole), a file and an unrelated directory: not yet.
+        done = box.ssh(f"mkdir -p {out}/tmp-1 {out}/logs && touch {out}/tmp-1/trainer_state.json "
+                       f"&& mv {out}/tmp-1 {out}/checkpoint-1 && touch {out}/checkpoint-notes")
+        assert done.returncode == 0, done.stderr
+        stays_pending(client, box.id, fault["id"])
+        assert box.ssh(f"mkdir {out}/checkpoint-2 && head -c 1000 /dev/zero > {out}/checkpoint-2/model.bin"
+                       ).returncode == 0
+        wait_status(client, box.id, "offline", timeout=10)
+        assert listed(client, fault["id"])["triggered_on"] == box.id
+        wait_status(client, box.id, "running", timeout=20)
+        box.wait_ssh()
+        listing = box.ssh(f"LC_ALL=C ls {out}").stdout.split()
+        assert listing == ["checkpoint-1", "checkpoint-2", "checkpoint-notes", "logs"], "the files outlive the outage"
+
+
+class Upstream(http.server.BaseHTTPRequestHandler):
+    """An S3 stand-in on the controller's loopback: records each request, echoes the body's digest."""
+
+    protocol_version = "HTTP/1.1"  # answers `Expect: 100-continue` with 100, as S3 servers do
+    seen: ClassVar[list[dict]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", ""):
+            parts = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass
+            return b"".join(parts)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Upstream", "yes")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.seen.append({"method": "GET", "path": self.path, "host": self.headers["Host"]})
+        size = int(self.path.rpartition("size=")[2]) if "size=" in self.path else 0
+        self._answer(b"hello from loopback" if not size else bytes(range(256)) * (size // 256))
+
+    def do_PUT(self) -> None:
+        body = self._body()
+        self.seen.append({"method": "PUT", "path": self.path, "host": self.headers["Host"], "bytes": len(body),
+                          "chunked": "chunked" in self.headers.get("Transfer-Encoding", "")})
+        self._answer(hashlib.sha256(body).hexdigest().encode())
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[int, list[dict]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    Upstream.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], Upstream.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_forward_reaches_a_loopback_server_from_the_instance(mode_sim: Sim, ssh_key: Path,
+                                                             upstream: tuple[int, list[dict]]) -> None:
+    if mode_sim.host_mode != "namespace":
+        pytest.skip("loopback hosts share the controller's network: they reach 127.0.0.1 directly, no forward")
+    port, seen = upstream
+    with rented(mode_sim, ssh_key) as box:
+        client = box.client
+        for bad in ("10.0.0.1:80", "example.com:80", "127.0.0.1", "127.0.0.1:0"):
+            refused = client.post("/_sim/forwards", json={"name": "s3.vastsim", "to": bad})
+            assert refused.status_code == 400 and "to " in refused.json()["msg"], (bad, refused.text)
+        try:
+            added = client.post("/_sim/forwards", json={"name": "s3.vastsim", "to": f"127.0.0.1:{port}"})
+            assert added.status_code == 200, added.text
+            listing = client.get("/_sim/forwards").json()
+            assert listing["forwards"] == [{"name": "s3.vastsim", "to": f"127.0.0.1:{port}"}]
+            assert listing["host_mode"] == "namespace"
+
+            got = box.ssh("curl -sS -D - 'http://s3.vastsim/bucket/x?list-type=2&prefix=a%2Fb'")
+            assert got.returncode == 0 and got.stdout.endswith("hello from loopback"), got.stdout + got.stderr
+            assert "x-upstream: yes" in got.stdout.lower()
+            assert seen[-1] == {"method": "GET", "path": "/bucket/x?list-type=2&prefix=a%2Fb", "host": "s3.vastsim"}
+            # A Host header with a port (and another case) is that name too, and reaches the server as sent:
+            # presigned URLs sign it.
+            assert box.ssh("curl -sS -H 'Host: S3.vastsim:80' http://s3.vastsim/y").stdout == "hello from loopback"
+            assert seen[-1]["host"] == "S3.vastsim:80"
+
+            size = 3 * 1024 * 1024 + 17
+            put = (f"head -c {size} /dev/urandom > /tmp/blob && sha256sum /tmp/blob | cut -d' ' -f1 && "
+                   "curl -sS --fail -T /tmp/blob http://s3.vastsim/bucket/blob && echo && "
+                   "curl -sS --fail -H 'Transfer-Encoding: chunked' -T /tmp/blob http://s3.vastsim/bucket/chunked")
+            digest, by_length, by_chunks = box.ssh(put, timeout=60).stdout.split()
+            assert digest == by_length == by_chunks
+            assert [(s["bytes"], s["chunked"]) for s in seen[-2:]] == [(size, False), (size, True)]
+            download = box.ssh(f"curl -sS --fail 'http://s3.vastsim/big?size={size - 17}' | wc -c", timeout=60)
+            assert download.stdout.strip() == str(size - 17)
+
+            assert client.delete("/_sim/forwards/s3.vastsim").json()["removed"] == 1
+            hits = len(seen)
+            # Without a forward the name is the simulated internet again: zeros, and the server hears nothing.
+            assert box.ssh("curl -sS 'http://s3.vastsim/x?bytes=5' | wc -c").stdout.strip() == "5"
+            assert len(seen) == hits
+        finally:
+            client.delete("/_sim/forwards")

@@ -293,7 +293,7 @@ def test_destroyed_instance_mid_watch_is_instance_gone(wsim: Sim, ssh_key: Path,
     assert result["triage"]["step"] > 0 and result["polls"] >= 1
 
 
-def test_outbid_instance_is_instance_gone(wsim: Sim, ssh_key: Path, tmp_path: Path) -> None:
+def test_outbid_instance_is_preempted(wsim: Sim, ssh_key: Path, tmp_path: Path) -> None:
     with wsim.client() as client:
         offer = cheapest_good_offer(client, {"type": "bid"})
         bid = round(offer["min_bid"] * 1.5, 4)
@@ -315,7 +315,7 @@ def test_outbid_instance_is_instance_gone(wsim: Sim, ssh_key: Path, tmp_path: Pa
             os.killpg(process.pid, signal.SIGKILL)
         with wsim.client() as client:
             client.request("DELETE", f"/api/v0/instances/{row['id']}/", json={})
-    assert result["outcome"] == "instance_gone", result["msg"]
+    assert result["outcome"] == "preempted", result["msg"]
     assert result["instance"]["intended_status"] == "running" and result["instance"]["cur_state"] == "stopped"
     assert "outbid" in result["instance"]["gone"]
 

@@ -254,7 +254,9 @@ LIMITS = wd.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, t
     # The instance going away explains a dead session better than a crash does.
     (obs(tmux=False, instance_gone="outbid or interrupted"), "instance_gone", "outbid"),
     (obs(exit_code=1, instance_gone="destroyed"), "instance_gone", "destroyed"),
-    (obs(host_fresh=False, unreachable_for=600), "instance_gone", "unreachable for 600 s"),
+    (obs(tmux=False, instance_gone="outbid or interrupted", gone_kind="preempted"), "preempted", "outbid"),
+    (obs(tmux=False, instance_gone="offline", gone_kind="host_lost"), "host_lost", "offline"),
+    (obs(host_fresh=False, unreachable_for=600), "host_lost", "unreachable for 600 s"),
     (obs(host_fresh=False, unreachable_for=599), None, None),
     (obs(run_elapsed=3600, tmux=True), "max_runtime", "beyond max_runtime 3600"),
     (obs(exit_code=124, run_elapsed=3601, tmux=False), "max_runtime", "exit code 124"),
@@ -593,10 +595,10 @@ def test_loop_reconnects_after_dropped_connections(fake_host: dict[str, Any]) ->
     assert result["elapsed_s"] == 30 + 1 + 2 + 30 + 1
 
 
-def test_loop_unreachable_beyond_reconnect_timeout_is_instance_gone(fake_host: dict[str, Any]) -> None:
+def test_loop_unreachable_beyond_reconnect_timeout_is_host_lost(fake_host: dict[str, Any]) -> None:
     script = {1: start_run, **{n: lost for n in range(2, 200)}}
     result, _ = run_watch(fake_host, script, poll_interval=30, reconnect_timeout=120)
-    assert result["outcome"] == "instance_gone"
+    assert result["outcome"] == "host_lost"
     assert "unreachable for 120 s" in result["msg"]
     assert 120 <= result["elapsed_s"] <= 30 + 120 + 1
     assert result["reconnects"] == 0 and result["connection_failures"] >= 5
@@ -678,7 +680,8 @@ def test_argument_spec_defaults() -> None:
     assert action.ARGUMENT_SPEC["api_key"]["no_log"] is True
     assert params(fail_on=[])["fail_on"] == []
     defaults = params()
-    assert defaults["fail_on"] == ["crash", "stall", "max_runtime", "instance_gone", "timeout", "budget"]
+    assert defaults["fail_on"] == ["crash", "stall", "max_runtime", "preempted", "host_lost", "instance_gone",
+                                   "timeout", "budget"]
     assert (defaults["poll_interval"], defaults["stall_timeout"], defaults["api_poll_interval"],
             defaults["reconnect_timeout"], defaults["max_runtime"], defaults["timeout"]) == (30, 900, 120, 600, 0, 0)
     assert ArgumentSpecValidator(action.ARGUMENT_SPEC).validate({"run_dir": "/r"}).error_messages == [
@@ -759,3 +762,21 @@ def test_a_budget_needs_the_instance_and_no_option_may_be_negative() -> None:
     assert action.param_problems(params(max_total_usd=5.0, instance_id=7)) == []
     assert action.param_problems(params(max_total_usd=-1.0, stop_margin_s=-2.0)) == [
         "max_total_usd must be >= 0", "stop_margin_s must be >= 0"]
+
+
+@pytest.mark.parametrize(("row", "kind"), [
+    (None, "instance_gone"),
+    ({"cur_state": "unloaded", "intended_status": "running"}, "instance_gone"),
+    ({"cur_state": "stopped", "intended_status": "stopped"}, "instance_gone"),
+    # An interruptible instance stopped under a running contract was outbid: its disk is kept, it may resume.
+    ({"cur_state": "stopped", "intended_status": "running", "is_bid": True, "status_msg": ""}, "preempted"),
+    ({"cur_state": "stopped", "intended_status": "running", "is_bid": False,
+      "status_msg": "Instance outbid: a higher bid took the GPUs."}, "preempted"),
+    # On-demand and stopped without our asking: the machine, not the market.
+    ({"cur_state": "stopped", "intended_status": "running", "is_bid": False, "status_msg": "Error: GPU lost"},
+     "host_lost"),
+    ({"cur_state": "running", "intended_status": "running", "actual_status": "offline"}, "host_lost"),
+    ({"cur_state": "running", "intended_status": "running", "actual_status": "exited"}, "host_lost"),
+])
+def test_gone_kind_tells_a_preemption_from_a_lost_host(row: dict[str, Any] | None, kind: str) -> None:
+    assert wd.gone_kind(row) == kind

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from mlops_vast.sim import query as q
 from mlops_vast.sim.errors import VastError
 from mlops_vast.sim.faults import FaultError
+from mlops_vast.sim.internet import parse_forward
 from mlops_vast.sim.market import Market
 from mlops_vast.sim.models import Account, Instance
 
@@ -461,6 +462,30 @@ class Api:
             raise VastError(404, "no_such_fault", "No such fault.")
         return JSON({"success": True, "removed": len(removed)})
 
+    async def sim_forwards(self, request: Request) -> Response:
+        """The simulated internet's forwards: ``{"name": "s3.vastsim", "to": "127.0.0.1:5077"}`` (or a list)."""
+        self.account(request)
+        market = self.market
+        if request.method == "POST":
+            body = await read_json(request, required=True)
+            specs = body if isinstance(body, list) else [body]
+            if not specs or not all(isinstance(spec, dict) for spec in specs):
+                raise VastError(400, "invalid_forward", 'a forward is {"name": "s3.vastsim", "to": "127.0.0.1:PORT"}')
+            try:
+                for spec in specs:  # all checked before any is set
+                    parse_forward(spec.get("name"), spec.get("to"))
+            except ValueError as exc:
+                raise VastError(400, "invalid_forward", str(exc)) from None
+            added = [market.set_forward(spec["name"], spec["to"]) for spec in specs]
+            return JSON({"success": True, "forwards": added, "host_mode": market.hosts.mode})
+        if request.method == "DELETE":
+            name = request.path_params.get("name")
+            removed = market.clear_forwards(name)
+            if name is not None and not removed:
+                raise VastError(404, "no_such_forward", f"No forward for {name}.")
+            return JSON({"success": True, "removed": removed})
+        return JSON({"success": True, "forwards": market.forwards(), "host_mode": market.hosts.mode})
+
     async def sim_machines(self, request: Request) -> Response:
         self.account(request)
         machines = []
@@ -706,6 +731,8 @@ def build_app(market: Market) -> Starlette:
         *both("/_sim/ledger", api.sim_ledger, read),
         *both("/_sim/faults", api.sim_faults, ["GET", "POST", "DELETE"]),
         *both("/_sim/faults/{fault_id:int}", api.sim_fault, ["DELETE"]),
+        *both("/_sim/forwards", api.sim_forwards, ["GET", "POST", "DELETE"]),
+        *both("/_sim/forwards/{name}", api.sim_forwards, ["DELETE"]),
         *both("/_sim/machines", api.sim_machines, read),
         *both("/_sim/account", api.sim_account, ["GET", "PUT"]),
         *both("/_sim/info", api.sim_info, read),

@@ -21,7 +21,7 @@ from typing import TextIO
 
 import uvicorn
 
-from mlops_vast.sim import harness
+from mlops_vast.sim import harness, internet
 from mlops_vast.sim.api import build_app
 from mlops_vast.sim.market import DEFAULT_CREDIT, Market
 
@@ -54,6 +54,9 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
                         help=f"starting credit of new accounts in USD (default {DEFAULT_CREDIT:g})")
     parser.add_argument("--host-mode", choices=("namespace", "loopback"), default=None,
                         help="namespace (root: netns, mount ns, tc) or loopback; default: namespace when root")
+    parser.add_argument("--forward", action="append", default=[], metavar="NAME=HOST:PORT",
+                        help="relay the instances' HTTP requests for NAME (e.g. s3.vastsim) to a server on the "
+                        "loopback, e.g. s3.vastsim=127.0.0.1:5077 (repeatable; namespace mode; as POST /_sim/forwards)")
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
 
 
@@ -128,6 +131,7 @@ def start(args: argparse.Namespace, state_dir: Path) -> int:
     passed = ["--host", args.host, "--port", str(args.port), "--speed", str(args.speed), "--seed", str(args.seed),
               "--credit", str(args.credit), "--log-level", args.log_level]
     passed += ["--host-mode", args.host_mode] if args.host_mode else []
+    passed += [f"--forward={forward}" for forward in args.forward]
     try:
         # --api-key and --api-key-file together: the harness hands them all over in one file of its own.
         keys = list(args.api_key)
@@ -169,11 +173,14 @@ async def serve(args: argparse.Namespace, state_dir: Path) -> int:
 
     if args.host_mode == "namespace" and os.geteuid() != 0:
         raise ValueError("--host-mode namespace needs root (network and mount namespaces, tc)")
+    forwards = [parse_forward_option(text) for text in args.forward]  # refused before anything starts
     lock = _lock_state_dir(state_dir)
     hosts = HostManager(state_dir, bind_host=args.host, mode=args.host_mode)
     public_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     market = Market(state_dir, speed=args.speed, seed=args.seed, api_keys=args.api_key,
                     credit=args.credit, hosts=hosts, public_host=public_host)
+    for name, to in forwards:
+        market.set_forward(name, to)
     key_file = state_dir / "api_key"
     first_key = args.api_key[0] if args.api_key else next(iter(market.state.accounts))
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -218,6 +225,18 @@ async def serve(args: argparse.Namespace, state_dir: Path) -> int:
             args.ready_file.unlink(missing_ok=True)
         lock.close()
     return 0
+
+
+def parse_forward_option(text: str) -> tuple[str, str]:
+    """``--forward s3.vastsim=127.0.0.1:5077`` -> ``("s3.vastsim", "127.0.0.1:5077")``, checked."""
+    name, sep, to = text.partition("=")
+    if not sep:
+        raise ValueError(f"--forward takes NAME=HOST:PORT, e.g. s3.vastsim=127.0.0.1:5077, got {text!r}")
+    try:
+        internet.parse_forward(name, to)
+    except ValueError as exc:
+        raise ValueError(f"--forward {text}: {exc}") from None
+    return name, to
 
 
 def _lock_state_dir(state_dir: Path) -> TextIO:

@@ -43,6 +43,16 @@ class PortUse:
     sshd_port: int | None
 
 
+@dataclass(frozen=True)
+class WorkspaceView:
+    """Where the simulator reads a running instance's /workspace (fault triggers); ``mount``: the path must
+    be a mount point (namespace backend: until the instance mounted its disk there, the path is the
+    machine's own /workspace)."""
+
+    path: str
+    mount: bool = False
+
+
 @dataclass
 class Runtime:
     """A host while the simulator runs: its spec, its directory, and the processes and servers it has."""
@@ -74,6 +84,8 @@ class HostBackend:
         self.state_dir = state_dir
         self.tag = tag
         self.bind_host = bind_host
+        # Host names the simulated internet relays to a loopback server (internet.py), where there is one.
+        self.forwards: dict[str, tuple[str, int]] = {}
 
     @property
     def ssh_user(self) -> str:
@@ -163,6 +175,10 @@ class HostBackend:
 
     async def remove_stale(self, live: set[int]) -> None:
         """Remove this simulator's leftovers of hosts not in ``live``, e.g. after it was killed outright."""
+
+    def workspace_view(self, runtime: Runtime) -> WorkspaceView | None:
+        """Where a running host's /workspace is read from the simulator (None: nowhere now)."""
+        return None
 
     # ------------------------------------------------------------------ a stopped instance's files
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mlops_vast.sim import instance_init
-from mlops_vast.sim.host_backend import HostBackend, HostSpec, PortUse, Runtime, container_ports
+from mlops_vast.sim.host_backend import HostBackend, HostSpec, PortUse, Runtime, WorkspaceView, container_ports
 from mlops_vast.sim.host_os import HostError, atomic_write, die_with_parent, free_port, free_port_block, open_log
 
 SSHD = "/usr/sbin/sshd"
@@ -136,6 +136,9 @@ class LoopbackBackend(HostBackend):
 
     def after_stop(self, runtime: Runtime) -> None:
         kill_leftovers(runtime.directory)
+
+    def workspace_view(self, runtime: Runtime) -> WorkspaceView | None:
+        return WorkspaceView(str(runtime.directory / "workspace"))
 
     async def remove_stale(self, live: set[int]) -> None:
         # No PID namespace: an instance's processes may have outlived a crash of the simulator.

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mlops_vast.sim import instance_init, internet
-from mlops_vast.sim.host_backend import HostBackend, HostSpec, PortUse, Runtime, container_ports
+from mlops_vast.sim.host_backend import HostBackend, HostSpec, PortUse, Runtime, WorkspaceView, container_ports
 from mlops_vast.sim.host_os import HostError, atomic_write, run_command
 
 log = logging.getLogger("vastsim.hosts")
@@ -163,7 +163,7 @@ class NamespaceBackend(HostBackend):
             return
         gateway = str(ipaddress.ip_address(runtime.spec.address) - 1)
         try:
-            runtime.internet = await internet.serve(gateway)
+            runtime.internet = await internet.serve(gateway, forwards=self.forwards)
         except OSError as exc:
             log.warning("instance %s: no simulated internet at %s: %s", runtime.spec.instance_id, gateway, exc)
 
@@ -332,6 +332,13 @@ class NamespaceBackend(HostBackend):
             "forwards": {"listen": "0.0.0.0", "target": runtime.spec.address, "ports": runtime.spec.forwards},
         }))
         return ["ip", "netns", "exec", runtime.netns or "", *init_argv(spec_path)]
+
+    def workspace_view(self, runtime: Runtime) -> WorkspaceView | None:
+        # `ip netns exec` execs unshare, which moved itself into the instance's mount namespace before it
+        # forked PID 1: its root is the instance's view of the machine, /workspace its own disk once mounted.
+        if runtime.process is None or runtime.process.returncode is not None:
+            return None
+        return WorkspaceView(f"/proc/{runtime.process.pid}/root/workspace", mount=True)
 
     async def destroy(self, runtime: Runtime) -> None:
         instance_id = runtime.spec.instance_id

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops_vast.sim import host_namespace, nvidia_smi
-from mlops_vast.sim.host_backend import HostBackend, HostSpec, PortUse, Runtime
+from mlops_vast.sim.host_backend import HostBackend, HostSpec, PortUse, Runtime, WorkspaceView
 from mlops_vast.sim.host_loopback import LoopbackBackend
 from mlops_vast.sim.host_namespace import NamespaceBackend
 from mlops_vast.sim.host_os import (
@@ -86,6 +86,18 @@ class HostManager:
 
     def writeable_path(self, instance_id: int) -> str:
         return self.backend.writeable_path(instance_id)
+
+    def workspace_view(self, instance_id: int) -> WorkspaceView | None:
+        """Where the simulator reads a running instance's /workspace (None when its host is not running)."""
+        runtime = self._runtimes.get(instance_id)
+        if runtime is None or not self.is_running(instance_id):
+            return None
+        return self.backend.workspace_view(runtime)
+
+    @property
+    def forwards(self) -> dict[str, tuple[str, int]]:
+        """Host names the instances' simulated internet relays to a loopback server (namespace backend)."""
+        return self.backend.forwards
 
     # ------------------------------------------------------------- allocation
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mlops_vast.sim import internet
 from mlops_vast.sim.accounts import DEFAULT_CREDIT, Accounts
 from mlops_vast.sim.billing import Billing
 from mlops_vast.sim.catalog import Catalog, Machine, Offer, build_catalog
@@ -181,6 +182,25 @@ class Market:
     def clear_faults(self, fault_id: int | None = None) -> list[Fault]:
         return self.fault_effects.clear(fault_id)
 
+    # ------------------------------------------------------------------ forwards (the simulated internet)
+
+    def forwards(self) -> list[dict[str, str]]:
+        return [{"name": name, "to": _endpoint(*to)} for name, to in sorted(self.hosts.forwards.items())]
+
+    def set_forward(self, name: object, to: object) -> dict[str, str]:
+        """Relay the simulated internet's requests for ``name`` to a loopback ``HOST:PORT`` (ValueError if not)."""
+        key, upstream = internet.parse_forward(name, to)
+        self.hosts.forwards[key] = upstream
+        log.info("forward %s -> %s", key, _endpoint(*upstream))
+        return {"name": key, "to": _endpoint(*upstream)}
+
+    def clear_forwards(self, name: str | None = None) -> int:
+        forwards = self.hosts.forwards
+        names = list(forwards) if name is None else [n for n in forwards if n == internet.host_name(name)]
+        for key in names:
+            del forwards[key]
+        return len(names)
+
     # ------------------------------------------------------------------ the ticker
 
     async def run(self, interval: float = 0.05) -> None:
@@ -193,6 +213,10 @@ class Market:
 
     def tick(self) -> None:
         now = time.time()
+        try:
+            self.fault_effects.tick(now)
+        except Exception:  # a broken timer or trigger must not stop billing and the phases
+            log.exception("fault timers failed")
         for instance in list(self.state.instances.values()):
             self.billing.accrue(instance, now)
             self.lifecycle.advance(instance, now)
@@ -205,6 +229,11 @@ class Market:
         self.ctx.store.save_if_due(self.state, now)
 
     async def shutdown(self) -> None:
+        await self.fault_effects.shutdown()
         await self.host_sync.shutdown()
         self.save()
         await self.hosts.shutdown()
+
+
+def _endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
