@@ -178,8 +178,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         port = probe.getsockname()[1]
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
     with open(log, "wb") as sink:
+        # Instances reach it as http://s3.vastsim (vastsim's forward): moto must not read that host as a bucket.
         process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdin=subprocess.DEVNULL,
-                                   stdout=sink, stderr=subprocess.STDOUT)
+                                   stdout=sink, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "MOTO_S3_CUSTOM_ENDPOINTS": "http://s3.vastsim"})
     endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

@@ -228,8 +228,9 @@ def get_object(url: str, dest: str, timeout: float = 120.0) -> None:
 class Uploader:
     """Publishes sealed checkpoints with the controller's grant: data first, the manifest last."""
 
-    def __init__(self, output: str, grant_file: str) -> None:
+    def __init__(self, output: str, grant_file: str, attempt: int) -> None:
         self.output = output
+        self.attempt = attempt
         self.grant_file = grant_file
         self.state_path = os.path.join(output, STATE_FILE)
         self.state = self._load()
@@ -266,8 +267,8 @@ class Uploader:
         for name in reversed(sealed):
             directory = os.path.join(self.output, name)
             manifest = read_manifest(directory)
-            if manifest is None:
-                continue
+            if manifest is None or manifest.get("attempt") != self.attempt:
+                continue  # a checkpoint restored from an earlier attempt is in the store already
             token = sha256_file(os.path.join(directory, MANIFEST_NAME))
             if uploaded.get(name) == token:
                 continue
@@ -297,7 +298,7 @@ class Uploader:
 
 def cmd_run(args: argparse.Namespace) -> int:
     sealer = Sealer(args)
-    uploader = Uploader(args.output, args.grant) if args.grant else None
+    uploader = Uploader(args.output, args.grant, args.attempt) if args.grant else None
     deadline = time.monotonic() + args.max_s if args.max_s else None
     while True:
         done = bool(args.until) and os.path.exists(args.until)
@@ -423,12 +424,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--glob", default="checkpoint-*")
     run.add_argument("--rule", choices=RULES, default="hf")
     run.add_argument("--marker", default="COMPLETE")
-    run.add_argument("--stable-s", type=float, default=2.0)
+    run.add_argument("--stable-s", type=float, default=1.0)
     run.add_argument("--run-id", required=True)
     run.add_argument("--attempt", type=int, default=1)
     run.add_argument("--grant", default="", help="the controller's upload grant (JSON); empty: no uploads")
     run.add_argument("--until", default="", help="a file whose appearance means: one last pass, then exit")
-    run.add_argument("--interval", type=float, default=1.0)
+    run.add_argument("--interval", type=float, default=0.5)
     run.add_argument("--max-s", type=float, default=0.0)
     newest = sub.add_parser("newest", help="print the newest sealed checkpoint that verifies")
     newest.add_argument("--output", required=True)
