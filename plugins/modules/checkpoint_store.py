@@ -15,8 +15,9 @@ description:
   - O(action=check) checks that the bucket exists and the credentials reach it.
   - O(action=grant) signs the upload grant for O(attempt) of O(run_id). Set C(no_log) on the task (see the notes).
   - O(action=fence) records, when an attempt starts, which checkpoint it resumed from
-    (C(fences/attempt-<attempt>.json), outside every upload grant); a checkpoint an older attempt's host publishes after it was replaced
-    is then never chosen over the lineage the newer attempt continued. Written once per attempt.
+    (C(fences/attempt-<attempt>.json), outside every upload grant); a checkpoint an older attempt's host
+    publishes after it was replaced is then never chosen over the lineage the newer attempt continued.
+    Written once per attempt.
   - O(action=list) lists the published checkpoints (manifest present) and the fences.
   - O(action=plan) lists the checkpoints to restore from, best first (newest attempt, then newest step, the
     fences' exclusions applied), complete ones only, with presigned GET URLs for the host, valid an hour.
