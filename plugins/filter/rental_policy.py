@@ -56,14 +56,17 @@ SHORT_HOURS = 2.0
 
 def rental_policy(setting: Any, hours: float, checkpoints: bool, bid_price: float = 0) -> dict[str, Any]:
     text = str(setting).strip().lower()
+    if text not in ("true", "yes", "1", "false", "no", "0", "auto"):
+        raise AnsibleFilterError(f"run_interruptible must be auto, true or false, got {setting!r}")
     if float(bid_price or 0) > 0:
+        if text in ("false", "no", "0"):
+            raise AnsibleFilterError(f"run_interruptible is false but run_bid_price is {float(bid_price):g}: a bid "
+                                     "rents interruptible; set run_bid_price to 0 for on-demand, or drop the false")
         return {"interruptible": True, "why": f"a fixed bid of ${float(bid_price):g}/h was given (run_bid_price)"}
     if text in ("true", "yes", "1"):
         return {"interruptible": True, "why": "asked for (run_interruptible: true)"}
     if text in ("false", "no", "0"):
         return {"interruptible": False, "why": "asked for (run_interruptible: false)"}
-    if text != "auto":
-        raise AnsibleFilterError(f"run_interruptible must be auto, true or false, got {setting!r}")
     hours = float(hours)
     if checkpoints:
         return {"interruptible": True, "why": (

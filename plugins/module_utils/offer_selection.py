@@ -117,8 +117,12 @@ def select_offers(client: Any, request: OfferRequest) -> OfferSelection:
         selection.reason = f"{subject.format(count=len(matching))}: on machines in exclude_machines only"
     elif not winnable:
         lowest = min(float(row.get("min_bid") or 0) for row in allowed)
+        if request.bid_price is not None:
+            limit = f"the bid ${request.bid_price:g}/h (bid_price); raise it"
+        else:
+            limit = f"max_bid ${request.max_bid:g}/h; raise max_bid"
         selection.reason = (f"{subject.format(count=len(matching))}: every minimum bid (lowest ${lowest:.4f}/h) is "
-                            f"above max_bid ${request.max_bid:g}/h; raise max_bid or rent on-demand")
+                            f"above {limit} or rent on-demand")
     else:
         cheapest = min(request.price(row) for row in winnable)
         selection.reason = (f"{subject.format(count=len(matching))}: the cheapest allowed costs ${cheapest:.4f}/h, "

@@ -13,14 +13,15 @@ description:
     agent) or takes O(manifest), and checks that every file it lists exists with that size and sha256.
   - Used on the controller before a checkpoint is counted as home, and before the instance that holds it is
     destroyed. Reads only; never changes anything.
-author: mlops.vast developers (@mlops-vast)
+author:
+  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
   - mlops.vast.attributes
+  - mlops.vast.attributes.read_only
 attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: none
+  platform:
+    platforms: posix
+    details: Runs where the checkpoint is, usually the controller.
 options:
   path:
     description: The checkpoint directory.

@@ -13,11 +13,12 @@ description:
     to be running again with SSH answering.
   - While an interruptible instance is outbid it raises the bid to O(bid_margin) times the machine's current
     minimum bid, never above O(max_bid), once per change of that minimum.
-  - Never starts training: the caller decides what to run once the host is back.
+  - It never starts training; the caller decides what to run once the host is back.
   - Returns C(resumed=false) (not a failure) when the wait ends without the instance back, or when the instance
     is gone for good (destroyed); the caller then replaces it.
 version_added: 0.2.0
-author: mlops.vast developers (@mlops-vast)
+author:
+  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
   - mlops.vast.vast
   - mlops.vast.attributes

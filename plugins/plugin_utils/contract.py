@@ -72,8 +72,10 @@ def _range_problems(values: Mapping[str, Any], spec: Mapping[str, Any], converte
     for name, option in spec.items():
         value = converted.get(name)
         given = values.get(name) if isinstance(values, Mapping) else None
-        if option.get("options") and isinstance(value, Mapping) and isinstance(given, Mapping):
-            found += _range_problems(given, option["options"], value, prefix=f"{prefix}{name}.")
+        if option.get("options") and isinstance(value, Mapping) and given is not None:
+            # Given as text (-e name='{"key": 1}') the dict is the converted value; its defaults are in range.
+            found += _range_problems(given if isinstance(given, Mapping) else value, option["options"], value,
+                                     prefix=f"{prefix}{name}.")
             continue
         if name not in values or isinstance(value, bool) or not isinstance(value, int | float):
             continue  # a default is in range by construction; a wrong type is validate_argument_spec's to report

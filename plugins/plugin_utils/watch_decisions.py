@@ -176,7 +176,7 @@ def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
         return obs.gone_kind, f"the instance is gone: {obs.instance_gone}"
     if obs.unreachable_for is not None and obs.unreachable_for >= limits.reconnect_timeout:
         return "host_lost", (f"the host has been unreachable for {obs.unreachable_for:.0f} s "
-                                 f"(reconnect_timeout {limits.reconnect_timeout:g} s)")
+                             f"(reconnect_timeout {limits.reconnect_timeout:g} s)")
     if obs.host_fresh:
         at_limit = (limits.max_runtime > 0 and obs.run_elapsed is not None
                     and obs.run_elapsed >= limits.max_runtime - 5)

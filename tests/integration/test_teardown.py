@@ -17,11 +17,23 @@ pytestmark = [pytest.mark.slow, needs_root]
 
 LABEL = "td-unverified"
 OUTPUT = "/workspace/run/output"
-# The newest checkpoint is rewritten every 20 ms, as by a run that never stops writing it: a local copy
-# can never match the host's checksums, which is exactly what verification must catch.
+# Two sealed checkpoints (as the run's checkpoint agent leaves them), and the newest is then rewritten every 20 ms,
+# as by a run that goes on writing into a checkpoint it had finished: a local copy can never match its manifest,
+# which is exactly what verification must catch.
+SEAL = """import hashlib, json, os, sys
+out = sys.argv[1]
+for name in ("checkpoint-50", "checkpoint-100"):
+    data = open(os.path.join(out, name, "model.json"), "rb").read()
+    manifest = {"format": 1, "run_id": "td", "attempt": 1, "step": int(name.split("-")[1]), "name": name,
+                "files": [{"path": "model.json", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}],
+                "sealed_at": 0}
+    json.dump(manifest, open(os.path.join(out, name, ".mlops-seal.json"), "w"))
+open(os.path.join(out, ".mlops-sealed"), "w").write("checkpoint-50" + chr(10) + "checkpoint-100" + chr(10))
+"""
 REWRITER = (f"mkdir -p {OUTPUT}/checkpoint-50 {OUTPUT}/checkpoint-100 && echo old > {OUTPUT}/checkpoint-50/model.json"
-            f" && setsid nohup bash -c 'while :; do date +%s%N > {OUTPUT}/checkpoint-100/model.json; sleep 0.02; done'"
-            " >/dev/null 2>&1 < /dev/null &")
+            f" && echo new > {OUTPUT}/checkpoint-100/model.json && python3 -c '{SEAL}' {OUTPUT}"
+            f" && (setsid nohup bash -c 'while :; do date +%s%N > {OUTPUT}/checkpoint-100/model.json; sleep 0.02; done'"
+            " >/dev/null 2>&1 < /dev/null &)")
 
 
 def rent_write_and_tear_down(tmp_path: Path, sim: Sim, **teardown_vars: object) -> Path:

@@ -129,10 +129,6 @@ def test_a_fixed_bid_price_chooses_the_same_offers_whatever_the_margin() -> None
     assert [row["id"] for row in with_margin.offers] == [row["id"] for row in plain.offers] == [1]
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="bug: select_offers formats request.max_bid with :g in the 'not winnable' reason, so a fixed "
-                          "bid_price under every minimum bid without max_bid raises TypeError (and with max_bid the "
-                          "reason blames max_bid, not bid_price)")
 def test_a_fixed_bid_under_every_minimum_says_why_without_max_bid() -> None:
     chosen = select_offers(CannedMarket([offer(1, 10, 0.5, min_bid=0.3)]), bidding(bid_price=0.1))
     assert chosen.offers == []

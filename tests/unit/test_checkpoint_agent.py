@@ -480,9 +480,6 @@ def test_newest_with_nothing_sound_prints_nothing_and_cleans_nothing(agent_dir: 
     assert (proc.returncode, proc.stdout) == (0, "")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: a manifest that is JSON but not format 1 makes verify_dir raise ValueError, which "
-                          "newest_sound does not catch (traceback, exit 1) instead of passing to an older one")
 def test_newest_passes_over_a_manifest_it_cannot_read(agent_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     older = make_checkpoint(out, "checkpoint-10")
@@ -685,6 +682,23 @@ def test_run_uploads_sealed_checkpoints_newest_first_with_the_manifest_last(agen
         assert proc.returncode == 0, proc.stderr
         later = store.ok()[8:]
         assert later == posted_checkpoint(later, out / "checkpoint-40", 40)
+
+
+def test_a_checkpoint_sealed_by_an_earlier_attempt_is_not_uploaded_again(agent_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    restored = make_checkpoint(out, "checkpoint-10")
+    seal_all(agent_dir, out, tmp_path, "--attempt", "1")  # restored from the store: attempt 1's seal
+    own = make_checkpoint(out, "checkpoint-20")
+    with upload_store() as store:
+        grant = store.grant(tmp_path / "grant.json")
+        proc = agent(agent_dir, "run", "--output", out, "--run-id", RUN, "--attempt", "2", "--grant", grant,
+                     "--until", until_file(tmp_path), "--interval", "30")
+        assert proc.returncode == 0, proc.stderr
+        assert store.ok() == posted_checkpoint(store.ok(), own, 20)
+        assert len(store.posts) == 4
+    assert manifest_of(own)["attempt"] == 2 and manifest_of(restored)["attempt"] == 1
+    assert sealed_list(out) == ["checkpoint-10", "checkpoint-20"]  # still listed for the controller's pull
+    assert list(json.loads((out / STATE).read_text())["uploaded"]) == ["checkpoint-20"]
 
 
 def test_uploads_name_the_checkpoint_by_step_whatever_the_folder_is_called(agent_dir: Path, tmp_path: Path) -> None:

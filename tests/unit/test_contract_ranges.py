@@ -106,10 +106,6 @@ def test_ranges_are_checked_at_any_depth() -> None:
     assert problems({"outer": {"inner": {}}}, nested) == []
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: a dict option given as text (JSON or key=value, as -e name=value gives it) is "
-                          "converted to a dict by the validator, but _range_problems only recurses when the given "
-                          "value is a Mapping, so its suboptions' ranges are never checked")
 def test_a_dict_given_as_text_is_range_checked_too(spec: dict[str, Any]) -> None:
     values = {**REQUIRED, "run_recovery": '{"max_preemptions": 9}'}
     assert validated(values, spec)[0]["run_recovery"]["max_preemptions"] == 9  # accepted and converted

@@ -55,11 +55,23 @@ def test_an_explicit_false_wins_over_the_matrix(setting: object, checkpoints: bo
     assert decided == {"interruptible": False, "why": "asked for (run_interruptible: false)"}
 
 
-@pytest.mark.parametrize("setting", ["auto", "false", "true"])
+@pytest.mark.parametrize("setting", ["auto", "true"])
 def test_a_fixed_bid_means_interruptible(setting: str) -> None:
     decided = rental_policy(setting, hours=100, checkpoints=False, bid_price=0.35)
     assert decided == {"interruptible": True, "why": "a fixed bid of $0.35/h was given (run_bid_price)"}
     assert rental_policy(setting, hours=100, checkpoints=False, bid_price="0.5")["interruptible"] is True
+
+
+@pytest.mark.parametrize("setting", [False, "false", "no"])
+def test_a_fixed_bid_with_an_explicit_false_is_refused_naming_both(setting: object) -> None:
+    with pytest.raises(AnsibleFilterError, match=r"run_interruptible is false but run_bid_price is 0\.35"):
+        rental_policy(setting, hours=1, checkpoints=True, bid_price=0.35)
+
+
+@pytest.mark.parametrize("setting", ["maybe", "", "interruptible"])
+def test_a_typo_is_refused_even_with_a_bid(setting: str) -> None:
+    with pytest.raises(AnsibleFilterError, match="run_interruptible must be auto, true or false"):
+        rental_policy(setting, hours=1, checkpoints=True, bid_price=0.35)
 
 
 @pytest.mark.parametrize("no_bid", [0, 0.0, None, "0"])

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: (c) 2026, mlops.vast developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The run's checkpoint agent on the rented host: seals finished checkpoints, uploads sealed ones,
@@ -33,7 +32,7 @@ import urllib.parse
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from checkpoint_manifest import MANIFEST_NAME, build_manifest, sha256_file, verify_dir
+from checkpoint_manifest import MANIFEST_NAME, build_manifest, parse_manifest, sha256_file, verify_dir
 
 SEALED_LIST = ".mlops-sealed"  # in the output directory: the sealed checkpoints, oldest first, for rsync
 STATE_FILE = ".mlops-agent.json"  # in the output directory: what was uploaded, and the agent's last error
@@ -81,12 +80,12 @@ def file_view(directory: str) -> dict[str, tuple[int, int]]:
 
 
 def read_manifest(directory: str) -> dict | None:
+    """The directory's seal, or None when there is none or it is not one this agent can trust."""
     try:
         with open(os.path.join(directory, MANIFEST_NAME)) as f:
-            manifest = json.load(f)
+            return parse_manifest(f.read())
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) else None
 
 
 def write_json_atomic(path: str, obj: object) -> None:
@@ -373,7 +372,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 manifest_path = os.path.join(staging, MANIFEST_NAME + ".remote")
                 get_object(candidate["manifest_url"], manifest_path)
                 with open(manifest_path) as f:
-                    manifest = json.load(f)
+                    manifest = parse_manifest(f.read())  # its paths are checked before any file is written
                 os.remove(manifest_path)
                 for entry in manifest["files"]:
                     get_object(candidate["urls"][entry["path"]], os.path.join(staging, entry["path"]))
@@ -395,8 +394,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             name = entry[len(".restore-"):]
             staging = os.path.join(args.output, entry)
             manifest = read_manifest(staging)
-            problems = ["no manifest"] if manifest is None else _adopt(staging, os.path.join(args.output, name),
-                                                                      manifest)
+            final = os.path.join(args.output, name)
+            problems = ["no manifest"] if manifest is None else _adopt(staging, final, manifest)
             if problems:
                 shutil.rmtree(staging, ignore_errors=True)
                 report["rejected"].append({"name": name, "problems": problems})
