@@ -89,7 +89,8 @@ def manifest_of(path: Path) -> dict[str, Any]:
 
 def until_file(tmp_path: Path) -> Path:
     done = tmp_path / "training-done"
-    done.write_text("")
+    if not done.exists():  # run.sh writes the trainer's exit code into it; a test may have put one there
+        done.write_text("")
     return done
 
 
@@ -306,8 +307,10 @@ def test_a_checkpoint_without_trainer_state_is_never_sealed_under_rule_hf(agent_
         seal_all(agent_dir, out, tmp_path)
     assert not (half / MANIFEST).exists()
     assert (out / SEALED).read_text() == ""
-    # The same directory under rule stable is finished as it is.
-    seal_all(agent_dir, out, tmp_path, "--rule", "stable")
+    # The same directory under rule stable is finished once unchanged for --stable-s.
+    proc = agent(agent_dir, "run", "--output", out, "--run-id", RUN, "--rule", "stable", "--stable-s", "0.1",
+                 "--interval", "0.05", "--max-s", "0.6")
+    assert proc.returncode == 0, proc.stderr
     assert sealed_list(out) == ["checkpoint-50"]
 
 
@@ -331,6 +334,11 @@ def test_rule_stable_seals_any_checkpoint_with_files_and_follows_the_glob(agent_
     (out / "global_step9").mkdir()  # nothing in it yet: nothing to seal
     make_checkpoint(out, "checkpoint-5", marker=None)  # not matched by the glob
     make_checkpoint(out, "global_step_last", marker=None)  # no step
+    # Under "stable" only the wait says finished: a last pass after a failed exit seals nothing new...
+    seal_all(agent_dir, out, tmp_path, "--rule", "stable", "--glob", "global_step*")
+    assert sealed_list(out) == []
+    # ...after a clean exit (code 0 in the --until file) it does; so does a directory unchanged for --stable-s.
+    until_file(tmp_path).write_text("0\n")
     seal_all(agent_dir, out, tmp_path, "--rule", "stable", "--glob", "global_step*")
     assert sealed_list(out) == ["global_step7"]
     assert manifest_of(out / "global_step7")["name"] == "checkpoint-7"  # the store names checkpoints by step
@@ -451,8 +459,7 @@ def test_newest_is_the_newest_sealed_checkpoint_that_verifies(agent_dir: Path, t
     assert newest.exists()  # without --clean nothing is removed
 
 
-def test_newest_clean_removes_only_unsealed_checkpoints_newer_than_the_one_chosen(agent_dir: Path,
-                                                                                  tmp_path: Path) -> None:
+def test_newest_clean_removes_everything_newer_than_the_one_chosen(agent_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     chosen = make_checkpoint(out, "checkpoint-10")
     corrupt_sealed = make_checkpoint(out, "checkpoint-20")
@@ -464,18 +471,21 @@ def test_newest_clean_removes_only_unsealed_checkpoints_newer_than_the_one_chose
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(chosen)
     assert not any(path.exists() for path in newer_unsealed)
-    assert "removed the unfinished checkpoint-30" in proc.stderr
-    assert "removed the unfinished checkpoint-40" in proc.stderr
-    assert older_unsealed.exists() and corrupt_sealed.exists() and chosen.exists()
+    assert "removed checkpoint-30" in proc.stderr and "removed checkpoint-40" in proc.stderr
+    # The broken sealed one is newer too: the resumed run writes that step again, into a clean directory.
+    assert not corrupt_sealed.exists() and "removed checkpoint-20" in proc.stderr
+    assert older_unsealed.exists() and chosen.exists()
     assert agent(agent_dir, "verify", chosen).returncode == 0
 
 
-def test_newest_with_nothing_sound_prints_nothing_and_cleans_nothing(agent_dir: Path, tmp_path: Path) -> None:
+def test_newest_with_nothing_sound_prints_nothing_and_clean_clears_the_way(agent_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     unsealed = make_checkpoint(out, "checkpoint-30", marker=None)
+    proc = agent(agent_dir, "newest", "--output", out)
+    assert (proc.returncode, proc.stdout) == (0, "") and unsealed.exists()  # without --clean nothing is removed
     proc = agent(agent_dir, "newest", "--output", out, "--clean")
     assert (proc.returncode, proc.stdout) == (0, "")
-    assert unsealed.exists()  # no resume point: a fresh start, whose own checkpoint-30 is nowhere near yet
+    assert not unsealed.exists()  # a fresh start must not write its checkpoint-30 into a half-written one
     proc = agent(agent_dir, "newest", "--output", tmp_path / "never-made")
     assert (proc.returncode, proc.stdout) == (0, "")
 
@@ -706,6 +716,7 @@ def test_uploads_name_the_checkpoint_by_step_whatever_the_folder_is_called(agent
     folder = make_checkpoint(out, "global_step30", marker=None)
     with upload_store() as store:
         grant = store.grant(tmp_path / "grant.json")
+        until_file(tmp_path).write_text("0\n")  # a clean exit: "stable" seals on the last pass
         proc = agent(agent_dir, "run", "--output", out, "--run-id", RUN, "--grant", grant, "--rule", "stable",
                      "--glob", "global_step*", "--until", until_file(tmp_path), "--interval", "30")
         assert proc.returncode == 0, proc.stderr
@@ -798,3 +809,25 @@ def test_a_file_that_does_not_hash_to_the_manifest_is_never_completed(agent_modu
         agent_module.post_object(grant, PREFIX + "checkpoint-1/model.bin", str(path),
                                  hashlib.sha256(path.read_bytes()).hexdigest())
         assert [post["data"] for post in store.ok()] == [path.read_bytes()]
+
+
+def test_newest_seals_a_finished_checkpoint_the_killed_run_had_no_time_to_seal(agent_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sealed = make_checkpoint(out, "checkpoint-10")
+    seal_all(agent_dir, out, tmp_path)
+    finished = make_checkpoint(out, "checkpoint-20")  # trainer_state.json written, then the host was preempted
+    half = make_checkpoint(out, "checkpoint-30", marker=None)
+    proc = agent(agent_dir, "newest", "--output", out, "--clean", "--run-id", RUN, "--attempt", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(finished) and (finished / MANIFEST).exists() and sealed.exists()
+    assert manifest_of(finished)["attempt"] == 2 and not half.exists()
+
+
+def test_a_sealed_checkpoint_written_again_is_unsealed_until_finished_again(agent_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    checkpoint = make_checkpoint(out, "checkpoint-10")
+    seal_all(agent_dir, out, tmp_path)
+    (checkpoint / "model.bin").write_bytes(b"a longer model, written again by a resumed run")
+    (checkpoint / "trainer_state.json").unlink()  # being written: not finished
+    seal_all(agent_dir, out, tmp_path)
+    assert not (checkpoint / MANIFEST).exists() and sealed_list(out) == []

@@ -19,6 +19,7 @@ the controller's pull (``.mlops-sealed``), uploaded, resumed from or restored.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import hashlib
 import http.client
@@ -117,11 +118,18 @@ class Sealer:
             return os.path.isfile(os.path.join(directory, self.marker))
         return True
 
-    def seal(self, name: str, *, final: bool) -> bool:
+    def seal(self, name: str, *, final: bool, clean_exit: bool = False) -> bool:
         """Seal one checkpoint if it is finished and stable; True when it is sealed (now or before)."""
         directory = os.path.join(self.output, name)
-        if read_manifest(directory) is not None:
-            return True
+        manifest = read_manifest(directory)
+        if manifest is not None:
+            sizes = {entry["path"]: entry["size"] for entry in manifest["files"]}
+            view = file_view(directory)
+            if {rel: size for rel, (size, _mtime) in view.items()} == sizes:
+                return True
+            # Written to after it was sealed (a resumed run saving that step again): no longer the sealed one.
+            os.remove(os.path.join(directory, MANIFEST_NAME))
+            log(f"{name} changed after it was sealed; sealing it again once finished")
         if not self.finished(directory):
             return False
         view = file_view(directory)
@@ -129,11 +137,14 @@ class Sealer:
             return False
         now = time.monotonic()
         before, since = self.seen.get(name, (None, now))
+        # A last pass after the trainer exited needs no wait when a marker says "finished"; under "stable" only a
+        # clean exit (code 0) says so: a crash or a kill mid-save leaves a half-written directory that is stable too.
+        skip_wait = final and (self.rule != "stable" or clean_exit)
         if view != before:
             self.seen[name] = (view, now)
-            if not final:
+            if not skip_wait:
                 return False
-        elif not final and now - since < self.stable_s:
+        elif not skip_wait and now - since < self.stable_s:
             return False
         manifest = build_manifest(directory, self.run_id, self.attempt, step_of(name))
         if file_view(directory) != view:  # written to while hashed: not finished after all
@@ -145,9 +156,10 @@ class Sealer:
         log(f"sealed {name} ({len(files)} files, {sum(f['size'] for f in files)} bytes)")
         return True
 
-    def sweep(self, *, final: bool = False) -> list[str]:
+    def sweep(self, *, final: bool = False, clean_exit: bool = False) -> list[str]:
         """Seal what is ready; the sealed checkpoints, oldest first (also written for the controller's pull)."""
-        sealed = [name for name in candidates(self.output, self.pattern) if self.seal(name, final=final)]
+        sealed = [name for name in candidates(self.output, self.pattern)
+                  if self.seal(name, final=final, clean_exit=clean_exit)]
         listing = os.path.join(self.output, SEALED_LIST)
         text = "".join(f"{name}\n" for name in sealed)
         try:
@@ -295,6 +307,29 @@ class Uploader:
 
 # ------------------------------------------------------------------------------------------ commands
 
+def exit_code(path: str) -> int | None:
+    """The trainer's exit code, which run.sh writes into the --until file."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def record_error(output: str, message: str) -> None:
+    """Keep the agent's last error where the controller pulls it (.mlops-agent.json)."""
+    path = os.path.join(output, STATE_FILE)
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        state = {}
+    state = state if isinstance(state, dict) else {}
+    state.update(last_error=message, last_error_at=time.time())
+    with contextlib.suppress(OSError):
+        write_json_atomic(path, state)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     sealer = Sealer(args)
     uploader = Uploader(args.output, args.grant, args.attempt) if args.grant else None
@@ -302,11 +337,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     while True:
         done = bool(args.until) and os.path.exists(args.until)
         try:
-            sealed = sealer.sweep(final=done)
+            sealed = sealer.sweep(final=done, clean_exit=done and exit_code(args.until) == 0)
             if uploader is not None:
                 uploader.publish(sealed, force=done)
-        except OSError as exc:  # the trainer rotated a checkpoint away mid-look: look again next time
-            log(f"pass failed: {exc}")
+        except Exception as exc:  # e.g. a checkpoint rotated away mid-look: look again next time, never die
+            log(f"pass failed: {exc!r}")
+            record_error(args.output, f"pass failed: {exc!r}")
         if done or (deadline is not None and time.monotonic() > deadline):
             return 0
         time.sleep(args.interval)
@@ -330,17 +366,21 @@ def newest_sound(output: str, pattern: str) -> tuple[str | None, list[str]]:
 
 
 def cmd_newest(args: argparse.Namespace) -> int:
+    if args.run_id and os.path.isdir(args.output):
+        # A checkpoint the last run finished but had no time to seal (killed between the two) is sealed now,
+        # by its rule, so it is not thrown away below; nothing is writing to the directory any more.
+        Sealer(args).sweep(final=True)
     found, skipped = newest_sound(args.output, args.glob)
     for line in skipped:
         log(f"not resuming from {line}")
-    if found and args.clean:
-        # Unsealed leftovers newer than the resume point belong to a run that died mid-save: the resumed run
-        # writes those steps again, and must not write into a half-written directory (it would look whole).
+    if args.clean:
+        # Whatever is newer than the resume point is unfinished or broken: the resumed run writes those steps
+        # again, and must not write into a half-written directory (it would look whole).
+        floor = step_of(os.path.basename(found)) if found else -1
         for name in candidates(args.output, args.glob):
-            directory = os.path.join(args.output, name)
-            if step_of(name) > step_of(os.path.basename(found)) and read_manifest(directory) is None:
-                shutil.rmtree(directory, ignore_errors=True)
-                log(f"removed the unfinished {name}")
+            if step_of(name) > floor:
+                shutil.rmtree(os.path.join(args.output, name), ignore_errors=True)
+                log(f"removed {name}: not a sound checkpoint, and newer than the resume point")
     if found:
         print(found)
     return 0
@@ -427,13 +467,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--run-id", required=True)
     run.add_argument("--attempt", type=int, default=1)
     run.add_argument("--grant", default="", help="the controller's upload grant (JSON); empty: no uploads")
-    run.add_argument("--until", default="", help="a file whose appearance means: one last pass, then exit")
+    run.add_argument("--until", default="",
+                     help="a file whose appearance means: one last pass, then exit (it holds the trainer's exit code)")
     run.add_argument("--interval", type=float, default=0.5)
     run.add_argument("--max-s", type=float, default=0.0)
     newest = sub.add_parser("newest", help="print the newest sealed checkpoint that verifies")
     newest.add_argument("--output", required=True)
     newest.add_argument("--glob", default="checkpoint-*")
-    newest.add_argument("--clean", action="store_true", help="remove unsealed checkpoints newer than it")
+    newest.add_argument("--clean", action="store_true", help="remove what is newer than it (unfinished or broken)")
+    newest.add_argument("--run-id", default="", help="seal finished checkpoints first (with --rule, --attempt)")
+    newest.add_argument("--attempt", type=int, default=1)
+    newest.add_argument("--rule", choices=RULES, default="hf")
+    newest.add_argument("--marker", default="COMPLETE")
+    newest.add_argument("--stable-s", type=float, default=1.0)
     restore = sub.add_parser("restore", help="put the newest sound candidate in place")
     restore.add_argument("--output", required=True)
     restore.add_argument("--plan", default="", help="JSON list of candidates with presigned URLs, best first")
