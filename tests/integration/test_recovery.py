@@ -174,26 +174,29 @@ def test_a_host_that_goes_offline_is_replaced_never_two_at_once_and_the_old_one_
 
 
 def scan_host_for(sim: Sim, key: Path, label: str, secrets: list[str], found: dict, stop: threading.Event) -> None:
-    """Once the replacement trains, look for the secrets in its files, environments and process arguments."""
+    """Once each of the run's instances trains, look for the secrets in its files, environments and process
+    arguments (``found["scanned"]``: the instance ids scanned, ``found["hits"]``: where a secret was)."""
+    found.update(scanned=[], hits=[])
     deadline = time.monotonic() + 600
     with sim.client() as client:
         while not stop.is_set() and time.monotonic() < deadline:
             rows = [row for row in client.get("/api/v0/instances/").json()["instances"]
-                    if row.get("label") == label and row.get("actual_status") == "running"]
+                    if row.get("label") == label and row.get("actual_status") == "running"
+                    and row["id"] not in found["scanned"]]
             for row in rows:
                 host, port, _kind = ssh_endpoint(row)
                 with contextlib.suppress(subprocess.SubprocessError, OSError):
                     look = subprocess.run(
                         ["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no", "-o",
                          "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"root@{host}",
-                         "grep -q resuming /workspace/run/run.log || exit 7; "
+                         "grep -q \"'step': \" /workspace/run/run.log 2>/dev/null || exit 7; "
                          "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n' > /tmp/.scan; "
                          "grep -rIl -F -f /dev/stdin /workspace /root /tmp/.scan 2>/dev/null; echo scanned"],
                         input="\n".join(secrets) + "\n", capture_output=True, text=True, timeout=30)
                     if look.returncode != 7 and "scanned" in look.stdout:
-                        found.update(scanned=True, hits=[line for line in look.stdout.splitlines()
-                                                         if line and line != "scanned"])
-                        return
+                        found["scanned"].append(row["id"])
+                        found["hits"] += [f"{row['id']}: {line}" for line in look.stdout.splitlines()
+                                          if line and line != "scanned"]
             stop.wait(1)
 
 
@@ -262,7 +265,8 @@ def test_s3_store_a_preemption_mid_save_and_a_corrupt_object_never_resume_from_a
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
     # No storage credential and no API key on the replacement host while it trained (files, environments,
     # process arguments), and none in what came home.
-    assert scan.get("scanned") and scan["hits"] == [], scan
+    # Both the preempted instance (while it trained) and its replacement were scanned.
+    assert len(scan["scanned"]) >= 2 and scan["hits"] == [], scan
     for path in results.rglob("*"):
         if path.is_file():
             text = path.read_bytes()
