@@ -342,7 +342,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 uploader.publish(sealed, force=done)
         except Exception as exc:  # e.g. a checkpoint rotated away mid-look: look again next time, never die
             log(f"pass failed: {exc!r}")
-            record_error(args.output, f"pass failed: {exc!r}")
+            if uploader is not None:  # it owns the state file while it runs: its next save would drop the error
+                uploader.state.update(last_error=f"pass failed: {exc!r}", last_error_at=time.time())
+                with contextlib.suppress(OSError):
+                    uploader._save()
+            else:
+                record_error(args.output, f"pass failed: {exc!r}")
         if done or (deadline is not None and time.monotonic() > deadline):
             return 0
         time.sleep(args.interval)
