@@ -1,0 +1,174 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# Documentation only: mlops.vast.sweep is an action plugin (plugins/action/sweep.py) that runs on the controller.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: sweep
+short_description: Run a hyperparameter sweep, each trial a whole train.yml, a few at once, within one budget
+description:
+  - Expands the trials (an explicit list, a grid, random samples) and runs each one as its own
+    C(ansible-playbook train.yml) process, with the whole lifecycle (rent until good, setup, smoke test, train,
+    watch, recovery, teardown), at most O(max_parallel) at once; the others queue.
+  - One process per trial isolates failures; a trial that crashes, diverges, gets a bad host or is preempted
+    never stops the others.
+  - Each trial's parameters reach its command as C(--name value) (C(true) as a bare flag, C(false) left out),
+    unless the command names them (C({{ trial.name }}) in C(run_command), which playbooks/sweep.yml turns into
+    placeholders this action fills in).
+  - O(budget_usd) is shared. Each trial runs with a spending cap (C(run_max_total_usd)) that its own watch
+    enforces; a trial starts only while the finished trials' cost plus the running trials' caps plus its own cap
+    fit in the budget (without a cap of the run's own, what is left is shared among the queued trials). If the
+    instances' spend still reaches the budget, the running trials are stopped and their instances destroyed.
+  - Writes C(sweep-state.json) (every trial's state, live), each trial's folder (its train.yml results,
+    C(ansible.log), C(trial.json)), and at the end C(trials.json) and C(trials.csv), one row per trial.
+  - Creating C(CANCEL) in the results folder, or SIGINT/SIGTERM/SIGHUP, stops every trial and destroys its
+    instance (C(playbooks/teardown.yml) by label); the rows say C(cancelled).
+  - A re-run with the same name skips the trials that completed with the same parameters.
+version_added: 0.1.0
+author: mlops.vast developers (@mlops-vast)
+extends_documentation_fragment:
+  - mlops.vast.attributes
+  - mlops.vast.attributes.action
+attributes:
+  check_mode:
+    support: full
+    details: Returns the trials and their commands; nothing is run or rented.
+  diff_mode:
+    support: none
+  platform:
+    platforms: all
+    details: Runs on the controller only.
+options:
+  name:
+    description: The sweep's name; trial C(N) is labelled C(<name>-tNNN) and kept in C(<results_dir>/tNNN).
+    type: str
+    required: true
+  base:
+    description:
+      - The base run, as C(mlops.vast.validate_playbook_vars) returns it for C(train.meta.yml) (names without
+        C(run_)). Every trial gets these, with its own name, results folder, command and cap.
+    type: dict
+    required: true
+  grid:
+    description: Every combination of these values, C({name: [values]}).
+    type: dict
+  random:
+    description:
+      - C({count, seed, params}); each param is C({min, max, log, int}) or C({choices: [...]}).
+      - The same seed always gives the same trials.
+    type: dict
+  trials:
+    description: Explicit trials, C([{name: value}, ...]).
+    type: list
+    elements: raw
+  max_parallel:
+    description: Trials (instances) at once; the rest queue.
+    type: int
+    default: 2
+  budget_usd:
+    description: The whole sweep's budget in USD; 0 for none (each trial keeps its own C(run_max_total_usd)).
+    type: float
+    default: 0.0
+  results_dir:
+    description: Where the sweep's tables and trial folders go. Default C(results/<name>).
+    type: path
+  playbook_dir:
+    description: Where C(train.yml) and C(teardown.yml) are. Default the playbook's directory.
+    type: path
+  trial_vars:
+    description: Other variables for every trial's playbook (role variables such as C(provision_probe_max_seconds)).
+    type: dict
+    default: {}
+  rerun:
+    description: C(skip_completed) reuses trials that completed with the same parameters; C(all) runs every one.
+    type: str
+    default: skip_completed
+    choices: [skip_completed, all]
+  trial_timeout_s:
+    description: A trial running longer is stopped and torn down. 0 derives it from the run's limits.
+    type: int
+    default: 0
+  poll_s:
+    description: Seconds between looks at the trials.
+    type: float
+    default: 1.0
+seealso:
+  - module: mlops.vast.validate_playbook_vars
+"""
+
+EXAMPLES = r"""
+- name: Check the base run
+  mlops.vast.validate_playbook_vars:
+    spec_file: train.meta.yml
+    prefix: run_
+    fact: sweep_base
+
+- name: Six trials, two at once, $0.50 in all
+  mlops.vast.sweep:
+    name: lr-sweep
+    base: "{{ sweep_base }}"
+    grid:
+      learning_rate: [0.1, 0.05, 0.01]
+      seed: [1, 2]
+    max_parallel: 2
+    budget_usd: 0.5
+  register: swept
+"""
+
+RETURN = r"""
+rows:
+  description: One row per trial, as in C(trials.json).
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - {"id": "t000", "label": "lr-sweep-t000", "params": {"learning_rate": 0.1, "seed": 1}, "outcome": "completed",
+       "final_loss": 0.012, "best_loss": 0.011, "steps": 400, "cost_usd": 0.0021, "attempts": 1, "hosts": [12],
+       "duration_s": 74.2, "message": "", "results_dir": "/srv/results/lr-sweep/t000"}
+trials:
+  description: In check mode, the trials with their commands.
+  returned: check mode
+  type: list
+  elements: dict
+completed:
+  description: Trials that completed (reused ones included).
+  returned: success
+  type: int
+not_completed:
+  description: Trials that did not complete (failed, cancelled, skipped for the budget).
+  returned: success
+  type: int
+reused:
+  description: Trials reused from an earlier run of the same sweep.
+  returned: success
+  type: int
+cancelled:
+  description: Why the sweep was stopped early, or null.
+  returned: success
+  type: str
+states:
+  description: How many trials ended in each state (done, skipped, cancelled).
+  returned: success
+  type: dict
+spent_usd:
+  description: What the trials' instances cost, as their watches read it.
+  returned: success
+  type: float
+lines:
+  description: One line per trial for people (id, outcome, parameters, loss, cost, hosts, message).
+  returned: success
+  type: list
+  elements: str
+labels:
+  description: Every trial's label (instance label).
+  returned: success
+  type: list
+  elements: str
+results_dir:
+  description: Where C(trials.csv), C(trials.json), C(sweep-state.json) and the trial folders are.
+  returned: success
+  type: str
+"""

@@ -1,0 +1,216 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A sweep's trials: expanding grid, random samples and explicit lists into parameter sets, and giving each
+trial its own run variables (its name, results folder and command).
+
+``run_command`` may name a trial's parameters as ``{{ trial.lr }}``. The sweep playbook templates the base run
+with ``trial`` bound to placeholders (:func:`placeholders`), so the text reaches the scheduler intact whatever
+Ansible's templating does, and each trial substitutes its own values here. Parameters the command does not
+name are appended as ``--name value`` (``True`` as a bare flag, ``False`` left out).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+PLACEHOLDER = "@@mlops-trial:{name}@@"
+_PLACEHOLDER_RE = re.compile(r"@@mlops-trial:([A-Za-z_][A-Za-z0-9_.-]*)@@")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+MAX_TRIALS = 1000
+RANDOM_PARAM_KEYS = {"min", "max", "log", "int", "choices"}
+
+
+class SweepSpecError(ValueError):
+    """The sweep's trials are described wrongly; the message names the variable and how to fix it."""
+
+
+def _check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise SweepSpecError(f"{where}: parameter name {name!r} must be a word (letters, digits, _ . -), "
+                             "as it becomes the command's --name")
+    return name
+
+
+def param_names(grid: Mapping[str, Any] | None, random_spec: Mapping[str, Any] | None,
+                trials: Sequence[Any] | None) -> list[str]:
+    """Every parameter name the sweep sets, in first-seen order (for the placeholders)."""
+    names: list[str] = []
+    for trial in trials or []:
+        if isinstance(trial, Mapping):
+            names.extend(str(name) for name in trial)
+    names.extend(str(name) for name in (grid or {}))
+    params = (random_spec or {}).get("params") if isinstance(random_spec, Mapping) else None
+    if isinstance(params, Mapping):
+        names.extend(str(name) for name in params)
+    return list(dict.fromkeys(names))
+
+
+def placeholders(names: Sequence[str]) -> dict[str, str]:
+    return {name: PLACEHOLDER.format(name=name) for name in names}
+
+
+def _grid(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+    axes: list[tuple[str, list[Any]]] = []
+    for name, values in grid.items():
+        _check_name(name, "sweep_grid")
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values:
+            raise SweepSpecError(f"sweep_grid.{name} must be a non-empty list of values, e.g. {name}: [0.1, 0.01]; "
+                                 f"got {values!r}")
+        axes.append((name, list(values)))
+    if not axes:
+        return []
+    names = [name for name, _ in axes]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(values for _, values in axes))]
+
+
+def _number(spec: Mapping[str, Any], key: str, name: str) -> float:
+    value = spec.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SweepSpecError(f"sweep_random.params.{name}.{key} must be a number; got {value!r}")
+    return float(value)
+
+
+def _sampler(name: str, spec: Any) -> Any:
+    _check_name(name, "sweep_random.params")
+    if isinstance(spec, Sequence) and not isinstance(spec, str | bytes):
+        spec = {"choices": list(spec)}  # a bare list is a list of choices
+    if not isinstance(spec, Mapping):
+        raise SweepSpecError(f"sweep_random.params.{name} must be {{min, max, log}} or {{choices: [...]}}; "
+                             f"got {spec!r}")
+    unknown = set(spec) - RANDOM_PARAM_KEYS
+    if unknown:
+        raise SweepSpecError(f"sweep_random.params.{name}: unknown key(s) {sorted(unknown)}; "
+                             f"use {sorted(RANDOM_PARAM_KEYS)}")
+    if "choices" in spec:
+        choices = spec["choices"]
+        if isinstance(choices, str | bytes) or not isinstance(choices, Sequence) or not choices:
+            raise SweepSpecError(f"sweep_random.params.{name}.choices must be a non-empty list; got {choices!r}")
+        if set(spec) - {"choices"}:
+            raise SweepSpecError(f"sweep_random.params.{name}: choices cannot be combined with min/max/log/int")
+        return lambda rng: rng.choice(list(choices))
+    low, high = _number(spec, "min", name), _number(spec, "max", name)
+    if low > high:
+        raise SweepSpecError(f"sweep_random.params.{name}: min ({low:g}) is above max ({high:g})")
+    log, as_int = bool(spec.get("log", False)), bool(spec.get("int", False))
+    if log and low <= 0:
+        raise SweepSpecError(f"sweep_random.params.{name}: a log scale needs min > 0 (got {low:g})")
+
+    def sample(rng: random.Random) -> float | int:
+        value = math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high)
+        if as_int:
+            return min(max(round(value), math.ceil(low)), math.floor(high))
+        # Six significant digits: what a person would type, and the same text on every machine.
+        return float(f"{value:.6g}")
+
+    return sample
+
+
+def _random(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if not spec:
+        return []
+    unknown = set(spec) - {"count", "seed", "params"}
+    if unknown:
+        raise SweepSpecError(f"sweep_random: unknown key(s) {sorted(unknown)}; use count, seed and params")
+    count, seed = spec.get("count"), spec.get("seed", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise SweepSpecError(f"sweep_random.count must be a whole number of trials >= 1; got {count!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise SweepSpecError(f"sweep_random.seed must be a whole number (the same seed gives the same trials); "
+                             f"got {seed!r}")
+    params = spec.get("params")
+    if not isinstance(params, Mapping) or not params:
+        raise SweepSpecError("sweep_random.params must map each parameter to {min, max, log} or {choices: [...]}")
+    samplers = [(name, _sampler(name, param)) for name, param in params.items()]
+    rng = random.Random(seed)
+    return [{name: sample(rng) for name, sample in samplers} for _ in range(count)]
+
+
+def _explicit(trials: Sequence[Any]) -> list[dict[str, Any]]:
+    out = []
+    for index, trial in enumerate(trials):
+        if not isinstance(trial, Mapping):
+            raise SweepSpecError(f"sweep_trials[{index}] must be a mapping of parameter names to values; got {trial!r}")
+        for name in trial:
+            _check_name(name, f"sweep_trials[{index}]")
+        out.append(dict(trial))
+    return out
+
+
+def expand(grid: Mapping[str, Any] | None, random_spec: Mapping[str, Any] | None,
+           trials: Sequence[Any] | None) -> list[dict[str, Any]]:
+    """The parameter sets, in a stable order: explicit trials, then the grid, then the random samples.
+
+    The same spec (and seed) always gives the same list, which is what lets a re-run find its finished trials.
+    """
+    if grid is not None and not isinstance(grid, Mapping):
+        raise SweepSpecError(f"sweep_grid must map parameter names to lists of values; got {grid!r}")
+    if random_spec is not None and not isinstance(random_spec, Mapping):
+        raise SweepSpecError(f"sweep_random must be {{count, seed, params}}; got {random_spec!r}")
+    if trials is not None and (isinstance(trials, str | bytes) or not isinstance(trials, Sequence)):
+        raise SweepSpecError(f"sweep_trials must be a list of parameter mappings; got {trials!r}")
+    sets = _explicit(trials or []) + _grid(grid or {}) + _random(random_spec or {})
+    if not sets:
+        raise SweepSpecError("The sweep has no trials: give sweep_grid, sweep_random or sweep_trials")
+    if len(sets) > MAX_TRIALS:
+        raise SweepSpecError(f"The sweep has {len(sets)} trials, more than {MAX_TRIALS}; split it")
+    return sets
+
+
+def trial_id(index: int) -> str:
+    return f"t{index:03d}"
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def render_command(command: str, params: Mapping[str, Any]) -> str:
+    """The trial's command: placeholders replaced, unnamed parameters appended as command-line options."""
+    named = set(_PLACEHOLDER_RE.findall(command))
+    missing = named - set(params)
+    if missing:
+        raise SweepSpecError(f"run_command names trial parameter(s) {sorted(missing)} that this trial does not set")
+    text = _PLACEHOLDER_RE.sub(lambda match: format_value(params[match.group(1)]), command)
+    extra = []
+    for name, value in params.items():
+        if name in named:
+            continue
+        if isinstance(value, bool):
+            if value:
+                extra.append(f"--{name}")
+            continue
+        extra.extend([f"--{name}", shlex.quote(format_value(value))])
+    return " ".join([text, *extra]) if extra else text
+
+
+def render_value(value: Any, params: Mapping[str, Any]) -> Any:
+    """Placeholders replaced in every string of a run variable (run_env, run_smoke_args, ...)."""
+    if isinstance(value, str):
+        return _PLACEHOLDER_RE.sub(lambda match: format_value(params.get(match.group(1), "")), value)
+    if isinstance(value, Mapping):
+        return {key: render_value(item, params) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render_value(item, params) for item in value]
+    return value
+
+
+def trial_run_vars(base: Mapping[str, Any], params: Mapping[str, Any], *, label: str, results_dir: str,
+                   max_total_usd: float | None = None) -> dict[str, Any]:
+    """The extra variables of one trial's train.yml: the base run (names without ``run_``) made its own."""
+    out = {f"run_{name}": render_value(value, params) for name, value in base.items() if name != "command"}
+    out["run_command"] = render_command(str(base.get("command", "")), params)
+    out["run_name"] = label
+    out["run_results_dir"] = results_dir
+    if max_total_usd is not None:
+        out["run_max_total_usd"] = max_total_usd
+    return out

@@ -1,0 +1,183 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One row per sweep trial, read from what the trial's train.yml left in its results folder, and the
+sweep's tables (trials.json, trials.csv)."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .training_log import parse_record, training_metrics
+
+ROW_FIELDS = ("id", "label", "outcome", "final_loss", "best_loss", "steps", "cost_usd", "attempts", "hosts",
+              "duration_s", "message", "results_dir")
+# train.yml's last words on a run that did not complete (the assert in its teardown play).
+_NOT_COMPLETED_RE = re.compile(r"The run did not complete: (.*?)(?: \(results in |\"|$)")
+_FATAL_MSG_RE = re.compile(r'"msg": "((?:[^"\\]|\\.)*)"')
+MAX_LOG_BYTES = 4 * 1024 * 1024
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _tail(path: str, limit: int = MAX_LOG_BYTES) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def watch_records(results_dir: str) -> list[dict[str, Any]]:
+    """watch.json and every recovery round's record, in the order the attempts ran."""
+    paths = [os.path.join(results_dir, "watch.json")]
+    paths += sorted(glob.glob(os.path.join(results_dir, "watch-recovery-*.json")),
+                    key=lambda path: int(re.sub(r"\D", "", os.path.basename(path)) or 0))
+    return [record for record in (_read_json(path) for path in paths) if isinstance(record, dict)]
+
+
+def losses(results_dir: str) -> tuple[int | None, float | None, float | None]:
+    """(last step, final loss, best loss) from the run's log as it came home."""
+    step = final = best = None
+    for line in _tail(os.path.join(results_dir, "run.log")).splitlines():
+        record = parse_record(line)
+        metrics = training_metrics(record) if record else None
+        if metrics is None:
+            continue
+        if metrics.step is not None:
+            step = int(metrics.step)
+        if metrics.loss is not None:
+            final = float(metrics.loss)
+            best = final if best is None else min(best, final)
+    return step, final, best
+
+
+def failure_message(log_text: str) -> str:
+    """Why a trial's playbook failed, as one line: train.yml's own verdict, else the last error Ansible printed."""
+    found = _NOT_COMPLETED_RE.findall(log_text)
+    if found:
+        return found[-1].strip()
+    errors = [line[len("[ERROR]:"):].strip() for line in log_text.splitlines() if line.startswith("[ERROR]:")]
+    if errors:
+        return errors[-1][:500]
+    messages = [m.group(1) for line in log_text.splitlines() if line.startswith("fatal:")
+                for m in [_FATAL_MSG_RE.search(line)] if m]
+    return messages[-1].encode("utf-8").decode("unicode_escape", "replace")[:500] if messages else ""
+
+
+def hosts_of(label: str, ledger_records: Iterable[Mapping[str, Any]]) -> list[int]:
+    """Machines the trial rented (rejected hosts of rent-until-good included), from the contract ledger."""
+    machines: list[int] = []
+    for record in ledger_records:
+        if record.get("event") == "created" and record.get("label") == label:
+            machine = record.get("machine_id")
+            machines.append(int(machine) if isinstance(machine, int) else -1)
+    return machines
+
+
+def read_ledger(path: str) -> list[dict[str, Any]]:
+    records = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
+    except OSError:
+        pass
+    return records
+
+
+def spent(results_dir: str) -> float:
+    """What the trial's instances cost, as its watches last read them (one record per attempt)."""
+    total = 0.0
+    for record in watch_records(results_dir):
+        value = (record.get("triage") or {}).get("spent_usd") if isinstance(record.get("triage"), dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            total += float(value)
+    progress = _read_json(os.path.join(results_dir, "progress-watch.json"))
+    if not total and isinstance(progress, dict) and isinstance(progress.get("spent_usd"), int | float):
+        total = float(progress["spent_usd"])
+    return round(total, 6)
+
+
+def build_row(*, trial_id: str, label: str, params: Mapping[str, Any], results_dir: str, rc: int | None,
+              outcome_override: str | None, duration_s: float | None,
+              ledger_records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    watches = watch_records(results_dir)
+    last_watch = watches[-1] if watches else {}
+    recovery = _read_json(os.path.join(results_dir, "recovery.json")) or {}
+    step, final, best = losses(results_dir)
+    message = ""
+    if outcome_override:
+        outcome = outcome_override
+    elif rc == 0:
+        outcome = "completed"
+    else:
+        watched = last_watch.get("outcome")
+        outcome = watched if watched and watched != "completed" else "failed"
+        message = failure_message(_tail(os.path.join(results_dir, "ansible.log"), 256 * 1024))
+    if not message and outcome != "completed":
+        message = str(last_watch.get("msg") or "")[:500]
+    hosts = hosts_of(label, ledger_records)
+    attempts = recovery.get("attempts") if isinstance(recovery, dict) else None
+    return {
+        "id": trial_id,
+        "label": label,
+        "params": dict(params),
+        "outcome": outcome,
+        "final_loss": final,
+        "best_loss": best,
+        "steps": step,
+        "cost_usd": spent(results_dir),
+        "attempts": attempts if isinstance(attempts, int) else (1 if hosts else 0),
+        "hosts": hosts,
+        "duration_s": round(duration_s, 1) if duration_s is not None else None,
+        "message": message,
+        "results_dir": results_dir,
+    }
+
+
+def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """One line per trial: its parameters as columns (param_<name>), then the row's fields."""
+    names = list(dict.fromkeys(name for row in rows for name in (row.get("params") or {})))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*ROW_FIELDS[:2], *(f"param_{name}" for name in names), *ROW_FIELDS[2:]])
+    for row in rows:
+        params = row.get("params") or {}
+        values = []
+        for field in ROW_FIELDS[2:]:
+            value = row.get(field)
+            if isinstance(value, list):
+                value = " ".join(str(item) for item in value)
+            values.append("" if value is None else value)
+        writer.writerow([row.get("id"), row.get("label"), *(params.get(name, "") for name in names), *values])
+    return buffer.getvalue()
+
+
+def row_line(row: Mapping[str, Any]) -> str:
+    params = " ".join(f"{name}={value}" for name, value in (row.get("params") or {}).items())
+    loss = row.get("final_loss")
+    text = (f"{row.get('id')} {row.get('outcome')}: {params}; loss {loss if loss is not None else '-'}"
+            f" (best {row.get('best_loss') if row.get('best_loss') is not None else '-'}), step {row.get('steps')},"
+            f" ${float(row.get('cost_usd') or 0):.4f}, {row.get('attempts')} attempt(s), hosts {row.get('hosts')}")
+    return text + (f"; {row['message']}" if row.get("message") else "")

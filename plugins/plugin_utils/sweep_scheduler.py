@@ -1,0 +1,253 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Runs a sweep's trials, each one a whole train.yml in its own process, at most ``max_parallel`` at once,
+within a shared budget.
+
+One process per trial (not one big play) is what isolates failures: a crash, a bad host, a divergence or a
+preemption ends or recovers that trial's playbook and no other. The scheduler never rents anything itself; it
+starts, watches and, when asked to stop, ends trial playbooks and has each stopped trial's label torn down.
+
+The budget: every trial runs with a spending cap (``run_max_total_usd``), which its own watch enforces (the run
+stops with its checkpoints home when the cap is reached). A trial starts only while the finished trials' cost plus
+every running trial's cap plus its own cap fits in the budget, so the trials together cannot pass it; if the
+instances' spend read live still reaches it, the running trials are stopped and torn down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+STATES = ("queued", "running", "done", "skipped", "cancelled")
+
+
+@dataclass
+class Trial:
+    id: str
+    label: str
+    params: dict[str, Any]
+    results_dir: str
+    run_vars: dict[str, Any] = field(repr=False, default_factory=dict)
+    state: str = "queued"
+    outcome: str | None = None
+    rc: int | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    cap_usd: float | None = None
+    cost_usd: float = 0.0
+    process: Any = field(default=None, repr=False, compare=False)
+    orphaned: bool = False
+    row: dict[str, Any] | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label, "params": self.params, "state": self.state,
+                "outcome": self.outcome, "rc": self.rc, "started_at": self.started_at, "ended_at": self.ended_at,
+                "cap_usd": self.cap_usd, "cost_usd": self.cost_usd, "orphaned": self.orphaned,
+                "results_dir": self.results_dir,
+                "pid": self.process.pid if self.process is not None and self.state == "running" else None}
+
+
+@dataclass
+class Budget:
+    """The shared budget (``total`` 0: none) and the run's own per-trial cap (``run_cap`` 0: none)."""
+
+    total: float
+    run_cap: float = 0.0
+
+    def committed(self, trials: Sequence[Trial]) -> float:
+        """Finished trials' cost plus each running trial's cap (what it may still reach)."""
+        return sum(t.cost_usd for t in trials if t.state in ("done", "cancelled")) + \
+            sum(max(t.cap_usd or 0.0, t.cost_usd) for t in trials if t.state == "running")
+
+    def cap_for_next(self, trials: Sequence[Trial]) -> float | None:
+        """The cap the next trial starts with, or None when it cannot start within the budget.
+
+        Without a cap of the run's own, what is left is shared equally among the trials still queued, so a
+        trial that finishes under its share leaves more for the ones after it and all of them can start.
+        """
+        if self.total <= 0:
+            return self.run_cap if self.run_cap > 0 else 0.0
+        left = self.total - self.committed(trials)
+        if self.run_cap > 0:
+            return self.run_cap if self.run_cap <= left + 1e-9 else None
+        queued = sum(1 for t in trials if t.state == "queued")
+        share = left / max(1, queued)
+        return round(share, 6) if share > 1e-6 else None
+
+    def live_spent(self, trials: Sequence[Trial]) -> float:
+        return sum(t.cost_usd for t in trials if t.state in ("done", "running", "cancelled"))
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True, default=str)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+class Scheduler:
+    """Start queued trials while the cap and the budget allow, reap finished ones, stop on request."""
+
+    def __init__(self, trials: Sequence[Trial], *, launch: Callable[[Trial], Any], max_parallel: int,
+                 budget: Budget, state_file: str, cancel_file: str, sweep_name: str,
+                 finish: Callable[[Trial], None], teardown: Callable[[Sequence[Trial]], None],
+                 spend_of: Callable[[Trial], float], trial_timeout_s: float,
+                 left_open: Callable[[Trial], list[Any]] | None = None, poll_s: float = 1.0,
+                 stop_grace_s: float = 15.0, clock: Callable[[], float] = time.time) -> None:
+        self.trials = list(trials)
+        self.launch, self.finish, self.teardown, self.spend_of = launch, finish, teardown, spend_of
+        self.max_parallel = max(1, int(max_parallel))
+        self.budget = budget
+        self.state_file, self.cancel_file, self.sweep_name = state_file, cancel_file, sweep_name
+        self.trial_timeout_s, self.poll_s, self.stop_grace_s = trial_timeout_s, poll_s, stop_grace_s
+        self.clock = clock
+        self.left_open = left_open or (lambda trial: [])
+        self.cancel_reason: str | None = None
+        self.budget_stopped = False
+
+    # ------------------------------------------------------------------ state shown to the CLI and the API
+    def snapshot(self) -> dict[str, Any]:
+        return {"sweep": self.sweep_name, "budget_usd": self.budget.total,
+                "spent_usd": round(self.budget.live_spent(self.trials), 6),
+                "committed_usd": round(self.budget.committed(self.trials), 6),
+                "max_parallel": self.max_parallel, "cancelled": self.cancel_reason,
+                "updated_at": self.clock(), "trials": [t.public() for t in self.trials]}
+
+    def save(self) -> None:
+        write_json_atomic(self.state_file, self.snapshot())
+
+    # ------------------------------------------------------------------ the loop
+    def request_cancel(self, reason: str) -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+
+    def running(self) -> list[Trial]:
+        return [t for t in self.trials if t.state == "running"]
+
+    def queued(self) -> list[Trial]:
+        return [t for t in self.trials if t.state == "queued"]
+
+    def run(self, deadline_s: float) -> list[Trial]:
+        deadline = self.clock() + deadline_s
+        self.save()
+        while self.queued() or self.running():
+            if os.path.exists(self.cancel_file):
+                self.request_cancel(f"asked to stop ({os.path.basename(self.cancel_file)} was created)")
+            if self.clock() > deadline:
+                self.request_cancel(f"the sweep ran past its limit of {deadline_s:.0f} s")
+            if self.cancel_reason:
+                self._cancel_all()
+                break
+            changed = self._reap() | self._refresh_spend()
+            if self.budget.total > 0 and self.budget.live_spent(self.trials) >= self.budget.total - 1e-9 \
+                    and self.running():
+                self.budget_stopped = True
+                self._stop(self.running(), "budget")
+                changed = True
+            changed |= self._start_what_fits()
+            if changed:
+                self.save()
+            if self.queued() or self.running():
+                time.sleep(self.poll_s)
+        self.save()
+        return self.trials
+
+    def _start_what_fits(self) -> bool:
+        changed = False
+        for trial in self.queued():
+            if len(self.running()) >= self.max_parallel:
+                break
+            cap = None if self.budget_stopped else self.budget.cap_for_next(self.trials)
+            if cap is None:
+                if not self.running() or self.budget_stopped:
+                    # Nothing running will free room: what is left cannot start within the budget.
+                    for left in self.queued():
+                        left.state, left.outcome = "skipped", "budget"
+                        left.ended_at = self.clock()
+                        self.finish(left)
+                    changed = True
+                break
+            trial.cap_usd = cap or None
+            trial.started_at = self.clock()
+            trial.process = self.launch(trial)
+            trial.state = "running"
+            changed = True
+        return changed
+
+    def _reap(self) -> bool:
+        changed = False
+        for trial in self.running():
+            rc = trial.process.poll()
+            if rc is None and self.clock() - (trial.started_at or 0) > self.trial_timeout_s:
+                self._stop([trial], "timeout")
+                changed = True
+                continue
+            if rc is None:
+                continue
+            trial.rc, trial.state, trial.ended_at = rc, "done", self.clock()
+            if self.left_open(trial):
+                # The trial's playbook ended without its teardown (killed, or stopped by an error Ansible does not
+                # recover from): what it rented is destroyed here, by label.
+                trial.orphaned = True
+                self.teardown([trial])
+            trial.cost_usd = self.spend_of(trial)
+            self.finish(trial)
+            changed = True
+        return changed
+
+    def _refresh_spend(self) -> bool:
+        changed = False
+        for trial in self.running():
+            spent = self.spend_of(trial)
+            if spent != trial.cost_usd:
+                trial.cost_usd, changed = spent, True
+        return changed
+
+    def _cancel_all(self) -> None:
+        for trial in self.queued():
+            trial.state, trial.outcome, trial.ended_at = "skipped", "cancelled", self.clock()
+            self.finish(trial)
+        self._stop(self.running(), "cancelled")
+
+    def _stop(self, trials: Sequence[Trial], outcome: str) -> None:
+        """End the trials' playbooks, then destroy what they rented (by label) and prove it gone."""
+        if not trials:
+            return
+        for trial in trials:
+            _signal_group(trial.process, signal.SIGTERM)
+        end = time.monotonic() + self.stop_grace_s
+        for trial in trials:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                trial.process.wait(timeout=max(0.1, end - time.monotonic()))
+            if trial.process.poll() is None:
+                _signal_group(trial.process, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    trial.process.wait(timeout=10)
+        self.teardown(trials)
+        for trial in trials:
+            trial.rc = trial.process.poll()
+            trial.state = "cancelled" if outcome == "cancelled" else "done"
+            trial.outcome, trial.ended_at = outcome, self.clock()
+            trial.cost_usd = self.spend_of(trial)
+            self.finish(trial)
+        self.save()
+
+
+def _signal_group(process: Any, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError, AttributeError):
+        os.killpg(os.getpgid(process.pid), signum)
+
+
+def trial_states(trials: Sequence[Trial]) -> Mapping[str, int]:
+    counts = dict.fromkeys(STATES, 0)
+    for trial in trials:
+        counts[trial.state] = counts.get(trial.state, 0) + 1
+    return counts

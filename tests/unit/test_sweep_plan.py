@@ -1,0 +1,104 @@
+"""A sweep's trials: grid, random and explicit lists expanded in a stable order, each trial's command and run
+variables, and a wrong description rejected with a message that names the variable."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+from ansible_collections.mlops.vast.plugins.filter import trial_placeholders as placeholders_module
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
+    SweepSpecError,
+    expand,
+    render_command,
+    render_value,
+    trial_run_vars,
+)
+
+trial_placeholders = placeholders_module.FilterModule().filters()["trial_placeholders"]
+
+
+def test_grid_is_every_combination_in_the_given_order() -> None:
+    sets = expand({"lr": [0.1, 0.01], "seed": [1, 2, 3]}, None, None)
+    assert len(sets) == 6
+    assert sets[0] == {"lr": 0.1, "seed": 1} and sets[-1] == {"lr": 0.01, "seed": 3}
+    assert len({tuple(sorted(s.items())) for s in sets}) == 6
+
+
+def test_explicit_trials_come_first_then_grid_then_random() -> None:
+    sets = expand({"lr": [0.5]}, {"count": 2, "seed": 1, "params": {"lr": {"min": 0.001, "max": 0.1}}},
+                  [{"lr": 9, "crash_at_step": 10}])
+    assert sets[0] == {"lr": 9, "crash_at_step": 10}
+    assert sets[1] == {"lr": 0.5}
+    assert len(sets) == 4 and all(0.001 <= s["lr"] <= 0.1 for s in sets[2:])
+
+
+def test_random_is_reproducible_from_its_seed_and_respects_bounds_and_scale() -> None:
+    spec = {"count": 50, "seed": 7, "params": {"lr": {"min": 1e-5, "max": 1e-1, "log": True},
+                                               "layers": {"min": 1, "max": 4, "int": True},
+                                               "opt": {"choices": ["adam", "sgd"]}}}
+    first, again = expand(None, spec, None), expand(None, spec, None)
+    assert first == again
+    assert first != expand(None, {**spec, "seed": 8}, None)
+    lrs = [s["lr"] for s in first]
+    assert all(1e-5 <= lr <= 1e-1 for lr in lrs)
+    # A log scale puts about half the samples below the geometric middle (1e-3); a linear one almost none.
+    assert 10 <= sum(lr < 1e-3 for lr in lrs) <= 40
+    assert {s["layers"] for s in first} <= {1, 2, 3, 4} and all(isinstance(s["layers"], int) for s in first)
+    assert {s["opt"] for s in first} == {"adam", "sgd"}
+
+
+@pytest.mark.parametrize(("grid", "random", "trials", "needle"), [
+    (None, None, None, "no trials"),
+    ({"lr": []}, None, None, "sweep_grid.lr must be a non-empty list"),
+    ({"lr": "0.1"}, None, None, "sweep_grid.lr must be a non-empty list"),
+    ({"bad name": [1]}, None, None, "must be a word"),
+    (["lr"], None, None, "sweep_grid must map"),
+    (None, {"count": 0, "params": {"lr": {"min": 1, "max": 2}}}, None, "sweep_random.count"),
+    (None, {"count": 2, "params": {"lr": {"min": 2, "max": 1}}}, None, "min (2) is above max (1)"),
+    (None, {"count": 2, "params": {"lr": {"min": 0, "max": 1, "log": True}}}, None, "log scale needs min > 0"),
+    (None, {"count": 2, "params": {"lr": {"min": 0, "max": 1, "step": 2}}}, None, "unknown key(s) ['step']"),
+    (None, {"count": 2, "params": {"lr": {"min": "a", "max": 1}}}, None, "lr.min must be a number"),
+    (None, {"count": 2, "params": {"opt": {"choices": []}}}, None, "choices must be a non-empty list"),
+    (None, {"count": 2}, None, "sweep_random.params must map"),
+    (None, {"count": 2, "seed": "x", "params": {"a": [1]}}, None, "sweep_random.seed"),
+    (None, {"cnt": 2, "params": {"a": [1]}}, None, "unknown key(s) ['cnt']"),
+    (None, None, [1, 2], "sweep_trials[0] must be a mapping"),
+    (None, None, "lr=1", "sweep_trials must be a list"),
+    ({"lr": list(range(40))}, None, [{"a": i} for i in range(40)] * 30, "more than 1000"),
+])
+def test_wrong_descriptions_name_the_variable(grid, random, trials, needle: str) -> None:
+    with pytest.raises(SweepSpecError, match=None) as raised:
+        expand(grid, random, trials)
+    assert needle in str(raised.value)
+
+
+def test_unnamed_parameters_are_appended_as_options_booleans_as_flags() -> None:
+    command = render_command("python3 train.py --max_steps 10", {"lr": 0.05, "fp16": True, "ema": False,
+                                                                 "tag": "a b"})
+    assert shlex.split(command) == ["python3", "train.py", "--max_steps", "10", "--lr", "0.05", "--fp16",
+                                    "--tag", "a b"]
+
+
+def test_named_parameters_are_filled_in_and_not_repeated() -> None:
+    marks = trial_placeholders({"lr": [0.1], "seed": [1]})
+    command = f"python3 train.py --learning_rate {marks['lr']} --out /w/{marks['seed']}"
+    assert render_command(command, {"lr": 1e-05, "seed": 3}) == "python3 train.py --learning_rate 1e-05 --out /w/3"
+    with pytest.raises(SweepSpecError, match=r"names trial parameter\(s\) \['seed'\]"):
+        render_command(command, {"lr": 0.1})
+
+
+def test_placeholders_cover_every_source_and_other_variables_are_filled_too() -> None:
+    marks = trial_placeholders({"a": [1]}, {"count": 1, "params": {"b": {"min": 0, "max": 1}}}, [{"c": 1}])
+    assert set(marks) == {"a", "b", "c"}
+    assert render_value({"env": {"SEED": marks["c"]}, "list": [marks["a"], 3]}, {"a": 1, "c": 42}) == \
+        {"env": {"SEED": "42"}, "list": ["1", 3]}
+
+
+def test_trial_run_vars_make_the_base_run_the_trials_own() -> None:
+    base = {"name": "sw", "command": "python3 t.py", "disk_gb": 20.0, "max_total_usd": 0.0, "env": {}}
+    out = trial_run_vars(base, {"lr": 0.1}, label="sw-t003", results_dir="/r/sw/t003", max_total_usd=0.02)
+    assert out["run_name"] == "sw-t003" and out["run_results_dir"] == "/r/sw/t003"
+    assert out["run_command"] == "python3 t.py --lr 0.1"
+    assert out["run_disk_gb"] == 20.0 and out["run_max_total_usd"] == 0.02
+    assert all(name.startswith("run_") for name in out)

@@ -1,0 +1,73 @@
+"""A sweep trial's row, read from the results folder its train.yml left, and the sweep's CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import build_row, failure_message, rows_csv
+
+LEDGER = [{"event": "created", "id": 1, "label": "sw-t000", "machine_id": 11},
+          {"event": "created", "id": 2, "label": "sw-t001", "machine_id": 12},
+          {"event": "created", "id": 3, "label": "sw-t000", "machine_id": 13},
+          {"event": "destroyed", "id": 1}]
+
+
+def results(tmp_path: Path, *, losses: list[float], watches: list[dict], attempts: int = 1) -> Path:
+    folder = tmp_path / "t000"
+    folder.mkdir()
+    lines = [f"{{'loss': {loss}, 'learning_rate': 0.1, 'step': {10 * (i + 1)}}}" for i, loss in enumerate(losses)]
+    (folder / "run.log").write_text("starting\n" + "\n".join(lines) + "\n{'train_runtime': 3.2}\n")
+    for index, watch in enumerate(watches):
+        name = "watch.json" if index == 0 else f"watch-recovery-{index}.json"
+        (folder / name).write_text(json.dumps(watch))
+    (folder / "recovery.json").write_text(json.dumps({"attempts": attempts, "recoveries": []}))
+    return folder
+
+
+def test_a_completed_trial_has_its_losses_steps_cost_attempts_and_hosts(tmp_path: Path) -> None:
+    folder = results(tmp_path, losses=[0.9, 0.3, 0.4], attempts=2,
+                     watches=[{"outcome": "preempted", "triage": {"spent_usd": 0.01}},
+                              {"outcome": "completed", "triage": {"spent_usd": 0.02}}])
+    row = build_row(trial_id="t000", label="sw-t000", params={"lr": 0.1}, results_dir=str(folder), rc=0,
+                    outcome_override=None, duration_s=12.34, ledger_records=LEDGER)
+    assert row["outcome"] == "completed" and row["message"] == ""
+    assert (row["final_loss"], row["best_loss"], row["steps"]) == (0.4, 0.3, 30)
+    assert row["cost_usd"] == 0.03 and row["attempts"] == 2 and row["hosts"] == [11, 13]
+    assert row["duration_s"] == 12.3
+
+
+def test_a_failed_trial_says_how_and_why(tmp_path: Path) -> None:
+    folder = results(tmp_path, losses=[0.9], watches=[{"outcome": "crashed", "msg": "Traceback: boom",
+                                                        "triage": {"spent_usd": 0.005}}])
+    (folder / "ansible.log").write_text(
+        'fatal: [localhost]: FAILED! => {"msg": "rescued earlier"}\n'
+        'fatal: [localhost]: FAILED! => {"msg": "The run did not complete: crashed: Traceback: boom '
+        '(results in /r; nothing is billing)"}\n')
+    row = build_row(trial_id="t000", label="sw-t000", params={}, results_dir=str(folder), rc=2,
+                    outcome_override=None, duration_s=None, ledger_records=LEDGER)
+    assert row["outcome"] == "crashed"
+    assert row["message"] == "crashed: Traceback: boom"
+
+
+def test_an_ansible_error_before_the_watch_is_the_message(tmp_path: Path) -> None:
+    assert failure_message("ok\n[ERROR]: Task failed: first\nmore\n[ERROR]: Task failed: no offer fits\n") == \
+        "Task failed: no offer fits"
+    assert failure_message("nothing here") == ""
+
+
+def test_a_trial_that_never_ran_has_a_row_too(tmp_path: Path) -> None:
+    row = build_row(trial_id="t009", label="sw-t009", params={"lr": 1}, results_dir=str(tmp_path / "none"), rc=None,
+                    outcome_override="budget", duration_s=None, ledger_records=LEDGER)
+    assert row["outcome"] == "budget" and row["hosts"] == [] and row["attempts"] == 0 and row["cost_usd"] == 0
+
+
+def test_csv_has_one_column_per_parameter_and_one_line_per_trial() -> None:
+    rows = [{"id": "t000", "label": "a", "params": {"lr": 0.1}, "outcome": "completed", "hosts": [1, 2]},
+            {"id": "t001", "label": "b", "params": {"seed": 3}, "outcome": "failed", "hosts": []}]
+    table = list(csv.DictReader(io.StringIO(rows_csv(rows))))
+    assert [r["id"] for r in table] == ["t000", "t001"]
+    assert table[0]["param_lr"] == "0.1" and table[0]["param_seed"] == "" and table[1]["param_seed"] == "3"
+    assert table[0]["hosts"] == "1 2" and table[1]["outcome"] == "failed"

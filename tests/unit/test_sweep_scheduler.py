@@ -1,0 +1,130 @@
+"""The sweep scheduler with real trial processes (short Python children standing in for train.yml): the
+parallel cap, failure isolation, the shared budget, stopping on request, and its live state file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import Budget, Scheduler, Trial
+
+
+class Harness:
+    """Trials whose process sleeps ``seconds`` then exits ``rc``, and reports ``cost`` as its spend."""
+
+    def __init__(self, tmp_path: Path, specs: list[dict], *, max_parallel: int = 2, budget: Budget | None = None,
+                 trial_timeout_s: float = 60) -> None:
+        self.tmp_path = tmp_path
+        self.trials = [Trial(id=f"t{i:03d}", label=f"sw-t{i:03d}", params=spec, results_dir=str(tmp_path / f"t{i}"))
+                       for i, spec in enumerate(specs)]
+        self.started: list[tuple[str, float]] = []
+        self.ended: dict[str, float] = {}
+        self.torn_down: list[str] = []
+        self.finished: list[str] = []
+        self.scheduler = Scheduler(
+            self.trials, launch=self.launch, max_parallel=max_parallel, budget=budget or Budget(total=0),
+            state_file=str(tmp_path / "sweep-state.json"), cancel_file=str(tmp_path / "CANCEL"), sweep_name="sw",
+            finish=self.finish, teardown=lambda ts: self.torn_down.extend(t.label for t in ts),
+            spend_of=lambda t: float(t.params.get("cost", 0.0)) if t.state != "queued" else 0.0,
+            trial_timeout_s=trial_timeout_s, poll_s=0.05, stop_grace_s=2)
+
+    def launch(self, trial: Trial) -> subprocess.Popen:
+        self.started.append((trial.id, time.monotonic()))
+        seconds, rc = trial.params.get("seconds", 0.2), trial.params.get("rc", 0)
+        script = f"import time; time.sleep({seconds}); raise SystemExit({rc})"
+        return subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+
+    def finish(self, trial: Trial) -> None:
+        self.ended[trial.id] = time.monotonic()
+        self.finished.append(trial.id)
+
+    def max_concurrent(self) -> int:
+        events = sorted([(t, 1) for _, t in self.started] + [(t, -1) for t in self.ended.values()])
+        level = peak = 0
+        for _, delta in events:
+            level += delta
+            peak = max(peak, level)
+        return peak
+
+
+def test_at_most_max_parallel_at_once_and_every_trial_runs(tmp_path: Path) -> None:
+    run = Harness(tmp_path, [{"seconds": 0.4}] * 5, max_parallel=2)
+    trials = run.scheduler.run(deadline_s=60)
+    assert [t.state for t in trials] == ["done"] * 5 and all(t.rc == 0 for t in trials)
+    assert run.max_concurrent() == 2
+    state = json.loads((tmp_path / "sweep-state.json").read_text())
+    assert [t["state"] for t in state["trials"]] == ["done"] * 5 and state["sweep"] == "sw"
+
+
+def test_a_failing_trial_does_not_stop_the_others(tmp_path: Path) -> None:
+    run = Harness(tmp_path, [{"rc": 2, "seconds": 0.05}, {"seconds": 0.3}, {"rc": 1}, {}], max_parallel=2)
+    trials = run.scheduler.run(deadline_s=60)
+    assert [t.rc for t in trials] == [2, 0, 1, 0]
+    assert sorted(run.finished) == ["t000", "t001", "t002", "t003"]
+    assert run.torn_down == []  # a trial that ended on its own tore itself down (its train.yml did)
+
+
+def test_no_trial_starts_when_its_cap_would_pass_the_budget(tmp_path: Path) -> None:
+    # Each trial may spend 0.4 of its own (run_max_total_usd); a 1.0 budget holds two such caps at a time, and
+    # after two trials that spent 0.4 each, only 0.2 is left: the rest are skipped for the budget.
+    specs = [{"cost": 0.4, "seconds": 0.2}] * 5
+    run = Harness(tmp_path, specs, max_parallel=4, budget=Budget(total=1.0, run_cap=0.4))
+    trials = run.scheduler.run(deadline_s=60)
+    assert [t.state for t in trials] == ["done", "done", "skipped", "skipped", "skipped"]
+    assert [t.outcome for t in trials[2:]] == ["budget"] * 3
+    assert run.max_concurrent() == 2
+    assert all(t.cap_usd == 0.4 for t in trials[:2])
+
+
+def test_without_a_cap_of_its_own_each_trial_gets_a_share_of_what_is_left(tmp_path: Path) -> None:
+    specs = [{"cost": 0.01, "seconds": 0.1}] * 4
+    run = Harness(tmp_path, specs, max_parallel=1, budget=Budget(total=1.0))
+    trials = run.scheduler.run(deadline_s=60)
+    assert all(t.state == "done" for t in trials)
+    caps = [t.cap_usd for t in trials]
+    assert caps[0] == 0.25
+    # Trials that spend less than their share leave more for those after them, and the caps never add past it.
+    assert caps == sorted(caps) and caps[-1] > 0.25
+    assert sum(t.cost_usd for t in trials[:-1]) + caps[-1] <= 1.0 + 1e-9
+
+
+def test_spend_reaching_the_budget_stops_the_running_trials_and_tears_them_down(tmp_path: Path) -> None:
+    specs = [{"cost": 0.6, "seconds": 30}, {"cost": 0.6, "seconds": 30}, {"seconds": 0.1}]
+    run = Harness(tmp_path, specs, max_parallel=2, budget=Budget(total=1.0, run_cap=0.5))
+    began = time.monotonic()
+    trials = run.scheduler.run(deadline_s=60)
+    assert time.monotonic() - began < 20
+    assert sorted(run.torn_down) == ["sw-t000", "sw-t001"]
+    assert [t.outcome for t in trials] == ["budget", "budget", "budget"]
+    assert trials[2].state == "skipped" and all(t.process.poll() is not None for t in trials[:2])
+
+
+def test_the_cancel_file_stops_everything_and_tears_down_what_ran(tmp_path: Path) -> None:
+    run = Harness(tmp_path, [{"seconds": 30}] * 3, max_parallel=2)
+    timer = threading.Timer(0.5, (tmp_path / "CANCEL").touch)
+    timer.start()
+    trials = run.scheduler.run(deadline_s=60)
+    timer.join()
+    assert [t.state for t in trials] == ["cancelled", "cancelled", "skipped"]
+    assert all(t.outcome == "cancelled" for t in trials)
+    assert sorted(run.torn_down) == ["sw-t000", "sw-t001"]
+    assert "CANCEL" in json.loads((tmp_path / "sweep-state.json").read_text())["cancelled"]
+
+
+def test_a_trial_past_its_timeout_is_stopped_and_torn_down(tmp_path: Path) -> None:
+    run = Harness(tmp_path, [{"seconds": 30}, {"seconds": 0.1}], max_parallel=2, trial_timeout_s=0.5)
+    trials = run.scheduler.run(deadline_s=60)
+    assert trials[0].outcome == "timeout" and run.torn_down == ["sw-t000"]
+    assert trials[1].rc == 0 and trials[1].outcome is None
+
+
+def test_a_trial_that_ended_with_its_instance_still_open_is_torn_down(tmp_path: Path) -> None:
+    run = Harness(tmp_path, [{"rc": 4}, {}], max_parallel=2)
+    run.scheduler.left_open = lambda trial: [{"id": 1}] if trial.id == "t000" else []
+    trials = run.scheduler.run(deadline_s=60)
+    assert run.torn_down == ["sw-t000"]
+    assert trials[0].orphaned and not trials[1].orphaned
