@@ -24,7 +24,7 @@ from ansible_collections.mlops.vast.plugins.module_utils.local_state import Cont
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     SweepSpecError,
     expand,
-    trial_id,
+    trial_ids,
     trial_run_vars,
 )
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import (
@@ -211,8 +211,7 @@ class ActionModule(ActionBase):
     def _trials(name: str, base: dict[str, Any], param_sets: list[dict[str, Any]], results_dir: str,
                 trial_vars: dict[str, Any]) -> list[Trial]:
         trials = []
-        for index, params in enumerate(param_sets):
-            tid = trial_id(index)
+        for tid, params in zip(trial_ids(param_sets), param_sets, strict=True):
             label = f"{name}-{tid}"
             run_vars = {**trial_vars, **trial_run_vars(base, params, label=label,
                                                        results_dir=os.path.join(results_dir, tid))}

@@ -11,7 +11,7 @@ from ..plugin_utils.sweep_plan import param_names, placeholders
 DOCUMENTATION = r"""
 name: trial_placeholders
 short_description: Placeholders for a sweep's trial parameters
-version_added: 0.1.0
+version_added: 0.2.0
 author: mlops.vast developers (@mlops-vast)
 description:
   - Maps every parameter a sweep sets (in O(_input), O(random) and O(trials)) to a placeholder text that

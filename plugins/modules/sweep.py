@@ -27,8 +27,9 @@ description:
   - Creating C(CANCEL) in the results folder, or SIGINT/SIGTERM/SIGHUP, stops every trial and destroys its
     instance (C(playbooks/teardown.yml) by label); the rows say C(cancelled).
   - A re-run with the same name skips the trials that completed with the same parameters.
-version_added: 0.1.0
-author: mlops.vast developers (@mlops-vast)
+version_added: 0.2.0
+author:
+  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
   - mlops.vast.attributes
   - mlops.vast.attributes.action
@@ -43,7 +44,9 @@ attributes:
     details: Runs on the controller only.
 options:
   name:
-    description: The sweep's name; trial C(N) is labelled C(<name>-tNNN) and kept in C(<results_dir>/tNNN).
+    description:
+      - The sweep's name. A trial is labelled C(<name>-<id>) and kept in C(<results_dir>/<id>); its id (C(t) and
+        6 hex digits) comes from its parameters, so it stays the same when trials are added or removed.
     type: str
     required: true
   base:
@@ -53,15 +56,15 @@ options:
     type: dict
     required: true
   grid:
-    description: Every combination of these values, C({name: [values]}).
+    description: "Every combination of these values, C({name: [values]})."
     type: dict
   random:
     description:
-      - C({count, seed, params}); each param is C({min, max, log, int}) or C({choices: [...]}).
+      - "C({count, seed, params}); each param is C({min, max, log, int}) or C({choices: [...]})."
       - The same seed always gives the same trials.
     type: dict
   trials:
-    description: Explicit trials, C([{name: value}, ...]).
+    description: "Explicit trials, C([{name: value}, ...])."
     type: list
     elements: raw
   max_parallel:
@@ -125,9 +128,19 @@ rows:
   type: list
   elements: dict
   sample:
-    - {"id": "t000", "label": "lr-sweep-t000", "params": {"learning_rate": 0.1, "seed": 1}, "outcome": "completed",
-       "final_loss": 0.012, "best_loss": 0.011, "steps": 400, "cost_usd": 0.0021, "attempts": 1, "hosts": [12],
-       "duration_s": 74.2, "message": "", "results_dir": "/srv/results/lr-sweep/t000"}
+    - id: t3f9a0c
+      label: lr-sweep-t3f9a0c
+      params: {learning_rate: 0.1, seed: 1}
+      outcome: completed
+      final_loss: 0.012
+      best_loss: 0.011
+      steps: 400
+      cost_usd: 0.0021
+      attempts: 1
+      hosts: [12]
+      duration_s: 74.2
+      message: ""
+      results_dir: /srv/results/lr-sweep/t3f9a0c
 trials:
   description: In check mode, the trials with their commands.
   returned: check mode

@@ -11,7 +11,9 @@ name are appended as ``--name value`` (``True`` as a bare flag, ``False`` left o
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import random
 import re
@@ -162,8 +164,17 @@ def expand(grid: Mapping[str, Any] | None, random_spec: Mapping[str, Any] | None
     return sets
 
 
-def trial_id(index: int) -> str:
-    return f"t{index:03d}"
+def trial_ids(param_sets: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each trial's id, from its parameters: the same trial keeps its id (its label, its folder) when trials are
+    added to or removed from the sweep, which is what lets a re-run find the ones that completed."""
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for params in param_sets:
+        canonical = json.dumps(params, sort_keys=True, default=str, separators=(",", ":"))
+        base = "t" + hashlib.sha1(canonical.encode(), usedforsecurity=False).hexdigest()[:6]
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return ids
 
 
 def format_value(value: Any) -> str:

@@ -12,6 +12,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     expand,
     render_command,
     render_value,
+    trial_ids,
     trial_run_vars,
 )
 
@@ -102,3 +103,11 @@ def test_trial_run_vars_make_the_base_run_the_trials_own() -> None:
     assert out["run_command"] == "python3 t.py --lr 0.1"
     assert out["run_disk_gb"] == 20.0 and out["run_max_total_usd"] == 0.02
     assert all(name.startswith("run_") for name in out)
+
+
+def test_trial_ids_follow_the_parameters_not_the_position() -> None:
+    grid = expand({"lr": [0.1, 0.01], "seed": [1, 2]}, None, None)
+    with_extra = expand({"lr": [0.1, 0.01], "seed": [1, 2]}, None, [{"lr": 0.5}])
+    assert trial_ids(grid) == trial_ids(with_extra)[1:]
+    assert len(set(trial_ids(grid))) == 4 and all(len(tid) == 7 and tid[0] == "t" for tid in trial_ids(grid))
+    assert trial_ids([{"a": 1}, {"a": 1}])[1] == trial_ids([{"a": 1}])[0] + "-2"

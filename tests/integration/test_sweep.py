@@ -1,0 +1,110 @@
+"""playbooks/sweep.yml end to end against vastsim: 7 trials, 3 at once, one made to crash, bad hosts in the
+catalogue; every trial has a row, the failures stay in their trials, the budget holds, nothing is billing, and a
+re-run skips what completed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Sim, needs_root
+from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, run_playbook
+
+pytestmark = [pytest.mark.slow, needs_root, pytest.mark.timeout(1200)]
+
+BUDGET = 0.05  # examples/sweep.yml's
+
+
+def sweep_env(sim: Sim, tmp_path: Path) -> dict[str, str]:
+    # No SSH key of the tests' own: the sweep makes the collection's key once, before its trials start.
+    return ansible_env(sim, tmp_path, MLOPS_VAST_EXCLUSIONS=str(tmp_path / "excluded.json"))
+
+
+@pytest.fixture
+def trials_stopped(tmp_path: Path) -> Iterator[None]:
+    """If the test fails while trials run, their playbooks (sessions of their own) are stopped too."""
+    yield
+    marker = str(tmp_path).encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            if b"MLOPS_VAST_PROGRESS_FILE=" + marker in environ:
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def run_sweep(sim: Sim, tmp_path: Path, **overrides: object):
+    extra = {"sweep_results_dir": str(tmp_path / "results"), "run_poll_interval_s": 1, "run_sync_interval_s": 2,
+             "sweep_trial_vars": {"provision_probe_max_seconds": 1}, **overrides}
+    return run_playbook("playbooks/sweep.yml", sweep_env(sim, tmp_path), "-e", "@examples/sweep.yml",
+                        "-e", json.dumps(extra), timeout=1200)
+
+
+def max_overlap(trials: list[dict]) -> int:
+    events = sorted([(t["started_at"], 1) for t in trials if t["started_at"]]
+                    + [(t["ended_at"], -1) for t in trials if t["started_at"]])
+    level = peak = 0
+    for _, delta in events:
+        level += delta
+        peak = max(peak, level)
+    return peak
+
+
+def test_sweep_isolates_failures_holds_the_budget_and_leaves_nothing_billing(sim: Sim, tmp_path: Path,
+                                                                             trials_stopped: None) -> None:
+    crash = {"learning_rate": 0.05, "crash_at_step": 120}
+    done = run_sweep(sim, tmp_path, sweep_trials=[crash])
+    out = done.stdout
+    assert done.returncode != 0, failure_excerpt(out)  # one trial crashed: the sweep says so
+    assert "6 of 7 trial(s) completed" in out, failure_excerpt(out)
+    assert "No instance of sweep lr-sweep is open." in out
+
+    results = tmp_path / "results"
+    rows = json.loads((results / "trials.json").read_text())
+    assert len(rows) == 7 and len({row["id"] for row in rows}) == 7
+    crashed, others = rows[0], rows[1:]
+    assert crashed["params"] == crash and crashed["outcome"] == "crash", crashed
+    assert crashed["message"], crashed
+    # Every other trial completed its 200 steps with its own parameters, a loss and a cost.
+    grid = {(lr, seed) for lr in (0.1, 0.05, 0.02) for seed in (1, 2)}
+    assert {(row["params"]["learning_rate"], row["params"]["seed"]) for row in others} == grid
+    for row in others:
+        assert row["outcome"] == "completed" and row["steps"] == 200, row
+        assert row["final_loss"] is not None and row["best_loss"] <= row["final_loss"]
+        assert row["cost_usd"] > 0 and row["attempts"] == 1
+        log = (Path(row["results_dir"]) / "run.log").read_text()
+        assert f"'learning_rate': {row['params']['learning_rate']}" in log or "learning_rate" in log
+    # The catalogue's bad hosts (a slow link, a wrong GPU, a broken driver) were rented by some trials, rejected
+    # and excluded; those trials rented again and completed like the rest.
+    excluded = json.loads((tmp_path / "excluded.json").read_text())["machines"]
+    assert excluded, "no trial met a bad host"
+    replaced = [row for row in rows if len(row["hosts"]) > 1]
+    assert replaced and all(row["outcome"] == "completed" for row in replaced if row is not crashed), rows
+    assert not {int(m) for m in excluded} & {row["hosts"][-1] for row in others}
+
+    state = json.loads((results / "sweep-state.json").read_text())
+    assert max_overlap(state["trials"]) <= 3
+    assert max_overlap(state["trials"]) >= 2  # they did run side by side
+    csv_lines = (results / "trials.csv").read_text().splitlines()
+    assert len(csv_lines) == 8 and csv_lines[0].startswith("id,label,param_")
+
+    with sim.client() as client:
+        ledger = client.get("/_sim/ledger").json()
+    assert ledger["totals"]["open_instances"] == 0, ledger["totals"]
+    assert ledger_open(tmp_path) == []
+    assert ledger["totals"]["cost"] <= BUDGET, ledger["totals"]
+    instances_before = ledger["totals"]["instances"]
+
+    # The same sweep again, without the crashing trial: all six completed ones are reused, nothing is rented.
+    again = run_sweep(sim, tmp_path, sweep_trials=[])
+    assert again.returncode == 0, failure_excerpt(again.stdout)
+    assert "6 of 6 trial(s) completed (6 from an earlier run)" in again.stdout
+    with sim.client() as client:
+        assert client.get("/_sim/ledger").json()["totals"]["instances"] == instances_before
+    rows_again = json.loads((results / "trials.json").read_text())
+    assert [(row["id"], row["params"]) for row in rows_again] == [(row["id"], row["params"]) for row in others]
