@@ -11,8 +11,10 @@ options:
   api_key:
     description:
       - Vast.ai API key.
-      - When not set, the key is read from the E(VAST_API_KEY) environment variable, then from the
-        official CLI's key files C(~/.config/vastai/vast_api_key) and C(~/.vast_api_key).
+      - When not set, the key is read from the E(VAST_API_KEY) environment variable, then from the file that
+        E(VAST_API_KEY_FILE) names (how the C(mlops_vast) Python API passes it, so that it is in no environment
+        or ansible-runner artifact), then from the official CLI's key files C(~/.config/vastai/vast_api_key)
+        and C(~/.vast_api_key).
       - Never logged, never copied to a rented host.
     type: str
   api_url:
