@@ -31,8 +31,9 @@ options:
   api_key:
     description:
       - Vast.ai API key.
-      - When not set, the key is read from the E(VAST_API_KEY) environment variable, then from the
-        official CLI's key files C(~/.config/vastai/vast_api_key) and C(~/.vast_api_key).
+      - When not set, the key is read from the E(VAST_API_KEY) environment variable, then from the file
+        E(VAST_API_KEY_FILE) names, then from the official CLI's key files C(~/.config/vastai/vast_api_key)
+        and C(~/.vast_api_key).
       - May be a template (for example C({{ vault_vast_api_key }})); it is rendered with the extra vars
         (C(--extra-vars)) available.
       - E(VAST_API_KEY) is read by the plugin itself rather than declared as this option's C(env), so that

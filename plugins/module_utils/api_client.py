@@ -6,7 +6,7 @@ Private to the collection: modules, plugins and the mlops_vast package use it; i
 may change between releases.
 
 - Base URL from the option, ``VAST_URL``, or ``https://console.vast.ai``.
-- Key from the option, ``VAST_API_KEY``, or the official CLI's key files.
+- Key from the option, ``VAST_API_KEY``, the file ``VAST_API_KEY_FILE`` names, or the official CLI's key files.
 - Retries 429/502/503/504 and connection errors with jittered exponential backoff,
   honouring ``Retry-After``, all inside one deadline per module run.
 - ``success: false`` with HTTP 200 is raised as the failure it is.
@@ -69,6 +69,18 @@ def resolve_api_key(explicit: str | None = None, environ: dict[str, str] | None 
         return _checked_key(explicit, "the api_key option"), "the api_key option"
     if environ.get("VAST_API_KEY"):
         return _checked_key(environ["VAST_API_KEY"], "VAST_API_KEY"), "VAST_API_KEY"
+    if environ.get("VAST_API_KEY_FILE"):
+        # A file named by the caller (the mlops_vast API passes the key so, never in the environment): it
+        # must be there; falling through to another account's key file would be a surprise.
+        path = os.path.expanduser(environ["VAST_API_KEY_FILE"])
+        try:
+            with open(path) as handle:
+                key = handle.read().strip()
+        except OSError as exc:
+            raise VastConfigError(f"VAST_API_KEY_FILE names {path}, which cannot be read ({exc.strerror})") from None
+        if not key:
+            raise VastConfigError(f"VAST_API_KEY_FILE names {path}, which is empty")
+        return _checked_key(key, "VAST_API_KEY_FILE"), "VAST_API_KEY_FILE"
     xdg_config = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     for pattern in KEY_FILES:
         path = os.path.expanduser(pattern.format(xdg_config=xdg_config))
@@ -80,7 +92,7 @@ def resolve_api_key(explicit: str | None = None, environ: dict[str, str] | None 
         if key:
             return _checked_key(key, path), path
     raise VastConfigError(
-        "No Vast API key: set VAST_API_KEY, pass api_key, or run `vastai set api-key KEY` "
+        "No Vast API key: set VAST_API_KEY (or VAST_API_KEY_FILE), pass api_key, or run `vastai set api-key KEY` "
         "(which writes ~/.config/vastai/vast_api_key)."
     )
 

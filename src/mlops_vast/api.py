@@ -1,0 +1,620 @@
+"""The Python API: ``train(run)`` and ``sweep(sweep)`` run playbooks/train.yml and playbooks/sweep.yml through
+ansible-runner and return typed results; ``on_event`` gets typed progress events as the run goes; ``cancel``
+(a ``threading.Event`` or a callable returning True) stops the run and tears down what it rented.
+
+How a run is started:
+
+- ansible-runner's private data directory is ``<results_dir>/runner`` (artifacts: the job events, stdout, the
+  status), the working directory is the caller's (relative paths in a run mean what they mean to
+  ``ansible-playbook`` run from there), ``ANSIBLE_CONFIG`` is the collection's ansible.cfg.
+- The API key is never in the environment ansible-runner records (``artifacts/<id>/command``): it goes into a
+  0600 file in a private temporary directory outside the private data directory, the run gets only
+  ``VAST_API_KEY_FILE``, and the file is removed afterwards. A run given as a dict goes the same way
+  (``-e @file``), so ``run_env`` tokens do not land in ``env/extravars`` either.
+- The outcome is read from ansible-runner's ``status`` (never a process exit code: the process streamer
+  returns 0 for a failed play), and ``cancel_callback`` is checked every 0.2 s (``pexpect_timeout``;
+  ansible-runner's default 5 s would keep a cancelled play going).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlops_vast import _keys
+from mlops_vast import events as ev
+from mlops_vast.inputs import InputError, check_run, check_sweep, collection_root, load_vars
+
+EventHandler = Callable[[ev.Event], Any]
+Cancel = threading.Event | Callable[[], bool] | None
+
+POLL_S = 0.25
+SWEEP_CANCEL_GRACE_S = 120.0
+TEARDOWN_TIMEOUT_S = 900.0
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class RunResult:
+    """How a training run ended. ``outcome``: ``completed``, ``failed`` or ``cancelled``."""
+
+    name: str
+    outcome: str
+    status: str  # ansible-runner's: successful, failed, canceled, timeout, unknown
+    rc: int | None
+    results_dir: Path
+    message: str | None = None
+    watch_outcome: str | None = None  # the watch's word: completed, crash, stall, timeout, preempted, ...
+    triage: dict[str, Any] = field(default_factory=dict)  # watch.json's triage bundle
+    checkpoints: list[Path] = field(default_factory=list)  # verified checkpoints brought home, oldest first
+    cost_usd: float | None = None  # spend the watch measured, all attempts
+    attempts: int = 1
+    artifacts_dir: Path | None = None
+    teardown: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "completed"
+
+
+ROW_FIELDS = ("id", "label", "params", "outcome", "final_loss", "best_loss", "steps", "cost_usd", "attempts", "hosts",
+              "duration_s", "results_dir")
+
+
+@dataclass
+class TrialRow:
+    """One trial of a sweep, as ``results/<sweep>/trials.json`` has it."""
+
+    id: str
+    label: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    outcome: str | None = None
+    final_loss: float | None = None
+    best_loss: float | None = None
+    steps: int | None = None
+    cost_usd: float | None = None
+    attempts: int | None = None
+    hosts: Any = None
+    duration_s: float | None = None
+    results_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # any other column
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> TrialRow:
+        known = {name: row[name] for name in ROW_FIELDS if name in row}
+        known.setdefault("id", str(row.get("id", "")))
+        return cls(**known, extra={k: v for k, v in row.items() if k not in ROW_FIELDS})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**{name: getattr(self, name) for name in ROW_FIELDS}, **self.extra}
+
+
+@dataclass
+class SweepResult:
+    """How a sweep ended. ``outcome``: ``completed`` (every trial), ``partial`` (some), ``failed`` or
+    ``cancelled``."""
+
+    name: str
+    outcome: str
+    status: str
+    rc: int | None
+    results_dir: Path
+    trials: list[TrialRow] = field(default_factory=list)
+    spent_usd: float | None = None
+    budget_usd: float | None = None
+    message: str | None = None
+    artifacts_dir: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "completed"
+
+
+# ---------------------------------------------------------------------------------------------- plumbing
+
+
+def _cancel_check(cancel: Cancel) -> Callable[[], bool]:
+    if cancel is None:
+        return lambda: False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set
+    if callable(cancel):
+        return lambda: bool(cancel())
+    raise TypeError("cancel must be a threading.Event or a callable returning a bool")
+
+
+class _Emitter:
+    """Calls ``on_event`` in the caller's thread; an exception there is reported once and does not stop the run."""
+
+    def __init__(self, on_event: EventHandler | None) -> None:
+        self.on_event = on_event
+        self.failed = False
+
+    def __call__(self, event: ev.Event) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event)
+        except Exception as exc:
+            if not self.failed:
+                warnings.warn(f"mlops_vast: on_event raised {exc!r}; the run goes on", RuntimeWarning, stacklevel=2)
+            self.failed = True
+
+
+@dataclass
+class _Context:
+    """What every playbook of one call shares: the collection, the environment and the key file."""
+
+    root: Path
+    cwd: Path
+    env_extra: dict[str, str]
+    key_file: _keys.KeyFile | None
+    scratch: Path  # private (0700), outside the private data dir: the run's variables as files
+    sim: Any = None
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ if base is None else base)
+        env.update(self.env_extra)
+        env["ANSIBLE_CONFIG"] = str(self.root / "ansible.cfg")
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        return _keys.scrub_env(env, self.key_file.path if self.key_file else None)
+
+    def var_file(self, name: str, data: dict[str, Any]) -> Path:
+        path = self.scratch / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump(data, handle, sort_keys=False)
+        return path
+
+    def close(self) -> None:
+        if self.key_file is not None:
+            self.key_file.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.sim is not None:
+            with contextlib.suppress(Exception):
+                self.sim.stop()
+
+
+def _context(api_url: str | None, api_key: str | None, sim: Any, cwd: str | os.PathLike[str] | None,
+             env: dict[str, str] | None) -> _Context:
+    """Resolve where to run: ``sim`` True starts (or reuses) vastsim in ``.vastsim`` (scripts/demo.sh's), a
+    :class:`mlops_vast.simulator.LocalSim` is used as it is, else ``api_url`` / ``VAST_URL`` and the key."""
+    root = collection_root()
+    env_extra = dict(env or {})
+    local_sim = None
+    if sim is True:
+        from mlops_vast import simulator
+
+        local_sim = simulator.start(Path(cwd or ".") / simulator.DEFAULT_WORKDIR)
+        sim = local_sim
+    if sim:
+        env_extra.update(sim.env())
+        api_key = api_key or sim.api_key
+    elif api_url:
+        env_extra["VAST_URL"] = api_url
+    try:
+        key = api_key or _keys.resolve_api_key({**os.environ, **env_extra})
+    except OSError as exc:
+        if local_sim is not None:
+            local_sim.stop()
+        raise InputError(str(exc)) from None
+    scratch = Path(tempfile.mkdtemp(prefix="mlops-vast-run-"))
+    os.chmod(scratch, 0o700)
+    return _Context(root=root, cwd=Path(cwd or os.getcwd()).resolve(), env_extra=env_extra,
+                    key_file=_keys.KeyFile(key) if key else None, scratch=scratch, sim=local_sim)
+
+
+class _PlaybookRun:
+    """One ansible-runner run of a playbook, in a thread, while the caller's thread polls and emits events."""
+
+    def __init__(self, ctx: _Context, playbook: str, var_files: Iterable[Path], private_data_dir: Path,
+                 env_extra: dict[str, str] | None = None) -> None:
+        import ansible_runner
+
+        self.ctx = ctx
+        self.private_data_dir = private_data_dir
+        private_data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(private_data_dir, 0o700)
+        self.ident = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        cmdline = " ".join(f"-e @{shlex.quote(str(path))}" for path in var_files)
+        self.config = ansible_runner.RunnerConfig(
+            private_data_dir=str(private_data_dir), project_dir=str(ctx.cwd),
+            playbook=str(ctx.root / "playbooks" / playbook), cmdline=cmdline, ident=self.ident,
+            rotate_artifacts=10, quiet=True, suppress_env_files=True,
+            settings={"pexpect_timeout": 0.2, "pexpect_use_poll": True})
+        self.config.prepare()
+        # prepare() copied os.environ into config.env: the key leaves it here, before Runner writes it down.
+        env = ctx.env(self.config.env)
+        env.update(env_extra or {})
+        self.config.env = env
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.cancel_requested = False
+        self.runner = ansible_runner.Runner(self.config, event_handler=self._on_event,
+                                            cancel_callback=lambda: self.cancel_requested)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"mlops-vast-{playbook}", daemon=True)
+
+    def _on_event(self, event: dict[str, Any]) -> bool:
+        self.events.put(event)
+        return True
+
+    def _run(self) -> None:
+        try:
+            self.runner.run()
+        except BaseException as exc:  # reported by status()
+            self.error = exc
+
+    def start(self) -> _PlaybookRun:
+        self.thread.start()
+        return self
+
+    @property
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return Path(self.config.artifact_dir)
+
+    def result(self) -> tuple[str, int | None]:
+        """(status, rc) from the artifacts ansible-runner wrote, never the process's exit code alone."""
+        artifacts = self.artifacts_dir
+        status = _read_text(artifacts / "status") or "unknown"
+        rc_text = _read_text(artifacts / "rc")
+        rc = int(rc_text) if rc_text and rc_text.lstrip("-").isdigit() else None
+        if self.error is not None and status == "unknown":
+            status = "failed"
+        return status, rc
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _teardown(ctx: _Context, labels: Iterable[str], log_dir: Path, *, parallel: int = 8) -> dict[str, bool]:
+    """playbooks/teardown.yml once per label (in parallel, each in its own session so a Ctrl-C in the terminal does
+    not cut it short); {label: succeeded}. Their output goes to ``log_dir/teardown-<label>.log``."""
+    labels = list(dict.fromkeys(label for label in labels if label))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = ctx.env()
+    outcome: dict[str, bool] = {}
+
+    def one(label: str) -> None:
+        argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(ctx.root / "playbooks" / "teardown.yml"),
+                "-e", json.dumps({"teardown_label": label})]
+        with open(log_dir / f"teardown-{label}.log", "w") as log:
+            try:
+                done = subprocess.run(argv, env=env, cwd=ctx.cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                      stderr=subprocess.STDOUT, timeout=TEARDOWN_TIMEOUT_S, start_new_session=True)
+                outcome[label] = done.returncode == 0
+            except subprocess.TimeoutExpired:
+                outcome[label] = False
+
+    threads = []
+    for label in labels:
+        while sum(thread.is_alive() for thread in threads) >= parallel:
+            time.sleep(0.1)
+        thread = threading.Thread(target=one, args=(label,), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    return outcome
+
+
+def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name: str,
+          cancelled: Callable[[], bool], on_cancel: Callable[[], None]) -> bool:
+    """Poll until the playbook ends; True when it was cancelled (``cancelled()`` or a KeyboardInterrupt).
+
+    ``on_cancel`` is called once, in this thread, when cancellation is first seen."""
+    was_cancelled = False
+    interrupted = False
+    while True:
+        try:
+            while True:
+                try:
+                    event = play.events.get_nowait()
+                except queue.Empty:
+                    break
+                warning = ev.warning_from_runner_event(event, run_name)
+                if warning is not None:
+                    emit(warning)
+            poll()
+            if not was_cancelled and cancelled():
+                was_cancelled = True
+                on_cancel()
+            if play.done:
+                break
+            time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            if was_cancelled:
+                raise  # a second Ctrl-C: the caller insists
+            was_cancelled = interrupted = True
+            on_cancel()
+    play.thread.join()
+    poll()
+    if interrupted:
+        raise _Interrupted()
+    return was_cancelled
+
+
+class _Interrupted(Exception):
+    """A KeyboardInterrupt turned into a cancellation; re-raised as KeyboardInterrupt after the teardown."""
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandler | None = None,
+          cancel: Cancel = None, sim: Any = None, api_url: str | None = None, api_key: str | None = None,
+          extra_vars: dict[str, Any] | None = None, cwd: str | os.PathLike[str] | None = None,
+          env: dict[str, str] | None = None) -> RunResult:
+    """Run playbooks/train.yml for ``run`` (its run_* variables: a dict or a YAML file) and return how it ended.
+
+    ``sim``: True runs against vastsim (started in ``.vastsim`` unless one serves it already, stopped after if
+    started here); a :class:`mlops_vast.simulator.LocalSim` uses that one. ``api_url`` / ``api_key`` override
+    ``VAST_URL`` and the key (``VAST_API_KEY``, ``VAST_API_KEY_FILE``, the official CLI's key files).
+    ``extra_vars`` override the run's variables. ``env`` adds to the playbook's environment.
+    ``cancel`` stops the playbook and runs playbooks/teardown.yml for the run's label; the outcome is then
+    ``cancelled``. A KeyboardInterrupt does the same and is re-raised after the teardown.
+    Raises :class:`mlops_vast.InputError` for bad input, before anything is rented.
+    """
+    root = collection_root()
+    data, path = load_vars(run, "run")
+    merged = {**data, **(extra_vars or {})}
+    name = check_run(merged, root, str(path) if path else "the run")
+    ctx = _context(api_url, api_key, sim, cwd, env)
+    emit = _Emitter(on_event)
+    try:
+        results_dir = _results_dir(merged.get("run_results_dir"), ctx.cwd / "results" / name, ctx.cwd)
+        overrides = {**(extra_vars or {}), "run_results_dir": str(results_dir)}
+        files = [path if path else ctx.var_file("run.yml", data), ctx.var_file("overrides.yml", overrides)]
+        results_dir.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        play = _PlaybookRun(ctx, "train.yml", files, results_dir / "runner", {
+            "ANSIBLE_CALLBACKS_ENABLED": _callbacks(ctx.env()),
+            "MLOPS_VAST_PROGRESS_FILE": str(results_dir / ev.PROGRESS_FILE)})
+        state: dict[str, ev.Snapshot | None] = {"snap": None}
+
+        def poll() -> None:
+            new = ev.read_snapshot(name, results_dir, state["snap"], not_before=started)
+            for event in ev.diff(state["snap"], new):
+                emit(event)
+            state["snap"] = new
+
+        emit(ev.PhaseChanged(run=name, phase="checking"))
+        state["snap"] = ev.Snapshot(run=name)
+        play.start()
+        interrupted = False
+        try:
+            cancelled = _wait(play, poll, emit, name, _cancel_check(cancel),
+                              lambda: setattr(play, "cancel_requested", True))
+        except _Interrupted:
+            cancelled = interrupted = True
+        status, rc = play.result()
+        teardown_ok = None
+        if cancelled:
+            emit(ev.PhaseChanged(run=name, phase="teardown", previous=state["snap"].phase if state["snap"] else None,
+                                 task="Cancelled: playbooks/teardown.yml for the run's label"))
+            teardown_ok = _teardown(ctx, [name], results_dir).get(name, False)
+        result = _run_result(name, results_dir, status, rc, cancelled, teardown_ok, play.artifacts_dir)
+        emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))
+        if interrupted:
+            raise KeyboardInterrupt
+        return result
+    finally:
+        ctx.close()
+
+
+def _callbacks(env: dict[str, str]) -> str:
+    enabled = [name for name in env.get("ANSIBLE_CALLBACKS_ENABLED", "").split(",") if name.strip()]
+    return ",".join([*enabled, "mlops.vast.progress"]) if "mlops.vast.progress" not in enabled else ",".join(enabled)
+
+
+def _results_dir(given: Any, default: Path, cwd: Path) -> Path:
+    if isinstance(given, str) and given.strip() and "{{" not in given:
+        path = Path(given).expanduser()
+        return path if path.is_absolute() else (cwd / path).resolve()
+    return default
+
+
+def _run_result(name: str, results_dir: Path, status: str, rc: int | None, cancelled: bool,
+                teardown_ok: bool | None, artifacts_dir: Path) -> RunResult:
+    watch = ev.read_json(results_dir / "watch.json") or {}
+    recovery = ev.read_json(results_dir / "recovery.json") or {}
+    teardown = ev.read_json(results_dir / "teardown.json")
+    spent = [ev.read_json(path) or {} for path in [results_dir / "watch.json",
+                                                  *sorted(results_dir.glob("watch-recovery-*.json"))]]
+    costs = [float(w["triage"]["spent_usd"]) for w in spent
+             if isinstance(w.get("triage"), dict) and isinstance(w["triage"].get("spent_usd"), int | float)]
+    checkpoints_dir = results_dir / "checkpoints"
+    checkpoints = sorted((p for p in checkpoints_dir.iterdir() if p.is_dir()), key=_natural) \
+        if checkpoints_dir.is_dir() else []
+    if cancelled:
+        outcome = "cancelled"
+        message = "cancelled; " + ("what it rented was torn down" if teardown_ok
+                                   else f"the teardown did not finish: see {results_dir}/teardown-{name}.log and run "
+                                        f"`mlops-vast teardown --label {name}`")
+    elif status == "successful":
+        outcome, message = "completed", f"run {name} completed"
+    else:
+        outcome = "failed"
+        message = _failure_message(artifacts_dir) or watch.get("msg") or f"ansible-runner status {status}"
+    return RunResult(name=name, outcome=outcome, status=status, rc=rc, results_dir=results_dir, message=message,
+                     watch_outcome=watch.get("outcome"), triage=watch.get("triage") or {}, checkpoints=checkpoints,
+                     cost_usd=round(sum(costs), 4) if costs else None,
+                     attempts=int(recovery.get("attempts") or 1), artifacts_dir=artifacts_dir, teardown=teardown)
+
+
+def _natural(path: Path) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def _failure_message(artifacts_dir: Path) -> str | None:
+    """The message of the last failed task that was not rescued or ignored (the job events)."""
+    events_dir = artifacts_dir / "job_events"
+    message = None
+    if not events_dir.is_dir():
+        return None
+    for path in sorted(events_dir.glob("*.json"), key=lambda p: int(p.name.split("-")[0]) if p.name[0].isdigit()
+                       else 0):
+        with contextlib.suppress(OSError, ValueError):
+            event = json.loads(path.read_text())
+            data = event.get("event_data") or {}
+            if event.get("event") == "runner_on_failed" and not data.get("ignore_errors"):
+                res = data.get("res") or {}
+                message = f"{data.get('task')}: {res.get('msg') or 'failed'}"
+    return message
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandler | None = None,
+          cancel: Cancel = None, sim: Any = None, api_url: str | None = None, api_key: str | None = None,
+          extra_vars: dict[str, Any] | None = None, cwd: str | os.PathLike[str] | None = None,
+          env: dict[str, str] | None = None, cancel_grace_s: float = SWEEP_CANCEL_GRACE_S) -> SweepResult:
+    """Run playbooks/sweep.yml for ``sweep`` (sweep_* and run_* variables: a dict or a YAML file).
+
+    Events name each trial by its label. ``cancel`` touches ``results/<sweep>/CANCEL`` (the scheduler stops its
+    trials and tears each down); if the playbook has not ended ``cancel_grace_s`` later, it is stopped and every
+    label in the sweep state is torn down here. Other arguments as :func:`train`.
+    """
+    root = collection_root()
+    data, path = load_vars(sweep, "sweep")
+    merged = {**data, **(extra_vars or {})}
+    name = check_sweep(merged, root, str(path) if path else "the sweep")
+    ctx = _context(api_url, api_key, sim, cwd, env)
+    emit = _Emitter(on_event)
+    try:
+        results_dir = _results_dir(merged.get("sweep_results_dir"), ctx.cwd / "results" / name, ctx.cwd)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / "CANCEL").unlink(missing_ok=True)
+        files = [path if path else ctx.var_file("sweep.yml", data)]
+        if extra_vars:
+            files.append(ctx.var_file("overrides.yml", extra_vars))
+        started = time.time()
+        play = _PlaybookRun(ctx, "sweep.yml", files, results_dir / "runner")
+        watcher = _SweepWatcher(name, results_dir, started, emit)
+        cancel_at: dict[str, float | None] = {"at": None}
+
+        def on_cancel() -> None:
+            cancel_at["at"] = time.monotonic()
+            (results_dir / "CANCEL").touch()
+
+        def poll() -> None:
+            watcher.poll()
+            at = cancel_at["at"]
+            if at is not None and not play.cancel_requested and time.monotonic() - at > cancel_grace_s:
+                play.cancel_requested = True
+
+        play.start()
+        interrupted = False
+        try:
+            cancelled = _wait(play, poll, emit, name, _cancel_check(cancel), on_cancel)
+        except _Interrupted:
+            cancelled = interrupted = True
+        status, rc = play.result()
+        if cancelled and status == "canceled":
+            # The scheduler did not finish its own teardown: every label it knew is torn down here.
+            labels = [trial.get("label") for trial in watcher.trials()]
+            _teardown(ctx, [label for label in labels if isinstance(label, str)], results_dir)
+        result = _sweep_result(name, results_dir, status, rc, cancelled, watcher, play.artifacts_dir)
+        emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))
+        if interrupted:
+            raise KeyboardInterrupt
+        return result
+    finally:
+        ctx.close()
+
+
+class _SweepWatcher:
+    """Follows ``sweep-state.json`` and each trial's progress files; one snapshot per trial label."""
+
+    def __init__(self, name: str, results_dir: Path, started: float, emit: _Emitter) -> None:
+        self.name, self.results_dir, self.started, self.emit = name, results_dir, started, emit
+        self.snaps: dict[str, ev.Snapshot] = {}
+        self.state: dict[str, Any] = {}
+
+    def read_state(self) -> dict[str, Any] | None:
+        path = self.results_dir / "sweep-state.json"
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < self.started - 1:
+                return None  # an earlier run's
+        return ev.read_json(path)
+
+    def trials(self) -> list[dict[str, Any]]:
+        trials = self.state.get("trials")
+        return [t for t in trials if isinstance(t, dict)] if isinstance(trials, list) else []
+
+    def poll(self) -> None:
+        state = self.read_state()
+        if state is not None:
+            self.state = state
+        for trial in self.trials():
+            label = str(trial.get("label") or trial.get("id"))
+            old = self.snaps.get(label)
+            base = old or ev.Snapshot(run=label, phase="checking")
+            results = trial.get("results_dir")
+            new = base
+            if results and trial.get("state") != "queued":
+                since = trial.get("started_at") if isinstance(trial.get("started_at"), int | float) else self.started
+                new = ev.read_snapshot(label, Path(results), base, not_before=float(since) - 1)
+            new = replace(new, state=trial.get("state"), outcome=trial.get("outcome") or new.outcome)
+            if trial.get("state") in ("done", "skipped", "cancelled") and new.phase != "done":
+                new = replace(new, phase="done")
+            for event in ev.diff(old, new):
+                self.emit(event)
+            self.snaps[label] = new
+
+
+def _sweep_result(name: str, results_dir: Path, status: str, rc: int | None, cancelled: bool,
+                  watcher: _SweepWatcher, artifacts_dir: Path) -> SweepResult:
+    rows_data: Any = None
+    trials_path = results_dir / "trials.json"
+    with contextlib.suppress(OSError, ValueError):
+        if trials_path.stat().st_mtime >= watcher.started - 1:
+            rows_data = json.loads(trials_path.read_text())
+    if not isinstance(rows_data, list):
+        rows_data = [{"id": t.get("id"), "label": t.get("label"), "params": t.get("params") or {},
+                      "outcome": t.get("outcome") or t.get("state"), "results_dir": t.get("results_dir")}
+                     for t in watcher.trials()]
+    rows = [TrialRow.from_dict(row) for row in rows_data if isinstance(row, dict)]
+    completed = [row for row in rows if row.outcome == "completed"]
+    if cancelled:
+        outcome = "cancelled"
+    elif status == "successful" and rows and len(completed) == len(rows):
+        outcome = "completed"
+    elif completed:
+        outcome = "partial"
+    else:
+        outcome = "failed"
+    state = watcher.state
+    message = f"{len(completed)} of {len(rows)} trial(s) completed"
+    if outcome == "failed" and not rows:
+        message = _failure_message(artifacts_dir) or f"ansible-runner status {status}"
+    return SweepResult(name=name, outcome=outcome, status=status, rc=rc, results_dir=results_dir, trials=rows,
+                       spent_usd=state.get("spent_usd"), budget_usd=state.get("budget_usd"), message=message,
+                       artifacts_dir=artifacts_dir)

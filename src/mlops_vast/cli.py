@@ -1,0 +1,615 @@
+"""``mlops-vast``: train, sweep, status, teardown and estimate from a terminal, with live progress.
+
+Exit codes: 0 completed, 1 failed, 2 bad input or usage (nothing rented), 3 some trials of a sweep failed,
+130 cancelled with Ctrl-C (after tearing down what it started).
+
+Without ``VAST_API_KEY`` / ``VAST_API_KEY_FILE`` / ``VAST_URL`` and without ``--api-url``, train and sweep run
+against vastsim, the local simulator (started in ``.vastsim`` like scripts/demo.sh, stopped afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlops_vast import events as ev
+from mlops_vast.inputs import InputError, check_run, collection_root, load_vars
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_CANCELLED = 0, 1, 2, 3, 130
+OUTCOME_EXIT = {"completed": EXIT_OK, "failed": EXIT_FAILED, "partial": EXIT_PARTIAL, "cancelled": EXIT_CANCELLED}
+
+
+def exit_code(outcome: str) -> int:
+    """The process exit code for a result's outcome."""
+    return OUTCOME_EXIT.get(outcome, EXIT_FAILED)
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="mlops-vast", description="Train on rented Vast.ai GPUs (or on vastsim), "
+                                  "with live progress; nothing left billing.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, api: bool = True) -> None:
+        p.add_argument("--json", action="store_true", help="print machine-readable results only")
+        if api:
+            p.add_argument("--api-url", help="the Vast API (default VAST_URL, or vastsim when no key is set)")
+            p.add_argument("--sim", action="store_true", help="run against vastsim, started in .vastsim")
+
+    for name, what in (("train", "RUN.yml: a run's run_* variables (examples/run.yml)"),
+                       ("sweep", "SWEEP.yml: sweep_* and the base run's run_* variables")):
+        p = sub.add_parser(name, help=f"run playbooks/{name}.yml with live progress")
+        p.add_argument("file", metavar="RUN.yml" if name == "train" else "SWEEP.yml", help=what)
+        p.add_argument("-e", "--extra-var", action="append", default=[], metavar="NAME=VALUE",
+                       help="override one variable (VALUE is read as YAML)")
+        common(p)
+    p = sub.add_parser("status", help="what is rented and billing now (the ledger and the account), and its cost")
+    common(p)
+    p = sub.add_parser("teardown", help="destroy what this controller rented (playbooks/teardown.yml)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--label", help="only the instances with this label (a run's name, a trial's label)")
+    which.add_argument("--all", action="store_true", help="every open contract in the ledger")
+    common(p)
+    p = sub.add_parser("estimate", help="VRAM, RAM, disk, time and cost of a run before renting")
+    p.add_argument("file", metavar="RUN.yml", help="a run with run_estimate (examples/run-estimate.yml)")
+    p.add_argument("--offers", type=int, default=5, metavar="N", help="price the N best offers (0: none)")
+    common(p)
+    return top
+
+
+def extra_vars(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"-e {item!r}: expected NAME=VALUE")
+        try:
+            out[name.strip()] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            out[name.strip()] = value
+    return out
+
+
+def wants_sim(args: argparse.Namespace, environ: dict[str, str] | None = None) -> bool:
+    """vastsim unless an API is configured: --sim forces it; --api-url, VAST_API_KEY(_FILE) or VAST_URL rule it out."""
+    environ = dict(os.environ if environ is None else environ)
+    if getattr(args, "sim", False):
+        return True
+    if getattr(args, "api_url", None):
+        return False
+    return not any(environ.get(name) for name in ("VAST_API_KEY", "VAST_API_KEY_FILE", "VAST_URL"))
+
+
+# ---------------------------------------------------------------------------------------------- display
+
+
+def _money(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"${value:.{digits}f}"
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+class Display:
+    """One line per run or trial (phase, step/max, loss, $/h, spent, ETA), live in a terminal; plain lines
+    otherwise; nothing with --json."""
+
+    def __init__(self, title: str, *, json_mode: bool, console: Any = None) -> None:
+        from rich.console import Console
+
+        self.title = title
+        self.json_mode = json_mode
+        self.console = console or Console(stderr=False, highlight=False)
+        self.live_mode = not json_mode and self.console.is_terminal
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.note = ""
+        self.started = time.time()
+        self.live: Any = None
+
+    # rich calls this on every refresh
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"{self.title}  [dim]{ev.format_duration(time.time() - self.started)}[/]",
+                      title_justify="left", caption=self.note or None, caption_justify="left", expand=False)
+        for column, justify in (("run", "left"), ("phase", "left"), ("step", "right"), ("loss", "right"),
+                                ("$/h", "right"), ("spent", "right"), ("ETA", "right")):
+            table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for run, row in list(self.rows.items()):
+            step = row.get("step")
+            total = row.get("total")
+            steps = "-" if step is None else f"{step}/{total}" if total else str(step)
+            phase = row.get("phase", "-")
+            if row.get("state") and row["state"] != "running":
+                phase = f"{row['state']}" + (f" ({row['outcome']})" if row.get("outcome") else "")
+            table.add_row(run, phase, steps, _loss(row.get("loss")), _money(row.get("dph"), 3),
+                          _money(row.get("spent")), ev.format_duration(row.get("eta")))
+        return table
+
+    def __enter__(self) -> Display:
+        if self.live_mode:
+            from rich.live import Live
+
+            self.live = Live(self, console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+            self.live = None
+
+    def say(self, text: str) -> None:
+        """A message above the live table (stderr when --json)."""
+        if self.json_mode:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            self.console.print(text)
+
+    def on_event(self, event: ev.Event) -> None:
+        row = self.rows.setdefault(event.run, {"phase": "queued"})
+        if isinstance(event, ev.PhaseChanged):
+            row["phase"] = event.phase
+            if not self.live_mode and not self.json_mode:
+                self.console.print(f"{event.run}: {event.phase}" + (f" ({event.task})" if event.task else ""))
+        elif isinstance(event, ev.Progress):
+            row.update(step=event.step, total=event.total, loss=event.loss, eta=event.eta_s)
+        elif isinstance(event, ev.Spend):
+            row.update(spent=event.spent_usd, dph=event.dph)
+        elif isinstance(event, ev.TrialStateChanged):
+            row.update(state=event.state, outcome=event.outcome)
+            if not self.live_mode and not self.json_mode:
+                self.console.print(f"{event.run}: {event.state}" + (f" ({event.outcome})" if event.outcome else ""))
+        elif isinstance(event, ev.Warning):
+            if not self.json_mode:
+                self.console.print(f"[yellow]warning[/] {event.run}: {event.message}")
+        elif isinstance(event, ev.Finished):
+            row["outcome"] = event.outcome
+        if self.live is not None:
+            self.live.refresh()
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(_plain(data), indent=2, sort_keys=True, default=str), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C
+
+
+class Interrupts:
+    """First Ctrl-C: cancel (the API stops the playbook and tears down). Second: say it is still tearing down.
+    Third: give up at once (KeyboardInterrupt)."""
+
+    def __init__(self, display: Display, what: str) -> None:
+        self.cancel = threading.Event()
+        self.display = display
+        self.what = what
+        self.count = 0
+        self.previous: Any = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.cancel.set()
+            self.display.note = "cancelling: stopping the playbook, then tearing down what it rented"
+            self.display.say(f"[bold red]Cancelling[/] {self.what}: stopping the playbook, then destroying what it "
+                             "rented (this takes a little while; Ctrl-C twice more to abandon the teardown)")
+        elif self.count == 2:
+            self.display.say("Still tearing down; one more Ctrl-C abandons it (then run `mlops-vast teardown --all`)")
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> Interrupts:
+        self.previous = signal.signal(signal.SIGINT, self.handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def _target(args: argparse.Namespace, display: Display) -> dict[str, Any]:
+    if wants_sim(args):
+        display.say("No Vast API key set (VAST_API_KEY): running against vastsim, the local simulator "
+                    "(.vastsim/); set VAST_API_KEY or --api-url for Vast.ai")
+        return {"sim": True}
+    return {"api_url": args.api_url} if args.api_url else {}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mlops_vast import api
+
+    data, path = load_vars(args.file, "run")
+    overrides = extra_vars(args.extra_var)
+    name = check_run({**data, **overrides}, collection_root(), str(path))
+    display = Display(f"mlops-vast train {name}", json_mode=args.json)
+    target = _target(args, display)
+    with display, Interrupts(display, f"run {name}") as interrupts:
+        result = api.train(path or data, on_event=display.on_event, cancel=interrupts.cancel,
+                           extra_vars=overrides, **target)
+    if args.json:
+        _print_json(result)
+    else:
+        _final_run_table(display, result)
+    return exit_code(result.outcome)
+
+
+def _final_run_table(display: Display, result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"run {result.name}: {result.outcome}", title_justify="left")
+    for column in ("outcome", "watch", "steps", "loss", "cost", "attempts", "checkpoints", "results"):
+        table.add_column(column)
+    table.add_row(result.outcome, str(result.watch_outcome or "-"), str(result.triage.get("step", "-")),
+                  _loss(result.triage.get("loss")), _money(result.cost_usd), str(result.attempts),
+                  str(len(result.checkpoints)), str(result.results_dir))
+    display.console.print(table)
+    if result.outcome != "completed" and result.message:
+        display.console.print(result.message)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mlops_vast import api
+    from mlops_vast.inputs import check_sweep
+
+    data, path = load_vars(args.file, "sweep")
+    overrides = extra_vars(args.extra_var)
+    name = check_sweep({**data, **overrides}, collection_root(), str(path))
+    display = Display(f"mlops-vast sweep {name}", json_mode=args.json)
+    target = _target(args, display)
+    with display, Interrupts(display, f"sweep {name}") as interrupts:
+        result = api.sweep(path or data, on_event=display.on_event, cancel=interrupts.cancel,
+                           extra_vars=overrides or None, **target)
+    if args.json:
+        _print_json(result)
+    else:
+        _final_sweep_table(display, result)
+    return exit_code(result.outcome)
+
+
+def _final_sweep_table(display: Display, result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"sweep {result.name}: {result.outcome} ({result.message}); spent "
+                  f"{_money(result.spent_usd)} of {_money(result.budget_usd, 2)}", title_justify="left")
+    for column in ("trial", "params", "outcome", "final loss", "best loss", "steps", "cost", "attempts", "time"):
+        table.add_column(column)
+    for row in result.trials:
+        params = " ".join(f"{k}={v}" for k, v in (row.params or {}).items())
+        table.add_row(row.id, params, str(row.outcome), _loss(row.final_loss), _loss(row.best_loss),
+                      "-" if row.steps is None else str(row.steps), _money(row.cost_usd), str(row.attempts or "-"),
+                      ev.format_duration(row.duration_s))
+    display.console.print(table)
+
+
+def _api_env(args: argparse.Namespace) -> tuple[dict[str, str], str | None, Any]:
+    """The environment for status/teardown: the configured API, or the vastsim serving .vastsim (if any)."""
+    env = dict(os.environ)
+    if args.api_url:
+        env["VAST_URL"] = args.api_url
+    sim = None
+    if wants_sim(args):
+        from mlops_vast.sim import harness
+        from mlops_vast.simulator import DEFAULT_WORKDIR, LocalSim
+
+        workdir = Path(DEFAULT_WORKDIR).resolve()
+        found = harness.find(workdir / "state")
+        env.setdefault("MLOPS_VAST_LEDGER", str(workdir / "contracts.jsonl"))
+        if found is not None and found.url:
+            sim = LocalSim(url=found.url, api_key=found.api_key, workdir=workdir, started=False)
+            env.update(sim.env(env))
+            env["VAST_API_KEY"] = found.api_key
+        else:
+            return env, None, None
+    return env, env.get("VAST_URL") or "https://console.vast.ai", sim
+
+
+def _ledger_path(env: dict[str, str]) -> Path:
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(env.get("MLOPS_VAST_LEDGER") or os.path.join(base, "mlops-vast", "contracts.jsonl")).expanduser()
+
+
+def open_contracts(path: Path, api_url: str | None = None) -> list[dict[str, Any]]:
+    """The ledger's contracts created and not yet destroyed (as plugins/module_utils/local_state.py reads it)."""
+    live: dict[int, dict[str, Any]] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                record = json.loads(line)
+                if api_url and record.get("api_url") and record["api_url"].rstrip("/") != api_url.rstrip("/"):
+                    continue
+                if record.get("event") == "created":
+                    live[int(record["id"])] = record
+                elif record.get("event") == "destroyed":
+                    live.pop(int(record["id"]), None)
+    return list(live.values())
+
+
+def instance_spend(row: dict[str, Any], now: float | None = None) -> tuple[float | None, float | None]:
+    """($ so far, $/h now) of an instance row, as Vast bills: GPU (dph_base) while running, storage since created."""
+    now = time.time() if now is None else now
+    try:
+        gpu = float(row.get("uptime_mins") or 0) / 60 * float(row.get("dph_base") or 0)
+        age_h = max(0.0, now - float(row.get("start_date") or now)) / 3600
+        storage = age_h * float(row.get("storage_total_cost") or 0)
+        rate = float(row["dph_total"]) if row.get("dph_total") is not None else None
+    except (TypeError, ValueError):
+        return None, None
+    return round(gpu + storage, 4), rate
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mlops_vast import _keys
+
+    env, api_url, _sim = _api_env(args)
+    ledger = _ledger_path(env)
+    contracts = open_contracts(ledger, api_url)
+    instances: list[dict[str, Any]] | None = None
+    problem = None
+    if api_url:
+        try:
+            key = _keys.resolve_api_key(env)
+        except OSError as exc:
+            key, problem = None, str(exc)
+        if key:
+            import httpx
+
+            try:
+                response = httpx.get(f"{api_url.rstrip('/')}/api/v0/instances/", params={"owner": "me"},
+                                     headers={"Authorization": f"Bearer {key}"}, timeout=30)
+                response.raise_for_status()
+                instances = response.json().get("instances") or []
+            except (httpx.HTTPError, ValueError) as exc:
+                problem = f"the account could not be read at {api_url}: {type(exc).__name__}"
+        elif problem is None:
+            problem = "no API key: only the ledger is shown"
+    else:
+        problem = "no API configured and no vastsim serving .vastsim: only the ledger is shown"
+    rows = []
+    in_ledger = {int(c["id"]) for c in contracts}
+    for row in instances or []:
+        spent, rate = instance_spend(row)
+        rows.append({"id": row.get("id"), "label": row.get("label"), "status": row.get("actual_status"),
+                     "gpu": row.get("gpu_name"), "dph": rate, "spent_usd": spent,
+                     "in_ledger": int(row.get("id") or 0) in in_ledger})
+    # Every instance of the account bills (a stopped one its storage) until it is destroyed.
+    total_rate = round(sum(r["dph"] or 0 for r in rows), 4) if instances is not None else None
+    total_spent = round(sum(r["spent_usd"] or 0 for r in rows), 4) if instances is not None else None
+    known = {r["id"] for r in rows}
+    summary = {"api_url": api_url, "ledger": str(ledger), "open_contracts": contracts,
+               "open_not_in_account": [c["id"] for c in contracts if instances is not None and c["id"] not in known],
+               "instances": rows if instances is not None else None, "billing_dph": total_rate,
+               "spent_usd": total_spent, "note": problem}
+    if args.json:
+        _print_json(summary)
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    console.print(f"ledger {ledger}: {len(contracts)} open contract(s)"
+                  + (f": {', '.join(str(c['id']) + ' (' + str(c.get('label') or '') + ')' for c in contracts)}"
+                     if contracts else ""))
+    if instances is not None:
+        table = Table(title=f"account at {api_url}: {len(rows)} instance(s), billing {_money(total_rate, 3)}/h now, "
+                      f"{_money(total_spent)} spent by them so far", title_justify="left")
+        for column in ("id", "label", "status", "gpu", "$/h", "spent", "in ledger"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(str(r["id"]), str(r["label"] or "-"), str(r["status"]), str(r["gpu"] or "-"),
+                          _money(r["dph"], 3), _money(r["spent_usd"]), "yes" if r["in_ledger"] else "no")
+        console.print(table)
+        if summary["open_not_in_account"]:
+            console.print(f"in the ledger but not in the account (gone): {summary['open_not_in_account']}")
+    if problem:
+        console.print(problem)
+    return EXIT_OK
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
+    from mlops_vast import _keys
+
+    env, api_url, _sim = _api_env(args)
+    if api_url is None:
+        contracts = open_contracts(_ledger_path(env))
+        print("mlops-vast: no API configured (VAST_API_KEY / --api-url) and no vastsim serving .vastsim"
+              + (f"; the ledger still lists {len(contracts)} open contract(s)" if contracts else ": nothing to do"),
+              file=sys.stderr)
+        return EXIT_FAILED if contracts else EXIT_OK
+    root = collection_root()
+    key = _keys.resolve_api_key(env)
+    with contextlib.ExitStack() as stack:
+        key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
+        run_env = _keys.scrub_env(env, key_file.path if key_file else None)
+        run_env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
+        run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
+        argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(root / "playbooks" / "teardown.yml")]
+        if args.label:
+            argv += ["-e", json.dumps({"teardown_label": args.label})]
+        done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True,
+                              capture_output=args.json)
+    if args.json:
+        _print_json({"label": args.label, "all": args.all, "rc": done.returncode,
+                     "outcome": "completed" if done.returncode == 0 else "failed"})
+    return EXIT_OK if done.returncode == 0 else EXIT_FAILED
+
+
+ESTIMATE_PLAY = """\
+- name: Estimate a run
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Estimate the job
+      mlops.vast.estimate: "{{ run_estimate | combine({'disk_gb': run_disk_gb | default(20) | float,
+        'query': run_query | default(omit),
+        'max_total_usd': run_max_total_usd | float if run_max_total_usd | default(0) | float > 0 else omit}) }}"
+      register: estimate_job
+    - name: Search the offers that meet the floors
+      mlops.vast.vast_offer:
+        query: "{{ estimate_job.query }}"
+        order: "{{ run_order | default('dph+') }}"
+        storage: "{{ run_disk_gb | default(20) }}"
+        limit: "{{ estimate_offers | int }}"
+      register: estimate_market
+      when: estimate_offers | int > 0
+    - name: Price the job on them
+      mlops.vast.estimate: "{{ run_estimate | combine({'disk_gb': run_disk_gb | default(20) | float,
+        'offers': estimate_market.offers,
+        'max_total_usd': run_max_total_usd | float if run_max_total_usd | default(0) | float > 0 else omit}) }}"
+      register: estimate_priced
+      when: estimate_offers | int > 0
+    - name: Keep the result
+      ansible.builtin.copy:
+        dest: "{{ estimate_out }}"
+        content: "{{ {'job': estimate_job, 'priced': estimate_priced | default(none)} | to_json }}"
+        mode: "0600"
+"""
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from mlops_vast import _keys
+
+    root = collection_root()
+    data, path = load_vars(args.file, "run")
+    check_run(data, root, str(path))
+    if not data.get("run_estimate"):
+        raise InputError(f"{path}: run_estimate is empty: describe the job there (examples/run-estimate.yml)")
+    if args.offers and wants_sim(args):
+        args.sim = True
+    sim = None
+    if args.offers and args.sim:
+        from mlops_vast import simulator
+
+        sim = simulator.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mlops-vast-estimate-") as scratch:
+            env = dict(os.environ)
+            if sim is not None:
+                env.update(sim.env())
+                env["VAST_API_KEY"] = sim.api_key
+            elif args.api_url:
+                env["VAST_URL"] = args.api_url
+            key = _keys.resolve_api_key(env) if args.offers else None
+            key_file = _keys.KeyFile(key) if key else None
+            try:
+                play = Path(scratch) / "estimate.yml"
+                play.write_text(ESTIMATE_PLAY)
+                out = Path(scratch) / "estimate.json"
+                run_env = _keys.scrub_env(env, key_file.path if key_file else None)
+                run_env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
+                argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(play), "-e", f"@{path}",
+                        "-e", json.dumps({"estimate_out": str(out), "estimate_offers": args.offers})]
+                done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            finally:
+                if key_file is not None:
+                    key_file.close()
+            if not out.exists():
+                lines = [line for line in done.stdout.splitlines() if '"msg"' in line or line.startswith("fatal")]
+                last = (lines or [done.stdout[-500:]])[-1].strip()
+                print(f"mlops-vast: the estimate failed: {last}", file=sys.stderr)
+                return EXIT_FAILED
+            result = json.loads(out.read_text())
+    finally:
+        if sim is not None:
+            sim.stop()
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    _print_estimate(result)
+    return EXIT_OK
+
+
+def _print_estimate(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    job = result["job"]
+
+    def rng(value: Any, unit: str) -> str:
+        if isinstance(value, dict):
+            return f"{value.get('opt')} / {value.get('base')} / {value.get('pess')} {unit}"
+        return f"{value} {unit}"
+
+    table = Table(title="the job (optimistic / base / pessimistic)", title_justify="left")
+    table.add_column("what")
+    table.add_column("estimate")
+    for label, key, unit in (("GPU memory (nvidia-smi, per GPU)", "gpu_mem_device_gib", "GiB"),
+                             ("system RAM", "ram_gib", "GiB"), ("disk", "disk_gb", "GB")):
+        if key in job:
+            table.add_row(label, rng(job[key], unit))
+    if job.get("steps"):
+        table.add_row("steps", str(job["steps"]))
+    if job.get("floors_query"):
+        table.add_row("query floors", str(job["floors_query"]))
+    console.print(table)
+    priced = result.get("priced") or {}
+    offers = priced.get("offers") or []
+    if offers:
+        table = Table(title=f"offers ({priced.get('fitting', 0)} of {len(offers)} fit)", title_justify="left")
+        for column in ("offer", "gpu", "fits", "hours", "cost", "why not"):
+            table.add_column(column)
+        for offer in offers:
+            table.add_row(str(offer.get("id")), str(offer.get("gpu_name")), "yes" if offer.get("fits") else "no",
+                          rng(offer.get("hours"), "h"), rng(offer.get("cost_usd"), "$"),
+                          "; ".join(offer.get("reasons") or []) or "-")
+        console.print(table)
+    for caveat in job.get("caveats") or []:
+        console.print(f"[yellow]caveat[/] {caveat}")
+
+
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "status": cmd_status, "teardown": cmd_teardown,
+            "estimate": cmd_estimate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"mlops-vast: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mlops-vast: interrupted; what may still be rented: `mlops-vast status`, `mlops-vast teardown --all`",
+              file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as exc:
+        if os.environ.get("MLOPS_VAST_DEBUG"):
+            raise
+        print(f"mlops-vast: error: {type(exc).__name__}: {exc} (MLOPS_VAST_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

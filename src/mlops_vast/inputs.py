@@ -1,0 +1,101 @@
+"""Where the collection is, and reading a run or a sweep (a dict or a YAML file) with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class InputError(ValueError):
+    """Bad input: a missing file, malformed YAML, an unknown top-level key. One line, no traceback needed."""
+
+
+SWEEP_KEYS = frozenset({"sweep_name", "sweep_grid", "sweep_random", "sweep_trials", "sweep_max_parallel",
+                        "sweep_budget_usd"})
+
+
+def collection_root() -> Path:
+    """The repository that is the collection ``mlops.vast`` (playbooks/, ansible.cfg): ``MLOPS_VAST_COLLECTION``,
+    else the checkout this package was installed from (editable installs)."""
+    candidates = [os.environ.get("MLOPS_VAST_COLLECTION", "")]
+    here = Path(__file__).resolve()
+    candidates += [str(parent) for parent in here.parents]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "galaxy.yml").is_file() and (Path(candidate) / "playbooks").is_dir():
+            return Path(candidate)
+    raise InputError("cannot find the mlops.vast collection (playbooks/, ansible.cfg): install the package from "
+                     "its checkout (pip install -e .) or set MLOPS_VAST_COLLECTION to the checkout")
+
+
+def load_vars(source: dict[str, Any] | str | os.PathLike[str], what: str) -> tuple[dict[str, Any], Path | None]:
+    """The variables of a run or sweep and the file they came from (None for a dict)."""
+    if isinstance(source, dict):
+        return dict(source), None
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise InputError(f"{what} file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{path} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path} must hold a mapping of variables (run_name: ..., ...), not a {type(data).__name__}")
+    return data, path.resolve()
+
+
+def run_variables(root: Path) -> frozenset[str]:
+    """The run_* variables the run contract (playbooks/train.meta.yml) knows."""
+    meta = yaml.safe_load((root / "playbooks" / "train.meta.yml").read_text())
+    return frozenset(meta["argument_specs"]["main"]["options"])
+
+
+def sweep_variables(root: Path) -> frozenset[str] | None:
+    """The sweep_* variables sweep.yml's contract knows (playbooks/sweep.meta.yml), or None when it has none."""
+    path = root / "playbooks" / "sweep.meta.yml"
+    if not path.is_file():
+        return None
+    meta = yaml.safe_load(path.read_text())
+    return frozenset(meta["argument_specs"]["main"]["options"])
+
+
+def check_run(data: dict[str, Any], root: Path, where: str = "the run") -> str:
+    """The run's name; InputError for an unknown top-level key or a missing name."""
+    known = run_variables(root)
+    unknown = sorted(str(name) for name in data if str(name) not in known)
+    if unknown:
+        raise InputError(f"{where}: unknown variable(s) {', '.join(unknown)} (the run's variables are run_*, "
+                         "described in playbooks/train.meta.yml and examples/run.yml)")
+    return _name(data, "run_name", where)
+
+
+def check_sweep(data: dict[str, Any], root: Path, where: str = "the sweep") -> str:
+    """The sweep's name; InputError for an unknown top-level key, a missing name or no trials."""
+    runs = run_variables(root)
+    sweeps = sweep_variables(root)
+    unknown = sorted(str(name) for name in data if not (
+        str(name) in runs or (str(name) in sweeps if sweeps is not None else str(name).startswith("sweep_"))))
+    if unknown:
+        raise InputError(f"{where}: unknown variable(s) {', '.join(unknown)} (a sweep has sweep_* variables and "
+                         "the run_* variables of its base run)")
+    if not any(data.get(key) for key in ("sweep_grid", "sweep_random", "sweep_trials")):
+        raise InputError(f"{where}: no trials (give sweep_grid, sweep_random or sweep_trials)")
+    return _name(data, "sweep_name", where)
+
+
+def _name(data: dict[str, Any], key: str, where: str) -> str:
+    name = data.get(key)
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"{where}: {key} is missing (a non-empty string: it names the results folder)")
+    if "/" in name or name.startswith("."):
+        raise InputError(f"{where}: {key} {name!r} must not contain '/' or start with '.'")
+    return name

@@ -1,0 +1,73 @@
+"""mlops_vast.train() end to end against vastsim (real HTTP, real sshd hosts), through ansible-runner: typed results
+and events, and no API key anywhere in the private data dir or the results. (mlops_vast.sweep() end to end:
+tests/integration/test_cli.py, after the same sweep in a terminal.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import mlops_vast
+from mlops_vast import _keys
+from mlops_vast.simulator import LocalSim
+from tests.conftest import Sim, needs_root
+from tests.integration.ansible_run import close_ssh_masters, ledger_open
+from tests.integration.test_modules import good_query
+
+pytestmark = [pytest.mark.slow, needs_root]
+
+COMMAND = ("python3 train.py --output_dir /workspace/run/output --logging_steps 10 --save_steps 50 "
+           "--max_steps 200 --step_seconds 0.02")
+
+
+def api_env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return {"HOME": str(tmp_path / "home"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
+            "MLOPS_VAST_LEDGER": str(tmp_path / "contracts.jsonl"),
+            "MLOPS_VAST_EXCLUSIONS": str(tmp_path / "excluded.json")}
+
+
+def local_sim(sim: Sim, tmp_path: Path) -> LocalSim:
+    return LocalSim(url=sim.url, api_key=sim.api_key, workdir=tmp_path, started=False)
+
+
+def fast_run(sim: Sim, name: str) -> dict[str, object]:
+    return {"run_name": name, "run_command": COMMAND, "run_query": good_query(sim, "reliability > 0.95 num_gpus=1"),
+            "run_poll_interval_s": 1, "run_sync_interval_s": 2, "run_stall_timeout_s": 20}
+
+
+def test_train_returns_a_typed_result_with_events_and_no_key_in_the_artifacts(sim: Sim, tmp_path: Path) -> None:
+    seen: list[mlops_vast.Event] = []
+    env = api_env(tmp_path)
+    try:
+        result = mlops_vast.train("examples/run.yml", extra_vars=fast_run(sim, "api-e2e"), on_event=seen.append,
+                                  sim=local_sim(sim, tmp_path), cwd=tmp_path, env=env)
+    finally:
+        close_ssh_masters(env)
+    assert result.outcome == "completed", (result.message, result.status)
+    assert result.status == "successful" and result.rc == 0 and result.watch_outcome == "completed"
+    assert result.results_dir == tmp_path / "results" / "api-e2e"
+    assert [p.name for p in result.checkpoints] == ["checkpoint-100", "checkpoint-150", "checkpoint-200"]
+    assert all((p / "model.json").exists() for p in result.checkpoints)
+    assert result.triage["step"] == 200 and result.cost_usd and result.cost_usd > 0 and result.attempts == 1
+    assert result.teardown and result.teardown["checkpoints_verified"] is True
+
+    phases = [e.phase for e in seen if isinstance(e, mlops_vast.PhaseChanged)]
+    assert phases[0] == "checking" and phases[-1] == "done", phases
+    order = ["renting", "setup", "smoke", "launching", "training", "teardown"]
+    assert [p for p in phases if p in order] == order, phases
+    steps = [e.step for e in seen if isinstance(e, mlops_vast.Progress)]
+    assert steps and steps == sorted(steps) and steps[-1] == 200, steps
+    assert any(isinstance(e, mlops_vast.Spend) and e.spent_usd and e.dph for e in seen)
+    assert isinstance(seen[-1], mlops_vast.Finished) and seen[-1].outcome == "completed"
+
+    # The key: nowhere in the private data dir (under the results), the results, or the recorded environment.
+    assert _keys.files_containing(tmp_path / "results", sim.api_key) == []
+    command = json.loads(next((result.artifacts_dir).glob("command")).read_text())
+    assert "VAST_API_KEY" not in command["env"] and not Path(command["env"]["VAST_API_KEY_FILE"]).exists()
+    assert (result.results_dir / "runner" / "artifacts").is_dir()
+    with sim.client() as client:
+        assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
+    assert ledger_open(tmp_path) == []

@@ -1,0 +1,85 @@
+"""VAST_API_KEY_FILE in the collection's key resolution, and the Python API's key handling (never in the
+environment ansible-runner records)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from ansible_collections.mlops.vast.plugins.module_utils import api_client as api
+from ansible_collections.mlops.vast.plugins.module_utils import errors
+
+from mlops_vast import _keys
+
+SECRET = "sk-file-key-0123456789abcdef"
+
+
+def test_key_file_comes_after_the_variable_and_before_the_cli_files(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = tmp_path / "config"
+    (config / "vastai").mkdir(parents=True)
+    (config / "vastai" / "vast_api_key").write_text("xdg\n")
+    key_file = tmp_path / "key"
+    key_file.write_text(f"  {SECRET}\n")
+    env = {"XDG_CONFIG_HOME": str(config), "VAST_API_KEY_FILE": str(key_file)}
+    assert api.resolve_api_key(None, env) == (SECRET, "VAST_API_KEY_FILE")
+    assert api.resolve_api_key(None, {**env, "VAST_API_KEY": "envkey"}) == ("envkey", "VAST_API_KEY")
+    assert api.resolve_api_key("opt", env) == ("opt", "the api_key option")
+    assert api.resolve_api_key(None, {"XDG_CONFIG_HOME": str(config)})[0] == "xdg"
+
+
+@pytest.mark.parametrize("content", [None, "", "two\nlines"])
+def test_a_named_key_file_that_is_missing_or_bad_is_an_error_not_a_fallback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | None) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".vast_api_key").write_text("legacy\n")  # must not be used instead
+    key_file = tmp_path / "key"
+    if content is not None:
+        key_file.write_text(content)
+    with pytest.raises(errors.VastConfigError, match="VAST_API_KEY_FILE") as raised:
+        api.resolve_api_key(None, {"VAST_API_KEY_FILE": str(key_file)})
+    assert "two" not in str(raised.value) and "lines" not in str(raised.value)
+
+
+def test_the_package_resolves_keys_in_the_collections_order(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / ".config" / "vastai").mkdir(parents=True)
+    env = {"HOME": str(home)}
+    assert _keys.resolve_api_key(env) is None
+    (home / ".vast_api_key").write_text("legacy\n")
+    assert _keys.resolve_api_key(env) == "legacy"
+    (home / ".config" / "vastai" / "vast_api_key").write_text("xdg\n")
+    assert _keys.resolve_api_key(env) == "xdg"
+    (tmp_path / "f").write_text("fromfile\n")
+    assert _keys.resolve_api_key({**env, "VAST_API_KEY_FILE": str(tmp_path / "f")}) == "fromfile"
+    assert _keys.resolve_api_key({**env, "VAST_API_KEY_FILE": str(tmp_path / "f"), "VAST_API_KEY": "e"}) == "e"
+
+
+def test_the_key_goes_to_a_private_file_and_leaves_the_recorded_environment(tmp_path: Path) -> None:
+    env = {"VAST_API_KEY": SECRET, "PATH": "/bin", "OTHER": "x"}
+    with _keys.KeyFile(SECRET) as key_file:
+        path = Path(key_file.path)
+        assert path.read_text().strip() == SECRET
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        assert os.stat(path.parent).st_mode & 0o777 == 0o700
+        scrubbed = _keys.scrub_env(env, key_file.path)
+        assert "VAST_API_KEY" not in scrubbed and scrubbed["VAST_API_KEY_FILE"] == str(path)
+        assert SECRET not in json.dumps(scrubbed)
+        assert scrubbed["OTHER"] == "x"
+    assert not path.exists() and not path.parent.exists()
+
+
+def test_scrub_env_without_a_key_removes_both_names() -> None:
+    scrubbed = _keys.scrub_env({"VAST_API_KEY": SECRET, "VAST_API_KEY_FILE": "/x"}, None)
+    assert "VAST_API_KEY" not in scrubbed and "VAST_API_KEY_FILE" not in scrubbed
+
+
+def test_secrets_found_in_a_tree(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "clean.txt").write_text("nothing")
+    assert _keys.files_containing(tmp_path, SECRET) == []
+    (tmp_path / "a" / "leak.bin").write_bytes(b"\0\1" + SECRET.encode() + b"\0")
+    assert _keys.files_containing(tmp_path, SECRET) == [tmp_path / "a" / "leak.bin"]

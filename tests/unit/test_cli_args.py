@@ -1,0 +1,115 @@
+"""mlops-vast without renting anything: bad input is one clear line and exit 2, exit codes by outcome, the choice
+of vastsim, the ledger and spend arithmetic of `status`, and the plain (non-terminal) display."""
+
+from __future__ import annotations
+
+import io
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from mlops_vast import cli
+from mlops_vast import events as ev
+
+
+@pytest.mark.parametrize(("outcome", "code"), [("completed", 0), ("failed", 1), ("partial", 3), ("cancelled", 130),
+                                               ("something-else", 1)])
+def test_exit_codes(outcome: str, code: int) -> None:
+    assert cli.exit_code(outcome) == code
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "does not exist"),
+    ("run_name: x\n  bad: [\n", "is not valid YAML (line 2"),
+    ("- a\n", "must hold a mapping"),
+    ("run_name: x\nrun_bogus: 1\nfoo: 2\n", "unknown variable(s) foo, run_bogus"),
+    ("run_query: x\n", "run_name is missing"),
+    ("run_name: ../up\n", "must not contain '/'"),
+])
+@pytest.mark.parametrize("command", ["train", "estimate"])
+def test_bad_run_files_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               command: str, content: str | None, expected: str) -> None:
+    path = tmp_path / "run.yml"
+    if content is not None:
+        path.write_text(content)
+    assert cli.main([command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("sweep_name: s\nsweep_trials: [{lr: 1}]\nsweep_bogus: 1\n", "unknown variable(s) sweep_bogus"),
+    ("sweep_name: s\n", "no trials"),
+    ("sweep_trials: [{lr: 1}]\n", "sweep_name is missing"),
+])
+def test_bad_sweep_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
+                                expected: str) -> None:
+    (tmp_path / "s.yml").write_text(content)
+    assert cli.main(["sweep", str(tmp_path / "s.yml")]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_bad_extra_vars_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "r.yml").write_text("run_name: x\n")
+    assert cli.main(["train", str(tmp_path / "r.yml"), "-e", "novalue"]) == 2
+    assert "expected NAME=VALUE" in capsys.readouterr().err
+    assert cli.extra_vars(["run_max_dph=0.5", "run_name=a b", "run_env={A: 1}"]) == {
+        "run_max_dph": 0.5, "run_name": "a b", "run_env": {"A": 1}}
+    for argv in (["train"], ["teardown"], ["teardown", "--label", "x", "--all"], ["nope"]):
+        with pytest.raises(SystemExit) as raised:
+            cli.main(argv)
+        assert raised.value.code == 2
+
+
+def test_vastsim_only_when_no_api_is_configured() -> None:
+    args = Namespace(sim=False, api_url=None)
+    assert cli.wants_sim(args, {}) is True
+    assert cli.wants_sim(args, {"VAST_API_KEY": "k"}) is False
+    assert cli.wants_sim(args, {"VAST_API_KEY_FILE": "/k"}) is False
+    assert cli.wants_sim(args, {"VAST_URL": "http://x"}) is False
+    assert cli.wants_sim(Namespace(sim=False, api_url="http://x"), {}) is False
+    assert cli.wants_sim(Namespace(sim=True, api_url=None), {"VAST_API_KEY": "k"}) is True
+
+
+def test_ledger_and_spend(tmp_path: Path) -> None:
+    ledger = tmp_path / "contracts.jsonl"
+    lines = [{"event": "created", "id": 1, "label": "a", "api_url": "http://x"},
+             {"event": "created", "id": 2, "label": "b", "api_url": "http://x"},
+             {"event": "created", "id": 3, "label": "c", "api_url": "http://other"},
+             {"event": "destroyed", "id": 1, "api_url": "http://x"}]
+    ledger.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"torn')
+    assert [c["id"] for c in cli.open_contracts(ledger, "http://x")] == [2]
+    assert [c["id"] for c in cli.open_contracts(ledger)] == [2, 3]
+    assert cli.open_contracts(tmp_path / "missing") == []
+    row = {"uptime_mins": 30, "dph_base": 0.4, "start_date": 1000.0, "storage_total_cost": 0.02, "dph_total": 0.42}
+    assert cli.instance_spend(row, now=1000.0 + 3600) == (0.22, 0.42)
+    assert cli.instance_spend({"uptime_mins": "x"}) == (None, None)
+
+
+def test_plain_display_prints_phase_changes_and_warnings() -> None:
+    out = io.StringIO()
+    display = cli.Display("t", json_mode=False, console=Console(file=out, force_terminal=False, width=120))
+    assert display.live_mode is False
+    with display:
+        display.on_event(ev.PhaseChanged(run="r", phase="renting", task="Rent"))
+        display.on_event(ev.Progress(run="r", step=10, total=100, loss=0.5))
+        display.on_event(ev.Spend(run="r", spent_usd=0.01, dph=0.2))
+        display.on_event(ev.Warning(run="r", message="slow link"))
+    text = out.getvalue()
+    assert "r: renting (Rent)" in text and "warning r: slow link" in text
+    assert display.rows["r"] == {"phase": "renting", "step": 10, "total": 100, "loss": 0.5, "eta": None,
+                                 "spent": 0.01, "dph": 0.2}
+    table = io.StringIO()
+    Console(file=table, width=160).print(display)
+    assert "10/100" in table.getvalue() and "$0.200" in table.getvalue()
+
+
+def test_json_display_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    display = cli.Display("t", json_mode=True)
+    display.on_event(ev.PhaseChanged(run="r", phase="renting"))
+    display.on_event(ev.Warning(run="r", message="w"))
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
