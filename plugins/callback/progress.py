@@ -29,7 +29,8 @@ description:
     each run and read the file together with the watch's C(progress-watch.json) to show live progress.
   - It does nothing unless O(progress_file) is set, and costs one small file write per task.
   - The file is one JSON object with the keys C(phase), C(task) and C(play) (names), C(outcome) (null until the
-    end, then C(completed) or C(failed)), C(started_at) and C(updated_at) (Unix seconds).
+    end, then C(completed) or C(failed)), C(started_at) and C(updated_at) (Unix seconds), C(phases) (each phase
+    entered so far, with the time it was first entered) and C(tasks) (how many tasks have started).
 author:
   - mlops.vast developers (@mlops-vast)
 requirements:
@@ -98,7 +99,8 @@ class CallbackModule(CallbackBase):
         super().__init__(display=display, options=options)
         self._path: str | None = None
         self._state: dict[str, Any] = {"phase": "checking", "task": None, "play": None, "outcome": None,
-                                       "started_at": round(time.time(), 3), "updated_at": None}
+                                       "started_at": round(time.time(), 3), "updated_at": None,
+                                       "phases": {}, "tasks": 0}
         self._in_recovery = False
         self._pending_recovery = False
 
@@ -109,6 +111,11 @@ class CallbackModule(CallbackBase):
     # ------------------------------------------------------------------------------------------ writing
 
     def _write(self, **changes: Any) -> None:
+        phase = changes.get("phase")
+        if phase and phase not in self._state["phases"]:
+            # When each phase was first entered: how long renting, setup and the smoke test took, and when the run
+            # began training (what bench/fleet.py measures).
+            self._state["phases"][phase] = round(time.time(), 3)
         self._state.update(changes)
         if not self._path:
             return
@@ -129,7 +136,7 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
         role = getattr(task, "_role", None)
         phase = role_phase(role.get_name() if role is not None else None)
-        changes: dict[str, Any] = {"task": task.get_name().strip()}
+        changes: dict[str, Any] = {"task": task.get_name().strip(), "tasks": self._state["tasks"] + 1}
         if self._in_recovery:
             # A recovery round's plays start whether or not a round is wanted (their tasks skip): the phase is
             # recovering once one of their tasks really runs (below); the watch of a relaunched run is training.

@@ -157,6 +157,9 @@ class FakePlay:
         return self.name
 
 
+PHASE_ORDER = list(callback.PHASES)
+
+
 def make_callback(path: Path) -> callback.CallbackModule:
     plugin = callback.CallbackModule()
     plugin._path = str(path)
@@ -202,6 +205,10 @@ def test_progress_callback_phases_follow_the_roles_and_recovery_only_when_it_run
     plugin.v2_playbook_on_stats(stats)
     data = json.loads(path.read_text())
     assert data["phase"] == "done" and data["outcome"] == "completed" and data["updated_at"] >= data["started_at"]
+    # Each phase with when it was first entered (a second training after recovery keeps the first time).
+    entered = sorted(data["phases"], key=lambda name: (data["phases"][name], PHASE_ORDER.index(name)))
+    assert entered == ["renting", "setup", "smoke", "launching", "training", "recovering", "teardown", "done"]
+    assert data["tasks"] == 12  # every task_start above
     stats = SimpleNamespace(processed={"localhost": 1}, summarize=lambda host: {"failures": 1})
     plugin.v2_playbook_on_stats(stats)
     assert json.loads(path.read_text())["outcome"] == "failed"
