@@ -8,13 +8,21 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Sim, needs_root
-from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, run_playbook
+from tests.conftest import REPO, Sim, needs_root
+from tests.integration.ansible_run import (
+    ANSIBLE_BIN,
+    ansible_env,
+    failure_excerpt,
+    ledger_open,
+    run_playbook,
+)
 
 pytestmark = [pytest.mark.slow, needs_root, pytest.mark.timeout(1200)]
 
@@ -108,3 +116,42 @@ def test_sweep_isolates_failures_holds_the_budget_and_leaves_nothing_billing(sim
         assert client.get("/_sim/ledger").json()["totals"]["instances"] == instances_before
     rows_again = json.loads((results / "trials.json").read_text())
     assert [(row["id"], row["params"]) for row in rows_again] == [(row["id"], row["params"]) for row in others]
+
+
+def test_ctrl_c_on_the_sweep_stops_every_trial_and_destroys_its_instance(sim: Sim, tmp_path: Path,
+                                                                         trials_stopped: None) -> None:
+    results = tmp_path / "results"
+    extra = {"sweep_grid": {"seed": [1, 2]}, "sweep_max_parallel": 2, "sweep_results_dir": str(results),
+             "sweep_trial_vars": {"provision_probe_max_seconds": 1}, "run_poll_interval_s": 1,
+             "run_command": "python3 train.py --output_dir /workspace/run/output --max_steps 5000 --step_seconds 0.05"}
+    proc = subprocess.Popen([str(ANSIBLE_BIN / "ansible-playbook"), "playbooks/sweep.yml", "-e", "@examples/sweep.yml",
+                             "-e", json.dumps(extra)], cwd=REPO, env=sweep_env(sim, tmp_path), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        phases: list[str | None] = []
+        while time.monotonic() < deadline and phases.count("training") < 2:
+            time.sleep(1)
+            phases = [progress_phase(path) for path in results.glob("t*/progress.json")]
+        assert phases.count("training") == 2, phases
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at a terminal does: the whole foreground group
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0, out
+    state = json.loads((results / "sweep-state.json").read_text())
+    assert state["cancelled"] == "interrupted (SIGINT)"
+    assert [t["state"] for t in state["trials"]] == ["cancelled", "cancelled"]
+    rows = json.loads((results / "trials.json").read_text())
+    assert [row["outcome"] for row in rows] == ["cancelled", "cancelled"]
+    with sim.client() as client:
+        totals = client.get("/_sim/ledger").json()["totals"]
+    assert totals["open_instances"] == 0 and totals["instances"] >= 2, totals
+    assert ledger_open(tmp_path) == []
+
+
+def progress_phase(path: Path) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(path.read_text()).get("phase")
+    return None
