@@ -85,7 +85,7 @@ def test_sweep_shows_one_line_per_trial_and_the_api_gives_the_rows_of_trials_jso
         # Both trials on screen at once, one line each, while they run.
         seen: set[str] = set()
         while len(seen) < 2:
-            child.expect(r"(pty-sweep-t00[01])\W+(renting|setup|smoke|launching|training)", timeout=240)
+            child.expect(r"(pty-sweep-t[0-9a-f]{6})\W+(renting|setup|smoke|launching|training)", timeout=240)
             seen.add(child.match.group(1))
         child.expect(pexpect.EOF, timeout=300)
     finally:
