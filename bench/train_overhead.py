@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -179,10 +180,27 @@ def check_ledger_and_stop(sim: Sim, results: dict[str, Any], say: Callable[[str]
 # ------------------------------------------------------------------------------ running ansible
 
 
+STRATEGY: dict[str, str] = {}  # --strategy: ANSIBLE_STRATEGY (and the plugin path for mitogen's)
+
+
+def strategy_env(name: str) -> dict[str, str]:
+    """ANSIBLE_STRATEGY=name; for mitogen_* also ANSIBLE_STRATEGY_PLUGINS from the installed ansible_mitogen."""
+    if not name:
+        return {}
+    env = {"ANSIBLE_STRATEGY": name}
+    if name.startswith("mitogen"):
+        try:
+            import ansible_mitogen  # type: ignore[import-not-found]  # optional: pip install mitogen
+        except ImportError:
+            raise BenchError("--strategy mitogen_*: mitogen is not installed (pip install mitogen)") from None
+        env["ANSIBLE_STRATEGY_PLUGINS"] = str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy")
+    return env
+
+
 def demo_env(sim: Sim, root: Path, key: Path) -> dict[str, str]:
-    """demo.sh's environment, with private HOME/XDG dirs and the timing callback enabled."""
+    """demo.sh's environment, with private HOME/XDG dirs and the timing callback enabled (and --strategy's)."""
     return ansible_env(sim, root, MLOPS_VAST_SSH_KEY=str(key), ANSIBLE_CALLBACK_PLUGINS=str(root / "callback_plugins"),
-                       ANSIBLE_CALLBACKS_ENABLED=CALLBACK_NAME)
+                       ANSIBLE_CALLBACKS_ENABLED=CALLBACK_NAME, **STRATEGY)
 
 
 def write_callback(root: Path) -> None:
@@ -195,6 +213,9 @@ def run_playbook(argv: list[str], env: dict[str, str], log_path: Path, timeout: 
     """Run ansible-playbook in its own session; on timeout stop that process group. Wall time and rc."""
     started_epoch = time.time()
     started = time.monotonic()
+    # The controller's CPU time: ansible-playbook and every process it waited for (its forks, the modules it
+    # ran on localhost, ssh clients; not the ControlPersist masters, which are detached, nor the simulator).
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -210,7 +231,10 @@ def run_playbook(argv: list[str], env: dict[str, str], log_path: Path, timeout: 
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
             raise
-    return {"rc": rc, "wall_s": time.monotonic() - started, "started_at": started_epoch, "ended_at": time.time()}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"rc": rc, "wall_s": time.monotonic() - started, "started_at": started_epoch, "ended_at": time.time(),
+            "controller_cpu_s": cpu}
 
 
 def read_timer(path: Path) -> dict[str, Any]:
@@ -381,6 +405,7 @@ def print_train(runs: list[dict[str, Any]], modelled: float, speed: float, top: 
         ("training on the host (STARTED_AT -> exit)", "train_host_s"),
         ("  of which the playbook waited for", "train_waited_s"),
         ("overhead, training waited for only", "overhead_critical_s"),
+        ("controller CPU (ansible-playbook + children)", "controller_cpu_s"),
         ("watch task (run_poll_interval_s: 5)", "watch_s"),
         ("  after the run had ended", "watch_after_end_s"),
     ]
@@ -400,7 +425,8 @@ def print_train(runs: list[dict[str, Any]], modelled: float, speed: float, top: 
     say(f"  rents per run: {rents:g} (create -> running each: {min(c2r):.3f}-{max(c2r):.3f}s, modelled "
         f"{modelled:.3f}s = {modelled * speed:.0f}s of Vast's timings / speed {speed:g}; the rest is the host's "
         f"boot); tasks started per run: {tasks_started:g}, {1000 * stats['overhead_s']['median'] / tasks_started:.0f} "
-        "ms of overhead per task")
+        f"ms of overhead per task, {1000 * stats['controller_cpu_s']['median'] / tasks_started:.0f} ms of "
+        "controller CPU per task")
     say(f"  overhead / wall (medians): {stats['overhead_s']['median'] / wall:.2f}; "
         f"(training + smoke) / wall: {(stats['train_runtime_s']['median'] + stats['smoke_s']['median']) / wall:.2f}; "
         f"waits / wall: {(stats['create_to_running_s']['median'] + stats['probe_read_s']['median']) / wall:.2f}")
@@ -464,11 +490,79 @@ def bench_train(sim: Sim, root: Path, key: Path, args: argparse.Namespace, deadl
         rejected = "; ".join(f"machine {m}: {why}" for m, why in run["rejected"].items())
         say(f"  run {index}: wall {run['wall_s']:.2f}s, {len(run['tasks'])} tasks, {len(run['instances'])} "
             f"instance(s) rented{f' (rejected {rejected})' if rejected else ''}; train_runtime "
-            f"{run['train_runtime_s']:.2f}s, smoke {run['smoke_s']:.2f}s, overhead {run['overhead_s']:.2f}s")
+            f"{run['train_runtime_s']:.2f}s, smoke {run['smoke_s']:.2f}s, overhead {run['overhead_s']:.2f}s, "
+            f"controller CPU {run['controller_cpu_s']:.2f}s")
     if runs:
         say("")
         results["train"]["report"] = print_train(runs, modelled, args.speed, args.top, say)
     return exit_code
+
+
+# ------------------------------------------------------------- 1b. against the scripted manual lifecycle
+
+
+def bench_manual(sim: Sim, root: Path, key: Path, args: argparse.Namespace, deadline: Deadline,
+                 results: dict[str, Any], say: Callable[[str], None]) -> int:
+    """bench/manual_lifecycle.py ``--manual`` times on this simulator, then both side by side."""
+    from manual_lifecycle import STEPS, run_manual
+
+    train_runs = results.get("train", {}).get("runs") or []
+    exclude = {int(m) for run in train_runs for m in run.get("rejected", {})}
+    say(f"\n1b. the seeds' manual lifecycle (bench/manual_lifecycle.py: vastai CLI, ssh, rsync, tmux), "
+        f"{args.manual} runs, the same job and poll interval; machines train.yml rejected excluded: "
+        f"{sorted(exclude) or 'none'}")
+    runs: list[dict[str, Any]] = []
+    results["manual"] = {"runs": runs, "excluded": sorted(exclude)}
+    code = 0
+    for index in range(1, args.manual + 1):
+        try:
+            run = run_manual(sim, root, key, index, exclude_machines=exclude, deadline=deadline)
+        except (BenchError, subprocess.SubprocessError, OSError) as exc:
+            code = 1
+            results["errors"].append(f"manual run {index}: {exc}")
+            say(f"  run {index}: FAILED: {exc}")
+            left = destroy_open(sim)
+            if left:
+                say(f"  destroyed instances the run left open: {left}")
+            continue
+        runs.append(run)
+        say(f"  run {index}: wall {run['wall_s']:.2f}s, {run['commands']} commands, train_runtime "
+            f"{run['train_runtime_s']:.2f}s, overhead {run['overhead_s']:.2f}s, controller CPU "
+            f"{run['controller_cpu_s']:.2f}s")
+    if not runs:
+        return code
+    say("  by step (median s): " + ", ".join(
+        f"{name} {statistics.median(r['steps'].get(name, 0.0) for r in runs):.2f}" for name in STEPS))
+    if not train_runs:
+        return code
+
+    def med(rows: list[dict[str, Any]], key: str) -> float:
+        return statistics.median(float(r[key]) for r in rows if r.get(key) is not None)
+
+    rows = [
+        ("wall", med(train_runs, "wall_s"), med(runs, "wall_s")),
+        ("  create -> running (API)", med(train_runs, "create_to_running_s"), med(runs, "create_to_running_s")),
+        ("  bandwidth probe reads", med(train_runs, "probe_read_s"), 0.0),
+        ("  smoke test", med(train_runs, "smoke_s"), 0.0),
+        ("  training (train_runtime)", med(train_runs, "train_runtime_s"), med(runs, "train_runtime_s")),
+        ("overhead (wall - waits - train - smoke)", med(train_runs, "overhead_s"), med(runs, "overhead_s")),
+        ("controller CPU-seconds", med(train_runs, "controller_cpu_s"), med(runs, "controller_cpu_s")),
+    ]
+    say(f"\n  {'medians':44} {'train.yml':>10} {'manual':>10} {'ratio':>7}")
+    for label, mine, theirs in rows:
+        ratio = f"{mine / theirs:7.2f}" if theirs > 0 else f"{'':>7}"
+        say(f"  {label:44} {mine:10.2f} {theirs:10.2f} {ratio}  s")
+    tasks = statistics.median(len(r["tasks"]) for r in train_runs)
+    commands = statistics.median(r["commands"] for r in runs)
+    ratio = med(train_runs, "overhead_s") / med(runs, "overhead_s")
+    say(f"  tasks per train.yml run: {tasks:g}; commands per manual run: {commands:g}; orchestration overhead "
+        f"train.yml / manual: {ratio:.2f}x (goal <= 2x). train.yml also rents twice (the slow-link host is probed, "
+        "rejected and destroyed), checks the GPU, builds a uv environment, smoke-tests, verifies checkpoints "
+        "and proves the instance gone; the script does none of that.")
+    results["manual"]["comparison"] = {"rows": [{"what": r[0].strip(), "train_yml": r[1], "manual": r[2]}
+                                                for r in rows],
+                                       "tasks": tasks, "commands": commands, "overhead_ratio": ratio}
+    return code
 
 
 # --------------------------------------------------------------- 2. pipelining x ControlPersist
@@ -647,6 +741,12 @@ def main(argv: list[str] | None = None) -> int:
                         "role's 8); 0 passes -e provision_probe=false, which lets a slow-link host through "
                         "(default 1)")
     parser.add_argument("--top", type=int, default=12, help="slowest tasks listed (default 12)")
+    parser.add_argument("--strategy", default="",
+                        help="ANSIBLE_STRATEGY for every ansible-playbook run, e.g. mitogen_linear (mitogen's "
+                        "strategy plugins are found in the installed ansible_mitogen); default: ansible.cfg's")
+    parser.add_argument("--manual", type=int, default=0,
+                        help="also run bench/manual_lifecycle.py's scripted manual lifecycle this many times on the "
+                        "same simulator (the machines train.yml rejected excluded) and compare (default 0)")
     parser.add_argument("--tasks", type=int, default=20,
                         help="K: part 2's playbook has K command and K stat tasks (default 20)")
     parser.add_argument("--repeats", type=int, default=3,
@@ -657,12 +757,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=1800.0,
                         help="overall time limit in seconds (default 1800)")
     args = parser.parse_args(argv)
-    if args.runs < 0 or args.repeats < 0 or args.tasks < 2 or args.speed <= 0 or args.top < 1:
-        parser.error("--runs and --repeats must be >= 0, --tasks >= 2, --top >= 1, --speed > 0")
+    if args.runs < 0 or args.repeats < 0 or args.manual < 0 or args.tasks < 2 or args.speed <= 0 or args.top < 1:
+        parser.error("--runs, --repeats and --manual must be >= 0, --tasks >= 2, --top >= 1, --speed > 0")
     for tool in ("ssh", "ssh-keygen", "ip", "rsync", "tmux"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found on PATH")
 
+    try:
+        STRATEGY.update(strategy_env(args.strategy))
+    except BenchError as exc:
+        parser.error(str(exc))
     deadline = Deadline(args.deadline)
     root = Path(tempfile.mkdtemp(prefix="vastsim-bench-"))
     results: dict[str, Any] = {
@@ -691,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"callback in {root}")
             if args.runs:
                 outcome.code |= bench_train(sim, root, key, args, deadline, results, say)
+            if args.manual:
+                outcome.code |= bench_manual(sim, root, key, args, deadline, results, say)
             if args.repeats:
                 outcome.code |= bench_ssh(sim, root, key, args, deadline, results, say)
     finally:

@@ -14,6 +14,8 @@ through the collection's VastClient, from the controller, with the key of the co
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import secrets
 import signal
@@ -34,6 +36,7 @@ from ansible_collections.mlops.vast.plugins.module_utils.errors import (
     VastError,
     VastNotFound,
 )
+from ansible_collections.mlops.vast.plugins.module_utils.instance_cache import InstanceListCache
 from ansible_collections.mlops.vast.plugins.module_utils.vast_module import auth_argument_spec
 from ansible_collections.mlops.vast.plugins.module_utils.waiting import Deadline
 from ansible_collections.mlops.vast.plugins.plugin_utils.host_poll import PollRequest, parse_poll, poll_script
@@ -104,6 +107,8 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "max_total_usd": {"type": "float", "default": 0.0},
     "stop_margin_s": {"type": "float", "default": 60.0},
     "total_steps": {"type": "int"},
+    "shared_list": {"type": "bool", "default": False},
+    "progress_file": {"type": "path"},
     **auth_argument_spec(),
 }
 
@@ -254,6 +259,7 @@ class Watcher:
         self.gone_kind = "instance_gone"
         self.last_api: float | None = None
         self.api_now = False
+        self.api_cache = InstanceListCache(clock=self.wall) if params["shared_list"] else None
         self.poll_hanging = False
         self.sync = (SyncRunner(params["sync_command"], params["sync_interval"], params["sync_timeout"], self.start,
                                 self.start) if params["sync_command"] else None)
@@ -270,14 +276,25 @@ class Watcher:
     def _api_budget(self) -> float:
         return max(2 * (self.p["api_timeout"] or 30.0), 30.0)
 
-    def api_poll(self) -> None:
+    def api_poll(self, *, urgent: bool = False) -> None:
+        """Read the instance's row: from the account's instance list shared by every watcher on this controller
+        (module_utils/instance_cache.py; a list younger than half the API interval is reused, at most 2 s when
+        ``urgent``), or with its own request when ``shared_list`` is off."""
         if self.client is None:
             return
         self.last_api = self.clock()
         self.client.deadline = Deadline(self._api_budget())
         self.api_polls += 1
+        row_at = None
         try:
-            row = self.client.get_instance(self.p["instance_id"])
+            if self.api_cache is not None:
+                max_age = min(self._api_interval() / 2, 2.0) if urgent else self._api_interval() / 2
+                # A row that says the instance is gone is never taken from the cache: it is read again first.
+                row, row_at, _cached = self.api_cache.instance(
+                    self.client, self.api_key, self.p["instance_id"], max_age,
+                    confirm=lambda found: instance_verdict(found) is not None)
+            else:
+                row = self.client.get_instance(self.p["instance_id"])
         except VastNotFound:
             row = None
         except VastAuthError:
@@ -288,7 +305,7 @@ class Watcher:
             return
         self.api_error = None
         self.instance_row = row
-        self.instance_row_at = self.wall()
+        self.instance_row_at = min(row_at, self.wall()) if row_at is not None else self.wall()
         self.instance_gone = instance_verdict(row)
         self.gone_kind = gone_kind(row)
 
@@ -439,6 +456,56 @@ class Watcher:
             return None
         return max(0.0, (total - step) * elapsed / step)
 
+    def progress(self, outcome: str | None) -> dict[str, Any]:
+        """The progress file's record (a fixed contract: the mlops-vast CLI reads it)."""
+        metrics = self.metrics()
+        spend = self.spend()
+        eta = self.eta_s()
+        row = self.instance_row or {}
+
+        def number(value: Any) -> float | None:
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                return None
+            return value if math.isfinite(value) else None
+
+        step = metrics.step
+        return {
+            "step": int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else None,
+            "total_steps": self.p["total_steps"],
+            "loss": number(metrics.loss),
+            "spent_usd": None if spend is None else round(spend[0], 6),
+            "dph": number(row.get("dph_total")),
+            "eta_s": None if eta is None else round(eta, 1),
+            "instance_id": self.p["instance_id"],
+            "outcome": outcome,
+            "updated_at": round(self.wall(), 3),
+        }
+
+    def write_progress(self, outcome: str | None = None) -> None:
+        """Replace ``progress_file`` atomically (a temporary file in its directory, then ``os.replace``); a
+        failure to write it is reported at -vv and never stops the watch."""
+        path = self.p["progress_file"]
+        if not path:
+            return
+        tmp = None
+        try:
+            directory = os.path.dirname(path) or "."
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".progress-", suffix=".tmp", dir=directory)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(self.progress(outcome), handle)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+            tmp = None
+        except (OSError, TypeError, ValueError) as exc:
+            display.vv(f"mlops.vast.watch: could not write the progress file {path}: {exc}")
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
     def _api_interval(self) -> float:
         interval = self.p["api_poll_interval"]
         if self.p["max_total_usd"] > 0:
@@ -454,8 +521,8 @@ class Watcher:
 
     def _api_if_due(self) -> None:
         if self._api_due():
-            self.api_now = False
-            self.api_poll()
+            urgent, self.api_now = self.api_now, False
+            self.api_poll(urgent=urgent)
 
     def _while_waiting(self, waited: float) -> str | None:
         """Called about every second while a poll command runs; a reason stops waiting for it."""
@@ -511,6 +578,7 @@ class Watcher:
                                 f"{describe_progress(self.progress_token())}")
                 finally:
                     self.poll_hanging = False
+                self.write_progress()
             if self.sync is not None:
                 self.sync.tick(self.clock())
             verdict = decide(self.observation(host_fresh=host_fresh), self.limits)
@@ -520,7 +588,7 @@ class Watcher:
             if (verdict is not None and verdict[0] not in ("completed", *GONE_OUTCOMES) and self.client is not None
                     and (self.last_api is None or self.clock() - self.last_api > 2.0)):
                 # Before blaming the run, make sure the instance itself is still there.
-                self.api_poll()
+                self.api_poll(urgent=True)
                 verdict = decide(self.observation(host_fresh=host_fresh), self.limits)
             if verdict is not None:
                 return verdict
@@ -640,6 +708,7 @@ class ActionModule(ActionBase):
             finally:
                 watcher.close(outcome)
             out = watcher.result(outcome, msg)
+            watcher.write_progress(outcome)
         except AnsibleActionFail as exc:
             raise AnsibleActionFail(redact_text(str(exc), self._secrets(params, watcher))) from None
         out["failed"] = outcome in params["fail_on"]

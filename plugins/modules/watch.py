@@ -20,7 +20,10 @@ description:
     traceback anywhere in the log is seen), and asks C(nvidia-smi) for the GPU utilisation. It changes
     nothing on the host.
   - Every O(api_poll_interval) seconds, when O(instance_id) is set, it asks the Vast API for the instance's
-    status, from the controller with the controller's key; the key is never sent to the host.
+    status, from the controller with the controller's key; the key is never sent to the host. With
+    O(shared_list) (the C(mlops.vast.watch) role turns it on) it reads the account's instance list, shared
+    through a small file next to the contract ledger by every watch on the controller (a sweep's trials), so
+    N watches make about one list request per interval, not N.
   - "It returns with O(fail_on) deciding failure: C(completed) (exit code 0 and the summary marker seen);
     C(crash) (a non-zero exit code, a traceback in the log, or the tmux session gone without an exit code);
     C(stall) (no new step for O(stall_timeout) seconds, or no log growth before any step was logged);
@@ -206,6 +209,28 @@ options:
   total_steps:
     description: The run's total steps, for the triage bundle's C(eta_s).
     type: int
+  shared_list:
+    description:
+      - Read the instance's status from the account's instance list (one request, C(GET /api/v0/instances/),
+        or the v1 list's pages where that is refused), kept in C(instances-cache.json) next to the contract
+        ledger (C(MLOPS_VAST_LEDGER)) under a file lock. A list younger than half the API interval (at most 2 s
+        when the host stops answering or before an outcome is blamed on the run) is reused by every watch on
+        the controller; an instance missing from a reused list is looked for in a fresh one before it counts as
+        gone. The file holds neither the key (entries are keyed by the API URL and a hash of the key) nor more
+        of a row than the watch needs.
+      - C(false) asks the API for the one instance (C(GET /api/v0/instances/{id}/)) every time.
+      - The C(mlops.vast.watch) role (so C(playbooks/train.yml) and every trial of a sweep) turns it on.
+    type: bool
+    default: false
+  progress_file:
+    description:
+      - A local file (on the controller) replaced atomically after every poll of the host and once more when the
+        watch returns, with one JSON object C({"step", "total_steps", "loss", "spent_usd", "dph", "eta_s",
+        "instance_id", "outcome", "updated_at"}) - C(step) and C(total_steps) integers or null, C(loss),
+        C(spent_usd), C(dph) (the instance's C(dph_total)) and C(eta_s) numbers or null (a non-finite loss is
+        null), C(outcome) null while the run goes and the final outcome at the end, C(updated_at) epoch seconds.
+      - For progress displays (the C(mlops-vast) CLI reads it). A failure to write it never stops the watch.
+    type: path
   timeout:
     description:
       - Seconds the watch itself may block; then it returns C(timeout) and the run goes on. C(0) means no
