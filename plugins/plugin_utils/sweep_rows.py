@@ -106,17 +106,29 @@ def read_ledger(path: str) -> list[dict[str, Any]]:
     return records
 
 
+def _number_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def spent(results_dir: str) -> float:
-    """What the trial's instances cost, as its watches last read them (one record per attempt)."""
-    total = 0.0
-    for record in watch_records(results_dir):
-        value = (record.get("triage") or {}).get("spent_usd") if isinstance(record.get("triage"), dict) else None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            total += float(value)
-    progress = _read_json(os.path.join(results_dir, "progress-watch.json"))
-    if not total and isinstance(progress, dict) and isinstance(progress.get("spent_usd"), int | float):
-        total = float(progress["spent_usd"])
-    return round(total, 6)
+    """What the trial's instances cost: each instance's spend as its watches last read it (an instance resumed in
+    place is watched again, and its spend counts once), the one being watched now included
+    (``progress-watch.json`` until it carries an outcome)."""
+    per_instance: dict[Any, float] = {}
+    for index, record in enumerate(watch_records(results_dir)):
+        triage = record.get("triage") if isinstance(record.get("triage"), dict) else {}
+        value = _number_or_none(triage.get("spent_usd"))
+        instance = record.get("instance") if isinstance(record.get("instance"), dict) else {}
+        if value is not None:
+            key = instance.get("id") or f"record-{index}"
+            per_instance[key] = max(per_instance.get(key, 0.0), value)
+    live = _read_json(os.path.join(results_dir, "progress-watch.json"))
+    if isinstance(live, dict) and live.get("outcome") is None:
+        value = _number_or_none(live.get("spent_usd"))
+        if value is not None:
+            key = live.get("instance_id") or "live"
+            per_instance[key] = max(per_instance.get(key, 0.0), value)
+    return round(sum(per_instance.values()), 6)
 
 
 def build_row(*, trial_id: str, label: str, params: Mapping[str, Any], results_dir: str, rc: int | None,

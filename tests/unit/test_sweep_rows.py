@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import build_row, failure_message, rows_csv
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import build_row, failure_message, rows_csv, spent
 
 LEDGER = [{"event": "created", "id": 1, "label": "sw-t000", "machine_id": 11},
           {"event": "created", "id": 2, "label": "sw-t001", "machine_id": 12},
@@ -71,3 +71,23 @@ def test_csv_has_one_column_per_parameter_and_one_line_per_trial() -> None:
     assert [r["id"] for r in table] == ["t000", "t001"]
     assert table[0]["param_lr"] == "0.1" and table[0]["param_seed"] == "" and table[1]["param_seed"] == "3"
     assert table[0]["hosts"] == "1 2" and table[1]["outcome"] == "failed"
+
+
+def test_spend_adds_the_attempt_being_watched_to_the_finished_ones(tmp_path: Path) -> None:
+    (tmp_path / "watch.json").write_text(json.dumps({"outcome": "preempted", "triage": {"spent_usd": 0.01}}))
+    (tmp_path / "progress-watch.json").write_text(json.dumps({"outcome": None, "spent_usd": 0.004}))
+    assert spent(str(tmp_path)) == 0.014
+    # Once the watch of that attempt has ended, its record counts and the live figure no longer does.
+    finished = {"outcome": "completed", "triage": {"spent_usd": 0.005}}
+    (tmp_path / "watch-recovery-1.json").write_text(json.dumps(finished))
+    (tmp_path / "progress-watch.json").write_text(json.dumps({"outcome": "completed", "spent_usd": 0.005}))
+    assert spent(str(tmp_path)) == 0.015
+
+
+def test_an_instance_resumed_in_place_counts_once(tmp_path: Path) -> None:
+    first = {"outcome": "preempted", "instance": {"id": 7}, "triage": {"spent_usd": 0.01}}
+    again = {"outcome": "completed", "instance": {"id": 7}, "triage": {"spent_usd": 0.03}}
+    (tmp_path / "watch.json").write_text(json.dumps(first))
+    (tmp_path / "watch-recovery-1.json").write_text(json.dumps(again))
+    (tmp_path / "progress-watch.json").write_text(json.dumps({"outcome": None, "spent_usd": 0.02, "instance_id": 9}))
+    assert spent(str(tmp_path)) == 0.05
