@@ -96,8 +96,9 @@ class ActionModule(ActionBase):
             _fail(str(exc))
 
         if self._play_context.check_mode:
-            result.update(changed=False, trials=[{"id": t.id, "label": t.label, "params": t.params,
-                                                   "command": t.run_vars["run_command"]} for t in trials])
+            planned = [{"id": t.id, "label": t.label, "params": t.params, "command": t.run_vars["run_command"]}
+                       for t in trials]
+            result.update(changed=False, trials=planned)
             result["msg"] = f"Would run {len(trials)} trial(s), at most {args['max_parallel']} at once."
             return result
 
