@@ -2,15 +2,6 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tempfile
-import time
-from typing import Any
-
-from ansible.plugins.callback import CallbackBase
-
 DOCUMENTATION = r"""
 name: progress
 type: notification
@@ -53,6 +44,15 @@ EXAMPLES = r"""
 #   ansible-playbook playbooks/train.yml -e @my-run.yml
 # Then, from anywhere: watch -n1 cat results/exp-1/progress.json
 """
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+from ansible.plugins.callback import CallbackBase
 
 PHASES = ("checking", "renting", "setup", "smoke", "launching", "training", "recovering", "teardown", "done")
 ROLE_PHASES = {

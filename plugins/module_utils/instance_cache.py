@@ -148,7 +148,7 @@ class InstanceListCache:
                     self._write({"entries": entries})
                 return kept, at, False
         except OSError:
-            rows, _ = fetch_list(client)
+            rows = fetch_list(client)[0]
             self.fetches += 1
             return [slim(r) for r in rows if isinstance(r, dict)], self.clock(), False
 

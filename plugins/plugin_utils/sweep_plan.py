@@ -67,8 +67,8 @@ def _grid(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
         axes.append((name, list(values)))
     if not axes:
         return []
-    names = [name for name, _ in axes]
-    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(values for _, values in axes))]
+    names = [axis[0] for axis in axes]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(axis[1] for axis in axes))]
 
 
 def _number(spec: Mapping[str, Any], key: str, name: str) -> float:
@@ -130,7 +130,7 @@ def _random(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
         raise SweepSpecError("sweep_random.params must map each parameter to {min, max, log} or {choices: [...]}")
     samplers = [(name, _sampler(name, param)) for name, param in params.items()]
     rng = random.Random(seed)
-    return [{name: sample(rng) for name, sample in samplers} for _ in range(count)]
+    return [{name: sample(rng) for name, sample in samplers} for _trial in range(count)]
 
 
 def _explicit(trials: Sequence[Any]) -> list[dict[str, Any]]:
