@@ -22,22 +22,66 @@ _NOT_AVAILABLE = frozenset({"[N/A]", "N/A", "[Not Supported]", "Not Supported", 
 
 _UNIT_IN_HEADER = re.compile(r"\s*\[[^\]]*\]$")
 _NUMBER_WITH_UNIT = re.compile(r"^(-?\d+(?:\.\d+)?)(?:\s*(?:MiB|MB|%|W|MHz|us|C))?$")
-_CUDA_VERSION = re.compile(r"CUDA Version\s*:\s*(\S+)")
-_DRIVER_VERSION = re.compile(r"Driver Version\s*:\s*(\S+)", re.IGNORECASE)
+# Drivers 610+ print "CUDA UMD Version" and "KMD Version" (and, in --version, "CUDA version : Deprecated,
+# see ..."); older ones "CUDA Version" and "Driver Version"; before 410 the banner has no CUDA version at all.
+# Only a value that starts with a digit counts, so "N/A", "ERR!" and "Deprecated, ..." are not versions.
+_CUDA_UMD_VERSION = re.compile(r"CUDA UMD Version\s*:\s*(\d[\d.]*)", re.IGNORECASE)
+_CUDA_VERSION = re.compile(r"CUDA Version\s*:\s*(\d[\d.]*)", re.IGNORECASE)
+_KMD_VERSION = re.compile(r"KMD Version\s*:\s*(\d[\w.\-]*)", re.IGNORECASE)
+_DRIVER_VERSION = re.compile(r"Driver Version\s*:\s*(\d[\w.\-]*)", re.IGNORECASE)
 _SMI_VERSION = re.compile(r"NVIDIA-SMI(?: version)?\s*:?\s*(\d[\w.\-]*)")
-# Table rows of one GPU. First: index, name, persistence | bus id, display | ECC.
-_ROW_NAME = re.compile(r"^\|\s*(\d+)\s+(.+?)\s+(On|Off)\s*\|\s*([0-9A-Fa-f]+:[0-9A-Fa-f]+:[0-9A-Fa-f.]+)\s+(On|Off)\s*"
-                       r"\|\s*(.*?)\s*\|$")
+_BANNER = re.compile(r"NVIDIA-SMI\s+(\S+)\s+(?:Driver|KMD) Version:\s*(\S+)(?:\s+CUDA(?: UMD)? Version:\s*(\S+))?")
+# Persistence-M column on Linux; on Windows the same column is "Driver-Model" (WDDM, TCC, MCDM).
+_DRIVER_MODELS = frozenset({"WDDM", "TCC", "MCDM"})
+# Table rows of one GPU. First: index, name, persistence (or driver model) | bus id, display | ECC.
+_ROW_NAME = re.compile(r"^\|\s*(\d+)\s+(.+?)\s+(On|Off|N/A|WDDM|TCC|MCDM)\s*"
+                       r"\|\s*([0-9A-Fa-f]+:[0-9A-Fa-f]+:[0-9A-Fa-f.]+)\s+(On|Off|N/A)\s*\|\s*(.*?)\s*\|$")
 # Second: fan, temperature, perf state, power usage / cap | memory used / total | utilisation, compute mode.
 _ROW_USAGE = re.compile(r"^\|\s*(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*/\s*(\S+)\s*\|\s*(\d+)MiB\s*/\s*(\d+)MiB\s*"
                         r"\|\s*(\S+)\s+(.*?)\s*\|$")
 # Third (drivers 450+): MIG mode in the last column.
 _ROW_MIG = re.compile(r"^\|\s+\|\s+\|\s*(\S.*?)\s*\|$")
-_LIST_LINE = re.compile(r"^GPU (\d+): (.+?) \(UUID: ([^)]+)\)\s*$")
+# "MIG devices:" table rows (drivers 450+): GPU, GI, CI, MIG dev | used / total | SM count, ... The memory
+# column is "Memory-Usage" before 580 and "Shared Memory-Usage" after; the second line of each slice (BAR1)
+# has no index columns, so it never matches.
+_ROW_MIG_DEVICE = re.compile(r"^\|\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*\|\s*(\d+)MiB\s*/\s*(\d+)MiB\s*\|\s*(\d+)\s")
+_LIST_LINE = re.compile(r"^GPU (\d+): (.+?) \(UUID: ([^)]*)\)\s*$")
+# -L lines of MIG slices under their GPU: "  MIG 3g.40gb     Device  0: (UUID: MIG-...)".
+_LIST_MIG_LINE = re.compile(r"^\s+MIG (\S+)\s+Device\s+(\d+): \(UUID: ([^)]*)\)\s*$")
+_MIG_PROFILE_GB = re.compile(r"(\d+)gb\b")
+# What nvidia-smi prints instead of its output when it cannot give one (stdout, first line).
+_ERROR_MARKERS = (
+    "NVIDIA-SMI has failed",
+    "couldn't communicate with the NVIDIA driver",
+    "No devices were found",
+    "Failed to initialize NVML",
+    "is not a valid field to query",
+    "Unable to determine the device handle",
+    "GPU access blocked by the operating system",
+    "Insufficient Permissions",
+    "Driver/library version mismatch",
+    "ERROR: Option",
+    "Invalid combination of input arguments",
+)
 
 
 class ParseError(ValueError):
     """Output that does not look like what nvidia-smi prints; the message quotes the bad part."""
+
+
+def error_message(text: str) -> str | None:
+    """The error line when ``text`` is one of nvidia-smi's error messages rather than output, else None."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and any(marker in line for marker in _ERROR_MARKERS):
+            return line
+    return None
+
+
+def _refuse_error_text(text: str, what: str) -> None:
+    message = error_message(text)
+    if message is not None:
+        raise ParseError(f"nvidia-smi printed an error instead of {what}: {message!r}")
 
 
 # --------------------------------------------------------------------------- versions
@@ -96,12 +140,19 @@ def _int(text: str | None, field: str, line: str) -> int | None:
     return None if number is None else int(number)
 
 
+_FIELD_NAME = re.compile(r"^[A-Za-z_][\w.]*$")
+
+
 def _csv_rows(text: str, fields: tuple[str, ...] | list[str] | None) -> list[tuple[str, dict[str, str | None]]]:
+    _refuse_error_text(text, "CSV")
     lines = [line for line in text.splitlines() if line.strip()]
     if fields is None:
         if not lines:
             raise ParseError("no header line")
         fields = [_UNIT_IN_HEADER.sub("", name.strip()) for name in lines[0].split(",")]
+        bad = [name for name in fields if not _FIELD_NAME.match(name)]
+        if bad:
+            raise ParseError(f"not a header of field names: {lines[0].strip()!r}")
         lines = lines[1:]
     rows = []
     for line in lines:
@@ -119,6 +170,8 @@ def parse_query_csv(text: str, fields: tuple[str, ...] | list[str] | None = None
 
     With a header line, the keys are its field names without the ``[unit]``; with
     ``noheader`` pass ``fields``. Values are stripped; ``[N/A]`` and the like become None.
+    A header with no rows (a query of processes when none run) is an empty list; an error
+    message of the tool, or a first line that is not field names, raises ParseError.
     """
     return [row for _line, row in _csv_rows(text, fields)]
 
@@ -161,43 +214,89 @@ def gpus_from_query(text: str, fields: tuple[str, ...] | list[str] = QUERY_FIELD
 
 
 def parse_cuda_version(text: str) -> str | None:
-    """The CUDA version the driver supports, from the table header, ``--version`` or ``-q``."""
-    match = _CUDA_VERSION.search(text)
-    if not match:
-        return None
-    value = match.group(1)
-    return value if version_tuple(value) is not None else None
+    """The CUDA version the driver supports, from the table header, ``--version`` or ``-q``.
+
+    ``CUDA UMD Version`` (drivers 610+) wins over the deprecated ``CUDA Version``. None when
+    the driver does not say (before 410, or ``N/A``/``ERR!`` in the banner); ParseError
+    when ``text`` is an error message of the tool.
+    """
+    _refuse_error_text(text, "a CUDA version")
+    for pattern in (_CUDA_UMD_VERSION, _CUDA_VERSION):
+        match = pattern.search(text)
+        if match and version_tuple(match.group(1)) is not None:
+            return match.group(1)
+    return None
+
+
+def mig_profile_memory_mb(profile: str) -> int | None:
+    """Nominal memory of a MIG profile such as ``3g.40gb`` in MiB (40 * 1024), or None."""
+    match = _MIG_PROFILE_GB.search(profile)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def _mig_devices(lines: list[str]) -> list[dict]:
+    """Rows of the "MIG devices:" table, which comes after the GPU table and before "Processes:"."""
+    devices: list[dict] = []
+    inside = False
+    for line in lines:
+        if "MIG devices:" in line:
+            inside = True
+            continue
+        if inside and "Processes:" in line:
+            break
+        row = _ROW_MIG_DEVICE.match(line.rstrip()) if inside else None
+        if row:
+            devices.append({
+                "gpu": int(row.group(1)),
+                "gpu_instance_id": int(row.group(2)),
+                "compute_instance_id": int(row.group(3)),
+                "mig_device": int(row.group(4)),
+                "memory_used_mb": int(row.group(5)),
+                "memory_total_mb": int(row.group(6)),
+                "sm_count": int(row.group(7)),
+            })
+    return devices
 
 
 def parse_table(text: str) -> dict:
     """The default ``nvidia-smi`` table: versions from the banner and one dict per GPU.
 
     Names longer than the column are cut by the tool to 24 characters plus ``...``;
-    such GPUs carry ``name_truncated: true``.
+    such GPUs carry ``name_truncated: true``. The banner's driver is ``Driver Version``
+    or (610+) ``KMD Version``; ``cuda_version`` is None where the banner has none (drivers
+    before 410) or says ``N/A``. On Windows the persistence column holds the driver model
+    (``WDDM``, ``TCC``): it goes to ``driver_model`` and ``persistence_mode`` is None.
+    MIG slices listed under "MIG devices:" are in ``mig_devices``, and each GPU lists its
+    own; a slice's ``memory_total_mb`` is what a process on that slice can use.
     """
-    header = re.search(r"NVIDIA-SMI\s+(\S+)\s+Driver Version:\s*(\S+)\s+CUDA Version:\s*(\S+)", text)
+    _refuse_error_text(text, "the GPU table")
+    header = _BANNER.search(text)
     if not header:
-        raise ParseError("no 'NVIDIA-SMI ... Driver Version: ... CUDA Version: ...' banner")
+        raise ParseError("no 'NVIDIA-SMI ... Driver Version: ...' (or 'KMD Version: ...') banner")
     cuda = header.group(3)
+    lines = text.splitlines()
+    mig_devices = _mig_devices(lines)
     result: dict = {
         "nvidia_smi_version": header.group(1),
         "driver_version": header.group(2),
-        "cuda_version": cuda if version_tuple(cuda) is not None else None,
+        "cuda_version": cuda if cuda is not None and version_tuple(cuda) is not None else None,
         "gpus": [],
+        "mig_devices": mig_devices,
     }
-    lines = text.splitlines()
     for number, line in enumerate(lines):
         row = _ROW_NAME.match(line.rstrip())
         if not row:
             continue
         name = row.group(2)
+        mode = row.group(3)
         gpu: dict = {
             "index": int(row.group(1)),
             "name": name,
             "name_truncated": name.endswith("..."),
-            "persistence_mode": row.group(3),
+            "persistence_mode": None if mode in _DRIVER_MODELS or mode == "N/A" else mode,
+            "driver_model": mode if mode in _DRIVER_MODELS else None,
             "bus_id": row.group(4),
-            "display_active": row.group(5),
+            "display_active": _value(row.group(5)),
             "ecc": row.group(6),
         }
         usage = _ROW_USAGE.match(lines[number + 1].rstrip()) if number + 1 < len(lines) else None
@@ -217,24 +316,49 @@ def parse_table(text: str) -> dict:
         })
         mig = _ROW_MIG.match(lines[number + 2].rstrip()) if number + 2 < len(lines) else None
         gpu["mig_mode"] = _value(mig.group(1)) if mig else None
+        gpu["mig_devices"] = [d for d in mig_devices if d["gpu"] == gpu["index"]]
         result["gpus"].append(gpu)
+    if not result["gpus"]:
+        raise ParseError("a banner but no GPU rows")
     return result
 
 
 def parse_list(text: str) -> list[dict]:
-    """``nvidia-smi -L``: index, name and UUID of each GPU (MIG device lines are skipped)."""
-    gpus = []
+    """``nvidia-smi -L``: index, name and UUID of each GPU, with its MIG slices in ``mig_devices``.
+
+    Each slice: ``profile`` (``3g.40gb``), ``index``, ``uuid`` and ``memory_total_mb``, the
+    profile's nominal size (the table's "MIG devices:" gives the exact one). ParseError when
+    there is no GPU line (an error message, or nothing).
+    """
+    _refuse_error_text(text, "a GPU list")
+    gpus: list[dict] = []
     for line in text.splitlines():
         match = _LIST_LINE.match(line)
         if match:
-            gpus.append({"index": int(match.group(1)), "name": match.group(2), "uuid": match.group(3)})
+            gpus.append({"index": int(match.group(1)), "name": match.group(2), "uuid": match.group(3),
+                         "mig_devices": []})
+            continue
+        mig = _LIST_MIG_LINE.match(line)
+        if mig and gpus:
+            gpus[-1]["mig_devices"].append({"profile": mig.group(1), "index": int(mig.group(2)),
+                                            "uuid": mig.group(3),
+                                            "memory_total_mb": mig_profile_memory_mb(mig.group(1))})
+    if not gpus:
+        raise ParseError(f"no 'GPU n: ... (UUID: ...)' line in {' '.join(text.split())[:200]!r}")
     return gpus
 
 
 def parse_version(text: str) -> dict:
-    """``nvidia-smi --version``: nvidia_smi_version, driver_version, cuda_version (None when absent)."""
+    """``nvidia-smi --version``: nvidia_smi_version, driver_version, cuda_version (None when absent).
+
+    Drivers 610+ say ``DRIVER version : Deprecated, see "KMD version" instead``; the driver is
+    then ``KMD version`` and the CUDA version ``CUDA UMD version``.
+    """
+    _refuse_error_text(text, "version information")
     smi = _SMI_VERSION.search(text)
-    driver = _DRIVER_VERSION.search(text)
+    driver = _KMD_VERSION.search(text) or _DRIVER_VERSION.search(text)
+    if smi is None and driver is None:
+        raise ParseError(f"no version in {' '.join(text.split())[:200]!r}")
     return {
         "nvidia_smi_version": smi.group(1) if smi else None,
         "driver_version": driver.group(1) if driver else None,

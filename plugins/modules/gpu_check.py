@@ -177,14 +177,26 @@ gpus:
       description: The GPU UUID.
       type: str
     memory_total_mb:
-      description: Total memory in MiB as C(nvidia-smi) reports it.
+      description:
+        - Total memory in MiB as C(nvidia-smi) reports it.
+        - On a GPU split into MIG slices, the memory of its smallest visible slice (what one process can
+          use), 0 when no slice is visible; the whole card's is in C(card_memory_total_mb).
       type: int
     memory_total_gb:
       description: Total memory in GiB, rounded to 0.1 (what O(min_vram_gb) is compared with).
       type: float
     memory_used_mb:
-      description: Memory in use in MiB.
+      description: Memory in use in MiB (of that slice, on a GPU split into MIG slices).
       type: int
+    card_memory_total_mb:
+      description: Only on a GPU with MIG enabled, the whole card's memory in MiB.
+      type: int
+    mig_devices:
+      description:
+        - Only on a GPU with MIG enabled, the slices of it this host can see, from the table's C(MIG devices).
+        - Each has gpu_instance_id, compute_instance_id, mig_device, memory_used_mb, memory_total_mb and sm_count.
+      type: list
+      elements: dict
     utilization_gpu:
       description: GPU utilisation in percent, or null when not reported (MIG).
       type: int
@@ -429,24 +441,62 @@ def query_gpus(smi: str, timeout: int) -> tuple[list[dict], list[str]]:
     return gpus, warnings
 
 
-def query_cuda(smi: str, timeout: int) -> tuple[str | None, str | None, list[str]]:
-    """(CUDA version, driver version) from the banner of the plain table, else from --version."""
+def query_cuda(smi: str, timeout: int) -> tuple[str | None, str | None, dict | None, list[str]]:
+    """(CUDA version, driver version, parsed table or None) from the plain table; CUDA else from --version."""
     warnings = []
+    table = None
     rc, out = smi_command(smi, [], timeout)
     if rc == 0:
         try:
             table = parse_table(out)
-            if table["cuda_version"]:
-                return table["cuda_version"], table["driver_version"], warnings
         except ParseError as exc:
             warnings.append(f"cannot read the nvidia-smi table: {exc}")
+        else:
+            if table["cuda_version"]:
+                return table["cuda_version"], table["driver_version"], table, warnings
     else:
         warnings.append(f"nvidia-smi (table) exited {rc}: {_short(out, 200)}")
     rc, out = smi_command(smi, ["--version"], timeout)
-    cuda = parse_cuda_version(out) if rc == 0 else None
+    cuda = None
+    if rc == 0:
+        try:
+            cuda = parse_cuda_version(out)
+        except ParseError as exc:
+            warnings.append(f"cannot read nvidia-smi --version: {exc}")
     if cuda is None:
         warnings.append("nvidia-smi does not say which CUDA version the driver supports")
-    return cuda, None, warnings
+    return cuda, table["driver_version"] if table else None, table, warnings
+
+
+def apply_mig(gpus: list[dict], table: dict | None) -> list[str]:
+    """Give each GPU split into MIG slices the memory of a slice, not of the whole card.
+
+    --query-gpu reports the whole card's memory.total even when MIG is on, but a process runs on
+    one slice and can use only that slice's memory. The table's "MIG devices:" lists the slices
+    this host can see; a GPU with MIG on gets the smallest of them (any slice a job lands on has
+    at least that much), 0 when none is visible. The card's own total stays in card_memory_total_mb.
+    """
+    warnings: list[str] = []
+    if not table:
+        return warnings
+    by_index = {gpu["index"]: gpu for gpu in table["gpus"]}
+    for gpu in gpus:
+        row = by_index.get(gpu["index"])
+        if row is None or (row.get("mig_mode") != "Enabled" and not row.get("mig_devices")):
+            continue
+        slices = row.get("mig_devices") or []
+        gpu["card_memory_total_mb"] = gpu["memory_total_mb"]
+        gpu["mig_devices"] = [{k: v for k, v in s.items() if k != "gpu"} for s in slices]
+        if slices:
+            smallest = min(slices, key=lambda s: s["memory_total_mb"])
+            gpu["memory_total_mb"] = smallest["memory_total_mb"]
+            gpu["memory_used_mb"] = smallest["memory_used_mb"]
+        else:
+            gpu["memory_total_mb"] = 0
+            warnings.append(f"MIG is enabled on GPU {gpu['index']} but no MIG device is visible; "
+                            "its usable memory counts as 0")
+        gpu["memory_total_gb"] = round(gpu["memory_total_mb"] / 1024, 1)
+    return warnings
 
 
 def find_nvidia_smi(module: AnsibleModule, name: str) -> str | None:
@@ -730,8 +780,9 @@ def main() -> None:
         gpus, more = query_gpus(smi, timeout)
         warnings += more
         result.update(gpus=gpus, gpu_count=len(gpus), driver_version=gpus[0]["driver_version"])
-        cuda, table_driver, more = query_cuda(smi, timeout)
+        cuda, table_driver, table, more = query_cuda(smi, timeout)
         warnings += more
+        warnings += apply_mig(gpus, table)
         result["cuda_version"] = cuda
         result["driver_version"] = result["driver_version"] or table_driver
     except SmiError as exc:

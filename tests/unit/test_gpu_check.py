@@ -29,6 +29,8 @@ RTX4090 = "NVIDIA GeForce RTX 4090"
 H100 = "NVIDIA H100 80GB HBM3"
 A100 = "NVIDIA A100-SXM4-80GB"
 RTX3090 = "NVIDIA GeForce RTX 3090"
+H200 = "NVIDIA H200"
+MASKED_UUID = "GPU-00000000-0000-0000-0000-000000000000"
 
 # --------------------------------------------------------------------------- the real captures
 
@@ -82,7 +84,40 @@ TABLES: dict[str, dict[str, Any]] = {
         "first": {"persistence_mode": "Off", "fan": "30%", "temperature": "25C", "performance_state": "P8",
                   "power_usage": "10W", "power_cap": "125W", "ecc": "N/A", "mig_mode": None},
     },
+    # Driver 610: "KMD Version" and "CUDA UMD Version" in the banner; MIG on, one 3g.71gb slice.
+    "h200-mig_610.43.02_table.txt": {
+        "driver": "610.43.02", "cuda": "13.3",
+        "gpus": [(0, H200, 44, 143771, "00000000:83:00.0")],
+        "first": {"persistence_mode": "On", "driver_model": None, "ecc": "On", "fan": None, "temperature": "40C",
+                  "power_usage": "130W", "power_cap": "700W", "mig_mode": "Enabled", "utilization_gpu": None,
+                  "mig_devices": [{"gpu": 0, "gpu_instance_id": 2, "compute_instance_id": 0, "mig_device": 0,
+                                   "memory_used_mb": 44, "memory_total_mb": 71424, "sm_count": 60}]},
+    },
+    # Windows: the persistence column is "Driver-Model" and holds WDDM.
+    "rtx2080-super_610.62_windows-wddm_table.txt": {
+        "driver": "610.62", "cuda": "13.3",
+        "gpus": [(0, "NVIDIA GeForce RTX 2080 ...", 797, 8192, "00000000:0C:00.0")],
+        "first": {"name_truncated": True, "persistence_mode": None, "driver_model": "WDDM", "display_active": "On",
+                  "fan": "38%", "temperature": "39C", "power_usage": "37W", "power_cap": "250W", "mig_mode": None,
+                  "mig_devices": []},
+    },
+    # Driver 346: no CUDA version in the banner, no MIG row, the old narrow layout.
+    "grid-k520_346.46_table.txt": {
+        "driver": "346.46", "cuda": None,
+        "gpus": [(0, "GRID K520", 10, 4095, "0000:00:03.0")],
+        "first": {"persistence_mode": "Off", "display_active": "Off", "ecc": "N/A", "fan": None,
+                  "temperature": "37C", "power_usage": "35W", "power_cap": "125W", "mig_mode": None},
+    },
+    # Driver 575 whose CUDA part is broken: "CUDA Version: N/A".
+    "rtx5070_575.64.03_table-head.txt": {
+        "driver": "575.64.03", "cuda": None,
+        "gpus": [(0, "NVIDIA GeForce RTX 5070", 1731, 12227, "00000000:02:00.0")],
+        "first": {"persistence_mode": "Off", "display_active": "On", "utilization_gpu": 25, "power_usage": "29W"},
+    },
 }
+
+# Tables where the GPU is not idle (utilisation other than 0, or not reported under MIG).
+BUSY_TABLES = {"h200-mig_610.43.02_table.txt", "rtx5070_575.64.03_table-head.txt"}
 
 # --query-gpu=<every field> --format=csv captures (with header and units).
 QUERIES: dict[str, dict[str, Any]] = {
@@ -99,6 +134,13 @@ QUERIES: dict[str, dict[str, Any]] = {
 
 LISTS: dict[str, list[tuple[int, str, str]]] = {
     "h100-80gb-hbm3_590.48.01_list.txt": [(0, H100, "GPU-00000000-0000-0000-0000-000000000000")],
+    "h200-mig_610.43.02_list.txt": [(0, H200, MASKED_UUID)],
+    "a100-80gb-pcie_530.30.02_mig-list.txt": [(0, "NVIDIA A100 80GB PCIe",
+                                                "GPU-932bfb2c-849a-2a22-1e84-9eff6bc02b39")],
+    "a100-sxm4-80gb-x4_mig-list.txt": [(0, A100, "GPU-513536b6-7d19-9063-b049-1e69664bb298"),
+                                       (1, A100, "GPU-d8594bd4-0fc3-8595-e355-7c98138f3b95"),
+                                       (2, A100, "GPU-5e375e7e-b41f-155b-dcdc-534524c356fc"),
+                                       (3, A100, "GPU-69ec2344-ebac-b028-f88f-452abb3d7f11")],
     "quadro-rtx4000-x2_535.129.03_list.txt": [(0, "Quadro RTX 4000", "GPU-c7b57be0-94ff-d352-a59b-d0ee00aeed43"),
                                               (1, "Quadro RTX 4000", "GPU-d6de6afc-bdfe-75c4-5273-0544439153fc")],
 }
@@ -106,7 +148,13 @@ LISTS: dict[str, list[tuple[int, str, str]]] = {
 VERSIONS: dict[str, dict[str, str]] = {
     "h100-80gb-hbm3_590.48.01_version.txt": {"nvidia_smi_version": "590.48.01", "driver_version": "590.48.01",
                                              "cuda_version": "13.1"},
+    # 610: "DRIVER version : Deprecated, see ..." must not be read as a version.
+    "h200-mig_610.43.02_version.txt": {"nvidia_smi_version": "610.43.02", "driver_version": "610.43.02",
+                                       "cuda_version": "13.3"},
 }
+
+# Fixtures that are only part of a table (the "MIG devices:" box alone).
+EXCERPTS = {"a100-sxm4-80gb_mig-devices-excerpt.txt"}
 
 
 def fixture_text(name: str) -> str:
@@ -115,7 +163,7 @@ def fixture_text(name: str) -> str:
 
 def test_every_fixture_has_expectations_and_there_are_four_models() -> None:
     files = {p.name for p in FIXTURES.iterdir() if p.name != "SOURCES.md"}
-    assert files == set(TABLES) | set(QUERIES) | set(LISTS) | set(VERSIONS)
+    assert files == set(TABLES) | set(QUERIES) | set(LISTS) | set(VERSIONS) | EXCERPTS
     models = {gpu[1] for spec in TABLES.values() for gpu in spec["gpus"]} | {q["name"] for q in QUERIES.values()}
     assert len(models) >= 4, models
 
@@ -130,7 +178,9 @@ def test_table_fixture(name: str) -> None:
     assert smi.parse_cuda_version(fixture_text(name)) == expected["cuda"]
     got = [(g["index"], g["name"], g["memory_used_mb"], g["memory_total_mb"], g["bus_id"]) for g in parsed["gpus"]]
     assert got == expected["gpus"]
-    assert all(g["utilization_gpu"] == 0 and g["compute_mode"] == "Default" for g in parsed["gpus"])
+    assert all(g["compute_mode"] == "Default" for g in parsed["gpus"])
+    if name not in BUSY_TABLES:
+        assert all(g["utilization_gpu"] == 0 for g in parsed["gpus"])
     first = parsed["gpus"][0]
     for key, value in expected["first"].items():
         assert first[key] == value, key
@@ -194,7 +244,95 @@ def test_query_parse_errors_name_the_problem(text: str) -> None:
 
 def test_table_without_banner_is_a_parse_error() -> None:
     with pytest.raises(smi.ParseError, match="banner"):
-        smi.parse_table("No devices were found\n")
+        smi.parse_table("something else entirely\n")
+    with pytest.raises(smi.ParseError, match="no GPU rows"):
+        smi.parse_table(fixture_text("grid-k520_346.46_table.txt").split("|===")[0])
+
+
+def test_mig_list_gives_each_gpu_its_slices() -> None:
+    [h200] = smi.parse_list(fixture_text("h200-mig_610.43.02_list.txt"))
+    assert h200["mig_devices"] == [{"profile": "3g.71gb", "index": 0,
+                                    "uuid": "MIG-f165f0ad-bde2-5b72-acdf-73bbf48eeb2c", "memory_total_mb": 71 * 1024}]
+    [a100] = smi.parse_list(fixture_text("a100-80gb-pcie_530.30.02_mig-list.txt"))
+    assert [(m["profile"], m["index"], m["uuid"]) for m in a100["mig_devices"]] == [
+        ("3g.40gb", 0, "MIG-0929581a-2be6-5dec-bf34-0954c6c529a6"),
+        ("3g.40gb", 1, "MIG-3adbed3a-d03d-549f-a016-ba1fd7359f23")]
+    assert {m["memory_total_mb"] for m in a100["mig_devices"]} == {40 * 1024}
+    four = smi.parse_list(fixture_text("a100-sxm4-80gb-x4_mig-list.txt"))
+    assert [len(g["mig_devices"]) for g in four] == [4, 0, 0, 0]
+    assert {m["profile"] for m in four[0]["mig_devices"]} == {"1g.20gb"}
+    # A GPU without MIG has no slices.
+    assert smi.parse_list(fixture_text("h100-80gb-hbm3_590.48.01_list.txt"))[0]["mig_devices"] == []
+
+
+def test_mig_devices_table_with_several_slices_per_gpu() -> None:
+    # The real "MIG devices:" box of an older driver (narrow layout, "Memory-Usage" without "Shared"),
+    # under a synthetic banner and GPU block in the same layout (the stored excerpt has no GPU block).
+    head = ("| NVIDIA-SMI 470.57.02    Driver Version: 470.57.02    CUDA Version: 11.4     |\n"
+            "|   1  NVIDIA A100-SXM...  On   | 00000000:0F:00.0 Off |                   On |\n"
+            "| N/A   36C    P0   106W / 400W |  24205MiB / 81251MiB |     N/A      Default |\n"
+            "|                               |                      |              Enabled |\n\n")
+    parsed = smi.parse_table(head + fixture_text("a100-sxm4-80gb_mig-devices-excerpt.txt"))
+    slices = parsed["gpus"][0]["mig_devices"]
+    assert [(d["gpu_instance_id"], d["mig_device"], d["memory_used_mb"], d["memory_total_mb"], d["sm_count"])
+            for d in slices] == [(3, 0, 14366, 19968, 28), (5, 1, 9826, 19968, 28), (6, 2, 13, 19968, 28)]
+    assert parsed["gpus"][0]["memory_total_mb"] == 81251
+
+
+def test_query_on_a_mig_gpu_reports_the_whole_card() -> None:
+    # Why gpu_check takes the slice's memory from the table: --query-gpu on the same H200 (610.43.02,
+    # MIG on, one 3g.71gb slice) says memory.total 143771 MiB, the whole card. Values typed from the
+    # capture's "idle :: query-gpu" row, as gpu_check asks for them (noheader, nounits).
+    gpus = smi.gpus_from_query(f"0, {H200}, {MASKED_UUID}, 143771, 44, [N/A], 610.43.02, 9.0\n")
+    assert gpus[0]["memory_total_mb"] == 143771 and gpus[0]["utilization_gpu"] is None
+
+
+# What nvidia-smi prints instead of output. The first three are real (SOURCES.md); the others are the
+# documented messages of the tool, as one line each.
+ERROR_TEXTS = [
+    "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the latest "
+    "NVIDIA driver is installed and running.\n\n",
+    "No devices were found\n",
+    'Field "compute_cap" is not a valid field to query.\n\n',
+    "Failed to initialize NVML: Driver/library version mismatch\n",
+    "ERROR: Option -format=csv is not recognized. Please run 'nvidia-smi -h' for help.\n\n",
+]
+
+
+@pytest.mark.parametrize("text", ERROR_TEXTS)
+def test_every_parser_refuses_error_text(text: str) -> None:
+    parsers = [smi.parse_table, smi.parse_list, smi.parse_version, smi.parse_cuda_version, smi.parse_query_csv,
+               smi.gpus_from_query, lambda t: smi.gpus_from_query(t, header=True),
+               lambda t: smi.parse_query_csv(t, list(smi.QUERY_FIELDS))]
+    for parse in parsers:
+        with pytest.raises(smi.ParseError, match="error instead of"):
+            parse(text)
+    assert smi.error_message(text) == text.strip().splitlines()[0]
+
+
+@pytest.mark.parametrize("parse", [smi.parse_list, smi.parse_version, smi.parse_table, smi.parse_query_csv])
+def test_parsers_never_answer_nothing_for_garbage(parse) -> None:
+    with pytest.raises(smi.ParseError):
+        parse("something else entirely\n")
+
+
+def test_real_outputs_are_not_taken_for_errors() -> None:
+    for path in FIXTURES.iterdir():
+        if path.name != "SOURCES.md":
+            assert smi.error_message(path.read_text(encoding="utf-8")) is None, path.name
+    # A query of processes when none run is a header and no rows: an empty list, not an error.
+    assert smi.parse_query_csv("pid, process_name, used_gpu_memory [MiB]\n") == []
+
+
+def test_cuda_version_from_610_and_older_labels() -> None:
+    banner = "| NVIDIA-SMI 610.43.02   KMD Version: 610.43.02   CUDA UMD Version: 13.3 |"
+    assert smi.parse_cuda_version(banner) == "13.3"
+    # -q of 610 prints both; the deprecated one carries a note.
+    q610 = ("CUDA Version   : 13.3 [Deprecated; will be removed in CUDA 14.0. Use CUDA UMD Version instead]\n"
+            "CUDA UMD Version   : 13.3\n")
+    assert smi.parse_cuda_version(q610) == "13.3"
+    assert smi.parse_cuda_version("| NVIDIA-SMI 545.46   Driver Version: 546.80   CUDA Version: ERR!     |") is None
+    assert smi.parse_cuda_version(fixture_text("grid-k520_346.46_table.txt")) is None
 
 
 # --------------------------------------------------------------------------- versions
@@ -485,6 +623,82 @@ exec {real} "$@"
     assert any("compute_cap" in w for w in result["warnings"])
     assert result["failed"] is True
     assert result["failures"] == [{"requirement": "flash_attention", "wanted": "8.0", "measured": None, "gpus": [0]}]
+
+
+def replay_smi(bin_dir: Path, query_row: str, table: str, version: str) -> None:
+    """An nvidia-smi that answers with real captures: the table and --version from fixture files."""
+    write_script(bin_dir / "nvidia-smi", f"""#!/bin/sh
+case "$1" in
+  --query-gpu=*) echo '{query_row}';;
+  --version) cat '{FIXTURES / version}';;
+  '') cat '{FIXTURES / table}';;
+  *) echo "unexpected: $*"; exit 2;;
+esac
+""")
+
+
+H200_MIG_QUERY = f"0, {H200}, {MASKED_UUID}, 143771, 44, [N/A], 610.43.02, 9.0"
+
+
+def test_main_mig_gpu_counts_the_slice_memory(smi_path: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    # The real 610.43.02 H200: MIG on, one 3g.71gb slice of 71424 MiB; --query-gpu says 143771 (the card).
+    replay_smi(smi_path, H200_MIG_QUERY, "h200-mig_610.43.02_table.txt", "h200-mig_610.43.02_version.txt")
+    result = run_main({"disk_path": str(tmp_path), "min_vram_gb": 80, "min_cuda": "13.0", "min_driver": "610"},
+                      capsys)
+    assert result["failed"] is True
+    assert result["failures"] == [{"requirement": "min_vram_gb", "wanted": 80.0, "measured": 69.8, "gpus": [0]}]
+    assert "min_vram_gb wanted >= 80 GiB, measured 69.8 GiB on GPU 0 (NVIDIA H200)" in result["msg"]
+    gpu = result["gpus"][0]
+    assert (gpu["memory_total_mb"], gpu["memory_total_gb"], gpu["memory_used_mb"]) == (71424, 69.8, 44)
+    assert gpu["card_memory_total_mb"] == 143771
+    assert gpu["mig_devices"] == [{"gpu_instance_id": 2, "compute_instance_id": 0, "mig_device": 0,
+                                   "memory_used_mb": 44, "memory_total_mb": 71424, "sm_count": 60}]
+    assert (result["driver_version"], result["cuda_version"]) == ("610.43.02", "13.3")
+    # What the slice holds is enough.
+    result = run_main({"disk_path": str(tmp_path), "min_vram_gb": 64}, capsys)
+    assert not result.get("failed"), result
+
+
+def test_main_mig_enabled_without_a_visible_slice_has_no_memory(smi_path: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # Synthetic, from the real capture: the same table with its MIG devices box emptied.
+    text = fixture_text("h200-mig_610.43.02_table.txt")
+    start, end = text.index("|  0    2   0   0"), text.index("+------------------+-----", text.index("|  0    2"))
+    (tmp_path / "t.txt").write_text(text[:start] + text[end:], encoding="utf-8")
+    write_script(smi_path / "nvidia-smi", f"""#!/bin/sh
+case "$1" in --query-gpu=*) echo '{H200_MIG_QUERY}';; *) cat '{tmp_path / "t.txt"}';; esac
+""")
+    result = run_main({"disk_path": str(tmp_path), "min_vram_gb": 1}, capsys)
+    assert result["failed"] is True and result["gpus"][0]["memory_total_mb"] == 0
+    assert result["failures"][0]["measured"] == 0.0
+    assert any("no MIG device is visible" in w for w in result["warnings"])
+
+
+def test_main_windows_wddm_and_610_labels(smi_path: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    row = f"0, NVIDIA GeForce RTX 2080 SUPER, {MASKED_UUID}, 8192, 797, 0, 610.62, 7.5"
+    replay_smi(smi_path, row, "rtx2080-super_610.62_windows-wddm_table.txt", "h200-mig_610.43.02_version.txt")
+    result = run_main({"disk_path": str(tmp_path), "min_vram_gb": 8, "min_cuda": "13.3"}, capsys)
+    assert not result.get("failed"), result
+    assert (result["driver_version"], result["cuda_version"]) == ("610.62", "13.3")
+    assert "mig_devices" not in result["gpus"][0] and result["gpus"][0]["memory_total_mb"] == 8192
+
+
+def test_main_driver_too_old_to_print_a_cuda_version(smi_path: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # The real 346.46 table has no CUDA version; the --version answer here is synthetic (an option refused).
+    write_script(smi_path / "nvidia-smi", f"""#!/bin/sh
+case "$1" in
+  --query-gpu=*) echo '0, GRID K520, GPU-a, 4095, 10, 0, 346.46, 3.0';;
+  --version) echo "ERROR: Option --version is not recognized. Please run 'nvidia-smi -h' for help."; echo; exit 1;;
+  *) cat '{FIXTURES / "grid-k520_346.46_table.txt"}';;
+esac
+""")
+    result = run_main({"disk_path": str(tmp_path), "min_cuda": "9.0"}, capsys)
+    assert result["cuda_version"] is None and result["driver_version"] == "346.46"
+    assert result["failures"] == [{"requirement": "min_cuda", "wanted": "9.0", "measured": None}]
+    assert any("does not say which CUDA version" in w for w in result["warnings"])
 
 
 def test_main_bad_disk_path_and_bad_options(smi_path: Path, tmp_path: Path,
