@@ -40,6 +40,7 @@ from ansible_collections.mlops.vast.plugins.module_utils.instance_cache import I
 from ansible_collections.mlops.vast.plugins.module_utils.vast_module import auth_argument_spec
 from ansible_collections.mlops.vast.plugins.module_utils.waiting import Deadline
 from ansible_collections.mlops.vast.plugins.plugin_utils.host_poll import PollRequest, parse_poll, poll_script
+from ansible_collections.mlops.vast.plugins.plugin_utils.lease_keeper import LeaseKeeper
 from ansible_collections.mlops.vast.plugins.plugin_utils.redaction import redact_text, redacted
 from ansible_collections.mlops.vast.plugins.plugin_utils.training_log import (
     DEFAULT_SUMMARY_REGEX,
@@ -272,6 +273,12 @@ class Watcher:
         with contextlib.suppress(VastConfigError):
             self.api_key = resolve_api_key(self.p["api_key"])[0]
         self.client = VastClient.from_options(self.p, Deadline(self._api_budget()))
+
+    def lease(self) -> contextlib.AbstractContextManager[Any]:
+        """The instance's lease kept fresh while this watch lives (mlops.vast.vast_reap reaps expired ones)."""
+        if self.client is None:
+            return contextlib.nullcontext()
+        return LeaseKeeper(self.p["instance_id"], self.client.base_url, self.p["poll_interval"])
 
     def _api_budget(self) -> float:
         return max(2 * (self.p["api_timeout"] or 30.0), 30.0)
@@ -702,7 +709,8 @@ class ActionModule(ActionBase):
                 watcher.open_api()
                 if watcher.client is not None:
                     watcher.api_poll()  # a bad key or URL fails now, before any waiting
-                outcome, msg = watcher.run()
+                with watcher.lease():
+                    outcome, msg = watcher.run()
             except (VastConfigError, VastAuthError) as exc:
                 raise AnsibleActionFail(f"mlops.vast.watch: the Vast API refused: {exc}") from None
             finally:

@@ -14,9 +14,12 @@ Private to the collection.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import json
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Mapping
@@ -88,9 +91,34 @@ class ContractLedger:
                 api_url: str) -> None:
         self._append({"event": "created", "id": int(instance_id), "label": label, "offer_id": offer_id,
                       "machine_id": machine_id, "api_url": api_url})
+        # Until the watch takes over renewing it, a lease long enough for setup and the smoke test.
+        with contextlib.suppress(OSError):  # without a lease the ledger line's time stands in for it
+            self.leases.renew(instance_id, api_url=api_url, interval_s=LONG_LEASE_S, label=label)
 
     def destroyed(self, instance_id: int, *, api_url: str) -> None:
         self._append({"event": "destroyed", "id": int(instance_id), "api_url": api_url})
+        self.leases.drop(instance_id, api_url=api_url)
+
+    @property
+    def leases(self) -> Leases:
+        return Leases(self.path + ".leases")
+
+    def controller_id(self) -> str:
+        """This controller's identity, the marker its instances carry on the account (MARKER_ENV); made once,
+        beside the ledger, so a controller that loses its ledger also loses its identity."""
+        path = self.path + ".controller"
+        with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as handle:
+            found = handle.read().strip()
+            if found:
+                return found
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            # O_EXCL: parallel trials starting together must all end up with the one id.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(secrets.token_hex(8) + "\n")
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
 
     def open_contracts(self, api_url: str | None = None) -> list[dict[str, Any]]:
         """Contracts created and not yet recorded as destroyed, oldest first."""
@@ -111,6 +139,56 @@ class ContractLedger:
         except FileNotFoundError:
             return []
         return list(live.values())
+
+
+# The environment variable every instance the collection rents carries (the API returns it in extra_env): the
+# controller's id. It is how the reaper knows an instance on the account is one of ours.
+MARKER_ENV = "MLOPS_VAST_CONTROLLER"
+# What a lease promises when the next renewal may be far off (after rent, during setup and the smoke test,
+# after the watch: teardown and recovery), in seconds.
+LONG_LEASE_S = 1800.0
+
+
+class Leases:
+    """A lease per open contract: when the controller that watches it last said so, and how soon it promised
+    to say so again (``interval_s``). The watch renews it every few seconds from a thread; an instance whose
+    lease is older than a grace (by default three promised intervals) has no live controller.
+
+    Files, one per contract, in a directory beside the ledger: renewals are rewrites of a few bytes, never
+    appends to the ledger.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _file(self, instance_id: int, api_url: str) -> str:
+        return os.path.join(self.path, f"{_url_tag(api_url)}-{int(instance_id)}.json")
+
+    def renew(self, instance_id: int, *, api_url: str, interval_s: float, label: str | None = None,
+              now: float | None = None) -> None:
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        record = {"id": int(instance_id), "api_url": api_url, "label": label, "interval_s": float(interval_s),
+                  "renewed_at": time.time() if now is None else now, "pid": os.getpid()}
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".lease-")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+        os.replace(tmp, self._file(instance_id, api_url))
+
+    def get(self, instance_id: int, api_url: str) -> dict[str, Any] | None:
+        try:
+            with open(self._file(instance_id, api_url), encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (FileNotFoundError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def drop(self, instance_id: int, *, api_url: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._file(instance_id, api_url))
+
+
+def _url_tag(api_url: str) -> str:
+    return hashlib.sha256(api_url.encode()).hexdigest()[:12]
 
 
 class MachineExclusions:

@@ -78,6 +78,8 @@ options:
     description:
       - Environment variables for the container, as a dict. Keys of the form C(-p 8080:8080) open ports
         as with the CLI's C(--env).
+      - C(MLOPS_VAST_CONTROLLER) is added, the controller's id (kept beside O(ledger_path)): the account's
+        instance list shows it, and that is how C(mlops.vast.vast_reap) knows an instance as the collection's.
     type: dict
   onstart:
     description: Shell commands to run when the instance starts.
@@ -116,7 +118,8 @@ options:
     default: 900
   ledger_path:
     description:
-      - The local contract ledger (JSON lines).
+      - The local contract ledger (JSON lines). Each contract created also gets a lease beside it (renewed by
+        M(mlops.vast.watch) while it watches; C(mlops.vast.vast_reap) reaps instances whose lease expired).
       - Defaults to E(MLOPS_VAST_LEDGER), else C(~/.local/state/mlops-vast/contracts.jsonl).
     type: path
 notes:
@@ -200,7 +203,7 @@ from ..module_utils.errors import (
     WaitFailed,
     WaitTimeout,
 )
-from ..module_utils.local_state import ContractLedger
+from ..module_utils.local_state import MARKER_ENV, ContractLedger
 from ..module_utils.offer_selection import OfferRequest, select_offers
 from ..module_utils.rows import STOPPED_STATUSES, diff_view, instance_summary
 from ..module_utils.vast_module import VastModule
@@ -416,7 +419,9 @@ class VastInstance(VastModule):
             "image": self.params["image"],
             "disk": float(self.params["disk"]),
             "label": self.params["label"],
-            "env": {str(k): str(v) for k, v in (self.params["env"] or {}).items()},
+            # The marker says "ours" on the account, where a reaper on any controller can see it.
+            "env": {**{str(k): str(v) for k, v in (self.params["env"] or {}).items()},
+                    MARKER_ENV: self.ledger.controller_id()},
             "onstart": self.params["onstart"],
             "runtype": RUNTYPES[self.params["ssh"]],
             "price": self.offer_request().bid_for(offer),
