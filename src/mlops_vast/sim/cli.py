@@ -21,7 +21,7 @@ from typing import TextIO
 
 import uvicorn
 
-from mlops_vast.sim import harness, internet
+from mlops_vast.sim import harness, index_relay, internet
 from mlops_vast.sim.api import build_app
 from mlops_vast.sim.market import DEFAULT_CREDIT, Market
 
@@ -57,6 +57,12 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forward", action="append", default=[], metavar="NAME=HOST:PORT",
                         help="relay the instances' HTTP requests for NAME (e.g. s3.vastsim) to a server on the "
                         "loopback, e.g. s3.vastsim=127.0.0.1:5077 (repeatable; namespace mode; as POST /_sim/forwards)")
+    parser.add_argument("--index-url", default=None, metavar="URL|off",
+                        help="the index the instances' package index (http://pypi.vastsim/simple) relays to "
+                        "(default: this controller's own, from UV_DEFAULT_INDEX, UV_INDEX_URL, PIP_INDEX_URL or "
+                        "pip.conf, else https://pypi.org/simple); off: none (namespace mode)")
+    parser.add_argument("--index-cache", type=Path, default=None, metavar="DIR",
+                        help="where the relayed pages and files are kept (default ~/.cache/vastsim/index)")
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
 
 
@@ -132,6 +138,8 @@ def start(args: argparse.Namespace, state_dir: Path) -> int:
               "--credit", str(args.credit), "--log-level", args.log_level]
     passed += ["--host-mode", args.host_mode] if args.host_mode else []
     passed += [f"--forward={forward}" for forward in args.forward]
+    passed += [f"--index-url={args.index_url}"] if args.index_url else []
+    passed += [f"--index-cache={args.index_cache}"] if args.index_cache else []
     try:
         # --api-key and --api-key-file together: the harness hands them all over in one file of its own.
         keys = list(args.api_key)
@@ -181,6 +189,9 @@ async def serve(args: argparse.Namespace, state_dir: Path) -> int:
                     credit=args.credit, hosts=hosts, public_host=public_host)
     for name, to in forwards:
         market.set_forward(name, to)
+    if (args.index_url or "").strip().lower() != "off":
+        hosts.backend.index_relay = index_relay.IndexRelay(args.index_url or index_relay.configured_index_url(),
+                                                           args.index_cache or index_relay.default_cache_dir())
     key_file = state_dir / "api_key"
     first_key = args.api_key[0] if args.api_key else next(iter(market.state.accounts))
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from mlops_vast.sim.index_relay import IndexRelay
 
 
 @dataclass
@@ -86,6 +89,8 @@ class HostBackend:
         self.bind_host = bind_host
         # Host names the simulated internet relays to a loopback server (internet.py), where there is one.
         self.forwards: dict[str, tuple[str, int]] = {}
+        # The package index the simulated internet serves as pypi.vastsim (index_relay.py), where there is one.
+        self.index_relay: IndexRelay | None = None
 
     @property
     def ssh_user(self) -> str:

@@ -163,7 +163,7 @@ class NamespaceBackend(HostBackend):
             return
         gateway = str(ipaddress.ip_address(runtime.spec.address) - 1)
         try:
-            runtime.internet = await internet.serve(gateway, forwards=self.forwards)
+            runtime.internet = await internet.serve(gateway, forwards=self.forwards, index=self.index_relay)
         except OSError as exc:
             log.warning("instance %s: no simulated internet at %s: %s", runtime.spec.instance_id, gateway, exc)
 

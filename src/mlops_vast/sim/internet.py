@@ -13,6 +13,8 @@ reverse proxy to a server on the controller's loopback, e.g. an S3 server a test
 ``s3.vastsim``: every request whose Host header is that name goes there as it came (method, target,
 headers with Host unchanged, since presigned URLs sign it, body streamed), and the answer comes back
 the same way. Only loopback targets are accepted: tests send traffic nowhere else.
+
+``pypi.vastsim`` is a package index: index_relay.py answers it from the controller's own configured index.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from mlops_vast.sim.index_relay import IndexRelay
 
 INTERNET_HOSTS = (
     "huggingface.co",
@@ -37,6 +43,7 @@ INTERNET_HOSTS = (
     "speed.cloudflare.com",
     "internet.vastsim",
     "s3.vastsim",  # an S3 server of the tests' own, once a forward names it
+    "pypi.vastsim",  # the package index (index_relay.py)
 )
 ENDLESS = 1 << 40
 CHUNK = b"\0" * 65536
@@ -98,8 +105,8 @@ async def _respond(writer: asyncio.StreamWriter, status: str, headers: dict[str,
         left -= len(chunk)
 
 
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, forwards: Forwards | None = None
-                 ) -> None:
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, forwards: Forwards | None = None,
+                 index: IndexRelay | None = None) -> None:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
         if len(head) > MAX_HEADER_BYTES:
@@ -114,6 +121,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, for
         upstream = (forwards or {}).get(host_name(headers.get("host", "")))
         if upstream is not None:
             await forward(reader, writer, request_line, header_lines, headers, upstream)
+            return
+        if index is not None and host_name(headers.get("host", "")) == "pypi.vastsim":
+            await index.handle(method, target, headers, writer)
             return
         if method in ("PUT", "POST"):
             left = int(headers.get("content-length") or 0)
@@ -153,11 +163,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, for
             writer.close()
 
 
-async def serve(address: str, port: int = 80, forwards: Forwards | None = None) -> asyncio.base_events.Server:
+async def serve(address: str, port: int = 80, forwards: Forwards | None = None,
+                index: IndexRelay | None = None) -> asyncio.base_events.Server:
     """The simulated internet on ``address``; ``forwards`` is read at each request, so changes apply at once."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await handle(reader, writer, forwards)
+        await handle(reader, writer, forwards, index)
 
     return await asyncio.start_server(handler, address, port, reuse_address=True)
 
