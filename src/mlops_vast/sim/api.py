@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from mlops_vast.sim import charges as billing_charges
 from mlops_vast.sim import query as q
 from mlops_vast.sim.errors import VastError
 from mlops_vast.sim.faults import FaultError
@@ -423,6 +424,14 @@ class Api:
 
     # ------------------------------------------------------------ /_sim
 
+    async def charges(self, request: Request) -> Response:
+        account = self.account(request)
+        live = [i.ledger_row() for i in self.market.mine(account)]
+        done = [row for row in self.market.state.ledger if row.get("user_id") == account.id]
+        return JSON(billing_charges.charges(
+            live + done, json_param(request, "select_filters", {}), json_param(request, "limit", 20),
+            request.query_params.get("latest_first", "false"), request.query_params.get("after_token")))
+
     async def sim_ledger(self, request: Request) -> Response:
         account = self.account(request)
         live = [i.ledger_row() for i in self.market.mine(account)]
@@ -728,6 +737,7 @@ def build_app(market: Market) -> Starlette:
         *both("/api/v0/commands/rsync", api.copy, ["PUT"]),
         *both("/api/v0/commands/rclone", api.cloud_copy, ["POST"]),
         *both("/api/v0/commands/rclone", api.cancel_copy, ["DELETE"]),
+        *both("/api/v0/charges", api.charges, read),
         *both("/_sim/ledger", api.sim_ledger, read),
         *both("/_sim/faults", api.sim_faults, ["GET", "POST", "DELETE"]),
         *both("/_sim/faults/{fault_id:int}", api.sim_fault, ["DELETE"]),

@@ -1,0 +1,116 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the account (the API, not the local ledger) says about a run: its instances still on the account, which
+bill (a stopped one bills storage), and what the run cost, from the charges endpoint (``GET /api/v0/charges/``,
+one charge per instance, broken down into GPU, storage and bandwidth items)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+MAX_CHARGE_PAGES = 50
+DAY_S = 86400.0
+KINDS = ("gpu", "storage", "bandwidth")
+
+
+def ledger_history(path: str, label: str, api_url: str) -> tuple[set[int], float | None]:
+    """Every contract the local ledger saw created with ``label`` on this API, and when the first was."""
+    ids: set[int] = set()
+    first: float | None = None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line after a crash
+                if record.get("event") != "created" or record.get("label") != label or record.get("api_url") != api_url:
+                    continue
+                ids.add(int(record["id"]))
+                ts = float(record.get("ts") or 0) or None
+                if ts is not None and (first is None or ts < first):
+                    first = ts
+    except FileNotFoundError:
+        pass
+    return ids, first
+
+
+def charges(client: Any, since: float, until: float) -> list[dict[str, Any]]:
+    """Every charge of the account whose time overlaps [since, until], following the pages."""
+    rows: list[dict[str, Any]] = []
+    token: str | None = None
+    for _page in range(MAX_CHARGE_PAGES):
+        params: dict[str, Any] = {"select_filters": {"day": {"gte": int(since), "lte": int(until) + 1}},
+                                  "limit": 100, "latest_first": False}
+        if token:
+            params["after_token"] = token
+        page = client.request("GET", "/api/v0/charges/", params=params)
+        rows.extend(page.get("results") or [])
+        token = page.get("next_token")
+        if not token:
+            return rows
+    raise ValueError(f"more than {MAX_CHARGE_PAGES} pages of charges")
+
+
+def _amount(value: Any) -> float:
+    # The API's amounts are numbers; a "$1.23" string is read too, as a table would show it.
+    if isinstance(value, str):
+        value = value.replace("$", "").replace(",", "").strip() or 0
+    return float(value or 0)
+
+
+def _charge_id(charge: Mapping[str, Any]) -> int | None:
+    meta = charge.get("metadata") or {}
+    for value in (meta.get("instance_id"), charge.get("source")):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def run_spend(all_charges: Iterable[Mapping[str, Any]], ids: set[int], label: str) -> dict[str, Any]:
+    """The run's spend: the charges of its instances (by id, or by the label the charge names), per kind."""
+    per_instance = []
+    totals = dict.fromkeys(KINDS, 0.0)
+    for charge in all_charges:
+        if charge.get("type", "instance") != "instance":
+            continue
+        instance_id = _charge_id(charge)
+        if instance_id not in ids and (charge.get("metadata") or {}).get("label") != label:
+            continue
+        kinds = dict.fromkeys(KINDS, 0.0)
+        for item in charge.get("items") or []:
+            kind = str(item.get("type", "")).lower()
+            if kind in kinds:
+                kinds[kind] += _amount(item.get("amount"))
+        if not any(kinds.values()):
+            kinds["gpu"] = _amount(charge.get("amount"))  # no breakdown given: all of it as the instance's
+        for kind, value in kinds.items():
+            totals[kind] += value
+        per_instance.append({"id": instance_id, **{f"{k}_usd": round(v, 6) for k, v in kinds.items()},
+                             "total_usd": round(sum(kinds.values()), 6),
+                             "start": charge.get("start"), "end": charge.get("end")})
+    return {**{f"{k}_usd": round(v, 6) for k, v in totals.items()},
+            "total_usd": round(sum(totals.values()), 6), "instances": per_instance,
+            "source": "GET /api/v0/charges/", "at": time.time()}
+
+
+def billing_rows(instances: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The instances still on the account, short: every one of them bills (a stopped one, its storage)."""
+    return [{"id": i.get("id"), "label": i.get("label"), "actual_status": i.get("actual_status"),
+             "intended_status": i.get("intended_status"), "cur_state": i.get("cur_state"),
+             "dph_total": i.get("dph_total")} for i in instances]
+
+
+def charge_window(first_seen: float | None, since: float, now: float) -> float:
+    """Where the charges are read from: ``since`` when given, else a day before the ledger's first contract of
+    the run (clocks differ), else the last 30 days."""
+    if since > 0:
+        return since
+    if first_seen is not None:
+        return first_seen - DAY_S
+    return now - 30 * DAY_S
