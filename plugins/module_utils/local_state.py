@@ -103,14 +103,17 @@ class ContractLedger:
     def leases(self) -> Leases:
         return Leases(self.path + ".leases")
 
-    def controller_id(self) -> str:
+    def controller_id(self, *, create: bool = True) -> str | None:
         """This controller's identity, the marker its instances carry on the account (MARKER_ENV); made once,
-        beside the ledger, so a controller that loses its ledger also loses its identity."""
+        beside the ledger, so a controller that loses its ledger also loses its identity. None when there is
+        none yet and ``create`` is false."""
         path = self.path + ".controller"
         with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as handle:
             found = handle.read().strip()
             if found:
                 return found
+        if not create:
+            return None
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with contextlib.suppress(FileExistsError):
             # O_EXCL: parallel trials starting together must all end up with the one id.

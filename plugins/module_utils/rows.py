@@ -123,3 +123,23 @@ def normalise_offer(offer: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(offer.get("compute_cap"), int | float):
         row["compute_capability"] = f"{int(offer['compute_cap']) // 100}.{int(offer['compute_cap']) % 100 // 10}"
     return row
+
+
+def instance_spend_usd(row: Mapping[str, Any], now: float) -> float | None:
+    """What an instance has cost since it was created, from its row as Vast bills it: the GPU part (dph_base)
+    while it ran (uptime_mins), storage (storage_total_cost) since creation (start_date); without those
+    fields, dph_total over its whole age (an upper bound). None when the row lacks even that."""
+    if row.get("start_date") is None or row.get("dph_total") is None:
+        return None
+    age_h = max(0.0, now - float(row["start_date"])) / 3600
+    if row.get("uptime_mins") is None or row.get("dph_base") is None or row.get("storage_total_cost") is None:
+        return round(age_h * float(row["dph_total"]), 6)
+    return round(float(row["uptime_mins"]) / 60 * float(row["dph_base"]) + age_h * float(row["storage_total_cost"]), 6)
+
+
+def extra_env(row: Mapping[str, Any]) -> dict[str, str]:
+    """An instance's create-time environment: the API's list of pairs (vast-api.md) as a dict."""
+    pairs = row.get("extra_env") or []
+    if isinstance(pairs, dict):
+        return {str(k): str(v) for k, v in pairs.items()}
+    return {str(pair[0]): str(pair[1]) for pair in pairs if isinstance(pair, list | tuple) and len(pair) == 2}

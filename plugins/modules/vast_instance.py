@@ -421,7 +421,7 @@ class VastInstance(VastModule):
             "label": self.params["label"],
             # The marker says "ours" on the account, where a reaper on any controller can see it.
             "env": {**{str(k): str(v) for k, v in (self.params["env"] or {}).items()},
-                    MARKER_ENV: self.ledger.controller_id()},
+                    MARKER_ENV: str(self.ledger.controller_id())},
             "onstart": self.params["onstart"],
             "runtype": RUNTYPES[self.params["ssh"]],
             "price": self.offer_request().bid_for(offer),

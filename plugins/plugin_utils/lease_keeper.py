@@ -3,14 +3,17 @@
 """Keeps an instance's lease fresh while a controller watches it (module_utils/local_state.py ``Leases``).
 
 A thread, not the watch's loop, renews it: a poll blocked on a slow host or a reconnect must not make a live
-run look orphaned. The thread dies with the controller process, so a controller killed with SIGKILL stops
-renewing at once, and its instance is an orphan a grace later (mlops.vast.vast_reap).
+run look orphaned. It renews only while the controller lives: the watch runs in a worker process that Ansible
+puts in a session of its own, so a controller killed with SIGKILL (even its whole process group) leaves the
+worker polling on; its parent gone, it stops renewing, and the instance is an orphan a grace later
+(mlops.vast.vast_reap).
 
 Private to the collection.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -32,12 +35,14 @@ class LeaseKeeper:
         self.ledger = ledger or ContractLedger()
         self.renewals = 0
         self.owned = False
+        # The worker's parent is the controller (ansible-playbook's main process); a new parent means it died.
+        self.controller_pid = os.getppid()
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mlops-vast-lease", daemon=True)
 
     def _renew(self, interval_s: float) -> None:
-        if not self.owned:
+        if not self.owned or os.getppid() != self.controller_pid:
             return
         try:
             self.ledger.leases.renew(self.instance_id, api_url=self.api_url, interval_s=interval_s)
