@@ -140,6 +140,7 @@ class VastSpend(VastModule):
         except ValueError as exc:
             self.fail(f"cannot read the account's charges: {exc}")
         spend = run_spend(rows, ids, label)
+        ids |= {i["id"] for i in spend["instances"] if i["id"] is not None}
         self.result.update(billing=billing_rows(listed), instance_ids=sorted(ids), spend=spend)
 
         extra, missing = present - expected, expected - present

@@ -1,0 +1,165 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: guard
+type: notification
+short_description: On Ctrl-C, SIGTERM or SIGHUP, bring the run's newest checkpoint home and destroy what it rented
+version_added: 0.1.0
+description:
+  - Runs in the C(ansible-playbook) process itself. When that process gets SIGINT (Ctrl-C), SIGTERM or SIGHUP, in any
+    phase, the guard stops Ansible's workers (no task still in flight can rent after it looked), then starts the
+    collection's C(playbooks/teardown.yml) for each run the playbook rented, in a new session, so that a second
+    Ctrl-C or a closed terminal cannot kill it. That teardown pulls the newest sealed checkpoint and verifies it
+    against its manifest (C(mlops.vast.teardown)), brings the run's files home, destroys the instance, verifies it
+    gone, and asks the account that nothing of the label is billing (C(spend.json)). Its output is in
+    C(<results>/guard.log).
+  - The guard waits for it (at most O(timeout_s)), prints what it did, and then lets Ansible end as the signal
+    would have ended it (C(User interrupted execution), exit 99, for Ctrl-C; killed by SIGTERM or SIGHUP).
+  - A second signal while it waits ends Ansible at once; the teardown goes on in the background and the guard says
+    where its log is.
+  - The runs come from the playbook's facts (C(run) of C(playbooks/train.yml), C(rent_label) of C(rent.yml)) and from
+    every instance a C(mlops.vast.vast_instance) task reported (own playbooks); results go to C(run.results_dir),
+    else C(results/<label>) under the current directory. Without a run it does nothing and Ansible stops as usual.
+  - SIGKILL cannot be caught; what a killed controller leaves behind is in the local ledger
+    (C(ansible-playbook playbooks/teardown.yml)).
+author:
+  - mlops.vast developers (@mlops-vast)
+requirements:
+  - Enabled in C(callbacks_enabled) (the repository's C(ansible.cfg) does; for your own playbooks add
+    C(mlops.vast.guard) to C(callbacks_enabled) or E(ANSIBLE_CALLBACKS_ENABLED)).
+options:
+  timeout_s:
+    description:
+      - Seconds to wait for the teardown before Ansible ends (the teardown goes on after that, detached).
+    type: float
+    default: 90
+    env:
+      - name: MLOPS_VAST_GUARD_TIMEOUT_S
+    ini:
+      - section: mlops_vast
+        key: guard_timeout_s
+  unreachable_wait_s:
+    description:
+      - Seconds the teardown waits for an unreachable host to come back before destroying it
+        (C(teardown_unreachable_wait_s)); short, so that nothing bills long after an interruption.
+    type: float
+    default: 10
+    env:
+      - name: MLOPS_VAST_GUARD_UNREACHABLE_WAIT_S
+    ini:
+      - section: mlops_vast
+        key: guard_unreachable_wait_s
+  enabled:
+    description:
+      - C(off) makes the guard stand down (the guard's own teardown runs with it).
+    type: str
+    default: "on"
+    env:
+      - name: MLOPS_VAST_GUARD
+"""
+
+EXAMPLES = r"""
+# ansible.cfg of your own project:
+#   [defaults]
+#   callbacks_enabled = mlops.vast.guard
+# or for one run:
+#   ANSIBLE_CALLBACKS_ENABLED=mlops.vast.guard ansible-playbook my-training.yml
+"""
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+from ansible.plugins.callback import CallbackBase
+from ansible_collections.mlops.vast.plugins.plugin_utils import interrupt_teardown as teardown
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def say(text: str) -> None:
+    # Straight to the file descriptor: a signal handler must not re-enter Python's buffered stderr or the display.
+    with contextlib.suppress(OSError):
+        os.write(2, f"\n[mlops.vast.guard] {text}\n".encode(errors="replace"))
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "notification"
+    CALLBACK_NAME = "mlops.vast.guard"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, display: Any = None, options: Any = None) -> None:
+        super().__init__(display=display, options=options)
+        self._pid = os.getpid()
+        self._previous: dict[int, Any] = {}
+        self._variable_manager: Any = None
+        self._labels: set[str] = set()
+        self._running: list[tuple[teardown.Target, Any, str]] = []
+        self._cwd = os.getcwd()
+
+    def set_options(self, task_keys: Any = None, var_options: Any = None, direct: Any = None) -> None:
+        super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
+        if str(self.get_option("enabled")).lower() in ("off", "0", "false", "no") or self._previous:
+            return
+        # Ansible's TaskQueueManager set its own SIGINT/SIGTERM handlers before loading callbacks: they are kept and
+        # called after the guard's work, so Ansible still ends the way the signal asks.
+        for signum in SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    # ------------------------------------------------------------------------------------------ what was rented
+
+    def v2_playbook_on_play_start(self, play: Any) -> None:
+        self._variable_manager = play.get_variable_manager()
+
+    def v2_runner_on_ok(self, result: Any) -> None:
+        instance = (getattr(result, "_result", None) or {}).get("instance")
+        if isinstance(instance, dict) and instance.get("label"):
+            self._labels.add(str(instance["label"]))
+
+    def _facts(self) -> dict[str, Any]:
+        with contextlib.suppress(Exception):
+            return dict(self._variable_manager._nonpersistent_fact_cache.get("localhost", {}))
+        return {}
+
+    # ------------------------------------------------------------------------------------------ the signal
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if os.getpid() != self._pid:  # a forked worker that has not set its own handlers yet
+            self._chain(signum, frame)
+            return
+        if self._running:
+            for target, _process, log_path in self._running:
+                say(f"{name} again: Ansible stops now. " + teardown.outcome(target, None, log_path))
+            self._chain(signum, frame)
+            return
+        targets = teardown.targets_from(self._facts(), self._labels, self._cwd)
+        if not targets:
+            self._chain(signum, frame)
+            return
+        say(f"{name}: stopping the playbook; bringing the newest sealed checkpoint home and destroying "
+            f"{', '.join(t.label for t in targets)} (a second {name} leaves this running in the background)")
+        teardown.stop_workers(self._pid)
+        for target in targets:
+            process, log_path = teardown.start(target, float(self.get_option("unreachable_wait_s")))
+            self._running.append((target, process, log_path))
+        end = time.monotonic() + float(self.get_option("timeout_s"))
+        while time.monotonic() < end and any(p.poll() is None for _t, p, _l in self._running):
+            time.sleep(0.25)
+        for target, process, log_path in self._running:
+            say(teardown.outcome(target, process.poll(), log_path))
+        self._chain(signum, frame)
+
+    def _chain(self, signum: int, frame: Any) -> None:
+        previous = self._previous.get(signum, signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+            return
+        if previous == signal.SIG_IGN:
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)

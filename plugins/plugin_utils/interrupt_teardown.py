@@ -1,0 +1,131 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The guard's work after an interruption: what the playbook rented (from its facts and the results it saw), the
+collection's own teardown for each run (``playbooks/teardown.yml`` with the run's results folder, so the newest
+sealed checkpoint is pulled and verified before the instance is destroyed and the account asked), started in a
+new session so that the terminal's next Ctrl-C or a closed terminal cannot kill it, and waited for."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TEARDOWN_PLAYBOOK = os.path.join(COLLECTION_ROOT, "playbooks", "teardown.yml")
+INVENTORY = os.path.join(COLLECTION_ROOT, "inventory", "vast.yml")
+# Set in the teardown's own environment: its guard stands down (its Ctrl-C is not the user's).
+DISABLE_ENV = "MLOPS_VAST_GUARD"
+
+
+@dataclass
+class Target:
+    """One run to bring home and destroy."""
+
+    label: str
+    results_dir: str
+    remote_dir: str = "/workspace/run"
+    checkpoint_glob: str = "checkpoint-*"
+    keep_checkpoints: int = 3
+
+    def extra_vars(self, unreachable_wait_s: float) -> dict[str, Any]:
+        return {"teardown_label": self.label, "teardown_results_dir": self.results_dir,
+                "teardown_remote_dir": self.remote_dir, "teardown_checkpoint_glob": self.checkpoint_glob,
+                "teardown_keep_checkpoints": self.keep_checkpoints,
+                "teardown_unreachable_wait_s": unreachable_wait_s}
+
+
+def targets_from(facts: Mapping[str, Any], labels: set[str], cwd: str) -> list[Target]:
+    """The runs of this playbook: train.yml's ``run`` fact (label, results folder, remote paths), rent.yml's
+    ``rent_label``, and every label an instance module reported renting (a user's own playbook)."""
+    found: dict[str, Target] = {}
+    run = facts.get("run")
+    if isinstance(run, Mapping) and run.get("name"):
+        name = str(run["name"])
+        found[name] = Target(name, str(run.get("results_dir") or os.path.join(cwd, "results", name)),
+                             str(run.get("remote_dir") or "/workspace/run"),
+                             str(run.get("checkpoint_glob") or "checkpoint-*"), int(run.get("keep_checkpoints") or 3))
+    rent_label = facts.get("rent_label")
+    for label in ({str(rent_label)} if isinstance(rent_label, str) and rent_label else set()) | labels:
+        found.setdefault(label, Target(label, os.path.join(cwd, "results", label)))
+    return list(found.values())
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Ansible's workers)."""
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as handle:
+                pids.extend(int(p) for p in handle.read().split())
+    return pids
+
+
+def stop_workers(pid: int, wait_s: float = 3.0) -> None:
+    """SIGTERM the workers (each ends its own process group, as Ansible's handler would) and give them a moment, so
+    that no task still in flight (a create) can rent after the teardown looked."""
+    workers = child_pids(pid)
+    for worker in workers:
+        with contextlib.suppress(OSError):
+            os.kill(worker, signal.SIGTERM)
+    end = time.monotonic() + wait_s
+    while time.monotonic() < end and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def ansible_playbook() -> list[str]:
+    """The ansible-playbook that runs now (same Python, same ansible-core), else the one on PATH."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "ansible-playbook" and os.path.isfile(argv0):
+        return [sys.executable, argv0]
+    found = shutil.which("ansible-playbook") or os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
+    return [found]
+
+
+def start(target: Target, unreachable_wait_s: float) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the teardown of ``target`` in a new session; its output goes to ``<results>/guard.log``."""
+    os.makedirs(target.results_dir, exist_ok=True)
+    log_path = os.path.join(target.results_dir, "guard.log")
+    env = {k: v for k, v in os.environ.items() if k != "MLOPS_VAST_PROGRESS_FILE"}
+    env[DISABLE_ENV] = "off"
+    argv = [*ansible_playbook(), "-i", INVENTORY, TEARDOWN_PLAYBOOK,
+            "-e", json.dumps(target.extra_vars(unreachable_wait_s))]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True, close_fds=True)
+    return process, log_path
+
+
+def outcome(target: Target, rc: int | None, log_path: str) -> str:
+    """One line on what the teardown did, from its exit status and the record it wrote."""
+    if rc is None:
+        return (f"{target.label}: the teardown is still running in the background (its own session); see {log_path}, "
+                f"and check with ansible-playbook playbooks/teardown.yml -e teardown_label={target.label}")
+    if rc != 0:
+        return (f"{target.label}: the teardown FAILED (exit {rc}); see {log_path}. The contract is in the local "
+                f"ledger: run ansible-playbook playbooks/teardown.yml -e teardown_label={target.label}")
+    record: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError), \
+            open(os.path.join(target.results_dir, "teardown.json"), encoding="utf-8") as handle:
+        record = json.load(handle)
+    newest = record.get("newest_checkpoint")
+    home = (f"newest sealed checkpoint {newest} verified and home in {target.results_dir}/checkpoints" if newest
+            else f"no sealed checkpoint on the host; results in {target.results_dir}")
+    return (f"{target.label}: {home}; destroyed {record.get('destroyed', [])}, verified gone, and the account "
+            f"confirms nothing of {target.label} is billing (log: {log_path})")

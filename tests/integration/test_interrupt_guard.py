@@ -1,0 +1,196 @@
+"""Interruptions and the account proof, end to end against vastsim: a plain ``ansible-playbook playbooks/train.yml``
+(a real process, real sshd hosts) signalled mid-run leaves nothing billing within 60 s with its newest sealed
+checkpoint home (the guard callback, mlops.vast.guard); the proof every playbook ends with asks the account and
+fails when an instance of the label still bills; spend.json is what vastsim's own ledger charged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_collections.mlops.vast.plugins.module_utils import checkpoint_manifest as cm
+
+from tests.conftest import REPO, Sim, needs_root, rent, running_sim, ssh_run
+from tests.integration.ansible_run import (
+    ANSIBLE_BIN,
+    ansible_env,
+    close_ssh_masters,
+    ledger_open,
+    local_inventory,
+    run_playbook,
+)
+from tests.integration.test_modules import good_query
+
+pytestmark = [pytest.mark.slow, needs_root]
+
+# ~0.05 s a step: a checkpoint every 2.5 s, and far more steps than the test waits for.
+LONG = ("python3 train.py --output_dir /workspace/run/output --logging_steps 10 --save_steps 50 "
+        "--max_steps 6000 --step_seconds 0.05")
+
+
+@pytest.fixture(scope="module")
+def shared_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
+    with running_sim(tmp_path_factory.mktemp("guard-sim") / "state") as simulator:
+        yield simulator
+
+
+def start_train(sim: Sim, tmp_path: Path, name: str) -> tuple[subprocess.Popen[str], dict[str, str], Path]:
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(key), MLOPS_VAST_EXCLUSIONS=str(tmp_path / "excl.json"),
+                      # Set here, this list replaces ansible.cfg's: the guard is named as a user would name it.
+                      ANSIBLE_CALLBACKS_ENABLED="mlops.vast.guard,mlops.vast.progress",
+                      MLOPS_VAST_PROGRESS_FILE=str(tmp_path / "progress.json"))
+    argv = [str(ANSIBLE_BIN / "ansible-playbook"), "playbooks/train.yml", "-i", str(local_inventory(tmp_path)),
+            "-e", "@examples/run.yml",
+            "-e", json.dumps({"run_name": name, "run_command": LONG,
+                              "run_query": good_query(sim, "reliability > 0.95 num_gpus=1"),
+                              "run_results_dir": str(tmp_path / "results"), "run_poll_interval_s": 1,
+                              "run_sync_interval_s": 2, "run_stall_timeout_s": 30})]
+    out = (tmp_path / "out.log").open("w")
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                               text=True, cwd=REPO)
+    return process, env, tmp_path / "out.log"
+
+
+def wait_phase(process: subprocess.Popen[str], tmp_path: Path, phase: str, *, sealed_home: bool = False,
+               timeout: float = 300) -> None:
+    """Until the progress file says ``phase`` (and a sealed checkpoint is home, when asked)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert process.poll() is None, (tmp_path / "out.log").read_text()[-4000:]
+        try:
+            now = json.loads((tmp_path / "progress.json").read_text())["phase"]
+        except (OSError, ValueError, KeyError):
+            now = None
+        home = list((tmp_path / "results" / "checkpoints").glob(f"checkpoint-*/{cm.MANIFEST_NAME}"))
+        if now == phase and (home or not sealed_home):
+            return
+        time.sleep(0.5)
+    process.kill()
+    raise AssertionError(f"phase {phase} never came: " + (tmp_path / "out.log").read_text()[-4000:])
+
+
+def host_sealed(sim: Sim, key: Path, label: str) -> list[int]:
+    """The steps of the checkpoints sealed on the rented host now."""
+    with sim.client() as client:
+        row = next(r for r in client.get("/api/v1/instances/").json()["instances"] if r["label"] == label)
+    port = int(row["ports"]["22/tcp"][0]["HostPort"])
+    listing = ssh_run(row["public_ipaddr"], port, key,
+                      f"ls -d /workspace/run/output/checkpoint-*/{cm.MANIFEST_NAME} 2>/dev/null || true", timeout=30)
+    return sorted(int(line.split("checkpoint-")[1].split("/")[0]) for line in listing.stdout.split())
+
+
+def finish(process: subprocess.Popen[str], env: dict[str, str], log: Path, timeout: float = 180) -> str:
+    try:
+        process.wait(timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+        close_ssh_masters(env)
+    return log.read_text()
+
+
+def account_and_ledger(sim: Sim, tmp_path: Path, label: str) -> dict:
+    with sim.client() as client:
+        ledger = client.get("/_sim/ledger").json()
+    assert ledger["totals"]["open_instances"] == 0, ledger["totals"]
+    assert ledger_open(tmp_path) == []
+    return next(r for r in ledger["rows"] if r["label"] == label)
+
+
+def verify_home(checkpoint: Path) -> None:
+    manifest = cm.parse_manifest((checkpoint / cm.MANIFEST_NAME).read_text())
+    for entry in manifest["files"]:
+        data = (checkpoint / entry["path"]).read_bytes()
+        assert len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"], entry["path"]
+
+
+def test_sigint_during_the_watch_leaves_nothing_billing_and_brings_the_newest_checkpoint_home(
+        shared_sim: Sim, tmp_path: Path) -> None:
+    label = "guard-int"
+    process, env, log = start_train(shared_sim, tmp_path, label)
+    wait_phase(process, tmp_path, "training", sealed_home=True)
+    before = host_sealed(shared_sim, tmp_path / "key", label)
+    assert before, "no sealed checkpoint on the host although one is home"
+    sent = time.time()
+    process.send_signal(signal.SIGINT)
+    output = finish(process, env, log)
+
+    assert process.returncode == 99, output[-4000:]  # Ansible's own "User interrupted execution"
+    assert "[mlops.vast.guard] SIGINT" in output and "verified gone" in output, output[-4000:]
+    row = account_and_ledger(shared_sim, tmp_path, label)
+    print(f"SIGINT in the watch: destroyed {row['destroyed_at'] - sent:.1f} s after the signal")
+    assert row["destroyed_at"] - sent < 60, row
+    results = tmp_path / "results"
+    teardown = json.loads((results / "teardown.json").read_text())
+    assert teardown["checkpoints_verified"] is True, teardown
+    newest = teardown["newest_checkpoint"]
+    # What the host had sealed when the signal came is home, or a newer one it sealed before it was destroyed.
+    assert int(newest.split("-")[1]) >= before[-1], (newest, before)
+    assert max(int(p.name.split("-")[1]) for p in (results / "checkpoints").glob("checkpoint-*")) == int(
+        newest.split("-")[1])
+    verify_home(results / "checkpoints" / newest)
+    assert f"newest sealed checkpoint {newest} verified and home" in output
+    spend = json.loads((results / "spend.json").read_text())
+    assert spend["billing"] == [] and abs(spend["total_usd"] - row["cost"]) < 0.01, (spend, row)
+
+
+def test_sigterm_during_setup_leaves_nothing_billing(shared_sim: Sim, tmp_path: Path) -> None:
+    label = "guard-term"
+    process, env, log = start_train(shared_sim, tmp_path, label)
+    wait_phase(process, tmp_path, "setup")
+    sent = time.time()
+    process.send_signal(signal.SIGTERM)
+    output = finish(process, env, log)
+
+    assert process.returncode == -signal.SIGTERM, output[-4000:]  # ended as SIGTERM ends it, once the guard is done
+    assert "[mlops.vast.guard] SIGTERM" in output and "verified gone" in output, output[-4000:]
+    row = account_and_ledger(shared_sim, tmp_path, label)
+    print(f"SIGTERM in setup: destroyed {row['destroyed_at'] - sent:.1f} s after the signal")
+    assert row["destroyed_at"] - sent < 60, row
+
+
+def proof_playbook(tmp_path: Path, label: str) -> Path:
+    path = tmp_path / "proof.yml"
+    path.write_text(yaml.safe_dump([{
+        "hosts": "localhost", "gather_facts": False,
+        "tasks": [{"name": "proof", "ansible.builtin.include_tasks": str(REPO / "playbooks/tasks/account_proof.yml"),
+                   "vars": {"proof_label": label, "proof_results_dir": str(tmp_path)}}]}]))
+    return path
+
+
+def test_the_account_proof_fails_while_an_instance_of_the_label_bills_and_reports_the_ledgers_spend(
+        shared_sim: Sim, tmp_path: Path) -> None:
+    label = "proof-left"
+    env = ansible_env(shared_sim, tmp_path)
+    with shared_sim.client() as client:
+        instance_id = rent(client, label=label)
+        try:
+            left = run_playbook(str(proof_playbook(tmp_path, label)), env, "-i", str(local_inventory(tmp_path)))
+            assert left.returncode == 2, left.stdout[-3000:]
+            assert f"The account still bills 1 instance(s) with label '{label}': [{instance_id}]" in left.stdout
+            assert f"teardown_label={label}" in left.stdout and "Traceback" not in left.stdout + left.stderr
+        finally:
+            assert client.delete(f"/api/v0/instances/{instance_id}/").status_code == 200
+        done = run_playbook(str(proof_playbook(tmp_path, label)), env, "-i", str(local_inventory(tmp_path)))
+        assert done.returncode == 0, done.stdout[-3000:]
+        row = next(r for r in client.get("/_sim/ledger").json()["rows"] if r["id"] == instance_id)
+    spend = json.loads((tmp_path / "spend.json").read_text())
+    assert spend["instance_ids"] == [instance_id] and spend["billing"] == []
+    assert abs(spend["total_usd"] - row["cost"]) < 0.01 and spend["total_usd"] > 0, (spend, row)
+    assert abs(spend["gpu_usd"] - row["gpu_cost"]) < 0.01 and abs(spend["storage_usd"] - row["storage_cost"]) < 0.01
+    assert f"nothing of {label} is billing" in done.stdout
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-x", "-v"]))
