@@ -1,4 +1,4 @@
-"""``mlops-vast``: train, sweep, status, teardown and estimate from a terminal, with live progress.
+"""``mlops-vast``: train, sweep, status, teardown, reap and estimate from a terminal, with live progress.
 
 Exit codes: 0 completed, 1 failed, 2 bad input or usage (nothing rented), 3 some trials of a sweep failed,
 130 cancelled with Ctrl-C (after tearing down what it started).
@@ -64,6 +64,14 @@ def parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--label", help="only the instances with this label (a run's name, a trial's label)")
     which.add_argument("--all", action="store_true", help="every open contract in the ledger")
+    common(p)
+    p = sub.add_parser("reap", help="destroy instances of ours that no live controller watches (playbooks/reap.yml)")
+    p.add_argument("--check", action="store_true", help="list the orphans with their spend; destroy nothing")
+    p.add_argument("--grace", type=float, metavar="SECONDS",
+                   help="orphaned this long after the lease's last renewal (default: three promised intervals)")
+    p.add_argument("--unledgered", action="store_true",
+                   help="also other controllers' instances in no ledger here (only when no other one is running)")
+    p.add_argument("--label-prefix", default="", help="only instances whose label starts with this")
     common(p)
     p = sub.add_parser("estimate", help="VRAM, RAM, disk, time and cost of a run before renting")
     p.add_argument("file", metavar="RUN.yml", help="a run with run_estimate (examples/run-estimate.yml)")
@@ -464,6 +472,44 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     return EXIT_OK if done.returncode == 0 else EXIT_FAILED
 
 
+def cmd_reap(args: argparse.Namespace) -> int:
+    from mlops_vast import _keys
+
+    if args.grace is not None and not 0 <= args.grace <= 2592000:
+        raise InputError(f"--grace must be between 0 and 2592000 seconds (30 days), got {args.grace:g}")
+    env, api_url, _sim = _api_env(args)
+    if api_url is None:
+        print("mlops-vast: no API configured (VAST_API_KEY / --api-url) and no vastsim serving .vastsim: "
+              "nothing to reap", file=sys.stderr)
+        return EXIT_FAILED
+    root = collection_root()
+    key = _keys.resolve_api_key(env)
+    with contextlib.ExitStack() as stack:
+        key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
+        report = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlops-vast-reap-"))) / "reap.json"
+        run_env = _keys.scrub_env(env, key_file.path if key_file else None)
+        run_env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
+        run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
+        reap_vars = {"reap_unledgered": args.unledgered, "reap_label_prefix": args.label_prefix,
+                     "reap_report": str(report)}
+        if args.grace is not None:
+            reap_vars["reap_lease_grace_s"] = args.grace
+        argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(root / "playbooks" / "reap.yml"),
+                "-e", json.dumps(reap_vars), *(["--check"] if args.check else [])]
+        done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True, capture_output=True)
+        result = json.loads(report.read_text()) if report.exists() else None
+    if args.json:
+        _print_json({"rc": done.returncode, "check": args.check, "result": result})
+    elif result is None:
+        print((done.stdout + done.stderr)[-4000:], file=sys.stderr)
+    else:
+        for orphan in result.get("orphans", []):
+            print(f"orphan {orphan['id']} ({orphan['label']}, {orphan['source']}): "
+                  f"{_money(orphan['spent_usd'])} spent; {orphan['why']}")
+        print(("check mode: " if args.check else "") + str(result.get("msg")))
+    return EXIT_OK if done.returncode == 0 else EXIT_FAILED
+
+
 ESTIMATE_PLAY = """\
 - name: Estimate a run
   hosts: localhost
@@ -589,7 +635,7 @@ def _print_estimate(result: dict[str, Any]) -> None:
 
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "status": cmd_status, "teardown": cmd_teardown,
-            "estimate": cmd_estimate}
+            "reap": cmd_reap, "estimate": cmd_estimate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,8 @@ from tests.integration.test_modules import good_query
 
 pytestmark = [pytest.mark.slow, needs_root]
 
+CLI = str(ANSIBLE_BIN / "mlops-vast")
+
 
 @pytest.fixture(scope="module")
 def reap_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
@@ -71,9 +73,11 @@ def test_fresh_lease_kept_check_mode_destroys_nothing_then_reaped_and_idempotent
     assert [k["id"] for k in result["kept"]] == [kept_id] and result["orphans"] == [] and not result["changed"]
     assert kept_id in open_on_sim(reap_sim), "a fresh lease must never be reaped"
 
-    # Check mode with grace 0: listed with its spend, nothing destroyed.
-    done, result = reap(env, tmp_path, "--check", "-e", "reap_lease_grace_s=0")
-    assert done.returncode == 0, failure_excerpt(done.stdout)
+    # Check mode with grace 0, through the CLI: listed with its spend, nothing destroyed.
+    done = subprocess.run([CLI, "reap", "--check", "--grace", "0", "--json"], env=env, cwd=tmp_path, text=True,
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout)["result"]
     assert [o["id"] for o in result["orphans"]] == [kept_id] and result["destroyed"] == [] and result["changed"]
     assert result["orphans"][0]["spent_usd"] is not None and "would destroy 1 orphan" in result["msg"]
     assert kept_id in open_on_sim(reap_sim) and ledger_open(tmp_path) == [kept_id]
@@ -117,14 +121,16 @@ def test_lost_ledger_found_by_marker_only_when_asked(reap_sim: Sim, tmp_path: Pa
     assert ledger_open(tmp_path / "a") == []
 
 
-def test_bad_reap_variables_fail_before_anything(reap_sim: Sim, tmp_path: Path) -> None:
+def test_bad_reap_input_fails_before_anything(reap_sim: Sim, tmp_path: Path) -> None:
     env = ansible_env(reap_sim, tmp_path)
-    for bad, named in ((["-e", "reap_lease_grace_s=-1"], "reap_lease_grace_s"),
-                       (["-e", "reap_lease_grace_s=soon"], "reap_lease_grace_s"),
+    for bad, named in ((["-e", "reap_lease_grace_s=soon"], "reap_lease_grace_s"),
                        (["-e", "reap_grace_s=5"], "reap_grace_s")):
         done, result = reap(env, tmp_path, *bad)
         assert done.returncode != 0 and named in done.stdout and "Traceback" not in done.stdout, done.stdout[-2000:]
         assert result == {}
+    done = subprocess.run([CLI, "reap", "--grace", "-1"], env=env, cwd=tmp_path, text=True, capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 2 and "--grace must be between 0 and" in done.stderr and "Traceback" not in done.stderr
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
