@@ -78,7 +78,7 @@ options:
     description:
       - Environment variables for the container, as a dict. Keys of the form C(-p 8080:8080) open ports
         as with the CLI's C(--env).
-      - C(MLOPS_VAST_CONTROLLER) is added, the controller's id (kept beside O(ledger_path)): the account's
+      - C(MLOPS_VAST_CONTROLLER) is added, the controller's id (kept beside O(ledger_path)). The account's
         instance list shows it, and that is how C(mlops.vast.vast_reap) knows an instance as the collection's.
     type: dict
   onstart:
