@@ -44,6 +44,8 @@ def test_rent_playbook_rents_pings_through_the_inventory_and_destroys(sim: Sim, 
     done = run_playbook("playbooks/rent.yml", env, "-i", "inventory/vast.yml", "-e", "rent_label=rent-e2e")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "ok: [localhost -> rent-e2e(" in done.stdout  # the ping went to the inventory host by its label
+    # The account was asked: exactly the rental while it ran, nothing of the label after the destroy.
+    assert "The account confirms only [" in done.stdout and "nothing of rent-e2e is billing" in done.stdout
     # ... over the key the inventory plugin gave the group: the one rent.yml made and registered.
     with sim.client() as client:
         keys = [" ".join(k["key"].split()[:2]) for k in client.get("/api/v0/ssh/").json()]
