@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -680,6 +681,11 @@ def param_problems(params: dict[str, Any]) -> list[str]:
         problems.append("max_total_usd needs instance_id (the spend is read from the instance's API row)")
     if params["started_at"] not in (None, "") and parse_timestamp(params["started_at"]) is None:
         problems.append("started_at must be epoch seconds or an ISO 8601 time")
+    for name in ("summary_regex", "traceback_regex"):
+        try:
+            re.compile(params[name] or "")
+        except re.error as exc:
+            problems.append(f"{name} is not a valid regular expression ({exc}): {params[name]!r}")
     return problems
 
 

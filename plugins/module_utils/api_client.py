@@ -46,6 +46,10 @@ except ImportError as exc:  # reported by the caller with missing_required_lib
 DEFAULT_URL = "https://console.vast.ai"
 USER_AGENT = "mlops.vast/0.1"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# A service that has not answered once in this run and refuses connections for this long (or for one request
+# timeout, if shorter) is a wrong URL or a service that is down, not a blip: say so now instead of retrying
+# until the run's whole deadline (up to wait_timeout). Once it has answered, a refusal is retried to the end.
+FIRST_CONTACT_S = 20.0
 # Keys the official CLI reads, first match wins after the option and the environment.
 KEY_FILES = ("{xdg_config}/vastai/vast_api_key", "~/.vast_api_key")
 
@@ -168,6 +172,8 @@ class VastClient:
         self.rng = rng or random.Random()
         self.requests_sent = 0
         self.retries = 0
+        self.answered = False
+        self._first_attempt: float | None = None
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -202,6 +208,8 @@ class VastClient:
             # slow rent into an ambiguous one.
             timeout = (self.request_timeout if not idempotent
                        else min(self.request_timeout, max(self.deadline.remaining, 0.5)))
+            if self._first_attempt is None:
+                self._first_attempt = time.monotonic()
             try:
                 self.requests_sent += 1
                 response = self._http.request(
@@ -211,6 +219,7 @@ class VastClient:
                     timeout=timeout,
                 )
             except httpx.ConnectError as exc:
+                self._give_up_on_first_contact(method, path, attempt, exc)
                 # Never reached the server: always safe to retry.
                 self._backoff_or_raise(method, path, attempt, None, f"cannot connect to {self.base_url}: {exc}")
                 continue
@@ -226,6 +235,7 @@ class VastClient:
                 # quote request headers, so only the kind of error is reported.
                 raise VastAPIError(0, f"request failed before an answer: {type(exc).__name__}", method=method,
                                    path=path) from None
+            self.answered = True
             if response.status_code in RETRY_STATUSES:
                 body_json = _json_or_none(response)
                 msg, error = _message(body_json, response.text)
@@ -236,6 +246,16 @@ class VastClient:
                 self._backoff_or_raise(method, path, attempt, response, f"HTTP {response.status_code}: {msg}")
                 continue
             return self._decode(method, path, response, allow_unsuccessful)
+
+    def _give_up_on_first_contact(self, method: str, path: str, attempt: int, exc: Exception) -> None:
+        waited = time.monotonic() - (self._first_attempt or time.monotonic())
+        if self.answered or waited < min(FIRST_CONTACT_S, self.request_timeout):
+            return
+        # The URL only, never headers: httpx's text names the host and the reason.
+        reason = str(exc).split("\n")[0] or type(exc).__name__
+        raise VastRetryExhausted(
+            0, f"cannot reach the Vast API at {self.base_url} ({reason}; {attempt} attempts in {waited:.0f} s): "
+            "check VAST_URL or the api_url option, and that the service is up", method=method, path=path)
 
     def _backoff_or_raise(self, method: str, path: str, attempt: int, response: Any, reason: str) -> None:
         wait = None if response is None else _retry_after(response)

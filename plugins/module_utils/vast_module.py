@@ -33,6 +33,9 @@ def auth_argument_spec() -> dict[str, Any]:
     }
 
 
+MAX_LABEL_CHARS = 256
+
+
 class VastModule:
     """One module run against the Vast API: options, client, deadline, result, diff, failure."""
 
@@ -63,6 +66,7 @@ class VastModule:
         module = cls.define_module()
         runner = cls(module)
         try:
+            runner.check_common_params()
             runner.check_params()
             runner.run()
         except QueryError as exc:
@@ -78,6 +82,16 @@ class VastModule:
     def deadline_seconds(self) -> float:
         """The budget of the whole run, every request and wait included."""
         return max(float(self.params["api_timeout"]) * 4, 60.0)
+
+    def check_common_params(self) -> None:
+        """The shared options' ranges, before any request: a zero timeout would fail every request, and a label
+        is sent in a URL's query (a huge one fails deep inside the HTTP client, naming nothing)."""
+        if self.params["api_timeout"] <= 0:
+            self.fail(f"api_timeout must be more than 0 seconds, got {self.params['api_timeout']:g}")
+        label = self.params.get("label")
+        if isinstance(label, str) and len(label) > MAX_LABEL_CHARS:
+            self.fail(f"label must be at most {MAX_LABEL_CHARS} characters, got {len(label)}: use a short name "
+                      "(it is the instance's identity on the account)")
 
     def check_params(self) -> None:
         """Fail (``self.fail``) on options that are wrong together or out of range, before any request."""

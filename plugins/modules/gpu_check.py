@@ -725,6 +725,9 @@ def validate(module: AnsibleModule) -> None:
     for name in ("min_compute_capability", "min_driver", "min_cuda"):
         if params[name] is not None and version_tuple(params[name]) is None:
             module.fail_json(msg=f"{name} must be a dotted version such as 12.4, got {params[name]!r}")
+    for name in ("gpu_count", "timeout"):
+        if params[name] is not None and params[name] <= 0:
+            module.fail_json(msg=f"{name} must be more than 0, got {params[name]:g}")
     wanted = params["gpu_name"]
     if isinstance(wanted, list):
         if not all(isinstance(w, str) for w in wanted):

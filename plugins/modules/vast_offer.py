@@ -159,6 +159,8 @@ class VastOffer(VastModule):
     def check_params(self) -> None:
         if self.params["limit"] < 1:
             self.fail(f"limit must be at least 1, got {self.params['limit']}")
+        if self.params["max_dph"] is not None and self.params["max_dph"] <= 0:
+            self.fail(f"max_dph must be more than 0 $/h, got {self.params['max_dph']:g}")
         if self.params["storage"] < 0:
             self.fail(f"storage must be a positive number of GB, got {self.params['storage']:g}")
         self.request().parsed()  # a bad query fails here, before any request and without a key
