@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -21,10 +22,10 @@ WHEEL = b"PK\x03\x04 not really a wheel, but bytes that must arrive whole" * 100
 class Upstream(http.server.BaseHTTPRequestHandler):
     """A PEP 503/691 index with one project, `tinydep`, counting what it is asked."""
 
-    hits: list[str] = []
+    hits: ClassVar[list[str]] = []
     down = False
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         type(self).hits.append(self.path)
         if self.down:
             self.send_error(503)
