@@ -100,6 +100,8 @@ class CallbackModule(CallbackBase):
         self._labels: set[str] = set()
         self._running: list[tuple[teardown.Target, Any, str]] = []
         self._cwd = os.getcwd()
+        self._starting = False
+        self._again: int | None = None
 
     def set_options(self, task_keys: Any = None, var_options: Any = None, direct: Any = None) -> None:
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
@@ -132,6 +134,9 @@ class CallbackModule(CallbackBase):
         if os.getpid() != self._pid:  # a forked worker that has not set its own handlers yet
             self._chain(signum, frame)
             return
+        if self._starting:
+            self._again = signum
+            return
         if self._running:
             for target, _process, log_path in self._running:
                 say(f"{name} again: Ansible stops now. " + teardown.outcome(target, None, log_path))
@@ -143,10 +148,22 @@ class CallbackModule(CallbackBase):
             return
         say(f"{name}: stopping the playbook; bringing the newest sealed checkpoint home and destroying "
             f"{', '.join(t.label for t in targets)} (a second {name} leaves this running in the background)")
-        teardown.stop_workers(self._pid)
-        for target in targets:
-            process, log_path = teardown.start(target, float(self.get_option("unreachable_wait_s")))
-            self._running.append((target, process, log_path))
+        # Until the teardown has started, a second signal only waits (noted by the handler re-entered): ending
+        # Ansible before then would leave nothing to destroy what it rented.
+        self._starting = True
+        try:
+            teardown.stop_workers(self._pid)
+            for target in targets:
+                process, log_path = teardown.start(target, float(self.get_option("unreachable_wait_s")))
+                self._running.append((target, process, log_path))
+        except OSError as exc:
+            say(f"cannot start the teardown ({exc}): run ansible-playbook playbooks/teardown.yml "
+                f"-e teardown_label={targets[0].label} now; the contract is in the local ledger")
+        finally:
+            self._starting = False
+        if self._again is not None:
+            self._on_signal(self._again, frame)
+            return
         end = time.monotonic() + float(self.get_option("timeout_s"))
         while time.monotonic() < end and any(p.poll() is None for _t, p, _l in self._running):
             time.sleep(0.25)

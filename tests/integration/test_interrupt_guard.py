@@ -84,9 +84,10 @@ def host_sealed(sim: Sim, key: Path, label: str) -> list[int]:
     with sim.client() as client:
         row = next(r for r in client.get("/api/v1/instances/").json()["instances"] if r["label"] == label)
     port = int(row["ports"]["22/tcp"][0]["HostPort"])
-    listing = ssh_run(row["public_ipaddr"], port, key,
-                      f"ls -d /workspace/run/output/checkpoint-*/{cm.MANIFEST_NAME} 2>/dev/null || true", timeout=30)
-    return sorted(int(line.split("checkpoint-")[1].split("/")[0]) for line in listing.stdout.split())
+    # The checkpoint agent's index of what it sealed: what the product itself counts as sealed.
+    listing = ssh_run(row["public_ipaddr"], port, key, "cat /workspace/run/output/.mlops-sealed 2>/dev/null || true",
+                      timeout=30)
+    return sorted(int(line.split("checkpoint-")[1]) for line in listing.stdout.split() if "checkpoint-" in line)
 
 
 def finish(process: subprocess.Popen[str], env: dict[str, str], log: Path, timeout: float = 180) -> str:
@@ -137,9 +138,9 @@ def test_sigint_during_the_watch_leaves_nothing_billing_and_brings_the_newest_ch
     newest = teardown["newest_checkpoint"]
     # What the host had sealed when the signal came is home, or a newer one it sealed before it was destroyed.
     assert int(newest.split("-")[1]) >= before[-1], (newest, before)
-    assert max(int(p.name.split("-")[1]) for p in (results / "checkpoints").glob("checkpoint-*")) == int(
-        newest.split("-")[1])
-    verify_home(results / "checkpoints" / newest)
+    for checkpoint in (results / "checkpoints").glob("checkpoint-*"):
+        verify_home(checkpoint)  # every sealed checkpoint home (the newest included) matches its manifest
+    assert (results / "checkpoints" / newest / cm.MANIFEST_NAME).exists()
     assert f"newest sealed checkpoint {newest} verified and home" in output
     spend = json.loads((results / "spend.json").read_text())
     assert spend["billing"] == [] and abs(spend["total_usd"] - row["cost"]) < 0.01, (spend, row)
@@ -157,6 +158,32 @@ def test_sigterm_during_setup_leaves_nothing_billing(shared_sim: Sim, tmp_path: 
     assert "[mlops.vast.guard] SIGTERM" in output and "verified gone" in output, output[-4000:]
     row = account_and_ledger(shared_sim, tmp_path, label)
     print(f"SIGTERM in setup: destroyed {row['destroyed_at'] - sent:.1f} s after the signal")
+    assert row["destroyed_at"] - sent < 60, row
+
+
+def test_sighup_while_renting_then_a_second_one_ends_ansible_and_the_teardown_goes_on(
+        shared_sim: Sim, tmp_path: Path) -> None:
+    label = "guard-hup"
+    process, env, log = start_train(shared_sim, tmp_path, label)
+    end = time.monotonic() + 300
+    while not ledger_open(tmp_path) and time.monotonic() < end and process.poll() is None:
+        time.sleep(0.2)  # until the contract exists: the rental is under way
+    assert ledger_open(tmp_path), log.read_text()[-4000:]
+    sent = time.time()
+    process.send_signal(signal.SIGHUP)
+    time.sleep(1.5)
+    process.send_signal(signal.SIGHUP)
+    output = finish(process, env, log, timeout=60)
+
+    assert process.returncode == -signal.SIGHUP, output[-4000:]
+    assert "[mlops.vast.guard] SIGHUP again: Ansible stops now" in output, output[-4000:]
+    assert "still running in the background" in output
+    guard_log = tmp_path / "results" / "guard.log"
+    while "PLAY RECAP" not in guard_log.read_text() and time.monotonic() < end:
+        time.sleep(0.5)  # the detached teardown finishes on its own
+    assert "PLAY RECAP" in guard_log.read_text() and "failed=0" in guard_log.read_text(), guard_log.read_text()[-3000:]
+    row = account_and_ledger(shared_sim, tmp_path, label)
+    print(f"SIGHUP twice while renting: destroyed {row['destroyed_at'] - sent:.1f} s after the first signal")
     assert row["destroyed_at"] - sent < 60, row
 
 

@@ -1,0 +1,61 @@
+"""The account's word on a run's spend: vastsim's charges endpoint (paging, window) and the sum by instance."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.mlops.vast.plugins.module_utils import account_spend as spend
+
+from mlops_vast.sim import charges as sim_charges
+from mlops_vast.sim.errors import VastError
+
+
+def row(instance_id: int, label: str, gpu: float, storage: float, created: float = 1000.0,
+        destroyed: float | None = 2000.0) -> dict:
+    return {"id": instance_id, "label": label, "created_at": created, "destroyed_at": destroyed,
+            "running_seconds": 60.0, "gpu_cost": gpu, "storage_cost": storage}
+
+
+class FakeClient:
+    """Answers GET /api/v0/charges/ the way vastsim's route does, from ledger rows."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows, self.calls = rows, 0
+
+    def request(self, method: str, path: str, *, params: dict) -> dict:
+        assert (method, path) == ("GET", "/api/v0/charges/")
+        self.calls += 1
+        return sim_charges.charges(self.rows, params["select_filters"], 2, "false", params.get("after_token"))
+
+
+def test_the_run_spend_sums_its_instances_charges_by_kind_following_the_pages() -> None:
+    rows = [row(1, "run-a", 0.5, 0.01), row(2, "other", 9.0, 1.0), row(3, "run-a", 0.25, 0.02),
+            row(4, "run-a", 1.0, 0.1, created=5000.0, destroyed=6000.0)]
+    client = FakeClient(rows)
+    charges = spend.charges(client, 0, 3000)
+    assert client.calls == 2 and sorted(c["source"] for c in charges) == ["1", "2", "3"]  # 4 is outside the window
+    result = spend.run_spend(charges, {1}, "run-a")  # 3 counts by the label its charge names
+    assert [i["id"] for i in result["instances"]] == [1, 3]
+    assert result["gpu_usd"] == 0.75 and result["storage_usd"] == 0.03 and result["bandwidth_usd"] == 0
+    assert result["total_usd"] == pytest.approx(0.78)
+
+
+def test_amounts_as_text_and_charges_without_a_breakdown_are_read() -> None:
+    charges = [{"type": "instance", "source": "7", "amount": "$1,234.50"},
+               {"type": "volume", "source": "7", "amount": 99}]
+    result = spend.run_spend(charges, {7}, "x")
+    assert result["total_usd"] == 1234.5 and result["gpu_usd"] == 1234.5 and len(result["instances"]) == 1
+
+
+def test_the_charges_route_rejects_bad_filters_and_tokens() -> None:
+    with pytest.raises(VastError, match="select_filters must be an object"):
+        sim_charges.charges([], [], 10, "false", None)
+    with pytest.raises(VastError, match="day bounds must be numbers"):
+        sim_charges.charges([], {"day": {"gte": "yesterday"}}, 10, "false", None)
+    with pytest.raises(VastError, match="Invalid pagination token"):
+        sim_charges.charges([], {}, 10, "false", "not-a-token")
+
+
+def test_the_charge_window_starts_a_day_before_the_runs_first_contract() -> None:
+    assert spend.charge_window(None, 123.0, 10**6) == 123.0
+    assert spend.charge_window(100000.0, 0, 10**6) == 100000.0 - spend.DAY_S
+    assert spend.charge_window(None, 0, 10**7) == 10**7 - 30 * spend.DAY_S
