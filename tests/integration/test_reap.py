@@ -219,3 +219,16 @@ def test_controller_killed_mid_watch_is_reaped(reap_sim: Sim, tmp_path: Path) ->
         log.close()
         close_ssh_masters(env)
 
+
+
+def test_train_yml_reaps_before_it_rents(reap_sim: Sim, tmp_path: Path) -> None:
+    env = ansible_env(reap_sim, tmp_path, MLOPS_VAST_EXCLUSIONS=str(tmp_path / "x.json"))
+    orphan_id = rent(reap_sim, tmp_path, "reap-before-train", env)
+    # A query no offer meets: the run fails at its rent, after the reap, and rents nothing.
+    done = run_playbook("playbooks/train.yml", env, "-i", str(local_inventory(tmp_path)), "-e", "@examples/run.yml",
+                        "-e", json.dumps({"run_name": "reap-next-run", "run_query": "gpu_ram >= 100000",
+                                          "run_results_dir": str(tmp_path / "results"), "reap_lease_grace_s": 0}),
+                        timeout=300)
+    assert done.returncode != 0, failure_excerpt(done.stdout)
+    assert f"destroyed 1 orphan(s), proven gone: {orphan_id} (reap-before-train" in done.stdout, done.stdout[-4000:]
+    assert open_on_sim(reap_sim) == [] and ledger_open(tmp_path) == []
