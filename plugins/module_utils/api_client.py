@@ -31,6 +31,7 @@ from .errors import (
     VastNotFound,
     VastRetryExhausted,
     VastUnavailable,
+    VastUnreachable,
 )
 from .waiting import Deadline
 
@@ -253,9 +254,8 @@ class VastClient:
             return
         # The URL only, never headers: httpx's text names the host and the reason.
         reason = str(exc).split("\n")[0] or type(exc).__name__
-        raise VastRetryExhausted(
-            0, f"cannot reach the Vast API at {self.base_url} ({reason}; {attempt} attempts in {waited:.0f} s): "
-            "check VAST_URL or the api_url option, and that the service is up", method=method, path=path)
+        raise VastUnreachable(f"cannot reach the Vast API at {self.base_url} ({reason}; {method} {path}, "
+                              f"{attempt} attempts in {waited:.0f} s)")
 
     def _backoff_or_raise(self, method: str, path: str, attempt: int, response: Any, reason: str) -> None:
         wait = None if response is None else _retry_after(response)

@@ -28,6 +28,12 @@ class VastConfigError(VastError):
     """Bad or missing configuration (no key, bad URL): nothing was sent."""
 
 
+class VastUnreachable(VastConfigError):
+    """The API refused every connection from the first one on: a wrong URL or a service that is down."""
+
+    default_hint = "check VAST_URL or the api_url option, and that the service is up"
+
+
 class VastAPIError(VastError):
     """Vast answered with an error. ``status`` is the HTTP status (200 for ``success: false``, 0 for none)."""
 

@@ -92,7 +92,12 @@ instance:
 import time
 from typing import Any, ClassVar
 
-from ansible_collections.mlops.vast.plugins.module_utils.errors import VastError, VastNotFound
+from ansible_collections.mlops.vast.plugins.module_utils.errors import (
+    VastAuthError,
+    VastConfigError,
+    VastError,
+    VastNotFound,
+)
 from ansible_collections.mlops.vast.plugins.module_utils.rows import hopeless_reason, instance_summary, ssh_endpoint
 from ansible_collections.mlops.vast.plugins.module_utils.vast_module import VastModule
 from ansible_collections.mlops.vast.plugins.module_utils.waiting import ssh_banner
@@ -141,6 +146,8 @@ class WaitInPlace(VastModule):
         while True:
             try:
                 row = self.read()
+            except (VastConfigError, VastAuthError):
+                raise  # no key, a wrong key or an unreachable URL: waiting cannot change that
             except VastError as exc:  # a flaky API is no verdict: keep waiting while there is time
                 row, reason = {}, f"the API failed: {exc}"
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,34 @@ def check_run(data: dict[str, Any], root: Path, where: str = "the run") -> str:
     if unknown:
         raise InputError(f"{where}: unknown variable(s) {', '.join(unknown)} (the run's variables are run_*, "
                          "described in playbooks/train.meta.yml and examples/run.yml)")
-    return _name(data, "run_name", where)
+    name = _name(data, "run_name", where)
+    wrong = value_problems(data, root)
+    if wrong:
+        raise InputError(f"{where}: {'; '.join(wrong)} (see playbooks/train.meta.yml and examples/run.yml)")
+    return name
+
+
+def value_problems(data: dict[str, Any], root: Path) -> list[str]:
+    """What train.yml's first task would say about the run's values (types, choices, ranges), said before a
+    playbook starts. Templated values and missing required ones are left to the playbook."""
+    contract = _contract(root)
+    spec = yaml.safe_load((root / "playbooks" / "train.meta.yml").read_text())["argument_specs"]["main"]["options"]
+    values = {name: value for name, value in data.items() if name in spec and "{{" not in str(value)}
+    converted, errors = contract.validated(values, spec)
+    found = [error for error in errors if not error.startswith("missing required arguments")]
+    return found + contract.problems(values, spec, where="train.yml", converted=converted)
+
+
+def _contract(root: Path) -> Any:
+    """The collection's own contract checks (plugins/plugin_utils/contract.py), loaded from the checkout: the
+    same code as the playbook's first task, without the collection loader."""
+    path = root / "plugins" / "plugin_utils" / "contract.py"
+    spec = importlib.util.spec_from_file_location("mlops_vast._contract", path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def check_sweep(data: dict[str, Any], root: Path, where: str = "the sweep") -> str:
