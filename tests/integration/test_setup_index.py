@@ -83,3 +83,14 @@ def test_run_wheelhouse_installs_offline_from_wheels_the_controller_pushed(index
     assert "Install the dependencies offline from the wheelhouse" in stdout
     wheels = list(cache.glob("mlops-vast/wheelhouse/project-cp*/numpy-*manylinux*.whl"))
     assert wheels, "no numpy wheel for the host's platform in the controller's wheelhouse"
+
+
+@pytest.mark.parametrize("value", ["pypi.org/simple", "https://pypi.org/ simple", "ftp://mirror/simple"])
+def test_a_wrong_run_index_url_fails_first_naming_it_and_rents_nothing(tmp_path: Path, value: str) -> None:
+    env = ansible_env(None, tmp_path)
+    done = run_playbook("playbooks/train.yml", env, "-e", "@examples/run.yml",
+                        "-e", json.dumps({"run_index_url": value}), timeout=120)
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert "run_index_url must be auto, an empty string" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    assert "ok=1 " in done.stdout  # the contract check only: nothing else ran, nothing was rented
+    assert not (tmp_path / "contracts.jsonl").exists()
