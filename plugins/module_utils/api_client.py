@@ -253,7 +253,7 @@ class VastClient:
         if self.answered or waited < min(FIRST_CONTACT_S, self.request_timeout):
             return
         # The URL only, never headers: httpx's text names the host and the reason.
-        reason = str(exc).split("\n")[0] or type(exc).__name__
+        reason = str(exc).partition("\n")[0] or type(exc).__name__
         raise VastUnreachable(f"cannot reach the Vast API at {self.base_url} ({reason}; {method} {path}, "
                               f"{attempt} attempts in {waited:.0f} s)")
 
