@@ -97,6 +97,7 @@ from ansible_collections.mlops.vast.plugins.module_utils.errors import (
     VastConfigError,
     VastError,
     VastNotFound,
+    VastUnreachable,
 )
 from ansible_collections.mlops.vast.plugins.module_utils.rows import hopeless_reason, instance_summary, ssh_endpoint
 from ansible_collections.mlops.vast.plugins.module_utils.vast_module import VastModule
@@ -146,8 +147,10 @@ class WaitInPlace(VastModule):
         while True:
             try:
                 row = self.read()
+            except VastUnreachable as exc:  # the API this run used is down (restarting?): wait for it
+                row, reason = {}, f"the API failed: {exc}"
             except (VastConfigError, VastAuthError):
-                raise  # no key, a wrong key or an unreachable URL: waiting cannot change that
+                raise  # no key or a wrong key: waiting cannot change that
             except VastError as exc:  # a flaky API is no verdict: keep waiting while there is time
                 row, reason = {}, f"the API failed: {exc}"
             else:
