@@ -21,7 +21,9 @@ description:
     its machine) and it was created more than O(lease_grace_s) ago. One marked with this controller's own id
     is reaped by default; one marked by B(another) controller only with O(unledgered=true), because that
     controller's lease is on its own disk and a live one cannot be told from a dead one from here.
-  - Instances without the marker (rented by hand, or by other tools) are never touched.
+  - Instances without the marker (rented by hand, or by other tools) are never touched, nor instances stopped on
+    purpose (the teardown stops, instead of destroying, a host whose newest checkpoint it could not verify);
+    they are listed in RV(kept) with why.
   - Idempotent; a second run finds nothing and reports C(changed=false). Contracts already gone from the account
     are marked destroyed in the ledger.
 version_added: 0.2.0
@@ -127,6 +129,8 @@ from ..module_utils.rows import extra_env, instance_spend_usd
 from ..module_utils.vast_module import VastModule
 from ..module_utils.waiting import Deadline, instance_gone
 
+STOPPED_ON_PURPOSE = ("; but stopped on purpose (it may hold the only copy of a checkpoint; it bills storage only): "
+                      "kept, playbooks/teardown.yml destroys it")
 # A lease is stale after this many of the intervals it promised.
 GRACE_INTERVALS = 3
 DESTROY_TRIES = 3
@@ -194,6 +198,10 @@ class VastReap(VastModule):
             stale = now - renewed_at >= item["grace_s"]
             item["why"] = (f"lease last renewed {item['lease_age_s']:g} s ago, "
                            f"{'past' if stale else 'within'} its grace of {item['grace_s']:g} s")
+            if stale and row.get("intended_status") == "stopped":
+                # Teardown stops, not destroys, a host whose newest checkpoint it could not verify: the only copy.
+                item["why"] += STOPPED_ON_PURPOSE
+                stale = False
             (orphans if stale else kept).append(item)
         for instance_id, row in rows.items():
             marker = extra_env(row).get(MARKER_ENV)
@@ -209,6 +217,9 @@ class VastReap(VastModule):
             stale = now - created >= item["grace_s"]
             item["why"] = (f"in no ledger here (controller {marker}), created {item['lease_age_s']:g} s ago, "
                            f"{'past' if stale else 'within'} the grace of {item['grace_s']:g} s")
+            if stale and row.get("intended_status") == "stopped":
+                item["why"] += STOPPED_ON_PURPOSE
+                stale = False
             (orphans if stale else kept).append(item)
         self.result["spent_usd"] = round(sum(o["spent_usd"] or 0.0 for o in orphans), 6)
         self.set_diff({"orphans": [o["id"] for o in orphans]}, {"orphans": []})

@@ -73,6 +73,14 @@ def test_fresh_lease_kept_check_mode_destroys_nothing_then_reaped_and_idempotent
     assert [k["id"] for k in result["kept"]] == [kept_id] and result["orphans"] == [] and not result["changed"]
     assert kept_id in open_on_sim(reap_sim), "a fresh lease must never be reaped"
 
+    # Stopped on purpose (as teardown leaves a host whose checkpoint it could not verify): kept, even at grace 0.
+    with reap_sim.client() as client:
+        assert client.put(f"/api/v0/instances/{kept_id}/", json={"state": "stopped"}).json()["success"]
+        done, result = reap(env, tmp_path, "-e", "reap_lease_grace_s=0")
+        assert done.returncode == 0 and result["orphans"] == [], failure_excerpt(done.stdout)
+        assert "stopped on purpose" in result["kept"][0]["why"] and kept_id in open_on_sim(reap_sim)
+        assert client.put(f"/api/v0/instances/{kept_id}/", json={"state": "running"}).json()["success"]
+
     # Check mode with grace 0, through the CLI: listed with its spend, nothing destroyed.
     done = subprocess.run([CLI, "reap", "--check", "--grace", "0", "--json"], env=env, cwd=tmp_path, text=True,
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
