@@ -118,6 +118,11 @@ def test_run_completes_with_verified_checkpoints_and_nothing_billing(sim: Sim, t
         assert [" ".join(k["key"].split()[:2]) for k in client.get("/api/v0/ssh/").json()] == [mine]
     assert not (tmp_path / "id_ed25519").exists()
     row = next(r for r in ledger["rows"] if r["label"] == "e2e-ok")
+    # The account's word at the end: nothing of the label billing, and its spend as vastsim's ledger charged it.
+    spend = json.loads((results / "spend.json").read_text())
+    charged = sum(r["cost"] for r in ledger["rows"] if r["label"] == "e2e-ok")  # a host rejected first counts too
+    assert spend["billing"] == [] and abs(spend["total_usd"] - charged) < 0.01, (spend, ledger["rows"])
+    assert "the account confirms nothing of e2e-ok is billing" in done.stdout.lower()
     ended = os.stat(results / "EXIT_CODE").st_mtime  # rsync kept the host's time of the run's end
     assert row["destroyed_at"] - ended < 60
 
