@@ -244,6 +244,7 @@ class Watcher:
         self.exit_code: int | None = None
         self.exit_code_raw: str | None = None
         self.tmux: bool | None = None
+        self.restarted = False
         self.run_dir_exists = True
         self.gpu_util: list[int] | None = None
         self.host_offset: float | None = None  # host clock minus controller clock
@@ -373,7 +374,7 @@ class Watcher:
         if snap.host_now is not None:
             self.host_offset = snap.host_now - controller_now
         self.exit_code, self.exit_code_raw = snap.exit_code, snap.exit_code_raw
-        self.tmux, self.run_dir_exists = snap.tmux, snap.run_dir_exists
+        self.tmux, self.run_dir_exists, self.restarted = snap.tmux, snap.run_dir_exists, snap.restarted
         if snap.gpu_util is not None or not self.p["gpu_util"]:
             self.gpu_util = snap.gpu_util
         if request.status_file:
@@ -422,7 +423,7 @@ class Watcher:
         elapsed = self.run_elapsed()[0]
         token = self.progress_token()
         return Observation(
-            exit_code=self.exit_code, exit_code_raw=self.exit_code_raw, tmux=self.tmux,
+            exit_code=self.exit_code, exit_code_raw=self.exit_code_raw, tmux=self.tmux, restarted=self.restarted,
             run_dir_exists=self.run_dir_exists, traceback=self.follower.traceback, summary=self.follower.summary,
             summary_required=bool(self.p["summary_regex"]), host_fresh=host_fresh, run_elapsed=elapsed,
             idle=self.stall.idle(now), stalled=self.stall.stalled(now), progress=describe_progress(token),

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 # Bytes of new log read per poll at most; more than this since the last poll is skipped (a gap).
 LOG_CHUNK = 256 * 1024
+# Relative to the run directory: the start time of the container's first process when the run was launched
+# (the train role writes it).
+BOOT_MARK = ".mlops/boot"
 
 
 # --------------------------------------------------------------------------------- the poll script
@@ -54,6 +57,10 @@ def poll_script(req: PollRequest) -> str:
         'if [ -f "$E" ]; then echo "$M exit $(head -c 64 "$E" | tr -d \' \\t\\r\\n\')"; fi',
         'if command -v tmux >/dev/null 2>&1; then if tmux has-session -t "=$S" 2>/dev/null; '
         'then echo "$M tmux 1"; else echo "$M tmux 0"; fi; else echo "$M tmux -"; fi',
+        # When the container's first process started (field 22 of /proc/1/stat, counted after the command name,
+        # which may hold spaces), now and as the launch recorded it: a restarted container has a new one.
+        f'echo "$M boot $(sed \'s/.*) //\' /proc/1/stat 2>/dev/null | cut -d\' \' -f20)'
+        f' $(head -c 32 {BOOT_MARK} 2>/dev/null)"',
     ]
     if req.gpu_util:
         lines.append(
@@ -85,6 +92,8 @@ class Snapshot:
     exit_code: int | None = None
     exit_code_raw: str | None = None  # EXIT_CODE's content when it is not a number
     tmux: bool | None = None  # None: tmux is not installed
+    # The container's first process started at another time than when the run was launched: it restarted.
+    restarted: bool = False
     gpu_util: list[int] | None = None
     status_text: str | None = None
     metrics_text: str | None = None
@@ -132,6 +141,9 @@ def parse_poll(stdout: str, marker: str) -> Snapshot:
                     snap.exit_code_raw = value[:64]
         elif key == "tmux":
             snap.tmux = {"1": True, "0": False}.get(value)
+        elif key == "boot":
+            marks = value.split()
+            snap.restarted = len(marks) == 2 and all(map(_is_int, marks)) and marks[0] != marks[1]
         elif key == "gpu":
             utils = [round(v) for v in (_float(w) for w in value.replace(",", " ").split()) if v is not None]
             snap.gpu_util = utils or None

@@ -139,6 +139,7 @@ class Observation:
     exit_code: int | None = None
     exit_code_raw: str | None = None
     tmux: bool | None = True
+    restarted: bool = False  # the host's container restarted since the launch (its processes are gone, its disk kept)
     run_dir_exists: bool = True
     traceback: bool = False
     summary: bool = False
@@ -177,6 +178,11 @@ def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
     if obs.unreachable_for is not None and obs.unreachable_for >= limits.reconnect_timeout:
         return "host_lost", (f"the host has been unreachable for {obs.unreachable_for:.0f} s "
                              f"(reconnect_timeout {limits.reconnect_timeout:g} s)")
+    if obs.host_fresh and obs.restarted and not ended and not obs.tmux:
+        # Not a crash of the run: the host went away and came back (a reboot, an offline spell shorter than a poll,
+        # the provider restarting the container) and took the run's processes with it. Recovery resumes it.
+        return "host_lost", ("the host restarted since the run was launched (its container's first process is new): "
+                             "the run's processes are gone, its disk is kept")
     if obs.host_fresh:
         at_limit = (limits.max_runtime > 0 and obs.run_elapsed is not None
                     and obs.run_elapsed >= limits.max_runtime - 5)

@@ -249,6 +249,10 @@ LIMITS = wd.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, t
     (obs(exit_code_raw="oops", tmux=False), "crash", "'oops'"),
     (obs(traceback=True, tmux=True), "crash", "has not exited yet"),
     (obs(tmux=False), "crash", "tmux session is gone"),
+    # The container restarted under the run (a reboot, a short offline spell): its processes are gone, its disk kept.
+    (obs(tmux=False, restarted=True), "host_lost", "host restarted since the run was launched"),
+    (obs(exit_code=1, tmux=False, restarted=True), "crash", "code 1"),  # it had ended before: that is the verdict
+    (obs(tmux=True, restarted=True), None, None),  # relaunched in place since: the mark is the old launch's
     (obs(tmux=False, run_dir_exists=False), "crash", "run directory does not exist"),
     (obs(tmux=None), "crash", "tmux is not installed"),
     # The instance going away explains a dead session better than a crash does.
@@ -384,6 +388,20 @@ def test_poll_script_reads_everything_in_one_command(fake_host: dict[str, Any]) 
     snap, _ = run_poll(fake_host, request(log_offset=offset, gpu_util=False))
     assert (snap.exit_code, snap.tmux, snap.gpu_util, snap.status_text) == (0, False, None, None)
     assert (snap.log_start, snap.log_data) == (offset, SUMMARY + "\n")
+
+
+def test_poll_script_tells_a_restarted_container_by_its_first_process(fake_host: dict[str, Any]) -> None:
+    run = fake_host["run"]
+    started = Path("/proc/1/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    snap, _ = run_poll(fake_host, request())
+    assert snap.ok and snap.restarted is False, "no launch mark: nothing to compare"
+    (run / ".mlops").mkdir()
+    (run / ".mlops" / "boot").write_text(started + "\n")
+    snap, _ = run_poll(fake_host, request())
+    assert snap.restarted is False, "the same first process as at the launch"
+    (run / ".mlops" / "boot").write_text(str(int(started) + 1) + "\n")
+    snap, _ = run_poll(fake_host, request())
+    assert snap.restarted is True
 
 
 def test_poll_script_caps_the_chunk_and_notices_truncation(fake_host: dict[str, Any]) -> None:
