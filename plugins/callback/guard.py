@@ -34,7 +34,7 @@ options:
     description:
       - Seconds to wait for the teardown before Ansible ends (the teardown goes on after that, detached).
     type: float
-    default: 90
+    default: 150
     env:
       - name: MLOPS_VAST_GUARD_TIMEOUT_S
     ini:
