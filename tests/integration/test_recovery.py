@@ -22,6 +22,7 @@ from ansible_collections.mlops.vast.plugins.module_utils.rows import ssh_endpoin
 
 from tests.conftest import REPO, Sim, needs_root, running_sim
 from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, local_inventory, run_playbook
+from tests.integration.secret_scan import files_holding, forms, text_holding
 from tests.integration.test_modules import good_query
 
 pytestmark = [pytest.mark.slow, needs_root]
@@ -48,7 +49,7 @@ def reference_model(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return (out / f"checkpoint-{MAX_STEPS}" / "model.json").read_bytes()
 
 
-def train(sim: Sim, tmp_path: Path, name: str, **run_vars: object) -> subprocess.CompletedProcess:
+def train(sim: Sim, tmp_path: Path, name: str, *args: str, **run_vars: object) -> subprocess.CompletedProcess:
     key = tmp_path / "key"
     if not key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
@@ -57,7 +58,7 @@ def train(sim: Sim, tmp_path: Path, name: str, **run_vars: object) -> subprocess
              "run_sources": [], "run_min_mbps": 0, "run_poll_interval_s": 2, "run_sync_interval_s": 2,
              "run_command": TRAIN, **run_vars}
     return run_playbook("playbooks/train.yml", env, "-i", str(local_inventory(tmp_path)), "-e", "@examples/run.yml",
-                        "-e", json.dumps(extra), timeout=900)
+                        "-e", json.dumps(extra), *args, timeout=900)
 
 
 class Armer(threading.Thread):
@@ -195,8 +196,12 @@ def scan_host_for(sim: Sim, key: Path, label: str, secrets: list[str], found: di
                          "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"root@{host}",
                          "grep -q \"'step': \" /workspace/run/run.log 2>/dev/null || exit 7; "
                          "cat /proc/*/environ /proc/*/cmdline 2>/dev/null | tr '\\0' '\\n' > /tmp/.scan; "
-                         "grep -rIl -F -f /dev/stdin /workspace /root /tmp/.scan 2>/dev/null; echo scanned"],
-                        input="\n".join(secrets) + "\n", capture_output=True, text=True, timeout=30)
+                         # The instance's own mounts and the places a host-side step could write to; the rest of
+                         # / is this machine's own file system (a whole scan takes minutes here).
+                         "grep -rl -F -f /dev/stdin /workspace /root /tmp /etc /var/tmp /home /run/vastsim "
+                         "2>/dev/null; echo scanned"],
+                        input="\n".join(form for secret in secrets for form in forms(secret)) + "\n",
+                        capture_output=True, text=True, timeout=60)
                     if look.returncode != 7 and "scanned" in look.stdout:
                         found["scanned"].append(row["id"])
                         found["hits"] += [f"{row['id']}: {line}" for line in look.stdout.splitlines()
@@ -241,7 +246,7 @@ def test_s3_store_a_preemption_mid_save_and_a_corrupt_object_never_resume_from_a
     for thread in threads:
         thread.start()
     try:
-        done = train(rsim, tmp_path, label, run_interruptible=True, run_recovery={"strategy": "replace"},
+        done = train(rsim, tmp_path, label, "-vvv", run_interruptible=True, run_recovery={"strategy": "replace"},
                      run_command=TRAIN + " --save_mode inplace --save_file_seconds 0.5",
                      run_checkpoint_store={"type": "s3", "bucket": bucket, "prefix": "runs",
                                            "endpoint_url": s3_bucket["endpoint_url"],
@@ -272,9 +277,10 @@ def test_s3_store_a_preemption_mid_save_and_a_corrupt_object_never_resume_from_a
     # process arguments), and none in what came home.
     # Both the preempted instance (while it trained) and its replacement were scanned.
     assert len(scan["scanned"]) >= 2 and scan["hits"] == [], scan
-    for path in results.rglob("*"):
-        if path.is_file():
-            text = path.read_bytes()
-            for secret in (s3_bucket["secret_key"], rsim.api_key):
-                assert secret.encode() not in text, f"{secret[:4]}... in {path}"
+    # Nor, as is, URL-encoded or in base64, in the -vvv output, the results, the ledger, the leases and the
+    # rest of the controller's state for the run (everything under tmp_path).
+    secrets = [s3_bucket["secret_key"], rsim.api_key]
+    assert text_holding(done.stdout + done.stderr, secrets) == []
+    assert "ESTABLISH SSH CONNECTION FOR USER" in done.stdout, "the run was not at -vvv"
+    assert files_holding(tmp_path, secrets) == []
     assert ledger_open(tmp_path) == [] and all(row["status"] == "destroyed" for row in sim_rows(rsim, label))
