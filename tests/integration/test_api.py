@@ -14,6 +14,7 @@ from mlops_vast import _keys
 from mlops_vast.simulator import LocalSim
 from tests.conftest import Sim, needs_root
 from tests.integration.ansible_run import close_ssh_masters, ledger_open
+from tests.integration.secret_scan import files_holding
 from tests.integration.test_modules import good_query
 
 pytestmark = [pytest.mark.slow, needs_root]
@@ -65,6 +66,10 @@ def test_train_returns_a_typed_result_with_events_and_no_key_in_the_artifacts(si
 
     # The key: nowhere in the private data dir (under the results), the results, or the recorded environment.
     assert _keys.files_containing(tmp_path / "results", sim.api_key) == []
+    # Nor URL-encoded or in base64, anywhere the run wrote (the runner's artifacts, stdout and job events
+    # included), in the ledger and its leases, or in HOME; only the simulator's own state dir holds it.
+    for place in [p for p in tmp_path.iterdir() if p.name != "state"]:
+        assert files_holding(place, [sim.api_key]) == [], place
     command = json.loads(next((result.artifacts_dir).glob("command")).read_text())
     assert "VAST_API_KEY" not in command["env"] and not Path(command["env"]["VAST_API_KEY_FILE"]).exists()
     assert (result.results_dir / "runner" / "artifacts").is_dir()
