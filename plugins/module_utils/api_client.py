@@ -174,6 +174,8 @@ class VastClient:
         self.requests_sent = 0
         self.retries = 0
         self.answered = False
+        # None: retry a service that never answered to the deadline too (a destroy must outlast an outage).
+        self.first_contact_s: float | None = FIRST_CONTACT_S
         self._first_attempt: float | None = None
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if api_key:
@@ -250,7 +252,7 @@ class VastClient:
 
     def _give_up_on_first_contact(self, method: str, path: str, attempt: int, exc: Exception) -> None:
         waited = time.monotonic() - (self._first_attempt or time.monotonic())
-        if self.answered or waited < min(FIRST_CONTACT_S, self.request_timeout):
+        if self.answered or self.first_contact_s is None or waited < min(self.first_contact_s, self.request_timeout):
             return
         # The URL only, never headers: httpx's text names the host and the reason.
         reason = str(exc).partition("\n")[0] or type(exc).__name__

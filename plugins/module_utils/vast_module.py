@@ -105,6 +105,10 @@ class VastModule:
     def client(self) -> VastClient:
         if self._client is None:
             self._client = VastClient.from_options(self.params, self.deadline, need_key=self.requires_api_key)
+            if self.params.get("state") == "absent":
+                # Destroying is what stops the billing: an API that is down is waited for to the deadline (a wrong
+                # URL has failed an earlier step of the run long before), never given up on after 20 s.
+                self._client.first_contact_s = None
         return self._client
 
     def close(self) -> None:

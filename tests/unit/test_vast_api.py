@@ -200,3 +200,35 @@ def test_base_url_from_env_and_bad_urls() -> None:
     assert api.resolve_base_url(None, {"VAST_URL": "http://sim:1"}) == "http://sim:1"
     with pytest.raises(errors.VastConfigError, match="http"):
         api.resolve_base_url("console.vast.ai", {})
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again when the block ends: connections are refused
+
+
+def test_an_api_that_never_answered_is_unreachable_after_the_first_contact_window() -> None:
+    import time
+
+    client = api.VastClient("k", f"http://127.0.0.1:{closed_port()}", deadline=Deadline(30), request_timeout=0.5,
+                            base_backoff=0.05, max_backoff=0.1)
+    started = time.monotonic()
+    with pytest.raises(errors.VastUnreachable, match=r"cannot reach the Vast API at http://127\.0\.0\.1"):
+        client.current_user()
+    assert time.monotonic() - started < 10, "given up within the first-contact window, not at the deadline"
+
+
+def test_a_destroy_waits_out_an_api_that_never_answered_to_its_deadline() -> None:
+    import time
+
+    client = api.VastClient("k", f"http://127.0.0.1:{closed_port()}", deadline=Deadline(3), request_timeout=0.5,
+                            base_backoff=0.05, max_backoff=0.1)
+    client.first_contact_s = None  # what vast_instance state=absent sets
+    started = time.monotonic()
+    with pytest.raises(errors.VastError) as raised:
+        client.current_user()
+    assert not isinstance(raised.value, errors.VastUnreachable)
+    assert time.monotonic() - started >= 2.5, "retried until the deadline"
