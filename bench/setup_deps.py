@@ -7,9 +7,10 @@ Starts its own ``vastsim serve`` (with a private ``--index-cache``), rents one i
 puts a ``slow_link`` fault of ``--kbytes-per-s`` on it (tbf both ways on its veth: the relay's downloads and
 rsync over SSH cross it alike) and runs the ``mlops.vast.setup`` role on it for the project in
 tests/data/numpy_project (numpy from the index). Each path is run cold (the controller fetches: the relay's
-cache or the wheelhouse empty) and warm (the controller's caches full; only the host's link is left), the host's
-environment, uv cache and wheelhouse removed before every run. Prints the wall seconds of each run and the bytes
-that crossed the link (the veth's counters), and destroys the instance whatever happens.
+cache or the wheelhouse empty), warm (the controller's caches full; only the host's link is left) and once more
+as a rerun, which must change nothing. The host's environment, uv cache and wheelhouse are removed before every
+run but the reruns. Prints the wall seconds of each run, the bytes that crossed the link (the veth's counters)
+and the slowest tasks, and destroys the instance whatever happens.
 
     .venv/bin/python bench/setup_deps.py --kbytes-per-s 500 --json /tmp/setup_deps.json
 """
@@ -20,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,10 +92,11 @@ def rent_slow(sim: Sim, key: Path, kbytes: float, deadline: Deadline) -> tuple[i
 
 
 def setup_run(env: dict[str, str], root: Path, inventory: Path, endpoint: dict[str, Any], key: Path, tag: str,
-              wheelhouse: bool, deadline: Deadline, sim: Sim, instance_id: int, deps: bool = True) -> dict[str, Any]:
+              wheelhouse: bool, deadline: Deadline, sim: Sim, instance_id: int, deps: bool = True,
+              reset: bool = True) -> dict[str, Any]:
     subprocess.run(["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
                     "LogLevel=ERROR", "-i", str(key), "-p", str(endpoint["port"]),
-                    f"{endpoint['user']}@{endpoint['host']}", RESET], check=True, timeout=60,
+                    f"{endpoint['user']}@{endpoint['host']}", RESET if reset else "true"], check=True, timeout=60,
                    stdin=subprocess.DEVNULL)
     playbook = root / f"{tag}.yml"
     playbook.write_text(PLAYBOOK.format(src=json.dumps(str(root / "project")), wheelhouse=str(wheelhouse).lower(),
@@ -109,9 +112,10 @@ def setup_run(env: dict[str, str], root: Path, inventory: Path, endpoint: dict[s
     if done.returncode != 0:
         raise BenchError(f"{tag}: ansible-playbook exited {done.returncode}:\n{done.stdout[-2500:]}")
     moved = link_bytes(sim, instance_id) - before if before >= 0 else -1
+    changed = re.search(r"changed=(\d+)", done.stdout)
     slowest = sorted(read_timer(timer)["tasks"], key=lambda task: -task["duration_s"])[:3]
     return {"path": "wheelhouse" if wheelhouse else "index", "tag": tag, "wall_s": round(wall, 1),
-            "link_mb": round(moved / 1e6, 1) if moved >= 0 else None,
+            "link_mb": round(moved / 1e6, 1) if moved >= 0 else None, "changed": int(changed[1]) if changed else None,
             "slowest_tasks": [(task["name"], round(task["duration_s"], 1)) for task in slowest]}
 
 
@@ -151,11 +155,16 @@ def main(argv: list[str] | None = None) -> int:
             row = setup_run(env, root, inventory, endpoint, key, "uv", False, deadline, sim, instance_id, deps=False)
             results["uv_push"] = row
             say(f"  uv pushed to the host (not counted below): {row['wall_s']:.1f} s, {row['link_mb']} MB")
-            for tag, wheelhouse in (("index-cold", False), ("index-warm", False),
-                                    ("wheelhouse-cold", True), ("wheelhouse-warm", True)):
-                row = setup_run(env, root, inventory, endpoint, key, tag, wheelhouse, deadline, sim, instance_id)
+            for tag, wheelhouse in (("index-cold", False), ("index-warm", False), ("index-rerun", False),
+                                    ("wheelhouse-cold", True), ("wheelhouse-warm", True), ("wheelhouse-rerun", True)):
+                # A rerun keeps the host as the run before left it: nothing to do, nothing changed.
+                row = setup_run(env, root, inventory, endpoint, key, tag, wheelhouse, deadline, sim, instance_id,
+                                reset=not tag.endswith("rerun"))
+                if tag.endswith("rerun") and row["changed"] != 0:
+                    raise BenchError(f"{tag}: the rerun reported changed={row['changed']} (expected 0)")
                 results["runs"].append(row)
-                say(f"  {tag:16} {row['wall_s']:7.1f} s   {row['link_mb']:6} MB across the link   slowest: "
+                say(f"  {tag:16} {row['wall_s']:7.1f} s   {row['link_mb']:6} MB across the link   "
+                    f"changed={row['changed']}   slowest: "
                     + ", ".join(f"{name} {seconds}s" for name, seconds in row["slowest_tasks"]))
     finally:
         if sim is not None:

@@ -60,8 +60,8 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index-url", default=None, metavar="URL|off",
                         help="the index the instances' package index (http://pypi.vastsim/simple) relays to "
                         "(default: this controller's own, from UV_DEFAULT_INDEX, UV_INDEX_URL, PIP_INDEX_URL or "
-                        "pip.conf, else https://pypi.org/simple); off: none (namespace mode). An URL with credentials belongs in "
-                        "UV_INDEX_URL, not here, where process listings show it")
+                        "pip.conf, else https://pypi.org/simple); off: none (namespace mode). A URL with "
+                        "credentials belongs in UV_INDEX_URL, not here, where process listings show it")
     parser.add_argument("--index-cache", type=Path, default=None, metavar="DIR",
                         help="where the relayed pages and files are kept (default ~/.cache/vastsim/index)")
     parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))

@@ -118,6 +118,8 @@ class IndexRelay:
                             f"{INDEX_HOST} serves /simple/<project>/ and the files it links to\n".encode())
         except FileNotFoundError as exc:
             await _send(writer, "404 Not Found", "text/plain", f"{exc}\n".encode())
+        except (BrokenPipeError, ConnectionResetError):
+            log.debug("package index relay: %s went away mid-answer", path)  # uv drops a download it no longer needs
         except (OSError, ValueError) as exc:
             log.warning("package index relay: %s", exc)
             await _send(writer, "502 Bad Gateway", "text/plain",
