@@ -17,6 +17,7 @@ import hashlib
 import json
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import threading
@@ -30,8 +31,16 @@ import pytest
 from ansible_collections.mlops.vast.plugins.module_utils import checkpoint_manifest as cm
 
 from mlops_vast.sim import harness
-from tests.conftest import Sim, needs_root, ssh_run, start_sim
-from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, local_inventory, run_playbook
+from tests.conftest import REPO, Sim, needs_root, ssh_run, start_sim
+from tests.integration.ansible_run import (
+    ANSIBLE_BIN,
+    ansible_env,
+    close_ssh_masters,
+    failure_excerpt,
+    ledger_open,
+    local_inventory,
+    run_playbook,
+)
 from tests.integration.test_modules import good_query
 
 pytestmark = [pytest.mark.slow, needs_root, pytest.mark.timeout(1500)]
@@ -60,6 +69,9 @@ class Case:
     own_sim: bool = False
     # The simulator (the API and every host with it) is restarted once the run's log matches this.
     restart_sim_at: str = ""
+    # The controller (a plain ansible-playbook) gets this signal once the progress callback says this phase.
+    signal: int = 0
+    signal_phase: str = ""
 
     @property
     def label(self) -> str:
@@ -76,6 +88,9 @@ class Outcome:
     local_open: list[int]
     seconds: float
     error: str = ""
+    # Interruption cases: when the signal was sent, and the newest checkpoint the host had sealed by then.
+    signalled_at: float | None = None
+    sealed_at_signal: int = 0
 
 
 def when_log(pattern: str) -> dict:
@@ -191,6 +206,14 @@ CASES = [
          completes=False, newest=150, message=r"The run did not complete: .*out of credit"),
     Case("api-restarted", own_sim=True, max_steps=300, trainer="--step_seconds 0.03",
          restart_sim_at=r"'step': 160\b", message=r"completed after 1 recovery"),
+    # The controller is interrupted (the guard callback tears down, the newest sealed checkpoint home first).
+    *[Case(f"{signal.Signals(number).name.lower()}-in-{phase}", max_steps=300 if phase == "teardown" else 4000,
+           trainer="--step_seconds 0.05",
+           signal=number, signal_phase=phase, completes=False,
+           message=rf"(?s)\[mlops\.vast\.guard\] {signal.Signals(number).name}: stopping"
+                   r".*destroyed \[\d*\], verified gone")
+      for number, phase in ((signal.SIGINT, "renting"), (signal.SIGINT, "smoke"), (signal.SIGTERM, "training"),
+                            (signal.SIGTERM, "teardown"))],
     Case("create-answer-lost", own_sim=True, faults=[{"kind": "http", "endpoint": "PUT /api/v0/asks/*",
                                                       "status": 502, "after": True, "count": 1}],
          message=r"completed"),
@@ -244,8 +267,13 @@ def run_case(case: Case, slot: SimSlot, base: Path) -> Outcome:
     started = time.monotonic()
     if helper:
         helper.start()
-    done = run_playbook("playbooks/train.yml", env, "-i", str(local_inventory(tmp)), "-e", "@examples/run.yml",
-                        "-e", json.dumps(run_vars), timeout=900)
+    argv = ["playbooks/train.yml", "-i", str(local_inventory(tmp)), "-e", "@examples/run.yml",
+            "-e", json.dumps(run_vars)]
+    signalled: tuple[float, int] | None = None
+    if case.signal:
+        done, signalled = interrupted(case, sim, tmp, env, argv)
+    else:
+        done = run_playbook(argv[0], env, *argv[1:], timeout=900)
     seconds = time.monotonic() - started
     if helper:
         helper.join(5)
@@ -253,7 +281,57 @@ def run_case(case: Case, slot: SimSlot, base: Path) -> Outcome:
         sim_rows = [row for row in client.get("/_sim/ledger").json()["rows"] if row["label"] == case.label]
         account_rows = [row for row in client.get("/api/v1/instances/").json()["instances"]
                         if row.get("label") == case.label]
-    return Outcome(case, done, tmp / "results", sim_rows, account_rows, ledger_open(tmp), seconds)
+    outcome = Outcome(case, done, tmp / "results", sim_rows, account_rows, ledger_open(tmp), seconds)
+    if signalled:
+        outcome.signalled_at, outcome.sealed_at_signal = signalled
+    return outcome
+
+
+def interrupted(case: Case, sim: Sim, tmp: Path, env: dict[str, str], argv: list[str]
+                ) -> tuple[subprocess.CompletedProcess, tuple[float, int]]:
+    """A plain ansible-playbook, signalled in ``case.signal_phase``; its output, and (when, newest sealed then)."""
+    progress = tmp / "progress.json"
+    env = {**env, "ANSIBLE_CALLBACKS_ENABLED": "mlops.vast.guard,mlops.vast.progress",
+           "MLOPS_VAST_PROGRESS_FILE": str(progress)}
+    log = tmp / "out.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([str(ANSIBLE_BIN / "ansible-playbook"), *argv], env=env, stdin=subprocess.DEVNULL,
+                                   stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 600
+        while process.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                phase = json.loads(progress.read_text()).get("phase")
+                home = list((tmp / "results" / "checkpoints").glob(f"checkpoint-*/{cm.MANIFEST_NAME}"))
+                # Training: once a sealed checkpoint is home; renting: once the contract exists (mid-rent).
+                if phase == case.signal_phase and (home or phase != "training") and (
+                        ledger_open(tmp) or phase != "renting"):
+                    break
+            time.sleep(0.2)
+        assert process.poll() is None, f"the run ended before {case.signal_phase}: " + log.read_text()[-3000:]
+        sealed = host_sealed(sim, tmp / "key", case.label) if case.signal_phase in ("training", "teardown") else []
+        sent = time.time()
+        process.send_signal(case.signal)
+        process.wait(240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+        close_ssh_masters(env)
+    return subprocess.CompletedProcess(process.args, process.returncode, log.read_text(), ""), (sent, max(sealed,
+                                                                                                           default=0))
+
+
+def host_sealed(sim: Sim, key: Path, label: str) -> list[int]:
+    """The steps of the checkpoints the host's agent has sealed now (its index)."""
+    with sim.client() as client:
+        rows = [r for r in client.get("/api/v1/instances/").json()["instances"] if r["label"] == label and r["ports"]]
+    if not rows:
+        return []
+    port = int(rows[0]["ports"]["22/tcp"][0]["HostPort"])
+    listing = ssh_run(rows[0]["public_ipaddr"], port, key, "cat /workspace/run/output/.mlops-sealed 2>/dev/null",
+                      timeout=30)
+    return [int(line.split("checkpoint-")[1]) for line in listing.stdout.split() if "checkpoint-" in line]
 
 
 @pytest.fixture(scope="module")
@@ -307,13 +385,21 @@ def test_fault(case: Case, outcomes: dict[str, Outcome]) -> None:
     assert [row["id"] for row in outcome.sim_rows if row["status"] != "destroyed"] == [], outcome.sim_rows
     assert outcome.account_rows == [], outcome.account_rows
     assert outcome.local_open == []
-    # 2. The right exit status.
+    # 2. The right exit status: 0 when it completed; an interrupted one ends as Ansible ends on that signal.
     assert (outcome.done.returncode == 0) is case.completes, f"rc {outcome.done.returncode}\n{excerpt}"
+    if case.signal:
+        assert outcome.done.returncode == (99 if case.signal == signal.SIGINT else -case.signal), excerpt
+        assert outcome.signalled_at is not None
+        destroyed = max(row["destroyed_at"] for row in outcome.sim_rows)
+        assert destroyed - outcome.signalled_at < 60, f"destroyed {destroyed - outcome.signalled_at:.0f} s after"
     # 3. A clear message.
     assert re.search(case.message, output), f"no {case.message!r} in the output\n{excerpt}"
     assert "Traceback (most recent call last)" not in outcome.done.stdout.split("PLAY RECAP")[-1]
     # 4. No sealed checkpoint lost: the newest one sealed before the end is home, sealed, and was verified.
     newest = case.max_steps if case.newest is None else case.newest
+    if case.signal:  # what the host had sealed when the signal came, or newer
+        home = [int(path.name.split("-")[1]) for path in (outcome.results / "checkpoints").glob("checkpoint-*")]
+        newest = max(home, default=0) if max(home, default=0) >= outcome.sealed_at_signal else outcome.sealed_at_signal
     checkpoints = outcome.results / "checkpoints"
     if newest:
         home = sorted((int(path.name.split("-")[1]) for path in checkpoints.glob("checkpoint-*")), reverse=True)
