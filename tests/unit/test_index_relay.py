@@ -137,3 +137,63 @@ def test_the_controllers_configured_index_is_found_in_pips_order(tmp_path: Path)
     assert configured_index_url({"PIP_CONFIG_FILE": str(conf)}, tmp_path) == "https://corp.example/pypi/simple"
     assert configured_index_url({"PIP_CONFIG_FILE": str(conf), "PIP_INDEX_URL": "http://a/simple"}, tmp_path) == \
         "http://a/simple"
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """Records the Authorization each request carried; `/go/<file>` redirects to `Recorder.redirect_to`."""
+
+    seen: ClassVar[list[tuple[int, str, str | None]]] = []
+    redirect_to = ""
+
+    def do_GET(self) -> None:
+        port = self.server.server_address[1]
+        type(self).seen.append((port, self.path, self.headers.get("Authorization")))
+        if self.path == "/simple/tinydep/":
+            body, content_type = (b'<a href="/go/tinydep-1.0-py3-none-any.whl">tinydep-1.0-py3-none-any.whl</a>',
+                                  "text/html")
+        elif self.path.startswith("/go/"):
+            self.send_response(302)
+            self.send_header("Location", self.redirect_to + self.path.removeprefix("/go/"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        elif self.path.endswith(".whl"):
+            body, content_type = WHEEL, "application/octet-stream"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("same_origin", [False, True])
+def test_credentials_do_not_follow_a_redirect_to_another_host(tmp_path: Path, same_origin: bool) -> None:
+    Recorder.seen = []
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder) for _ in range(2)]
+    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in servers]
+    for thread in threads:
+        thread.start()
+    index_port, cdn_port = (server.server_address[1] for server in servers)
+    Recorder.redirect_to = f"http://127.0.0.1:{index_port if same_origin else cdn_port}/files/"
+    try:
+        relay = IndexRelay(f"http://user:secret@127.0.0.1:{index_port}/simple/", tmp_path / "cache")
+        page, = exchange(relay, ("/simple/tinydep/", "text/html"))
+        link = page.text.split('href="', 1)[1].split('"', 1)[0]
+        wheel, = exchange(relay, (local_path(link), "*/*"))
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert wheel.status_code == 200 and wheel.content == WHEEL
+    by_path = {(port, path): auth for port, path, auth in Recorder.seen}
+    assert by_path[(index_port, "/simple/tinydep/")] and by_path[(index_port, "/go/tinydep-1.0-py3-none-any.whl")]
+    landed = (index_port if same_origin else cdn_port, "/files/tinydep-1.0-py3-none-any.whl")
+    assert landed in by_path, Recorder.seen
+    # the index's own host keeps its credentials; another one (a CDN on another port) never sees them
+    assert (by_path[landed] is not None) == same_origin

@@ -11,7 +11,8 @@ such a file is downloaded once into the cache and then sent to the instance acro
 Plain HTTP only (nothing listens on 443 in the simulated internet): the setup role points uv at
 ``http://pypi.vastsim/simple`` when the host resolves that name. Only links seen on a page can be fetched
 (their upstream URL is kept under the hash), so an instance cannot make the controller fetch anything else;
-credentials in the upstream URL are used for the index's own host and never appear in a rewritten page.
+credentials in the upstream URL are used for the index's own host and never appear in a rewritten page, nor
+follow a redirect to another host (a private index sending downloads to a CDN).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from http.client import HTTPMessage
 from pathlib import Path
+from typing import IO
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,25 @@ def _without_credentials(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+
+
+class _AuthStaysHome(urllib.request.HTTPRedirectHandler):
+    """Drops Authorization on a redirect to another origin (a private index handing downloads to a CDN or S3).
+
+    urllib copies every header to the redirect target; the index's credentials are for the index alone.
+    """
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: HTTPMessage, newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
 class IndexRelay:
     """``handle()`` answers one request for ``pypi.vastsim``; pages and files are cached under ``cache_dir``."""
 
@@ -97,6 +119,7 @@ class IndexRelay:
         self.cache_dir = cache_dir
         self.page_ttl_s = page_ttl_s
         self._locks: dict[str, asyncio.Lock] = {}
+        self._opener = urllib.request.build_opener(_AuthStaysHome)
 
     # ------------------------------------------------------------------ requests
 
@@ -208,7 +231,7 @@ class IndexRelay:
         if urlsplit(url).hostname == self.upstream_host:
             headers.update(self._auth)
         request = urllib.request.Request(url, headers=headers)
-        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as answer:
+        with self._opener.open(request, timeout=FETCH_TIMEOUT_S) as answer:
             return answer.read(), answer.headers.get("Content-Type") or "text/html", answer.geturl()
 
     def _lock(self, key: str) -> asyncio.Lock:
