@@ -94,3 +94,18 @@ def test_a_wrong_run_index_url_fails_first_naming_it_and_rents_nothing(tmp_path:
     assert "run_index_url must be auto, an empty string" in done.stdout and "Traceback" not in done.stdout + done.stderr
     assert "ok=1 " in done.stdout  # the contract check only: nothing else ran, nothing was rented
     assert not (tmp_path / "contracts.jsonl").exists()
+
+
+@pytest.mark.parametrize("value", ["https://user:tok3n-s3cret@pypi.example/simple",
+                                   "http://__token__:tok3n-s3cret@127.0.0.1:3141/root/simple/",
+                                   "https://tok3n-s3cret@pypi.example/simple"])
+def test_credentials_in_run_index_url_are_refused_before_renting_and_never_echoed(tmp_path: Path, value: str) -> None:
+    env = ansible_env(None, tmp_path)
+    done = run_playbook("playbooks/train.yml", env, "-e", "@examples/run.yml",
+                        "-e", json.dumps({"run_index_url": value}), timeout=120)
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert "run_index_url must not carry credentials" in done.stdout, done.stdout[-2000:]
+    assert "UV_INDEX_URL" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    assert "tok3n-s3cret" not in done.stdout + done.stderr  # the refusal does not print what it refuses
+    assert "ok=1 " in done.stdout
+    assert not (tmp_path / "contracts.jsonl").exists()
