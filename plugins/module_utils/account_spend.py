@@ -6,18 +6,24 @@ one charge per instance, broken down into GPU, storage and bandwidth items)."""
 
 from __future__ import annotations
 
+import calendar
 import json
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 MAX_CHARGE_PAGES = 50
 DAY_S = 86400.0
+CLOCK_SLACK_S = 300.0  # the API's clock may differ from the controller's, which stamps the run's start
 KINDS = ("gpu", "storage", "bandwidth")
 
 
-def ledger_history(path: str, label: str, api_url: str) -> tuple[set[int], float | None]:
-    """Every contract the local ledger saw created with ``label`` on this API, and when the first was."""
+def ledger_history(path: str, label: str, api_url: str, since: float = 0.0) -> tuple[set[int], float | None]:
+    """Every contract the local ledger saw created with ``label`` on this API, and when the first was.
+
+    With ``since`` (when the run started, by the controller's clock, as the ledger's ``ts``) a contract created
+    before it is an earlier run's that used the same label, not this run's."""
     ids: set[int] = set()
     first: float | None = None
     try:
@@ -29,8 +35,10 @@ def ledger_history(path: str, label: str, api_url: str) -> tuple[set[int], float
                     continue  # a torn last line after a crash
                 if record.get("event") != "created" or record.get("label") != label or record.get("api_url") != api_url:
                     continue
-                ids.add(int(record["id"]))
                 ts = float(record.get("ts") or 0) or None
+                if since > 0 and (ts is None or ts < since):
+                    continue
+                ids.add(int(record["id"]))
                 if ts is not None and (first is None or ts < first):
                     first = ts
     except FileNotFoundError:
@@ -52,7 +60,8 @@ def charges(client: Any, since: float, until: float) -> list[dict[str, Any]]:
         token = page.get("next_token")
         if not token:
             return rows
-    raise ValueError(f"more than {MAX_CHARGE_PAGES} pages of charges")
+    raise ValueError(f"more than {MAX_CHARGE_PAGES} pages of charges since {int(since)}: give since (when the run "
+                     f"started, epoch seconds) so that only the run's own window is read")
 
 
 def _amount(value: Any) -> float:
@@ -72,16 +81,42 @@ def _charge_id(charge: Mapping[str, Any]) -> int | None:
     return None
 
 
-def run_spend(all_charges: Iterable[Mapping[str, Any]], ids: set[int], label: str) -> dict[str, Any]:
-    """The run's spend: the charges of its instances (by id, or by the label the charge names), per kind."""
+def _ended_at(charge: Mapping[str, Any]) -> float | None:
+    """When the charge's instance was destroyed (epoch seconds); None while it lives or when the API does not say."""
+    meta = charge.get("metadata") or {}
+    if "destroyed_at" in meta and meta["destroyed_at"] is None:
+        return None
+    for value in (meta.get("destroyed_at"), charge.get("end")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and value.strip():
+            try:
+                when = datetime.fromisoformat(value.strip())
+            except ValueError:
+                continue
+            # a time without a zone is the API's UTC (as vastsim and the CLI's tables print it)
+            return when.timestamp() if when.tzinfo else calendar.timegm(when.timetuple()) + when.microsecond / 1e6
+    return None
+
+
+def run_spend(all_charges: Iterable[Mapping[str, Any]], ids: set[int], label: str,
+              since: float = 0.0) -> dict[str, Any]:
+    """The run's spend: the charges of its instances (by id, or by the label the charge names), per kind.
+
+    With ``since``, a charge matched only by the label whose instance was gone before the run started is an
+    earlier run's (the API's day filter may be coarser than the run)."""
     per_instance = []
     totals = dict.fromkeys(KINDS, 0.0)
     for charge in all_charges:
         if charge.get("type", "instance") != "instance":
             continue
         instance_id = _charge_id(charge)
-        if instance_id not in ids and (charge.get("metadata") or {}).get("label") != label:
-            continue
+        if instance_id not in ids:
+            if (charge.get("metadata") or {}).get("label") != label:
+                continue
+            ended = _ended_at(charge)
+            if since > 0 and ended is not None and ended < since - CLOCK_SLACK_S:
+                continue
         kinds = dict.fromkeys(KINDS, 0.0)
         for item in charge.get("items") or []:
             kind = str(item.get("type", "")).lower()
@@ -107,10 +142,10 @@ def billing_rows(instances: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
 
 
 def charge_window(first_seen: float | None, since: float, now: float) -> float:
-    """Where the charges are read from: ``since`` when given, else a day before the ledger's first contract of
-    the run (clocks differ), else the last 30 days."""
+    """Where the charges are read from: ``since`` (the run's start) when given, less the clocks' slack, else a day
+    before the ledger's first contract of the label (clocks differ), else the last 30 days."""
     if since > 0:
-        return since
+        return since - CLOCK_SLACK_S
     if first_seen is not None:
         return first_seen - DAY_S
     return now - 30 * DAY_S

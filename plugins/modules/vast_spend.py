@@ -42,8 +42,12 @@ options:
     default: []
   since:
     description:
-      - Epoch seconds from which charges are read. 0 (the default) reads from a day before the first contract
-        of the label in the local ledger, else the last 30 days.
+      - When the run started (epoch seconds, the controller's clock). Contracts the local ledger recorded with
+        O(label) before it, and charges of instances gone before it, belong to an earlier run that used the same
+        label and are not counted; charges are read from it (less 300 s for the API's clock). C(train.yml) passes
+        its start.
+      - 0 (the default) counts every contract of the label in the local ledger, and reads charges from a day before
+        the first of them, else the last 30 days.
     type: float
     default: 0
   settle_s:
@@ -114,15 +118,17 @@ class VastSpend(VastModule):
             self.fail("label is empty: give the run's label (its instances' name on the account).")
         if self.params["settle_s"] < 0 or self.params["settle_s"] > 600:
             self.fail(f"settle_s must be between 0 and 600 seconds, not {self.params['settle_s']}.")
-        if self.params["since"] < 0:
-            self.fail(f"since must be epoch seconds (>= 0), not {self.params['since']}.")
+        if self.params["since"] < 0 or self.params["since"] > time.time() + 86400:
+            self.fail(f"since must be epoch seconds (>= 0, not in the future): when the run started, as "
+                      f"now().timestamp() gives it; not {self.params['since']}.")
 
     def run(self) -> None:
         label = self.params["label"]
         expected = {int(i) for i in self.params["expect_billing"]}
         api_url = resolve_base_url(self.params["api_url"])
         ledger = self.params["ledger_path"] or default_ledger_path()
-        ids, first_seen = ledger_history(ledger, label, api_url)
+        since = self.params["since"]
+        ids, first_seen = ledger_history(ledger, label, api_url, since)
 
         end = time.monotonic() + self.params["settle_s"]
         while True:
@@ -136,10 +142,10 @@ class VastSpend(VastModule):
 
         now = time.time()
         try:
-            rows = charges(self.client, charge_window(first_seen, self.params["since"], now), now)
+            rows = charges(self.client, charge_window(first_seen, since, now), now)
         except ValueError as exc:
             self.fail(f"cannot read the account's charges: {exc}")
-        spend = run_spend(rows, ids, label)
+        spend = run_spend(rows, ids, label, since)
         ids |= {i["id"] for i in spend["instances"] if i["id"] is not None}
         self.result.update(billing=billing_rows(listed), instance_ids=sorted(ids), spend=spend)
 

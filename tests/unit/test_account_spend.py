@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from ansible_collections.mlops.vast.plugins.module_utils import account_spend as spend
 
@@ -56,6 +59,52 @@ def test_the_charges_route_rejects_bad_filters_and_tokens() -> None:
 
 
 def test_the_charge_window_starts_a_day_before_the_runs_first_contract() -> None:
-    assert spend.charge_window(None, 123.0, 10**6) == 123.0
+    assert spend.charge_window(None, 123.0, 10**6) == 123.0 - spend.CLOCK_SLACK_S  # the run's start, less the slack
     assert spend.charge_window(100000.0, 0, 10**6) == 100000.0 - spend.DAY_S
     assert spend.charge_window(None, 0, 10**7) == 10**7 - 30 * spend.DAY_S
+
+
+def test_an_earlier_run_with_the_same_label_is_not_this_runs_spend(tmp_path: Path) -> None:
+    """Run 1 ($5, long over) and run 2 ($1, started at 10_000) both used the label: the proof of run 2 is $1."""
+    ledger = tmp_path / "contracts.jsonl"
+    api = "http://127.0.0.1:5077"
+    ledger.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"event": "created", "id": 1, "label": "exp", "api_url": api, "ts": 1000.0},
+        {"event": "destroyed", "id": 1, "label": "exp", "api_url": api, "ts": 2000.0},
+        {"event": "created", "id": 2, "label": "exp", "api_url": api, "ts": 10_050.0}]))
+    rows = [row(1, "exp", 4.0, 1.0, created=1000.0, destroyed=2000.0),
+            row(2, "exp", 0.9, 0.1, created=10_040.0, destroyed=11_000.0)]
+    everything = spend.charges(FakeClient(rows), 0, 12_000)
+
+    ids, first = spend.ledger_history(str(ledger), "exp", api)  # no since: every run of the label, as before
+    assert ids == {1, 2} and first == 1000.0
+    assert spend.run_spend(everything, ids, "exp")["total_usd"] == pytest.approx(6.0)
+
+    ids, first = spend.ledger_history(str(ledger), "exp", api, since=10_000.0)
+    assert ids == {2} and first == 10_050.0
+    window = spend.charge_window(first, 10_000.0, 12_000)
+    assert window == 10_000.0 - spend.CLOCK_SLACK_S
+    read = spend.charges(FakeClient(rows), window, 12_000)
+    assert [c["source"] for c in read] == ["2"]  # run 1's charge ended before the window
+    # an API whose day filter is coarser returns run 1's charge too: it names the label, but ended before the run
+    result = spend.run_spend(everything, ids, "exp", since=10_000.0)
+    assert result["total_usd"] == pytest.approx(1.0) and [i["id"] for i in result["instances"]] == [2]
+
+
+def test_a_charge_named_by_label_alone_counts_while_it_ran_into_the_run() -> None:
+    live = {"type": "instance", "source": "9", "amount": 2.0, "metadata": {"label": "exp", "destroyed_at": None}}
+    ended_as_text = {"type": "instance", "source": "8", "amount": 3.0, "end": "1970-01-01 00:10:00",
+                     "metadata": {"label": "exp"}}
+    ended_late = {"type": "instance", "source": "7", "amount": 0.5, "end": 9_900.0, "metadata": {"label": "exp"}}
+    result = spend.run_spend([live, ended_as_text, ended_late], set(), "exp", since=10_000.0)
+    # 9 still lives; 7 ended within the clocks' slack of the start; 8 ended at 600 s, long before
+    assert sorted(i["id"] for i in result["instances"]) == [7, 9] and result["total_usd"] == pytest.approx(2.5)
+
+
+def test_too_many_pages_of_charges_says_to_give_the_runs_start() -> None:
+    class Endless:
+        def request(self, method: str, path: str, *, params: dict) -> dict:
+            return {"results": [], "next_token": "more"}
+
+    with pytest.raises(ValueError, match="give since"):
+        spend.charges(Endless(), 5.0, 10.0)
