@@ -53,6 +53,17 @@ def test_http_fault_body_styles(sim: Sim, style: str, status: int, expect: str) 
         assert client.get("/api/v1/instances/").status_code == 200
 
 
+@pytest.mark.parametrize("after", [False, True])
+def test_reset_drops_the_connection_mid_answer_before_or_after_the_request_took_effect(sim: Sim, after: bool) -> None:
+    with sim.client() as client:
+        arm(client, kind="http", endpoint="PUT /api/v0/asks/*", status=500, body="reset", after=after)
+        offer = client.post("/api/v0/bundles/", json={"limit": 1}).json()["offers"][0]
+        with pytest.raises(httpx.TransportError):  # the peer closed mid-response: no status, no body
+            client.put(f"/api/v0/asks/{offer['id']}/", json={"client_id": "me", "image": "x", "disk": 10})
+        assert client.get("/_sim/ledger").json()["totals"]["instances"] == (1 if after else 0)
+        assert client.get("/api/v1/instances/").status_code == 200, "the server goes on answering"
+
+
 def test_bad_fault_specs_are_rejected_with_the_reason(sim: Sim) -> None:
     with sim.client() as client:
         for spec, words in [({"kind": "meteor"}, "unknown fault kind"),

@@ -571,7 +571,23 @@ def decode_token(token: str) -> tuple[str, int]:
     return snapshot_id, offset
 
 
+class DroppedAnswer(Response):
+    """No answer: the response is started, then the connection is dropped (uvicorn closes it when the app fails
+    after starting), so the client sees the peer close mid-response, as with a TCP reset or a dying proxy."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=200)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"1024")]})
+        await send({"type": "http.response.body", "body": b'{"success": tr', "more_body": True})
+        raise ConnectionResetError("vastsim fault: the answer was cut off (body: reset)")
+
+
 def fault_response(status: int, style: str, retry_after: float | None) -> Response:
+    if style == "reset":
+        return DroppedAnswer()
     headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
     if status == 429:
         bodies = {

@@ -49,7 +49,8 @@ MARKET_KINDS = frozenset(
     }
 )
 TARGET_KEYS = ("instance_id", "machine_id", "offer_id", "label")
-BODY_STYLES = frozenset({"json", "detail", "text", "vast"})
+# "reset": no answer at all, the connection dropped mid-response (a proxy dying, a TCP reset).
+BODY_STYLES = frozenset({"json", "detail", "text", "vast", "reset"})
 TIMED_KINDS = frozenset({"offline", "outbid"})  # the kinds that take `for_s`
 TRIGGER_KEYS = ("when_log", "when_partial")
 TRIGGERED_KINDS = HOST_KINDS | {"outbid"}
