@@ -389,7 +389,7 @@ class VastInstance(VastModule):
             if instance_id is not None and not self.module.check_mode and any(
                     c["id"] == instance_id for c in self.ledger.open_contracts(self.client.base_url)):
                 # Gone already (destroyed elsewhere, or expired): the ledger catches up.
-                self.ledger.destroyed(instance_id, api_url=self.client.base_url)
+                self.warn(self.ledger.destroyed(instance_id, api_url=self.client.base_url))
             return
         self.changed()
         if self.module.check_mode:
@@ -477,6 +477,13 @@ class VastInstance(VastModule):
                     break
             if chosen is None:
                 raise RentFailed(f"none of the {len(offers)} offers tried could be rented")
+            eventful = [a for a in attempts if a["result"] != "rented"]
+            if eventful:
+                # Said, not only returned: a run that rented anyway should still show what the market and the API
+                # did (offers taken meanwhile, a create whose answer was lost and whose instance was adopted).
+                self.module.warn(f"renting took {len(attempts)} attempt(s): "
+                                 + "; ".join(f"offer {a['offer_id']} {a['result']} ({a.get('msg') or 'no GPU free'})"
+                                             for a in eventful))
             if self.params["wait"]:
                 row = self.wait_usable(chosen)
             else:
@@ -575,7 +582,7 @@ class VastInstance(VastModule):
                 continue
             time.sleep(0.5)
             if client.get_instance(instance_id) is None:
-                self.ledger.destroyed(instance_id, api_url=client.base_url)
+                self.warn(self.ledger.destroyed(instance_id, api_url=client.base_url))
                 self.result["destroyed"].append(instance_id)
                 return
         raise VastError(f"instance {instance_id} is still there after 3 destroys; it may be billing")
