@@ -95,9 +95,26 @@ class ContractLedger:
         with contextlib.suppress(OSError):  # without a lease the ledger line's time stands in for it
             self.leases.renew(instance_id, api_url=api_url, interval_s=LONG_LEASE_S, label=label)
 
-    def destroyed(self, instance_id: int, *, api_url: str) -> None:
+    def destroyed(self, instance_id: int, *, api_url: str) -> str | None:
+        """Record a verified destroy; returns a warning when the lease could not be dropped (None otherwise)."""
         self._append({"event": "destroyed", "id": int(instance_id), "api_url": api_url})
-        self.leases.drop(instance_id, api_url=api_url)
+        try:
+            self.leases.drop(instance_id, api_url=api_url)
+        except OSError as exc:
+            # The instance is gone and the ledger says so; a stale lease file only costs the reaper a look.
+            return f"instance {instance_id} is destroyed, but its lease file could not be removed: {exc}"
+        return None
+
+    def renew_leases(self, label: str, *, interval_s: float | None = None) -> list[int]:
+        """Renew, with the long promise, the lease of every open contract labelled ``label`` (any API): what a
+        teardown does first, so that no reaper takes the instance while it still pulls the newest checkpoint."""
+        renewed = []
+        for contract in self.open_contracts():
+            if contract.get("label") == label:
+                self.leases.renew(int(contract["id"]), api_url=str(contract.get("api_url")), label=label,
+                                  interval_s=LONG_LEASE_S if interval_s is None else interval_s)
+                renewed.append(int(contract["id"]))
+        return renewed
 
     @property
     def leases(self) -> Leases:

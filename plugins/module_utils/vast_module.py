@@ -118,6 +118,11 @@ class VastModule:
 
     # ------------------------------------------------------------------ result
 
+    def warn(self, warning: str | None) -> None:
+        """Pass a warning on to Ansible's output (None: nothing to say)."""
+        if warning:
+            self.module.warn(warning)
+
     def changed(self) -> None:
         self.result["changed"] = True
 

@@ -39,7 +39,16 @@ options:
         orphaned, in seconds. C(0) reaps every instance in scope at once, watched or not.
       - Default three times the interval the lease promised (three poll intervals while a watch runs,
         90 minutes after rent and after a watch returns, and for an instance in no ledger).
+      - The grace used is never below O(min_grace_s).
     type: float
+  min_grace_s:
+    description:
+      - A floor under the grace, in seconds, whatever O(lease_grace_s) says. The reap that C(train.yml) and
+        C(sweep.yml) run before they rent sets it to 300, so that a controller that is only slow (a loaded machine,
+        a short poll interval) or between renewals never has its live instance reaped by another run; an explicit
+        C(playbooks/reap.yml) leaves it at C(0) and keeps the user's grace.
+    type: float
+    default: 0
   unledgered:
     description:
       - Also reap instances marked by another controller (another machine, or a ledger that was lost) that are
@@ -136,9 +145,20 @@ GRACE_INTERVALS = 3
 DESTROY_TRIES = 3
 
 
+def lease_times(lease: dict[str, Any], rented_at: float) -> tuple[float, float, str | None]:
+    """``(renewed_at, interval_s, what was wrong)`` of a lease; a lease file with values that are not numbers (a
+    torn or hand-edited file) counts as never renewed since the rent, with the long promise, and says why."""
+    try:
+        return float(lease.get("renewed_at", rented_at)), float(lease.get("interval_s", LONG_LEASE_S)), None
+    except (TypeError, ValueError):
+        return (rented_at, LONG_LEASE_S,
+                f"renewed_at={lease.get('renewed_at')!r}, interval_s={lease.get('interval_s')!r} are not numbers")
+
+
 class VastReap(VastModule):
     argument_spec: ClassVar[dict[str, Any]] = {
         "lease_grace_s": {"type": "float"},
+        "min_grace_s": {"type": "float", "default": 0.0},
         "unledgered": {"type": "bool", "default": False},
         "label_prefix": {"type": "str", "default": ""},
         "ledger_path": {"type": "path"},
@@ -158,10 +178,15 @@ class VastReap(VastModule):
         if grace is not None and not 0 <= grace <= 30 * 86400:
             self.fail(f"lease_grace_s must be between 0 and 2592000 seconds (30 days), got {grace:g}; "
                       "nothing was destroyed")
+        floor = self.params["min_grace_s"]
+        if not 0 <= floor <= 30 * 86400:
+            self.fail(f"min_grace_s must be between 0 and 2592000 seconds (30 days), got {floor:g}; "
+                      "nothing was destroyed")
 
     def grace(self, interval_s: float) -> float:
         given = self.params["lease_grace_s"]
-        return float(given) if given is not None else GRACE_INTERVALS * interval_s
+        grace = float(given) if given is not None else GRACE_INTERVALS * interval_s
+        return max(grace, float(self.params["min_grace_s"]))
 
     def in_scope(self, label: str | None) -> bool:
         return (label or "").startswith(self.params["label_prefix"])
@@ -192,12 +217,12 @@ class VastReap(VastModule):
                 self.catch_up(instance_id)
                 continue
             lease = self.ledger.leases.get(instance_id, base) or {}
-            renewed_at = float(lease.get("renewed_at", contract.get("ts", now)))
-            item = self.entry(row, source="ledger", renewed_at=renewed_at,
-                              interval_s=float(lease.get("interval_s", LONG_LEASE_S)), now=now)
+            renewed_at, interval_s, bad = lease_times(lease, float(contract.get("ts") or now))
+            item = self.entry(row, source="ledger", renewed_at=renewed_at, interval_s=interval_s, now=now)
             stale = now - renewed_at >= item["grace_s"]
-            item["why"] = (f"lease last renewed {item['lease_age_s']:g} s ago, "
-                           f"{'past' if stale else 'within'} its grace of {item['grace_s']:g} s")
+            said = (f"its lease file is unreadable ({bad}), so counted from its rent: {item['lease_age_s']:g} s ago"
+                    if bad else f"lease last renewed {item['lease_age_s']:g} s ago")
+            item["why"] = f"{said}, {'past' if stale else 'within'} its grace of {item['grace_s']:g} s"
             if stale and row.get("intended_status") == "stopped":
                 # Teardown stops, not destroys, a host whose newest checkpoint it could not verify: the only copy.
                 item["why"] += STOPPED_ON_PURPOSE
@@ -235,7 +260,7 @@ class VastReap(VastModule):
             return
         self.result["gone_already"].append(instance_id)
         if not self.module.check_mode:
-            self.ledger.destroyed(instance_id, api_url=self.client.base_url)
+            self.warn(self.ledger.destroyed(instance_id, api_url=self.client.base_url))
 
     def reap(self, orphans: list[dict[str, Any]]) -> None:
         failures = []
@@ -263,7 +288,7 @@ class VastReap(VastModule):
             time.sleep(0.5)
             if self.client.get_instance(instance_id) is None:
                 if in_ledger:
-                    self.ledger.destroyed(instance_id, api_url=self.client.base_url)
+                    self.warn(self.ledger.destroyed(instance_id, api_url=self.client.base_url))
                 self.result["destroyed"].append(instance_id)
                 return
         raise VastError(f"instance {instance_id} is still there after {DESTROY_TRIES} destroys")

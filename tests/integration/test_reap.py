@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger
 
 from tests.conftest import REPO, Sim, needs_root, running_sim
 from tests.integration.ansible_run import (
@@ -232,6 +233,18 @@ def test_controller_killed_mid_watch_is_reaped(reap_sim: Sim, tmp_path: Path) ->
 def test_train_yml_reaps_before_it_rents(reap_sim: Sim, tmp_path: Path) -> None:
     env = ansible_env(reap_sim, tmp_path, MLOPS_VAST_EXCLUSIONS=str(tmp_path / "x.json"))
     orphan_id = rent(reap_sim, tmp_path, "reap-before-train", env)
+    # train.yml's reap never goes below 5 minutes, whatever reap_lease_grace_s says: a lease renewed a minute ago is
+    # kept, one renewed 10 minutes ago (a controller dead since) is reaped.
+    ledger = ContractLedger(str(tmp_path / "contracts.jsonl"))
+    (api_url,) = {c["api_url"] for c in ledger.open_contracts()}
+    ledger.leases.renew(orphan_id, api_url=api_url, interval_s=2.0, now=time.time() - 60)
+    done = run_playbook("playbooks/train.yml", env, "-i", str(local_inventory(tmp_path)), "-e", "@examples/run.yml",
+                        "-e", json.dumps({"run_name": "reap-next-run", "run_query": "gpu_ram >= 100000",
+                                          "run_results_dir": str(tmp_path / "results"), "reap_lease_grace_s": 0}),
+                        timeout=300)
+    assert done.returncode != 0 and "destroyed 1 orphan" not in done.stdout, failure_excerpt(done.stdout)
+    assert "1 kept, watched (fresh lease)" in done.stdout and open_on_sim(reap_sim) == [orphan_id]
+    ledger.leases.renew(orphan_id, api_url=api_url, interval_s=2.0, now=time.time() - 600)
     # A query no offer meets: the run fails at its rent, after the reap, and rents nothing.
     done = run_playbook("playbooks/train.yml", env, "-i", str(local_inventory(tmp_path)), "-e", "@examples/run.yml",
                         "-e", json.dumps({"run_name": "reap-next-run", "run_query": "gpu_ram >= 100000",
