@@ -129,6 +129,9 @@ class ActionModule(ActionBase):
             env["ANSIBLE_CALLBACKS_ENABLED"] = ",".join(dict.fromkeys([*enabled, PROGRESS_CALLBACK]))
             env["MLOPS_VAST_PROGRESS_FILE"] = os.path.join(trial.results_dir, "progress.json")
             env["ANSIBLE_FORCE_COLOR"] = "0"
+            # The sweep stops its trials itself (each with its teardown): a trial's own guard, enabled by ansible.cfg
+            # or the user's ANSIBLE_CALLBACKS_ENABLED, would race it with a second teardown.
+            env["MLOPS_VAST_GUARD"] = "off"
             log = open(os.path.join(trial.results_dir, "ansible.log"), "ab")  # noqa: SIM115 - the child keeps it
             try:
                 # A session of its own: a Ctrl-C at the terminal reaches this scheduler, which stops the trials in

@@ -175,6 +175,9 @@ class _Context:
         env = dict(os.environ if base is None else base)
         env.update(self.env_extra)
         env["ANSIBLE_CONFIG"] = str(self.root / "ansible.cfg")
+        # The API's cancel runs the teardown itself; the playbook's guard (ansible.cfg, or a user's
+        # ANSIBLE_CALLBACKS_ENABLED) must stand down, or two teardowns race for the same instance.
+        env["MLOPS_VAST_GUARD"] = "off"
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return _keys.scrub_env(env, self.key_file.path if self.key_file else None)
 
