@@ -123,9 +123,18 @@ class CallbackModule(CallbackBase):
             self._labels.add(str(instance["label"]))
 
     def _facts(self) -> dict[str, Any]:
-        with contextlib.suppress(Exception):
+        if self._variable_manager is None:  # no play started yet: nothing can have been rented
+            return {}
+        try:
+            # Private to ansible-core (there is no public read of set_fact's cache from a callback): a change there
+            # must be said, not taken for "nothing rented".
             return dict(self._variable_manager._nonpersistent_fact_cache.get("localhost", {}))
-        return {}
+        except Exception as exc:  # any failure is said here, never raised in a signal handler
+            label = min(self._labels, default="<the run's label>")
+            say(f"could not read the run's facts ({type(exc).__name__}: {exc}); if this run rented anything, run "
+                f"ansible-playbook playbooks/teardown.yml -e teardown_label={label} (or playbooks/teardown.yml alone "
+                "for everything in the local ledger)")
+            return {}
 
     # ------------------------------------------------------------------------------------------ the signal
 

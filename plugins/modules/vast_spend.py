@@ -151,14 +151,27 @@ class VastSpend(VastModule):
 
         extra, missing = present - expected, expected - present
         if extra:
-            self.fail(
-                f"The account still bills {len(extra)} instance(s) with label {label!r}: {sorted(extra)} "
-                f"({', '.join(str(i.get('actual_status')) for i in listed if int(i['id']) in extra)}). Destroy them: "
-                f"ansible-playbook playbooks/teardown.yml -e teardown_label={label} (or mlops.vast.vast_instance "
-                f"label={label} state=absent), then check again.")
+            self.fail(extra_message(label, [i for i in listed if int(i["id"]) in extra]))
         if missing:
             self.fail(f"Instance(s) {sorted(missing)} with label {label!r} are not on the account: the rental is "
                       f"gone (destroyed or never created). Look at the account's instances and rent again.")
+
+
+def extra_message(label: str, rows: list[dict[str, Any]]) -> str:
+    """What to do about instances still on the account. One the teardown stopped on purpose (it may hold the only
+    copy of a checkpoint that could not be verified) is not destroyed on the first advice: recovering it comes first."""
+    ids = sorted(int(i["id"]) for i in rows)
+    stopped = sorted(int(i["id"]) for i in rows if i.get("intended_status") == "stopped")
+    said = (f"The account still bills {len(ids)} instance(s) with label {label!r}: {ids} "
+            f"({', '.join(str(i.get('actual_status')) for i in rows)}). ")
+    destroy = (f"ansible-playbook playbooks/teardown.yml -e teardown_label={label} (or mlops.vast.vast_instance "
+               f"label={label} state=absent)")
+    if stopped:
+        return said + (
+            f"{stopped} stopped on purpose by the teardown: its newest checkpoint could not be verified, and the host "
+            f"may hold its only copy (storage still bills). To recover it, start it (mlops.vast.vast_instance "
+            f"label={label} state=running) and run the teardown role again; to give the data up, {destroy}.")
+    return said + f"Destroy them: {destroy}, then check again."
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger
+
 COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEARDOWN_PLAYBOOK = os.path.join(COLLECTION_ROOT, "playbooks", "teardown.yml")
 INVENTORY = os.path.join(COLLECTION_ROOT, "inventory", "vast.yml")
@@ -104,6 +106,9 @@ def start(target: Target, unreachable_wait_s: float) -> tuple[subprocess.Popen[b
     log_path = os.path.join(target.results_dir, "guard.log")
     env = {k: v for k, v in os.environ.items() if k != "MLOPS_VAST_PROGRESS_FILE"}
     env[DISABLE_ENV] = "off"
+    with contextlib.suppress(OSError):  # without it the reaper counts from the last renewal; the teardown renews too
+        # Before the teardown's own ansible-playbook starts (seconds): no reaper may take the host meanwhile.
+        ContractLedger().renew_leases(target.label)
     argv = [*ansible_playbook(), "-i", INVENTORY, TEARDOWN_PLAYBOOK,
             "-e", json.dumps(target.extra_vars(unreachable_wait_s))]
     with open(log_path, "ab") as log:
@@ -124,8 +129,23 @@ def outcome(target: Target, rc: int | None, log_path: str) -> str:
     with contextlib.suppress(OSError, ValueError), \
             open(os.path.join(target.results_dir, "teardown.json"), encoding="utf-8") as handle:
         record = json.load(handle)
+    if not isinstance(record, dict):
+        record = {}
+    return (f"{target.label}: {home_line(target, record)}; destroyed {record.get('destroyed', [])}, verified gone, "
+            f"and the account confirms nothing of {target.label} is billing (log: {log_path})")
+
+
+def home_line(target: Target, record: Mapping[str, Any]) -> str:
+    """What came home, from the teardown's record (``<results>/teardown.json``): a host never reached is not a host
+    without checkpoints."""
     newest = record.get("newest_checkpoint")
-    home = (f"newest sealed checkpoint {newest} verified and home in {target.results_dir}/checkpoints" if newest
-            else f"no sealed checkpoint on the host; results in {target.results_dir}")
-    return (f"{target.label}: {home}; destroyed {record.get('destroyed', [])}, verified gone, and the account "
-            f"confirms nothing of {target.label} is billing (log: {log_path})")
+    if newest:
+        return f"newest sealed checkpoint {newest} verified and home in {target.results_dir}/checkpoints"
+    if not record:
+        return (f"the teardown left no record ({target.results_dir}/teardown.json); what came home is in "
+                f"{target.results_dir}")
+    if not record.get("host_reachable"):
+        why = record.get("may_lose") or ("it was not running (not in the inventory: preempted, loading or offline), "
+                                         "so nothing was pulled from it")
+        return f"the host could not be reached: {why}; what was home already is in {target.results_dir}/checkpoints"
+    return f"no sealed checkpoint on the host; results in {target.results_dir}"

@@ -1,0 +1,53 @@
+"""What the guard and the account proof say after a teardown: a host never reached, an instance stopped on purpose,
+the run's facts unreadable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ansible_collections.mlops.vast.plugins.callback import guard
+from ansible_collections.mlops.vast.plugins.modules.vast_spend import extra_message
+from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import Target, outcome
+
+
+def said(tmp_path: Path, record: object) -> str:
+    target = Target("exp", str(tmp_path))
+    (tmp_path / "teardown.json").write_text(json.dumps(record))
+    return outcome(target, 0, str(tmp_path / "guard.log"))
+
+
+def test_a_host_never_reached_is_not_a_host_without_checkpoints(tmp_path: Path) -> None:
+    text = said(tmp_path, {"destroyed": [5], "host_reachable": False, "may_lose": "", "newest_checkpoint": None})
+    assert "the host could not be reached: it was not running" in text and "no sealed checkpoint" not in text
+    text = said(tmp_path, {"destroyed": [5], "host_reachable": False, "newest_checkpoint": None,
+                           "may_lose": "the host did not come back within 10 s (offline)"})
+    assert "could not be reached: the host did not come back within 10 s (offline)" in text
+    text = said(tmp_path, {"destroyed": [5], "host_reachable": True, "newest_checkpoint": None})
+    assert "no sealed checkpoint on the host" in text and "destroyed [5]" in text
+    text = said(tmp_path, {"destroyed": [5], "host_reachable": True, "newest_checkpoint": "checkpoint-40"})
+    assert "newest sealed checkpoint checkpoint-40 verified and home" in text
+    assert "left no record" in said(tmp_path, ["not", "a", "record"])
+
+
+def test_an_instance_stopped_on_purpose_is_recovered_before_it_is_destroyed() -> None:
+    stopped = extra_message("exp", [{"id": 7, "actual_status": "stopped", "intended_status": "stopped"}])
+    assert "[7] stopped on purpose" in stopped and "only copy" in stopped
+    assert stopped.index("state=running") < stopped.index("teardown.yml"), "recovery first"
+    running = extra_message("exp", [{"id": 8, "actual_status": "running", "intended_status": "running"}])
+    assert running.endswith("then check again.") and "Destroy them: ansible-playbook playbooks/teardown.yml" in running
+    assert "on purpose" not in running
+
+
+def test_the_guard_says_so_when_it_cannot_read_the_runs_facts(capfd: pytest.CaptureFixture[str]) -> None:
+    callback = guard.CallbackModule.__new__(guard.CallbackModule)
+    callback._labels = {"exp-1"}
+    callback._variable_manager = SimpleNamespace()  # no _nonpersistent_fact_cache: ansible-core changed
+    assert callback._facts() == {}
+    err = capfd.readouterr().err
+    assert "[mlops.vast.guard] could not read the run's facts (AttributeError" in err
+    assert "playbooks/teardown.yml -e teardown_label=exp-1" in err
+    callback._variable_manager = None
+    assert callback._facts() == {} and capfd.readouterr().err == "", "before any play: nothing rented, nothing said"
