@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import json
+import os
 import re
 import shlex
 import signal
@@ -61,6 +62,12 @@ class Case:
     run_vars: dict = field(default_factory=dict)
     # Armed before the run (label-targeted, so concurrent cases never meet each other's faults).
     faults: list[dict] = field(default_factory=list)
+    # The run's query, after the catalogue's bad hosts are left out.
+    query: str = "num_gpus=1"
+    # Armed before the run from what the market shows then: sim -> fault specs (armed as they are).
+    faults_from_market: Callable[[Sim], list[dict]] | None = None
+    # How many instances the run may create in all (a lost answer must not rent twice); None: not checked.
+    rentals: int | None = None
     # Done by a thread while the run goes: (sim, label, ssh key) -> None.
     during: Callable[[Sim, str, Path], None] | None = None
     completes: bool = True
@@ -95,6 +102,17 @@ class Outcome:
 
 def when_log(pattern: str) -> dict:
     return {"when_log": {"path": RUN_LOG, "pattern": pattern}}
+
+
+def cheapest_offers(sim: Sim, count: int, query: str) -> list[dict]:
+    """The first ``count`` offers an on-demand run of examples/run.yml would try, picked by the collection's own
+    selection (its query, disk, max $/h and order)."""
+    from ansible_collections.mlops.vast.plugins.module_utils.api_client import VastClient
+    from ansible_collections.mlops.vast.plugins.module_utils.offer_selection import OfferRequest, select_offers
+
+    with VastClient(sim.api_key, sim.url) as client:
+        request = OfferRequest(query=good_query(sim, query), order="dph+", storage_gb=20.0, max_dph=1.0)
+        return select_offers(client, request).offers[:count]
 
 
 def when_home(checkpoint: str, then: Callable[[httpx.Client], object]) -> Callable[[Sim, str, Path], None]:
@@ -152,6 +170,9 @@ def on_host_when(pattern: str, action: str, then: Callable[[httpx.Client], objec
 
 # The run completes, and its last word names the host it rejected first and why.
 REJECTED = r"(?i)completed;.*nothing is billing\. 1 host\(s\) rejected first: machine \d+ \("
+
+# Completed, and a warning says the create's answer was lost and its instance found by label and kept.
+ADOPTED = r"(?s)completed;.*renting took 1 attempt\(s\): offer \d+ adopted"
 
 CASES = [
     # Before anything trains: the host is bad, rent until good replaces it.
@@ -216,7 +237,21 @@ CASES = [
                             (signal.SIGTERM, "teardown"))],
     Case("create-answer-lost", own_sim=True, faults=[{"kind": "http", "endpoint": "PUT /api/v0/asks/*",
                                                       "status": 502, "after": True, "count": 1}],
-         message=r"completed"),
+         rentals=1, message=ADOPTED),
+    Case("create-connection-reset", own_sim=True, faults=[{"kind": "http", "endpoint": "PUT /api/v0/asks/*",
+                                                           "status": 500, "body": "reset", "after": True,
+                                                           "count": 1}],
+         rentals=1, message=ADOPTED),
+    # Other tenants take the two cheapest offers between the search and the rent (on-demand: ranked by price;
+    # whole machines, so that a taken offer is gone rather than a GPU fewer).
+    Case("offer-taken", own_sim=True, run_vars={"run_interruptible": False}, query="num_gpus=1 gpu_frac=1",
+         faults_from_market=lambda sim: [{"kind": "take_offer", "offer_id": offer["id"], "at_rent": True}
+                                         for offer in cheapest_offers(sim, 2, "num_gpus=1 gpu_frac=1")],
+         rentals=1, message=r"(?s)completed;.*renting took 3 attempt\(s\): offer \d+ taken .*; offer \d+ taken "),
+    # The controller is killed outright while the instance boots; the next reap.yml destroys what it left.
+    Case("sigkill-in-renting", own_sim=True, max_steps=4000, trainer="--step_seconds 0.05", signal=signal.SIGKILL,
+         signal_phase="renting", completes=False, newest=0,
+         message=r"Orphans: destroyed 1 orphan\(s\), proven gone"),
 ]
 
 
@@ -251,13 +286,16 @@ def run_case(case: Case, slot: SimSlot, base: Path) -> Outcome:
     env = ansible_env(sim, tmp, MLOPS_VAST_SSH_KEY=str(key),
                       MLOPS_VAST_EXCLUSIONS=str(tmp / "excl.json"))
     with sim.client() as client:
+        for spec in case.faults_from_market(sim) if case.faults_from_market else []:
+            answer = client.post("/_sim/faults", json=spec)
+            assert answer.status_code == 200, answer.text
         for spec in case.faults:
             body = spec if spec["kind"] == "http" else {**spec, "label": case.label}
             answer = client.post("/_sim/faults", json=body)
             assert answer.status_code == 200, answer.text
     command = (f"python3 train.py --output_dir /workspace/run/output --logging_steps 10 --save_steps {SAVE_STEPS} "
                f"--max_steps {case.max_steps} {case.trainer}")
-    run_vars = {"run_name": case.label, "run_command": command, "run_query": good_query(sim, "num_gpus=1"),
+    run_vars = {"run_name": case.label, "run_command": command, "run_query": good_query(sim, case.query),
                 "run_results_dir": str(tmp / "results"), "run_sources": [], "run_min_mbps": 0,
                 "run_poll_interval_s": 1, "run_sync_interval_s": 2, "run_stall_timeout_s": 8, **case.run_vars}
     during = case.during
@@ -313,13 +351,34 @@ def interrupted(case: Case, sim: Sim, tmp: Path, env: dict[str, str], argv: list
         sent = time.time()
         process.send_signal(case.signal)
         process.wait(240)
+        if case.signal == signal.SIGKILL:
+            # The whole controller dies, not only ansible-playbook: its workers (sessions of their own) and modules.
+            kill_everything_of(tmp)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(30)
         close_ssh_masters(env)
-    return subprocess.CompletedProcess(process.args, process.returncode, log.read_text(), ""), (sent, max(sealed,
-                                                                                                           default=0))
+    output = log.read_text()
+    if case.signal == signal.SIGKILL:
+        reaped = run_playbook("playbooks/reap.yml", env, "-e", json.dumps({"reap_lease_grace_s": 0}), timeout=300)
+        output += "\n--- reap.yml ---\n" + reaped.stdout + reaped.stderr
+        assert reaped.returncode == 0, output[-4000:]
+    return subprocess.CompletedProcess(process.args, process.returncode, output, ""), (sent, max(sealed, default=0))
+
+
+def kill_everything_of(tmp: Path) -> None:
+    """SIGKILL every process whose command line names the case's directory (bounded: a few rounds)."""
+    for _round in range(5):
+        listing = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        pids = [int(line.split(None, 1)[0]) for line in listing.splitlines()
+                if str(tmp) in line and "ps -ww" not in line]
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
 
 
 def host_sealed(sim: Sim, key: Path, label: str) -> list[int]:
@@ -391,7 +450,10 @@ def test_fault(case: Case, outcomes: dict[str, Outcome]) -> None:
         assert outcome.done.returncode == (99 if case.signal == signal.SIGINT else -case.signal), excerpt
         assert outcome.signalled_at is not None
         destroyed = max(row["destroyed_at"] for row in outcome.sim_rows)
-        assert destroyed - outcome.signalled_at < 60, f"destroyed {destroyed - outcome.signalled_at:.0f} s after"
+        limit = 180 if case.signal == signal.SIGKILL else 60  # SIGKILL: until the next reap.yml has run
+        assert destroyed - outcome.signalled_at < limit, f"destroyed {destroyed - outcome.signalled_at:.0f} s after"
+    if case.rentals is not None:
+        assert len(outcome.sim_rows) == case.rentals, [row["id"] for row in outcome.sim_rows]
     # 3. A clear message.
     assert re.search(case.message, output), f"no {case.message!r} in the output\n{excerpt}"
     assert "Traceback (most recent call last)" not in outcome.done.stdout.split("PLAY RECAP")[-1]
