@@ -136,6 +136,11 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
         role = getattr(task, "_role", None)
         phase = role_phase(role.get_name() if role is not None else None)
+        if phase is not None and ((getattr(role, "_from_files", None) or {}).get("tasks") or "main") not in (
+                "main", "main.yml"):
+            # One task file of a role (train.yml checks run_index_url with the setup role's check before renting)
+            # is not that role's phase.
+            phase = None
         changes: dict[str, Any] = {"task": task.get_name().strip(), "tasks": self._state["tasks"] + 1}
         if self._in_recovery:
             # A recovery round's plays start whether or not a round is wanted (their tasks skip): the phase is
