@@ -552,7 +552,15 @@ class Watcher:
         backoff = min(1.0, backoff_cap)
         next_poll = self.start
         first_poll = True
+        # The worker's parent is the controller (ansible-playbook's main process). Workers run in sessions of their
+        # own, so a controller killed outright (or stopped by ansible-runner's cancel) leaves this one polling on
+        # for nobody: once the parent changes, the watch ends (the run goes on in tmux; the teardown or the reaper
+        # owns the instance).
+        controller = os.getppid()
         while True:
+            if os.getppid() != controller:
+                raise AnsibleActionFail("mlops.vast.watch: the controller that started this watch is gone; "
+                                        "the run goes on in tmux")
             now = self.clock()
             self._api_if_due()
             host_fresh = False
