@@ -19,6 +19,14 @@ from mlops_vast.sim.index_relay import JSON_TYPE, IndexRelay, configured_index_u
 WHEEL = b"PK\x03\x04 not really a wheel, but bytes that must arrive whole" * 100
 
 
+def answer(handler: http.server.BaseHTTPRequestHandler, body: bytes, content_type: str) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class Upstream(http.server.BaseHTTPRequestHandler):
     """A PEP 503/691 index with one project, `tinydep`, counting what it is asked."""
 
@@ -45,11 +53,7 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer(self, body, content_type)
 
     def log_message(self, *args: object) -> None:
         pass
@@ -162,11 +166,7 @@ class Recorder(http.server.BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        answer(self, body, content_type)
 
     def log_message(self, *args: object) -> None:
         pass
