@@ -13,8 +13,6 @@ description:
     agent) or takes O(manifest), and checks that every file it lists exists with that size and sha256.
   - Used on the controller before a checkpoint is counted as home, and before the instance that holds it is
     destroyed. Reads only; never changes anything.
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
   - mlops.vast.attributes
   - mlops.vast.attributes.read_only

@@ -28,8 +28,6 @@ description:
     instance (C(playbooks/teardown.yml) by label); the rows say C(cancelled).
   - A re-run with the same name skips the trials that completed with the same parameters.
 version_added: 0.2.0
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
   - mlops.vast.attributes
   - mlops.vast.attributes.action

@@ -17,8 +17,6 @@ description:
   - Returns C(resumed=false) (not a failure) when the wait ends without the instance back, or when the instance
     is gone for good (destroyed); the caller then replaces it.
 version_added: 0.2.0
-author:
-  - mlops.vast developers (@mlops-vast)
 extends_documentation_fragment:
   - mlops.vast.vast
   - mlops.vast.attributes
