@@ -131,13 +131,28 @@ def rent(client: httpx.Client, query: dict | None = None, **body: object) -> int
     return int(response.json()["new_contract"])
 
 
+def _ancestors() -> set[int]:
+    pids, pid = set(), os.getpid()
+    for _ in range(64):  # bounded: a chain of parents ends at pid 1
+        pids.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if pid <= 1:
+            break
+    return pids
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """After the whole suite: no simulator, sshd, namespace or link of ours may remain."""
     yield
     base = str(tmp_path_factory.getbasetemp())
     processes = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    found = [line for line in processes.splitlines() if base in line and "ps -ww -eo" not in line]
+    ours = _ancestors()  # pytest itself (and what started it) names the base temp when given --basetemp
+    found = [line for line in processes.splitlines()
+             if base in line and "ps -ww -eo" not in line and int(line.split(None, 1)[0]) not in ours]
     if IS_ROOT:
         netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout

@@ -140,6 +140,9 @@ def arm_on_running(sim: Sim, label: str, spec: dict, *, target: str = "instance_
                 if body.pop("price_factor", None):
                     body["price"] = round(float(rows[0]["dph_base"]) * 2.0, 4)
                 body[target] = rows[0]["machine_id"] if target == "machine_id" else rows[0]["id"]
+                if target == "machine_id":
+                    # Other cases' instances share the machines: only this run's log may pull the trigger.
+                    body["label"] = label
                 answer = client.post("/_sim/faults", json=body)
                 assert answer.status_code == 200, answer.text
                 return
@@ -313,6 +316,7 @@ def run_case(case: Case, slot: SimSlot, base: Path) -> Outcome:
         done, signalled = interrupted(case, sim, tmp, env, argv)
     else:
         done = run_playbook(argv[0], env, *argv[1:], timeout=900)
+        (tmp / "out.log").write_text(done.stdout + done.stderr)  # kept with the case's files, for a failure's story
     seconds = time.monotonic() - started
     if helper:
         helper.join(5)
@@ -442,7 +446,7 @@ def test_fault(case: Case, outcomes: dict[str, Outcome]) -> None:
     excerpt = failure_excerpt(outcome.done.stdout) + outcome.done.stderr[-2000:]
     # 1. Nothing left open: the simulator's books, the account's list and the local ledger.
     assert outcome.sim_rows, f"{case.name}: nothing was rented at all\n{excerpt}"
-    assert [row["id"] for row in outcome.sim_rows if row["status"] != "destroyed"] == [], outcome.sim_rows
+    assert [(row["id"], row["status"]) for row in outcome.sim_rows if row["status"] != "destroyed"] == [], excerpt
     assert outcome.account_rows == [], outcome.account_rows
     assert outcome.local_open == []
     # 2. The right exit status: 0 when it completed; an interrupted one ends as Ansible ends on that signal.
