@@ -80,6 +80,8 @@ class Case:
     # The controller (a plain ansible-playbook) gets this signal once the progress callback says this phase.
     signal: int = 0
     signal_phase: str = ""
+    # What else this fault must leave behind, beyond the four checks: Outcome -> None (asserts).
+    check: Callable[[Outcome], None] | None = None
 
     @property
     def label(self) -> str:
@@ -172,6 +174,29 @@ def on_host_when(pattern: str, action: str, then: Callable[[httpx.Client], objec
     return during
 
 
+def watch_record(outcome: Outcome) -> dict:
+    return json.loads((outcome.results / "watch.json").read_text())
+
+
+def crashed_with_its_traceback(outcome: Outcome) -> None:
+    watch = watch_record(outcome)
+    assert watch["outcome"] == "crash" and watch["triage"]["traceback"] is True, watch
+    # A poll between the traceback and the exit reports the crash from the traceback alone, and says so.
+    assert watch["triage"]["exit_code"] == 1 or (watch["triage"]["exit_code"] is None
+                                                 and "has not exited yet" in watch["msg"]), watch["msg"]
+    home = sorted(path.name for path in (outcome.results / "checkpoints").glob("checkpoint-*"))
+    assert home == ["checkpoint-100", "checkpoint-150", "checkpoint-50"], home
+
+
+def stalled_where_it_hung(outcome: Outcome) -> None:
+    watch = watch_record(outcome)
+    assert watch["outcome"] == "stall" and watch["triage"]["step"] in (100, 110), watch
+
+
+def never_started_the_long_run(outcome: Outcome) -> None:
+    assert not (outcome.results / "run.log").exists(), "the long run must never start after a failed smoke test"
+
+
 # The run completes, and its last word names the host it rejected first and why.
 REJECTED = r"(?i)completed;.*nothing is billing\. 1 host\(s\) rejected first: machine \d+ \("
 
@@ -195,10 +220,11 @@ CASES = [
          message=REJECTED + r".*too slow.*weights"),
     # The trainer misbehaves.
     Case("trainer-crash", max_steps=400, trainer="--step_seconds 0.02 --crash_at_step 170", completes=False,
-         newest=150, message=r"(?i)crash"),
-    Case("smoke-divergence", trainer="--diverge", completes=False, newest=0, message=r"Smoke test failed"),
+         newest=150, message=r"(?i)crash", check=crashed_with_its_traceback),
+    Case("smoke-divergence", trainer="--diverge", completes=False, newest=0, message=r"Smoke test failed",
+         check=never_started_the_long_run),
     Case("hang", max_steps=400, trainer="--step_seconds 0.02 --hang_at_step 120", completes=False, newest=100,
-         message=r"(?i)stall"),
+         message=r"(?i)stall", check=stalled_where_it_hung),
     # The host or the market misbehaves mid-run.
     Case("disk-full-mid-save", max_steps=400, trainer="--step_seconds 0.02 --save_mode inplace --save_file_seconds 1",
          run_vars={"run_disk_gb": 8, "run_gpu_requirements": {"min_disk_gb": 1}},
@@ -480,3 +506,5 @@ def test_fault(case: Case, outcomes: dict[str, Outcome]) -> None:
         assert teardown["checkpoints_verified"] is True or teardown["host_reachable"] is False, teardown
     else:
         assert not list(checkpoints.glob("checkpoint-*")), "nothing sealed, nothing claimed"
+    if case.check:
+        case.check(outcome)
