@@ -4,6 +4,7 @@ train.yml checks before renting, ansible-doc for every plugin and role, and the 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -193,3 +194,13 @@ def test_the_marketplace_playbook_rents_with_the_collections_key_and_destroys(si
     assert keys == [" ".join(key.with_suffix(".pub").read_text().split()[:2])]
     assert totals["instances"] == 1 and totals["open_instances"] == 0
     assert ledger_open(tmp_path) == []
+
+
+def test_epoch_times_come_from_local_now_not_naive_utc() -> None:
+    # now(utc=true) is a naive datetime: its .timestamp() reads it as local time, off by the controller's UTC offset
+    # (a recovery's times against the API's, a deadline's against time.time() in a module).
+    offenders = [f"{path.relative_to(REPO)}:{number}"
+                 for folder in ("playbooks", "roles") for path in (REPO / folder).rglob("*.yml")
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"now\(\s*utc\s*=\s*true\s*\)\s*\.timestamp\(", line, re.IGNORECASE)]
+    assert offenders == []
