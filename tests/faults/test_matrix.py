@@ -18,9 +18,12 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -197,6 +200,32 @@ def never_started_the_long_run(outcome: Outcome) -> None:
     assert not (outcome.results / "run.log").exists(), "the long run must never start after a failed smoke test"
 
 
+def reference_model(max_steps: int) -> bytes:
+    """The final model of the same training run locally without interruption."""
+    out = Path(tempfile.mkdtemp(prefix="fm-reference-"))
+    try:
+        subprocess.run([sys.executable, str(REPO / "examples" / "tiny_trainer" / "train.py"), "--output_dir", str(out),
+                        "--max_steps", str(max_steps), "--save_steps", str(SAVE_STEPS)],
+                       check=True, capture_output=True, timeout=300)
+        return (out / f"checkpoint-{max_steps}" / "model.json").read_bytes()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def rebid_and_resumed_in_place(outcome: Outcome) -> None:
+    """Outbid at step 190 (checkpoint-150 sealed on its disk 2 s before): the run raised its bid, resumed on the
+    same instance (the case rents once) from checkpoint-150 (less than one checkpoint interval lost) and ended with
+    the uninterrupted run's model."""
+    recovery = json.loads((outcome.results / "recovery.json").read_text())["recoveries"][0]
+    assert recovery["outcome"] == "preempted" and recovery["mode"] == "in_place", recovery
+    assert recovery["rebids"] and recovery["rebids"][-1]["price"] >= recovery["rebids"][-1]["min_bid"], recovery
+    resumed = re.findall(r"mlops\.vast: attempt \d+ resuming from \S+checkpoint-(\d+)",
+                         (outcome.results / "run.log").read_text())
+    assert resumed == ["150"], resumed
+    final = outcome.results / "checkpoints" / f"checkpoint-{outcome.case.max_steps}" / "model.json"
+    assert final.read_bytes() == reference_model(outcome.case.max_steps), "it must end as the uninterrupted run"
+
+
 # The run completes, and its last word names the host it rejected first and why.
 REJECTED = r"(?i)completed;.*nothing is billing\. 1 host\(s\) rejected first: machine \d+ \("
 
@@ -239,12 +268,12 @@ CASES = [
                                                                **when_log(r"'step': 160\b")}),
          run_vars={"run_recovery": {"strategy": "wait_then_replace", "wait_in_place_s": 120}},
          message=r"completed after 1 recovery"),
-    Case("outbid", max_steps=300, trainer="--step_seconds 0.03",
+    Case("outbid", max_steps=300, trainer="--step_seconds 0.05",
          during=lambda sim, label, _key: arm_on_running(sim, label, {"kind": "outbid", "price_factor": 2.0,
-                                                               **when_log(r"'step': 160\b")}, target="machine_id"),
+                                                               **when_log(r"'step': 190\b")}, target="machine_id"),
          run_vars={"run_interruptible": True, "run_max_bid": 50,
                    "run_recovery": {"strategy": "wait_then_replace", "wait_in_place_s": 90}},
-         message=r"completed after 1 recovery"),
+         rentals=1, message=r"completed after 1 recovery", check=rebid_and_resumed_in_place),
     # The API misbehaves: every case has the simulator to itself.
     Case("429-storm", own_sim=True, faults=[{"kind": "http", "endpoint": "* /api/*", "status": 429,
                                              "retry_after": 1, "count": 30}], message=r"completed"),
