@@ -102,14 +102,19 @@ class CallbackModule(CallbackBase):
         self._cwd = os.getcwd()
         self._starting = False
         self._again: int | None = None
+        self._installed = False
 
     def set_options(self, task_keys: Any = None, var_options: Any = None, direct: Any = None) -> None:
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
-        if str(self.get_option("enabled")).lower() in ("off", "0", "false", "no") or self._previous:
+        if str(self.get_option("enabled")).lower() in ("off", "0", "false", "no") or self._installed:
             return
+        self._installed = True
         # Ansible's TaskQueueManager set its own SIGINT/SIGTERM handlers before loading callbacks: they are kept and
         # called after the guard's work, so Ansible still ends the way the signal asks.
         for signum in SIGNALS:
+            # A signal ignored on entry stays ignored (as a shell does): under nohup a hangup must not end the run.
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
     # ------------------------------------------------------------------------------------------ what was rented

@@ -42,7 +42,8 @@ def shared_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
         yield simulator
 
 
-def start_train(sim: Sim, tmp_path: Path, name: str) -> tuple[subprocess.Popen[str], dict[str, str], Path]:
+def start_train(sim: Sim, tmp_path: Path, name: str, hangup: signal.Handlers = signal.SIG_DFL
+                ) -> tuple[subprocess.Popen[str], dict[str, str], Path]:
     key = tmp_path / "key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(key), MLOPS_VAST_EXCLUSIONS=str(tmp_path / "excl.json"),
@@ -56,8 +57,9 @@ def start_train(sim: Sim, tmp_path: Path, name: str) -> tuple[subprocess.Popen[s
                               "run_results_dir": str(tmp_path / "results"), "run_poll_interval_s": 1,
                               "run_sync_interval_s": 2, "run_stall_timeout_s": 30})]
     out = (tmp_path / "out.log").open("w")
+    # As from a terminal: SIGHUP at its default even when the suite runs under nohup (which the guard respects).
     process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                               text=True, cwd=REPO)
+                               text=True, cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup))
     return process, env, tmp_path / "out.log"
 
 
@@ -187,6 +189,21 @@ def test_sighup_while_renting_then_a_second_one_ends_ansible_and_the_teardown_go
     row = account_and_ledger(shared_sim, tmp_path, label)
     print(f"SIGHUP twice while renting: destroyed {row['destroyed_at'] - sent:.1f} s after the first signal")
     assert row["destroyed_at"] - sent < 60, row
+
+
+def test_a_hangup_ignored_on_entry_stays_ignored_under_the_guard(shared_sim: Sim, tmp_path: Path) -> None:
+    """nohup ansible-playbook ...: the guard takes no SIGHUP the user asked to ignore; the training goes on."""
+    label = "guard-nohup"
+    process, env, log = start_train(shared_sim, tmp_path, label, hangup=signal.SIG_IGN)
+    wait_phase(process, tmp_path, "training")
+    process.send_signal(signal.SIGHUP)
+    time.sleep(5)
+    assert process.poll() is None, log.read_text()[-4000:]
+    assert "[mlops.vast.guard]" not in log.read_text() and not (tmp_path / "results" / "guard.log").exists()
+    process.send_signal(signal.SIGINT)  # the end of the test: the guard tears down as usual
+    output = finish(process, env, log)
+    assert "[mlops.vast.guard] SIGINT" in output and "verified gone" in output, output[-4000:]
+    account_and_ledger(shared_sim, tmp_path, label)
 
 
 def proof_playbook(tmp_path: Path, label: str) -> Path:
