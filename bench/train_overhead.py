@@ -89,6 +89,7 @@ requirements: [enable it in callbacks_enabled]
 
 import json
 import os
+import resource
 import time
 
 from ansible.plugins.callback import CallbackBase
@@ -108,6 +109,11 @@ class CallbackModule(CallbackBase):
 
     def _write(self, **row):
         row["t"] = time.time()
+        # The controller's CPU so far: this process (the strategy, templating, callbacks) and its reaped
+        # children (the workers, the modules they ran on localhost, ssh and rsync clients).
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        row["cpu_self"] = own.ru_utime + own.ru_stime
+        row["cpu_children"] = children.ru_utime + children.ru_stime
         self._out.write(json.dumps(row, default=str) + "\\n")
 
     def v2_playbook_on_task_start(self, task, is_conditional):
@@ -241,13 +247,22 @@ def read_timer(path: Path) -> dict[str, Any]:
     """Tasks with start, duration (to the next task's start, as profile_tasks), results; probe seconds."""
     events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     starts = [e for e in events if e["ev"] == "task"]
-    end = next((e["t"] for e in events if e["ev"] == "end"), None)
+    end_event = next((e for e in events if e["ev"] == "end"), None)
+    end = end_event["t"] if end_event else None
     tasks = []
+    marks = [*starts, end_event] if end_event else starts
     for index, event in enumerate(starts):
-        until = starts[index + 1]["t"] if index + 1 < len(starts) else (end or event["t"])
+        following = marks[index + 1] if index + 1 < len(marks) else None
+        until = following["t"] if following else event["t"]
         statuses = [e["status"] for e in events if e["ev"] == "result" and e["uuid"] == event["uuid"]]
+        # A worker's CPU reaches RUSAGE_CHILDREN when Ansible reaps it, which is when it queues the next task: so a
+        # task's children CPU is what the interval after its own adds (the last task's, what the end adds).
+        reaped_from, reaped_to = marks[index + 1:index + 3] if index + 2 < len(marks) else (event, following)
         tasks.append({"name": event["name"], "role": event["role"], "action": event["action"],
-                      "start": event["t"], "duration_s": until - event["t"], "statuses": statuses})
+                      "start": event["t"], "duration_s": until - event["t"], "statuses": statuses,
+                      "cpu_self_s": following["cpu_self"] - event["cpu_self"] if following else 0.0,
+                      "cpu_children_s": reaped_to["cpu_children"] - reaped_from["cpu_children"]
+                      if reaped_to and reaped_from else 0.0})
     probe = [s for e in events if e["ev"] == "result" for s in e.get("probe_seconds", [])]
     return {"tasks": tasks, "end": end, "probe_seconds": probe}
 
@@ -453,8 +468,40 @@ def print_train(runs: list[dict[str, Any]], modelled: float, speed: float, top: 
     roles = {k for r in by_role for k in r}
     role_rows = sorted(((statistics.median(r.get(k, 0.0) for r in by_role), k) for k in roles), reverse=True)
     say("  by role (median s): " + ", ".join(f"{k} {v:.2f}" for v, k in role_rows))
+    cpu = print_cpu_by_action(runs, top, say)
     return {"summary": stats, "top_tasks": [{"name": k, "median_s": s, "per_run": c} for s, c, k in ranked[:top]],
-            "by_role": {k: v for v, k in role_rows}}
+            "by_role": {k: v for v, k in role_rows}, "cpu_by_action": cpu}
+
+
+def print_cpu_by_action(runs: list[dict[str, Any]], top: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Where the controller's CPU goes: per action, the main process's share and its children's (workers, local
+    modules, ssh), medians over runs of each action's total per run."""
+    per_run: list[dict[str, tuple[float, float, int]]] = []
+    for run in runs:
+        totals: dict[str, tuple[float, float, int]] = {}
+        for task in run["tasks"]:
+            own, children, count = totals.get(task["action"], (0.0, 0.0, 0))
+            totals[task["action"]] = (own + task.get("cpu_self_s", 0.0), children + task.get("cpu_children_s", 0.0),
+                                      count + 1)
+        per_run.append(totals)
+    actions = {k for totals in per_run for k in totals}
+    rows = []
+    for action in actions:
+        own = statistics.median(t.get(action, (0.0, 0.0, 0))[0] for t in per_run)
+        children = statistics.median(t.get(action, (0.0, 0.0, 0))[1] for t in per_run)
+        count = statistics.median(t.get(action, (0.0, 0.0, 0))[2] for t in per_run)
+        rows.append({"action": action, "cpu_self_s": own, "cpu_children_s": children, "tasks": count})
+    rows.sort(key=lambda r: r["cpu_self_s"] + r["cpu_children_s"], reverse=True)
+    total_self = sum(r["cpu_self_s"] for r in rows)
+    total_children = sum(r["cpu_children_s"] for r in rows)
+    say(f"\n  controller CPU by action (median CPU-s per run; tasks: {total_self:.2f} s in ansible-playbook's own "
+        f"process, {total_children:.2f} s in its children):")
+    say(f"  {'action':40} {'n':>5} {'own':>7} {'children':>9} {'per task':>9}")
+    for row in rows[:top]:
+        per_task = (row["cpu_self_s"] + row["cpu_children_s"]) / row["tasks"] if row["tasks"] else 0.0
+        say(f"  {row['action'][:40]:40} {row['tasks']:5g} {row['cpu_self_s']:7.2f} {row['cpu_children_s']:9.2f} "
+            f"{per_task:9.3f}")
+    return rows
 
 
 def bench_train(sim: Sim, root: Path, key: Path, args: argparse.Namespace, deadline: Deadline,

@@ -14,6 +14,7 @@ description:
   - Used on the controller before a checkpoint is counted as home, and before the instance that holds it is
     destroyed. Reads only; never changes anything.
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.attributes
   - mlops.vast.attributes.read_only
 attributes:

@@ -15,6 +15,7 @@ description:
   - Writes are locked, so parallel runs (sweeps) can share the file.
 version_added: 0.1.0
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.attributes
   - mlops.vast.attributes.resource
 attributes:

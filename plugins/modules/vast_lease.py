@@ -17,6 +17,7 @@ description:
   - Local bookkeeping only; it sends no request and reports C(changed=false). In check mode it writes nothing.
 version_added: 0.2.0
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.attributes
 attributes:
   check_mode:

@@ -16,6 +16,7 @@ description:
     O(api_url) set once with C(module_defaults) selects the same service's contracts as the other modules.
 version_added: 0.1.0
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.vast
   - mlops.vast.attributes
   - mlops.vast.attributes.api

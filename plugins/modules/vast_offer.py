@@ -16,6 +16,7 @@ description:
   - Read-only; safe in check mode.
 version_added: 0.1.0
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.vast
   - mlops.vast.attributes
   - mlops.vast.attributes.api

@@ -28,6 +28,7 @@ description:
     are marked destroyed in the ledger.
 version_added: 0.2.0
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.vast
   - mlops.vast.attributes
   - mlops.vast.attributes.api

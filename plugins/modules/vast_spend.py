@@ -18,6 +18,7 @@ description:
   - Read-only; it runs in check mode too.
 version_added: 0.1.0
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.vast
   - mlops.vast.attributes
   - mlops.vast.attributes.api

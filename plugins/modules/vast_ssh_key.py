@@ -14,6 +14,7 @@ description:
   - Keys compare by type and key material; the comment does not matter.
 version_added: 0.1.0
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.vast
   - mlops.vast.attributes
   - mlops.vast.attributes.api

@@ -1,0 +1,161 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""mlops.vast.local_file: the run's own files on the controller, written, made or removed in Ansible's worker
+process. ``ansible.builtin.copy`` and ``ansible.builtin.file`` start a Python interpreter for each module run
+(two for a copy with content), and on a small controller those runs are most of what a sweep's trials cost
+before they train. Documentation: plugins/modules/local_file.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from ansible.plugins.action import ActionBase
+from ansible.plugins.filter.core import to_nice_json
+
+ARGUMENT_SPEC: dict[str, Any] = {
+    "path": {"type": "path", "required": True, "aliases": ["dest"]},
+    "state": {"type": "str", "choices": ["file", "directory", "absent"], "default": "file"},
+    "content": {"type": "raw"},
+    "mode": {"type": "str"},
+}
+DEFAULT_MODES = {"file": 0o644, "directory": 0o755}
+
+
+class LocalFileError(Exception):
+    """What the task was asked that cannot be done, worded for the user."""
+
+
+def parse_mode(mode: str | None, state: str) -> int:
+    if mode is None:
+        return DEFAULT_MODES.get(state, 0)
+    try:
+        value = int(str(mode), 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o7777:
+        raise LocalFileError(f"mode must be an octal string such as '0644', got {mode!r}")
+    return value
+
+
+def as_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (Mapping, list)):
+        return to_nice_json(content)
+    # Ansible wraps templated values in tagged subclasses; name the plain type the user wrote.
+    plain = next(kind.__name__ for kind in type(content).__mro__ if kind.__module__ == "builtins")
+    raise LocalFileError(f"content must be text, a dict or a list, got {plain}: pass it through to_json or string "
+                         "to write it")
+
+
+def path_state(path: str) -> str:
+    """What is at ``path``, following links (a results folder may be a link to a bigger disk)."""
+    if os.path.isdir(path):
+        return "directory"
+    if os.path.isfile(path):
+        return "file"
+    return "absent" if not os.path.lexists(path) else "other"
+
+
+def current_mode(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def write_file(path: str, data: bytes, mode: int) -> None:
+    """Whole or not at all: a reader sees the old file or the new one, never a part."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fchmod(out.fileno(), mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _supports_check_mode = True
+
+    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        super().run(tmp, task_vars)
+        args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[0].validated_parameters
+        path, state = args["path"], args["state"]
+        try:
+            mode = parse_mode(args["mode"], state)
+            if state == "file":
+                if args["content"] is None:
+                    raise LocalFileError("content is required with state=file (the text to write)")
+                return self._file(path, as_text(args["content"]).encode("utf-8"), mode)
+            if args["content"] is not None:
+                raise LocalFileError(f"content is only for state=file, not state={state}")
+            if state == "directory":
+                return self._directory(path, mode)
+            return self._absent(path)
+        except LocalFileError as exc:
+            return {"failed": True, "changed": False, "path": path, "msg": str(exc)}
+        except OSError as exc:
+            return {"failed": True, "changed": False, "path": path,
+                    "msg": f"could not {state_verb(state)} {path} on the controller: {exc.strerror or exc}"}
+
+    def _result(self, path: str, state: str, changed: bool, before: str, after: str, **extra: Any) -> dict[str, Any]:
+        result: dict[str, Any] = {"changed": changed, "path": path, "state": state, **extra}
+        if self._task.diff and changed:
+            result["diff"] = {"before": before, "after": after, "before_header": path, "after_header": path}
+        return result
+
+    def _file(self, path: str, data: bytes, mode: int) -> dict[str, Any]:
+        found = path_state(path)
+        if found == "directory":
+            raise LocalFileError(f"{path} is a directory: give the path of the file to write in it")
+        if found == "other":
+            raise LocalFileError(f"{path} is not a regular file (a broken link, a socket or a device): remove it first")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise LocalFileError(f"the directory {directory} does not exist: make it first (state=directory)")
+        old = b""
+        if found == "file":
+            with open(path, "rb") as existing:
+                old = existing.read()
+        changed = found == "absent" or old != data or current_mode(path) != mode
+        if changed and not self._task.check_mode:
+            write_file(os.path.realpath(path), data, mode)  # through a link to its file, as copy does
+        return self._result(path, "file", changed, old.decode("utf-8", "replace"), data.decode("utf-8", "replace"),
+                            checksum=hashlib.sha1(data).hexdigest(), size=len(data))
+
+    def _directory(self, path: str, mode: int) -> dict[str, Any]:
+        found = path_state(path)
+        if found not in ("directory", "absent"):
+            raise LocalFileError(f"{path} exists and is not a directory: move it away or choose another path")
+        changed = found == "absent" or current_mode(path) != mode
+        if changed and not self._task.check_mode:
+            os.makedirs(path, exist_ok=True)
+            os.chmod(path, mode)
+        return self._result(path, "directory", changed, f"state: {found}\n", "state: directory\n")
+
+    def _absent(self, path: str) -> dict[str, Any]:
+        found = path_state(path)
+        changed = found != "absent"
+        if changed and not self._task.check_mode:
+            if found == "directory" and not os.path.islink(path):  # a link goes, never what it points to
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        return self._result(path, "absent", changed, f"state: {found}\n", "state: absent\n")
+
+
+def state_verb(state: str) -> str:
+    return {"file": "write", "directory": "make", "absent": "remove"}[state]

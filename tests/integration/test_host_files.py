@@ -1,0 +1,111 @@
+"""mlops.vast.host_files on a real vastsim instance over SSH: directories and files put in one task, unchanged ones
+not sent again, check mode and diff, clear errors, and no temporary file left on the host."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Sim, rent, running_sim, wait_status
+from tests.integration.ansible_run import ANSIBLE_BIN, ansible_env
+from tests.integration.test_sim_lifecycle import register_key
+from tests.integration.test_watch import inventory, ssh, workspace
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fsim(tmp_path_factory: pytest.TempPathFactory, ssh_key: Path) -> Iterator[Sim]:
+    with running_sim(tmp_path_factory.mktemp("host-files-sim") / "state") as simulator:
+        register_key(simulator, ssh_key)
+        yield simulator
+
+
+@pytest.fixture(scope="module")
+def host(fsim: Sim) -> dict:
+    with fsim.client() as client:
+        return wait_status(client, rent(client, label="host-files"), "running")
+
+
+def run_steps(tmp_path: Path, row: dict, key: Path, steps: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """One playbook against the instance, one host_files task per step, every result kept in order."""
+    out = tmp_path / "results.json"
+    tasks = [{"name": f"step {index}", "mlops.vast.host_files": step["args"], "register": f"step{index}",
+              "ignore_errors": True, **{k: v for k, v in step.items() if k != "args"}}
+             for index, step in enumerate(steps)]
+    keep = "[" + ", ".join(f"step{index}" for index in range(len(steps))) + "]"
+    tasks.append({"name": "keep", "ansible.builtin.copy": {"content": "{{ " + keep + " | to_json }}",
+                                                           "dest": str(out)}, "delegate_to": "localhost"})
+    playbook = tmp_path / "steps.yml"
+    playbook.write_text(yaml.safe_dump([{"hosts": "train", "gather_facts": False, "tasks": tasks}]))
+    done = subprocess.run([str(ANSIBLE_BIN / "ansible-playbook"), str(playbook), "-i",
+                           str(inventory(tmp_path, row, key))], env=ansible_env(None, tmp_path),
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout + done.stderr
+
+
+def test_directories_and_files_in_one_task_and_a_rerun_sends_nothing(host: dict, ssh_key: Path,
+                                                                      tmp_path: Path) -> None:
+    base = f"{workspace(host, ssh_key)}/hf-{tmp_path.name}"
+    local = tmp_path / "agent.py"
+    local.write_text("print('agent')\n")
+    args = {"directories": [{"path": f"{base}/out"}, {"path": f"{base}/.private", "mode": "0700"}],
+            "files": [{"src": str(local), "dest": f"{base}/.private/agent.py"},
+                      {"content": "#!/bin/bash\necho run\n", "dest": f"{base}/run.sh", "mode": "0755"},
+                      {"content": {"step": 3, "loss": [0.5]}, "dest": f"{base}/out/record.json"}]}
+    changed = {**args, "files": [*args["files"][:2], {"content": {"step": 4}, "dest": f"{base}/out/record.json"}]}
+    results, output = run_steps(tmp_path, host, ssh_key, [
+        {"args": args},
+        {"args": args},
+        {"args": changed, "check_mode": True, "diff": True},
+        {"args": {"files": [{"content": "#!/bin/bash\necho run\n", "dest": f"{base}/run.sh", "mode": "0700"}]}},
+    ])
+    first, again, checked, moded = results
+    assert not first.get("failed"), first
+    assert set(first["changed_paths"]) == {f"{base}/out", f"{base}/.private", f"{base}/.private/agent.py",
+                                           f"{base}/run.sh", f"{base}/out/record.json"}
+    assert not again["changed"] and again["changed_paths"] == [], "a rerun must send and change nothing"
+    assert checked["changed"] and checked["changed_paths"] == [f"{base}/out/record.json"]
+    assert "record.json" in checked["diff"]["before"] and "record.json" in checked["diff"]["after"]
+    assert moded["changed"] and moded["changed_paths"] == [f"{base}/run.sh"]
+    listing = ssh(host, ssh_key, f"cd {base} && stat -c '%a %n' out .private .private/agent.py run.sh "
+                                 "out/record.json && cat .private/agent.py out/record.json && "
+                                 "find . -name '*.mlops-*'")
+    assert "755 out\n700 .private\n644 .private/agent.py\n700 run.sh\n644 out/record.json\n" in listing
+    assert "print('agent')" in listing
+    record = json.loads(listing.split("print('agent')\n", 1)[1])
+    assert record == {"loss": [0.5], "step": 3}, "check mode must not have written the new record"
+    assert ".mlops-" not in listing, "no temporary file may be left on the host"
+    assert "Traceback" not in output
+
+
+def test_wrong_input_is_one_clear_message_and_nothing_is_left_half_done(host: dict, ssh_key: Path,
+                                                                        tmp_path: Path) -> None:
+    base = f"{workspace(host, ssh_key)}/hf-bad-{tmp_path.name}"
+    ssh(host, ssh_key, f"mkdir -p {base} && echo keep > {base}/kept")
+    results, output = run_steps(tmp_path, host, ssh_key, [
+        {"args": {"files": [{"dest": f"{base}/a", "content": "x", "src": "/etc/hostname"}]}},
+        {"args": {"files": [{"dest": f"{base}/a"}]}},
+        {"args": {"files": [{"dest": f"{base}/a", "content": "x", "mode": "rwx"}]}},
+        {"args": {"files": [{"dest": f"{base}/a", "src": "no-such-file.py"}]}},
+        {"args": {"files": [{"dest": f"{base}/a/", "content": "x"}]}},
+        {"args": {}},
+        {"args": {"files": [{"dest": f"{base}/kept", "content": "new"},
+                            {"dest": f"{base}/no/such/dir/b", "content": "x"}]}},
+    ])
+    expected = ["mutually exclusive", "one of the following is required", "mode must be an octal string",
+                "no-such-file.py is not on the controller", "give the path of a file", "give at least one of",
+                "could not send"]
+    for result, words in zip(results, expected, strict=True):
+        assert result["failed"], result
+        assert words in result["msg"], (words, result["msg"])
+    assert "Traceback" not in output
+    left = ssh(host, ssh_key, f"cat {base}/kept; find {base} -name '*.mlops-*'")
+    assert left == "keep\n", f"a failed task must leave the old file and no temporary one: {left!r}"
