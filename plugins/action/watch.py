@@ -93,6 +93,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "summary_regex": {"type": "str", "default": DEFAULT_SUMMARY_REGEX},
     "traceback_regex": {"type": "str", "default": DEFAULT_TRACEBACK_REGEX},
     "poll_interval": {"type": "float", "default": 30.0},
+    "end_wait": {"type": "float", "default": 8.0},
     "stall_timeout": {"type": "float", "default": 900.0},
     "max_runtime": {"type": "float", "default": 0.0},
     "started_at": {"type": "raw"},
@@ -355,6 +356,7 @@ class Watcher:
             tmux_session=self.p["tmux_session"], marker=self.marker, log_offset=self.follower.next_offset(),
             gpu_util=self.p["gpu_util"], metrics_file=self.p["metrics_file"],
             status_file=self.p["status_file"] if want_status and self.p["status_file"] else None,
+            wait_exit_s=self.long_poll_s(),
         )
         try:
             answer = self._execute(poll_script(request))
@@ -388,6 +390,14 @@ class Watcher:
             found = metrics_from_tail(snap.metrics_text or "", self.p["log_format"])
             if found is not None:
                 self.metrics_file_metrics = (found, snap.metrics_text)
+
+    def long_poll_s(self) -> float:
+        """How long this poll may wait on the host for the exit code: not on the first poll (it reads the state as it
+        is), not once the run has ended or while the host was just lost, and never with sub-second polling."""
+        interval = self.p["poll_interval"]
+        if self.polls == 0 or interval < 1 or self.exit_code is not None or self.unreachable_since is not None:
+            return 0.0
+        return min(interval, self.p["end_wait"])
 
     def reset_connection(self) -> None:
         connection = self.action._connection
@@ -565,6 +575,7 @@ class Watcher:
             self._api_if_due()
             host_fresh = False
             if now >= next_poll:
+                poll_started = now
                 try:
                     self.host_poll()
                 except _HostFailure as exc:
@@ -590,7 +601,8 @@ class Watcher:
                         self.unreachable_since = None
                     backoff = min(1.0, backoff_cap)
                     self.stall.observe(self.progress_token(), self.clock())
-                    next_poll = self.clock() + poll_interval
+                    # One interval from the poll's start: a poll that waited on the host has used it already.
+                    next_poll = max(poll_started + poll_interval, self.clock() + 0.05)
                     display.vvv(f"mlops.vast.watch: poll {self.polls}: exit={self.exit_code} tmux={self.tmux} "
                                 f"{describe_progress(self.progress_token())}")
                 finally:
@@ -684,8 +696,10 @@ def param_problems(params: dict[str, Any]) -> list[str]:
     """What is wrong with validated options, in words; empty when nothing is."""
     positive = ("poll_interval", "api_poll_interval", "sync_interval", "sync_timeout", "reconnect_timeout")
     problems = [f"{name} must be > 0" for name in positive if params[name] <= 0]
-    not_negative = ("stall_timeout", "max_runtime", "timeout", "max_total_usd", "stop_margin_s")
+    not_negative = ("stall_timeout", "max_runtime", "timeout", "max_total_usd", "stop_margin_s", "end_wait")
     problems += [f"{name} must be >= 0" for name in not_negative if params[name] < 0]
+    if params["end_wait"] >= HANGING_POLL:
+        problems.append(f"end_wait must be below {HANGING_POLL:g} s (a poll waiting longer would look hung)")
     if params["max_total_usd"] > 0 and params["instance_id"] is None:
         problems.append("max_total_usd needs instance_id (the spend is read from the instance's API row)")
     if params["started_at"] not in (None, "") and parse_timestamp(params["started_at"]) is None:

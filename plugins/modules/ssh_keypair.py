@@ -21,6 +21,7 @@ description:
   - Creation is locked, so parallel runs share one key.
 version_added: 0.1.0
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.attributes
   - mlops.vast.attributes.resource
 attributes:

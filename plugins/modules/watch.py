@@ -132,6 +132,14 @@ options:
       - Seconds between two polls of the host. Sparse by default, as the seeds advise for long runs.
     type: float
     default: 30
+  end_wait:
+    description:
+      - Seconds a poll may wait on the host for the run's exit code before it answers (at most O(poll_interval)).
+        The end of a run is then seen within a quarter of a second rather than at the next poll, for the same
+        number of round trips; the first poll, and polls while the host was just lost, do not wait. C(0) never
+        waits. Below 10, since a poll that has not answered after 10 s counts as hanging.
+    type: float
+    default: 8
   stall_timeout:
     description:
       - Seconds without a new step (before the first training record, without log growth) after which the

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -62,6 +63,15 @@ class InProcessModule:
 
     def warn(self, warning: str) -> None:
         self._warnings.append(warning)
+
+    def run_command(self, args: list[str]) -> tuple[int, str, str]:
+        """An argument list (never a shell), its stdin closed, as AnsibleModule.run_command runs one."""
+        try:
+            done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+                                  check=False)
+        except OSError as exc:
+            return 127, "", f"{args[0]}: {exc.strerror}"
+        return done.returncode, done.stdout, done.stderr
 
     def exit_json(self, **result: Any) -> NoReturn:
         result.setdefault("changed", False)

@@ -364,6 +364,42 @@ def request(**more: Any) -> hp.PollRequest:
     return hp.PollRequest(**{**fields, **more})
 
 
+def test_a_waiting_poll_answers_with_the_exit_code_written_while_it_waited(fake_host: dict[str, Any]) -> None:
+    run = fake_host["run"]
+    (run / "run.log").write_text("loading\n")
+    (run / "alive-run_r1").touch()
+
+    def end_soon() -> None:
+        time.sleep(0.6)
+        (run / "EXIT_CODE").write_text("0\n")
+
+    snap, _ = run_poll(fake_host, request())
+    assert snap.ok and snap.exit_code is None, "a poll that does not wait reports the run as it is"
+    writer = threading.Thread(target=end_soon)
+    writer.start()
+    try:
+        snap, done = run_poll(fake_host, request(wait_exit_s=8))
+    finally:
+        writer.join()
+    assert done.returncode == 0, done.stderr
+    assert snap.ok and snap.exit_code == 0, "the poll must have waited for the exit code and then answered"
+
+
+def test_only_polls_after_the_first_wait_and_never_longer_than_the_interval(fake_host: dict[str, Any]) -> None:
+    watcher = action.Watcher(FakeAction(fake_host), params(poll_interval=5, end_wait=8))
+    assert watcher.long_poll_s() == 0.0, "the first poll reads the state as it is"
+    watcher.polls = 1
+    assert watcher.long_poll_s() == 5.0
+    watcher.exit_code = 0
+    assert watcher.long_poll_s() == 0.0
+    fast = action.Watcher(FakeAction(fake_host), params(poll_interval=0.5, end_wait=8))
+    fast.polls = 3
+    assert fast.long_poll_s() == 0.0, "sub-second polling never waits on the host"
+    assert action.param_problems(params(end_wait=10)) == ["end_wait must be below 10 s (a poll waiting longer "
+                                                          "would look hung)"]
+    assert action.param_problems(params(end_wait=-1)) == ["end_wait must be >= 0"]
+
+
 def test_poll_script_reads_everything_in_one_command(fake_host: dict[str, Any]) -> None:
     run = fake_host["run"]
     (run / "run.log").write_text("loading\n" + HF[0] + "\n")
@@ -533,8 +569,9 @@ class FakeAction:
 
 
 def params(**args: Any) -> dict[str, Any]:
+    # No waiting on the fake host: its clock is the fake one, and a wait would be real seconds.
     result = ArgumentSpecValidator(action.ARGUMENT_SPEC).validate({"run_dir": "~/run", "tmux_session": "run_r1",
-                                                                   **args})
+                                                                   "end_wait": 0, **args})
     assert not result.error_messages, result.error_messages
     return result.validated_parameters
 
