@@ -575,7 +575,6 @@ class Watcher:
             self._api_if_due()
             host_fresh = False
             if now >= next_poll:
-                poll_started = now
                 try:
                     self.host_poll()
                 except _HostFailure as exc:
@@ -601,8 +600,9 @@ class Watcher:
                         self.unreachable_since = None
                     backoff = min(1.0, backoff_cap)
                     self.stall.observe(self.progress_token(), self.clock())
-                    # One interval from the poll's start: a poll that waited on the host has used it already.
-                    next_poll = max(poll_started + poll_interval, self.clock() + 0.05)
+                    # One interval from this answer to the next: the next poll starts early by as long as it may
+                    # wait on the host, so the interval's last seconds are spent watching for the run's end.
+                    next_poll = self.clock() + max(0.05, poll_interval - self.long_poll_s())
                     display.vvv(f"mlops.vast.watch: poll {self.polls}: exit={self.exit_code} tmux={self.tmux} "
                                 f"{describe_progress(self.progress_token())}")
                 finally:

@@ -214,6 +214,17 @@ def test_completed_run_returns_the_summary_and_syncs_in_the_background(
     assert API_KEY not in json.dumps(result) and API_KEY not in stdout
 
 
+def test_the_end_is_seen_by_a_poll_waiting_on_the_host_not_at_the_next_interval(
+        wsim: Sim, host: dict, ssh_key: Path, tmp_path: Path) -> None:
+    # Sparse polls (10 s) and a run of ~2 s: the first poll finds it going, the next one starts at once and waits on
+    # the host (end_wait 8 s), so the end is reported a moment after it happens, long before a second interval.
+    run_dir = launch(host, ssh_key, "soon", "complete", steps=10, delay=0.2)
+    result, _ = watch(wsim, tmp_path, host, ssh_key, job_args(run_dir, "soon", poll_interval=10, end_wait=8))
+    assert result["outcome"] == "completed", result["msg"]
+    assert result["polls"] == 2, "one poll that found the run going, one that waited for its end"
+    assert result["elapsed_s"] < 8, f"the end should be seen while the second poll waited: {result['elapsed_s']} s"
+
+
 def test_crash_returns_the_traceback_and_a_failing_sync_is_only_reported(
         wsim: Sim, host: dict, ssh_key: Path, tmp_path: Path) -> None:
     run_dir = launch(host, ssh_key, "crash", "crash", steps=50, delay=0.2, at=25)
