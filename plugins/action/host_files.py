@@ -14,14 +14,14 @@ import os
 import secrets
 import shlex
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ansible import constants as C
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
-from ansible.plugins.filter.core import to_nice_json
+from ansible_collections.mlops.vast.plugins.plugin_utils.file_content import FileSpecError, content_bytes, parse_mode
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "directories": {"type": "list", "elements": "dict", "default": [], "options": {
@@ -59,23 +59,12 @@ class Wanted:
         return digest.hexdigest()
 
 
-def parse_mode(mode: str, where: str) -> int:
+def checked(parse: Callable[[Any], Any], value: Any, where: str) -> Any:
+    """``parse(value)``, its error naming the list entry it came from."""
     try:
-        value = int(str(mode), 8)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 0o7777:
-        raise HostFilesError(f"{where}: mode must be an octal string such as '0644', got {mode!r}")
-    return value
-
-
-def as_bytes(content: Any, where: str) -> bytes:
-    if isinstance(content, str):
-        return content.encode("utf-8")
-    if isinstance(content, (Mapping, list)):
-        return to_nice_json(content).encode("utf-8")
-    plain = next(kind.__name__ for kind in type(content).__mro__ if kind.__module__ == "builtins")
-    raise HostFilesError(f"{where}: content must be text, a dict or a list, got {plain}")
+        return parse(value)
+    except FileSpecError as exc:
+        raise HostFilesError(f"{where}: {exc}") from None
 
 
 def host_path(path: str, where: str, directory: bool = False) -> str:
@@ -120,18 +109,18 @@ class ActionModule(ActionBase):
 
     @staticmethod
     def _wanted_directory(spec: dict[str, Any], where: str) -> Wanted:
-        return Wanted(host_path(spec["path"], where, directory=True), parse_mode(spec["mode"], where))
+        return Wanted(host_path(spec["path"], where, directory=True), checked(parse_mode, spec["mode"], where))
 
     def _wanted_file(self, spec: dict[str, Any], where: str) -> Wanted:
         dest = host_path(spec["dest"], f"{where}.dest")
-        mode = parse_mode(spec["mode"], where)
+        mode = checked(parse_mode, spec["mode"], where)
         if spec["src"] is not None:
             try:
                 local = self._find_needle("files", spec["src"])
             except AnsibleError as exc:
                 raise HostFilesError(f"{where}.src: {spec['src']} is not on the controller ({exc.message})") from None
             return Wanted(dest, mode, local=local)
-        return Wanted(dest, mode, data=as_bytes(spec["content"], f"{where}.content"))
+        return Wanted(dest, mode, data=checked(content_bytes, spec["content"], where))
 
     def _shell(self, script: str, doing: str) -> str:
         done = self._low_level_execute_command(script, sudoable=False)

@@ -8,17 +8,19 @@ before they train. Documentation: plugins/modules/local_file.py.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
 import stat
-import tempfile
-from collections.abc import Mapping
 from typing import Any
 
 from ansible.plugins.action import ActionBase
-from ansible.plugins.filter.core import to_nice_json
+from ansible_collections.mlops.vast.plugins.plugin_utils.file_content import (
+    FileSpecError,
+    content_bytes,
+    parse_mode,
+    write_atomic,
+)
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "path": {"type": "path", "required": True, "aliases": ["dest"]},
@@ -31,29 +33,6 @@ DEFAULT_MODES = {"file": 0o644, "directory": 0o755}
 
 class LocalFileError(Exception):
     """What the task was asked that cannot be done, worded for the user."""
-
-
-def parse_mode(mode: str | None, state: str) -> int:
-    if mode is None:
-        return DEFAULT_MODES.get(state, 0)
-    try:
-        value = int(str(mode), 8)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 0o7777:
-        raise LocalFileError(f"mode must be an octal string such as '0644', got {mode!r}")
-    return value
-
-
-def as_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (Mapping, list)):
-        return to_nice_json(content)
-    # Ansible wraps templated values in tagged subclasses; name the plain type the user wrote.
-    plain = next(kind.__name__ for kind in type(content).__mro__ if kind.__module__ == "builtins")
-    raise LocalFileError(f"content must be text, a dict or a list, got {plain}: pass it through to_json or string "
-                         "to write it")
 
 
 def path_state(path: str) -> str:
@@ -69,22 +48,6 @@ def current_mode(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def write_file(path: str, data: bytes, mode: int) -> None:
-    """Whole or not at all: a reader sees the old file or the new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _requires_connection = False
@@ -95,17 +58,17 @@ class ActionModule(ActionBase):
         args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[0].validated_parameters
         path, state = args["path"], args["state"]
         try:
-            mode = parse_mode(args["mode"], state)
+            mode = DEFAULT_MODES.get(state, 0) if args["mode"] is None else parse_mode(args["mode"])
             if state == "file":
                 if args["content"] is None:
                     raise LocalFileError("content is required with state=file (the text to write)")
-                return self._file(path, as_text(args["content"]).encode("utf-8"), mode)
+                return self._file(path, content_bytes(args["content"]), mode)
             if args["content"] is not None:
                 raise LocalFileError(f"content is only for state=file, not state={state}")
             if state == "directory":
                 return self._directory(path, mode)
             return self._absent(path)
-        except LocalFileError as exc:
+        except (LocalFileError, FileSpecError) as exc:
             return {"failed": True, "changed": False, "path": path, "msg": str(exc)}
         except OSError as exc:
             return {"failed": True, "changed": False, "path": path,
@@ -132,7 +95,7 @@ class ActionModule(ActionBase):
                 old = existing.read()
         changed = found == "absent" or old != data or current_mode(path) != mode
         if changed and not self._task.check_mode:
-            write_file(os.path.realpath(path), data, mode)  # through a link to its file, as copy does
+            write_atomic(os.path.realpath(path), data, mode)  # through a link to its file, as copy does
         return self._result(path, "file", changed, old.decode("utf-8", "replace"), data.decode("utf-8", "replace"),
                             checksum=hashlib.sha1(data).hexdigest(), size=len(data))
 

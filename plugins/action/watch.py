@@ -40,6 +40,7 @@ from ansible_collections.mlops.vast.plugins.module_utils.errors import (
 from ansible_collections.mlops.vast.plugins.module_utils.instance_cache import InstanceListCache
 from ansible_collections.mlops.vast.plugins.module_utils.vast_module import auth_argument_spec
 from ansible_collections.mlops.vast.plugins.module_utils.waiting import Deadline
+from ansible_collections.mlops.vast.plugins.plugin_utils.file_content import write_atomic
 from ansible_collections.mlops.vast.plugins.plugin_utils.host_poll import PollRequest, parse_poll, poll_script
 from ansible_collections.mlops.vast.plugins.plugin_utils.lease_keeper import LeaseKeeper
 from ansible_collections.mlops.vast.plugins.plugin_utils.redaction import redact_text, redacted
@@ -508,22 +509,11 @@ class Watcher:
         path = self.p["progress_file"]
         if not path:
             return
-        tmp = None
         try:
-            directory = os.path.dirname(path) or "."
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".progress-", suffix=".tmp", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.progress(outcome), handle)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-            tmp = None
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            write_atomic(path, json.dumps(self.progress(outcome)).encode("utf-8"), 0o644)
         except (OSError, TypeError, ValueError) as exc:
             display.vv(f"mlops.vast.watch: could not write the progress file {path}: {exc}")
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
     def _api_interval(self) -> float:
         interval = self.p["api_poll_interval"]

@@ -45,14 +45,13 @@ EXAMPLES = r"""
 # Then, from anywhere: watch -n1 cat results/exp-1/progress.json
 """
 
-import contextlib
 import json
 import os
-import tempfile
 import time
 from typing import Any
 
 from ansible.plugins.callback import CallbackBase
+from ansible_collections.mlops.vast.plugins.plugin_utils import file_content
 
 PHASES = ("checking", "renting", "setup", "smoke", "launching", "training", "recovering", "teardown", "done")
 ROLE_PHASES = {
@@ -75,18 +74,8 @@ def role_phase(role_name: str | None) -> str | None:
 
 def write_atomic(path: str, data: dict[str, Any]) -> None:
     """``path`` holds ``data`` as JSON, whole: written next to it, then renamed over it."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".progress-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    file_content.write_atomic(path, (json.dumps(data, sort_keys=True) + "\n").encode("utf-8"))
 
 
 class CallbackModule(CallbackBase):

@@ -67,6 +67,26 @@ def run_task(module: str, args: dict[str, Any], env: dict[str, str], tmp_path: P
     return json.loads(out.read_text())
 
 
+def run_steps(tmp_path: Path, module: str, steps: list[dict[str, Any]], inventory: Path,
+              hosts: str = "localhost") -> tuple[list[dict[str, Any]], str]:
+    """One playbook, one ``module`` task per step (``args``, plus any task keyword such as check_mode or diff),
+    every result kept in order; also what ansible-playbook printed."""
+    out = tmp_path / "results.json"
+    out.unlink(missing_ok=True)
+    tasks = [{"name": f"step {index}", module: step["args"], "register": f"step{index}", "ignore_errors": True,
+              **{k: v for k, v in step.items() if k != "args"}} for index, step in enumerate(steps)]
+    keep = "[" + ", ".join(f"step{index}" for index in range(len(steps))) + "]"
+    tasks.append({"name": "keep", "ansible.builtin.copy": {"content": "{{ " + keep + " | to_json }}", "dest": str(out)},
+                  "delegate_to": "localhost", "check_mode": False})
+    playbook = tmp_path / "steps.yml"
+    playbook.write_text(yaml.safe_dump([{"hosts": hosts, "gather_facts": False, "tasks": tasks}]))
+    done = subprocess.run([str(ANSIBLE_BIN / "ansible-playbook"), str(playbook), "-i", str(inventory)],
+                          env=ansible_env(None, tmp_path), capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL, cwd=REPO)
+    assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout + done.stderr
+
+
 def local_inventory(tmp_path: Path) -> Path:
     """localhost as a local host, in an inventory file: `-c local` would also apply to delegated hosts."""
     path = tmp_path / "local.ini"

@@ -4,16 +4,14 @@ not sent again, check mode and diff, clear errors, and no temporary file left on
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import Sim, rent, running_sim, wait_status
-from tests.integration.ansible_run import ANSIBLE_BIN, ansible_env
+from tests.integration.ansible_run import run_steps as run_module_steps
 from tests.integration.test_sim_lifecycle import register_key
 from tests.integration.test_watch import inventory, ssh, workspace
 
@@ -34,21 +32,7 @@ def host(fsim: Sim) -> dict:
 
 
 def run_steps(tmp_path: Path, row: dict, key: Path, steps: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """One playbook against the instance, one host_files task per step, every result kept in order."""
-    out = tmp_path / "results.json"
-    tasks = [{"name": f"step {index}", "mlops.vast.host_files": step["args"], "register": f"step{index}",
-              "ignore_errors": True, **{k: v for k, v in step.items() if k != "args"}}
-             for index, step in enumerate(steps)]
-    keep = "[" + ", ".join(f"step{index}" for index in range(len(steps))) + "]"
-    tasks.append({"name": "keep", "ansible.builtin.copy": {"content": "{{ " + keep + " | to_json }}",
-                                                           "dest": str(out)}, "delegate_to": "localhost"})
-    playbook = tmp_path / "steps.yml"
-    playbook.write_text(yaml.safe_dump([{"hosts": "train", "gather_facts": False, "tasks": tasks}]))
-    done = subprocess.run([str(ANSIBLE_BIN / "ansible-playbook"), str(playbook), "-i",
-                           str(inventory(tmp_path, row, key))], env=ansible_env(None, tmp_path),
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(out.read_text()), done.stdout + done.stderr
+    return run_module_steps(tmp_path, "mlops.vast.host_files", steps, inventory(tmp_path, row, key), hosts="train")
 
 
 def test_directories_and_files_in_one_task_and_a_rerun_sends_nothing(host: dict, ssh_key: Path,

@@ -6,31 +6,15 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tests.integration.ansible_run import ANSIBLE_BIN, ansible_env, local_inventory
+from tests.integration.ansible_run import local_inventory
+from tests.integration.ansible_run import run_steps as run_module_steps
 
 
 def run_steps(tmp_path: Path, steps: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """One playbook, one task per step (each may set check_mode or diff), every result kept in order."""
-    out = tmp_path / "results.json"
-    tasks = [{"name": f"step {index}", "mlops.vast.local_file": step["args"], "register": f"step{index}",
-              "ignore_errors": True, **{k: v for k, v in step.items() if k != "args"}}
-             for index, step in enumerate(steps)]
-    keep = "[" + ", ".join(f"step{index}" for index in range(len(steps))) + "]"
-    tasks.append({"name": "keep", "ansible.builtin.copy": {"content": "{{ " + keep + " | to_json }}",
-                                                           "dest": str(out)}})
-    playbook = tmp_path / "steps.yml"
-    playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
-    done = subprocess.run([str(ANSIBLE_BIN / "ansible-playbook"), str(playbook), "-i", str(local_inventory(tmp_path))],
-                          env=ansible_env(None, tmp_path), capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
-    assert out.exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(out.read_text()), done.stdout + done.stderr
+    return run_module_steps(tmp_path, "mlops.vast.local_file", steps, local_inventory(tmp_path))
 
 
 def mode_of(path: Path) -> int:

@@ -267,4 +267,4 @@ def test_the_watch_reads_its_instance_from_the_shared_list_and_writes_progress(
     assert final["instance_id"] == 7 and final["total_steps"] == 40 and final["dph"] == 0.5
     assert isinstance(final["spent_usd"], float) and isinstance(final["updated_at"], float)
     assert final["eta_s"] is not None
-    assert not list(progress.parent.glob(".progress-*")), "no temporary file left"
+    assert not list(progress.parent.glob(".*.tmp")), "no temporary file left"
