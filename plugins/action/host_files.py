@@ -26,13 +26,13 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.file_content import Fil
 ARGUMENT_SPEC: dict[str, Any] = {
     "directories": {"type": "list", "elements": "dict", "default": [], "options": {
         "path": {"type": "str", "required": True},
-        "mode": {"type": "str", "default": "0755"},
+        "mode": {"type": "raw", "default": "0755"},
     }},
     "files": {"type": "list", "elements": "dict", "default": [], "options": {
         "dest": {"type": "str", "required": True},
         "content": {"type": "raw"},
         "src": {"type": "path"},
-        "mode": {"type": "str", "default": "0644"},
+        "mode": {"type": "raw", "default": "0644"},
     }, "mutually_exclusive": [("content", "src")], "required_one_of": [("content", "src")]},
 }
 
@@ -76,19 +76,48 @@ def host_path(path: str, where: str, directory: bool = False) -> str:
     return path
 
 
-def look_script(directories: list[Wanted], files: list[Wanted], make: bool) -> str:
-    """One line per path: a directory's mode (then made, unless checking), a file's checksum and mode, or '-'."""
-    lines = []
+def look_script(directories: list[Wanted], files: list[Wanted], make: bool, marker: str) -> str:
+    """One line per path, after ``marker`` (so nothing a login shell prints is taken for one): a directory's mode
+    (then made, unless checking), a file's checksum and mode, '-' when absent, '!' when not a regular file.
+    Modes are the target's (``-L``): a link to the right file is right."""
+    lines = [f"M={shlex.quote(marker)}"]
     for wanted in directories:
         path = shlex.quote(wanted.path)
-        lines.append(f"if [ -d {path} ]; then echo \"d $(stat -c %a {path})\"; else echo 'd -'; fi")
+        lines.append(f"if [ -d {path} ]; then echo \"$M d $(stat -L -c %a {path})\"; else echo \"$M d -\"; fi")
         if make:
             lines.append(f"mkdir -p {path} && chmod {wanted.mode:o} {path} || exit 3")
     for wanted in files:
         path = shlex.quote(wanted.path)
-        lines.append(f"if [ -f {path} ]; then echo \"f $(sha1sum < {path} | cut -d' ' -f1) $(stat -c %a {path})\"; "
-                     "else echo 'f - -'; fi")
+        lines.append(f"if [ -f {path} ]; then echo \"$M f $(sha1sum < {path} | cut -d' ' -f1) "
+                     f"$(stat -L -c %a {path})\"; elif [ -e {path} ]; then echo \"$M f ! !\"; "
+                     f"else echo \"$M f - -\"; fi")
     return "\n".join(lines)
+
+
+def read_rows(answer: str, marker: str, directories: int, files: int) -> list[list[str]]:
+    """The look's rows, each checked for its shape; an answer that is not whole is an error, never a guess."""
+    rows = [line.split()[1:] for line in answer.splitlines() if line.startswith(marker + " ")]
+    shapes = ["d"] * directories + ["f"] * files
+    well_formed = len(rows) == len(shapes) and all(row_fits(row, kind) for row, kind in zip(rows, shapes, strict=True))
+    if not well_formed:
+        raise HostFilesError(f"the host's answer could not be read (stat -c and sha1sum are needed): "
+                             f"{answer.strip()[-400:]}")
+    return rows
+
+
+def row_fits(row: list[str], kind: str) -> bool:
+    def octal(text: str) -> bool:
+        return bool(text) and all(c in "01234567" for c in text)
+
+    if kind == "d":
+        return len(row) == 2 and row[0] == "d" and (row[1] == "-" or octal(row[1]))
+    return len(row) == 3 and row[0] == "f" and (row[1:] in (["-", "-"], ["!", "!"]) or octal(row[2]))
+
+
+def same_mode(found: str, wanted: int) -> bool:
+    """Special bits the host keeps on its own (a directory under a setgid parent) do not count unless asked for."""
+    value = int(found, 8)
+    return (value if wanted > 0o777 else value & 0o777) == wanted
 
 
 class ActionModule(ActionBase):
@@ -119,6 +148,8 @@ class ActionModule(ActionBase):
                 local = self._find_needle("files", spec["src"])
             except AnsibleError as exc:
                 raise HostFilesError(f"{where}.src: {spec['src']} is not on the controller ({exc.message})") from None
+            if not os.path.isfile(local):
+                raise HostFilesError(f"{where}.src: {local} is not a file (a directory is sent with rsync, not here)")
             return Wanted(dest, mode, local=local)
         return Wanted(dest, mode, data=checked(content_bytes, spec["content"], where))
 
@@ -131,25 +162,28 @@ class ActionModule(ActionBase):
 
     def _apply(self, directories: list[Wanted], files: list[Wanted]) -> dict[str, Any]:
         checking = bool(self._task.check_mode)
-        found = self._shell(look_script(directories, files, make=not checking), "look at (and make) the directories")
-        rows = [line.split() for line in found.splitlines() if line[:2] in ("d ", "f ")]
-        if len(rows) != len(directories) + len(files):
-            raise HostFilesError(f"the host's answer did not list every path: {found.strip()[-400:]}")
+        marker = f"@@mlops-host-files-{secrets.token_hex(4)}"
+        found = self._shell(look_script(directories, files, make=not checking, marker=marker),
+                            "look at (and make) the directories")
+        rows = read_rows(found, marker, len(directories), len(files))
         changed_paths: list[str] = []
         before: list[str] = []
         after: list[str] = []
         for wanted, row in zip(directories, rows, strict=False):
-            if row[1] == "-" or int(row[1], 8) != wanted.mode:
+            if row[1] == "-" or not same_mode(row[1], wanted.mode):
                 changed_paths.append(wanted.path)
                 before.append(f"{wanted.path}: {'absent' if row[1] == '-' else 'directory, mode 0' + row[1]}")
                 after.append(f"{wanted.path}: directory, mode {wanted.mode:04o}")
         send: list[Wanted] = []
         chmod: list[Wanted] = []
         for wanted, row in zip(files, rows[len(directories):], strict=True):
+            if row[1] == "!":
+                raise HostFilesError(f"{wanted.path} exists on the host and is not a regular file (a directory?): "
+                                     "give the path of the file itself")
             checksum = wanted.checksum
             if row[1] != checksum:
                 send.append(wanted)
-            elif int(row[2], 8) != wanted.mode:
+            elif not same_mode(row[2], wanted.mode):
                 chmod.append(wanted)
             else:
                 continue

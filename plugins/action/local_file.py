@@ -26,7 +26,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "path": {"type": "path", "required": True, "aliases": ["dest"]},
     "state": {"type": "str", "choices": ["file", "directory", "absent"], "default": "file"},
     "content": {"type": "raw"},
-    "mode": {"type": "str"},
+    "mode": {"type": "raw"},
 }
 DEFAULT_MODES = {"file": 0o644, "directory": 0o755}
 
@@ -56,7 +56,9 @@ class ActionModule(ActionBase):
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         super().run(tmp, task_vars)
         args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)[0].validated_parameters
-        path, state = args["path"], args["state"]
+        state = args["state"]
+        # Relative to the playbook's directory, where a module on localhost (and the pipe lookup) would run.
+        path = os.path.join(self._loader.get_basedir(), args["path"])
         try:
             mode = DEFAULT_MODES.get(state, 0) if args["mode"] is None else parse_mode(args["mode"])
             if state == "file":
@@ -88,6 +90,9 @@ class ActionModule(ActionBase):
             raise LocalFileError(f"{path} is not a regular file (a broken link, a socket or a device): remove it first")
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
+            if self._task.check_mode:  # an earlier task of this check run would have made it, as copy assumes
+                return self._result(path, "file", True, "", data.decode("utf-8", "replace"),
+                                    checksum=hashlib.sha1(data).hexdigest(), size=len(data))
             raise LocalFileError(f"the directory {directory} does not exist: make it first (state=directory)")
         old = b""
         if found == "file":
@@ -95,7 +100,7 @@ class ActionModule(ActionBase):
                 old = existing.read()
         changed = found == "absent" or old != data or current_mode(path) != mode
         if changed and not self._task.check_mode:
-            write_atomic(os.path.realpath(path), data, mode)  # through a link to its file, as copy does
+            write_atomic(os.path.realpath(path), data, mode)  # through a link to its file: the link stays
         return self._result(path, "file", changed, old.decode("utf-8", "replace"), data.decode("utf-8", "replace"),
                             checksum=hashlib.sha1(data).hexdigest(), size=len(data))
 

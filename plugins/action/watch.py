@@ -238,6 +238,7 @@ class Watcher:
         self.start = clock()
         self.stall = StallClock(params["stall_timeout"], self.start)
         self.polls = 0
+        self.host_wait = 0.0  # how long the poll in flight may wait on the host for the run's end
         self.reconnects = 0
         self.connection_failures = 0
         self.last_failure: str | None = None
@@ -343,7 +344,7 @@ class Watcher:
             waited = time.monotonic() - started
             if waited >= self.command_timeout:
                 raise _PollTimeout(f"the poll command did not answer within {self.command_timeout:g} s")
-            reason = self._while_waiting(waited)
+            reason = self._while_waiting(waited - self.host_wait)  # the time it was asked to wait does not count
             if reason:
                 raise _PollTimeout(reason)
         if "error" in box:
@@ -359,6 +360,7 @@ class Watcher:
             status_file=self.p["status_file"] if want_status and self.p["status_file"] else None,
             wait_exit_s=self.long_poll_s(),
         )
+        self.host_wait = request.wait_exit_s
         try:
             answer = self._execute(poll_script(request))
         except AnsibleConnectionFailure as exc:

@@ -36,7 +36,8 @@ attributes:
       - mlops.vast.vast
   platform:
     platforms: all
-    details: Runs on the controller (or wherever the task is delegated); talks to the Vast API over HTTPS.
+    details: Runs on the controller (a module without an action plugin, wherever the task is delegated); talks to
+      the Vast API over HTTPS.
 """
 
     HOST = r"""

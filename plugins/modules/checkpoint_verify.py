@@ -20,7 +20,7 @@ extends_documentation_fragment:
 attributes:
   platform:
     platforms: posix
-    details: Runs where the checkpoint is, usually the controller.
+    details: Runs on the controller, inside Ansible's worker, where the pulled checkpoints are.
 options:
   path:
     description: The checkpoint directory.

@@ -21,7 +21,10 @@ description:
   - Each file is sent to a temporary name beside its destination and renamed over it, so a process on the host
     sees the old file or the new one, never a part. Unchanged content and mode report C(changed=false).
   - Not for secrets (the content passes through a temporary file on the controller); use
-    C(ansible.builtin.copy) with C(no_log) for those.
+    C(ansible.builtin.copy) with C(no_log) for those. C(become) is not applied; the files belong to the login user.
+  - A destination that exists and is not a regular file (a directory, say) is an error, not a place to put the
+    file in. Modes are compared on what links point to; special bits a directory gets from its parent (setgid)
+    are left alone unless O(directories[].mode) asks for them.
 version_added: 0.1.0
 extends_documentation_fragment:
   - mlops.vast.attributes
@@ -48,8 +51,8 @@ options:
         type: str
         required: true
       mode:
-        description: Its permissions, as an octal string.
-        type: str
+        description: Its permissions, as an octal string (or a number, as C(ansible.builtin.file) takes one).
+        type: raw
         default: "0755"
   files:
     description: Files to put; each one's directory must exist or be in O(directories).
@@ -73,8 +76,8 @@ options:
             playbook's directory, or an absolute path), sent as it is.
         type: path
       mode:
-        description: Its permissions, as an octal string.
-        type: str
+        description: Its permissions, as an octal string (or a number, as C(ansible.builtin.file) takes one).
+        type: raw
         default: "0644"
 seealso:
   - module: ansible.builtin.copy

@@ -37,7 +37,9 @@ attributes:
 options:
   path:
     description:
-      - The file or directory on the controller. For O(state=file) its directory must exist.
+      - The file or directory on the controller; a relative path starts from the playbook's directory, as it
+        would for a module run on localhost. For O(state=file) its directory must exist (in check mode a missing
+        one reads as made by an earlier task).
       - A link is followed (a results folder may be a link to a bigger disk); O(state=absent) removes the link
         itself, never what it points to.
     type: path
@@ -56,9 +58,10 @@ options:
     type: raw
   mode:
     description:
-      - The permissions, as an octal string (V("0644")). For a file the default is V("0644"); for a directory,
-        V("0755"). Only the directory named by O(path) gets it, not the parents made on the way.
-    type: str
+      - The permissions, as an octal string (V("0644")), or a number as C(ansible.builtin.file) takes one (an
+        unquoted V(0644) in YAML is the number 420, the same bits). For a file the default is V("0644"); for a
+        directory, V("0755"). Only the directory named by O(path) gets it, not the parents made on the way.
+    type: raw
 seealso:
   - module: ansible.builtin.copy
   - module: ansible.builtin.file
@@ -83,7 +86,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 path:
-  description: The path acted on, as given.
+  description: The path acted on (a relative one joined to the playbook's directory).
   returned: always
   type: str
   sample: results/exp-1/recovery.json

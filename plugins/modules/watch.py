@@ -134,10 +134,12 @@ options:
     default: 30
   end_wait:
     description:
-      - Seconds a poll may wait on the host for the run's exit code before it answers (at most O(poll_interval)).
-        The end of a run is then seen within a quarter of a second rather than at the next poll, for the same
-        number of round trips; the first poll, and polls while the host was just lost, do not wait. C(0) never
-        waits. Below 10, since a poll that has not answered after 10 s counts as hanging.
+      - Seconds a poll may wait on the host for the run's exit code before it answers (at most O(poll_interval));
+        each poll starts that much early, so one interval still passes between answers. A run that ends in the
+        last O(end_wait) seconds of an interval (any time, when O(poll_interval) is at most O(end_wait)) is seen
+        within a quarter of a second instead of at the next poll, for the same number of round trips. The first
+        poll, and polls while the host was just lost, do not wait. C(0) never waits. Below 10, since a poll that
+        has not answered 10 s beyond its wait counts as hanging.
     type: float
     default: 8
   stall_timeout:

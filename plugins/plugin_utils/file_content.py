@@ -22,11 +22,15 @@ class FileSpecError(Exception):
 
 
 def parse_mode(mode: Any) -> int:
-    """``"0644"`` (or ``"644"``) as permission bits."""
-    try:
-        value = int(str(mode), 8)
-    except ValueError:
-        value = -1
+    """``"0644"`` (or ``"644"``) as permission bits; a number (YAML's unquoted ``0644`` is 420) as the bits
+    themselves, as ``ansible.builtin.file`` takes it."""
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        value = mode
+    else:
+        try:
+            value = int(str(mode), 8)
+        except ValueError:
+            value = -1
     if not 0 <= value <= 0o7777:
         raise FileSpecError(f"mode must be an octal string such as '0644', got {mode!r}")
     return value

@@ -101,7 +101,8 @@ class InProcessAction(ActionBase):
     def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
         super().run(tmp, task_vars)
         name = self._task.resolved_action or self._task.action
-        args = json.loads(json.dumps(dict(self._task.args)))  # plain values, not Ansible's tagged ones
+        # Plain values, not Ansible's tagged ones (a value JSON cannot hold goes as text, as to a module).
+        args = json.loads(json.dumps(dict(self._task.args), default=str))
         check_mode = bool(self._task.check_mode)
 
         def build(argument_spec: dict[str, Any], **options: Any) -> InProcessModule:
@@ -112,7 +113,8 @@ class InProcessAction(ActionBase):
         for target in targets:
             target.AnsibleModule = build
         try:
-            with task_environment(self._environment()):
+            # Where a module on localhost runs: relative paths start from the playbook's directory.
+            with task_environment(self._environment()), working_directory(self._loader.get_basedir()):
                 self.module.main()
         except ModuleExit as done:
             return done.result
@@ -133,6 +135,16 @@ class InProcessAction(ActionBase):
                 raise AnsibleError(f"environment must be a dictionary, received {values!r}")
             merged.update({str(key): str(value) for key, value in values.items()})
         return merged
+
+
+@contextmanager
+def working_directory(path: str) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(path or previous)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 @contextmanager

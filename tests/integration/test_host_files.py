@@ -93,3 +93,26 @@ def test_wrong_input_is_one_clear_message_and_nothing_is_left_half_done(host: di
     assert "Traceback" not in output
     left = ssh(host, ssh_key, f"cat {base}/kept; find {base} -name '*.mlops-*'")
     assert left == "keep\n", f"a failed task must leave the old file and no temporary one: {left!r}"
+
+
+def test_links_setgid_parents_and_numeric_modes_read_as_right_and_a_directory_is_never_written_into(
+        host: dict, ssh_key: Path, tmp_path: Path) -> None:
+    base = f"{workspace(host, ssh_key)}/hf-edge-{tmp_path.name}"
+    ssh(host, ssh_key, f"mkdir -p {base}/shared {base}/a-dir && chmod 2775 {base}/shared && "
+                       f"printf 'x' > {base}/real && chmod 644 {base}/real && ln -s {base}/real {base}/link")
+    files = [{"dest": f"{base}/link", "content": "x"}, {"dest": f"{base}/numeric", "content": "n", "mode": 420}]
+    args = {"directories": [{"path": f"{base}/shared/sub"}], "files": files}
+    results, output = run_steps(tmp_path, host, ssh_key, [
+        {"args": args},
+        {"args": args},
+        {"args": {"files": [{"dest": f"{base}/a-dir", "content": "x"}]}},
+        {"args": {"files": [{"dest": f"{base}/y", "src": str(tmp_path)}]}},
+    ])
+    first, again, into_dir, src_dir = results
+    assert first["changed_paths"] == [f"{base}/shared/sub", f"{base}/numeric"], first
+    assert not again["changed"], f"a link to the right file, a setgid parent's bit: all right already: {again}"
+    assert into_dir["failed"] and "is not a regular file" in into_dir["msg"]
+    assert src_dir["failed"] and "is not a file" in src_dir["msg"]
+    assert "Traceback" not in output
+    listing = ssh(host, ssh_key, f"cd {base} && stat -c '%a %n' numeric && ls -A a-dir && readlink link")
+    assert listing == f"644 numeric\n{base}/real\n", "the unquoted 0644 (420) is 0644; nothing went into a-dir"

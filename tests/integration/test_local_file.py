@@ -111,3 +111,19 @@ def test_wrong_input_fails_with_one_clear_message_and_changes_nothing(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(("home", "ansible", "local", "steps",
                                                                               "results"))) == ["a-dir", "a-file"]
     assert os.listdir(tmp_path / "a-dir") == []
+
+
+def test_relative_paths_start_from_the_playbook_directory_and_check_mode_assumes_the_directory_made(
+        tmp_path: Path) -> None:
+    results, _ = run_steps(tmp_path, [
+        {"args": {"path": "rel/out", "state": "directory"}},
+        {"args": {"path": "rel/out/record.json", "content": "r", "mode": 420}},
+        {"args": {"path": str(tmp_path / "later" / "x.json"), "content": "x"}, "check_mode": True},
+    ])
+    made, written, checked = results
+    assert made["changed"] and written["changed"], results
+    # The playbook (steps.yml) is in tmp_path: that is where a relative path lands, whatever the current directory.
+    assert (tmp_path / "rel" / "out" / "record.json").read_text() == "r"
+    assert mode_of(tmp_path / "rel" / "out" / "record.json") == 0o644, "an unquoted 0644 (the number 420) is 0644"
+    assert checked["changed"] and not checked.get("failed"), checked
+    assert not (tmp_path / "later").exists()

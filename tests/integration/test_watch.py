@@ -216,8 +216,8 @@ def test_completed_run_returns_the_summary_and_syncs_in_the_background(
 
 def test_the_end_is_seen_by_a_poll_waiting_on_the_host_not_at_the_next_interval(
         wsim: Sim, host: dict, ssh_key: Path, tmp_path: Path) -> None:
-    # Sparse polls (10 s) and a run of ~2 s: the first poll finds it going, the next one starts at once and waits on
-    # the host (end_wait 8 s), so the end is reported a moment after it happens, long before a second interval.
+    # Sparse polls (10 s) and a run of ~2 s: the first poll finds it going, the next one starts 2 s later (10 - 8)
+    # and waits on the host (end_wait 8 s), so the end is reported a moment after it happens, before an interval.
     run_dir = launch(host, ssh_key, "soon", "complete", steps=10, delay=0.2)
     result, _ = watch(wsim, tmp_path, host, ssh_key, job_args(run_dir, "soon", poll_interval=10, end_wait=8))
     assert result["outcome"] == "completed", result["msg"]
