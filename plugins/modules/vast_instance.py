@@ -20,6 +20,7 @@ description:
   - C(state=absent) destroys, then verifies the instance is gone, destroying again if it reappears.
 version_added: 0.1.0
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.vast
   - mlops.vast.attributes
   - mlops.vast.attributes.api

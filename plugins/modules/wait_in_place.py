@@ -18,6 +18,7 @@ description:
     is gone for good (destroyed); the caller then replaces it.
 version_added: 0.2.0
 extends_documentation_fragment:
+  - mlops.vast.attributes.in_process
   - mlops.vast.vast
   - mlops.vast.attributes
   - mlops.vast.attributes.api

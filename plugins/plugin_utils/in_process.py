@@ -83,6 +83,8 @@ class InProcessModule:
     def _finish(self, result: dict[str, Any]) -> dict[str, Any]:
         if self._warnings:
             result["warnings"] = [*result.get("warnings", []), *self._warnings]
+        # As AnsibleModule echoes it (-v shows it): the options as validated, a secret one masked below.
+        result.setdefault("invocation", {"module_args": self.params})
         # As a module's JSON would be: plain data (a datetime as text), with no secret option's value in it.
         return json.loads(json.dumps(remove_values(result, self.no_log_values), default=str))
 
