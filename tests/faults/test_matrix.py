@@ -123,11 +123,13 @@ def cheapest_offers(sim: Sim, count: int, query: str) -> list[dict]:
 
 def when_home(checkpoint: str, then: Callable[[httpx.Client], object]) -> Callable[[Sim, str, Path], None]:
     """Once ``checkpoint`` is home (sealed, in the case's results), ``then`` with a client of the simulator."""
-    def during(sim: Sim, _label: str, key: Path) -> None:
+    def during(sim: Sim, label: str, key: Path) -> None:
         home = key.parent / "results" / "checkpoints" / checkpoint / "trainer_state.json"
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not home.exists():
+        while time.monotonic() < deadline and not home.exists() and label not in FINISHED:
             time.sleep(0.2)
+        if not home.exists():
+            return
         with sim.client() as client:
             then(client)
     return during
@@ -137,7 +139,7 @@ def arm_on_running(sim: Sim, label: str, spec: dict, *, target: str = "instance_
     """Arm ``spec`` on the label's first running instance (or its machine) as soon as there is one."""
     deadline = time.monotonic() + deadline_s
     with sim.client() as client:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and label not in FINISHED:
             rows = [row for row in client.get("/api/v0/instances/").json()["instances"]
                     if row.get("label") == label and row.get("actual_status") == "running"]
             if rows:
@@ -154,6 +156,10 @@ def arm_on_running(sim: Sim, label: str, spec: dict, *, target: str = "instance_
             time.sleep(0.5)
 
 
+# Labels of the cases whose run has ended: their helpers stop waiting.
+FINISHED: set[str] = set()
+
+
 def on_host_when(pattern: str, action: str, then: Callable[[httpx.Client], object] | None = None
                  ) -> Callable[[Sim, str, Path], None]:
     """Once the run's log on its host matches ``pattern``, run ``action`` there (as root, over SSH), then ``then``
@@ -161,8 +167,13 @@ def on_host_when(pattern: str, action: str, then: Callable[[httpx.Client], objec
     def during(sim: Sim, label: str, key: Path) -> None:
         deadline = time.monotonic() + 600
         with sim.client() as client:
-            while time.monotonic() < deadline:
-                rows = [row for row in client.get("/api/v0/instances/").json()["instances"]
+            while time.monotonic() < deadline and label not in FINISHED:
+                try:
+                    listed = client.get("/api/v0/instances/").json()["instances"]
+                except httpx.TransportError:  # the simulator restarting (a case may do that): ask again
+                    time.sleep(0.5)
+                    continue
+                rows = [row for row in listed
                         if row.get("label") == label and row.get("actual_status") == "running" and row.get("ports")]
                 if rows:
                     host, port = rows[0]["public_ipaddr"], int(rows[0]["ports"]["22/tcp"][0]["HostPort"])
@@ -374,6 +385,7 @@ def run_case(case: Case, slot: SimSlot, base: Path) -> Outcome:
         (tmp / "out.log").write_text(done.stdout + done.stderr)  # kept with the case's files, for a failure's story
     seconds = time.monotonic() - started
     if helper:
+        FINISHED.add(case.label)  # a helper whose moment never came stops looking, before its simulator is stopped
         helper.join(5)
     with slot.sim.client() as client:
         sim_rows = [row for row in client.get("/_sim/ledger").json()["rows"] if row["label"] == case.label]
