@@ -92,7 +92,8 @@ def one_round(sim: Sim, n: int, root: Path, args: argparse.Namespace, deadline: 
     work = root / f"n{n}"
     work.mkdir()
     env = ansible_env(sim, work, MLOPS_VAST_LEDGER=str(work / "contracts.jsonl"),
-                      MLOPS_VAST_EXCLUSIONS=str(work / "excluded.json"))
+                      MLOPS_VAST_EXCLUSIONS=str(work / "excluded.json"),
+                      **({"ANSIBLE_STRATEGY": args.strategy} if args.strategy else {}))
     results_dir = work / "results"
     extra = {
         "sweep_name": f"fleet-{n}", "sweep_trials": [{"seed": i + 1} for i in range(n)], "sweep_grid": {},
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=5.0, help="run_poll_interval_s (default 5, as examples)")
     parser.add_argument("--sync", type=float, default=30.0, help="run_sync_interval_s (default 30, as examples)")
     parser.add_argument("--round-timeout", type=float, default=1500.0, help="one sweep's limit (default 1500 s)")
+    parser.add_argument("--strategy", default="",
+                        help="ANSIBLE_STRATEGY for the sweep and its trials, e.g. mlops.vast.linear (the collection's "
+                        "opt-in accelerator); default: ansible.cfg's")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     parser.add_argument("--deadline", type=float, default=3600.0, help="overall limit in seconds (default 3600)")
     args = parser.parse_args(argv)
@@ -171,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             sim = start_sim(root, deadline, speed=args.speed, log_level="debug", credit=1_000_000)
             say(f"vastsim at {sim.url} (speed {args.speed:g}); {os.cpu_count()} CPUs, load "
                 f"{os.getloadavg()[0]:.2f}; {args.steps} steps x {args.step_seconds:g} s per trial, "
-                f"poll {args.poll:g} s")
+                f"poll {args.poll:g} s; strategy {args.strategy or 'as ansible.cfg says'}")
             for n in sizes:
                 say(f"N={n}: running sweep.yml with {n} trial(s), {n} at once ...")
                 results["rounds"].append(one_round(sim, n, root, args, deadline))

@@ -1,0 +1,89 @@
+# Copyright: (c) 2026, mlops.vast developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: linear
+short_description: Ansible's linear strategy, with the controller's own instant tasks run without a worker process
+description:
+  - Runs a play exactly as C(ansible.builtin.linear) does (lockstep per batch of hosts), except for tasks whose
+    action only computes or records something on the controller and returns at once (C(set_fact), C(assert),
+    C(debug), C(fail), C(validate_argument_spec), C(add_host), C(group_by), C(include_tasks), C(include_role), and
+    the collection's C(mlops.vast.local_file) and C(mlops.vast.validate_playbook_vars)).
+  - Ansible forks a worker process for every task and host, conditionals and skips included; for these tasks the
+    fork, the worker's start and its exit are most of the cost (about 30 ms each on a 2-core controller, against a
+    few ms for the work). This strategy runs Ansible's own task executor for them in the controller process, on a
+    copy of the task, and hands the result to the same result queue a worker would, so callbacks, registered
+    variables, facts, C(ignore_errors), C(failed_when), loops and C(no_log) behave as with a worker.
+  - Everything else (modules, commands over SSH, the collection's API modules, the watch) runs in workers as
+    before.
+  - Opt-in, an accelerator like mitogen's strategies. Select it with C(ANSIBLE_STRATEGY=mlops.vast.linear),
+    C(strategy = mlops.vast.linear) in C(ansible.cfg), or C(strategy) in a play; without it everything runs as
+    before. C(bench/train_overhead.py --strategy mlops.vast.linear) and C(bench/fleet.py --strategy
+    mlops.vast.linear) measure the difference.
+version_added: 0.4.0
+author:
+  - mlops.vast developers (@mlops-vast)
+notes:
+  - ansible-core 2.19 deprecates strategy plugins from outside ansible.builtin (mitogen's included) and prints a
+    deprecation warning for them, which is why the collection's own C(ansible.cfg) does not select it.
+  - Written against ansible-core 2.19's strategy and worker internals; on another ansible-core it falls back to
+    the plain linear strategy with a warning.
+"""
+
+from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
+from ansible.utils.display import Display
+
+display = Display()
+
+try:  # ansible-core 2.19's internals; anything else runs as the plain linear strategy.
+    from ansible._internal import _task
+    from ansible.executor.task_executor import TaskExecutor
+    from ansible.executor.task_result import _RawTaskResult
+    from ansible.plugins import loader as plugin_loader
+
+    SUPPORTED = True
+except ImportError:  # pragma: no cover - depends on the installed ansible-core
+    SUPPORTED = False
+
+# Actions that only compute or record on the controller and return at once: never a connection, never a wait.
+CONTROLLER_ONLY = frozenset(
+    f"{prefix}{name}" for prefix in ("", "ansible.builtin.", "ansible.legacy.")
+    for name in ("set_fact", "debug", "assert", "fail", "validate_argument_spec", "add_host", "group_by",
+                 "include_tasks", "include_role")
+) | {"mlops.vast.local_file", "mlops.vast.validate_playbook_vars"}
+
+
+class StrategyModule(LinearStrategy):
+
+    def __init__(self, tqm) -> None:
+        super().__init__(tqm)
+        if not SUPPORTED:
+            display.warning("mlops.vast.linear: this ansible-core lacks the internals it needs; running every task "
+                            "in a worker, as ansible.builtin.linear does")
+
+    def _queue_task(self, host, task, task_vars, play_context):
+        if not SUPPORTED or not self._runs_here(task):
+            return super()._queue_task(host, task, task_vars, play_context)
+        # What a worker's start would have registered and announced.
+        self._queued_task_cache[(host.name, task._uuid)] = {
+            "host": host, "task": task, "task_vars": task_vars, "play_context": play_context}
+        self._tqm.send_callback("v2_runner_on_start", host, task)
+        # A worker works on its own copy of everything (a fork): the executor templates the task in place, may
+        # change its ignore_errors and adds to the variables it is given; the result carries the task's fields back
+        # as a worker's does.
+        # The blocks above it come along (their keywords are inherited), not their task lists.
+        own_task = task.copy(exclude_parent=False, exclude_tasks=True)
+        with _task.TaskContext(own_task):
+            result = TaskExecutor(host, own_task, dict(task_vars), play_context, self._loader,
+                                  plugin_loader.get_plugin_loader_namespace(), self._final_q,
+                                  self._variable_manager).run()
+        self._final_q.send_task_result(_RawTaskResult(host=host, task=own_task, return_data=result,
+                                                      task_fields=own_task.dump_attrs()))
+        self._pending_results += 1
+
+    @staticmethod
+    def _runs_here(task) -> bool:
+        # As written in the play (resolving it is a worker's job); retries sleep, and async is a worker's.
+        return task.action in CONTROLLER_ONLY and not task.async_val and not task.until
