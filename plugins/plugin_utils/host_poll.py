@@ -61,9 +61,11 @@ def poll_script(req: PollRequest) -> str:
            'do if sleep 0.25 2>/dev/null; then N=$((N - 1)); else sleep 1; N=$((N - 4)); fi; done']
           if req.wait_exit_s > 0 else []),
         'echo "$M now $(date +%s)"',
-        'if [ -f "$E" ]; then echo "$M exit $(head -c 64 "$E" | tr -d \' \\t\\r\\n\')"; fi',
+        # The session first, then the exit code: the wrapper writes EXIT_CODE before its session ends, so a session
+        # found gone has left its code (read the other way round, a run ending in between looked like a crash).
         'if command -v tmux >/dev/null 2>&1; then if tmux has-session -t "=$S" 2>/dev/null; '
         'then echo "$M tmux 1"; else echo "$M tmux 0"; fi; else echo "$M tmux -"; fi',
+        'if [ -f "$E" ]; then echo "$M exit $(head -c 64 "$E" | tr -d \' \\t\\r\\n\')"; fi',
         # When the container's first process started (field 22 of /proc/1/stat, counted after the command name,
         # which may hold spaces), now and as the launch recorded it: a restarted container has a new one.
         f'echo "$M boot $(sed \'s/.*) //\' /proc/1/stat 2>/dev/null | cut -d\' \' -f20)'

@@ -22,7 +22,7 @@ description:
     C(strategy = mlops.vast.linear) in C(ansible.cfg), or C(strategy) in a play; without it everything runs as
     before. C(bench/train_overhead.py --strategy mlops.vast.linear) and C(bench/fleet.py --strategy
     mlops.vast.linear) measure the difference.
-version_added: 0.4.0
+version_added: 0.2.0
 author:
   - mlops.vast developers (@mlops-vast)
 notes:

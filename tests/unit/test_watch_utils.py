@@ -385,6 +385,21 @@ def test_a_waiting_poll_answers_with_the_exit_code_written_while_it_waited(fake_
     assert snap.ok and snap.exit_code == 0, "the poll must have waited for the exit code and then answered"
 
 
+def test_a_run_ending_during_the_poll_is_not_taken_for_a_crash(fake_host: dict[str, Any], tmp_path: Path) -> None:
+    """The run ends between the poll's reads: its wrapper writes EXIT_CODE, then its session ends. A poll that read
+    the exit code before asking tmux saw no code and no session, a crash; the session is asked about first."""
+    run = fake_host["run"]
+    (run / "run.log").write_text(HF[0] + "\n" + SUMMARY + "\n")
+    (run / "alive-run_r1").touch()
+    # This tmux is asked while the run ends: the wrapper writes its code and the session is gone.
+    tmux = tmp_path / "bin" / "tmux"
+    tmux.write_text(f'#!/bin/sh\n[ "$1" = has-session ] || exit 1\nif [ -e "{run}/alive-${{3#=}}" ]; then '
+                    f'echo 0 > "{run}/EXIT_CODE"; rm -f "{run}/alive-${{3#=}}"; fi\nexit 1\n')
+    snap, done = run_poll(fake_host, request())
+    assert done.returncode == 0, done.stderr
+    assert snap.tmux is False and snap.exit_code == 0, snap
+
+
 def test_only_polls_after_the_first_wait_and_never_longer_than_the_interval(fake_host: dict[str, Any]) -> None:
     watcher = action.Watcher(FakeAction(fake_host), params(poll_interval=5, end_wait=8))
     assert watcher.long_poll_s() == 0.0, "the first poll reads the state as it is"
