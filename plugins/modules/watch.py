@@ -17,9 +17,9 @@ description:
   - Every O(poll_interval) seconds it runs one short shell command on the host over the host's existing
     connection (the inventory's SSH options, ControlPersist, key and become apply). The command checks
     C(tmux has-session), then reads the exit-code file (the run's wrapper writes it before its session ends, so
-    a run ending during the poll is never taken for a crash), reads what is new in the log since the previous poll (so a
-    traceback anywhere in the log is seen), and asks C(nvidia-smi) for the GPU utilisation. It changes
-    nothing on the host.
+    a run ending during the poll is never taken for a crash), reads what is new in the log since the previous
+    poll (so a traceback anywhere in the log is seen), and asks C(nvidia-smi) for the GPU utilisation. It
+    changes nothing on the host.
   - Every O(api_poll_interval) seconds, when O(instance_id) is set, it asks the Vast API for the instance's
     status, from the controller with the controller's key; the key is never sent to the host. With
     O(shared_list) (the C(mlops.vast.watch) role turns it on) it reads the account's instance list, shared

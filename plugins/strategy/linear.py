@@ -28,22 +28,25 @@ author:
 notes:
   - ansible-core 2.19 deprecates strategy plugins from outside ansible.builtin (mitogen's included) and prints a
     deprecation warning for them, which is why the collection's own C(ansible.cfg) does not select it.
-  - Written against ansible-core 2.19's strategy and worker internals; on another ansible-core it falls back to
-    the plain linear strategy with a warning.
+  - Written against ansible-core 2.19's strategy and worker internals; on another ansible-core it warns and runs
+    every task in a worker, as C(ansible.builtin.linear) does.
 """
 
 from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
+from ansible.release import __version__ as ANSIBLE_CORE_VERSION
 from ansible.utils.display import Display
 
 display = Display()
 
-try:  # ansible-core 2.19's internals; anything else runs as the plain linear strategy.
+# It reuses ansible-core 2.19's private worker internals (TaskExecutor's signature, the result queue's wire format):
+# on any other version every task goes to a worker, as with ansible.builtin.linear.
+try:
     from ansible._internal import _task
     from ansible.executor.task_executor import TaskExecutor
     from ansible.executor.task_result import _RawTaskResult
     from ansible.plugins import loader as plugin_loader
 
-    SUPPORTED = True
+    SUPPORTED = ANSIBLE_CORE_VERSION.startswith("2.19.")
 except ImportError:  # pragma: no cover - depends on the installed ansible-core
     SUPPORTED = False
 
@@ -60,8 +63,8 @@ class StrategyModule(LinearStrategy):
     def __init__(self, tqm) -> None:
         super().__init__(tqm)
         if not SUPPORTED:
-            display.warning("mlops.vast.linear: this ansible-core lacks the internals it needs; running every task "
-                            "in a worker, as ansible.builtin.linear does")
+            display.warning(f"mlops.vast.linear is written for ansible-core 2.19, this is {ANSIBLE_CORE_VERSION}: "
+                            "every task runs in a worker, as with ansible.builtin.linear")
 
     def _queue_task(self, host, task, task_vars, play_context):
         if not SUPPORTED or not self._runs_here(task):
@@ -71,9 +74,9 @@ class StrategyModule(LinearStrategy):
             "host": host, "task": task, "task_vars": task_vars, "play_context": play_context}
         self._tqm.send_callback("v2_runner_on_start", host, task)
         # A worker works on its own copy of everything (a fork): the executor templates the task in place, may
-        # change its ignore_errors and adds to the variables it is given; the result carries the task's fields back
-        # as a worker's does.
-        # The blocks above it come along (their keywords are inherited), not their task lists.
+        # change its ignore_errors and adds to the variables it is given, so it gets copies (the blocks above the
+        # task come along for their inherited keywords, not their task lists); the result carries the task's fields
+        # back as a worker's does.
         own_task = task.copy(exclude_parent=False, exclude_tasks=True)
         with _task.TaskContext(own_task):
             result = TaskExecutor(host, own_task, dict(task_vars), play_context, self._loader,
