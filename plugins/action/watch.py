@@ -87,6 +87,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "log_file": {"type": "str", "default": "run.log"},
     "exit_code_file": {"type": "str", "default": "EXIT_CODE"},
     "status_file": {"type": "str", "default": "STATUS.md"},
+    "started_file": {"type": "str", "default": "STARTED_AT"},
     "tmux_session": {"type": "str", "required": True},
     "log_format": {"type": "str", "choices": ["hf", "jsonl"], "default": "hf"},
     "metrics_file": {"type": "str"},
@@ -358,6 +359,9 @@ class Watcher:
             tmux_session=self.p["tmux_session"], marker=self.marker, log_offset=self.follower.next_offset(),
             gpu_util=self.p["gpu_util"], metrics_file=self.p["metrics_file"],
             status_file=self.p["status_file"] if want_status and self.p["status_file"] else None,
+            # Until it has been read (it outranks STATUS.md): the wrapper may not have written it yet.
+            started_file=self.p["started_file"] if self.p["started_file"] and self.run_started_source not in (
+                "started_at", self.p["started_file"]) else None,
             wait_exit_s=self.long_poll_s(),
         )
         self.host_wait = request.wait_exit_s
@@ -382,6 +386,10 @@ class Watcher:
         self.tmux, self.run_dir_exists, self.restarted = snap.tmux, snap.run_dir_exists, snap.restarted
         if snap.gpu_util is not None or not self.p["gpu_util"]:
             self.gpu_util = snap.gpu_util
+        if request.started_file and snap.started_text:
+            started = parse_timestamp(snap.started_text)
+            if started is not None:
+                self.run_started, self.run_started_source = started, self.p["started_file"]
         if request.status_file:
             self.status_read = True
             if snap.status_text and self.run_started is None:

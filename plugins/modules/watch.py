@@ -66,7 +66,7 @@ options:
   run_dir:
     description:
       - The run's directory on the host (the training contract's C(run_remote_dir)). O(log_file),
-        O(exit_code_file), O(status_file) and O(metrics_file) are relative to it unless absolute.
+        O(exit_code_file), O(started_file), O(status_file) and O(metrics_file) are relative to it unless absolute.
       - A leading C(~/) is the remote user's home.
     type: str
     required: true
@@ -151,14 +151,21 @@ options:
     default: 900
   max_runtime:
     description:
-      - Seconds the run may go, counted from its start (O(started_at), else O(status_file), else the start of
-        the watch), measured with the host's clock. C(0) means no limit.
+      - Seconds the run may go, counted from its start (O(started_at), else O(started_file), else O(status_file),
+        else the start of the watch), measured with the host's clock. C(0) means no limit.
     type: float
     default: 0
   started_at:
     description:
       - The run's start, as epoch seconds or an ISO 8601 time (without a zone it is UTC).
     type: raw
+  started_file:
+    description:
+      - A file on the host whose first line is the run's start (epoch seconds or ISO 8601), as the
+        M(mlops.vast.train) role's wrapper writes it. Read with the polls until it is there, unless
+        O(started_at) is given; an empty string turns it off.
+    type: str
+    default: STARTED_AT
   instance_id:
     description:
       - The Vast instance (contract) id. When set, its status is read from the API every
@@ -409,7 +416,7 @@ run_elapsed_s:
   returned: success
   type: float
 run_elapsed_from:
-  description: Where the start came from, C(started_at), the status file's name, or C(watch).
+  description: Where the start came from, C(started_at), the started or status file's name, or C(watch).
   returned: success
   type: str
 idle_s:

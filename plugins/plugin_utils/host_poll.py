@@ -34,6 +34,7 @@ class PollRequest:
     gpu_util: bool = True
     metrics_file: str | None = None
     status_file: str | None = None  # read STATUS.md this time
+    started_file: str | None = None  # read the run's start (STARTED_AT) this time
     # Wait on the host up to this long for the exit code file before answering: the end of a run is then seen
     # within a quarter of a second instead of at the next poll, for the same number of round trips.
     wait_exit_s: float = 0.0
@@ -76,6 +77,9 @@ def poll_script(req: PollRequest) -> str:
             'if command -v nvidia-smi >/dev/null 2>&1; then T=; command -v timeout >/dev/null 2>&1 && T="timeout 10"; '
             'echo "$M gpu $($T nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null '
             '| tr \'\\n\' \' \')"; fi')
+    if req.started_file:
+        lines.append(f'if [ -f {q(req.started_file)} ]; then echo "$M started $(head -n 1 {q(req.started_file)} '
+                     '| head -c 64)"; fi')
     if req.status_file:
         lines.append(f'if [ -f {q(req.status_file)} ]; then echo "$M begin status"; head -c 8192 {q(req.status_file)}; '
                      'echo; echo "$M end status"; fi')
@@ -105,6 +109,7 @@ class Snapshot:
     restarted: bool = False
     gpu_util: list[int] | None = None
     status_text: str | None = None
+    started_text: str | None = None
     metrics_text: str | None = None
     log_size: int | None = None
     log_start: int = 0
@@ -142,6 +147,8 @@ def parse_poll(stdout: str, marker: str) -> Snapshot:
             snap.run_dir_exists = False
         elif key == "now":
             snap.host_now = _float(value)
+        elif key == "started":
+            snap.started_text = value or None
         elif key == "exit":
             if value:
                 try:

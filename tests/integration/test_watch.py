@@ -33,7 +33,9 @@ pytestmark = pytest.mark.slow
 
 # Sparse enough to be real polling, short enough that each test takes seconds.
 FAST = {"poll_interval": 0.5, "stall_timeout": 4, "api_poll_interval": 1, "reconnect_timeout": 30}
-NO_CONTROL_MASTER = "-o ControlMaster=no -o ControlPath=none"
+# With a keepalive, as ansible.cfg has: a poll in flight when its host is destroyed is abandoned by the watch, and
+# its ssh, left waiting on a dead TCP connection, would otherwise outlive the test by TCP's ~15 min retry limit.
+NO_CONTROL_MASTER = "-o ControlMaster=no -o ControlPath=none -o ServerAliveInterval=3 -o ServerAliveCountMax=2"
 
 JOB = r'''
 import sys, time

@@ -420,13 +420,16 @@ def test_poll_script_reads_everything_in_one_command(fake_host: dict[str, Any]) 
     (run / "run.log").write_text("loading\n" + HF[0] + "\n")
     (run / "alive-run_r1").touch()
     (run / "STATUS.md").write_text("- started_at: 2026-05-01T10:00:00Z\n")
+    (run / "STARTED_AT").write_text("1777629600\nignored\n")
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n')
-    snap, done = run_poll(fake_host, request(status_file="STATUS.md", metrics_file="metrics.jsonl"))
+    snap, done = run_poll(fake_host, request(status_file="STATUS.md", metrics_file="metrics.jsonl",
+                                             started_file="STARTED_AT"))
     assert done.returncode == 0, done.stderr
     assert snap.ok and snap.run_dir_exists and snap.tmux is True and snap.exit_code is None
     assert snap.gpu_util == [87, 45]
     assert abs(snap.host_now - time.time()) < 5
     assert snap.status_text == "- started_at: 2026-05-01T10:00:00Z"
+    assert snap.started_text == "1777629600"
     assert tl.metrics_from_tail(snap.metrics_text) == tl.Metrics(step=2, loss=0.9)
     assert (snap.log_size, snap.log_start, snap.log_data) == (len("loading\n" + HF[0] + "\n"), 0,
                                                               "loading\n" + HF[0] + "\n")
@@ -437,7 +440,8 @@ def test_poll_script_reads_everything_in_one_command(fake_host: dict[str, Any]) 
     (run / "alive-run_r1").unlink()
     offset = len("loading\n" + HF[0] + "\n")
     snap, _ = run_poll(fake_host, request(log_offset=offset, gpu_util=False))
-    assert (snap.exit_code, snap.tmux, snap.gpu_util, snap.status_text) == (0, False, None, None)
+    assert (snap.exit_code, snap.tmux, snap.gpu_util) == (0, False, None)
+    assert (snap.status_text, snap.started_text) == (None, None), "neither was asked for"
     assert (snap.log_start, snap.log_data) == (offset, SUMMARY + "\n")
 
 
@@ -696,6 +700,16 @@ def test_loop_crash_max_runtime_and_timeout(fake_host: dict[str, Any]) -> None:
                          max_runtime=3600, started_at=str(started))
     assert timed["outcome"] == "max_runtime" and timed["run_elapsed_from"] == "started_at"
     assert 3600 <= timed["run_elapsed_s"] <= 3630 and timed["polls"] == 5, "host clock: 3500 s + 4 polls of 30 s"
+
+    # Without started_at the wrapper's STARTED_AT counts, read by the polls once it is there (here from poll 2).
+    (fake_host["run"] / "STATUS.md").write_text(f"- started_at: {started + 3000:.0f}\n")
+    written = both(start_run, lambda run: (run / "STARTED_AT").write_text(f"{started:.0f}\n"))
+    read, _ = run_watch(fake_host, {1: start_run, 2: written}, clock=clock, poll_interval=30, stall_timeout=0,
+                        max_runtime=3600 + 150)
+    assert read["outcome"] == "max_runtime" and read["run_elapsed_from"] == "STARTED_AT", read["run_elapsed_from"]
+    assert 3750 <= read["run_elapsed_s"] <= 3800, "counted from STARTED_AT, not from STATUS.md's later time"
+    for name in ("STARTED_AT", "STATUS.md"):
+        (fake_host["run"] / name).unlink()
 
     limited, _ = run_watch(fake_host, {1: start_run}, poll_interval=30, stall_timeout=0, timeout=100,
                            fail_on=["crash"])
