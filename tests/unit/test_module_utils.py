@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -207,9 +208,31 @@ def test_the_contract_fills_in_defaults_and_converts_types() -> None:
 def test_rsync_reaches_a_rented_host_with_its_own_port_and_key() -> None:
     host = {"ansible_host": "198.18.0.2", "ansible_port": 40022, "ansible_user": "root",
             "ansible_ssh_private_key_file": "/keys/id_ed25519"}
-    assert rsync_ssh(host) == ("ssh -p 40022 -i /keys/id_ed25519 -o StrictHostKeyChecking=no "
-                               "-o UserKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=20")
+    assert rsync_ssh(host, reuse_connection=False) == (
+        "ssh -p 40022 -i /keys/id_ed25519 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+        "-o BatchMode=yes -o ConnectTimeout=20")
     assert "-i /other/key" in rsync_ssh(host, "/other/key", connect_timeout=0)
     assert "ConnectTimeout" not in rsync_ssh(host, connect_timeout=0)
     assert rsync_remote(host, "/workspace/run/") == "root@198.18.0.2:/workspace/run/"
     assert rsync_remote({"ansible_host": "h"}, "/x") == "root@h:/x"
+
+
+def test_rsync_goes_through_ansibles_persistent_connection_when_it_keeps_one(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from ansible.plugins.connection.ssh import Connection
+
+    host = {"ansible_host": "198.18.0.2", "ansible_port": 40022, "ansible_user": "root",
+            "ansible_ssh_private_key_file": "/keys/id_ed25519"}
+    monkeypatch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", str(tmp_path / "cp"))
+    monkeypatch.setenv("ANSIBLE_SSH_ARGS", "-C -o ControlMaster=auto -o ControlPersist=60s")
+    # The socket Ansible's own SSH connection makes for this host, port and user.
+    socket = Connection._create_control_path("198.18.0.2", 40022, "root") % {"directory": str(tmp_path / "cp")}
+    words = shlex.split(rsync_ssh(host))
+    assert words[-4:] == ["-o", "ControlMaster=no", "-o", f"ControlPath={socket}"]
+    assert "ControlPath" not in rsync_ssh(host, reuse_connection=False)
+    host_var = {**host, "ansible_control_path_dir": str(tmp_path / "mine")}
+    assert f"ControlPath={tmp_path / 'mine'}/" in rsync_ssh(host_var), "the host's own variable wins"
+    monkeypatch.setenv("ANSIBLE_SSH_ARGS", "-o ControlPersist=30s -o 'ControlPath=/run/cp/%C'")
+    assert shlex.split(rsync_ssh(host))[-1] == "ControlPath=/run/cp/%C", "the user's ControlPath, as Ansible uses it"
+    monkeypatch.setenv("ANSIBLE_SSH_ARGS", "-o StrictHostKeyChecking=no")
+    assert "ControlPath" not in rsync_ssh(host), "no persistent connection: SSH connects as usual"
