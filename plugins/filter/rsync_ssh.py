@@ -116,7 +116,7 @@ def _ssh_option(args: str, name: str) -> str | None:
             setting = words[index + 1] if index + 1 < len(words) else ""
         else:
             setting = word[2:] if word.startswith("-o") else ""
-        key, _, value = setting.replace("=", " ", 1).partition(" ")
+        key, value = [*setting.replace("=", " ", 1).split(" ", 1), ""][:2]
         if key.strip().lower() == name.lower() and value.strip():
             return value.strip()
     return None
