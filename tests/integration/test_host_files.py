@@ -116,3 +116,50 @@ def test_links_setgid_parents_and_numeric_modes_read_as_right_and_a_directory_is
     assert "Traceback" not in output
     listing = ssh(host, ssh_key, f"cd {base} && stat -c '%a %n' numeric && ls -A a-dir && readlink link")
     assert listing == f"644 numeric\n{base}/real\n", "the unquoted 0644 (420) is 0644; nothing went into a-dir"
+
+
+# mlops.vast.host_command shares this module's host: a command round trip with no Python started on the host.
+
+def run_commands(tmp_path: Path, row: dict, key: Path, module: str, steps: list[dict[str, Any]],
+                 python: str = "/usr/bin/python3") -> list[dict[str, Any]]:
+    tmp_path.mkdir(exist_ok=True)
+    path = inventory(tmp_path, row, key)
+    path.write_text(path.read_text().replace("/usr/bin/python3", python))
+    results, output = run_module_steps(tmp_path, module, steps, path, hosts="train")
+    assert "Traceback" not in output
+    return results
+
+
+def test_host_command_returns_what_command_and_shell_return_and_starts_no_python_on_the_host(
+        host: dict, ssh_key: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = f"{workspace(host, ssh_key)}/hc-{tmp_path.name}"
+    ssh(host, ssh_key, f"mkdir -p '{base}/with space'")
+    script = "set -o pipefail; echo \"out $GREETING\"; pwd; echo err >&2; false | true; exit 3"
+    steps: list[dict[str, Any]] = [
+        {"args": {"argv": ["sh", "-c", 'printf "%s|" "$@"; echo', "-", "a b", "$HOME", "it's"]}},
+        {"args": {"cmd": script, "executable": "/bin/bash", "chdir": f"{base}/with space"},
+         "environment": {"GREETING": "hello there"}},
+        {"args": {"argv": ["true"]}, "check_mode": True},
+    ]
+    ours = run_commands(tmp_path, host, ssh_key, "mlops.vast.host_command", steps)
+    # Short folders (mktemp): the SSH control socket lives below them.
+    other = tmp_path_factory.mktemp("b")
+    # ansible.builtin.command expands $VARS in argv unless told not to; host_command never does.
+    builtin = run_commands(other, host, ssh_key, "ansible.builtin.command",
+                           [{"args": {**steps[0]["args"], "expand_argument_vars": False}}])
+    builtin += run_commands(other, host, ssh_key, "ansible.builtin.shell", steps[1:2])
+    fields = ("rc", "stdout", "stdout_lines", "stderr", "stderr_lines", "failed")
+    for mine, theirs in zip(ours, builtin, strict=False):
+        assert {k: mine.get(k, False) for k in fields} == {k: theirs.get(k, False) for k in fields}, (mine, theirs)
+    quoted, shell, checked = ours
+    assert quoted["stdout"] == "a b|$HOME|it's|", "argv items reach the program unchanged, never expanded"
+    assert shell["rc"] == 3 and shell["failed"] and shell["stdout_lines"] == ["out hello there", f"{base}/with space"]
+    assert shell["stderr"] == "err" and "\r" not in shell["stdout"], "separate streams, plain line ends"
+    assert checked.get("skipped") and not checked["changed"]
+    # With no Python on the host a module cannot run; this action still does.
+    without, = run_commands(tmp_path_factory.mktemp("n"), host, ssh_key, "mlops.vast.host_command",
+                            [{"args": {"argv": ["echo", "no python needed"]}}], python="/nonexistent/python3")
+    assert without["rc"] == 0 and without["stdout"] == "no python needed"
+    bad, = run_commands(tmp_path_factory.mktemp("x"), host, ssh_key, "mlops.vast.host_command",
+                        [{"args": {"argv": ["echo"], "cmd": "echo"}}])
+    assert bad["failed"] and "mutually exclusive" in bad["msg"]
