@@ -9,6 +9,7 @@ which merges the output streams and ends lines with CR LF. Documentation: plugin
 from __future__ import annotations
 
 import datetime
+import re
 import shlex
 from typing import Any
 
@@ -21,6 +22,10 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "executable": {"type": "str", "default": "/bin/sh"},
     "chdir": {"type": "str"},
 }
+
+
+# What SSH itself says when it opens the connection (host keys are not kept, by design): not the command's output.
+SSH_HOST_KEY_NOTICE = re.compile(r"^Warning: Permanently added .* to the list of known hosts\.\r?\n?", re.MULTILINE)
 
 
 class ActionModule(ActionBase):
@@ -45,11 +50,14 @@ class ActionModule(ActionBase):
         environment = self._compute_environment_string()
         if environment:
             command = f"{environment} {command}"
+        # No input: a command that reads stdin sees its end, as under a module, instead of waiting.
+        command = f"{command} < /dev/null"
         if args["chdir"]:
             command = f"cd {shlex.quote(args['chdir'])} && {command}"
         started = datetime.datetime.now()
         # Not sudoable: no terminal (separate streams, plain line ends) and no become, as for the collection's
         # other shell round trips (host_files, the watch's polls). A lost connection raises: the host is unreachable.
         done = self._low_level_execute_command(command, sudoable=False)
-        return command_result(shown, int(done["rc"]), done.get("stdout") or "", done.get("stderr") or "", started,
-                              datetime.datetime.now())
+        stderr = SSH_HOST_KEY_NOTICE.sub("", done.get("stderr") or "")
+        ended = datetime.datetime.now()
+        return command_result(shown, int(done["rc"]), done.get("stdout") or "", stderr, started, ended)

@@ -18,7 +18,10 @@ description:
     program, about 0.1-0.2 seconds a task on a rented host. C(ansible.builtin.raw) starts no Python either, but
     runs under a terminal, which merges the output streams into one and ends every line with CR LF; this action
     keeps them apart and unchanged.
-  - The task's C(environment) keyword applies to the command, as it does to a module.
+  - The task's C(environment) keyword applies to the command, as it does to a module. Unlike
+    C(ansible.builtin.command), O(argv) items are never expanded (no C(~), no C($VARIABLES)); use O(cmd) for that.
+  - The command's standard input is C(/dev/null). An exit code of 255 reads as SSH's own failure (the host is
+    reported unreachable), as for every command Ansible runs over SSH.
   - C(become) does not apply (the collection's hosts are used as root).
   - Like C(ansible.builtin.command), it always reports C(changed=true); use C(changed_when) and C(failed_when) to
     judge the output.
@@ -48,7 +51,7 @@ options:
       - A shell script, run as C(EXECUTABLE -c SCRIPT). Exactly one of O(argv) and O(cmd).
     type: str
   executable:
-    description: The shell that runs O(cmd) (V(/bin/bash) for C(set -o pipefail)).
+    description: The shell that runs O(cmd) (V(/bin/bash) for C(set -o pipefail)); not used with O(argv).
     type: str
     default: /bin/sh
   chdir:

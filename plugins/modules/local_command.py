@@ -17,8 +17,8 @@ description:
     (about 0.3 CPU-seconds each time). The roles copy code and checkpoints with rsync on the controller four times
     a run of C(train.yml), and a sweep does it for every trial.
   - Always acts on the controller, whatever host the task runs for; C(delegate_to) is not needed. The program
-    inherits the controller's environment and runs in the playbook's directory, as a module run on localhost
-    would; the task's C(environment) keyword does not apply.
+    gets the controller's environment plus the task's C(environment), and runs in the playbook's directory, as a
+    module run on localhost would.
   - Like C(ansible.builtin.command), it always reports C(changed=true); use C(changed_when) and C(failed_when) to
     judge the program's output.
 version_added: 0.2.0
@@ -46,6 +46,12 @@ options:
       - The directory to run the program in; a relative one starts from the playbook's directory, which is also the
         default (where C(ansible.builtin.command) on localhost runs).
     type: path
+  expand_argument_vars:
+    description:
+      - Expand C(~) and C($VARIABLES) (from the controller's environment) in every item of O(argv), as
+        C(ansible.builtin.command) does by default, so a path given as C(~/results) means the home directory.
+    type: bool
+    default: true
 seealso:
   - module: ansible.builtin.command
 """
@@ -73,7 +79,9 @@ cmd:
   elements: str
   sample: [rsync, -a, /data/in/, /data/out/]
 rc:
-  description: The program's exit code (127 when it could not be started).
+  description:
+    - The program's exit code; when it could not be started, the error number, as C(ansible.builtin.command)
+      returns it (2 for a missing program).
   returned: always
   type: int
   sample: 0

@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-CHECK_MODE_SKIP: dict[str, Any] = {"changed": False, "skipped": True, "rc": 0,
+NO_OUTPUT: dict[str, Any] = {"stdout": "", "stderr": "", "stdout_lines": [], "stderr_lines": []}
+# As ansible.builtin.command returns it: a task reading .stdout in check mode reads "".
+CHECK_MODE_SKIP: dict[str, Any] = {"changed": False, "skipped": True, "rc": 0, **NO_OUTPUT,
                                    "msg": "Command would have run if not in check mode"}
 
 

@@ -126,17 +126,21 @@ class InProcessAction(ActionBase):
         return {"failed": True, "msg": f"{name} ended without a result"}
 
     def _environment(self) -> dict[str, str]:
-        """The task's ``environment:`` (play, block and task, the task's winning), as a module process gets it."""
-        merged: dict[str, str] = {}
-        blocks = self._task.environment
-        for block in blocks if isinstance(blocks, list) else [blocks]:
-            if not block:
-                continue
-            values = self._templar.template(block)
-            if not isinstance(values, dict):
-                raise AnsibleError(f"environment must be a dictionary, received {values!r}")
-            merged.update({str(key): str(value) for key, value in values.items()})
-        return merged
+        return task_environment_values(self._task, self._templar)
+
+
+def task_environment_values(task: Any, templar: Any) -> dict[str, str]:
+    """A task's ``environment:`` (play, block and task, the task's winning), as a module process gets it."""
+    merged: dict[str, str] = {}
+    blocks = task.environment
+    for block in blocks if isinstance(blocks, list) else [blocks]:
+        if not block:
+            continue
+        values = templar.template(block)
+        if not isinstance(values, dict):
+            raise AnsibleError(f"environment must be a dictionary, received {values!r}")
+        merged.update({str(key): str(value) for key, value in values.items()})
+    return merged
 
 
 @contextmanager

@@ -44,8 +44,15 @@ def test_failed_when_and_changed_when_judge_the_output_and_check_mode_runs_nothi
          "changed_when": "'out 2' in step0.stdout_lines"},
         {"args": {"argv": ["touch", str(marker)]}, "check_mode": True},
         {"args": {"argv": ["pwd"], "chdir": str(tmp_path)}},
+        # As ansible.builtin.command: ~ and $VARS expanded in argv; the task's environment reaches the program.
+        {"args": {"argv": ["sh", "-c", 'echo "$1 $GREETING"', "-", "~/results"]},
+         "environment": {"GREETING": "hello"}},
+        {"args": {"argv": ["echo", "~/results"], "expand_argument_vars": False}},
     ], local_inventory(tmp_path))
-    tolerated, checked, where = results
+    tolerated, checked, where, expanded, literal = results
+    assert expanded["stdout"] == f"{tmp_path / 'home'}/results hello"
+    assert literal["stdout"] == "~/results"
+    assert checked["stdout"] == "" and checked["stdout_lines"] == [], "check mode reads as no output, not undefined"
     assert not tolerated.get("failed") and tolerated["changed"] and tolerated["rc"] == 24
     assert checked.get("skipped") and not checked["changed"] and not marker.exists(), "check mode must run nothing"
     assert where["stdout"] == str(tmp_path)
@@ -64,5 +71,6 @@ def test_it_runs_on_the_controller_without_a_module_or_a_connection_to_the_host(
     ], inventory, hosts="far")
     ran, missing, empty = results
     assert ran["rc"] == 0 and not ran.get("unreachable") and (tmp_path / "pid").read_text().strip().isdigit()
-    assert missing["failed"] and missing["rc"] == 127 and "could not run /nonexistent/program" in missing["msg"]
+    assert missing["failed"] and missing["rc"] == 2 and "could not run /nonexistent/program" in missing["msg"]
+    assert missing["stdout_lines"] == [] and missing["stderr"] == "", "empty output, so changed_when can read it"
     assert empty["failed"] and "argv is empty" in empty["msg"]
