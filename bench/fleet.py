@@ -99,6 +99,7 @@ def one_round(sim: Sim, n: int, root: Path, args: argparse.Namespace, deadline: 
         "sweep_name": f"fleet-{n}", "sweep_trials": [{"seed": i + 1} for i in range(n)], "sweep_grid": {},
         "sweep_max_parallel": n, "sweep_budget_usd": 0, "sweep_results_dir": str(results_dir),
         "sweep_trial_vars": {"provision_probe_max_seconds": 1},
+        **({"sweep_trial_strategy": args.strategy} if args.strategy else {}),
         "run_query": good_query(sim), "run_max_dph": 5.0,
         "run_command": (f"python3 train.py --output_dir /workspace/run/output --max_steps {args.steps} "
                         f"--save_steps {max(1, args.steps // 4)} --step_seconds {args.step_seconds}"),
@@ -156,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sync", type=float, default=30.0, help="run_sync_interval_s (default 30, as examples)")
     parser.add_argument("--round-timeout", type=float, default=1500.0, help="one sweep's limit (default 1500 s)")
     parser.add_argument("--strategy", default="",
-                        help="ANSIBLE_STRATEGY for the sweep and its trials, e.g. mlops.vast.linear (the collection's "
-                        "opt-in accelerator); default: ansible.cfg's")
+                        help="the strategy of the sweep (ANSIBLE_STRATEGY) and of its trials (sweep_trial_strategy), "
+                        "e.g. ansible.builtin.linear; default: ansible.cfg's for the sweep, sweep_trial_strategy's "
+                        "default (mlops.vast.linear) for the trials")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     parser.add_argument("--deadline", type=float, default=3600.0, help="overall limit in seconds (default 3600)")
     args = parser.parse_args(argv)
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             sim = start_sim(root, deadline, speed=args.speed, log_level="debug", credit=1_000_000)
             say(f"vastsim at {sim.url} (speed {args.speed:g}); {os.cpu_count()} CPUs, load "
                 f"{os.getloadavg()[0]:.2f}; {args.steps} steps x {args.step_seconds:g} s per trial, "
-                f"poll {args.poll:g} s; strategy {args.strategy or 'as ansible.cfg says'}")
+                f"poll {args.poll:g} s; strategy {args.strategy or 'the defaults (the trials: mlops.vast.linear)'}")
             for n in sizes:
                 say(f"N={n}: running sweep.yml with {n} trial(s), {n} at once ...")
                 results["rounds"].append(one_round(sim, n, root, args, deadline))

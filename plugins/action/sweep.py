@@ -38,6 +38,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import 
     Budget,
     Scheduler,
     Trial,
+    trial_environment,
     trial_states,
     write_json_atomic,
 )
@@ -56,8 +57,8 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "rerun": {"type": "str", "default": "skip_completed", "choices": ["skip_completed", "all"]},
     "trial_timeout_s": {"type": "int", "default": 0},
     "poll_s": {"type": "float", "default": 1.0},
+    "trial_strategy": {"type": "str", "default": "mlops.vast.linear"},
 }
-PROGRESS_CALLBACK = "mlops.vast.progress"
 TEARDOWN_TIMEOUT_S = 600
 
 
@@ -124,14 +125,8 @@ class ActionModule(ActionBase):
             fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(run_vars, handle)
-            env = dict(os.environ)
-            enabled = [c for c in env.get("ANSIBLE_CALLBACKS_ENABLED", "").split(",") if c.strip()]
-            env["ANSIBLE_CALLBACKS_ENABLED"] = ",".join(dict.fromkeys([*enabled, PROGRESS_CALLBACK]))
-            env["MLOPS_VAST_PROGRESS_FILE"] = os.path.join(trial.results_dir, "progress.json")
-            env["ANSIBLE_FORCE_COLOR"] = "0"
-            # The sweep stops its trials itself (each with its teardown): a trial's own guard, enabled by ansible.cfg
-            # or the user's ANSIBLE_CALLBACKS_ENABLED, would race it with a second teardown.
-            env["MLOPS_VAST_GUARD"] = "off"
+            env = trial_environment(os.environ, progress_file=os.path.join(trial.results_dir, "progress.json"),
+                                    strategy=args["trial_strategy"])
             log = open(os.path.join(trial.results_dir, "ansible.log"), "ab")  # noqa: SIM115 - the child keeps it
             try:
                 # A session of its own: a Ctrl-C at the terminal reaches this scheduler, which stops the trials in

@@ -96,6 +96,16 @@ options:
     description: Seconds between looks at the trials.
     type: float
     default: 1.0
+  trial_strategy:
+    description:
+      - The strategy plugin each trial's C(ansible-playbook) runs with (C(ANSIBLE_STRATEGY) in its environment).
+      - The default, the collection's P(mlops.vast.linear#strategy), runs a trial's instant controller tasks and its
+        skipped tasks without a worker process, so that trials starting together compete less for the
+        controller's cores. Each trial's log then holds ansible-core 2.19's deprecation warning for strategy plugins
+        from outside ansible.builtin.
+      - An empty string leaves it to the environment and C(ansible.cfg), as for a plain C(ansible-playbook).
+    type: str
+    default: mlops.vast.linear
 seealso:
   - module: mlops.vast.validate_playbook_vars
 """

@@ -54,6 +54,25 @@ class Trial:
                 "pid": self.process.pid if self.process is not None and self.state == "running" else None}
 
 
+PROGRESS_CALLBACK = "mlops.vast.progress"
+
+
+def trial_environment(base: Mapping[str, str], *, progress_file: str, strategy: str) -> dict[str, str]:
+    """A trial playbook's environment: ``base`` with the progress callback writing ``progress_file``, no colour,
+    no guard of its own, and ``strategy`` (when not empty) as its strategy plugin."""
+    env = dict(base)
+    enabled = [c for c in env.get("ANSIBLE_CALLBACKS_ENABLED", "").split(",") if c.strip()]
+    env["ANSIBLE_CALLBACKS_ENABLED"] = ",".join(dict.fromkeys([*enabled, PROGRESS_CALLBACK]))
+    env["MLOPS_VAST_PROGRESS_FILE"] = progress_file
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    # The sweep stops its trials itself (each with its teardown): a trial's own guard, enabled by ansible.cfg or the
+    # user's ANSIBLE_CALLBACKS_ENABLED, would race it with a second teardown.
+    env["MLOPS_VAST_GUARD"] = "off"
+    if strategy:
+        env["ANSIBLE_STRATEGY"] = strategy
+    return env
+
+
 @dataclass
 class Budget:
     """The shared budget (``total`` 0: none) and the run's own per-trial cap (``run_cap`` 0: none)."""

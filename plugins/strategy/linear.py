@@ -10,24 +10,32 @@ description:
   - Runs a play exactly as C(ansible.builtin.linear) does (lockstep per batch of hosts), except for tasks whose
     action only computes or records something on the controller and returns at once (C(set_fact), C(assert),
     C(debug), C(fail), C(validate_argument_spec), C(add_host), C(group_by), C(include_tasks), C(include_role), and
-    the collection's C(mlops.vast.local_file) and C(mlops.vast.validate_playbook_vars)).
+    the collection's C(mlops.vast.local_file), C(mlops.vast.validate_playbook_vars),
+    C(mlops.vast.machine_exclusions) and C(mlops.vast.ssh_keypair)), and for skipped tasks.
   - Ansible forks a worker process for every task and host, conditionals and skips included; for these tasks the
     fork, the worker's start and its exit are most of the cost (about 30 ms each on a 2-core controller, against a
     few ms for the work). This strategy runs Ansible's own task executor for them in the controller process, on a
     copy of the task, and hands the result to the same result queue a worker would, so callbacks, registered
     variables, facts, C(ignore_errors), C(failed_when), loops and C(no_log) behave as with a worker.
+  - A task of any other action with a C(when) (and no loop) is taken as far as its conditional in the controller
+    process, by Ansible's own executor. When the conditional is false, that is the task's result (skipped), as a
+    worker would have reported it. When it holds, the task goes to a worker, which evaluates it again (so a lookup
+    in a C(when) runs twice).
   - Everything else (modules, commands over SSH, the collection's API modules, the watch) runs in workers as
     before.
-  - Opt-in, an accelerator like mitogen's strategies. Select it with C(ANSIBLE_STRATEGY=mlops.vast.linear),
-    C(strategy = mlops.vast.linear) in C(ansible.cfg), or C(strategy) in a play; without it everything runs as
-    before. C(bench/train_overhead.py --strategy mlops.vast.linear) and C(bench/fleet.py --strategy
-    mlops.vast.linear) measure the difference.
+  - An accelerator like mitogen's strategies. C(playbooks/sweep.yml) runs each trial with it (the variable
+    C(sweep_trial_strategy), option O(mlops.vast.sweep#module:trial_strategy)), where many trials starting
+    together share the controller's cores. Elsewhere select it with C(ANSIBLE_STRATEGY=mlops.vast.linear), C(strategy =
+    mlops.vast.linear) in C(ansible.cfg), or C(strategy) in a play; without it everything runs as before.
+    C(bench/train_overhead.py --strategy mlops.vast.linear) and C(bench/fleet.py --strategy
+    ansible.builtin.linear) measure the difference.
 version_added: 0.2.0
 author:
   - mlops.vast developers (@mlops-vast)
 notes:
   - ansible-core 2.19 deprecates strategy plugins from outside ansible.builtin (mitogen's included) and prints a
-    deprecation warning for them, which is why the collection's own C(ansible.cfg) does not select it.
+    deprecation warning for them, which is why the collection's own C(ansible.cfg) does not select it (a sweep's
+    trials print it in their own logs).
   - Written against ansible-core 2.19's strategy and worker internals; on another ansible-core it warns and runs
     every task in a worker, as C(ansible.builtin.linear) does.
 """
@@ -55,7 +63,8 @@ CONTROLLER_ONLY = frozenset(
     f"{prefix}{name}" for prefix in ("", "ansible.builtin.", "ansible.legacy.")
     for name in ("set_fact", "debug", "assert", "fail", "validate_argument_spec", "add_host", "group_by",
                  "include_tasks", "include_role")
-) | {"mlops.vast.local_file", "mlops.vast.validate_playbook_vars"}
+) | {"mlops.vast.local_file", "mlops.vast.validate_playbook_vars", "mlops.vast.machine_exclusions",
+     "mlops.vast.ssh_keypair"}
 
 
 class StrategyModule(LinearStrategy):
@@ -67,26 +76,67 @@ class StrategyModule(LinearStrategy):
                             "every task runs in a worker, as with ansible.builtin.linear")
 
     def _queue_task(self, host, task, task_vars, play_context):
-        if not SUPPORTED or not self._runs_here(task):
+        if not SUPPORTED or not (self._runs_here(task) or self._may_skip_here(task)):
             return super()._queue_task(host, task, task_vars, play_context)
-        # What a worker's start would have registered and announced.
+        # What a worker's start would have registered (a loop's items report through it as they run).
         self._queued_task_cache[(host.name, task._uuid)] = {
             "host": host, "task": task, "task_vars": task_vars, "play_context": play_context}
-        self._tqm.send_callback("v2_runner_on_start", host, task)
+        if self._runs_here(task):
+            self._tqm.send_callback("v2_runner_on_start", host, task)
+            own_task, result = self._execute_here(host, task, task_vars, play_context, TaskExecutor)
+        else:
+            try:
+                own_task, result = self._execute_here(host, task, task_vars, play_context, _ConditionalOnly)
+            except _WorkerNeeded:
+                return super()._queue_task(host, task, task_vars, play_context)
+            self._tqm.send_callback("v2_runner_on_start", host, task)
+        self._final_q.send_task_result(_RawTaskResult(host=host, task=own_task, return_data=result,
+                                                      task_fields=own_task.dump_attrs()))
+        self._pending_results += 1
+
+    def _execute_here(self, host, task, task_vars, play_context, executor):
         # A worker works on its own copy of everything (a fork): the executor templates the task in place, may
         # change its ignore_errors and adds to the variables it is given, so it gets copies (the blocks above the
         # task come along for their inherited keywords, not their task lists); the result carries the task's fields
         # back as a worker's does.
         own_task = task.copy(exclude_parent=False, exclude_tasks=True)
         with _task.TaskContext(own_task):
-            result = TaskExecutor(host, own_task, dict(task_vars), play_context, self._loader,
-                                  plugin_loader.get_plugin_loader_namespace(), self._final_q,
-                                  self._variable_manager).run()
-        self._final_q.send_task_result(_RawTaskResult(host=host, task=own_task, return_data=result,
-                                                      task_fields=own_task.dump_attrs()))
-        self._pending_results += 1
+            result = executor(host, own_task, dict(task_vars), play_context, self._loader,
+                              plugin_loader.get_plugin_loader_namespace(), self._final_q,
+                              self._variable_manager).run()
+        return own_task, result
 
     @staticmethod
     def _runs_here(task) -> bool:
         # As written in the play (resolving it is a worker's job); retries sleep, and async is a worker's.
         return task.action in CONTROLLER_ONLY and not task.async_val and not task.until
+
+    @staticmethod
+    def _may_skip_here(task) -> bool:
+        # A conditional task of any action: its executor runs here up to the conditional, and on to a worker only
+        # if it holds. A loop's conditional is per item, evaluated while the loop runs, so a loop goes to a worker.
+        return bool(task.when) and not task.loop and not task.loop_with and not task.async_val and not task.until
+
+
+class _WorkerNeeded(BaseException):
+    """The task's conditional holds: the task runs in a worker. A BaseException, so that the executor's own error
+    handling (which turns an Exception into a failed result) lets it through before anything ran."""
+
+
+if SUPPORTED:
+
+    class _ConditionalOnly(TaskExecutor):
+        """Ansible's executor for one task, as far as the task's conditional: a skip result when it is false,
+        :class:`_WorkerNeeded` when it holds (nothing connected, loaded or ran)."""
+
+        def _execute_internal(self, templar, variables):
+            resolve = self._task._resolve_conditional
+
+            def when_only(conditional, all_vars, **kwargs):
+                # The executor's first conditional is the task's when (changed_when, failed_when come after it ran).
+                if resolve(conditional, all_vars, **kwargs):
+                    raise _WorkerNeeded
+                return False
+
+            self._task._resolve_conditional = when_only  # on this executor's own copy of the task
+            return super()._execute_internal(templar, variables)

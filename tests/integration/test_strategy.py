@@ -23,7 +23,8 @@ def write_playbook(tmp_path: Path) -> Path:
         {"name": "Say the step", "ansible.builtin.debug": {"msg": "step {{ step }}"}},
     ]))
     plays = [
-        {"name": "Controller-only tasks", "hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "Controller-only tasks", "hosts": "localhost", "gather_facts": False,
+         "vars": {"ansible_python_interpreter": "{{ ansible_playbook_python }}"}, "tasks": [
             {"name": "Where it runs", "ansible.builtin.set_fact": {
                 "runner_pid": "{{ lookup('ansible.builtin.pipe', 'echo $PPID') | int }}", "steps": []}},
             {"name": "A fact from a loop, registered",
@@ -33,6 +34,12 @@ def write_playbook(tmp_path: Path) -> Path:
              "ansible.builtin.assert": {"that": ["squares | length == 99"], "fail_msg": "not 99"},
              "ignore_errors": "{{ true }}", "register": "assert_result"},
             {"name": "Skipped", "ansible.builtin.set_fact": {"never": True}, "when": "squares | length > 5"},
+            {"name": "Skipped, of an action that needs a worker", "ansible.builtin.command": {"cmd": "false"},
+             "when": f"lookup('ansible.builtin.pipe', 'echo $PPID >> {tmp_path}/skip_pids; echo') == 'never'",
+             "register": "skip_result"},
+            {"name": "Run after its conditional held", "ansible.builtin.command": {"cmd": "echo ran"},
+             "when": f"lookup('ansible.builtin.pipe', 'echo $PPID >> {tmp_path}/run_pids; echo') != 'never'",
+             "register": "run_result"},
             {"name": "failed_when on debug", "ansible.builtin.debug": {"msg": "fine"},
              "failed_when": False, "changed_when": True, "register": "debug_result"},
             {"name": "A secret fact", "ansible.builtin.set_fact": {"hidden": SECRET}, "no_log": True},
@@ -65,7 +72,9 @@ def write_playbook(tmp_path: Path) -> Path:
                  "hidden_kept": "{{ hidden == '" + SECRET + "' }}", "rescued_from": "{{ rescued_from }}",
                  "reached": "{{ reached | default(false) }}", "steps": "{{ steps }}",
                  "groups": "{{ groups | dict2items | selectattr('key', 'ne', 'all') | items2dict }}",
-                 "extra_saw": "{{ hostvars.extra.seen }}", "runner_pid": "{{ runner_pid }}"}}},
+                 "extra_saw": "{{ hostvars.extra.seen }}", "runner_pid": "{{ runner_pid }}",
+                 "skip_result": "{{ skip_result.skipped }}: {{ skip_result.false_condition is defined }}",
+                 "run_result": "{{ run_result.stdout }} {{ run_result.changed }}"}}},
         ]},
     ]
     playbook = tmp_path / "playbook.yml"
@@ -90,12 +99,13 @@ def run_with(strategy: str, tmp_path: Path) -> tuple[dict, int, str]:
     summary = json.loads((tmp_path / "summary.json").read_text())
     recap = [" ".join(line.split()) for line in output.splitlines() if line.startswith(("localhost ", "extra "))]
     assert len(recap) == 2, output[-3000:]
-    return {"summary": summary, "recap": recap}, process.pid, output
+    return {"summary": summary, "recap": recap, "folder": str(tmp_path)}, process.pid, output
 
 
 def without_pid(result: dict) -> dict:
     """The results but where the tasks ran, which differs by design."""
-    return {**result, "summary": {key: value for key, value in result["summary"].items() if key != "runner_pid"}}
+    return {**result, "folder": None,
+            "summary": {key: value for key, value in result["summary"].items() if key != "runner_pid"}}
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +140,20 @@ def test_they_run_in_the_controller_process(both: dict[str, tuple[dict, int, str
     for strategy, in_controller in (("mlops.vast.linear", True), ("ansible.builtin.linear", False)):
         result, pid, _output = both[strategy]
         assert (int(result["summary"]["runner_pid"]) == pid) is in_controller, (strategy, result, pid)
+
+
+def test_skips_are_decided_in_the_controller_process(both: dict[str, tuple[dict, int, str]]) -> None:
+    """A conditional task of an action that needs a worker: with mlops.vast.linear its false conditional is
+    evaluated in ansible-playbook itself and no worker starts; a true one is evaluated there, then again in the
+    worker that runs the task. The builtin strategy evaluates both in workers."""
+    for strategy in ("mlops.vast.linear", "ansible.builtin.linear"):
+        result, pid, _output = both[strategy]
+        folder = Path(result["folder"])
+        skip_pids = [int(line) for line in (folder / "skip_pids").read_text().split()]
+        run_pids = [int(line) for line in (folder / "run_pids").read_text().split()]
+        assert result["summary"]["skip_result"] == "True: True" and result["summary"]["run_result"] == "ran True"
+        if strategy == "mlops.vast.linear":
+            assert skip_pids == [pid], (skip_pids, pid)
+            assert len(run_pids) == 2 and run_pids[0] == pid and run_pids[1] != pid, (run_pids, pid)
+        else:
+            assert len(skip_pids) == 1 and skip_pids[0] != pid and len(run_pids) == 1 and run_pids[0] != pid

@@ -96,6 +96,12 @@ def test_sweep_isolates_failures_holds_the_budget_and_leaves_nothing_billing(sim
     assert replaced and all(row["outcome"] == "completed" for row in replaced if row is not crashed), rows
     assert not {int(m) for m in excluded} & {row["hosts"][-1] for row in others}
 
+    # Each trial ran with the sweep's default strategy, the collection's mlops.vast.linear (ansible-core says so when
+    # it loads a strategy from outside ansible.builtin): the crash and the rejected hosts were handled under it.
+    for row in rows:
+        log = " ".join((Path(row["results_dir"]) / "ansible.log").read_text().split())
+        assert "Use of strategy plugins not included in ansible.builtin are deprecated" in log, row["id"]
+
     state = json.loads((results / "sweep-state.json").read_text())
     assert max_overlap(state["trials"]) <= 3
     assert max_overlap(state["trials"]) >= 2  # they did run side by side

@@ -10,7 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import Budget, Scheduler, Trial
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import (
+    Budget,
+    Scheduler,
+    Trial,
+    trial_environment,
+)
 
 
 class Harness:
@@ -128,3 +133,15 @@ def test_a_trial_that_ended_with_its_instance_still_open_is_torn_down(tmp_path: 
     trials = run.scheduler.run(deadline_s=60)
     assert run.torn_down == ["sw-t000"]
     assert trials[0].orphaned and not trials[1].orphaned
+
+
+def test_a_trial_runs_with_the_sweep_s_strategy_its_progress_file_and_no_guard_of_its_own() -> None:
+    base = {"PATH": "/usr/bin", "ANSIBLE_CALLBACKS_ENABLED": "mlops.vast.guard,", "ANSIBLE_STRATEGY": "free"}
+    env = trial_environment(base, progress_file="/r/t1/progress.json", strategy="mlops.vast.linear")
+    assert env["ANSIBLE_STRATEGY"] == "mlops.vast.linear" and env["PATH"] == "/usr/bin"
+    assert env["ANSIBLE_CALLBACKS_ENABLED"] == "mlops.vast.guard,mlops.vast.progress"
+    assert env["MLOPS_VAST_PROGRESS_FILE"] == "/r/t1/progress.json" and env["MLOPS_VAST_GUARD"] == "off"
+    assert base["ANSIBLE_STRATEGY"] == "free"  # the sweep's own environment is left as it was
+    # An empty strategy leaves the choice to the environment (and ansible.cfg), as for a plain ansible-playbook.
+    assert trial_environment(base, progress_file="p", strategy="")["ANSIBLE_STRATEGY"] == "free"
+    assert "ANSIBLE_STRATEGY" not in trial_environment({}, progress_file="p", strategy="")
