@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default="",
                         help="the strategy of the sweep (ANSIBLE_STRATEGY) and of its trials (sweep_trial_strategy), "
                         "e.g. ansible.builtin.linear; default: ansible.cfg's for the sweep, sweep_trial_strategy's "
-                        "default (mlops.vast.linear) for the trials")
+                        "default (auto: mlops.vast.linear) for the trials")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     parser.add_argument("--deadline", type=float, default=3600.0, help="overall limit in seconds (default 3600)")
     args = parser.parse_args(argv)

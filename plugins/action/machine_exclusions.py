@@ -1,6 +1,7 @@
 # Copyright: (c) 2026, mlops.vast developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""mlops.vast.machine_exclusions, run in Ansible's worker rather than a new Python (plugin_utils/in_process.py).
+"""mlops.vast.machine_exclusions, run in Ansible's worker (in the controller process under the strategy
+mlops.vast.linear) rather than a new Python (plugin_utils/in_process.py).
 Documentation: plugins/modules/machine_exclusions.py."""
 
 from __future__ import annotations

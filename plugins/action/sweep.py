@@ -17,9 +17,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
+from ansible.release import __version__ as ANSIBLE_CORE_VERSION
 from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger, default_ledger_path
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     SweepSpecError,
@@ -40,6 +42,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import 
     Trial,
     trial_environment,
     trial_states,
+    trial_strategy,
     write_json_atomic,
 )
 
@@ -57,7 +60,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "rerun": {"type": "str", "default": "skip_completed", "choices": ["skip_completed", "all"]},
     "trial_timeout_s": {"type": "int", "default": 0},
     "poll_s": {"type": "float", "default": 1.0},
-    "trial_strategy": {"type": "str", "default": "mlops.vast.linear"},
+    "trial_strategy": {"type": "str", "default": "auto"},
 }
 TEARDOWN_TIMEOUT_S = 600
 
@@ -104,6 +107,8 @@ class ActionModule(ActionBase):
             return result
 
         os.makedirs(results_dir, exist_ok=True)
+        strategy = trial_strategy(args["trial_strategy"], C.config.get_config_value_and_origin("DEFAULT_STRATEGY")[1],
+                                  ANSIBLE_CORE_VERSION)
         reused = self._reuse_completed(trials) if args["rerun"] == "skip_completed" else 0
         ledger_path = default_ledger_path()
         private_dir = tempfile.mkdtemp(prefix="mlops-sweep-")  # trial variables (run_env may hold tokens), 0700
@@ -126,7 +131,7 @@ class ActionModule(ActionBase):
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(run_vars, handle)
             env = trial_environment(os.environ, progress_file=os.path.join(trial.results_dir, "progress.json"),
-                                    strategy=args["trial_strategy"])
+                                    strategy=strategy)
             log = open(os.path.join(trial.results_dir, "ansible.log"), "ab")  # noqa: SIM115 - the child keeps it
             try:
                 # A session of its own: a Ctrl-C at the terminal reaches this scheduler, which stops the trials in

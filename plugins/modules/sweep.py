@@ -99,13 +99,16 @@ options:
   trial_strategy:
     description:
       - The strategy plugin each trial's C(ansible-playbook) runs with (C(ANSIBLE_STRATEGY) in its environment).
-      - The default, the collection's P(mlops.vast.linear#strategy), runs a trial's instant controller tasks and its
-        skipped tasks without a worker process, so that trials starting together compete less for the
-        controller's cores. Each trial's log then holds ansible-core 2.19's deprecation warning for strategy plugins
-        from outside ansible.builtin.
-      - An empty string leaves it to the environment and C(ansible.cfg), as for a plain C(ansible-playbook).
+      - V(auto) is the collection's P(mlops.vast.linear#strategy), which runs a trial's instant controller tasks and
+        its skipped tasks without a worker process, so that trials starting together compete less for the
+        controller's cores; each trial's log then holds ansible-core 2.19's deprecation warning for strategy
+        plugins from outside ansible.builtin. It is not used when you chose a strategy yourself (C(ANSIBLE_STRATEGY)
+        or C(strategy) in C(ansible.cfg)), nor on an ansible-core other than 2.19; the trials then run with yours,
+        or with ansible-core's default.
+      - An empty string leaves it to the environment and C(ansible.cfg), as for a plain C(ansible-playbook); any
+        other value is the strategy to use.
     type: str
-    default: mlops.vast.linear
+    default: auto
 seealso:
   - module: mlops.vast.validate_playbook_vars
 """

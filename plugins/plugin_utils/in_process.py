@@ -9,7 +9,9 @@ checkpoint's manifest) get an action plugin of the same name that calls the modu
 ``AnsibleModule`` replaced by :class:`InProcessModule`: the same argument validation (Ansible's
 ``ModuleArgumentSpecValidator``, so the same messages), check mode, warnings and ``no_log`` masking, and
 ``exit_json``/``fail_json`` that return the result instead of printing it and exiting. The worker is a fork
-that ends with the task, so nothing the module sets up outlives it.
+that ends with the task, so nothing the module sets up outlives it. (Under the strategy mlops.vast.linear,
+machine_exclusions and ssh_keypair run in the controller process itself; the working directory and the
+environment they are given are put back when they return.)
 
 Private to the collection.
 """

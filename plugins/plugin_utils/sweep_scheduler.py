@@ -55,6 +55,19 @@ class Trial:
 
 
 PROGRESS_CALLBACK = "mlops.vast.progress"
+COLLECTION_STRATEGY = "mlops.vast.linear"
+
+
+def trial_strategy(choice: str, configured_by: str, core_version: str) -> str:
+    """The strategy a trial runs with ("" for whatever its environment and ansible.cfg say).
+
+    ``auto`` is the collection's strategy, unless the user chose one (``configured_by``, the origin Ansible reports
+    for its strategy setting, is not ``default``: ANSIBLE_STRATEGY or ansible.cfg) or this ansible-core is not the
+    2.19 it is written for; any other choice is taken as given.
+    """
+    if choice != "auto":
+        return choice
+    return COLLECTION_STRATEGY if configured_by == "default" and core_version.startswith("2.19.") else ""
 
 
 def trial_environment(base: Mapping[str, str], *, progress_file: str, strategy: str) -> dict[str, str]:

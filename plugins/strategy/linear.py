@@ -17,10 +17,12 @@ description:
     few ms for the work). This strategy runs Ansible's own task executor for them in the controller process, on a
     copy of the task, and hands the result to the same result queue a worker would, so callbacks, registered
     variables, facts, C(ignore_errors), C(failed_when), loops and C(no_log) behave as with a worker.
-  - A task of any other action with a C(when) (and no loop) is taken as far as its conditional in the controller
-    process, by Ansible's own executor. When the conditional is false, that is the task's result (skipped), as a
-    worker would have reported it. When it holds, the task goes to a worker, which evaluates it again (so a lookup
-    in a C(when) runs twice).
+  - A task of any other action with a C(when) (and no loop, C(until), C(async), C(delegate_to) or C(throttle)) is
+    taken as far as its conditional in the controller process, by Ansible's own executor. When the conditional is
+    false, that is the task's result (skipped), as a worker would have reported it. When it holds, the task goes
+    to a worker, which starts over: the C(when) and what the executor templates before it (the connection and
+    become settings) are templated twice, so a lookup there runs twice, the first time in the controller
+    process.
   - Everything else (modules, commands over SSH, the collection's API modules, the watch) runs in workers as
     before.
   - An accelerator like mitogen's strategies. C(playbooks/sweep.yml) runs each trial with it (the variable
@@ -38,6 +40,8 @@ notes:
     trials print it in their own logs).
   - Written against ansible-core 2.19's strategy and worker internals; on another ansible-core it warns and runs
     every task in a worker, as C(ansible.builtin.linear) does.
+  - Ansible's task debugger undoes a C(run_once) task's results on C(redo) only under a strategy named
+    C(linear); under this one, redo such a task with C(ansible.builtin.linear).
 """
 
 from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
@@ -58,7 +62,8 @@ try:
 except ImportError:  # pragma: no cover - depends on the installed ansible-core
     SUPPORTED = False
 
-# Actions that only compute or record on the controller and return at once: never a connection, never a wait.
+# Actions that only compute or record on the controller and return at once: never a connection, and no wait but
+# for another run's short write to a locked file (machine_exclusions, ssh_keypair).
 CONTROLLER_ONLY = frozenset(
     f"{prefix}{name}" for prefix in ("", "ansible.builtin.", "ansible.legacy.")
     for name in ("set_fact", "debug", "assert", "fail", "validate_argument_spec", "add_host", "group_by",
@@ -115,7 +120,10 @@ class StrategyModule(LinearStrategy):
     def _may_skip_here(task) -> bool:
         # A conditional task of any action: its executor runs here up to the conditional, and on to a worker only
         # if it holds. A loop's conditional is per item, evaluated while the loop runs, so a loop goes to a worker.
-        return bool(task.when) and not task.loop and not task.loop_with and not task.async_val and not task.until
+        # delegate_to is templated (the delegated host's variables gathered) before the conditional, and a throttle
+        # is checked when a task is queued for a worker: both stay a worker's.
+        return bool(task.when) and not (task.loop or task.loop_with or task.async_val or task.until
+                                        or task.delegate_to or task.throttle)
 
 
 class _WorkerNeeded(BaseException):

@@ -37,6 +37,9 @@ def write_playbook(tmp_path: Path) -> Path:
             {"name": "Skipped, of an action that needs a worker", "ansible.builtin.command": {"cmd": "false"},
              "when": f"lookup('ansible.builtin.pipe', 'echo $PPID >> {tmp_path}/skip_pids; echo') == 'never'",
              "register": "skip_result"},
+            {"name": "Skipped, delegated", "ansible.builtin.command": {"cmd": "false"}, "delegate_to": "localhost",
+             "when": f"lookup('ansible.builtin.pipe', 'echo $PPID >> {tmp_path}/delegated_pids; echo') == 'never'",
+             "register": "delegated_result"},
             {"name": "Run after its conditional held", "ansible.builtin.command": {"cmd": "echo ran"},
              "when": f"lookup('ansible.builtin.pipe', 'echo $PPID >> {tmp_path}/run_pids; echo') != 'never'",
              "register": "run_result"},
@@ -74,7 +77,8 @@ def write_playbook(tmp_path: Path) -> Path:
                  "groups": "{{ groups | dict2items | selectattr('key', 'ne', 'all') | items2dict }}",
                  "extra_saw": "{{ hostvars.extra.seen }}", "runner_pid": "{{ runner_pid }}",
                  "skip_result": "{{ skip_result.skipped }}: {{ skip_result.false_condition is defined }}",
-                 "run_result": "{{ run_result.stdout }} {{ run_result.changed }}"}}},
+                 "run_result": "{{ run_result.stdout }} {{ run_result.changed }}",
+                 "delegated_result": "{{ delegated_result.skipped }}"}}},
         ]},
     ]
     playbook = tmp_path / "playbook.yml"
@@ -145,13 +149,17 @@ def test_they_run_in_the_controller_process(both: dict[str, tuple[dict, int, str
 def test_skips_are_decided_in_the_controller_process(both: dict[str, tuple[dict, int, str]]) -> None:
     """A conditional task of an action that needs a worker: with mlops.vast.linear its false conditional is
     evaluated in ansible-playbook itself and no worker starts; a true one is evaluated there, then again in the
-    worker that runs the task. The builtin strategy evaluates both in workers."""
+    worker that runs the task; a delegated one goes to a worker. The builtin strategy evaluates all in workers."""
     for strategy in ("mlops.vast.linear", "ansible.builtin.linear"):
         result, pid, _output = both[strategy]
         folder = Path(result["folder"])
         skip_pids = [int(line) for line in (folder / "skip_pids").read_text().split()]
         run_pids = [int(line) for line in (folder / "run_pids").read_text().split()]
         assert result["summary"]["skip_result"] == "True: True" and result["summary"]["run_result"] == "ran True"
+        # delegate_to is templated before the conditional (the delegated host's variables gathered): a worker's job.
+        delegated_pids = [int(line) for line in (folder / "delegated_pids").read_text().split()]
+        assert result["summary"]["delegated_result"] is True
+        assert len(delegated_pids) == 1 and delegated_pids[0] != pid, (strategy, delegated_pids, pid)
         if strategy == "mlops.vast.linear":
             assert skip_pids == [pid], (skip_pids, pid)
             assert len(run_pids) == 2 and run_pids[0] == pid and run_pids[1] != pid, (run_pids, pid)

@@ -15,6 +15,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import 
     Scheduler,
     Trial,
     trial_environment,
+    trial_strategy,
 )
 
 
@@ -145,3 +146,12 @@ def test_a_trial_runs_with_the_sweep_s_strategy_its_progress_file_and_no_guard_o
     # An empty strategy leaves the choice to the environment (and ansible.cfg), as for a plain ansible-playbook.
     assert trial_environment(base, progress_file="p", strategy="")["ANSIBLE_STRATEGY"] == "free"
     assert "ANSIBLE_STRATEGY" not in trial_environment({}, progress_file="p", strategy="")
+
+
+def test_auto_is_the_collection_s_strategy_unless_the_user_chose_one_or_ansible_core_is_not_2_19() -> None:
+    assert trial_strategy("auto", "default", "2.19.4") == "mlops.vast.linear"
+    assert trial_strategy("auto", "env: ANSIBLE_STRATEGY", "2.19.4") == ""  # theirs, from the environment
+    assert trial_strategy("auto", "/home/me/ansible.cfg", "2.19.4") == ""  # theirs, from ansible.cfg
+    assert trial_strategy("auto", "default", "2.20.0") == ""  # written for 2.19's internals
+    assert trial_strategy("ansible.builtin.free", "env: ANSIBLE_STRATEGY", "2.19.4") == "ansible.builtin.free"
+    assert trial_strategy("", "default", "2.19.4") == ""
