@@ -20,8 +20,8 @@ description:
   - A task of any other action with a C(when) (and no loop, C(until), C(async), C(delegate_to) or C(throttle)) is
     taken as far as its conditional in the controller process, by Ansible's own executor. When the conditional is
     false, that is the task's result (skipped), as a worker would have reported it. When it holds, the task goes
-    to a worker, which starts over: the C(when) and what the executor templates before it (the connection and
-    become settings) are templated twice, so a lookup there runs twice, the first time in the controller
+    to a worker, which starts over. So the C(when) and what the executor templates before it (the connection and
+    become settings) are templated twice, and a lookup there runs twice, the first time in the controller
     process.
   - Everything else (modules, commands over SSH, the collection's API modules, the watch) runs in workers as
     before.
