@@ -17,7 +17,21 @@ from tests.integration.ansible_run import ANSIBLE_BIN, ansible_env
 SECRET = "s3cr3t-value-never-shown"
 
 
+GC_FROZEN_LOOKUP = """
+import gc
+
+from ansible.plugins.lookup import LookupBase
+
+
+class LookupModule(LookupBase):
+    def run(self, terms, variables=None, **kwargs):
+        return [gc.get_freeze_count()]
+"""
+
+
 def write_playbook(tmp_path: Path) -> Path:
+    (tmp_path / "lookup_plugins").mkdir()
+    (tmp_path / "lookup_plugins" / "gc_frozen.py").write_text(GC_FROZEN_LOOKUP)
     (tmp_path / "step.yml").write_text(yaml.safe_dump([
         {"name": "Count the step", "ansible.builtin.set_fact": {"steps": "{{ steps + [step * 10] }}"}},
         {"name": "Say the step", "ansible.builtin.debug": {"msg": "step {{ step }}"}},
@@ -43,6 +57,10 @@ def write_playbook(tmp_path: Path) -> Path:
             {"name": "Run after its conditional held", "ansible.builtin.command": {"cmd": "echo ran"},
              "when": f"lookup('ansible.builtin.pipe', 'echo $PPID >> {tmp_path}/run_pids; echo') != 'never'",
              "register": "run_result"},
+            {"name": "What the collector sees frozen in a worker", "ansible.builtin.command": {
+                "cmd": "echo {{ lookup('gc_frozen') }}"}, "register": "frozen_in_worker", "changed_when": False},
+            {"name": "And in the process that runs set_fact",
+             "ansible.builtin.set_fact": {"frozen_in_controller": "{{ lookup('gc_frozen') }}"}},
             {"name": "failed_when on debug", "ansible.builtin.debug": {"msg": "fine"},
              "failed_when": False, "changed_when": True, "register": "debug_result"},
             {"name": "A secret fact", "ansible.builtin.set_fact": {"hidden": SECRET}, "no_log": True},
@@ -78,7 +96,9 @@ def write_playbook(tmp_path: Path) -> Path:
                  "extra_saw": "{{ hostvars.extra.seen }}", "runner_pid": "{{ runner_pid }}",
                  "skip_result": "{{ skip_result.skipped }}: {{ skip_result.false_condition is defined }}",
                  "run_result": "{{ run_result.stdout }} {{ run_result.changed }}",
-                 "delegated_result": "{{ delegated_result.skipped }}"}}},
+                 "delegated_result": "{{ delegated_result.skipped }}",
+                 "frozen_in_worker": "{{ frozen_in_worker.stdout | int }}",
+                 "frozen_in_controller": "{{ frozen_in_controller | int }}"}}},
         ]},
     ]
     playbook = tmp_path / "playbook.yml"
@@ -88,7 +108,8 @@ def write_playbook(tmp_path: Path) -> Path:
 
 def run_with(strategy: str, tmp_path: Path) -> tuple[dict, int, str]:
     """The playbook's summary and recap, ansible-playbook's pid, and its output."""
-    env = ansible_env(None, tmp_path, ANSIBLE_STRATEGY=strategy)
+    env = ansible_env(None, tmp_path, ANSIBLE_STRATEGY=strategy,
+                      ANSIBLE_LOOKUP_PLUGINS=str(tmp_path / "lookup_plugins"))
     playbook = write_playbook(tmp_path)
     process = subprocess.Popen([str(ANSIBLE_BIN / "ansible-playbook"), str(playbook), "-i", "localhost,",
                                 "-c", "local", "-v"], env=env, cwd=REPO, stdin=subprocess.DEVNULL,
@@ -109,7 +130,8 @@ def run_with(strategy: str, tmp_path: Path) -> tuple[dict, int, str]:
 def without_pid(result: dict) -> dict:
     """The results but where the tasks ran, which differs by design."""
     return {**result, "folder": None,
-            "summary": {key: value for key, value in result["summary"].items() if key != "runner_pid"}}
+            "summary": {key: value for key, value in result["summary"].items()
+                        if key not in ("runner_pid", "frozen_in_worker")}}
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +187,11 @@ def test_skips_are_decided_in_the_controller_process(both: dict[str, tuple[dict,
             assert len(run_pids) == 2 and run_pids[0] == pid and run_pids[1] != pid, (run_pids, pid)
         else:
             assert len(skip_pids) == 1 and skip_pids[0] != pid and len(run_pids) == 1 and run_pids[0] != pid
+
+
+def test_workers_start_with_the_controller_objects_frozen(both: dict[str, tuple[dict, int, str]]) -> None:
+    """mlops.vast.linear forks a worker with the controller's objects frozen for the garbage collector (so the
+    worker's collections do not copy them) and thaws them in the controller at once; the builtin freezes nothing."""
+    ours, builtin = (both[strategy][0]["summary"] for strategy in ("mlops.vast.linear", "ansible.builtin.linear"))
+    assert ours["frozen_in_worker"] > 10_000, ours
+    assert builtin["frozen_in_worker"] == 0 and ours["frozen_in_controller"] == builtin["frozen_in_controller"] == 0
