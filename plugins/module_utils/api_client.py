@@ -180,8 +180,11 @@ class VastClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        # Requests go only to paths under base_url and redirects are not followed, so a plain-http URL (vastsim on
+        # loopback) never makes a TLS connection: loading the certificate store would cost ~20 ms a client, and
+        # every module run makes one.
         self._http = httpx.Client(base_url=base_url, headers=headers, transport=transport,
-                                  follow_redirects=False)
+                                  follow_redirects=False, verify=base_url.startswith("https://"))
 
     def close(self) -> None:
         self._http.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -232,3 +233,15 @@ def test_a_destroy_waits_out_an_api_that_never_answered_to_its_deadline() -> Non
         client.current_user()
     assert not isinstance(raised.value, errors.VastUnreachable)
     assert time.monotonic() - started >= 2.5, "retried until the deadline"
+
+
+def test_only_an_https_api_loads_the_certificate_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain-http URL (vastsim) never makes a TLS connection, so its client skips the ~20 ms of loading the
+    certificate store; an https URL (Vast itself) verifies as before."""
+    contexts: list[object] = []
+    real = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: contexts.append(1) or real(*a, **k))
+    with api.VastClient("key", "http://127.0.0.1:9"):
+        assert contexts == []
+    with api.VastClient("key", "https://console.vast.ai"):
+        assert contexts == [1]
