@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """Fleet scaling: N trials through playbooks/sweep.yml, all at once (sweep_max_parallel N), for N = 1, 4, 8, 16.
 
-    .venv/bin/python bench/fleet.py --sizes 1,4,8,16 --json /tmp/fleet.json
+    .venv/bin/python bench/fleet.py --sizes 1,4,8,16 --speeds 20,1 --json /tmp/fleet.json
 
-Run it as root (instances are real sshds in their own namespaces, as in sim_ready.py). One simulator (at --speed,
-default 20 like scripts/demo.sh, access log counted) serves every round; each round has its own ledger, results
-and exclusions, a query without the catalogue's deliberately bad hosts (so every trial rents once), and trials
-that differ only by --seed. For each N it prints:
+Run it as root (instances are real sshds in their own namespaces, as in sim_ready.py). The rounds run once for
+each --speed of the simulator (default 20, the demo's, then 1): one simulator per speed (access log counted)
+serves its rounds; each round has its own ledger, results and exclusions, a query without the catalogue's
+deliberately bad hosts (so every trial rents once), and trials that differ only by --seed.
+
+The two speeds answer different questions. At speed 20 an instance runs ~2.4 s after it is rented instead of
+Vast's ~47 s, but the controller's work is not 20 times faster, and on this machine the controller shares its cores
+with the simulator and with every simulated host's sshd and Python: the ratio measures the CPU a trial costs. At
+speed 1 the instances take Vast's own time to start, as they do for a user of the real market, and the ratio says
+how much the controller delays a fleet there. For each speed and N it prints:
 
 - time until all N trials are training (the progress callback's first "training" of each trial, from the start
   of ansible-playbook) and the total wall time, each with its ratio to N = 1 (1.0 would be perfect parallelism;
@@ -51,6 +57,8 @@ from _sim import (
     write_results,
 )
 
+from mlops_vast.sim.state import REAL_TIMINGS
+
 
 class LogClock:
     """Maps wall-clock times to positions in the simulator's access log (sampled every ``every`` seconds)."""
@@ -90,7 +98,7 @@ def good_query(sim: Sim) -> str:
 
 def one_round(sim: Sim, n: int, root: Path, args: argparse.Namespace, deadline: Deadline) -> dict[str, Any]:
     work = root / f"n{n}"
-    work.mkdir()
+    work.mkdir(parents=True)
     env = ansible_env(sim, work, MLOPS_VAST_LEDGER=str(work / "contracts.jsonl"),
                       MLOPS_VAST_EXCLUSIONS=str(work / "excluded.json"),
                       **({"ANSIBLE_STRATEGY": args.strategy} if args.strategy else {}))
@@ -147,10 +155,34 @@ def one_round(sim: Sim, n: int, root: Path, args: argparse.Namespace, deadline: 
     }
 
 
+def print_table(rounds: list[dict[str, Any]]) -> None:
+    base = rounds[0]
+    say(f"  {'N':>3} {'all training':>13} {'ratio':>6} {'wall':>8} {'ratio':>6} {'CPU-s':>7} "
+        f"{'CPU-s/trial':>11} {'tasks/trial':>11} {'CPU-s/task':>10} {'API req/poll':>12} {'per trial':>9}")
+    for r in rounds:
+        r["all_training_ratio"] = round(r["all_training_s"] / base["all_training_s"], 2)
+        r["wall_ratio"] = round(r["wall_s"] / base["wall_s"], 2)
+        per_poll = "-" if r["requests_per_interval"] is None else f"{r['requests_per_interval']:.2f}"
+        per_trial = "-" if r["requests_per_trial_interval"] is None else f"{r['requests_per_trial_interval']:.2f}"
+        say(f"  {r['n']:3d} {r['all_training_s']:12.1f}s {r['all_training_ratio']:6.2f} {r['wall_s']:7.1f}s "
+            f"{r['wall_ratio']:6.2f} {r['cpu_s']:7.1f} {r['cpu_per_trial_s']:11.2f} "
+            f"{r['tasks_per_trial']:11.1f} {r['cpu_per_task_s']:10.3f} {per_poll:>12} {per_trial:>9}")
+
+
+def speed_title(speed: float) -> str:
+    loading = sum(REAL_TIMINGS[phase] for phase in ("provisioning", "created", "loading"))
+    if speed == 1:
+        return f"vastsim --speed 1: Vast's own timings (an instance runs ~{loading:.0f} s after it is rented)"
+    return (f"vastsim --speed {speed:g}: Vast's timings {speed:g}x faster (an instance runs ~{loading / speed:.1f} s "
+            f"after it is rented, not ~{loading:.0f} s; the controller's CPU is not faster)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,4,8,16", help="comma-separated N (default 1,4,8,16)")
-    parser.add_argument("--speed", type=float, default=20.0, help="vastsim's --speed (default 20, as the demo)")
+    parser.add_argument("--speeds", default="20,1",
+                        help="vastsim's --speed for each set of rounds, comma-separated (default 20,1: the demo's, "
+                        "then Vast's own timings)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per trial (default 300)")
     parser.add_argument("--step-seconds", type=float, default=0.1, help="seconds per step (default 0.1)")
     parser.add_argument("--poll", type=float, default=5.0, help="run_poll_interval_s (default 5, as examples)")
@@ -161,45 +193,52 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. ansible.builtin.linear; default: ansible.cfg's for the sweep, sweep_trial_strategy's "
                         "default (auto: mlops.vast.linear) for the trials")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
-    parser.add_argument("--deadline", type=float, default=3600.0, help="overall limit in seconds (default 3600)")
+    parser.add_argument("--deadline", type=float, default=5400.0, help="overall limit in seconds (default 5400)")
     args = parser.parse_args(argv)
-    sizes = sorted({int(n) for n in args.sizes.split(",") if n.strip()})
-    if not sizes or sizes[0] < 1 or args.poll <= 0 or args.steps < 1:
-        parser.error("--sizes must list N >= 1; --poll > 0; --steps >= 1")
+    try:
+        sizes = sorted({int(n) for n in args.sizes.split(",") if n.strip()})
+        speeds = list(dict.fromkeys(float(s) for s in args.speeds.split(",") if s.strip()))
+    except ValueError:
+        parser.error("--sizes and --speeds are comma-separated numbers, e.g. --sizes 1,16 --speeds 20,1")
+    if not sizes or sizes[0] < 1 or not speeds or min(speeds) <= 0 or args.poll <= 0 or args.steps < 1:
+        parser.error("--sizes must list N >= 1; --speeds numbers > 0; --poll > 0; --steps >= 1")
     deadline = Deadline(args.deadline)
     root = Path(tempfile.mkdtemp(prefix="vastsim-fleet-"))
     results: dict[str, Any] = {"params": {k: v for k, v in vars(args).items() if k != "json"},
-                               "host": host_info(euid=os.geteuid()), "errors": [], "rounds": []}
-    sim: Sim | None = None
+                               "host": host_info(euid=os.geteuid()), "errors": [], "speeds": []}
     outcome = Outcome(results, say)
     try:
-        with outcome.guard(subprocess.TimeoutExpired):
-            sim = start_sim(root, deadline, speed=args.speed, log_level="debug", credit=1_000_000)
-            say(f"vastsim at {sim.url} (speed {args.speed:g}); {os.cpu_count()} CPUs, load "
-                f"{os.getloadavg()[0]:.2f}; {args.steps} steps x {args.step_seconds:g} s per trial, "
-                f"poll {args.poll:g} s; strategy {args.strategy or 'the defaults (the trials: mlops.vast.linear)'}")
-            for n in sizes:
-                say(f"N={n}: running sweep.yml with {n} trial(s), {n} at once ...")
-                results["rounds"].append(one_round(sim, n, root, args, deadline))
-            base = results["rounds"][0]
-            say("")
-            say(f"  {'N':>3} {'all training':>13} {'ratio':>6} {'wall':>8} {'ratio':>6} {'CPU-s':>7} "
-                f"{'CPU-s/trial':>11} {'tasks/trial':>11} {'CPU-s/task':>10} {'API req/poll':>12} "
-                f"{'per trial':>9}")
-            for r in results["rounds"]:
-                r["all_training_ratio"] = round(r["all_training_s"] / base["all_training_s"], 2)
-                r["wall_ratio"] = round(r["wall_s"] / base["wall_s"], 2)
-                per_poll = "-" if r["requests_per_interval"] is None else f"{r['requests_per_interval']:.2f}"
-                per_trial = "-" if r["requests_per_trial_interval"] is None \
-                    else f"{r['requests_per_trial_interval']:.2f}"
-                say(f"  {r['n']:3d} {r['all_training_s']:12.1f}s {r['all_training_ratio']:6.2f} {r['wall_s']:7.1f}s "
-                    f"{r['wall_ratio']:6.2f} {r['cpu_s']:7.1f} {r['cpu_per_trial_s']:11.2f} "
-                    f"{r['tasks_per_trial']:11.1f} {r['cpu_per_task_s']:10.3f} {per_poll:>12} {per_trial:>9}")
-            say("  (ratio: to N = 1; all training: from ansible-playbook's start until the last trial's watch began; "
-                "API req/poll: requests the simulator logged while all trials were training, per poll interval)")
+        for speed in speeds:
+            part: dict[str, Any] = {"speed": speed, "rounds": [], "errors": results["errors"]}
+            results["speeds"].append(part)
+            sim: Sim | None = None
+            try:
+                with outcome.guard(subprocess.TimeoutExpired):
+                    sim = start_sim(root / f"speed-{speed:g}", deadline, speed=speed, log_level="debug",
+                                    credit=1_000_000)
+                    say(f"{speed_title(speed)}\nvastsim at {sim.url}; {os.cpu_count()} CPUs, load "
+                        f"{os.getloadavg()[0]:.2f}; {args.steps} steps x {args.step_seconds:g} s per trial, "
+                        f"poll {args.poll:g} s; strategy "
+                        f"{args.strategy or 'the defaults (the trials: mlops.vast.linear)'}")
+                    for n in sizes:
+                        say(f"N={n}: running sweep.yml with {n} trial(s), {n} at once ...")
+                        part["rounds"].append(one_round(sim, n, root / f"speed-{speed:g}", args, deadline))
+                    say("")
+                    print_table(part["rounds"])
+            finally:
+                if sim is not None and not stop_and_check(sim, part, say):
+                    outcome.fail()
+                say("")
+        say("All training: from ansible-playbook's start until the last trial's watch began; ratio: to N = 1; API "
+            "req/poll: requests the simulator logged while all trials were training, per poll interval.")
+        for part in results["speeds"]:
+            last = part["rounds"][-1] if part["rounds"] else None
+            if last and last["n"] > 1 and part["rounds"][0]["n"] == 1:
+                say(f"  --speed {part['speed']:g}: {last['n']} trials all training within "
+                    f"{last['all_training_ratio']:.2f}x the time of one (goal <= 2x)")
     finally:
-        if sim is not None and not stop_and_check(sim, results, say):
-            outcome.fail()
+        for part in results["speeds"]:
+            part.pop("errors", None)
         write_results(args.json, results, say)
         shutil.rmtree(root, ignore_errors=True)
     return outcome.code
