@@ -39,7 +39,7 @@ try:
     # httpx imports httpcore only when a client is made. Ansible imports this module in the controller process (to
     # read the action plugins' attributes) before it forks the worker that runs an API action, so importing it here
     # is inherited; otherwise every API action's worker pays ~15 ms for it.
-    import httpcore  # noqa: F401
+    import httpcore  # noqa: F401  # pylint: disable=unused-import
     import httpx
 
     HAS_HTTPX = True
