@@ -4,7 +4,7 @@
     .venv/bin/python bench/fleet.py --sizes 1,4,8,16 --speeds 20,1 --json /tmp/fleet.json
 
 Run it as root (instances are real sshds in their own namespaces, as in sim_ready.py). The rounds run once for
-each --speed of the simulator (default 20, the demo's, then 1): one simulator per speed (access log counted)
+each of --speeds, vastsim's --speed (default 20, the demo's, then 1): one simulator per speed (access log counted)
 serves its rounds; each round has its own ledger, results and exclusions, a query without the catalogue's
 deliberately bad hosts (so every trial rents once), and trials that differ only by --seed.
 
@@ -155,13 +155,18 @@ def one_round(sim: Sim, n: int, root: Path, args: argparse.Namespace, deadline: 
     }
 
 
-def print_table(rounds: list[dict[str, Any]]) -> None:
+def add_ratios(rounds: list[dict[str, Any]]) -> None:
+    """Each round's times as multiples of the first round's (N = 1 unless --sizes leaves it out)."""
     base = rounds[0]
-    say(f"  {'N':>3} {'all training':>13} {'ratio':>6} {'wall':>8} {'ratio':>6} {'CPU-s':>7} "
-        f"{'CPU-s/trial':>11} {'tasks/trial':>11} {'CPU-s/task':>10} {'API req/poll':>12} {'per trial':>9}")
     for r in rounds:
         r["all_training_ratio"] = round(r["all_training_s"] / base["all_training_s"], 2)
         r["wall_ratio"] = round(r["wall_s"] / base["wall_s"], 2)
+
+
+def print_table(rounds: list[dict[str, Any]]) -> None:
+    say(f"  {'N':>3} {'all training':>13} {'ratio':>6} {'wall':>8} {'ratio':>6} {'CPU-s':>7} "
+        f"{'CPU-s/trial':>11} {'tasks/trial':>11} {'CPU-s/task':>10} {'API req/poll':>12} {'per trial':>9}")
+    for r in rounds:
         per_poll = "-" if r["requests_per_interval"] is None else f"{r['requests_per_interval']:.2f}"
         per_trial = "-" if r["requests_per_trial_interval"] is None else f"{r['requests_per_trial_interval']:.2f}"
         say(f"  {r['n']:3d} {r['all_training_s']:12.1f}s {r['all_training_ratio']:6.2f} {r['wall_s']:7.1f}s "
@@ -206,11 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="vastsim-fleet-"))
     results: dict[str, Any] = {"params": {k: v for k, v in vars(args).items() if k != "json"},
                                "host": host_info(euid=os.geteuid()), "errors": [], "speeds": []}
-    outcome = Outcome(results, say)
+    code = 0
     try:
         for speed in speeds:
-            part: dict[str, Any] = {"speed": speed, "rounds": [], "errors": results["errors"]}
+            part: dict[str, Any] = {"speed": speed, "rounds": [], "errors": []}
             results["speeds"].append(part)
+            outcome = Outcome(part, say)  # this speed's own errors (stop_and_check shows its simulator's log for them)
             sim: Sim | None = None
             try:
                 with outcome.guard(subprocess.TimeoutExpired):
@@ -223,25 +229,31 @@ def main(argv: list[str] | None = None) -> int:
                     for n in sizes:
                         say(f"N={n}: running sweep.yml with {n} trial(s), {n} at once ...")
                         part["rounds"].append(one_round(sim, n, root / f"speed-{speed:g}", args, deadline))
+                        add_ratios(part["rounds"])
                     say("")
                     print_table(part["rounds"])
             finally:
+                if outcome.code and part["rounds"]:
+                    say("")
+                    print_table(part["rounds"])  # the rounds that finished
                 if sim is not None and not stop_and_check(sim, part, say):
                     outcome.fail()
+                results["errors"] += [f"--speed {speed:g}: {error}" for error in part.pop("errors")]
+                code = max(code, outcome.code)  # 130 (interrupted) over 1 (failed)
                 say("")
+            if outcome.code == 130:
+                break
         say("All training: from ansible-playbook's start until the last trial's watch began; ratio: to N = 1; API "
             "req/poll: requests the simulator logged while all trials were training, per poll interval.")
         for part in results["speeds"]:
             last = part["rounds"][-1] if part["rounds"] else None
             if last and last["n"] > 1 and part["rounds"][0]["n"] == 1:
-                say(f"  --speed {part['speed']:g}: {last['n']} trials all training within "
+                say(f"  vastsim --speed {part['speed']:g}: {last['n']} trials all training within "
                     f"{last['all_training_ratio']:.2f}x the time of one (goal <= 2x)")
     finally:
-        for part in results["speeds"]:
-            part.pop("errors", None)
         write_results(args.json, results, say)
         shutil.rmtree(root, ignore_errors=True)
-    return outcome.code
+    return code
 
 
 if __name__ == "__main__":

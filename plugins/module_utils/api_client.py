@@ -184,11 +184,11 @@ class VastClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        # Requests go only to paths under base_url and redirects are not followed, so a plain-http URL (vastsim on
-        # loopback) never makes a TLS connection: loading the certificate store would cost ~20 ms a client, and
-        # every module run makes one.
+        # Requests go only to paths under base_url (request() refuses any other) and redirects are not followed,
+        # so a plain-http URL (vastsim on loopback) never makes a TLS connection: loading the certificate store
+        # would cost ~20 ms a client, and every module run makes one. Any other URL verifies.
         self._http = httpx.Client(base_url=base_url, headers=headers, transport=transport,
-                                  follow_redirects=False, verify=base_url.startswith("https://"))
+                                  follow_redirects=False, verify=not base_url.startswith("http://"))
 
     def close(self) -> None:
         self._http.close()
@@ -208,6 +208,8 @@ class VastClient:
         ``idempotent=False`` (renting): a 5xx or a timeout after the request left may have
         rented something, so it raises VastAmbiguousError instead of retrying blindly.
         """
+        if not path.startswith("/"):
+            raise ValueError(f"request paths are relative to the API's URL, got {path!r}")
         encoded = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (params or {}).items()}
         if body is None and method in ("POST", "PUT", "DELETE"):
             body = {}  # Vast expects a JSON body on every write, as the official CLI sends

@@ -24,9 +24,9 @@ description:
     become settings) are templated twice, and a lookup there runs twice, the first time in the controller
     process.
   - Everything else (modules, commands over SSH, the collection's API modules, the watch) runs in workers as
-    before. Each worker is forked with the controller's objects frozen for Python's garbage collector
-    (C(gc.freeze), undone in the controller right after the fork), so a collection in the worker does not copy
-    the controller's memory page by page (about 5% less CPU for 16 trials starting together).
+    before. A worker freezes the objects it inherits from the controller as it starts (C(gc.freeze) in the
+    forked child), so its garbage collector does not walk them, which would copy the controller's memory page by
+    page.
   - An accelerator like mitogen's strategies. C(playbooks/sweep.yml) runs each trial with it (the variable
     C(sweep_trial_strategy), option O(mlops.vast.sweep#module:trial_strategy)), where many trials starting
     together share the controller's cores. Elsewhere select it with C(ANSIBLE_STRATEGY=mlops.vast.linear), C(strategy =
@@ -46,7 +46,9 @@ notes:
     C(linear); under this one, redo such a task with C(ansible.builtin.linear).
 """
 
+import functools
 import gc
+import os
 
 from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
 from ansible.release import __version__ as ANSIBLE_CORE_VERSION
@@ -83,10 +85,12 @@ class StrategyModule(LinearStrategy):
         if not SUPPORTED:
             display.warning(f"mlops.vast.linear is written for ansible-core 2.19, this is {ANSIBLE_CORE_VERSION}: "
                             "every task runs in a worker, as with ansible.builtin.linear")
+        else:
+            _freeze_inherited_objects_in_forks()
 
     def _queue_task(self, host, task, task_vars, play_context):
         if not SUPPORTED or not (self._runs_here(task) or self._may_skip_here(task)):
-            return self._queue_for_worker(host, task, task_vars, play_context)
+            return super()._queue_task(host, task, task_vars, play_context)
         # What a worker's start would have registered (a loop's items report through it as they run).
         self._queued_task_cache[(host.name, task._uuid)] = {
             "host": host, "task": task, "task_vars": task_vars, "play_context": play_context}
@@ -97,21 +101,11 @@ class StrategyModule(LinearStrategy):
             try:
                 own_task, result = self._execute_here(host, task, task_vars, play_context, _ConditionalOnly)
             except _WorkerNeeded:
-                return self._queue_for_worker(host, task, task_vars, play_context)
+                return super()._queue_task(host, task, task_vars, play_context)
             self._tqm.send_callback("v2_runner_on_start", host, task)
         self._final_q.send_task_result(_RawTaskResult(host=host, task=own_task, return_data=result,
                                                       task_fields=own_task.dump_attrs()))
         self._pending_results += 1
-
-    def _queue_for_worker(self, host, task, task_vars, play_context):
-        # The worker is a fork: a full collection there would write to the header of every object this process
-        # holds, copying nearly all of its memory page by page. Frozen objects are left alone by the worker's
-        # collector; unfreezing right after the fork keeps this process's own collection as it was.
-        gc.freeze()
-        try:
-            return super()._queue_task(host, task, task_vars, play_context)
-        finally:
-            gc.unfreeze()
 
     def _execute_here(self, host, task, task_vars, play_context, executor):
         # A worker works on its own copy of everything (a fork): the executor templates the task in place, may
@@ -138,6 +132,14 @@ class StrategyModule(LinearStrategy):
         # is checked when a task is queued for a worker: both stay a worker's.
         return bool(task.when) and not (task.loop or task.loop_with or task.async_val or task.until
                                         or task.delegate_to or task.throttle)
+
+
+@functools.cache
+def _freeze_inherited_objects_in_forks() -> None:
+    # A worker is a fork of this process: a full collection there would walk, and so copy page by page, every
+    # object it inherited. Frozen as the child starts, they are left alone by the child's collector; this process's
+    # own collection is untouched.
+    os.register_at_fork(after_in_child=gc.freeze)
 
 
 class _WorkerNeeded(BaseException):

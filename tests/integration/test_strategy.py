@@ -190,8 +190,9 @@ def test_skips_are_decided_in_the_controller_process(both: dict[str, tuple[dict,
 
 
 def test_workers_start_with_the_controller_objects_frozen(both: dict[str, tuple[dict, int, str]]) -> None:
-    """mlops.vast.linear forks a worker with the controller's objects frozen for the garbage collector (so the
-    worker's collections do not copy them) and thaws them in the controller at once; the builtin freezes nothing."""
+    """Under mlops.vast.linear a worker freezes what it inherits as it starts (so its garbage collections do not
+    walk and copy the controller's objects), and the controller's own objects are never frozen; the builtin
+    strategy freezes nothing."""
     ours, builtin = (both[strategy][0]["summary"] for strategy in ("mlops.vast.linear", "ansible.builtin.linear"))
     assert ours["frozen_in_worker"] > 10_000, ours
     assert builtin["frozen_in_worker"] == 0 and ours["frozen_in_controller"] == builtin["frozen_in_controller"] == 0

@@ -238,6 +238,9 @@ def test_a_destroy_waits_out_an_api_that_never_answered_to_its_deadline() -> Non
 def test_only_an_https_api_loads_the_certificate_store(monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain-http URL (vastsim) never makes a TLS connection, so its client skips the ~20 ms of loading the
     certificate store; an https URL (Vast itself) verifies as before."""
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"):  # a proxy's transport has its own context
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
     contexts: list[object] = []
     real = ssl.create_default_context
     monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: contexts.append(1) or real(*a, **k))
@@ -245,3 +248,11 @@ def test_only_an_https_api_loads_the_certificate_store(monkeypatch: pytest.Monke
         assert contexts == []
     with api.VastClient("key", "https://console.vast.ai"):
         assert contexts == [1]
+
+
+def test_a_request_path_must_stay_under_the_api_url() -> None:
+    """An absolute URL would leave the API's host (and, from a plain-http client, go unverified)."""
+    client = api.VastClient("key", "http://127.0.0.1:9", deadline=Deadline(5))
+    with client, pytest.raises(ValueError, match="relative to the API's URL"):
+        client.request("GET", "https://elsewhere.example/api/v0/users/current")
+    assert client.requests_sent == 0
