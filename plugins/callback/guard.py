@@ -54,6 +54,10 @@ options:
   enabled:
     description:
       - C(off) makes the guard stand down (the guard's own teardown runs with it).
+      - C(orphaned) (what the Python API and C(mlops-vast) set) leaves signals to whoever started C(ansible-playbook),
+        which tears down itself, but acts when that process is gone (killed, crashed, its terminal closed) while the
+        playbook still runs. Nothing else would then destroy what the run rented, and the playbook would go on, or
+        die at its next write to the dead terminal, leaving the instance billing.
     type: str
     default: "on"
     env:
@@ -71,6 +75,7 @@ EXAMPLES = r"""
 import contextlib
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -78,6 +83,20 @@ from ansible.plugins.callback import CallbackBase
 from ansible_collections.mlops.vast.plugins.plugin_utils import interrupt_teardown as teardown
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How often an orphaned-mode guard looks whether the process that started ansible-playbook is still there.
+PARENT_POLL_S = 1.0
+# How long a hangup waits for the parent's exit to be complete (its pid no longer our parent).
+ORPHAN_WAIT_S = 5.0
+
+
+def _detach_from_terminal(fds: tuple[int, ...]) -> None:
+    """Point ``fds`` (those of 0, 1, 2 that were a terminal; a hung-up one no longer says so) at /dev/null."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def say(text: str) -> None:
@@ -103,17 +122,25 @@ class CallbackModule(CallbackBase):
         self._starting = False
         self._again: int | None = None
         self._installed = False
+        self._parent: int | None = None  # orphaned mode: the process whose death the guard acts on
+        self._tty_fds: tuple[int, ...] = ()
 
     def set_options(self, task_keys: Any = None, var_options: Any = None, direct: Any = None) -> None:
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
-        if str(self.get_option("enabled")).lower() in ("off", "0", "false", "no") or self._installed:
+        mode = str(self.get_option("enabled")).lower()
+        if mode in ("off", "0", "false", "no") or self._installed:
             return
         self._installed = True
+        if mode == "orphaned":
+            self._parent = os.getppid()
+            self._tty_fds = tuple(fd for fd in (0, 1, 2) if os.isatty(fd))
+            threading.Thread(target=self._watch_parent, name="mlops-vast-guard-parent", daemon=True).start()
         # Ansible's TaskQueueManager set its own SIGINT/SIGTERM handlers before loading callbacks: they are kept and
         # called after the guard's work, so Ansible still ends the way the signal asks.
         for signum in SIGNALS:
             # A signal ignored on entry stays ignored (as a shell does): under nohup a hangup must not end the run.
-            if signal.getsignal(signum) is signal.SIG_IGN:
+            # Under ansible-runner (orphaned mode) the hangup of its pseudo-terminal is how its death shows first.
+            if signal.getsignal(signum) is signal.SIG_IGN and not (signum == signal.SIGHUP and self._parent):
                 continue
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
@@ -148,6 +175,20 @@ class CallbackModule(CallbackBase):
         if os.getpid() != self._pid:  # a forked worker that has not set its own handlers yet
             self._chain(signum, frame)
             return
+        if self._parent is not None:
+            if signum == signal.SIGHUP:
+                # ansible-runner's pseudo-terminal hung up: its next write would end Ansible (EIO) before the
+                # teardown. The parent may still be exiting (a terminal hangs up before its owner is reaped).
+                _detach_from_terminal(self._tty_fds)
+                end = time.monotonic() + ORPHAN_WAIT_S
+                while not self._orphaned() and time.monotonic() < end:
+                    time.sleep(0.1)
+            if not self._orphaned():  # the API's own cancel: it tears down itself
+                self._chain(signum, frame)
+                return
+            _detach_from_terminal(self._tty_fds)
+            # After the teardown Ansible must end, also where the signal was a hangup it was told to ignore.
+            signum = signal.SIGTERM
         if self._starting:
             self._again = signum
             return
@@ -184,6 +225,18 @@ class CallbackModule(CallbackBase):
         for target, process, log_path in self._running:
             say(teardown.outcome(target, process.poll(), log_path))
         self._chain(signum, frame)
+
+    def _orphaned(self) -> bool:
+        return os.getppid() != self._parent
+
+    def _watch_parent(self) -> None:
+        # A thread cannot run the teardown in Ansible's main thread, so it sends the process the SIGTERM the guard
+        # handles there: the same teardown, then Ansible ends as SIGTERM asks.
+        while not self._orphaned():
+            time.sleep(PARENT_POLL_S)
+        _detach_from_terminal(self._tty_fds)
+        with contextlib.suppress(OSError):
+            os.kill(self._pid, signal.SIGTERM)
 
     def _chain(self, signum: int, frame: Any) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)

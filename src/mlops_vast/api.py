@@ -171,13 +171,15 @@ class _Context:
     scratch: Path  # private (0700), outside the private data dir: the run's variables as files
     sim: Any = None
 
-    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+    def env(self, base: dict[str, str] | None = None, *, guard: str = "off") -> dict[str, str]:
+        """The playbooks' environment. ``guard``: ``off`` for the API's own teardowns; ``orphaned`` for the run's
+        playbook, whose guard then acts only if this process dies while the playbook still runs."""
         env = dict(os.environ if base is None else base)
         env.update(self.env_extra)
         env["ANSIBLE_CONFIG"] = str(self.root / "ansible.cfg")
         # The API's cancel runs the teardown itself; the playbook's guard (ansible.cfg, or a user's
-        # ANSIBLE_CALLBACKS_ENABLED) must stand down, or two teardowns race for the same instance.
-        env["MLOPS_VAST_GUARD"] = "off"
+        # ANSIBLE_CALLBACKS_ENABLED) must not also act on signals, or two teardowns race for the same instance.
+        env["MLOPS_VAST_GUARD"] = guard
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return _keys.scrub_env(env, self.key_file.path if self.key_file else None)
 
@@ -220,6 +222,10 @@ def _context(api_url: str | None, api_key: str | None, sim: Any, cwd: str | os.P
         if local_sim is not None:
             local_sim.stop()
         raise InputError(str(exc)) from None
+    if not key:  # said before any playbook starts, not by its first task that talks to the API
+        raise InputError("No Vast API key: set VAST_API_KEY (or VAST_API_KEY_FILE), pass api_key, or run "
+                         "`vastai set api-key KEY`; without any of them and without VAST_URL or api_url, "
+                         "mlops-vast runs against vastsim")
     scratch = Path(tempfile.mkdtemp(prefix="mlops-vast-run-"))
     os.chmod(scratch, 0o700)
     return _Context(root=root, cwd=Path(cwd or os.getcwd()).resolve(), env_extra=env_extra,
@@ -246,7 +252,9 @@ class _PlaybookRun:
             settings={"pexpect_timeout": 0.2, "pexpect_use_poll": True})
         self.config.prepare()
         # prepare() copied os.environ into config.env: the key leaves it here, before Runner writes it down.
-        env = ctx.env(self.config.env)
+        # ansible-runner starts the playbook with SIGHUP ignored and cancels with SIGKILL: should this process die
+        # (killed, crashed, its terminal closed), nothing but the playbook's own guard can destroy what it rented.
+        env = ctx.env(self.config.env, guard="orphaned")
         env.update(env_extra or {})
         self.config.env = env
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -432,8 +440,9 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
 
 
 def _callbacks(env: dict[str, str]) -> str:
-    enabled = [name for name in env.get("ANSIBLE_CALLBACKS_ENABLED", "").split(",") if name.strip()]
-    return ",".join([*enabled, "mlops.vast.progress"]) if "mlops.vast.progress" not in enabled else ",".join(enabled)
+    # The variable replaces ansible.cfg's callbacks_enabled, which names the guard: it must stay enabled.
+    enabled = [name.strip() for name in env.get("ANSIBLE_CALLBACKS_ENABLED", "").split(",") if name.strip()]
+    return ",".join(dict.fromkeys([*enabled, "mlops.vast.guard", "mlops.vast.progress"]))
 
 
 def _results_dir(given: Any, default: Path, cwd: Path) -> Path:
@@ -519,7 +528,8 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
         if extra_vars:
             files.append(ctx.var_file("overrides.yml", extra_vars))
         started = time.time()
-        play = _PlaybookRun(ctx, "sweep.yml", files, results_dir / "runner")
+        play = _PlaybookRun(ctx, "sweep.yml", files, results_dir / "runner",
+                            {"ANSIBLE_CALLBACKS_ENABLED": _callbacks(ctx.env())})
         watcher = _SweepWatcher(name, results_dir, started, emit)
         cancel_at: dict[str, float | None] = {"at": None}
 

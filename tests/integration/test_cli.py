@@ -3,10 +3,14 @@ what the run rented, a sweep with one line per trial (and mlops_vast.sweep() giv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pexpect
@@ -48,7 +52,9 @@ def run_vars(sim: Sim, **extra: object) -> dict[str, object]:
             "run_poll_interval_s": 1, "run_sync_interval_s": 2, "run_stall_timeout_s": 30, **extra}
 
 
-def test_train_shows_the_live_table_and_ctrl_c_tears_down(sim: Sim, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "exit_status"), [("ctrl-c", 130), ("sigterm", 143)])
+def test_train_shows_the_live_table_and_ctrl_c_tears_down(sim: Sim, tmp_path: Path, stop: str,
+                                                          exit_status: int) -> None:
     run = {**yaml.safe_load((REPO / "examples" / "run.yml").read_text()),
            **run_vars(sim, run_name="pty-cancel", run_command="python3 train.py --output_dir /workspace/run/output "
                       "--logging_steps 10 --save_steps 50 --max_steps 5000 --step_seconds 0.05")}
@@ -58,19 +64,76 @@ def test_train_shows_the_live_table_and_ctrl_c_tears_down(sim: Sim, tmp_path: Pa
     try:
         # The live table: the run's line says training, with a step and a loss.
         child.expect(r"pty-cancel\W+training\W+\d+\W+\d", timeout=240)
-        child.sendintr()
+        if stop == "ctrl-c":
+            child.sendintr()
+        else:  # a service manager's stop, a CI job cancelled: only the CLI process gets it
+            child.kill(signal.SIGTERM)
         child.expect("Cancelling", timeout=30)
         child.expect(pexpect.EOF, timeout=240)
     finally:
         child.close(force=True)
         close_ssh_masters(env)
     screen = ANSI.sub("", child.before or "")
-    assert child.exitstatus == 130, screen[-3000:]
+    assert child.exitstatus == exit_status, screen[-3000:]
     assert "cancelled" in screen, screen[-3000:]
     with sim.client() as client:
         assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
     assert ledger_open(tmp_path) == []
     assert (tmp_path / "results" / "pty-cancel" / "teardown-pty-cancel.log").exists()
+
+
+def test_a_killed_api_caller_leaves_the_teardown_to_the_playbooks_guard(sim: Sim, tmp_path: Path) -> None:
+    """SIGKILL the process that called mlops_vast.train() while the run trains: nothing of that process can act,
+    so the playbook it started must see its parent gone and tear down what it rented."""
+    run = {**yaml.safe_load((REPO / "examples" / "run.yml").read_text()),
+           **run_vars(sim, run_name="api-killed", run_command="python3 train.py --output_dir /workspace/run/output "
+                      "--logging_steps 10 --save_steps 50 --max_steps 5000 --step_seconds 0.05")}
+    (tmp_path / "run.yml").write_text(yaml.safe_dump(run))
+    env = cli_env(sim, tmp_path)
+    env["VAST_URL"] = sim.url
+    results = tmp_path / "results" / "api-killed"
+    caller = subprocess.Popen([sys.executable, "-c", "import mlops_vast; mlops_vast.train('run.yml')"], cwd=tmp_path,
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and caller.poll() is None and _phase(results) != "training":
+            time.sleep(0.5)
+        assert _phase(results) == "training", f"the run never trained (caller exit {caller.poll()})"
+        caller.kill()  # SIGKILL: no handler, no finally, no cancel
+        caller.wait(timeout=10)
+        deadline = time.monotonic() + 180
+        with sim.client() as client:
+            while time.monotonic() < deadline and client.get("/_sim/ledger").json()["totals"]["open_instances"]:
+                time.sleep(1)
+            open_instances = client.get("/_sim/ledger").json()["totals"]["open_instances"]
+        guard_log = results / "guard.log"
+        assert open_instances == 0, guard_log.read_text()[-3000:] if guard_log.exists() else "no guard.log"
+        assert ledger_open(tmp_path) == []
+        assert json.loads((results / "teardown.json").read_text())["destroyed"], "the guard's teardown left no record"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(caller.pid, signal.SIGKILL)
+        caller.wait(timeout=10)
+        close_ssh_masters(env)
+        # The orphaned playbook ends after its teardown; never leave one behind.
+        _kill_playbooks_under(tmp_path)
+
+
+def _phase(results: Path) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((results / "progress.json").read_text()).get("phase")
+    return None
+
+
+def _kill_playbooks_under(directory: Path) -> None:
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.readlink(proc / "cwd").startswith(str(directory)) and \
+                    b"ansible-playbook" in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
 
 
 def test_sweep_shows_one_line_per_trial_and_the_api_gives_the_rows_of_trials_json(sim: Sim, tmp_path: Path) -> None:

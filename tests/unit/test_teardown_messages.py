@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from ansible_collections.mlops.vast.plugins.callback import guard
 from ansible_collections.mlops.vast.plugins.modules.vast_spend import extra_message
+from ansible_collections.mlops.vast.plugins.plugin_utils import interrupt_teardown as teardown
 from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import Target, outcome
 
 
@@ -51,3 +52,17 @@ def test_the_guard_says_so_when_it_cannot_read_the_runs_facts(capfd: pytest.Capt
     assert "playbooks/teardown.yml -e teardown_label=exp-1" in err
     callback._variable_manager = None
     assert callback._facts() == {} and capfd.readouterr().err == "", "before any play: nothing rented, nothing said"
+
+
+def test_the_guards_teardown_under_ansible_runner_logs_plainly_and_not_into_the_runs_artifacts() -> None:
+    runner_env = {"PATH": "/usr/bin", "MLOPS_VAST_PROGRESS_FILE": "/r/progress.json", "AWX_ISOLATED_DATA_DIR": "/r/a",
+                  "ANSIBLE_STDOUT_CALLBACK": "awx_display", "ORIGINAL_STDOUT_CALLBACK": "ansible.builtin.minimal",
+                  "ANSIBLE_CALLBACK_PLUGINS": "/mine:/venv/site-packages/ansible_runner/display_callback/callback"}
+    env = teardown.plain_environment(runner_env)
+    assert env == {"PATH": "/usr/bin", "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.minimal",
+                   "ANSIBLE_CALLBACK_PLUGINS": "/mine"}
+    assert "ANSIBLE_CALLBACK_PLUGINS" not in teardown.plain_environment(
+        {"ANSIBLE_CALLBACK_PLUGINS": "/v/ansible_runner/display_callback/callback/"})
+    assert "ANSIBLE_STDOUT_CALLBACK" not in teardown.plain_environment({"ANSIBLE_STDOUT_CALLBACK": "awx_display"})
+    # A user's own stdout callback outside ansible-runner stays.
+    assert teardown.plain_environment({"ANSIBLE_STDOUT_CALLBACK": "yaml"}) == {"ANSIBLE_STDOUT_CALLBACK": "yaml"}
