@@ -19,6 +19,9 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 # The keys of an option that the range check reads; ArgumentSpecValidator ignores them.
 RANGE_KEYS = ("minimum", "maximum", "exclusive_minimum")
+# A text option's form: ``pattern`` (a regular expression the whole value must match) and ``pattern_says`` (what it
+# asks for, in words, for the message).
+PATTERN_KEYS = ("pattern", "pattern_says")
 TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "list": "a list",
               "dict": "a mapping", "str": "a string", "path": "a path", "raw": "a value"}
 _UNCONVERTIBLE = re.compile(r"^argument '(?P<name>[^']+)' is of type .* unable to convert to (?P<type>\w+)")
@@ -76,6 +79,10 @@ def _range_problems(values: Mapping[str, Any], spec: Mapping[str, Any], converte
             # Given as text (-e name='{"key": 1}') the dict is the converted value; its defaults are in range.
             found += _range_problems(given if isinstance(given, Mapping) else value, option["options"], value,
                                      prefix=f"{prefix}{name}.")
+            continue
+        pattern, says = (option.get(key) for key in PATTERN_KEYS)
+        if pattern and name in values and isinstance(value, str) and not re.fullmatch(pattern, value):
+            found.append(f"{prefix}{name} {says or 'must match ' + pattern}, got {value!r}")
             continue
         if name not in values or isinstance(value, bool) or not isinstance(value, int | float):
             continue  # a default is in range by construction; a wrong type is validate_argument_spec's to report

@@ -1,7 +1,7 @@
 """``mlops-vast``: train, sweep, status, teardown, reap and estimate from a terminal, with live progress.
 
 Exit codes: 0 completed, 1 failed, 2 bad input or usage (nothing rented), 3 some trials of a sweep failed,
-130 cancelled with Ctrl-C (after tearing down what it started).
+130 cancelled with Ctrl-C, 143 with SIGTERM, 129 when its terminal closed (each after tearing down what it started).
 
 Without ``VAST_API_KEY`` / ``VAST_API_KEY_FILE`` / ``VAST_URL`` and without ``--api-url``, train and sweep run
 against vastsim, the local simulator (started in ``.vastsim`` like scripts/demo.sh, stopped afterwards).
@@ -73,9 +73,10 @@ def parser() -> argparse.ArgumentParser:
                    help="also other controllers' instances in no ledger here (only when no other one is running)")
     p.add_argument("--label-prefix", default="", help="only instances whose label starts with this")
     common(p)
-    p = sub.add_parser("estimate", help="VRAM, RAM, disk, time and cost of a run before renting")
+    p = sub.add_parser("estimate", help="VRAM, RAM, disk, time and cost of a run before renting",
+                       epilog=ESTIMATE_EXIT_CODES)
     p.add_argument("file", metavar="RUN.yml", help="a run with run_estimate (examples/run-estimate.yml)")
-    p.add_argument("--offers", type=int, default=5, metavar="N", help="price the N best offers (0: none)")
+    p.add_argument("--offers", type=_offer_count, default=5, metavar="N", help="price the N best offers (0: none)")
     common(p)
     return top
 
@@ -213,34 +214,64 @@ def _print_json(data: Any) -> None:
 
 
 class Interrupts:
-    """First Ctrl-C: cancel (the API stops the playbook and tears down). Second: say it is still tearing down.
-    Third: give up at once (KeyboardInterrupt)."""
+    """First Ctrl-C (or SIGTERM, or the terminal closing): cancel (the API stops the playbook and tears down).
+    Second: say it is still tearing down. Third: give up at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self, display: Display, what: str) -> None:
         self.cancel = threading.Event()
         self.display = display
         self.what = what
         self.count = 0
-        self.previous: Any = None
+        self.signum: int | None = None  # the signal that cancelled
+        self.previous: dict[int, Any] = {}
+        self.tty_fds = tuple(fd for fd in (1, 2) if os.isatty(fd))
 
     def handler(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            # Nobody reads a closed terminal, and a write to it fails: the teardown must not die of that.
+            _detach_from_terminal(self.tty_fds)
         self.count += 1
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if self.count == 1:
+            self.signum = signum
             self.cancel.set()
             self.display.note = "cancelling: stopping the playbook, then tearing down what it rented"
-            self.display.say(f"[bold red]Cancelling[/] {self.what}: stopping the playbook, then destroying what it "
-                             "rented (this takes a little while; Ctrl-C twice more to abandon the teardown)")
+            self.display.say(f"[bold red]Cancelling[/] {self.what} ({name}): stopping the playbook, then destroying "
+                             "what it rented (this takes a little while; Ctrl-C twice more to abandon the teardown)")
         elif self.count == 2:
             self.display.say("Still tearing down; one more Ctrl-C abandons it (then run `mlops-vast teardown --all`)")
         else:
             raise KeyboardInterrupt
 
+    def exit_code(self, outcome: str) -> int:
+        """The process's exit code: 128 + the signal for a run it cancelled (130 for Ctrl-C, 143 for SIGTERM)."""
+        if outcome == "cancelled" and self.signum is not None:
+            return 128 + self.signum
+        return exit_code(outcome)
+
     def __enter__(self) -> Interrupts:
-        self.previous = signal.signal(signal.SIGINT, self.handler)
+        for signum in self.SIGNALS:
+            # Ignored on entry (nohup) stays ignored, as a shell would have it.
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                self.previous[signum] = signal.signal(signum, self.handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self.previous or signal.default_int_handler)
+        for signum, previous in self.previous.items():
+            default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+            signal.signal(signum, previous if previous is not None else default)
+
+
+def _detach_from_terminal(fds: tuple[int, ...]) -> None:
+    # A hung-up terminal no longer says it is one (isatty fails): ``fds`` were found to be one before.
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 # ---------------------------------------------------------------------------------------------- commands
@@ -269,7 +300,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         _final_run_table(display, result)
-    return exit_code(result.outcome)
+    return interrupts.exit_code(result.outcome)
 
 
 def _final_run_table(display: Display, result: Any) -> None:
@@ -302,7 +333,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         _print_json(result)
     else:
         _final_sweep_table(display, result)
-    return exit_code(result.outcome)
+    return interrupts.exit_code(result.outcome)
 
 
 def _final_sweep_table(display: Display, result: Any) -> None:
@@ -398,7 +429,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 response.raise_for_status()
                 instances = response.json().get("instances") or []
             except (httpx.HTTPError, ValueError) as exc:
-                problem = f"the account could not be read at {api_url}: {type(exc).__name__}"
+                problem = f"the account could not be read at {api_url}: {_http_problem(exc)}"
         elif problem is None:
             problem = "no API key: only the ledger is shown"
     else:
@@ -418,9 +449,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                "open_not_in_account": [c["id"] for c in contracts if instances is not None and c["id"] not in known],
                "instances": rows if instances is not None else None, "billing_dph": total_rate,
                "spent_usd": total_spent, "note": problem}
+    # Unknown is not "nothing billing": a script must be able to tell the two apart.
+    code = EXIT_FAILED if api_url and instances is None else EXIT_OK
     if args.json:
         _print_json(summary)
-        return EXIT_OK
+        return code
     from rich.console import Console
     from rich.table import Table
 
@@ -441,7 +474,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             console.print(f"in the ledger but not in the account (gone): {summary['open_not_in_account']}")
     if problem:
         console.print(problem)
-    return EXIT_OK
+    return code
+
+
+def _http_problem(exc: Exception) -> str:
+    """Why a request failed, in words: the API's status and message, or what kept the connection from working."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        detail = ""
+        with contextlib.suppress(ValueError, AttributeError):
+            body = exc.response.json()
+            detail = str(body.get("msg") or body.get("error") or "") if isinstance(body, dict) else ""
+        hint = " (is the API key right?)" if exc.response.status_code in (401, 403) else ""
+        return f"HTTP {exc.response.status_code}{': ' + detail if detail else ''}{hint}"
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({exc or 'connection refused'})"
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return f"not a usable URL ({exc})"
+    if isinstance(exc, ValueError):
+        return "the answer was not JSON"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def cmd_teardown(args: argparse.Namespace) -> int:
@@ -547,7 +600,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     root = collection_root()
     data, path = load_vars(args.file, "run")
-    check_run(data, root, str(path))
+    check_run(data, root, str(path), complete=False)  # an estimate needs no command
     if not data.get("run_estimate"):
         raise InputError(f"{path}: run_estimate is empty: describe the job there (examples/run-estimate.yml)")
     if args.offers and wants_sim(args):
@@ -588,14 +641,75 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     finally:
         if sim is not None:
             sim.stop()
+    budget = _run_budget(data)
     if args.json:
         _print_json(result)
-        return EXIT_OK
-    _print_estimate(result)
-    return EXIT_OK
+    else:
+        _print_estimate(result, budget)
+    return EXIT_OK if estimate_verdict(result, budget)[0] else EXIT_FAILED
 
 
-def _print_estimate(result: dict[str, Any]) -> None:
+ESTIMATE_EXIT_CODES = ("exit codes: 0 an offer fits the job (within run_max_total_usd, when the run sets it), or no "
+                       "offers were priced (--offers 0); 1 train would refuse the run: no priced offer fits the job "
+                       "within the budget (or the budget is set without max_steps or train_tokens to price the run), "
+                       "or the estimate itself failed; 2 bad input or usage")
+
+
+def _offer_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of offers, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no offers priced) or more, got {value}")
+    return value
+
+
+def _run_budget(data: dict[str, Any]) -> float:
+    """The run's run_max_total_usd (0: none), as ESTIMATE_PLAY reads it."""
+    try:
+        return max(0.0, float(data.get("run_max_total_usd") or 0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def estimate_verdict(result: dict[str, Any], budget: float) -> tuple[bool, str]:
+    """Whether train would rent for this estimate (it refuses as roles/provision/tasks/estimate.yml does: no offer
+    fits the job, or none within the budget), and one line that says so. Without offers priced, nothing refuses."""
+    job = result.get("job") or {}
+    priced = result.get("priced")
+    money = f"run_max_total_usd ${budget:g}"
+    if budget > 0 and not job.get("steps"):
+        return False, (f"budget {money}, but run_estimate gives neither max_steps nor train_tokens: the run's cost "
+                       "cannot be estimated, and train would refuse it")
+    if not isinstance(priced, dict):
+        return True, (f"budget {money}: no offers priced (--offers 0), so whether one fits within it is unknown"
+                      if budget > 0 else "no offers priced (--offers 0)")
+    fitting = [offer for offer in priced.get("offers") or [] if offer.get("fits")]
+    if not fitting:
+        return False, "no offer fits the job: train would refuse the run"
+    if budget <= 0:
+        return True, f"{len(fitting)} offer(s) fit the job; the run has no budget (run_max_total_usd)"
+    within = [offer for offer in fitting if offer.get("within_budget")]
+    if not within:
+        cheapest = min(fitting, key=lambda offer: (offer.get("cost_usd") or {}).get("opt") or 0)
+        least = (cheapest.get("cost_usd") or {}).get("opt")
+        return False, (f"budget {money}: no offer fits within it; the cheapest fitting one (offer "
+                       f"{cheapest.get('id')}) would cost at least ${least}: train would refuse the run (raise the "
+                       "budget or shorten the run)")
+    at_risk = sum(1 for offer in within if offer.get("budget_at_risk"))
+    return True, (f"budget {money}: {len(within)} of {len(fitting)} fitting offer(s) within it (optimistic cost)"
+                  + (f"; {at_risk} may pass it (pessimistic), where the watch stops the run at the budget"
+                     if at_risk else ""))
+
+
+def _budget_cell(offer: dict[str, Any]) -> str:
+    if not offer.get("within_budget"):
+        return "[red]over[/]"
+    return "[yellow]at risk[/]" if offer.get("budget_at_risk") else "[green]within[/]"
+
+
+def _print_estimate(result: dict[str, Any], budget: float = 0.0) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -622,16 +736,25 @@ def _print_estimate(result: dict[str, Any]) -> None:
     priced = result.get("priced") or {}
     offers = priced.get("offers") or []
     if offers:
-        table = Table(title=f"offers ({priced.get('fitting', 0)} of {len(offers)} fit)", title_justify="left")
-        for column in ("offer", "gpu", "fits", "hours", "cost", "why not"):
+        title = f"offers ({priced.get('fitting', 0)} of {len(offers)} fit"
+        if budget > 0:
+            within = sum(1 for offer in offers if offer.get("fits") and offer.get("within_budget"))
+            title += f"; {within} within the budget ${budget:g}"
+        table = Table(title=title + ")", title_justify="left")
+        for column in ("offer", "gpu", "fits", "hours", "cost", *(("budget",) if budget > 0 else ()), "why not"):
             table.add_column(column)
         for offer in offers:
+            why_not = list(offer.get("reasons") or [])
+            if budget > 0 and not offer.get("within_budget"):
+                why_not.append(f"over the budget ${budget:g} (at least ${(offer.get('cost_usd') or {}).get('opt')})")
             table.add_row(str(offer.get("id")), str(offer.get("gpu_name")), "yes" if offer.get("fits") else "no",
                           rng(offer.get("hours"), "h"), rng(offer.get("cost_usd"), "$"),
-                          "; ".join(offer.get("reasons") or []) or "-")
+                          *((_budget_cell(offer),) if budget > 0 else ()), "; ".join(why_not) or "-")
         console.print(table)
     for caveat in job.get("caveats") or []:
         console.print(f"[yellow]caveat[/] {caveat}")
+    fits, line = estimate_verdict(result, budget)
+    console.print(line if fits else f"[bold red]{line}[/]")
 
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "status": cmd_status, "teardown": cmd_teardown,

@@ -69,18 +69,43 @@ def sweep_variables(root: Path) -> frozenset[str] | None:
     return frozenset(meta["argument_specs"]["main"]["options"])
 
 
-def check_run(data: dict[str, Any], root: Path, where: str = "the run") -> str:
-    """The run's name; InputError for an unknown top-level key or a missing name."""
+def check_run(data: dict[str, Any], root: Path, where: str = "the run", *, complete: bool = True) -> str:
+    """The run's name; InputError for an unknown top-level key, a missing name or a wrong value, and, when the run
+    is to be ``complete`` (not only estimated), a missing required variable."""
     known = run_variables(root)
     unknown = sorted(str(name) for name in data if str(name) not in known)
     if unknown:
         raise InputError(f"{where}: unknown variable(s) {', '.join(unknown)} (the run's variables are run_*, "
                          "described in playbooks/train.meta.yml and examples/run.yml)")
     name = _name(data, "run_name", where)
-    wrong = value_problems(data, root)
+    wrong = missing_required(data, _options(root, "train.meta.yml")) if complete else []
+    wrong += value_problems(data, root)
     if wrong:
         raise InputError(f"{where}: {'; '.join(wrong)} (see playbooks/train.meta.yml and examples/run.yml)")
     return name
+
+
+def _secret(spec: dict[str, Any]) -> frozenset[str]:
+    """The variables whose values are never shown, not even in an error."""
+    return frozenset(name for name, option in spec.items() if option.get("no_log"))
+
+
+def _options(root: Path, meta: str) -> dict[str, Any]:
+    return yaml.safe_load((root / "playbooks" / meta).read_text())["argument_specs"]["main"]["options"]
+
+
+def missing_required(data: dict[str, Any], spec: dict[str, Any], given_elsewhere: frozenset[str] = frozenset()
+                     ) -> list[str]:
+    """A required variable absent from ``data`` (one given templated is there, and left to the playbook)."""
+    return [f"{name} is missing (required: {_first_sentence(option)})" for name, option in spec.items()
+            if option.get("required") and name not in data and name not in given_elsewhere]
+
+
+def _first_sentence(option: dict[str, Any]) -> str:
+    text = option.get("description") or ""
+    text = " ".join(text) if isinstance(text, list) else str(text)
+    sentence = text.split(". ")[0].rstrip(".").strip()
+    return sentence[:1].lower() + sentence[1:] if sentence else "see its description"
 
 
 def value_problems(data: dict[str, Any], root: Path) -> list[str]:
@@ -91,14 +116,19 @@ def value_problems(data: dict[str, Any], root: Path) -> list[str]:
     values = {name: value for name, value in data.items() if name in spec and "{{" not in str(value)}
     converted, errors = contract.validated(values, spec)
     found = [error for error in errors if not error.startswith("missing required arguments")]
-    return found + contract.problems(values, spec, where="train.yml", converted=converted)
+    return contract.plain_errors(found, values, _secret(spec)) + contract.problems(values, spec, where="train.yml",
+                                                                                   converted=converted)
 
 
 def _contract(root: Path) -> Any:
     """The collection's own contract checks (plugins/plugin_utils/contract.py), loaded from the checkout: the
     same code as the playbook's first task, without the collection loader."""
-    path = root / "plugins" / "plugin_utils" / "contract.py"
-    spec = importlib.util.spec_from_file_location("mlops_vast._contract", path)
+    return _plugin_util(root, "contract")
+
+
+def _plugin_util(root: Path, name: str) -> Any:
+    path = root / "plugins" / "plugin_utils" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"mlops_vast._{name}", path)
     if spec is None or spec.loader is None:
         raise InputError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
@@ -117,7 +147,43 @@ def check_sweep(data: dict[str, Any], root: Path, where: str = "the sweep") -> s
                          "the run_* variables of its base run)")
     if not any(data.get(key) for key in ("sweep_grid", "sweep_random", "sweep_trials")):
         raise InputError(f"{where}: no trials (give sweep_grid, sweep_random or sweep_trials)")
-    return _name(data, "sweep_name", where)
+    name = _name(data, "sweep_name", where)
+    wrong = sweep_value_problems(data, root)
+    # The sweep names each trial's run; every other required run_* variable is the base run's to give.
+    wrong += missing_required(data, _options(root, "train.meta.yml"), frozenset({"run_name"}))
+    wrong += value_problems(data, root)
+    if not wrong:
+        wrong = _plan_problems(data, root)
+    if wrong:
+        raise InputError(f"{where}: {'; '.join(wrong)} (see playbooks/sweep.meta.yml, playbooks/train.meta.yml and "
+                         "examples/sweep.yml)")
+    return name
+
+
+def sweep_value_problems(data: dict[str, Any], root: Path) -> list[str]:
+    """What sweep.yml's first task would say about the sweep_* values (types, ranges)."""
+    if sweep_variables(root) is None:
+        return []
+    contract = _contract(root)
+    spec = _options(root, "sweep.meta.yml")
+    values = {name: value for name, value in data.items() if name in spec and "{{" not in str(value)}
+    converted, errors = contract.validated(values, spec)
+    found = [error for error in errors if not error.startswith("missing required arguments")]
+    return (contract.plain_errors(found, values, _secret(spec)) +
+            contract.problems(values, spec, where="sweep.yml", converted=converted))
+
+
+def _plan_problems(data: dict[str, Any], root: Path) -> list[str]:
+    """The trials the sweep describes (grid, random samples, explicit list), expanded as sweep.yml will."""
+    keys = ("sweep_grid", "sweep_random", "sweep_trials")
+    if any("{{" in str(data.get(key)) for key in keys):
+        return []  # templated: the playbook expands it
+    plan = _plugin_util(root, "sweep_plan")
+    try:
+        plan.expand(*(data.get(key) or ({} if key != "sweep_trials" else []) for key in keys))
+    except plan.SweepSpecError as exc:
+        return [str(exc)]
+    return []
 
 
 def _name(data: dict[str, Any], key: str, where: str) -> str:

@@ -28,6 +28,7 @@ def test_exit_codes(outcome: str, code: int) -> None:
     ("run_name: x\nrun_bogus: 1\nfoo: 2\n", "unknown variable(s) foo, run_bogus"),
     ("run_query: x\n", "run_name is missing"),
     ("run_name: ../up\n", "must not contain '/'"),
+    ("run_name: x\nrun_command: t\nrun_env: 5\n", "run_env must be a mapping, got a value not shown"),
 ])
 @pytest.mark.parametrize("command", ["train", "estimate"])
 def test_bad_run_files_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -40,16 +41,44 @@ def test_bad_run_files_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Ca
     assert expected in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
+SWEEP = "sweep_name: s\nrun_command: python3 train.py\nsweep_trials: [{lr: 1}]\n"
+
+
 @pytest.mark.parametrize(("content", "expected"), [
     ("sweep_name: s\nsweep_trials: [{lr: 1}]\nsweep_bogus: 1\n", "unknown variable(s) sweep_bogus"),
     ("sweep_name: s\n", "no trials"),
     ("sweep_trials: [{lr: 1}]\n", "sweep_name is missing"),
+    # Values, as sweep.yml's first tasks would refuse them, said before ansible-runner starts.
+    (f"{SWEEP}sweep_max_parallel: 0\n", "sweep_max_parallel must be at least 1, got 0"),
+    (f"{SWEEP}sweep_budget_usd: -1\n", "sweep_budget_usd must be at least 0, got -1"),
+    (f"{SWEEP}run_max_dph: abc\n", "run_max_dph must be a number, got 'abc'"),
+    (f"{SWEEP}run_disk_gb: -5\n", "run_disk_gb must be at least"),
+    ("sweep_name: s\nrun_command: t\nsweep_grid: [0.1]\n", "sweep_grid must be a mapping"),
+    ("sweep_name: s\nrun_command: t\nsweep_random: {count: 0, params: {lr: {min: 0.1, max: 1}}}\n",
+     "sweep_random.count must be a whole number"),
+    ("sweep_name: s\nsweep_trials: [{lr: 1}]\n", "run_command is missing"),
 ])
 def test_bad_sweep_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
                                 expected: str) -> None:
     (tmp_path / "s.yml").write_text(content)
     assert cli.main(["sweep", str(tmp_path / "s.yml")]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_a_run_to_train_needs_its_command_and_an_api_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "r.yml").write_text("run_name: x\n")
+    assert cli.main(["train", str(tmp_path / "r.yml")]) == 2
+    assert "run_command is missing (required: the training command" in capsys.readouterr().err
+    # A Vast URL without any key: said at once, not by the playbook's first API call.
+    (tmp_path / "r.yml").write_text("run_name: x\nrun_command: python3 train.py\n")
+    for name in ("VAST_API_KEY", "VAST_API_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    assert cli.main(["train", str(tmp_path / "r.yml"), "--api-url", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "No Vast API key" in err and err.count("\n") == 1, err
 
 
 def test_bad_extra_vars_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,3 +142,15 @@ def test_json_display_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None
     display.on_event(ev.Warning(run="r", message="w"))
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_status_fails_when_the_account_cannot_be_read(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """"Nothing billing" and "unknown" must differ for a script: an unreadable account is exit 1, with why."""
+    monkeypatch.setenv("VAST_API_KEY", "k")
+    monkeypatch.setenv("MLOPS_VAST_LEDGER", str(tmp_path / "contracts.jsonl"))
+    assert cli.main(["status", "--api-url", "http://127.0.0.1:9"]) == 1  # nothing listens on the discard port
+    assert "cannot connect" in capsys.readouterr().out
+    assert cli.main(["status", "--json", "--api-url", "notaurl"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["instances"] is None and "not a usable URL" in summary["note"]

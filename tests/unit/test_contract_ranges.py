@@ -110,3 +110,15 @@ def test_a_dict_given_as_text_is_range_checked_too(spec: dict[str, Any]) -> None
     values = {**REQUIRED, "run_recovery": '{"max_preemptions": 9}'}
     assert validated(values, spec)[0]["run_recovery"]["max_preemptions"] == 9  # accepted and converted
     assert problems(values, spec) == ["run_recovery.max_preemptions must be at most 5, got 9"]
+
+
+@pytest.mark.parametrize("name", ["../up", "", ".hidden", "a/b"])
+def test_a_run_name_that_would_leave_results_is_refused(spec: dict[str, Any], name: str) -> None:
+    said = check(spec, run_name=name)
+    assert said == [f"run_name must not be empty, contain '/' or start with '.' (it names the folder "
+                    f"results/<run_name>), got {name!r}"]
+
+
+def test_ordinary_run_names_pass(spec: dict[str, Any]) -> None:
+    for name in ("tiny-demo", "exp_42", "lr-sweep-t1a2b3c", "v1.2"):
+        assert check(spec, run_name=name) == []

@@ -218,13 +218,31 @@ def leftovers(state_dir: Path) -> dict[str, list[str]]:
         if len(parts) > 1 and parts[1].strip().split("@")[0].startswith(f"vs{tag}"):
             found["links"].append(parts[1].strip().split("@")[0])
     found["loops"] = [line for line in _output("losetup", "-a").splitlines() if f"{state_dir}/" in line]
-    me = os.getpid()
+    # The caller and what it runs under name the state directory too (`timeout 120 vastsim stop --state-dir X`,
+    # a script given it): they are the ones asking, not something the simulator left.
+    asking = _ancestry(os.getpid())
     # The state directory itself or a path below it, not /x/state.log or /x/state2.
     names_it = re.compile(re.escape(str(state_dir)) + r"(?=/|\s|$)")
     for line in _output("ps", "-ww", "-eo", "pid,args").splitlines():
         pid, _, command = line.strip().partition(" ")
-        if names_it.search(command) and pid.isdigit() and int(pid) != me and not command.startswith("ps -ww"):
+        if names_it.search(command) and pid.isdigit() and int(pid) not in asking and not command.startswith("ps -ww"):
             found["processes"].append(line.strip())
+    return found
+
+
+def _ancestry(pid: int) -> set[int]:
+    """``pid``, its parent, the parent's parent and so on up to init."""
+    found: set[int] = set()
+    while pid > 0 and pid not in found:
+        found.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            # The command name, in parentheses, may itself hold spaces and parentheses: the fields follow the last one.
+            pid = int(stat[stat.rfind(")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            if pid == os.getpid():
+                found.add(os.getppid())  # without /proc, the parent at least
+            break
     return found
 
 
