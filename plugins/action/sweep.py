@@ -14,18 +14,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
+import yaml
 from ansible import constants as C
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.release import __version__ as ANSIBLE_CORE_VERSION
 from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger, default_ledger_path
+from ansible_collections.mlops.vast.plugins.plugin_utils.contract import plain_errors, problems, validated
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     SweepSpecError,
+    check_sweep_name,
     expand,
+    has_placeholder,
+    method_collisions,
+    named_params,
+    render_command,
+    render_value,
     trial_ids,
     trial_run_vars,
 )
@@ -40,6 +48,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import 
     Budget,
     Scheduler,
     Trial,
+    settle_row,
     trial_environment,
     trial_states,
     trial_strategy,
@@ -48,7 +57,8 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import 
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "name": {"type": "str", "required": True},
-    "base": {"type": "dict", "required": True, "no_log": True},
+    "base": {"type": "dict", "no_log": True},
+    "plan": {"type": "bool", "default": False},
     "grid": {"type": "dict"},
     "random": {"type": "dict"},
     "trials": {"type": "list", "elements": "raw"},
@@ -63,6 +73,8 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "trial_strategy": {"type": "str", "default": "auto"},
 }
 TEARDOWN_TIMEOUT_S = 600
+RUN_SPEC_FILE = "train.meta.yml"
+MAX_ERRORS_SHOWN = 8
 
 
 def _fail(message: str) -> None:
@@ -91,19 +103,33 @@ class ActionModule(ActionBase):
             _fail(f"sweep_budget_usd cannot be negative (got {args['budget_usd']}); 0 means no shared budget")
 
         playbook_dir = args["playbook_dir"] or task_vars.get("playbook_dir") or os.getcwd()
-        results_dir = os.path.abspath(args["results_dir"] or os.path.join("results", args["name"]))
-        base = dict(args["base"])
         try:
-            param_sets = expand(args["grid"], args["random"], args["trials"])
-            trials = self._trials(args["name"], base, param_sets, results_dir, args["trial_vars"])
+            check_sweep_name(args["name"])
         except SweepSpecError as exc:
             _fail(str(exc))
+        results_dir = os.path.abspath(args["results_dir"] or os.path.join("results", args["name"]))
+        try:
+            param_sets = expand(args["grid"], args["random"], args["trials"])
+            if args["base"] is not None:
+                run_vars = {f"run_{key}": value for key, value in args["base"].items()}
+                spec_path = None  # a base given whole was checked by whoever gave it
+            else:
+                run_vars = self._run_variables(task_vars)
+                spec_path = os.path.join(playbook_dir, RUN_SPEC_FILE)
+            bases, trials = self._plan(args["name"], run_vars, param_sets, args["trial_vars"], results_dir,
+                                       spec_path)
+        except SweepSpecError as exc:
+            _fail(str(exc))
+        base = bases[0]
 
-        if self._play_context.check_mode:
+        if args["plan"] or self._play_context.check_mode:
+            # Nothing is written: the plan is what --check shows, and what sweep.yml checks before renting.
             planned = [{"id": t.id, "label": t.label, "params": t.params, "command": t.run_vars["run_command"]}
                        for t in trials]
-            result.update(changed=False, trials=planned)
-            result["msg"] = f"Would run {len(trials)} trial(s), at most {args['max_parallel']} at once."
+            result.update(changed=False, trials=planned, results_dir=results_dir, labels=[t.label for t in trials],
+                          lines=[self._plan_line(t) for t in planned])
+            result["msg"] = (f"{'Would run' if self._play_context.check_mode else 'Planned'} {len(trials)} trial(s), "
+                             f"at most {args['max_parallel']} at once, results in {results_dir}")
             return result
 
         os.makedirs(results_dir, exist_ok=True)
@@ -147,8 +173,11 @@ class ActionModule(ActionBase):
             trial.row = build_row(trial_id=trial.id, label=trial.label, params=trial.params,
                                   results_dir=trial.results_dir, rc=trial.rc,
                                   outcome_override=trial.outcome if trial.outcome else None,
-                                  duration_s=duration, ledger_records=read_ledger(ledger_path))
+                                  duration_s=duration, started_at=trial.started_at,
+                                  # A trial that never started rented nothing in this run, whatever the label's past.
+                                  ledger_records=read_ledger(ledger_path) if trial.started_at else [])
             trial.outcome = trial.row["outcome"]
+            settle_row(trial)
             if os.path.isdir(trial.results_dir):
                 write_json_atomic(os.path.join(trial.results_dir, "trial.json"),
                                   {"id": trial.id, "label": trial.label, "params": trial.params, "row": trial.row})
@@ -172,7 +201,7 @@ class ActionModule(ActionBase):
                 except subprocess.TimeoutExpired:
                     proc.kill()
 
-        timeout_s = args["trial_timeout_s"] or self._trial_timeout(base)
+        timeout_s = args["trial_timeout_s"] or max(self._trial_timeout(b) for b in bases)
         waves = -(-sum(1 for t in trials if t.state == "queued") // args["max_parallel"])
         scheduler = Scheduler(
             trials, launch=launch, max_parallel=args["max_parallel"],
@@ -212,16 +241,81 @@ class ActionModule(ActionBase):
         return result
 
     @staticmethod
-    def _trials(name: str, base: dict[str, Any], param_sets: list[dict[str, Any]], results_dir: str,
-                trial_vars: dict[str, Any]) -> list[Trial]:
+    def _trials(name: str, bases: list[dict[str, Any]], param_sets: list[dict[str, Any]], results_dir: str,
+                trial_vars: dict[str, Any], placed: Collection[str] = ()) -> list[Trial]:
         trials = []
-        for tid, params in zip(trial_ids(param_sets), param_sets, strict=True):
+        for tid, params, base in zip(trial_ids(param_sets), param_sets, bases, strict=True):
             label = f"{name}-{tid}"
-            run_vars = {**trial_vars, **trial_run_vars(base, params, label=label,
-                                                       results_dir=os.path.join(results_dir, tid))}
+            run_vars = {**render_value(trial_vars, params),
+                        **trial_run_vars(base, params, label=label, results_dir=os.path.join(results_dir, tid),
+                                         placed=placed)}
             trials.append(Trial(id=tid, label=label, params=params, results_dir=os.path.join(results_dir, tid),
                                 run_vars=run_vars))
         return trials
+
+    @classmethod
+    def _plan(cls, name: str, run_vars: dict[str, Any], param_sets: list[dict[str, Any]],
+              trial_vars: dict[str, Any], results_dir: str,
+              spec_path: str | None) -> tuple[list[dict[str, Any]], list[Trial]]:
+        """Each trial's base run (checked against ``spec_path`` with its values, unless None) and the trials."""
+        collisions = method_collisions(run_vars) + method_collisions(trial_vars, prefix="sweep_trial_vars.")
+        if collisions:
+            raise SweepSpecError("; ".join(collisions))
+        # A parameter another variable names is placed there, not appended to the command as well.
+        placed = named_params(trial_vars) | named_params({k: v for k, v in run_vars.items() if k != "run_command"})
+        if spec_path:
+            bases = cls._checked_bases(name, run_vars, param_sets, spec_path, placed)
+        else:
+            base = {key[len("run_"):] if key.startswith("run_") else key: value for key, value in run_vars.items()}
+            bases = [base] * len(param_sets)
+        return bases, cls._trials(name, bases, param_sets, results_dir, trial_vars, placed)
+
+    def _run_variables(self, task_vars: dict[str, Any]) -> dict[str, Any]:
+        """The play's run_* variables, templated with ``trial`` bound to placeholders (as sweep.yml binds it)."""
+        return dict(self._templar.template({name: task_vars[name] for name in task_vars if name.startswith("run_")}))
+
+    @staticmethod
+    def _checked_bases(name: str, run_vars: dict[str, Any], param_sets: list[dict[str, Any]], spec_path: str,
+                       placed: Collection[str] = ()) -> list[dict[str, Any]]:
+        """Each trial's base run (names without ``run_``, defaults filled in), checked against train.meta.yml with
+        the trial's own values: a run variable that names a parameter (``run_disk_gb: "{{ trial.disk }}"``) is
+        held to its type and range as each trial fills it in, before anything is rented."""
+        try:
+            with open(spec_path, encoding="utf-8") as handle:
+                spec = dict(yaml.safe_load(handle)["argument_specs"]["main"]["options"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            raise SweepSpecError(f"cannot read the run's contract {spec_path}: {exc}") from None
+        if has_placeholder(run_vars.get("run_max_total_usd")):
+            raise SweepSpecError("run_max_total_usd cannot name a trial parameter: every trial of the sweep has "
+                                 "the same cap (sweep_budget_usd shares the budget)")
+        secret = frozenset(option for option, value in spec.items() if value.get("no_log"))
+        where = os.path.basename(spec_path)
+        bases: list[dict[str, Any]] = []
+        per_trial: list[tuple[str, list[str]]] = []
+        for tid, params in zip(trial_ids(param_sets), param_sets, strict=True):
+            filled = {key: render_value(value, params) for key, value in run_vars.items() if key != "run_command"}
+            filled["run_command"] = render_command(str(run_vars.get("run_command", "")), params, placed)
+            filled["run_name"] = f"{name}-{tid}"  # each trial's own, as the sweep gives it
+            converted, errors = validated(filled, spec)
+            errors = plain_errors(errors, filled, secret) + problems(filled, spec, where=where, converted=converted)
+            per_trial.append((f"trial {tid} ({', '.join(f'{k}={v!r}' for k, v in params.items())})", errors))
+            base = {key[len("run_"):] if key.startswith("run_") else key: value for key, value in converted.items()}
+            # The command keeps its placeholders: the trial's parameters it does not name are appended to it.
+            base["command"] = str(run_vars.get("run_command", ""))
+            bases.append(base)
+        everywhere = set.intersection(*(set(errors) for _label, errors in per_trial)) if per_trial else set()
+        said = [error for error in per_trial[0][1] if error in everywhere] if per_trial else []
+        said += [f"{label}: {error}" for label, errors in per_trial for error in errors if error not in everywhere]
+        if said:
+            more = f"; and {len(said) - MAX_ERRORS_SHOWN} more" if len(said) > MAX_ERRORS_SHOWN else ""
+            raise SweepSpecError(f"{'; '.join(said[:MAX_ERRORS_SHOWN])}{more} (the base run is described in "
+                                 f"{spec_path})")
+        return bases
+
+    @staticmethod
+    def _plan_line(planned: dict[str, Any]) -> str:
+        params = " ".join(f"{key}={value}" for key, value in planned["params"].items())
+        return f"{planned['id']} {planned['label']}: {params}; {planned['command']}"
 
     @staticmethod
     def _reuse_completed(trials: list[Trial]) -> int:

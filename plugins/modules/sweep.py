@@ -17,10 +17,12 @@ description:
     never stops the others.
   - Each trial's parameters reach its command as C(--name value) (C(true) as a bare flag, C(false) left out),
     unless the command names them (C({{ trial.name }}) in C(run_command), which playbooks/sweep.yml turns into
-    placeholders this action fills in).
+    placeholders this action fills in), or another run variable or O(trial_vars) does (C(run_disk_gb) set to
+    C({{ trial.disk }})), where they are placed instead.
   - O(budget_usd) is shared. Each trial runs with a spending cap (C(run_max_total_usd)) that its own watch
     enforces; a trial starts only while the finished trials' cost plus the running trials' caps plus its own cap
-    fit in the budget (without a cap of the run's own, what is left is shared among the queued trials). If the
+    fit in the budget (without a cap of the run's own, what is left is shared among the queued trials), and never
+    with a cap below $0.0005, the least a trial can cost (a minute of the cheapest GPU). If the
     instances' spend still reaches the budget, the running trials are stopped and their instances destroyed.
   - Writes C(sweep-state.json) (every trial's state, live), each trial's folder (its train.yml results,
     C(ansible.log), C(trial.json)), and at the end C(trials.json) and C(trials.csv), one row per trial.
@@ -34,7 +36,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    details: Returns the trials and their commands; nothing is run or rented.
+    details: Returns the trials and their commands (O(plan) does the same outside check mode); nothing is run or rented.
   diff_mode:
     support: none
   platform:
@@ -45,14 +47,26 @@ options:
     description:
       - The sweep's name. A trial is labelled C(<name>-<id>) and kept in C(<results_dir>/<id>); its id (C(t) and
         6 hex digits) comes from its parameters, so it stays the same when trials are added or removed.
+      - It must not be empty, contain C(/) or start with C(.) (it names C(results/<name>)).
     type: str
     required: true
   base:
     description:
-      - The base run, as C(mlops.vast.validate_playbook_vars) returns it for C(train.meta.yml) (names without
-        C(run_)). Every trial gets these, with its own name, results folder, command and cap.
+      - The base run, names without C(run_) (as M(mlops.vast.validate_playbook_vars) returns it for
+        C(train.meta.yml)). Every trial gets these, with its own name, results folder, command and cap.
+      - Without it, the base run is the play's C(run_*) variables (templated with C(trial) bound to placeholders,
+        as playbooks/sweep.yml binds it), checked against C(train.meta.yml) in O(playbook_dir) with each trial's
+        values filled in, before anything is run; a variable that is exactly one placeholder (C(run_disk_gb) set to
+        C({{ trial.disk }})) gets the parameter's own value, so a number stays a number.
+      - C({{ trial.items }}) for a parameter named like a method of a mapping (C(items), C(keys), C(values),
+        C(get), ...) is refused, naming the variable; write C({{ trial['items'] }}).
     type: dict
-    required: true
+  plan:
+    description:
+      - Only check the sweep and plan its trials (their ids, labels, parameters and commands); nothing is written,
+        run or rented. playbooks/sweep.yml does this before it reaps orphans or makes the SSH key.
+    type: bool
+    default: false
   grid:
     description: "Every combination of these values, C({name: [values]})."
     type: dict
@@ -114,16 +128,17 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Check the base run
-  mlops.vast.validate_playbook_vars:
-    spec_file: train.meta.yml
-    prefix: run_
-    fact: sweep_base
+- name: Check the base run (the play's run_* variables) with each trial's values, and plan the trials
+  mlops.vast.sweep:
+    name: lr-sweep
+    grid:
+      learning_rate: [0.1, 0.05, 0.01]
+      seed: [1, 2]
+    plan: true
 
 - name: Six trials, two at once, $0.50 in all
   mlops.vast.sweep:
     name: lr-sweep
-    base: "{{ sweep_base }}"
     grid:
       learning_rate: [0.1, 0.05, 0.01]
       seed: [1, 2]
@@ -153,8 +168,8 @@ rows:
       message: ""
       results_dir: /srv/results/lr-sweep/t3f9a0c
 trials:
-  description: In check mode, the trials with their commands.
-  returned: check mode
+  description: In check mode or with O(plan), the trials with their commands.
+  returned: check mode, or with O(plan)
   type: list
   elements: dict
 completed:
@@ -182,8 +197,10 @@ spent_usd:
   returned: success
   type: float
 lines:
-  description: One line per trial for people (id, outcome, parameters, loss, cost, hosts, message).
-  returned: success
+  description:
+    - One line per trial for people (id, outcome, parameters, loss, cost, hosts, message).
+    - In check mode or with O(plan), its id, label, parameters and command.
+  returned: always
   type: list
   elements: str
 labels:

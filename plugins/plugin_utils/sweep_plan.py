@@ -18,7 +18,7 @@ import math
 import random
 import re
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 PLACEHOLDER = "@@mlops-trial:{name}@@"
@@ -30,6 +30,18 @@ RANDOM_PARAM_KEYS = {"min", "max", "log", "int", "choices"}
 
 class SweepSpecError(ValueError):
     """The sweep's trials are described wrongly; the message names the variable and how to fix it."""
+
+
+def check_sweep_name(name: Any) -> str:
+    """The sweep's name makes the results folder (results/<name>) and every trial's label (<name>-<id>): the rule
+    of the Python API (mlops_vast.inputs), so neither path can write outside results/ or make a label of nothing."""
+    if not isinstance(name, str) or not name.strip():
+        raise SweepSpecError(f"sweep_name must be a non-empty name (it names results/<sweep_name> and each trial's "
+                             f"label); got {name!r}")
+    if "/" in name or name.startswith("."):
+        raise SweepSpecError(f"sweep_name {name!r} must not contain '/' or start with '.' (it names "
+                             "results/<sweep_name> and each trial's label)")
+    return name
 
 
 def _check_name(name: Any, where: str) -> str:
@@ -102,11 +114,15 @@ def _sampler(name: str, spec: Any) -> Any:
     log, as_int = bool(spec.get("log", False)), bool(spec.get("int", False))
     if log and low <= 0:
         raise SweepSpecError(f"sweep_random.params.{name}: a log scale needs min > 0 (got {low:g})")
+    if as_int and math.ceil(low) > math.floor(high):
+        raise SweepSpecError(f"sweep_random.params.{name}: int is set, but no whole number lies between min "
+                             f"({low:g}) and max ({high:g})")
 
     def sample(rng: random.Random) -> float | int:
         value = math.exp(rng.uniform(math.log(low), math.log(high))) if log else rng.uniform(low, high)
         if as_int:
-            return min(max(round(value), math.ceil(low)), math.floor(high))
+            # Rounded, then held to the whole numbers within [min, max] (round(0.6) is 1 for [0.5, 1.4], never 0).
+            return int(min(max(round(value), math.ceil(low)), math.floor(high)))
         # Six significant digits: what a person would type, and the same text on every machine.
         return float(f"{value:.6g}")
 
@@ -185,8 +201,11 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def render_command(command: str, params: Mapping[str, Any]) -> str:
-    """The trial's command: placeholders replaced, unnamed parameters appended as command-line options."""
+def render_command(command: str, params: Mapping[str, Any], placed: Collection[str] = ()) -> str:
+    """The trial's command: placeholders replaced, unnamed parameters appended as command-line options.
+
+    ``placed``: parameters another variable names (``run_disk_gb: "{{ trial.disk }}"``); they are placed there, not
+    appended to the command."""
     named = set(_PLACEHOLDER_RE.findall(command))
     missing = named - set(params)
     if missing:
@@ -194,7 +213,7 @@ def render_command(command: str, params: Mapping[str, Any]) -> str:
     text = _PLACEHOLDER_RE.sub(lambda match: format_value(params[match.group(1)]), command)
     extra = []
     for name, value in params.items():
-        if name in named:
+        if name in named or name in placed:
             continue
         if isinstance(value, bool):
             if value:
@@ -204,9 +223,32 @@ def render_command(command: str, params: Mapping[str, Any]) -> str:
     return " ".join([text, *extra]) if extra else text
 
 
-def render_value(value: Any, params: Mapping[str, Any]) -> Any:
-    """Placeholders replaced in every string of a run variable (run_env, run_smoke_args, ...)."""
+def named_params(value: Any) -> set[str]:
+    """The trial parameters a run variable (or anything inside it) names."""
     if isinstance(value, str):
+        return set(_PLACEHOLDER_RE.findall(value))
+    if isinstance(value, Mapping):
+        return set().union(*(named_params(item) for item in value.values()))
+    if isinstance(value, list):
+        return set().union(*(named_params(item) for item in value))
+    return set()
+
+
+def has_placeholder(value: Any) -> bool:
+    """Whether a run variable (or anything inside it) names a trial parameter."""
+    return bool(named_params(value))
+
+
+def render_value(value: Any, params: Mapping[str, Any]) -> Any:
+    """Placeholders replaced in every string of a run variable (run_env, run_smoke_args, ...).
+
+    A string that is exactly one placeholder becomes the parameter's own value, so ``run_disk_gb: "{{ trial.disk }}"``
+    gives the trial the number 20, not the text "20" (a boolean stays the text "true"/"false" it always was: an
+    environment variable's value, and what a bool option reads as one)."""
+    if isinstance(value, str):
+        whole = _PLACEHOLDER_RE.fullmatch(value)
+        if whole and whole.group(1) in params and not isinstance(params[whole.group(1)], bool):
+            return params[whole.group(1)]
         return _PLACEHOLDER_RE.sub(lambda match: format_value(params.get(match.group(1), "")), value)
     if isinstance(value, Mapping):
         return {key: render_value(item, params) for key, item in value.items()}
@@ -215,11 +257,41 @@ def render_value(value: Any, params: Mapping[str, Any]) -> Any:
     return value
 
 
+# What Jinja gives for {{ trial.items }}: its attribute lookup finds the mapping's method before the key.
+_METHOD_RE = re.compile(r"<(?:bound method|built-in method) (?:[\w.]*\.)?(\w+) of ")
+
+
+def method_collisions(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """One sentence per variable where ``{{ trial.<name> }}`` was rendered as a method of the trial mapping (a
+    parameter named ``items``, ``keys``, ``values``, ``get``, ...) instead of the parameter's value."""
+    found: list[str] = []
+
+    def walk(where: str, value: Any) -> None:
+        if isinstance(value, str):
+            for name in dict.fromkeys(_METHOD_RE.findall(value)):
+                found.append(f"{where}: {{{{ trial.{name} }}}} gave the method {name} of the trial mapping, not the "
+                             f"parameter {name!r} (a parameter named like a mapping's method); write "
+                             f"{{{{ trial['{name}'] }}}}")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(f"{where}.{key}", item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(f"{where}[{index}]", item)
+
+    for name, value in values.items():
+        walk(f"{prefix}{name}", value)
+    return found
+
+
 def trial_run_vars(base: Mapping[str, Any], params: Mapping[str, Any], *, label: str, results_dir: str,
-                   max_total_usd: float | None = None) -> dict[str, Any]:
-    """The extra variables of one trial's train.yml: the base run (names without ``run_``) made its own."""
+                   max_total_usd: float | None = None, placed: Collection[str] = ()) -> dict[str, Any]:
+    """The extra variables of one trial's train.yml: the base run (names without ``run_``) made its own.
+
+    Parameters that another of its variables names, or that ``placed`` lists, are not appended to the command."""
+    placed = {*placed, *named_params({name: value for name, value in base.items() if name != "command"})}
     out = {f"run_{name}": render_value(value, params) for name, value in base.items() if name != "command"}
-    out["run_command"] = render_command(str(base.get("command", "")), params)
+    out["run_command"] = render_command(str(base.get("command", "")), params, placed)
     out["run_name"] = label
     out["run_results_dir"] = results_dir
     if max_total_usd is not None:

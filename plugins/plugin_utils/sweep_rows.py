@@ -20,6 +20,7 @@ ROW_FIELDS = ("id", "label", "outcome", "final_loss", "best_loss", "steps", "cos
               "duration_s", "message", "results_dir")
 # train.yml's last words on a run that did not complete (the assert in its teardown play).
 _NOT_COMPLETED_RE = re.compile(r"The run did not complete: (.*?)(?: \(results in |\"|$)")
+_DOUBLED_PREFIX_RE = re.compile(r"^(\w+): (?:\1: )+")
 _FATAL_MSG_RE = re.compile(r'"msg": "((?:[^"\\]|\\.)*)"')
 MAX_LOG_BYTES = 4 * 1024 * 1024
 
@@ -67,11 +68,17 @@ def losses(results_dir: str) -> tuple[int | None, float | None, float | None]:
     return step, final, best
 
 
+def _one_prefix(message: str) -> str:
+    """"crash: crash: the run exited ..." said once: the watch role puts the outcome before the watch's own message,
+    which starts with it already."""
+    return _DOUBLED_PREFIX_RE.sub(r"\1: ", message)
+
+
 def failure_message(log_text: str) -> str:
     """Why a trial's playbook failed, as one line: train.yml's own verdict, else the last error Ansible printed."""
     found = _NOT_COMPLETED_RE.findall(log_text)
     if found:
-        return found[-1].strip()
+        return _one_prefix(found[-1].strip())
     errors = [line[len("[ERROR]:"):].strip() for line in log_text.splitlines() if line.startswith("[ERROR]:")]
     if errors:
         return errors[-1][:500]
@@ -80,10 +87,16 @@ def failure_message(log_text: str) -> str:
     return messages[-1].encode("utf-8").decode("unicode_escape", "replace")[:500] if messages else ""
 
 
-def hosts_of(label: str, ledger_records: Iterable[Mapping[str, Any]]) -> list[int]:
-    """Machines the trial rented (rejected hosts of rent-until-good included), from the contract ledger."""
+def hosts_of(label: str, ledger_records: Iterable[Mapping[str, Any]], since: float | None = None) -> list[int]:
+    """Machines the trial rented (rejected hosts of rent-until-good included), from the contract ledger; with
+    ``since`` (when this run of the trial started), only this run's: a re-run keeps the label, and the ledger
+    keeps the earlier runs' contracts under it."""
     machines: list[int] = []
     for record in ledger_records:
+        if since is not None:
+            stamp = record.get("ts")
+            if not isinstance(stamp, int | float) or isinstance(stamp, bool) or stamp < since:
+                continue
         if record.get("event") == "created" and record.get("label") == label:
             machine = record.get("machine_id")
             machines.append(int(machine) if isinstance(machine, int) else -1)
@@ -133,7 +146,7 @@ def spent(results_dir: str) -> float:
 
 def build_row(*, trial_id: str, label: str, params: Mapping[str, Any], results_dir: str, rc: int | None,
               outcome_override: str | None, duration_s: float | None,
-              ledger_records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+              ledger_records: Sequence[Mapping[str, Any]], started_at: float | None = None) -> dict[str, Any]:
     watches = watch_records(results_dir)
     last_watch = watches[-1] if watches else {}
     recovery = _read_json(os.path.join(results_dir, "recovery.json")) or {}
@@ -148,8 +161,8 @@ def build_row(*, trial_id: str, label: str, params: Mapping[str, Any], results_d
         outcome = watched if watched and watched != "completed" else "failed"
         message = failure_message(_tail(os.path.join(results_dir, "ansible.log"), 256 * 1024))
     if not message and outcome != "completed":
-        message = str(last_watch.get("msg") or "")[:500]
-    hosts = hosts_of(label, ledger_records)
+        message = _one_prefix(str(last_watch.get("msg") or ""))[:500]
+    hosts = hosts_of(label, ledger_records, since=started_at)
     attempts = recovery.get("attempts") if isinstance(recovery, dict) else None
     return {
         "id": trial_id,

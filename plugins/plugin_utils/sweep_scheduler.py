@@ -9,15 +9,18 @@ starts, watches and, when asked to stop, ends trial playbooks and has each stopp
 
 The budget: every trial runs with a spending cap (``run_max_total_usd``), which its own watch enforces (the run
 stops with its checkpoints home when the cap is reached). A trial starts only while the finished trials' cost plus
-every running trial's cap plus its own cap fits in the budget, so the trials together cannot pass it; if the
-instances' spend read live still reaches it, the running trials are stopped and torn down.
+every running trial's cap plus its own cap fits in the budget, so the trials together cannot pass it, and only with
+a cap of at least ``MIN_TRIAL_USD``, the least any trial can cost; if the instances' spend read live still reaches
+the budget, the running trials are stopped and torn down.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -26,6 +29,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STATES = ("queued", "running", "done", "skipped", "cancelled")
+
+# The least any trial can cost: one minute of the cheapest GPU plausibly on the market. Renting, booting, receiving
+# the code and the smoke test take longer than a minute on any host, and Vast bills from the start, so a cap below
+# this is spent before the trial can do anything: such a trial is not started. Without a projection of its own (no
+# run_estimate, whose provision step refuses a cap below the run's optimistic cost before renting), this is the
+# only lower bound the sweep has.
+CHEAPEST_DPH_USD = 0.03
+LEAST_RENTED_S = 60
+MIN_TRIAL_USD = round(CHEAPEST_DPH_USD * LEAST_RENTED_S / 3600, 6)
+_FLOOR_WHY = f"a minute at ${CHEAPEST_DPH_USD:g}/h, the cheapest GPU plausibly for rent"
+# What train.yml says when it refuses a run for its cap: the provision step's optimistic estimate (before renting),
+# or the smoke test's re-estimate from the measured step time.
+_REFUSED_FOR_BUDGET_RE = re.compile(r"more than the budget run_max_total_usd|cost: the run re-estimated from the "
+                                    r"measured step time: \$[0-9.e+-]+ against the budget")
 
 
 @dataclass
@@ -45,12 +62,13 @@ class Trial:
     process: Any = field(default=None, repr=False, compare=False)
     orphaned: bool = False
     row: dict[str, Any] | None = None
+    message: str = ""
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "label": self.label, "params": self.params, "state": self.state,
                 "outcome": self.outcome, "rc": self.rc, "started_at": self.started_at, "ended_at": self.ended_at,
                 "cap_usd": self.cap_usd, "cost_usd": self.cost_usd, "orphaned": self.orphaned,
-                "results_dir": self.results_dir,
+                "results_dir": self.results_dir, "message": self.message,
                 "pid": self.process.pid if self.process is not None and self.state == "running" else None}
 
 
@@ -88,10 +106,12 @@ def trial_environment(base: Mapping[str, str], *, progress_file: str, strategy: 
 
 @dataclass
 class Budget:
-    """The shared budget (``total`` 0: none) and the run's own per-trial cap (``run_cap`` 0: none)."""
+    """The shared budget (``total`` 0: none), the run's own per-trial cap (``run_cap`` 0: none) and the least cap a
+    trial starts with (``floor``)."""
 
     total: float
     run_cap: float = 0.0
+    floor: float = MIN_TRIAL_USD
 
     def committed(self, trials: Sequence[Trial]) -> float:
         """Finished trials' cost plus each running trial's cap (what it may still reach)."""
@@ -99,19 +119,36 @@ class Budget:
             sum(max(t.cap_usd or 0.0, t.cost_usd) for t in trials if t.state == "running")
 
     def cap_for_next(self, trials: Sequence[Trial]) -> float | None:
-        """The cap the next trial starts with, or None when it cannot start within the budget.
+        """The cap the next trial starts with, or None when it cannot start within the budget."""
+        return self.next_cap(trials)[0]
+
+    def next_cap(self, trials: Sequence[Trial]) -> tuple[float | None, str]:
+        """``(cap, "")`` for the next trial (0: no cap), or ``(None, why it cannot start)``.
 
         Without a cap of the run's own, what is left is shared equally among the trials still queued, so a
         trial that finishes under its share leaves more for the ones after it and all of them can start.
         """
+        floor_why = f"${self.floor:g}, the least a trial can cost ({_FLOOR_WHY})"
+        if 0 < self.run_cap < self.floor:
+            return None, f"the trial's cap run_max_total_usd ${self.run_cap:g} is below {floor_why}"
         if self.total <= 0:
-            return self.run_cap if self.run_cap > 0 else 0.0
-        left = self.total - self.committed(trials)
+            return (self.run_cap if self.run_cap > 0 else 0.0), ""
+        committed = self.committed(trials)
+        left = max(0.0, self.total - committed)
+        held = (f"the sweep's budget sweep_budget_usd ${self.total:g} has ${left:.6g} left"
+                + (f" (${committed:.6g} spent or held by the running trials' caps)" if committed > 0 else ""))
         if self.run_cap > 0:
-            return self.run_cap if self.run_cap <= left + 1e-9 else None
-        queued = sum(1 for t in trials if t.state == "queued")
-        share = left / max(1, queued)
-        return round(share, 6) if share > 1e-6 else None
+            if self.run_cap <= left + 1e-9:
+                return self.run_cap, ""
+            return None, f"{held}, less than the trial's cap run_max_total_usd ${self.run_cap:g}"
+        queued = max(1, sum(1 for t in trials if t.state == "queued"))
+        # Rounded down (past float noise), so the caps never add up past the budget.
+        share = math.floor(left / queued * 1e6 + 1e-6) / 1e6
+        if share <= 0 or share < self.floor - 1e-12:
+            return None, (f"{held} for {queued} trial(s) not yet started: a share of ${left / queued:.6g} each, "
+                          f"below {floor_why}; a budget of at least ${committed + self.floor * queued:.6g} "
+                          f"would start them")
+        return share, ""
 
     def live_spent(self, trials: Sequence[Trial]) -> float:
         return sum(t.cost_usd for t in trials if t.state in ("done", "running", "cancelled"))
@@ -197,14 +234,18 @@ class Scheduler:
         for trial in self.queued():
             if len(self.running()) >= self.max_parallel:
                 break
-            cap = None if self.budget_stopped else self.budget.cap_for_next(self.trials)
+            if self.budget_stopped:
+                cap, why = None, f"the trials' spend reached the sweep's budget sweep_budget_usd ${self.budget.total:g}"
+            else:
+                cap, why = self.budget.next_cap(self.trials)
             if cap is None:
                 if not self.running() or self.budget_stopped:
                     # Nothing running will free room: what is left cannot start within the budget.
                     for left in self.queued():
                         left.state, left.outcome = "skipped", "budget"
+                        left.message = f"not started, nothing rented: {why}"
                         left.ended_at = self.clock()
-                        self.finish(left)
+                        self._finish(left)
                     changed = True
                 break
             trial.cap_usd = cap or None
@@ -213,6 +254,12 @@ class Scheduler:
             trial.state = "running"
             changed = True
         return changed
+
+    def _finish(self, trial: Trial) -> None:
+        """``finish`` (which makes the trial's row), then the scheduler's own word on the row (``finish`` may have
+        said it already, before writing the row down)."""
+        self.finish(trial)
+        settle_row(trial)
 
     def _reap(self) -> bool:
         changed = False
@@ -231,7 +278,7 @@ class Scheduler:
                 trial.orphaned = True
                 self.teardown([trial])
             trial.cost_usd = self.spend_of(trial)
-            self.finish(trial)
+            self._finish(trial)
             changed = True
         return changed
 
@@ -246,7 +293,7 @@ class Scheduler:
     def _cancel_all(self) -> None:
         for trial in self.queued():
             trial.state, trial.outcome, trial.ended_at = "skipped", "cancelled", self.clock()
-            self.finish(trial)
+            self._finish(trial)
         self._stop(self.running(), "cancelled")
 
     def _stop(self, trials: Sequence[Trial], outcome: str) -> None:
@@ -269,8 +316,21 @@ class Scheduler:
             trial.state = "cancelled" if outcome == "cancelled" else "done"
             trial.outcome, trial.ended_at = outcome, self.clock()
             trial.cost_usd = self.spend_of(trial)
-            self.finish(trial)
+            self._finish(trial)
         self.save()
+
+
+def settle_row(trial: Trial) -> None:
+    """The scheduler's word on a trial's row: why it did not start, and ``budget`` (not ``failed``) for a run
+    train.yml refused for its cap (the estimate before renting, or the smoke test's re-estimate): the budget
+    stopped it, not a fault of the trial."""
+    row = trial.row
+    if not isinstance(row, dict):
+        return
+    if not row.get("message") and trial.message:
+        row["message"] = trial.message
+    if row.get("outcome") == "failed" and _REFUSED_FOR_BUDGET_RE.search(str(row.get("message") or "")):
+        row["outcome"] = trial.outcome = "budget"
 
 
 def _signal_group(process: Any, signum: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -156,6 +157,62 @@ def test_ctrl_c_on_the_sweep_stops_every_trial_and_destroys_its_instance(sim: Si
         totals = client.get("/_sim/ledger").json()["totals"]
     assert totals["open_instances"] == 0 and totals["instances"] >= 2, totals
     assert ledger_open(tmp_path) == []
+
+
+ESCAPE = f"qa-esc-{os.getpid()}"  # where results/../<name> would land, under the repository
+# Each is refused by the sweep's plan, before the reaper, the SSH key or any trial: nothing happens on bad input.
+REFUSED_BEFORE_ANYTHING = [
+    ({"sweep_name": f"../{ESCAPE}"}, f"sweep_name '../{ESCAPE}' must not contain '/' or start with '.'"),
+    ({"sweep_name": ""}, "sweep_name must be a non-empty name"),
+    ({"sweep_grid": {"items": [1, 2], "seed": [1]}, "run_command": "python3 train.py --items {{ trial.items }}"},
+     "write {{ trial['items'] }}"),
+    ({"sweep_grid": {"w": [1]}, "sweep_random": {"count": 2, "params": {"v": {"min": 0.5, "max": 0.7, "int": True}}}},
+     "no whole number lies between min (0.5) and max (0.7)"),
+    ({"sweep_grid": {"disk": [20, -5]}, "run_disk_gb": "{{ trial.disk }}"}, "(disk=-5): run_disk_gb must be at least"),
+]
+
+
+def test_bad_sweep_input_is_refused_before_the_reaper_the_key_or_any_trial(sim: Sim, tmp_path: Path,
+                                                                           trials_stopped: None) -> None:
+    try:
+        for overrides, words in REFUSED_BEFORE_ANYTHING:
+            done = run_playbook("playbooks/sweep.yml", sweep_env(sim, tmp_path), "-e", "@examples/sweep.yml",
+                                "-e", json.dumps(overrides), timeout=600)
+            out = done.stdout
+            assert done.returncode != 0, failure_excerpt(out)
+            failure = next(line for line in out.splitlines() if line.startswith("fatal:"))
+            assert words in failure, failure
+            assert "plan the trials" in out.split("fatal:")[0].rsplit("TASK [", 1)[1], failure_excerpt(out)
+            assert "Find the instances no live controller watches" not in out, overrides
+        # Nothing was written: no key, no results (results/../<name> is outside results/), nothing rented.
+        assert not (tmp_path / "id_ed25519").exists()
+        assert not (REPO / ESCAPE).exists() and not (REPO / "results" / "sweep-state.json").exists()
+        with sim.client() as client:
+            assert client.get("/_sim/ledger").json()["totals"]["instances"] == 0
+    finally:
+        shutil.rmtree(REPO / ESCAPE, ignore_errors=True)
+
+
+def test_check_mode_shows_each_trial_and_its_command_and_writes_nothing(sim: Sim, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    # A numeric run variable and a trial variable may name a parameter: each trial's value, checked as a number.
+    overrides = {"sweep_grid": {"disk": [20, 30]}, "sweep_results_dir": str(results),
+                 "run_disk_gb": "{{ trial.disk }}",
+                 "sweep_trial_vars": {"provision_probe_max_seconds": "{{ trial.disk }}"},
+                 "run_command": "python3 train.py --max_steps 5 --tag d{{ trial.disk }}"}
+    done = run_playbook("playbooks/sweep.yml", sweep_env(sim, tmp_path), "-e", "@examples/sweep.yml",
+                        "-e", json.dumps(overrides), "--check", timeout=300)
+    out = done.stdout
+    assert done.returncode == 0, failure_excerpt(out)
+    shown = out.split("TASK [Show each trial", 1)[1].split("TASK [", 1)[0]
+    assert "lr-sweep-t" in shown and "disk=20" in shown and "disk=30" in shown, shown
+    assert "python3 train.py --max_steps 5 --tag d20" in shown and "--tag d30" in shown, shown
+    assert "@@mlops-trial" not in out
+    # Check mode wrote nothing: the collection's SSH key (next to the ledger) is not made, no results folder.
+    assert not (tmp_path / "id_ed25519").exists() and not (tmp_path / "id_ed25519.pub").exists()
+    assert not results.exists()
+    with sim.client() as client:
+        assert client.get("/_sim/ledger").json()["totals"]["instances"] == 0
 
 
 def progress_phase(path: Path) -> str | None:

@@ -6,15 +6,22 @@ from __future__ import annotations
 import shlex
 
 import pytest
+from ansible_collections.mlops.vast.plugins.action.sweep import ActionModule as SweepAction
 from ansible_collections.mlops.vast.plugins.filter import trial_placeholders as placeholders_module
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     SweepSpecError,
+    check_sweep_name,
     expand,
+    method_collisions,
     render_command,
     render_value,
     trial_ids,
     trial_run_vars,
 )
+
+from tests.conftest import REPO
+
+TRAIN_SPEC = str(REPO / "playbooks" / "train.meta.yml")
 
 trial_placeholders = placeholders_module.FilterModule().filters()["trial_placeholders"]
 
@@ -92,8 +99,9 @@ def test_named_parameters_are_filled_in_and_not_repeated() -> None:
 def test_placeholders_cover_every_source_and_other_variables_are_filled_too() -> None:
     marks = trial_placeholders({"a": [1]}, {"count": 1, "params": {"b": {"min": 0, "max": 1}}}, [{"c": 1}])
     assert set(marks) == {"a", "b", "c"}
-    assert render_value({"env": {"SEED": marks["c"]}, "list": [marks["a"], 3]}, {"a": 1, "c": 42}) == \
-        {"env": {"SEED": "42"}, "list": ["1", 3]}
+    # A placeholder alone is the parameter's own value (a number stays a number); inside a text it is its text.
+    assert render_value({"env": {"SEED": marks["c"]}, "list": [marks["a"], 3], "out": f"/w/{marks['a']}"},
+                        {"a": 1, "c": 42}) == {"env": {"SEED": 42}, "list": [1, 3], "out": "/w/1"}
 
 
 def test_trial_run_vars_make_the_base_run_the_trials_own() -> None:
@@ -111,3 +119,79 @@ def test_trial_ids_follow_the_parameters_not_the_position() -> None:
     assert trial_ids(grid) == trial_ids(with_extra)[1:]
     assert len(set(trial_ids(grid))) == 4 and all(len(tid) == 7 and tid[0] == "t" for tid in trial_ids(grid))
     assert trial_ids([{"a": 1}, {"a": 1}])[1] == trial_ids([{"a": 1}])[0] + "-2"
+
+
+@pytest.mark.parametrize("name", ["../qa-esc", "a/b", ".hidden", "", "  ", None])
+def test_a_sweep_name_that_leaves_results_or_names_nothing_is_refused(name) -> None:
+    with pytest.raises(SweepSpecError, match="sweep_name"):
+        check_sweep_name(name)
+
+
+def test_a_plain_sweep_name_is_accepted() -> None:
+    assert check_sweep_name("lr-sweep.v2") == "lr-sweep.v2"
+
+
+def test_a_random_int_param_stays_within_its_range_or_is_refused() -> None:
+    with pytest.raises(SweepSpecError, match=r"sweep_random.params.w: int is set, but no whole number lies between"):
+        expand(None, {"count": 3, "params": {"w": {"min": 0.5, "max": 0.7, "int": True}}}, None)
+    sets = expand(None, {"count": 200, "seed": 3, "params": {"w": {"min": 0.5, "max": 2.2, "int": True},
+                                                              "v": {"min": 1.5, "max": 300, "int": True, "log": True}}},
+                  None)
+    assert {s["w"] for s in sets} == {1, 2}
+    assert all(2 <= s["v"] <= 300 and type(s["v"]) is int for s in sets)
+
+
+def test_a_parameter_named_like_a_mapping_method_is_refused_naming_it() -> None:
+    # What Ansible 2.19 renders for {{ trial.items }} and {{ trial.keys }} when trial is a mapping.
+    rendered = {"run_command": "python3 t.py --i <bound method _AnsibleLazyTemplateDict.items of "
+                               "{'items': '@@mlops-trial:items@@', 'seed': '@@mlops-trial:seed@@'}>",
+                "run_env": {"K": "<built-in method keys of _AnsibleLazyTemplateDict object at 0x7f>"},
+                "run_disk_gb": 20}
+    found = method_collisions(rendered)
+    assert len(found) == 2
+    assert found[0].startswith("run_command: {{ trial.items }} gave the method items") and \
+        "write {{ trial['items'] }}" in found[0]
+    assert found[1].startswith("run_env.K: {{ trial.keys }}")
+    assert method_collisions({"run_command": "python3 t.py --items @@mlops-trial:items@@"}) == []
+
+
+def test_each_trial_is_checked_against_the_run_contract_with_its_own_values() -> None:
+    marks = trial_placeholders({"disk": [20, 30]})
+    run_vars = {"run_command": "python3 t.py", "run_disk_gb": marks["disk"], "run_image": "img:1"}
+    bases = SweepAction._checked_bases("sw", run_vars, [{"disk": 20}, {"disk": 30}], TRAIN_SPEC)
+    # A number (run_disk_gb is a float in the contract), converted as train.yml would, every default filled in.
+    assert [b["disk_gb"] for b in bases] == [20, 30] and all(isinstance(b["disk_gb"], float) for b in bases)
+    assert bases[0]["name"] == "sw-" + trial_ids([{"disk": 20}])[0] and "max_runtime_s" in bases[0]
+    with pytest.raises(SweepSpecError) as raised:
+        SweepAction._checked_bases("sw", run_vars, [{"disk": 20}, {"disk": -5}], TRAIN_SPEC)
+    message = str(raised.value)
+    assert f"trial {trial_ids([{'disk': -5}])[0]} (disk=-5): run_disk_gb must be at least" in message
+    assert "disk=20" not in message
+    # A problem every trial has is said once, without a trial.
+    with pytest.raises(SweepSpecError, match=r"^run_dsik_gb is not a variable of train.meta.yml; did you mean"):
+        SweepAction._checked_bases("sw", {**run_vars, "run_dsik_gb": 3}, [{"disk": 20}, {"disk": 30}], TRAIN_SPEC)
+    with pytest.raises(SweepSpecError, match="run_max_total_usd cannot name a trial parameter"):
+        SweepAction._checked_bases("sw", {**run_vars, "run_max_total_usd": marks["disk"]}, [{"disk": 20}], TRAIN_SPEC)
+
+
+def test_a_trials_variables_are_filled_in_with_its_values_and_types() -> None:
+    marks = trial_placeholders({"disk": [20]}, None, [{"seed": 7, "lr": 0.1}])
+    run_vars = {"run_command": f"python3 t.py --seed {marks['seed']}", "run_disk_gb": marks["disk"]}
+    params = [{"seed": 7, "disk": 20, "lr": 0.1}]
+    trial_vars = {"provision_probe_max_seconds": marks["disk"], "extra": {"tag": f"s{marks['seed']}"}}
+    _bases, [trial] = SweepAction._plan("sw", run_vars, params, trial_vars, "/r/sw", TRAIN_SPEC)
+    assert trial.run_vars["run_disk_gb"] == 20 and trial.run_vars["provision_probe_max_seconds"] == 20
+    assert trial.run_vars["extra"] == {"tag": "s7"}
+    # disk is placed by run_disk_gb, seed by the command itself: only lr is appended.
+    assert trial.run_vars["run_command"] == "python3 t.py --seed 7 --lr 0.1"
+    assert "@@mlops-trial" not in repr(trial.run_vars)
+
+
+def test_a_base_given_whole_is_planned_as_it_is() -> None:
+    marks = trial_placeholders({"disk": [20]})
+    _bases, [trial] = SweepAction._plan("sw", {"run_command": "python3 t.py", "run_disk_gb": marks["disk"]},
+                                        [{"disk": 20}], {}, "/r/sw", None)
+    assert trial.run_vars["run_disk_gb"] == 20 and trial.run_vars["run_command"] == "python3 t.py"
+    with pytest.raises(SweepSpecError, match=r"write \{\{ trial\['keys'\] \}\}"):
+        SweepAction._plan("sw", {"run_command": "t.py <built-in method keys of dict object at 0x1>"}, [{"keys": 1}],
+                          {}, "/r/sw", None)

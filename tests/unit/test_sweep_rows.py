@@ -91,3 +91,27 @@ def test_an_instance_resumed_in_place_counts_once(tmp_path: Path) -> None:
     (tmp_path / "watch-recovery-1.json").write_text(json.dumps(again))
     (tmp_path / "progress-watch.json").write_text(json.dumps({"outcome": None, "spent_usd": 0.02, "instance_id": 9}))
     assert spent(str(tmp_path)) == 0.05
+
+
+def test_a_rerun_row_has_only_the_hosts_its_own_run_rented(tmp_path: Path) -> None:
+    folder = results(tmp_path, losses=[0.5], watches=[{"outcome": "completed", "triage": {"spent_usd": 0.01}}])
+    ledger = [{"ts": 100.0, "event": "created", "id": 1, "label": "sw-t000", "machine_id": 11},  # the earlier run
+              {"ts": 150.0, "event": "destroyed", "id": 1},
+              {"ts": 205.0, "event": "created", "id": 5, "label": "sw-t000", "machine_id": 15},
+              {"ts": 206.0, "event": "created", "id": 6, "label": "sw-t001", "machine_id": 16}]
+    row = build_row(trial_id="t000", label="sw-t000", params={}, results_dir=str(folder), rc=0,
+                    outcome_override=None, duration_s=None, ledger_records=ledger, started_at=200.0)
+    assert row["hosts"] == [15]
+
+
+def test_the_outcome_is_said_once_before_the_watchs_message(tmp_path: Path) -> None:
+    # The watch role prefixes the outcome to the watch's message, which starts with it already.
+    assert failure_message('fatal: [localhost]: FAILED! => {"msg": "The run did not complete: crash: crash: the run '
+                           'exited with code 3 (t.py:9) (results in /r; nothing is billing)"}\n') == \
+        "crash: the run exited with code 3 (t.py:9)"
+    folder = results(tmp_path, losses=[0.9], watches=[{"outcome": "crash", "msg": "crash: crash: the run exited"}])
+    row = build_row(trial_id="t000", label="sw-t000", params={}, results_dir=str(folder), rc=2,
+                    outcome_override=None, duration_s=None, ledger_records=[])
+    assert row["message"] == "crash: the run exited"
+    # A message that merely starts with a word and a colon twice, differently, is left as it is.
+    assert failure_message("The run did not complete: stall: crash log empty\n") == "stall: crash log empty"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import (
+    MIN_TRIAL_USD,
     Budget,
     Scheduler,
     Trial,
@@ -23,8 +24,9 @@ class Harness:
     """Trials whose process sleeps ``seconds`` then exits ``rc``, and reports ``cost`` as its spend."""
 
     def __init__(self, tmp_path: Path, specs: list[dict], *, max_parallel: int = 2, budget: Budget | None = None,
-                 trial_timeout_s: float = 60) -> None:
+                 trial_timeout_s: float = 60, rows: bool = False) -> None:
         self.tmp_path = tmp_path
+        self.rows = rows
         self.trials = [Trial(id=f"t{i:03d}", label=f"sw-t{i:03d}", params=spec, results_dir=str(tmp_path / f"t{i}"))
                        for i, spec in enumerate(specs)]
         self.started: list[tuple[str, float]] = []
@@ -47,6 +49,12 @@ class Harness:
     def finish(self, trial: Trial) -> None:
         self.ended[trial.id] = time.monotonic()
         self.finished.append(trial.id)
+        if self.rows:
+            # As the sweep action's finish does: a row whose failure message is what the trial's log said.
+            outcome = trial.outcome or ("completed" if trial.rc == 0 else "failed")
+            trial.row = {"id": trial.id, "outcome": outcome,
+                         "message": trial.params.get("says", "") if outcome == "failed" else ""}
+            trial.outcome = outcome
 
     def max_concurrent(self) -> int:
         events = sorted([(t, 1) for _, t in self.started] + [(t, -1) for t in self.ended.values()])
@@ -107,6 +115,7 @@ def test_spend_reaching_the_budget_stops_the_running_trials_and_tears_them_down(
     assert sorted(run.torn_down) == ["sw-t000", "sw-t001"]
     assert [t.outcome for t in trials] == ["budget", "budget", "budget"]
     assert trials[2].state == "skipped" and all(t.process.poll() is not None for t in trials[:2])
+    assert "spend reached the sweep's budget sweep_budget_usd $1" in trials[2].message
 
 
 def test_the_cancel_file_stops_everything_and_tears_down_what_ran(tmp_path: Path) -> None:
@@ -155,3 +164,58 @@ def test_auto_is_the_collection_s_strategy_unless_the_user_chose_one_or_ansible_
     assert trial_strategy("auto", "default", "2.20.0") == ""  # written for 2.19's internals
     assert trial_strategy("ansible.builtin.free", "env: ANSIBLE_STRATEGY", "2.19.4") == "ansible.builtin.free"
     assert trial_strategy("", "default", "2.19.4") == ""
+
+
+def test_a_budget_too_small_for_one_trial_rents_nothing_and_says_why(tmp_path: Path) -> None:
+    # The QA case: $0.00001 for two trials was shared out as two caps of $0.000005, and both trials rented.
+    run = Harness(tmp_path, [{"cost": 0.0002}] * 2, max_parallel=2, budget=Budget(total=0.00001), rows=True)
+    trials = run.scheduler.run(deadline_s=60)
+    assert run.started == []
+    assert [(t.state, t.outcome, t.row["outcome"]) for t in trials] == [("skipped", "budget", "budget")] * 2
+    message = trials[0].row["message"]
+    assert "sweep_budget_usd $1e-05" in message and "a share of $5e-06 each" in message, message
+    assert f"below ${MIN_TRIAL_USD:g}, the least a trial can cost" in message, message
+    assert "nothing rented" in message
+    state = json.loads((tmp_path / "sweep-state.json").read_text())
+    assert all("a share of $5e-06" in t["message"] for t in state["trials"])
+
+
+def test_the_floor_is_a_minute_of_the_cheapest_gpu_and_a_share_at_it_starts() -> None:
+    assert MIN_TRIAL_USD == 0.0005
+    two = [Trial(id=f"t{i}", label=f"l{i}", params={}, results_dir="r") for i in range(2)]
+    assert Budget(total=2 * MIN_TRIAL_USD).next_cap(two) == (MIN_TRIAL_USD, "")
+    cap, why = Budget(total=2 * MIN_TRIAL_USD - 0.000002).next_cap(two)
+    assert cap is None and "a budget of at least $0.001 would start them" in why, why
+    # No shared budget and no cap of the run's own: no cap at all, as before.
+    assert Budget(total=0).next_cap(two) == (0.0, "")
+
+
+def test_a_run_cap_below_the_floor_starts_no_trial(tmp_path: Path) -> None:
+    run = Harness(tmp_path, [{}] * 2, max_parallel=2, budget=Budget(total=1.0, run_cap=0.0001), rows=True)
+    trials = run.scheduler.run(deadline_s=60)
+    assert run.started == [] and [t.outcome for t in trials] == ["budget", "budget"]
+    assert "run_max_total_usd $0.0001 is below $0.0005" in trials[1].row["message"]
+
+
+def test_a_trial_skipped_for_the_budget_says_what_was_left(tmp_path: Path) -> None:
+    specs = [{"cost": 0.4, "seconds": 0.1}] * 3
+    run = Harness(tmp_path, specs, max_parallel=1, budget=Budget(total=1.0, run_cap=0.4), rows=True)
+    trials = run.scheduler.run(deadline_s=60)
+    assert [t.outcome for t in trials] == ["completed", "completed", "budget"]
+    assert trials[2].row["message"] == ("not started, nothing rented: the sweep's budget sweep_budget_usd $1 has $0.2 "
+                                        "left ($0.8 spent or held by the running trials' caps), less than the "
+                                        "trial's cap run_max_total_usd $0.4")
+
+
+def test_a_trial_train_yml_refused_for_its_cap_is_a_budget_row_not_a_failure(tmp_path: Path) -> None:
+    refused = ("Rent until good: The run would cost at least $0.0453 (optimistic; base $0.05), more than the budget "
+               "run_max_total_usd $0.001. Raise the budget or shorten the run. Nothing was rented.")
+    smoke = ("Smoke test (fails cheaply before the long run): Smoke test failed (exit code 0): loss 2.3 -> 2.1. "
+             "Contradicts the estimate: cost: the run re-estimated from the measured step time: $0.0124 against the "
+             "budget $0.001. ")
+    specs = [{"rc": 2, "says": refused}, {"rc": 2, "says": smoke}, {"rc": 2, "says": "setup: pip install failed"}]
+    run = Harness(tmp_path, specs, max_parallel=3, rows=True)
+    trials = run.scheduler.run(deadline_s=60)
+    assert [t.row["outcome"] for t in trials] == ["budget", "budget", "failed"]
+    assert [t.outcome for t in trials] == ["budget", "budget", "failed"]
+    assert trials[0].row["message"] == refused  # train.yml's own words stay
