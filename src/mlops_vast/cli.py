@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"run playbooks/{name}.yml with live progress")
         p.add_argument("file", metavar="RUN.yml" if name == "train" else "SWEEP.yml", help=what)
         p.add_argument("-e", "--extra-var", action="append", default=[], metavar="NAME=VALUE",
-                       help="override one variable (VALUE is read as YAML)")
+                       help="override one variable (VALUE is read as YAML), or @FILE: the variables of a YAML file")
         common(p)
     p = sub.add_parser("status", help="what is rented and billing now (the ledger and the account), and its cost")
     common(p)
@@ -82,11 +82,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def extra_vars(items: list[str]) -> dict[str, Any]:
+    """``-e NAME=VALUE`` (VALUE read as YAML) and, as ansible-playbook takes it, ``-e @FILE`` (a YAML mapping)."""
     out: dict[str, Any] = {}
     for item in items:
+        if item.startswith("@"):
+            out.update(load_vars(item[1:], "extra variables")[0])
+            continue
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
-            raise InputError(f"-e {item!r}: expected NAME=VALUE")
+            raise InputError(f"-e {item!r}: expected NAME=VALUE or @FILE")
         try:
             out[name.strip()] = yaml.safe_load(value) if value else ""
         except yaml.YAMLError:
@@ -124,7 +128,7 @@ class Display:
 
         self.title = title
         self.json_mode = json_mode
-        self.console = console or Console(stderr=False, highlight=False)
+        self.console = console or Console(stderr=False, highlight=False, width=_pipe_width())
         self.live_mode = not json_mode and self.console.is_terminal
         self.rows: dict[str, dict[str, Any]] = {}
         self.note = ""
@@ -204,6 +208,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _pipe_width() -> int | None:
+    """Without a terminal rich assumes 80 columns and cuts the tables' cells; a log or a pipe has no such limit."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return None
+    return 200
 
 
 def _print_json(data: Any) -> None:
@@ -457,7 +468,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=_pipe_width())
     console.print(f"ledger {ledger}: {len(contracts)} open contract(s)"
                   + (f": {', '.join(str(c['id']) + ' (' + str(c.get('label') or '') + ')' for c in contracts)}"
                      if contracts else ""))
@@ -713,7 +724,7 @@ def _print_estimate(result: dict[str, Any], budget: float = 0.0) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=_pipe_width())
     job = result["job"]
 
     def rng(value: Any, unit: str) -> str:

@@ -61,6 +61,9 @@ def test_train_returns_a_typed_result_with_events_and_no_key_in_the_artifacts(si
     assert [p for p in phases if p in order] == order, phases
     steps = [e.step for e in seen if isinstance(e, mlops_vast.Progress)]
     assert steps and steps == sorted(steps) and steps[-1] == 200, steps
+    # No run_estimate: step/max and the ETA come from the command's --max_steps.
+    totals = {e.total for e in seen if isinstance(e, mlops_vast.Progress)}
+    assert totals == {200}, totals
     assert any(isinstance(e, mlops_vast.Spend) and e.spent_usd and e.dph for e in seen)
     assert isinstance(seen[-1], mlops_vast.Finished) and seen[-1].outcome == "completed"
 

@@ -87,6 +87,12 @@ def test_bad_extra_vars_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureF
     assert "expected NAME=VALUE" in capsys.readouterr().err
     assert cli.extra_vars(["run_max_dph=0.5", "run_name=a b", "run_env={A: 1}"]) == {
         "run_max_dph": 0.5, "run_name": "a b", "run_env": {"A": 1}}
+    # -e @FILE, as ansible-playbook takes it; later ones win, in order.
+    (tmp_path / "more.yml").write_text("run_max_dph: 0.7\nrun_disk_gb: 30\n")
+    assert cli.extra_vars(["run_max_dph=0.5", "@" + str(tmp_path / "more.yml"), "run_disk_gb=40"]) == {
+        "run_max_dph": 0.7, "run_disk_gb": 40}
+    assert cli.main(["train", str(tmp_path / "r.yml"), "-e", "@" + str(tmp_path / "nope.yml")]) == 2
+    assert "nope.yml does not exist" in capsys.readouterr().err
     for argv in (["train"], ["teardown"], ["teardown", "--label", "x", "--all"], ["nope"]):
         with pytest.raises(SystemExit) as raised:
             cli.main(argv)
@@ -154,3 +160,11 @@ def test_status_fails_when_the_account_cannot_be_read(tmp_path: Path, capsys: py
     assert cli.main(["status", "--json", "--api-url", "notaurl"]) == 1
     summary = json.loads(capsys.readouterr().out)
     assert summary["instances"] is None and "not a usable URL" in summary["note"]
+
+
+def test_tables_are_not_cut_to_80_columns_in_a_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    display = cli.Display("t", json_mode=False)  # pytest's stdout is not a terminal
+    assert display.console.width == 200
+    monkeypatch.setenv("COLUMNS", "90")  # the user's word wins
+    assert cli.Display("t", json_mode=False).console.width == 90
