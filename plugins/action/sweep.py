@@ -25,6 +25,7 @@ from ansible.plugins.action import ActionBase
 from ansible.release import __version__ as ANSIBLE_CORE_VERSION
 from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger, default_ledger_path
 from ansible_collections.mlops.vast.plugins.plugin_utils.contract import plain_errors, problems, validated
+from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     SweepSpecError,
     check_sweep_name,
@@ -45,6 +46,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import (
     spent,
 )
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import (
+    MIN_TRIAL_USD,
     Budget,
     Scheduler,
     Trial,
@@ -192,7 +194,8 @@ class ActionModule(ActionBase):
                     procs.append(subprocess.Popen(
                         [_ansible_playbook(), os.path.join(playbook_dir, "teardown.yml"),
                          "-e", f"teardown_label={trial.label}"],
-                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                        env={**plain_environment(os.environ), "MLOPS_VAST_GUARD": "off"}))
                 finally:
                     log.close()
             for proc in procs:
@@ -288,6 +291,17 @@ class ActionModule(ActionBase):
         if has_placeholder(run_vars.get("run_max_total_usd")):
             raise SweepSpecError("run_max_total_usd cannot name a trial parameter: every trial of the sweep has "
                                  "the same cap (sweep_budget_usd shares the budget)")
+        if not str(run_vars.get("run_command") or "").strip():
+            # Checked here: each trial's command gets its parameters appended, which would look like a command.
+            raise SweepSpecError("run_command is missing (required: the training command the trials share, their "
+                                 "parameters appended as --name value)")
+        try:
+            cap = float(run_vars.get("run_max_total_usd") or 0)
+        except (TypeError, ValueError):
+            cap = 0.0  # not a number: the contract check below says so
+        if 0 < cap < MIN_TRIAL_USD:
+            raise SweepSpecError(f"run_max_total_usd ${cap:g} is below ${MIN_TRIAL_USD:g}, the least a trial "
+                                 "can cost (a minute of the cheapest GPU): no trial could start")
         secret = frozenset(option for option, value in spec.items() if value.get("no_log"))
         where = os.path.basename(spec_path)
         bases: list[dict[str, Any]] = []

@@ -87,6 +87,12 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PARENT_POLL_S = 1.0
 # How long a hangup waits for the parent's exit to be complete (its pid no longer our parent).
 ORPHAN_WAIT_S = 5.0
+# The pid of the process whose death the guard acts on in orphaned mode (set by the API; else the parent).
+PARENT_ENV = "MLOPS_VAST_GUARD_PARENT"
+
+
+def _pid(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
 
 
 def _detach_from_terminal(fds: tuple[int, ...]) -> None:
@@ -124,6 +130,7 @@ class CallbackModule(CallbackBase):
         self._installed = False
         self._parent: int | None = None  # orphaned mode: the process whose death the guard acts on
         self._tty_fds: tuple[int, ...] = ()
+        self._acting = False  # orphaned mode: the teardown is under way
 
     def set_options(self, task_keys: Any = None, var_options: Any = None, direct: Any = None) -> None:
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
@@ -132,7 +139,9 @@ class CallbackModule(CallbackBase):
             return
         self._installed = True
         if mode == "orphaned":
-            self._parent = os.getppid()
+            # Named by whoever started ansible-playbook (the API), so a parent that died during Ansible's start, or a
+            # wrapper process in between, is not taken for the one to watch.
+            self._parent = _pid(os.environ.get(PARENT_ENV)) or os.getppid()
             self._tty_fds = tuple(fd for fd in (0, 1, 2) if os.isatty(fd))
             threading.Thread(target=self._watch_parent, name="mlops-vast-guard-parent", daemon=True).start()
         # Ansible's TaskQueueManager set its own SIGINT/SIGTERM handlers before loading callbacks: they are kept and
@@ -140,7 +149,8 @@ class CallbackModule(CallbackBase):
         for signum in SIGNALS:
             # A signal ignored on entry stays ignored (as a shell does): under nohup a hangup must not end the run.
             # Under ansible-runner (orphaned mode) the hangup of its pseudo-terminal is how its death shows first.
-            if signal.getsignal(signum) is signal.SIG_IGN and not (signum == signal.SIGHUP and self._parent):
+            runner_hangup = signum == signal.SIGHUP and self._parent is not None
+            if signal.getsignal(signum) is signal.SIG_IGN and not runner_hangup:
                 continue
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
@@ -176,16 +186,19 @@ class CallbackModule(CallbackBase):
             self._chain(signum, frame)
             return
         if self._parent is not None:
+            if self._acting:  # nobody is left to insist: a repeated hangup must not cut the teardown's wait short
+                return
             if signum == signal.SIGHUP:
                 # ansible-runner's pseudo-terminal hung up: its next write would end Ansible (EIO) before the
                 # teardown. The parent may still be exiting (a terminal hangs up before its owner is reaped).
-                _detach_from_terminal(self._tty_fds)
+                _detach_from_terminal(self._hung_up())
                 end = time.monotonic() + ORPHAN_WAIT_S
                 while not self._orphaned() and time.monotonic() < end:
                     time.sleep(0.1)
             if not self._orphaned():  # the API's own cancel: it tears down itself
                 self._chain(signum, frame)
                 return
+            self._acting = True
             _detach_from_terminal(self._tty_fds)
             # After the teardown Ansible must end, also where the signal was a hangup it was told to ignore.
             signum = signal.SIGTERM
@@ -229,11 +242,17 @@ class CallbackModule(CallbackBase):
     def _orphaned(self) -> bool:
         return os.getppid() != self._parent
 
+    def _hung_up(self) -> tuple[int, ...]:
+        # A terminal that hung up no longer answers isatty; one still alive (a stray kill -HUP) keeps the output.
+        return tuple(fd for fd in self._tty_fds if not os.isatty(fd))
+
     def _watch_parent(self) -> None:
         # A thread cannot run the teardown in Ansible's main thread, so it sends the process the SIGTERM the guard
         # handles there: the same teardown, then Ansible ends as SIGTERM asks.
         while not self._orphaned():
             time.sleep(PARENT_POLL_S)
+        if self._acting:  # the hangup's handler got there first; a second signal would cut its wait short
+            return
         _detach_from_terminal(self._tty_fds)
         with contextlib.suppress(OSError):
             os.kill(self._pid, signal.SIGTERM)

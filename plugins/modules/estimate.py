@@ -146,6 +146,13 @@ options:
   bid_price:
     description: Price interruptible rentals at this bid ($/h) instead of the offers' on-demand price.
     type: float
+  job:
+    description:
+      - The job's options above as one mapping (a run's C(run_estimate), as train.yml passes it), so a playbook
+        need not splat a templated mapping into the task's arguments. An option also given on its own wins.
+      - A name that is not an option of this module fails the task.
+    type: dict
+    version_added: 0.3.0
   query:
     description:
       - An offer query (the search language of M(mlops.vast.vast_offer)); the result's RV(query) is it with
@@ -282,13 +289,16 @@ caveats:
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ..module_utils.estimate_cost import estimate
 from ..module_utils.estimate_job import JOB_SPEC, JobError, job_from_params
 from ..module_utils.vast_query import QueryError
 
+MUTUALLY_EXCLUSIVE = [("model_config", "params"), ("train_tokens", "max_steps")]
 ARGUMENT_SPEC: dict[str, Any] = {
     **JOB_SPEC,
+    "job": {"type": "dict"},
     "offers": {"type": "list", "elements": "dict", "default": []},
     "bid_price": {"type": "float"},
     "max_total_usd": {"type": "float"},
@@ -296,12 +306,31 @@ ARGUMENT_SPEC: dict[str, Any] = {
 }
 
 
+def job_options(module: AnsibleModule) -> dict[str, Any]:
+    """The job's options: the task's own, or O(job) with those the task also gives on their own (not left at
+    their default) on top, held to the same spec."""
+    params = module.params
+    if params["job"] is None:
+        return params
+    unknown = sorted(str(name) for name in params["job"] if name not in JOB_SPEC)
+    if unknown:
+        module.fail_json(msg=f"Cannot estimate: job has no option(s) {', '.join(unknown)}; its options are "
+                             f"{', '.join(JOB_SPEC)}.")
+    given = {name: value for name, value in params.items()
+             if name in JOB_SPEC and value is not None and value != JOB_SPEC[name].get("default")}
+    checked = ArgumentSpecValidator(JOB_SPEC, mutually_exclusive=MUTUALLY_EXCLUSIVE).validate(
+        {**params["job"], **given})
+    if checked.error_messages:
+        module.fail_json(msg=f"Cannot estimate: {'; '.join(checked.error_messages)}.")
+    return {**params, **checked.validated_parameters}
+
+
 def main() -> None:
+    # Which of model_config and params is given is job_from_params's to check: either may come in O(job).
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
-                           mutually_exclusive=[("model_config", "params"), ("train_tokens", "max_steps")],
-                           required_one_of=[("model_config", "params")])
+                           mutually_exclusive=MUTUALLY_EXCLUSIVE)
     try:
-        job = job_from_params(module.params)
+        job = job_from_params(job_options(module))
     except JobError as exc:
         module.fail_json(msg=f"Cannot estimate: {exc}.")
     if module.params["max_total_usd"] is not None and module.params["max_total_usd"] <= 0:

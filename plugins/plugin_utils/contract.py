@@ -82,7 +82,8 @@ def _range_problems(values: Mapping[str, Any], spec: Mapping[str, Any], converte
             continue
         pattern, says = (option.get(key) for key in PATTERN_KEYS)
         if pattern and name in values and isinstance(value, str) and not re.fullmatch(pattern, value):
-            found.append(f"{prefix}{name} {says or 'must match ' + pattern}, got {value!r}")
+            shown = "a value not shown" if option.get("no_log") else repr(value)
+            found.append(f"{prefix}{name} {says or 'must match ' + pattern}, got {shown}")
             continue
         if name not in values or isinstance(value, bool) or not isinstance(value, int | float):
             continue  # a default is in range by construction; a wrong type is validate_argument_spec's to report

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger
+from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
 
 COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEARDOWN_PLAYBOOK = os.path.join(COLLECTION_ROOT, "playbooks", "teardown.yml")
 INVENTORY = os.path.join(COLLECTION_ROOT, "inventory", "vast.yml")
-# Where ansible-runner's event display lives (ansible_runner.utils.get_callback_dir()), appended to the path.
-RUNNER_CALLBACK_DIR = os.path.join("ansible_runner", "display_callback", "callback")
 # Set in the teardown's own environment: its guard stands down (its Ctrl-C is not the user's).
 DISABLE_ENV = "MLOPS_VAST_GUARD"
 
@@ -100,28 +99,6 @@ def ansible_playbook() -> list[str]:
         return [sys.executable, argv0]
     found = shutil.which("ansible-playbook") or os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
     return [found]
-
-
-def plain_environment(base: Mapping[str, str]) -> dict[str, str]:
-    """``base`` without what makes a playbook report elsewhere: the run's progress file and, under ansible-runner,
-    its event display (the teardown's own log would be runner events, written into the interrupted run's
-    artifacts)."""
-    env = {k: v for k, v in base.items() if k != "MLOPS_VAST_PROGRESS_FILE" and k != "AWX_ISOLATED_DATA_DIR"}
-    if env.get("ANSIBLE_STDOUT_CALLBACK") == "awx_display":
-        original = env.pop("ORIGINAL_STDOUT_CALLBACK", "")
-        if original:
-            env["ANSIBLE_STDOUT_CALLBACK"] = original
-        else:
-            del env["ANSIBLE_STDOUT_CALLBACK"]
-    if "ANSIBLE_CALLBACK_PLUGINS" in env:
-        # Ansible imports every callback plugin on that path, and awx_display patches the display at import.
-        kept = [path for path in env["ANSIBLE_CALLBACK_PLUGINS"].split(os.pathsep)
-                if path and not path.rstrip("/").endswith(RUNNER_CALLBACK_DIR)]
-        if kept:
-            env["ANSIBLE_CALLBACK_PLUGINS"] = os.pathsep.join(kept)
-        else:
-            del env["ANSIBLE_CALLBACK_PLUGINS"]
-    return env
 
 
 def start(target: Target, unreachable_wait_s: float) -> tuple[subprocess.Popen[bytes], str]:

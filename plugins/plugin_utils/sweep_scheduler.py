@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
+
 STATES = ("queued", "running", "done", "skipped", "cancelled")
 
 # The least any trial can cost: one minute of the cheapest GPU plausibly on the market. Renting, booting, receiving
@@ -90,8 +92,9 @@ def trial_strategy(choice: str, configured_by: str, core_version: str) -> str:
 
 def trial_environment(base: Mapping[str, str], *, progress_file: str, strategy: str) -> dict[str, str]:
     """A trial playbook's environment: ``base`` with the progress callback writing ``progress_file``, no colour,
-    no guard of its own, and ``strategy`` (when not empty) as its strategy plugin."""
-    env = dict(base)
+    no guard of its own, and ``strategy`` (when not empty) as its strategy plugin; under ansible-runner, its log is
+    plain text, not the sweep's runner events."""
+    env = plain_environment(base)
     enabled = [c for c in env.get("ANSIBLE_CALLBACKS_ENABLED", "").split(",") if c.strip()]
     env["ANSIBLE_CALLBACKS_ENABLED"] = ",".join(dict.fromkeys([*enabled, PROGRESS_CALLBACK]))
     env["MLOPS_VAST_PROGRESS_FILE"] = progress_file

@@ -224,8 +224,8 @@ def _context(api_url: str | None, api_key: str | None, sim: Any, cwd: str | os.P
         raise InputError(str(exc)) from None
     if not key:  # said before any playbook starts, not by its first task that talks to the API
         raise InputError("No Vast API key: set VAST_API_KEY (or VAST_API_KEY_FILE), pass api_key, or run "
-                         "`vastai set api-key KEY`; without any of them and without VAST_URL or api_url, "
-                         "mlops-vast runs against vastsim")
+                         "`vastai set api-key KEY`; for vastsim instead, pass sim=True (mlops-vast uses vastsim when "
+                         "neither a key nor VAST_URL or --api-url is given)")
     scratch = Path(tempfile.mkdtemp(prefix="mlops-vast-run-"))
     os.chmod(scratch, 0o700)
     return _Context(root=root, cwd=Path(cwd or os.getcwd()).resolve(), env_extra=env_extra,
@@ -255,6 +255,7 @@ class _PlaybookRun:
         # ansible-runner starts the playbook with SIGHUP ignored and cancels with SIGKILL: should this process die
         # (killed, crashed, its terminal closed), nothing but the playbook's own guard can destroy what it rented.
         env = ctx.env(self.config.env, guard="orphaned")
+        env["MLOPS_VAST_GUARD_PARENT"] = str(os.getpid())
         env.update(env_extra or {})
         self.config.env = env
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -337,11 +338,12 @@ def _teardown(ctx: _Context, labels: Iterable[str], log_dir: Path, *, parallel: 
 
 def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name: str,
           cancelled: Callable[[], bool], on_cancel: Callable[[], None]) -> bool:
-    """Poll until the playbook ends; True when it was cancelled (``cancelled()`` or a KeyboardInterrupt).
+    """Poll until the playbook ends; True when it was cancelled (``cancelled()``); :class:`_Interrupted` when
+    something else ended the wait (a KeyboardInterrupt, a SystemExit), after the playbook ended.
 
     ``on_cancel`` is called once, in this thread, when cancellation is first seen."""
     was_cancelled = False
-    interrupted = False
+    cause: BaseException | None = None
     while True:
         try:
             while True:
@@ -359,20 +361,30 @@ def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name
             if play.done:
                 break
             time.sleep(POLL_S)
-        except KeyboardInterrupt:
-            if was_cancelled:
-                raise  # a second Ctrl-C: the caller insists
-            was_cancelled = interrupted = True
-            on_cancel()
+        except BaseException as exc:  # whatever ends this call first stops the run
+            # A Ctrl-C, a SystemExit from the caller's own signal handler, an error in cancel(): leaving now would
+            # delete the key file under a playbook that still runs (and whose guard would then tear down without it).
+            if was_cancelled and isinstance(exc, KeyboardInterrupt):
+                play.thread.join(timeout=10)  # a second Ctrl-C: the caller insists; the playbook is being killed
+                raise
+            if not was_cancelled:
+                was_cancelled = True
+                on_cancel()
+            cause = cause or exc
     play.thread.join()
     poll()
-    if interrupted:
-        raise _Interrupted()
+    if cause is not None:
+        raise _Interrupted(cause)
     return was_cancelled
 
 
 class _Interrupted(Exception):
-    """A KeyboardInterrupt turned into a cancellation; re-raised as KeyboardInterrupt after the teardown."""
+    """What ended the wait (a KeyboardInterrupt, a SystemExit, an error) turned into a cancellation; re-raised
+    after the teardown."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -389,7 +401,8 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
     ``VAST_URL`` and the key (``VAST_API_KEY``, ``VAST_API_KEY_FILE``, the official CLI's key files).
     ``extra_vars`` override the run's variables. ``env`` adds to the playbook's environment.
     ``cancel`` stops the playbook and runs playbooks/teardown.yml for the run's label; the outcome is then
-    ``cancelled``. A KeyboardInterrupt does the same and is re-raised after the teardown.
+    ``cancelled``. A KeyboardInterrupt (or anything else that ends the wait, such as a SystemExit) does the same
+    and is re-raised after the teardown.
     Raises :class:`mlops_vast.InputError` for bad input, before anything is rented.
     """
     root = collection_root()
@@ -418,12 +431,12 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
         emit(ev.PhaseChanged(run=name, phase="checking"))
         state["snap"] = ev.Snapshot(run=name)
         play.start()
-        interrupted = False
+        cause: BaseException | None = None
         try:
             cancelled = _wait(play, poll, emit, name, _cancel_check(cancel),
                               lambda: setattr(play, "cancel_requested", True))
-        except _Interrupted:
-            cancelled = interrupted = True
+        except _Interrupted as stop:
+            cancelled, cause = True, stop.cause
         status, rc = play.result()
         teardown_ok = None
         if cancelled:
@@ -432,8 +445,8 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
             teardown_ok = _teardown(ctx, [name], results_dir).get(name, False)
         result = _run_result(name, results_dir, status, rc, cancelled, teardown_ok, play.artifacts_dir)
         emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))
-        if interrupted:
-            raise KeyboardInterrupt
+        if cause is not None:
+            raise cause
         return result
     finally:
         ctx.close()
@@ -544,11 +557,11 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
                 play.cancel_requested = True
 
         play.start()
-        interrupted = False
+        cause: BaseException | None = None
         try:
             cancelled = _wait(play, poll, emit, name, _cancel_check(cancel), on_cancel)
-        except _Interrupted:
-            cancelled = interrupted = True
+        except _Interrupted as stop:
+            cancelled, cause = True, stop.cause
         status, rc = play.result()
         if cancelled and status == "canceled":
             # The scheduler did not finish its own teardown: every label it knew is torn down here.
@@ -556,8 +569,8 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
             _teardown(ctx, [label for label in labels if isinstance(label, str)], results_dir)
         result = _sweep_result(name, results_dir, status, rc, cancelled, watcher, play.artifacts_dir)
         emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))
-        if interrupted:
-            raise KeyboardInterrupt
+        if cause is not None:
+            raise cause
         return result
     finally:
         ctx.close()

@@ -226,7 +226,8 @@ def _print_json(data: Any) -> None:
 
 class Interrupts:
     """First Ctrl-C (or SIGTERM, or the terminal closing): cancel (the API stops the playbook and tears down).
-    Second: say it is still tearing down. Third: give up at once (KeyboardInterrupt)."""
+    Second Ctrl-C: say it is still tearing down. Third: give up at once (KeyboardInterrupt). Only Ctrl-C counts
+    towards giving up."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -243,8 +244,13 @@ class Interrupts:
         if signum == signal.SIGHUP:
             # Nobody reads a closed terminal, and a write to it fails: the teardown must not die of that.
             _detach_from_terminal(self.tty_fds)
-        self.count += 1
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if self.count and signum != signal.SIGINT:
+            # Only a person at the terminal (Ctrl-C) may abandon the teardown: a closed terminal delivers SIGHUP more
+            # than once, and wrappers relay SIGTERM.
+            self.display.say(f"{name}: still tearing down what the run rented")
+            return
+        self.count += 1
         if self.count == 1:
             self.signum = signum
             self.cancel.set()

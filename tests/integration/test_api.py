@@ -79,3 +79,32 @@ def test_train_returns_a_typed_result_with_events_and_no_key_in_the_artifacts(si
     with sim.client() as client:
         assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
     assert ledger_open(tmp_path) == []
+
+
+def test_whatever_ends_the_wait_tears_down_before_it_is_raised(sim: Sim, tmp_path: Path) -> None:
+    """A SystemExit from the caller's own SIGTERM handler (here from a cancel callable) must not leave the run
+    billing: the playbook is stopped, the teardown runs with the key still there, then the exit goes on."""
+    training: list[bool] = []
+
+    def on_event(event: mlops_vast.Event) -> None:
+        if isinstance(event, mlops_vast.PhaseChanged) and event.phase == "training":
+            training.append(True)
+
+    def cancel() -> bool:
+        if training:
+            raise SystemExit(7)
+        return False
+
+    run = {**fast_run(sim, "api-exit"), "run_command": COMMAND.replace("--max_steps 200", "--max_steps 100000")}
+    env = api_env(tmp_path)
+    try:
+        with pytest.raises(SystemExit) as raised:
+            mlops_vast.train("examples/run.yml", extra_vars=run, on_event=on_event, cancel=cancel,
+                             sim=local_sim(sim, tmp_path), cwd=tmp_path, env=env)
+    finally:
+        close_ssh_masters(env)
+    assert raised.value.code == 7 and training
+    with sim.client() as client:
+        assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
+    assert ledger_open(tmp_path) == []
+    assert "failed=0" in (tmp_path / "results" / "api-exit" / "teardown-api-exit.log").read_text()

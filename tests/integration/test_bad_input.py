@@ -100,6 +100,13 @@ MODULE_CASES: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("estimate-model-missing", "estimate", {"model_config": "no-such-model-xyz"},
      ["model_config", "give the path of the model's config.json"]),
     ("estimate-params-range", "estimate", {"params": -5}, ["params must be the model's total parameter count"]),
+    # The job as one mapping (what train.yml passes): held to the same options and ranges.
+    ("estimate-job-unknown", "estimate", {"job": {"params": 1e9, "seq_length": 512}},
+     ["job has no option(s) seq_length"]),
+    ("estimate-job-type", "estimate", {"job": {"params": "lots"}}, ["'params'", "convert to float"]),
+    ("estimate-job-range", "estimate", {"job": {"params": 1e9}, "seq_len": -1}, ["seq_len must be at least 1"]),
+    ("estimate-job-exclusive", "estimate", {"job": {"params": 1e9, "train_tokens": 1e6, "max_steps": 5}},
+     ["mutually exclusive", "train_tokens", "max_steps"]),
     ("gpu-vram-type", "gpu_check", {"min_vram_gb": "lots"}, ["'min_vram_gb'", "convert to float"]),
     ("gpu-capability", "gpu_check", {"min_compute_capability": "eight"},
      ["min_compute_capability must be a dotted version"]),

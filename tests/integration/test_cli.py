@@ -52,7 +52,7 @@ def run_vars(sim: Sim, **extra: object) -> dict[str, object]:
             "run_poll_interval_s": 1, "run_sync_interval_s": 2, "run_stall_timeout_s": 30, **extra}
 
 
-@pytest.mark.parametrize(("stop", "exit_status"), [("ctrl-c", 130), ("sigterm", 143)])
+@pytest.mark.parametrize(("stop", "exit_status"), [("ctrl-c", 130), ("sigterm", 143), ("sighup", 129)])
 def test_train_shows_the_live_table_and_ctrl_c_tears_down(sim: Sim, tmp_path: Path, stop: str,
                                                           exit_status: int) -> None:
     run = {**yaml.safe_load((REPO / "examples" / "run.yml").read_text()),
@@ -66,16 +66,19 @@ def test_train_shows_the_live_table_and_ctrl_c_tears_down(sim: Sim, tmp_path: Pa
         child.expect(r"pty-cancel\W+training\W+\d+\W+\d", timeout=240)
         if stop == "ctrl-c":
             child.sendintr()
-        else:  # a service manager's stop, a CI job cancelled: only the CLI process gets it
+        elif stop == "sigterm":  # a service manager's stop, a CI job cancelled: only the CLI process gets it
             child.kill(signal.SIGTERM)
-        child.expect("Cancelling", timeout=30)
+        else:  # the terminal closed: from then on the CLI writes to /dev/null, and must not die of it
+            child.kill(signal.SIGHUP)
+        if stop != "sighup":
+            child.expect("Cancelling", timeout=30)
         child.expect(pexpect.EOF, timeout=240)
     finally:
         child.close(force=True)
         close_ssh_masters(env)
     screen = ANSI.sub("", child.before or "")
     assert child.exitstatus == exit_status, screen[-3000:]
-    assert "cancelled" in screen, screen[-3000:]
+    assert stop == "sighup" or "cancelled" in screen, screen[-3000:]
     with sim.client() as client:
         assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
     assert ledger_open(tmp_path) == []

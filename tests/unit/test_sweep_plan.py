@@ -172,6 +172,17 @@ def test_each_trial_is_checked_against_the_run_contract_with_its_own_values() ->
         SweepAction._checked_bases("sw", {**run_vars, "run_dsik_gb": 3}, [{"disk": 20}, {"disk": 30}], TRAIN_SPEC)
     with pytest.raises(SweepSpecError, match="run_max_total_usd cannot name a trial parameter"):
         SweepAction._checked_bases("sw", {**run_vars, "run_max_total_usd": marks["disk"]}, [{"disk": 20}], TRAIN_SPEC)
+    # No command: the parameters alone (" --disk 20") must not pass for one.
+    for command in (None, "  "):
+        without = {k: v for k, v in run_vars.items() if k != "run_command"}
+        if command is not None:
+            without["run_command"] = command
+        with pytest.raises(SweepSpecError, match=r"^run_command is missing"):
+            SweepAction._checked_bases("sw", without, [{"disk": 20}], TRAIN_SPEC)
+    # A cap no trial could start with is said before anything runs, not as a row per trial.
+    with pytest.raises(SweepSpecError, match=r"run_max_total_usd \$0.0001 is below \$0.0005"):
+        SweepAction._checked_bases("sw", {**run_vars, "run_max_total_usd": 0.0001}, [{"disk": 20}], TRAIN_SPEC)
+    assert SweepAction._checked_bases("sw", {**run_vars, "run_max_total_usd": 0.0005}, [{"disk": 20}], TRAIN_SPEC)
 
 
 def test_a_trials_variables_are_filled_in_with_its_values_and_types() -> None:

@@ -155,6 +155,10 @@ def test_a_trial_runs_with_the_sweep_s_strategy_its_progress_file_and_no_guard_o
     # An empty strategy leaves the choice to the environment (and ansible.cfg), as for a plain ansible-playbook.
     assert trial_environment(base, progress_file="p", strategy="")["ANSIBLE_STRATEGY"] == "free"
     assert "ANSIBLE_STRATEGY" not in trial_environment({}, progress_file="p", strategy="")
+    # Under ansible-runner (mlops_vast.sweep()): the trial's ansible.log is plain text, not the sweep's events.
+    runner = {**base, "ANSIBLE_STDOUT_CALLBACK": "awx_display", "AWX_ISOLATED_DATA_DIR": "/r/runner/artifacts/x"}
+    env = trial_environment(runner, progress_file="p", strategy="")
+    assert "ANSIBLE_STDOUT_CALLBACK" not in env and "AWX_ISOLATED_DATA_DIR" not in env
 
 
 def test_auto_is_the_collection_s_strategy_unless_the_user_chose_one_or_ansible_core_is_not_2_19() -> None:

@@ -4,14 +4,16 @@ the run's facts unreadable."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from ansible_collections.mlops.vast.plugins.callback import guard
 from ansible_collections.mlops.vast.plugins.modules.vast_spend import extra_message
-from ansible_collections.mlops.vast.plugins.plugin_utils import interrupt_teardown as teardown
 from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import Target, outcome
+from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
 
 
 def said(tmp_path: Path, record: object) -> str:
@@ -58,11 +60,67 @@ def test_the_guards_teardown_under_ansible_runner_logs_plainly_and_not_into_the_
     runner_env = {"PATH": "/usr/bin", "MLOPS_VAST_PROGRESS_FILE": "/r/progress.json", "AWX_ISOLATED_DATA_DIR": "/r/a",
                   "ANSIBLE_STDOUT_CALLBACK": "awx_display", "ORIGINAL_STDOUT_CALLBACK": "ansible.builtin.minimal",
                   "ANSIBLE_CALLBACK_PLUGINS": "/mine:/venv/site-packages/ansible_runner/display_callback/callback"}
-    env = teardown.plain_environment(runner_env)
+    env = plain_environment(runner_env)
     assert env == {"PATH": "/usr/bin", "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.minimal",
                    "ANSIBLE_CALLBACK_PLUGINS": "/mine"}
-    assert "ANSIBLE_CALLBACK_PLUGINS" not in teardown.plain_environment(
+    assert "ANSIBLE_CALLBACK_PLUGINS" not in plain_environment(
         {"ANSIBLE_CALLBACK_PLUGINS": "/v/ansible_runner/display_callback/callback/"})
-    assert "ANSIBLE_STDOUT_CALLBACK" not in teardown.plain_environment({"ANSIBLE_STDOUT_CALLBACK": "awx_display"})
+    assert "ANSIBLE_STDOUT_CALLBACK" not in plain_environment({"ANSIBLE_STDOUT_CALLBACK": "awx_display"})
     # A user's own stdout callback outside ansible-runner stays.
-    assert teardown.plain_environment({"ANSIBLE_STDOUT_CALLBACK": "yaml"}) == {"ANSIBLE_STDOUT_CALLBACK": "yaml"}
+    assert plain_environment({"ANSIBLE_STDOUT_CALLBACK": "yaml"}) == {"ANSIBLE_STDOUT_CALLBACK": "yaml"}
+
+
+def orphaned_guard(parent: int) -> tuple[guard.CallbackModule, list[int]]:
+    """A guard in orphaned mode watching ``parent``, whose chained (Ansible's) handlers record the signal."""
+    callback = guard.CallbackModule.__new__(guard.CallbackModule)
+    chained: list[int] = []
+    callback._pid, callback._parent, callback._tty_fds, callback._acting = os.getpid(), parent, (), False
+    callback._starting, callback._running, callback._again, callback._labels = False, [], None, set()
+    callback._variable_manager, callback._cwd = None, "/nonexistent"
+    callback._previous = {signum: (lambda num, _frame: chained.append(num)) for signum in guard.SIGNALS}
+    return callback, chained
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The teardowns the guard starts (their labels), none of them real."""
+    labels: list[str] = []
+
+    class Done:
+        def poll(self) -> int:
+            return 0
+
+    def start(target: object, _wait_s: float) -> tuple[Done, str]:
+        labels.append(target.label)  # type: ignore[attr-defined]
+        return Done(), "/nonexistent/guard.log"
+
+    monkeypatch.setattr(guard.teardown, "start", start)
+    monkeypatch.setattr(guard.teardown, "stop_workers", lambda _pid: None)
+    return labels
+
+
+def test_the_orphaned_guard_leaves_signals_to_a_live_parent(started: list[str]) -> None:
+    """Under the API the guard stands down while the API lives: the API's own cancel tears down."""
+    callback, chained = orphaned_guard(os.getppid())
+    callback._labels = {"exp-1"}
+    callback._on_signal(signal.SIGTERM, None)
+    assert chained == [signal.SIGTERM] and started == [] and not callback._acting
+
+
+def test_the_orphaned_guard_tears_down_when_its_parent_is_gone_and_ends_ansible_after_a_hangup(
+        started: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(guard.os, "kill", lambda pid, signum: sent.append((pid, signum)))
+    callback, chained = orphaned_guard(os.getppid() + 100000)  # not our parent: the API that started us is gone
+    callback._labels = {"exp-1"}
+    callback.get_option = lambda name: {"unreachable_wait_s": 10, "timeout_s": 5}[name]  # type: ignore[method-assign]
+    callback._on_signal(signal.SIGHUP, None)
+    # The teardown started, and Ansible ends as for SIGTERM (under ansible-runner SIGHUP is ignored).
+    assert started == ["exp-1"] and chained == [signal.SIGTERM] and callback._acting
+    callback._on_signal(signal.SIGHUP, None)  # a repeated hangup while acting is not "again": nothing more
+    assert started == ["exp-1"] and chained == [signal.SIGTERM]
+    callback._watch_parent()  # the handler got there first: no second SIGTERM
+    assert sent == []
+    callback._acting = False
+    callback._watch_parent()  # the parent gone and nobody acting yet: the watcher sends the SIGTERM the guard handles
+    assert sent == [(os.getpid(), signal.SIGTERM)]
