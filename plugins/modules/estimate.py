@@ -152,7 +152,7 @@ options:
         need not splat a templated mapping into the task's arguments. An option also given on its own wins.
       - A name that is not an option of this module fails the task.
     type: dict
-    version_added: 0.3.0
+    version_added: 0.2.0
   query:
     description:
       - An offer query (the search language of M(mlops.vast.vast_offer)); the result's RV(query) is it with

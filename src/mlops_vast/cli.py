@@ -525,6 +525,12 @@ def cmd_teardown(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_FAILED if contracts else EXIT_OK
     root = collection_root()
+    ledger = _ledger_path(env)
+    before = [c for c in open_contracts(ledger, api_url) if args.all or c.get("label") == args.label]
+    if args.label and not before and not args.json:
+        # Not an error: the account may still hold an instance of that label that this ledger never saw.
+        print(f"mlops-vast: no open contract labelled {args.label!r} in the ledger {ledger}; asking the account",
+              file=sys.stderr)
     key = _keys.resolve_api_key(env)
     with contextlib.ExitStack() as stack:
         key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
@@ -536,9 +542,15 @@ def cmd_teardown(args: argparse.Namespace) -> int:
             argv += ["-e", json.dumps({"teardown_label": args.label})]
         done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True,
                               capture_output=args.json)
+    still = {c["id"] for c in open_contracts(ledger, api_url)}
+    closed = [{"id": c["id"], "label": c.get("label")} for c in before if c["id"] not in still]
     if args.json:
         _print_json({"label": args.label, "all": args.all, "rc": done.returncode,
-                     "outcome": "completed" if done.returncode == 0 else "failed"})
+                     "outcome": "completed" if done.returncode == 0 else "failed",
+                     "destroyed": closed, "still_open": sorted(still & {c["id"] for c in before})})
+    elif closed:
+        print(f"mlops-vast: destroyed and closed in the ledger: "
+              f"{', '.join(str(c['id']) + ' (' + str(c['label'] or '') + ')' for c in closed)}")
     return EXIT_OK if done.returncode == 0 else EXIT_FAILED
 
 

@@ -20,8 +20,8 @@ import yaml
 import mlops_vast
 from mlops_vast.simulator import LocalSim
 from tests.conftest import REPO, Sim, needs_root
-from tests.integration.ansible_run import close_ssh_masters, ledger_open
-from tests.integration.test_modules import good_query
+from tests.integration.ansible_run import ansible_env, close_ssh_masters, ledger_open, run_task
+from tests.integration.test_modules import IMAGE, good_query, open_instances
 
 pytestmark = [pytest.mark.slow, needs_root]
 
@@ -175,3 +175,34 @@ def test_sweep_shows_one_line_per_trial_and_the_api_gives_the_rows_of_trials_jso
     assert [row["id"] for row in again] == [row["id"] for row in rows] and result.outcome == "completed"
     with sim.client() as client:
         assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
+
+
+def test_status_and_teardown_say_what_is_rented_and_what_they_destroyed(sim: Sim, tmp_path: Path) -> None:
+    env = ansible_env(sim, tmp_path)
+    rented = run_task("mlops.vast.vast_instance", {"label": "cli-td", "query": good_query(sim), "image": IMAGE,
+                                                   "disk": 12, "state": "present"}, env, tmp_path)
+    assert rented["changed"] and not rented.get("failed"), rented
+    instance_id = rented["instance"]["id"]
+    cli = {**env, "COLUMNS": "200"}
+
+    def mlops_vast(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CLI, *argv, "--api-url", sim.url], env=cli, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+    status = mlops_vast("status", "--json")
+    assert status.returncode == 0, status.stderr
+    summary = json.loads(status.stdout)
+    assert [c["id"] for c in summary["open_contracts"]] == [instance_id]
+    assert [r["id"] for r in summary["instances"]] == [instance_id] and summary["billing_dph"] > 0
+
+    unknown = mlops_vast("teardown", "--label", "no-such-label")
+    assert unknown.returncode == 0 and "no open contract labelled 'no-such-label'" in unknown.stderr
+    assert open_instances(sim) == [instance_id], "another label's teardown left this one alone"
+
+    done = mlops_vast("teardown", "--label", "cli-td", "--json")
+    assert done.returncode == 0, done.stdout[-3000:]
+    record = json.loads(done.stdout)
+    assert record["destroyed"] == [{"id": instance_id, "label": "cli-td"}] and record["still_open"] == []
+    assert open_instances(sim) == [] and ledger_open(tmp_path) == []
+    after = json.loads(mlops_vast("status", "--json").stdout)
+    assert after["open_contracts"] == [] and after["instances"] == [] and after["billing_dph"] == 0
