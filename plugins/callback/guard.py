@@ -18,7 +18,7 @@ description:
   - The guard waits for it (at most O(timeout_s)), prints what it did, and then lets Ansible end as the signal
     would have ended it (C(User interrupted execution), exit 99, for Ctrl-C; killed by SIGTERM or SIGHUP).
   - A second signal while it waits ends Ansible at once; the teardown goes on in the background and the guard says
-    where its log is.
+    where its log is. In C(orphaned) mode a repeated signal is ignored, since nobody is left to insist.
   - The runs come from the playbook's facts (C(run) of C(playbooks/train.yml), C(rent_label) of C(rent.yml)) and from
     every instance a C(mlops.vast.vast_instance) task reported (own playbooks); results go to C(run.results_dir),
     else C(results/<label>) under the current directory. Without a run it does nothing and Ansible stops as usual.
@@ -130,6 +130,7 @@ class CallbackModule(CallbackBase):
         self._installed = False
         self._parent: int | None = None  # orphaned mode: the process whose death the guard acts on
         self._tty_fds: tuple[int, ...] = ()
+        self._started_under = 0
         self._acting = False  # orphaned mode: the teardown is under way
 
     def set_options(self, task_keys: Any = None, var_options: Any = None, direct: Any = None) -> None:
@@ -139,9 +140,10 @@ class CallbackModule(CallbackBase):
             return
         self._installed = True
         if mode == "orphaned":
-            # Named by whoever started ansible-playbook (the API), so a parent that died during Ansible's start, or a
-            # wrapper process in between, is not taken for the one to watch.
+            # Named by whoever started ansible-playbook (the API), so that a parent that died during Ansible's start
+            # is not missed: the process we started under is then already init (or a subreaper).
             self._parent = _pid(os.environ.get(PARENT_ENV)) or os.getppid()
+            self._started_under = os.getppid()
             self._tty_fds = tuple(fd for fd in (0, 1, 2) if os.isatty(fd))
             threading.Thread(target=self._watch_parent, name="mlops-vast-guard-parent", daemon=True).start()
         # Ansible's TaskQueueManager set its own SIGINT/SIGTERM handlers before loading callbacks: they are kept and
@@ -240,7 +242,16 @@ class CallbackModule(CallbackBase):
         self._chain(signum, frame)
 
     def _orphaned(self) -> bool:
-        return os.getppid() != self._parent
+        """Reparented since Ansible started, or the process that started it (named, or the parent) is gone."""
+        if os.getppid() != self._started_under:
+            return True
+        try:
+            os.kill(self._parent, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # EPERM: it exists
+            return False
+        return False
 
     def _hung_up(self) -> tuple[int, ...]:
         # A terminal that hung up no longer answers isatty; one still alive (a stray kill -HUP) keeps the output.

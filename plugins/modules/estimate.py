@@ -149,7 +149,8 @@ options:
   job:
     description:
       - The job's options above as one mapping (a run's C(run_estimate), as train.yml passes it), so a playbook
-        need not splat a templated mapping into the task's arguments. An option also given on its own wins.
+        need not splat a templated mapping into the task's arguments. An option also given on its own, with a
+        value other than its default, wins.
       - A name that is not an option of this module fails the task.
     type: dict
     version_added: 0.2.0

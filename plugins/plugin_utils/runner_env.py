@@ -16,6 +16,11 @@ def plain_environment(base: Mapping[str, str]) -> dict[str, str]:
     """``base`` without what makes a playbook report elsewhere: the run's progress file and, under ansible-runner,
     its event display (the new playbook's log would be runner events, written into the running job's artifacts)."""
     env = {k: v for k, v in base.items() if k != "MLOPS_VAST_PROGRESS_FILE" and k != "AWX_ISOLATED_DATA_DIR"}
+    artifacts = base.get("AWX_ISOLATED_DATA_DIR")
+    if artifacts and env.get("ANSIBLE_CACHE_PLUGIN_CONNECTION", "").startswith(artifacts):
+        # ansible-runner's fact cache of the job (artifacts/<ident>/fact_cache): not the new playbook's.
+        env.pop("ANSIBLE_CACHE_PLUGIN_CONNECTION")
+        env.pop("ANSIBLE_CACHE_PLUGIN", None)
     if env.get("ANSIBLE_STDOUT_CALLBACK") == "awx_display":
         original = env.pop("ORIGINAL_STDOUT_CALLBACK", "")
         if original:

@@ -25,6 +25,7 @@ import queue
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -331,9 +332,33 @@ def _teardown(ctx: _Context, labels: Iterable[str], log_dir: Path, *, parallel: 
         thread = threading.Thread(target=one, args=(label,), daemon=True)
         thread.start()
         threads.append(thread)
+    pending: BaseException | None = None
     for thread in threads:
-        thread.join()
+        while thread.is_alive():
+            try:
+                thread.join()
+            except KeyboardInterrupt:
+                raise  # the person insists: the teardowns go on in their own sessions, without this process
+            except BaseException as exc:  # a SystemExit: the key must outlive the teardowns that use it
+                pending = pending or exc
+    if pending is not None:
+        raise pending
     return outcome
+
+
+def _kill_trial_playbooks(trials: Iterable[dict[str, Any]]) -> None:
+    """SIGKILL the process group of each running trial's ansible-playbook (sweep-state.json's pid), if that pid is
+    still an ansible-playbook (not a reused one)."""
+    for trial in trials:
+        pid = trial.get("pid")
+        if not isinstance(pid, int) or pid <= 1:
+            continue
+        try:
+            if b"ansible-playbook" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            os.killpg(pid, signal.SIGKILL)  # started with start_new_session: its group is its pid
+        except OSError:
+            continue
 
 
 def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name: str,
@@ -345,6 +370,7 @@ def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name
     was_cancelled = False
     cause: BaseException | None = None
     while True:
+        finished = play.done  # read before the last poll, so that poll sees everything the playbook wrote
         try:
             while True:
                 try:
@@ -358,21 +384,25 @@ def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name
             if not was_cancelled and cancelled():
                 was_cancelled = True
                 on_cancel()
-            if play.done:
-                break
-            time.sleep(POLL_S)
         except BaseException as exc:  # whatever ends this call first stops the run
-            # A Ctrl-C, a SystemExit from the caller's own signal handler, an error in cancel(): leaving now would
-            # delete the key file under a playbook that still runs (and whose guard would then tear down without it).
-            if was_cancelled and isinstance(exc, KeyboardInterrupt):
-                play.thread.join(timeout=10)  # a second Ctrl-C: the caller insists; the playbook is being killed
+            # A Ctrl-C, a SystemExit from the caller's own signal handler, an error in cancel() or on_event: leaving
+            # now would delete the key file under a playbook that still runs (whose guard would then lack it).
+            if cause is not None and isinstance(exc, KeyboardInterrupt):
+                # A second interruption: the caller insists. The playbook is killed, not torn down.
+                play.cancel_requested = True
+                play.thread.join(timeout=10)
                 raise
+            cause = cause or exc
             if not was_cancelled:
                 was_cancelled = True
-                on_cancel()
-            cause = cause or exc
+                try:
+                    on_cancel()
+                except BaseException:  # the playbook must still be stopped
+                    play.cancel_requested = True
+        if finished:
+            break
+        time.sleep(POLL_S)
     play.thread.join()
-    poll()
     if cause is not None:
         raise _Interrupted(cause)
     return was_cancelled
@@ -564,7 +594,10 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
             cancelled, cause = True, stop.cause
         status, rc = play.result()
         if cancelled and status == "canceled":
-            # The scheduler did not finish its own teardown: every label it knew is torn down here.
+            # The scheduler did not finish its own teardown: every label it knew is torn down here, its trials'
+            # playbooks stopped first (each in its own session, so killing the sweep's playbook left them running,
+            # and one recovering would rent again).
+            _kill_trial_playbooks(watcher.trials())
             labels = [trial.get("label") for trial in watcher.trials()]
             _teardown(ctx, [label for label in labels if isinstance(label, str)], results_dir)
         result = _sweep_result(name, results_dir, status, rc, cancelled, watcher, play.artifacts_dir)

@@ -598,9 +598,11 @@ ESTIMATE_PLAY = """\
   gather_facts: false
   tasks:
     - name: Estimate the job
-      mlops.vast.estimate: "{{ run_estimate | combine({'disk_gb': run_disk_gb | default(20) | float,
-        'query': run_query | default(omit),
-        'max_total_usd': run_max_total_usd | float if run_max_total_usd | default(0) | float > 0 else omit}) }}"
+      mlops.vast.estimate:
+        job: "{{ run_estimate }}"
+        disk_gb: "{{ run_disk_gb | default(20) | float }}"
+        query: "{{ run_query | default(omit) }}"
+        max_total_usd: "{{ run_max_total_usd | float if run_max_total_usd | default(0) | float > 0 else omit }}"
       register: estimate_job
     - name: Search the offers that meet the floors
       mlops.vast.vast_offer:
@@ -611,9 +613,11 @@ ESTIMATE_PLAY = """\
       register: estimate_market
       when: estimate_offers | int > 0
     - name: Price the job on them
-      mlops.vast.estimate: "{{ run_estimate | combine({'disk_gb': run_disk_gb | default(20) | float,
-        'offers': estimate_market.offers,
-        'max_total_usd': run_max_total_usd | float if run_max_total_usd | default(0) | float > 0 else omit}) }}"
+      mlops.vast.estimate:
+        job: "{{ run_estimate }}"
+        disk_gb: "{{ run_disk_gb | default(20) | float }}"
+        offers: "{{ estimate_market.offers }}"
+        max_total_usd: "{{ run_max_total_usd | float if run_max_total_usd | default(0) | float > 0 else omit }}"
       register: estimate_priced
       when: estimate_offers | int > 0
     - name: Keep the result
@@ -662,8 +666,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                 if key_file is not None:
                     key_file.close()
             if not out.exists():
-                lines = [line for line in done.stdout.splitlines() if '"msg"' in line or line.startswith("fatal")]
-                last = (lines or [done.stdout[-500:]])[-1].strip()
+                said = f"{done.stdout}\n{done.stderr}"  # Ansible's own errors ([ERROR]: ...) go to stderr
+                lines = [line for line in said.splitlines()
+                         if '"msg"' in line or line.startswith(("fatal", "[ERROR]", "ERROR!"))]
+                last = (lines or [said.strip()[-500:] or f"ansible-playbook exited {done.returncode}"])[-1].strip()
                 print(f"mlops-vast: the estimate failed: {last}", file=sys.stderr)
                 return EXIT_FAILED
             result = json.loads(out.read_text())

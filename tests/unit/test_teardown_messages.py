@@ -65,9 +65,27 @@ def test_the_guards_teardown_under_ansible_runner_logs_plainly_and_not_into_the_
                    "ANSIBLE_CALLBACK_PLUGINS": "/mine"}
     assert "ANSIBLE_CALLBACK_PLUGINS" not in plain_environment(
         {"ANSIBLE_CALLBACK_PLUGINS": "/v/ansible_runner/display_callback/callback/"})
+    # The job's fact cache stays the job's; a cache of the user's own stays.
+    cached = {"AWX_ISOLATED_DATA_DIR": "/r/a", "ANSIBLE_CACHE_PLUGIN": "jsonfile",
+              "ANSIBLE_CACHE_PLUGIN_CONNECTION": "/r/a/fact_cache"}
+    assert plain_environment(cached) == {}
+    mine = {"ANSIBLE_CACHE_PLUGIN": "jsonfile", "ANSIBLE_CACHE_PLUGIN_CONNECTION": "/home/me/facts"}
+    assert plain_environment(mine) == mine
     assert "ANSIBLE_STDOUT_CALLBACK" not in plain_environment({"ANSIBLE_STDOUT_CALLBACK": "awx_display"})
     # A user's own stdout callback outside ansible-runner stays.
     assert plain_environment({"ANSIBLE_STDOUT_CALLBACK": "yaml"}) == {"ANSIBLE_STDOUT_CALLBACK": "yaml"}
+
+
+NO_SUCH_PID = 2**22 + 4321  # above Linux's largest pid_max
+
+
+def test_orphaned_means_reparented_or_the_named_starter_gone() -> None:
+    callback, _chained = orphaned_guard(os.getppid())
+    assert not callback._orphaned()
+    callback._parent = NO_SUCH_PID
+    assert callback._orphaned()
+    callback._parent, callback._started_under = os.getppid(), 1  # reparented since Ansible started
+    assert callback._orphaned()
 
 
 def orphaned_guard(parent: int) -> tuple[guard.CallbackModule, list[int]]:
@@ -75,6 +93,7 @@ def orphaned_guard(parent: int) -> tuple[guard.CallbackModule, list[int]]:
     callback = guard.CallbackModule.__new__(guard.CallbackModule)
     chained: list[int] = []
     callback._pid, callback._parent, callback._tty_fds, callback._acting = os.getpid(), parent, (), False
+    callback._started_under = os.getppid()
     callback._starting, callback._running, callback._again, callback._labels = False, [], None, set()
     callback._variable_manager, callback._cwd = None, "/nonexistent"
     callback._previous = {signum: (lambda num, _frame: chained.append(num)) for signum in guard.SIGNALS}
@@ -110,8 +129,16 @@ def test_the_orphaned_guard_leaves_signals_to_a_live_parent(started: list[str]) 
 def test_the_orphaned_guard_tears_down_when_its_parent_is_gone_and_ends_ansible_after_a_hangup(
         started: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[tuple[int, int]] = []
-    monkeypatch.setattr(guard.os, "kill", lambda pid, signum: sent.append((pid, signum)))
-    callback, chained = orphaned_guard(os.getppid() + 100000)  # not our parent: the API that started us is gone
+    real_kill = os.kill
+
+    def kill(pid: int, signum: int) -> None:
+        if signum == 0:
+            real_kill(pid, 0)  # the guard's look whether its starter lives
+        else:
+            sent.append((pid, signum))
+
+    monkeypatch.setattr(guard.os, "kill", kill)
+    callback, chained = orphaned_guard(NO_SUCH_PID)  # the API that started us is gone
     callback._labels = {"exp-1"}
     callback.get_option = lambda name: {"unreachable_wait_s": 10, "timeout_s": 5}[name]  # type: ignore[method-assign]
     callback._on_signal(signal.SIGHUP, None)
