@@ -81,6 +81,7 @@ from typing import Any
 
 from ansible.plugins.callback import CallbackBase
 from ansible_collections.mlops.vast.plugins.plugin_utils import interrupt_teardown as teardown
+from ansible_collections.mlops.vast.plugins.plugin_utils.terminal import detach_from_terminal
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How often an orphaned-mode guard looks whether the process that started ansible-playbook is still there.
@@ -93,16 +94,6 @@ PARENT_ENV = "MLOPS_VAST_GUARD_PARENT"
 
 def _pid(text: str | None) -> int | None:
     return int(text) if text and text.isdigit() else None
-
-
-def _detach_from_terminal(fds: tuple[int, ...]) -> None:
-    """Point ``fds`` (those of 0, 1, 2 that were a terminal; a hung-up one no longer says so) at /dev/null."""
-    with contextlib.suppress(OSError):
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.dup2(devnull, fd)
-        os.close(devnull)
 
 
 def say(text: str) -> None:
@@ -193,7 +184,7 @@ class CallbackModule(CallbackBase):
             if signum == signal.SIGHUP:
                 # ansible-runner's pseudo-terminal hung up: its next write would end Ansible (EIO) before the
                 # teardown. The parent may still be exiting (a terminal hangs up before its owner is reaped).
-                _detach_from_terminal(self._hung_up())
+                detach_from_terminal(self._hung_up())
                 end = time.monotonic() + ORPHAN_WAIT_S
                 while not self._orphaned() and time.monotonic() < end:
                     time.sleep(0.1)
@@ -201,7 +192,7 @@ class CallbackModule(CallbackBase):
                 self._chain(signum, frame)
                 return
             self._acting = True
-            _detach_from_terminal(self._tty_fds)
+            detach_from_terminal(self._tty_fds)
             # After the teardown Ansible must end, also where the signal was a hangup it was told to ignore.
             signum = signal.SIGTERM
         if self._starting:
@@ -264,7 +255,7 @@ class CallbackModule(CallbackBase):
             time.sleep(PARENT_POLL_S)
         if self._acting:  # the hangup's handler got there first; a second signal would cut its wait short
             return
-        _detach_from_terminal(self._tty_fds)
+        detach_from_terminal(self._tty_fds)
         with contextlib.suppress(OSError):
             os.kill(self._pid, signal.SIGTERM)
 

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from mlops_vast import events as ev
-from mlops_vast.inputs import InputError, check_run, collection_root, load_vars
+from mlops_vast.inputs import InputError, check_run, collection_root, load_vars, plugin_util
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_CANCELLED = 0, 1, 2, 3, 130
 OUTCOME_EXIT = {"completed": EXIT_OK, "failed": EXIT_FAILED, "partial": EXIT_PARTIAL, "cancelled": EXIT_CANCELLED}
@@ -239,11 +239,13 @@ class Interrupts:
         self.signum: int | None = None  # the signal that cancelled
         self.previous: dict[int, Any] = {}
         self.tty_fds = tuple(fd for fd in (1, 2) if os.isatty(fd))
+        # Loaded now, not in the handler: the collection's own helper (plugins/plugin_utils/terminal.py).
+        self.detach = plugin_util(collection_root(), "terminal").detach_from_terminal
 
     def handler(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP:
             # Nobody reads a closed terminal, and a write to it fails: the teardown must not die of that.
-            _detach_from_terminal(self.tty_fds)
+            self.detach(self.tty_fds)
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if self.count and signum != signal.SIGINT:
             # Only a person at the terminal (Ctrl-C) may abandon the teardown: a closed terminal delivers SIGHUP more
@@ -279,16 +281,6 @@ class Interrupts:
         for signum, previous in self.previous.items():
             default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
             signal.signal(signum, previous if previous is not None else default)
-
-
-def _detach_from_terminal(fds: tuple[int, ...]) -> None:
-    # A hung-up terminal no longer says it is one (isatty fails): ``fds`` were found to be one before.
-    with contextlib.suppress(OSError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.dup2(devnull, fd)
-        os.close(devnull)
 
 
 # ---------------------------------------------------------------------------------------------- commands

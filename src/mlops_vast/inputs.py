@@ -123,10 +123,11 @@ def value_problems(data: dict[str, Any], root: Path) -> list[str]:
 def _contract(root: Path) -> Any:
     """The collection's own contract checks (plugins/plugin_utils/contract.py), loaded from the checkout: the
     same code as the playbook's first task, without the collection loader."""
-    return _plugin_util(root, "contract")
+    return plugin_util(root, "contract")
 
 
-def _plugin_util(root: Path, name: str) -> Any:
+def plugin_util(root: Path, name: str) -> Any:
+    """A standard-library module of the collection's plugins/plugin_utils, loaded from the checkout by path."""
     path = root / "plugins" / "plugin_utils" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"mlops_vast._{name}", path)
     if spec is None or spec.loader is None:
@@ -178,7 +179,7 @@ def _plan_problems(data: dict[str, Any], root: Path) -> list[str]:
     keys = ("sweep_grid", "sweep_random", "sweep_trials")
     if any("{{" in str(data.get(key)) for key in keys):
         return []  # templated: the playbook expands it
-    plan = _plugin_util(root, "sweep_plan")
+    plan = plugin_util(root, "sweep_plan")
     try:
         plan.expand(*(data.get(key) or ({} if key != "sweep_trials" else []) for key in keys))
     except plan.SweepSpecError as exc:
