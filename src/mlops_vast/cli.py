@@ -237,12 +237,16 @@ class Interrupts:
         self.what = what
         self.count = 0
         self.signum: int | None = None  # the signal that cancelled
+        self.pending: list[str] = []  # what the handler has to say, said by the main thread
         self.previous: dict[int, Any] = {}
         self.tty_fds = tuple(fd for fd in (1, 2) if os.isatty(fd))
         # Loaded now, not in the handler: the collection's own helper (plugins/plugin_utils/terminal.py).
         self.detach = plugin_util(collection_root(), "terminal").detach_from_terminal
 
     def handler(self, signum: int, frame: Any) -> None:
+        # A signal handler runs between two bytecodes of the main thread, which may hold rich's or a stream's lock
+        # just then (and rich's refresh thread the other one): it only records. The main thread says it the next
+        # time the API asks cancelled(); the live table's caption says it at its next refresh.
         if signum == signal.SIGHUP:
             # Nobody reads a closed terminal, and a write to it fails: the teardown must not die of that.
             self.detach(self.tty_fds)
@@ -250,19 +254,33 @@ class Interrupts:
         if self.count and signum != signal.SIGINT:
             # Only a person at the terminal (Ctrl-C) may abandon the teardown: a closed terminal delivers SIGHUP more
             # than once, and wrappers relay SIGTERM.
-            self.display.say(f"{name}: still tearing down what the run rented")
+            self._tell(f"{name}: still tearing down what the run rented")
             return
         self.count += 1
         if self.count == 1:
             self.signum = signum
-            self.cancel.set()
+            self.pending.append(f"[bold red]Cancelling[/] {self.what} ({name}): stopping the playbook, then destroying "
+                                "what it rented (this takes a little while; Ctrl-C twice more to abandon the teardown)")
             self.display.note = "cancelling: stopping the playbook, then tearing down what it rented"
-            self.display.say(f"[bold red]Cancelling[/] {self.what} ({name}): stopping the playbook, then destroying "
-                             "what it rented (this takes a little while; Ctrl-C twice more to abandon the teardown)")
+            self.cancel.set()
         elif self.count == 2:
-            self.display.say("Still tearing down; one more Ctrl-C abandons it (then run `mlops-vast teardown --all`)")
+            self._tell("Still tearing down; one more Ctrl-C abandons it (then run `mlops-vast teardown --all`)")
         else:
             raise KeyboardInterrupt
+
+    def _tell(self, text: str) -> None:
+        """From the handler: the live table's caption, or (without one) straight to the file descriptor, which takes
+        no lock of Python's streams."""
+        self.display.note = text
+        if not self.display.live_mode:
+            with contextlib.suppress(OSError):
+                os.write(2, f"mlops-vast: {text}\n".encode(errors="replace"))
+
+    def cancelled(self) -> bool:
+        """What the API polls (in the main thread): whether to cancel; says first what the handler recorded."""
+        while self.pending:
+            self.display.say(self.pending.pop(0))
+        return self.cancel.is_set()
 
     def exit_code(self, outcome: str) -> int:
         """The process's exit code: 128 + the signal for a run it cancelled (130 for Ctrl-C, 143 for SIGTERM)."""
@@ -303,7 +321,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     display = Display(f"mlops-vast train {name}", json_mode=args.json)
     target = _target(args, display)
     with display, Interrupts(display, f"run {name}") as interrupts:
-        result = api.train(path or data, on_event=display.on_event, cancel=interrupts.cancel,
+        result = api.train(path or data, on_event=display.on_event, cancel=interrupts.cancelled,
                            extra_vars=overrides, **target)
     if args.json:
         _print_json(result)
@@ -336,7 +354,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     display = Display(f"mlops-vast sweep {name}", json_mode=args.json)
     target = _target(args, display)
     with display, Interrupts(display, f"sweep {name}") as interrupts:
-        result = api.sweep(path or data, on_event=display.on_event, cancel=interrupts.cancel,
+        result = api.sweep(path or data, on_event=display.on_event, cancel=interrupts.cancelled,
                            extra_vars=overrides or None, **target)
     if args.json:
         _print_json(result)

@@ -199,7 +199,10 @@ def test_status_and_teardown_say_what_is_rented_and_what_they_destroyed(sim: Sim
     assert unknown.returncode == 0 and "no open contract labelled 'no-such-label'" in unknown.stderr
     assert open_instances(sim) == [instance_id], "another label's teardown left this one alone"
 
-    done = mlops_vast("teardown", "--label", "cli-td", "--json")
+    try:
+        done = mlops_vast("teardown", "--label", "cli-td", "--json")
+    finally:
+        close_ssh_masters(cli)
     assert done.returncode == 0, done.stdout[-3000:]
     record = json.loads(done.stdout)
     assert record["destroyed"] == [{"id": instance_id, "label": "cli-td"}] and record["still_open"] == []
