@@ -290,9 +290,11 @@ class Interrupts:
 
     def __enter__(self) -> Interrupts:
         for signum in self.SIGNALS:
-            # Ignored on entry (nohup) stays ignored, as a shell would have it.
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                self.previous[signum] = signal.signal(signum, self.handler)
+            # A hangup ignored on entry (nohup) stays ignored. SIGINT is taken whatever it was: a shell starts a
+            # script's background jobs with SIGINT ignored, and a Ctrl-C must still tear down what the run rented.
+            if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
+                continue
+            self.previous[signum] = signal.signal(signum, self.handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
