@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 # The official CLI's key files, in the order the collection reads them (plugins/module_utils/api_client.py).
@@ -46,19 +48,77 @@ def resolve_api_key(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
-class KeyFile:
-    """A 0600 file holding the key, in a 0700 directory of its own; removed on exit (or ``close()``)."""
+# Run by a process of its own, in its own session: it outlives a caller killed with SIGKILL. It blocks until the
+# caller's end of the pipe closes (its close(), or its death), then waits while any process still has the key
+# file in its environment (the playbook an orphaned guard is tearing down, a sweep's trials), then removes.
+_JANITOR = """
+import os, shutil, sys, time
+fd, marker, dirs = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3:]
+while os.read(fd, 1):
+    pass
+def in_use():
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    if marker in handle.read().split(b"\\0"):
+                        return True
+            except OSError:
+                pass
+    return False
+end = time.monotonic() + 30 * 86400
+while any(os.path.exists(d) for d in dirs) and in_use() and time.monotonic() < end:
+    time.sleep(2)
+for d in dirs:
+    shutil.rmtree(d, ignore_errors=True)
+"""
 
-    def __init__(self, key: str) -> None:
+
+class KeyFile:
+    """A 0600 file holding the key, in a 0700 directory of its own; removed on exit (or ``close()``).
+
+    A caller killed without a chance to close (SIGKILL, a crash) would leave the key on disk, so a janitor process
+    removes the directory (and the ``also`` directories, the call's other private files) once the caller is gone
+    and no process started with this key file is left."""
+
+    def __init__(self, key: str, also: Iterable[str | os.PathLike[str]] = ()) -> None:
         self._dir = tempfile.mkdtemp(prefix="mlops-vast-key-")
         os.chmod(self._dir, 0o700)
         self.path = os.path.join(self._dir, "vast_api_key")
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(key + "\n")
+        self._dirs = [self._dir, *(os.fspath(d) for d in also)]
+        self._alive_fd: int | None = None
+        self._janitor: subprocess.Popen[bytes] | None = None
+        with contextlib.suppress(OSError):
+            self._start_janitor()
+
+    def _start_janitor(self) -> None:
+        read_fd, write_fd = os.pipe()  # not inherited by what this process starts: only its death closes it
+        try:
+            env = {name: value for name, value in os.environ.items() if name not in KEY_VARIABLES}
+            self._janitor = subprocess.Popen(
+                [sys.executable, "-I", "-c", _JANITOR, str(read_fd), f"VAST_API_KEY_FILE={self.path}", *self._dirs],
+                pass_fds=(read_fd,), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError:
+            os.close(write_fd)
+            raise
+        finally:
+            os.close(read_fd)
+        self._alive_fd = write_fd
 
     def close(self) -> None:
-        shutil.rmtree(self._dir, ignore_errors=True)
+        for directory in self._dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        if self._alive_fd is not None:
+            os.close(self._alive_fd)
+            self._alive_fd = None
+        if self._janitor is not None:  # it ends at once: nothing left to remove
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._janitor.wait(timeout=5)
+            self._janitor = None
 
     def __enter__(self) -> KeyFile:
         return self

@@ -230,7 +230,7 @@ def _context(api_url: str | None, api_key: str | None, sim: Any, cwd: str | os.P
     scratch = Path(tempfile.mkdtemp(prefix="mlops-vast-run-"))
     os.chmod(scratch, 0o700)
     return _Context(root=root, cwd=Path(cwd or os.getcwd()).resolve(), env_extra=env_extra,
-                    key_file=_keys.KeyFile(key) if key else None, scratch=scratch, sim=local_sim)
+                    key_file=_keys.KeyFile(key, also=[scratch]), scratch=scratch, sim=local_sim)
 
 
 class _PlaybookRun:

@@ -94,6 +94,8 @@ def test_a_killed_api_caller_leaves_the_teardown_to_the_playbooks_guard(sim: Sim
     (tmp_path / "run.yml").write_text(yaml.safe_dump(run))
     env = cli_env(sim, tmp_path)
     env["VAST_URL"] = sim.url
+    env["TMPDIR"] = str(tmp_path / "tmp")  # where the API's key file is written, and must not be left
+    (tmp_path / "tmp").mkdir()
     results = tmp_path / "results" / "api-killed"
     caller = subprocess.Popen([sys.executable, "-c", "import mlops_vast; mlops_vast.train('run.yml')"], cwd=tmp_path,
                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -114,6 +116,11 @@ def test_a_killed_api_caller_leaves_the_teardown_to_the_playbooks_guard(sim: Sim
         assert open_instances == 0, guard_log.read_text()[-3000:] if guard_log.exists() else "no guard.log"
         assert ledger_open(tmp_path) == []
         assert json.loads((results / "teardown.json").read_text())["destroyed"], "the guard's teardown left no record"
+        # The caller could not remove its key file: its janitor does, once the playbook that used it has ended.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and list((tmp_path / "tmp").glob("mlops-vast-*")):
+            time.sleep(0.5)
+        assert list((tmp_path / "tmp").glob("mlops-vast-*")) == []
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(caller.pid, signal.SIGKILL)

@@ -3,8 +3,13 @@ environment ansible-runner records)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +75,52 @@ def test_the_key_goes_to_a_private_file_and_leaves_the_recorded_environment(tmp_
         assert SECRET not in json.dumps(scrubbed)
         assert scrubbed["OTHER"] == "x"
     assert not path.exists() and not path.parent.exists()
+
+
+def _wait_gone(path: Path, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not path.exists()
+
+
+def test_a_killed_owner_leaves_no_key_file_once_nothing_started_with_it_runs(tmp_path: Path) -> None:
+    """SIGKILL the process that wrote the key file (no close, no finally): its janitor removes the file and the
+    call's other private directory, but only after the last process started with VAST_API_KEY_FILE has ended."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    owner_code = (
+        "import os, subprocess, sys, time\n"
+        "from mlops_vast import _keys\n"
+        f"key = _keys.KeyFile({SECRET!r}, also=[{str(scratch)!r}])\n"
+        "env = _keys.scrub_env(os.environ, key.path)\n"
+        "user = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], env=env,\n"
+        "                        start_new_session=True)\n"
+        "print(key.path, user.pid, flush=True)\n"
+        "time.sleep(60)\n")
+    owner = subprocess.Popen([sys.executable, "-c", owner_code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "TMPDIR": str(tmp_path)})
+    user_pid = 0
+    try:
+        assert owner.stdout is not None
+        path_text, pid_text = owner.stdout.readline().split()
+        key_path, user_pid = Path(path_text), int(pid_text)
+        assert key_path.read_text().strip() == SECRET
+        owner.kill()
+        owner.wait(timeout=10)
+        # The process that still runs with the key file (a playbook tearing down) keeps it.
+        assert not _wait_gone(key_path, 3)
+        assert scratch.exists()
+        os.kill(user_pid, signal.SIGKILL)
+        assert _wait_gone(key_path.parent, 15), "the key file outlived everything that used it"
+        assert not scratch.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            owner.kill()
+        if user_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(user_pid, signal.SIGKILL)
+        owner.wait(timeout=10)
 
 
 def test_scrub_env_without_a_key_removes_both_names() -> None:
