@@ -83,6 +83,11 @@ def _fail(message: str) -> None:
     raise AnsibleActionFail(message)
 
 
+def _without_prefix(run_vars: dict[str, Any]) -> dict[str, Any]:
+    """A run's variables as a trial's base run names them: ``run_disk_gb`` is ``disk_gb``."""
+    return {key.removeprefix("run_"): value for key, value in run_vars.items()}
+
+
 def _ansible_playbook() -> str:
     beside = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
     return beside if os.access(beside, os.X_OK) else (shutil.which("ansible-playbook") or "ansible-playbook")
@@ -269,8 +274,7 @@ class ActionModule(ActionBase):
         if spec_path:
             bases = cls._checked_bases(name, run_vars, param_sets, spec_path, placed)
         else:
-            base = {key[len("run_"):] if key.startswith("run_") else key: value for key, value in run_vars.items()}
-            bases = [base] * len(param_sets)
+            bases = [_without_prefix(run_vars)] * len(param_sets)
         return bases, cls._trials(name, bases, param_sets, results_dir, trial_vars, placed)
 
     def _run_variables(self, task_vars: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +306,6 @@ class ActionModule(ActionBase):
         if 0 < cap < MIN_TRIAL_USD:
             raise SweepSpecError(f"run_max_total_usd ${cap:g} is below ${MIN_TRIAL_USD:g}, the least a trial "
                                  "can cost (a minute of the cheapest GPU): no trial could start")
-        secret = frozenset(option for option, value in spec.items() if value.get("no_log"))
         where = os.path.basename(spec_path)
         bases: list[dict[str, Any]] = []
         per_trial: list[tuple[str, list[str]]] = []
@@ -311,9 +314,9 @@ class ActionModule(ActionBase):
             filled["run_command"] = render_command(str(run_vars.get("run_command", "")), params, placed)
             filled["run_name"] = f"{name}-{tid}"  # each trial's own, as the sweep gives it
             converted, errors = validated(filled, spec)
-            errors = plain_errors(errors, filled, secret) + problems(filled, spec, where=where, converted=converted)
+            errors = plain_errors(errors, filled, spec) + problems(filled, spec, where=where, converted=converted)
             per_trial.append((f"trial {tid} ({', '.join(f'{k}={v!r}' for k, v in params.items())})", errors))
-            base = {key[len("run_"):] if key.startswith("run_") else key: value for key, value in converted.items()}
+            base = _without_prefix(converted)
             # The command keeps its placeholders: the trial's parameters it does not name are appended to it.
             base["command"] = str(run_vars.get("run_command", ""))
             bases.append(base)

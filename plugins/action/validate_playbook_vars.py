@@ -41,9 +41,8 @@ class ActionModule(ValidateArgumentSpec):
         self._task.args = {"argument_spec": options, "provided_arguments": {},
                            "validate_args_context": {"name": os.path.basename(path), "type": "playbook", "path": path}}
         result = super().run(tmp, task_vars)  # types, choices, required: ansible.builtin.validate_argument_spec
-        secret = frozenset(name for name, option in options.items() if option.get("no_log"))
         converted = validated(given, options)[0]
-        errors = plain_errors(list(result.get("argument_errors") or []), given, secret)
+        errors = plain_errors(list(result.get("argument_errors") or []), given, options)
         errors += problems(given, options, where=os.path.basename(path), converted=converted)
         if errors:
             return {"failed": True, "changed": False, "argument_errors": errors,
@@ -53,7 +52,7 @@ class ActionModule(ValidateArgumentSpec):
             return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
         values = {short(name): value for name, value in converted.items()}
-        hidden = {short(name) for name in secret}
+        hidden = {short(name) for name, option in options.items() if option.get("no_log")}
         shown = {name: "********" if name in hidden and value else value for name, value in values.items()}
         out: dict[str, Any] = {"changed": False, "msg": f"the variables match {path}", "values": shown}
         if args["fact"]:

@@ -29,9 +29,10 @@ _BAD_ELEMENT = re.compile(r"^Elements value for option '(?P<name>[^']+)' is of t
                           r"unable to convert to (?P<type>\w+)")
 
 
-def plain_errors(errors: list[str], values: Mapping[str, Any], secret: frozenset[str] = frozenset()) -> list[str]:
+def plain_errors(errors: list[str], values: Mapping[str, Any], spec: Mapping[str, Any] | None = None) -> list[str]:
     """The validator's errors, with "unable to convert" said as what the value must be and what it was
-    (not for the names in ``secret``: their values are never shown)."""
+    (not for the ``no_log`` options of ``spec``: their values are never shown)."""
+    secret = {name for name, option in (spec or {}).items() if option.get("no_log")}
     said = []
     for error in errors:
         whole, element = _UNCONVERTIBLE.match(error), _BAD_ELEMENT.match(error)

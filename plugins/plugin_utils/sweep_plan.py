@@ -33,8 +33,9 @@ class SweepSpecError(ValueError):
 
 
 def check_sweep_name(name: Any) -> str:
-    """The sweep's name makes the results folder (results/<name>) and every trial's label (<name>-<id>): the rule
-    of the Python API (mlops_vast.inputs), so neither path can write outside results/ or make a label of nothing."""
+    """The sweep's name makes the results folder (results/<name>) and every trial's label (<name>-<id>).
+    playbooks/sweep.meta.yml's pattern says the same before sweep.yml reaches the module; this is the module's own
+    guard, for a play that calls mlops.vast.sweep without sweep.yml's checks."""
     if not isinstance(name, str) or not name.strip():
         raise SweepSpecError(f"sweep_name must be a non-empty name (it names results/<sweep_name> and each trial's "
                              f"label); got {name!r}")

@@ -85,11 +85,6 @@ def check_run(data: dict[str, Any], root: Path, where: str = "the run", *, compl
     return name
 
 
-def _secret(spec: dict[str, Any]) -> frozenset[str]:
-    """The variables whose values are never shown, not even in an error."""
-    return frozenset(name for name, option in spec.items() if option.get("no_log"))
-
-
 def _options(root: Path, meta: str) -> dict[str, Any]:
     return yaml.safe_load((root / "playbooks" / meta).read_text())["argument_specs"]["main"]["options"]
 
@@ -116,7 +111,7 @@ def value_problems(data: dict[str, Any], root: Path) -> list[str]:
     values = {name: value for name, value in data.items() if name in spec and "{{" not in str(value)}
     converted, errors = contract.validated(values, spec)
     found = [error for error in errors if not error.startswith("missing required arguments")]
-    return contract.plain_errors(found, values, _secret(spec)) + contract.problems(values, spec, where="train.yml",
+    return contract.plain_errors(found, values, spec) + contract.problems(values, spec, where="train.yml",
                                                                                    converted=converted)
 
 
@@ -170,7 +165,7 @@ def sweep_value_problems(data: dict[str, Any], root: Path) -> list[str]:
     values = {name: value for name, value in data.items() if name in spec and "{{" not in str(value)}
     converted, errors = contract.validated(values, spec)
     found = [error for error in errors if not error.startswith("missing required arguments")]
-    return (contract.plain_errors(found, values, _secret(spec)) +
+    return (contract.plain_errors(found, values, spec) +
             contract.problems(values, spec, where="sweep.yml", converted=converted))
 
 
@@ -191,6 +186,4 @@ def _name(data: dict[str, Any], key: str, where: str) -> str:
     name = data.get(key)
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"{where}: {key} is missing (a non-empty string: it names the results folder)")
-    if "/" in name or name.startswith("."):
-        raise InputError(f"{where}: {key} {name!r} must not contain '/' or start with '.'")
-    return name
+    return name  # its form ('/', a leading '.') is the meta file's pattern, checked with the other values

@@ -257,7 +257,7 @@ def test_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.parametrize(("run", "words"), [
     ({"run_name": "api-bad", "run_command": "x", "run_bogus": 1}, "unknown variable(s) run_bogus"),
     ({"run_command": "x"}, "run_name is missing"),
-    ({"run_name": "../up", "run_command": "x"}, "must not contain '/'"),
+    ({"run_name": "../up", "run_command": "x"}, "run_name must not be empty, contain '/'"),
     ({"run_name": "api-bad", "run_command": "x", "run_max_attempts": "many"},
      "run_max_attempts must be a whole number, got 'many'"),
     ({"run_name": "api-bad", "run_command": "x", "run_recovery": {"max_preemptions": 9}},

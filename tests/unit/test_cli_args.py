@@ -27,7 +27,7 @@ def test_exit_codes(outcome: str, code: int) -> None:
     ("- a\n", "must hold a mapping"),
     ("run_name: x\nrun_bogus: 1\nfoo: 2\n", "unknown variable(s) foo, run_bogus"),
     ("run_query: x\n", "run_name is missing"),
-    ("run_name: ../up\n", "must not contain '/'"),
+    ("run_name: ../up\n", "run_name must not be empty, contain '/'"),
     ("run_name: x\nrun_command: t\nrun_env: 5\n", "run_env must be a mapping, got a value not shown"),
 ])
 @pytest.mark.parametrize("command", ["train", "estimate"])
