@@ -195,10 +195,14 @@ def trial_ids(param_sets: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def format_value(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, (list, dict)):  # JSON, as a trainer's argument parser would read it (not Python's repr)
+        return json.dumps(value)
     return str(value)
 
 
@@ -211,10 +215,14 @@ def render_command(command: str, params: Mapping[str, Any], placed: Collection[s
     missing = named - set(params)
     if missing:
         raise SweepSpecError(f"run_command names trial parameter(s) {sorted(missing)} that this trial does not set")
+    empty = sorted(name for name in named if params[name] is None)
+    if empty:
+        raise SweepSpecError(f"run_command places trial parameter(s) {empty}, which this trial sets to null: give a "
+                             "value, or leave the placeholder out (a null parameter appended is left out)")
     text = _PLACEHOLDER_RE.sub(lambda match: format_value(params[match.group(1)]), command)
     extra = []
     for name, value in params.items():
-        if name in named or name in placed:
+        if name in named or name in placed or value is None:  # null: the trainer's own default applies
             continue
         if isinstance(value, bool):
             if value:

@@ -217,6 +217,12 @@ def _context(api_url: str | None, api_key: str | None, sim: Any, cwd: str | os.P
         api_key = api_key or sim.api_key
     elif api_url:
         env_extra["VAST_URL"] = api_url
+    url = env_extra.get("VAST_URL") or os.environ.get("VAST_URL")
+    if url and not url.strip().startswith(("http://", "https://")):  # the collection's rule (api_client), said first
+        if local_sim is not None:
+            local_sim.stop()
+        raise InputError(f"the Vast API URL must start with http:// or https://, got {url!r} "
+                         f"({'api_url / --api-url' if api_url else 'VAST_URL'})")
     try:
         key = api_key or _keys.resolve_api_key({**os.environ, **env_extra})
     except OSError as exc:

@@ -269,3 +269,19 @@ def test_the_python_api_raises_input_error_before_renting(tmp_path: Path, run: d
     assert words in str(raised.value) and "\n" not in str(raised.value)
     assert not (tmp_path / "results").exists()
 
+
+@pytest.mark.parametrize(("api_url", "env_url", "words"), [
+    ("notaurl", None, "got 'notaurl' (api_url / --api-url)"),
+    (None, "ftp://vast.example", "got 'ftp://vast.example' (VAST_URL)"),
+])
+def test_an_api_url_that_is_not_http_is_input_error_before_any_playbook(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_url: str | None, env_url: str | None, words: str) -> None:
+    monkeypatch.delenv("VAST_URL", raising=False)
+    if env_url:
+        monkeypatch.setenv("VAST_URL", env_url)
+    with pytest.raises(mlops_vast.InputError) as raised:
+        mlops_vast.train({"run_name": "api-url", "run_command": "x"}, cwd=tmp_path, api_url=api_url,
+                         api_key="unused")
+    assert "must start with http:// or https://" in str(raised.value) and words in str(raised.value)
+    assert not (tmp_path / "results").exists()
+

@@ -96,6 +96,15 @@ def test_named_parameters_are_filled_in_and_not_repeated() -> None:
         render_command(command, {"lr": 0.1})
 
 
+def test_a_null_parameter_is_left_out_and_lists_are_json() -> None:
+    command = render_command("python3 train.py", {"lr": None, "layers": [64, 32], "names": ["a", "b"],
+                                                   "opt": {"beta": 0.9}})
+    assert command == ("python3 train.py --layers '[64, 32]' --names '[\"a\", \"b\"]' "
+                       "--opt '{\"beta\": 0.9}'")
+    with pytest.raises(SweepSpecError, match="sets to null"):
+        render_command(f"python3 train.py --lr {trial_placeholders({'lr': [None]})['lr']}", {"lr": None})
+
+
 def test_placeholders_cover_every_source_and_other_variables_are_filled_too() -> None:
     marks = trial_placeholders({"a": [1]}, {"count": 1, "params": {"b": {"min": 0, "max": 1}}}, [{"c": 1}])
     assert set(marks) == {"a", "b", "c"}
