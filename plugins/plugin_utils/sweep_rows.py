@@ -19,7 +19,8 @@ from .training_log import parse_record, training_metrics
 ROW_FIELDS = ("id", "label", "outcome", "final_loss", "best_loss", "steps", "cost_usd", "attempts", "hosts",
               "duration_s", "message", "results_dir")
 # train.yml's last words on a run that did not complete (the assert in its teardown play).
-_NOT_COMPLETED_RE = re.compile(r"The run did not complete: (.*?)(?: \(results in |\"|$)")
+# Ends at train.yml's "(results in", or at the quote that closes a JSON-quoted msg (not at an escaped one in it).
+_NOT_COMPLETED_RE = re.compile(r'The run did not complete: (.*?)(?: \(results in |(?<!\\)"|$)', re.MULTILINE)
 _DOUBLED_PREFIX_RE = re.compile(r"^(\w+): (?:\1: )+")
 _FATAL_MSG_RE = re.compile(r'"msg": "((?:[^"\\]|\\.)*)"')
 MAX_LOG_BYTES = 4 * 1024 * 1024
@@ -78,7 +79,7 @@ def failure_message(log_text: str) -> str:
     """Why a trial's playbook failed, as one line: train.yml's own verdict, else the last error Ansible printed."""
     found = _NOT_COMPLETED_RE.findall(log_text)
     if found:
-        return _one_prefix(found[-1].strip())
+        return _one_prefix(found[-1].strip().replace('\\"', '"'))
     errors = [line[len("[ERROR]:"):].strip() for line in log_text.splitlines() if line.startswith("[ERROR]:")]
     if errors:
         return errors[-1][:500]

@@ -368,8 +368,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _final_sweep_table(display: Display, result: Any) -> None:
     from rich.table import Table
 
+    budget = f" of {_money(result.budget_usd, 2)}" if result.budget_usd else " (no shared budget)"
     table = Table(title=f"sweep {result.name}: {result.outcome} ({result.message}); spent "
-                  f"{_money(result.spent_usd)} of {_money(result.budget_usd, 2)}", title_justify="left")
+                  f"{_money(result.spent_usd)}{budget}", title_justify="left")
     for column in ("trial", "params", "outcome", "final loss", "best loss", "steps", "cost", "attempts", "time"):
         table.add_column(column)
     for row in result.trials:
@@ -566,6 +567,17 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     return EXIT_OK if done.returncode == 0 else EXIT_FAILED
 
 
+def _why_failed(done: subprocess.CompletedProcess[str]) -> str:
+    """A failed playbook's reason in one line: its last error (Ansible's own go to stderr), not its whole output."""
+    said = f"{done.stdout}\n{done.stderr}"
+    lines = [line for line in said.splitlines() if '"msg"' in line or line.startswith(("fatal", "[ERROR]", "ERROR!"))]
+    last = (lines or [said.strip()[-500:] or f"ansible-playbook exited {done.returncode}"])[-1].strip()
+    if "=> {" in last:  # fatal: [host]: FAILED! => {...}: the module's own msg is the reason
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return str(json.loads(last.split("=> ", 1)[1])["msg"])
+    return last
+
+
 def cmd_reap(args: argparse.Namespace) -> int:
     from mlops_vast import _keys
 
@@ -595,7 +607,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"rc": done.returncode, "check": args.check, "result": result})
     elif result is None:
-        print((done.stdout + done.stderr)[-4000:], file=sys.stderr)
+        print(f"mlops-vast: the reaper failed: {_why_failed(done)}", file=sys.stderr)
     else:
         for orphan in result.get("orphans", []):
             print(f"orphan {orphan['id']} ({orphan['label']}, {orphan['source']}): "
@@ -678,11 +690,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                 if key_file is not None:
                     key_file.close()
             if not out.exists():
-                said = f"{done.stdout}\n{done.stderr}"  # Ansible's own errors ([ERROR]: ...) go to stderr
-                lines = [line for line in said.splitlines()
-                         if '"msg"' in line or line.startswith(("fatal", "[ERROR]", "ERROR!"))]
-                last = (lines or [said.strip()[-500:] or f"ansible-playbook exited {done.returncode}"])[-1].strip()
-                print(f"mlops-vast: the estimate failed: {last}", file=sys.stderr)
+                print(f"mlops-vast: the estimate failed: {_why_failed(done)}", file=sys.stderr)
                 return EXIT_FAILED
             result = json.loads(out.read_text())
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from argparse import Namespace
 from pathlib import Path
 
@@ -168,3 +169,15 @@ def test_tables_are_not_cut_to_80_columns_in_a_pipe(monkeypatch: pytest.MonkeyPa
     assert display.console.width == 200
     monkeypatch.setenv("COLUMNS", "90")  # the user's word wins
     assert cli.Display("t", json_mode=False).console.width == 90
+
+
+@pytest.mark.parametrize(("stdout", "stderr", "expected"), [
+    ('TASK [x]\nfatal: [localhost]: FAILED! => {"changed": false, "msg": "cannot reach the Vast API", "kept": []}\n',
+     "", "cannot reach the Vast API"),
+    ("", "[ERROR]: Task failed: no offer fits\n", "[ERROR]: Task failed: no offer fits"),
+    ('fatal: [localhost]: FAILED! => {"changed": false}\n', "", 'fatal: [localhost]: FAILED! => {"changed": false}'),
+    ("", "", "ansible-playbook exited 2"),
+])
+def test_a_failed_playbook_is_said_in_one_line(stdout: str, stderr: str, expected: str) -> None:
+    done = subprocess.CompletedProcess(["ansible-playbook"], 2, stdout, stderr)
+    assert cli._why_failed(done) == expected

@@ -115,3 +115,6 @@ def test_the_outcome_is_said_once_before_the_watchs_message(tmp_path: Path) -> N
     assert row["message"] == "crash: the run exited"
     # A message that merely starts with a word and a colon twice, differently, is left as it is.
     assert failure_message("The run did not complete: stall: crash log empty\n") == "stall: crash log empty"
+    quoted = ('fatal: [localhost]: FAILED! => {"msg": "The run did not complete: crash: the trainer said '
+              '\\"CUDA error: out of memory\\" at step 3"}\n')
+    assert failure_message(quoted) == 'crash: the trainer said "CUDA error: out of memory" at step 3'
