@@ -53,7 +53,6 @@ from _sim import (
     host_info,
     say,
     start_sim,
-    stat_fields,
     stop_and_check,
     write_results,
 )
@@ -117,14 +116,12 @@ def one_round(sim: Sim, n: int, root: Path, args: argparse.Namespace, deadline: 
     command = [str(BIN / "ansible-playbook"), "playbooks/sweep.yml", "-e", "@examples/sweep.yml",
                "-e", json.dumps(extra)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    sim_before = sim_cpu(sim)
     with LogClock(sim) as clock:
         started = time.time()
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=deadline.cap(args.round_timeout))
         ended = time.time()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    sim_after = sim_cpu(sim)
     (work / "sweep.log").write_text(done.stdout + done.stderr)
     rows_path = results_dir / "trials.json"
     if not rows_path.exists():
@@ -157,22 +154,12 @@ def one_round(sim: Sim, n: int, root: Path, args: argparse.Namespace, deadline: 
         "requests_per_trial_interval": round(len(requests) / intervals / n, 2) if intervals >= 1 else None,
         "request_paths": sorted({r.split("?")[0] for r in requests})[:10],
         "cost_usd": round(sum(float(row["cost_usd"] or 0) for row in rows), 5),
-        "sim_cpu_s": round(sim_after - sim_before, 2) if sim_before is not None and sim_after is not None else None,
         "phase_median_s": phases,
     }
 
 
 # A trial's phases in the order it goes through them (progress.json's "phases": when each began).
 PHASES = ("checking", "renting", "setup", "smoke", "launching", "training", "teardown")
-
-
-def sim_cpu(sim: Sim) -> float | None:
-    """CPU-seconds of the simulator and of its hosts that have ended (an instance's init, sshd and whatever
-    ran on it are its children, counted when they are reaped: after a round, every instance is destroyed)."""
-    fields = stat_fields(sim.pid)
-    if fields is None:
-        return None
-    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def add_ratios(rounds: list[dict[str, Any]]) -> None:
@@ -185,15 +172,12 @@ def add_ratios(rounds: list[dict[str, Any]]) -> None:
 
 def print_phases(rounds: list[dict[str, Any]]) -> None:
     """When a trial reached each phase (median, seconds from ansible-playbook's start): where the wait grows
-    with N. Host CPU: the simulator and its hosts (sshd, the smoke test, the training), which in a real market run
-    on the rented machines, not on the controller's cores as here."""
+    with N."""
     shown = [phase for phase in PHASES if any(phase in r["phase_median_s"] for r in rounds)]
-    say(f"  {'N':>3} " + " ".join(f"{phase:>9}" for phase in shown) + f" {'host CPU-s':>10} {'per trial':>9}")
+    say(f"  {'N':>3} " + " ".join(f"{phase:>9}" for phase in shown))
     for r in rounds:
         cells = " ".join(f"{r['phase_median_s'][p]:8.1f}s" if p in r["phase_median_s"] else f"{'-':>9}" for p in shown)
-        host = "-" if r["sim_cpu_s"] is None else f"{r['sim_cpu_s']:.1f}"
-        per = "-" if r["sim_cpu_s"] is None else f"{r['sim_cpu_s'] / r['n']:.2f}"
-        say(f"  {r['n']:3d} {cells} {host:>10} {per:>9}")
+        say(f"  {r['n']:3d} {cells}")
 
 
 def print_table(rounds: list[dict[str, Any]]) -> None:
@@ -265,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                         add_ratios(part["rounds"])
                     say("")
                     print_table(part["rounds"])
-                    say("  when a trial began each phase (median, from the start), and the simulated hosts' CPU:")
+                    say("  when a trial began each phase (median, seconds from the start):")
                     print_phases(part["rounds"])
             finally:
                 if outcome.code and part["rounds"]:
