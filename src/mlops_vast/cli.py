@@ -179,8 +179,10 @@ class Display:
         row = self.rows.setdefault(event.run, {"phase": "queued"})
         if isinstance(event, ev.PhaseChanged):
             row["phase"] = event.phase
-            if not self.live_mode and not self.json_mode:
-                self.console.print(f"{event.run}: {event.phase}" + (f" ({event.task})" if event.task else ""))
+            # A queued trial has no phase yet, and a finished one's line is its state's, with the outcome.
+            if not self.live_mode and not self.json_mode and row.get("state") != "queued" and event.phase != "done":
+                task = _task_words(event.task)
+                self.console.print(f"{event.run}: {event.phase}" + (f" ({task})" if task else ""))
         elif isinstance(event, ev.Progress):
             row.update(step=event.step, total=event.total, loss=event.loss, eta=event.eta_s)
         elif isinstance(event, ev.Spend):
@@ -196,6 +198,13 @@ class Display:
             row["outcome"] = event.outcome
         if self.live is not None:
             self.live.refresh()
+
+
+def _task_words(task: str | None) -> str:
+    """A task's name as a plain progress line shows it: without its role (the phase says it) and without the
+    name Ansible gives a role's argument check."""
+    text = (task or "").split(" : ", 1)[-1]
+    return "" if text.startswith("Validating arguments against arg spec") else text
 
 
 def _plain(value: Any) -> Any:

@@ -134,10 +134,20 @@ def test_plain_display_prints_phase_changes_and_warnings() -> None:
         display.on_event(ev.Progress(run="r", step=10, total=100, loss=0.5))
         display.on_event(ev.Spend(run="r", spent_usd=0.01, dph=0.2))
         display.on_event(ev.Warning(run="r", message="slow link"))
+        display.on_event(ev.PhaseChanged(run="r", phase="setup", task="mlops.vast.setup : Validating arguments "
+                                         "against arg spec 'main' - Code, uv and the project's environment"))
+        display.on_event(ev.PhaseChanged(run="r", phase="smoke", task="mlops.vast.smoke_test : Run the smoke test"))
+        display.on_event(ev.TrialStateChanged(run="q", trial="q", state="queued"))
+        display.on_event(ev.PhaseChanged(run="q", phase="checking"))
+        display.on_event(ev.TrialStateChanged(run="r", trial="r", state="done", outcome="completed"))
+        display.on_event(ev.PhaseChanged(run="r", phase="done"))
     text = out.getvalue()
     assert "r: renting (Rent)" in text and "warning r: slow link" in text
-    assert display.rows["r"] == {"phase": "renting", "step": 10, "total": 100, "loss": 0.5, "eta": None,
-                                 "spent": 0.01, "dph": 0.2}
+    assert "r: setup\n" in text and "r: smoke (Run the smoke test)\n" in text
+    assert "q: queued\n" in text and "q: checking" not in text
+    assert text.count("r: done") == 1 and "r: done (completed)" in text
+    assert display.rows["r"] == {"phase": "done", "step": 10, "total": 100, "loss": 0.5, "eta": None,
+                                 "spent": 0.01, "dph": 0.2, "state": "done", "outcome": "completed"}
     table = io.StringIO()
     Console(file=table, width=160).print(display)
     assert "10/100" in table.getvalue() and "$0.200" in table.getvalue()
