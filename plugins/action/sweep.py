@@ -254,7 +254,7 @@ class ActionModule(ActionBase):
         trials = []
         for tid, params, base in zip(trial_ids(param_sets), param_sets, bases, strict=True):
             label = f"{name}-{tid}"
-            run_vars = {**render_value(trial_vars, params),
+            run_vars = {**render_value(trial_vars, params, "sweep_trial_vars"),
                         **trial_run_vars(base, params, label=label, results_dir=os.path.join(results_dir, tid),
                                          placed=placed)}
             trials.append(Trial(id=tid, label=label, params=params, results_dir=os.path.join(results_dir, tid),
@@ -310,12 +310,18 @@ class ActionModule(ActionBase):
         bases: list[dict[str, Any]] = []
         per_trial: list[tuple[str, list[str]]] = []
         for tid, params in zip(trial_ids(param_sets), param_sets, strict=True):
-            filled = {key: render_value(value, params) for key, value in run_vars.items() if key != "run_command"}
-            filled["run_command"] = render_command(str(run_vars.get("run_command", "")), params, placed)
+            label = f"trial {tid} ({', '.join(f'{k}={v!r}' for k, v in params.items())})"
+            try:
+                filled = {key: render_value(value, params, key) for key, value in run_vars.items()
+                          if key != "run_command"}
+                filled["run_command"] = render_command(str(run_vars.get("run_command", "")), params, placed)
+            except SweepSpecError as exc:  # a parameter this trial lacks: said with the trial, as the others
+                per_trial.append((label, [str(exc)]))
+                continue
             filled["run_name"] = f"{name}-{tid}"  # each trial's own, as the sweep gives it
             converted, errors = validated(filled, spec)
             errors = plain_errors(errors, filled, spec) + problems(filled, spec, where=where, converted=converted)
-            per_trial.append((f"trial {tid} ({', '.join(f'{k}={v!r}' for k, v in params.items())})", errors))
+            per_trial.append((label, errors))
             base = _without_prefix(converted)
             # The command keeps its placeholders: the trial's parameters it does not name are appended to it.
             base["command"] = str(run_vars.get("run_command", ""))

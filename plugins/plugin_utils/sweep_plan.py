@@ -248,21 +248,24 @@ def has_placeholder(value: Any) -> bool:
     return bool(named_params(value))
 
 
-def render_value(value: Any, params: Mapping[str, Any]) -> Any:
+def render_value(value: Any, params: Mapping[str, Any], where: str = "a run variable") -> Any:
     """Placeholders replaced in every string of a run variable (run_env, run_smoke_args, ...).
 
     A string that is exactly one placeholder becomes the parameter's own value, so ``run_disk_gb: "{{ trial.disk }}"``
     gives the trial the number 20, not the text "20" (a boolean stays the text "true"/"false" it always was: an
     environment variable's value, and what a bool option reads as one)."""
     if isinstance(value, str):
+        missing = sorted({name for name in _PLACEHOLDER_RE.findall(value) if name not in params})
+        if missing:  # an empty value in its place would go unnoticed (SEED="" in run_env)
+            raise SweepSpecError(f"{where} names trial parameter(s) {missing} that this trial does not set")
         whole = _PLACEHOLDER_RE.fullmatch(value)
-        if whole and whole.group(1) in params and not isinstance(params[whole.group(1)], bool):
+        if whole and not isinstance(params[whole.group(1)], bool):
             return params[whole.group(1)]
-        return _PLACEHOLDER_RE.sub(lambda match: format_value(params.get(match.group(1), "")), value)
+        return _PLACEHOLDER_RE.sub(lambda match: format_value(params[match.group(1)]), value)
     if isinstance(value, Mapping):
-        return {key: render_value(item, params) for key, item in value.items()}
+        return {key: render_value(item, params, f"{where}.{key}") for key, item in value.items()}
     if isinstance(value, list):
-        return [render_value(item, params) for item in value]
+        return [render_value(item, params, f"{where}[{index}]") for index, item in enumerate(value)]
     return value
 
 
@@ -299,7 +302,8 @@ def trial_run_vars(base: Mapping[str, Any], params: Mapping[str, Any], *, label:
 
     Parameters that another of its variables names, or that ``placed`` lists, are not appended to the command."""
     placed = {*placed, *named_params({name: value for name, value in base.items() if name != "command"})}
-    out = {f"run_{name}": render_value(value, params) for name, value in base.items() if name != "command"}
+    out = {f"run_{name}": render_value(value, params, f"run_{name}") for name, value in base.items()
+           if name != "command"}
     out["run_command"] = render_command(str(base.get("command", "")), params, placed)
     out["run_name"] = label
     out["run_results_dir"] = results_dir

@@ -347,9 +347,14 @@ def _final_run_table(display: Display, result: Any) -> None:
     table = Table(title=f"run {result.name}: {result.outcome}", title_justify="left")
     for column in ("outcome", "watch", "steps", "loss", "cost", "attempts", "checkpoints", "results"):
         table.add_column(column)
-    table.add_row(result.outcome, str(result.watch_outcome or "-"), str(result.triage.get("step", "-")),
-                  _loss(result.triage.get("loss")), _money(result.cost_usd), str(result.attempts),
-                  str(len(result.checkpoints)), str(result.results_dir))
+    # A run cancelled (or failed) before its watch reported has only what the live table last showed.
+    live = display.rows.get(result.name, {})
+    step = result.triage.get("step", live.get("step"))
+    loss = result.triage.get("loss", live.get("loss"))
+    cost = result.cost_usd if result.cost_usd is not None else live.get("spent")
+    table.add_row(result.outcome, str(result.watch_outcome or "-"), "-" if step is None else str(step),
+                  _loss(loss), _money(cost), str(result.attempts), str(len(result.checkpoints)),
+                  str(result.results_dir))
     display.console.print(table)
     if result.outcome != "completed" and result.message:
         display.console.print(result.message)

@@ -170,6 +170,8 @@ REFUSED_BEFORE_ANYTHING = [
     ({"sweep_grid": {"w": [1]}, "sweep_random": {"count": 2, "params": {"v": {"min": 0.5, "max": 0.7, "int": True}}}},
      "no whole number lies between min (0.5) and max (0.7)"),
     ({"sweep_grid": {"disk": [20, -5]}, "run_disk_gb": "{{ trial.disk }}"}, "(disk=-5): run_disk_gb must be at least"),
+    ({"sweep_grid": {}, "sweep_trials": [{"lr": 0.1, "seed": 1}, {"lr": 0.2}], "run_env": {"SEED": "{{ trial.seed }}"}},
+     "(lr=0.2): run_env.SEED names trial parameter(s) ['seed'] that this trial does not set"),
 ]
 
 

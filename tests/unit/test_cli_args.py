@@ -191,3 +191,18 @@ def test_tables_are_not_cut_to_80_columns_in_a_pipe(monkeypatch: pytest.MonkeyPa
 def test_a_failed_playbook_is_said_in_one_line(stdout: str, stderr: str, expected: str) -> None:
     done = subprocess.CompletedProcess(["ansible-playbook"], 2, stdout, stderr)
     assert cli._why_failed(done) == expected
+
+
+def test_a_cancelled_runs_final_table_keeps_what_the_live_table_last_showed(tmp_path: Path) -> None:
+    from mlops_vast.api import RunResult
+
+    out = io.StringIO()
+    display = cli.Display("t", json_mode=False, console=Console(file=out, force_terminal=False, width=200))
+    display.on_event(ev.Progress(run="r1", step=120, total=500, loss=0.25))
+    display.on_event(ev.Spend(run="r1", spent_usd=0.0042, dph=0.2))
+    result = RunResult(name="r1", outcome="cancelled", status="canceled", rc=None, results_dir=tmp_path,
+                       message="cancelled; what it rented was torn down", watch_outcome=None, triage={},
+                       checkpoints=[], cost_usd=None, attempts=1, artifacts_dir=tmp_path, teardown=None)
+    cli._final_run_table(display, result)
+    row = next(line for line in out.getvalue().splitlines() if "cancelled" in line and "│" in line)
+    assert "120" in row and "0.25" in row and "$0.0042" in row, out.getvalue()

@@ -111,6 +111,9 @@ def test_placeholders_cover_every_source_and_other_variables_are_filled_too() ->
     # A placeholder alone is the parameter's own value (a number stays a number); inside a text it is its text.
     assert render_value({"env": {"SEED": marks["c"]}, "list": [marks["a"], 3], "out": f"/w/{marks['a']}"},
                         {"a": 1, "c": 42}) == {"env": {"SEED": 42}, "list": [1, 3], "out": "/w/1"}
+    # A trial without a parameter a variable names is refused, naming where: not an empty value put in its place.
+    with pytest.raises(SweepSpecError, match=r"run_env\.SEED names trial parameter\(s\) \['c'\]"):
+        render_value({"SEED": marks["c"]}, {"a": 1}, "run_env")
 
 
 def test_trial_run_vars_make_the_base_run_the_trials_own() -> None:
