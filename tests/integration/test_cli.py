@@ -107,9 +107,15 @@ def test_a_killed_api_caller_leaves_the_teardown_to_the_playbooks_guard(sim: Sim
         assert _phase(results) == "training", f"the run never trained (caller exit {caller.poll()})"
         caller.kill()  # SIGKILL: no handler, no finally, no cancel
         caller.wait(timeout=10)
+        # Done when the guard's teardown is: the account has nothing open (the destroy), then the local ledger
+        # closes the contract and teardown.json is written (after the teardown has proven it gone).
         deadline = time.monotonic() + 180
         with sim.client() as client:
-            while time.monotonic() < deadline and client.get("/_sim/ledger").json()["totals"]["open_instances"]:
+            def tearing_down() -> bool:
+                return bool(client.get("/_sim/ledger").json()["totals"]["open_instances"] or ledger_open(tmp_path)
+                            or not (results / "teardown.json").exists())
+
+            while time.monotonic() < deadline and tearing_down():
                 time.sleep(1)
             open_instances = client.get("/_sim/ledger").json()["totals"]["open_instances"]
         guard_log = results / "guard.log"
