@@ -57,6 +57,7 @@ from _sim import (
     write_results,
 )
 
+from mlops_vast.events import PHASES  # in the order a trial goes through them
 from mlops_vast.sim.state import REAL_TIMINGS
 
 
@@ -156,10 +157,6 @@ def one_round(sim: Sim, n: int, root: Path, args: argparse.Namespace, deadline: 
         "cost_usd": round(sum(float(row["cost_usd"] or 0) for row in rows), 5),
         "phase_median_s": phases,
     }
-
-
-# A trial's phases in the order it goes through them (progress.json's "phases": when each began).
-PHASES = ("checking", "renting", "setup", "smoke", "launching", "training", "teardown")
 
 
 def add_ratios(rounds: list[dict[str, Any]]) -> None:
