@@ -90,22 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
     stop = commands.add_parser(
         "stop", help="stop the simulator serving a state directory, and check it left nothing",
         description="Send SIGTERM to the simulator serving --state-dir (the one holding its lock), wait until it "
-        "is gone, then check that it left nothing behind (as check-clean). Exits 0 when nothing is left (also "
-        "when none was running).")
+        "is gone, then check that it left nothing behind (as check-clean). When none is running but one killed "
+        "outright (SIGKILL, out of memory) left its instances' namespaces, links or processes, remove them as a "
+        "new simulator on the directory would. Exits 0 when nothing is left (also when none was running).")
     _state_dir_option(stop)
     stop.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for it to stop (default 60)")
     clean = commands.add_parser(
         "check-clean", help="list what a simulator left behind; exit 1 if anything",
         description="Look for what a simulator on STATE_DIR may leave behind: network namespaces and links "
         "of its own, loop devices of its disks, processes naming its state directory.")
-    clean.add_argument("state_dir", type=Path, metavar="STATE_DIR")
+    clean.add_argument("state_dir", type=Path, metavar="STATE_DIR", nargs="?")
+    # The spelling start and stop take, so that a command copied from them works here too.
+    clean.add_argument("--state-dir", type=Path, dest="state_dir_option", metavar="STATE_DIR",
+                       help="the same as STATE_DIR (default " + str(default_state_dir()) + ")")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "check-clean":
-        return check_clean(args.state_dir)
+        if args.state_dir and args.state_dir_option and args.state_dir != args.state_dir_option:
+            parser.error("check-clean: give the state directory once (STATE_DIR or --state-dir)")
+        return check_clean((args.state_dir or args.state_dir_option or default_state_dir()).resolve())
     state_dir = (args.state_dir or default_state_dir()).resolve()
     if args.command == "stop":
         return stop(state_dir, args.timeout)
@@ -165,7 +172,33 @@ def stop(state_dir: Path, timeout: float) -> int:
         except (harness.SimError, OSError) as exc:
             print(f"vastsim: {exc}", file=sys.stderr)
             return 1
+    elif any(harness.leftovers(state_dir).values()):
+        reclaim(state_dir)
     return check_clean(state_dir)
+
+
+def reclaim(state_dir: Path) -> None:
+    """Remove what a simulator killed outright left on ``state_dir``, as a new one there would as it starts.
+
+    Only while no simulator holds the directory's lock: a serving one's namespaces are its running instances. A
+    simulator that stopped normally removed its own; what it left is a defect that check-clean reports, so this is
+    for the case where nobody is serving (a CI job killed, the simulator out of memory)."""
+    from mlops_vast.sim.hosts import HostManager
+
+    try:
+        lock = _lock_state_dir(state_dir)
+    except (ValueError, OSError):
+        return  # a simulator started meanwhile (or the directory is not ours to lock): nothing is stale then
+    with lock:
+        mode = (harness.read_ready(harness.ready_path(state_dir)) or {}).get("host_mode") or None
+        try:
+            asyncio.run(HostManager(state_dir, mode=mode).remove_stale_namespaces())
+        except (KeyError, ValueError, OSError) as exc:
+            print(f"vastsim: could not remove what the simulator on {state_dir} left: {exc}", file=sys.stderr)
+            return
+        harness.ready_path(state_dir).unlink(missing_ok=True)  # its pid is no simulator's now
+    print(f"vastsim: no simulator was serving {state_dir}; removed what one killed outright left there",
+          file=sys.stderr)
 
 
 def check_clean(state_dir: Path) -> int:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -351,6 +352,10 @@ class NamespaceBackend(HostBackend):
         prefix = f"{NETNS_PREFIX}{self.tag}-"
         for name in (await run_command("ip", "netns", "list", check=False)).split():
             if name.startswith(prefix):
+                # Deleting a namespace's name does not end what runs in it: an instance's sshd would go on serving.
+                for pid in (await run_command("ip", "netns", "pids", name, check=False)).split():
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
                 await run_command("ip", "netns", "delete", name, check=False)
         links = await run_command("ip", "-o", "link", "show", check=False)
         for line in links.splitlines():
