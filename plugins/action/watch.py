@@ -131,6 +131,11 @@ class _PollTimeout(Exception):
     pass
 
 
+class _PollAbandoned(Exception):
+    """A long poll given up while it was still waiting on the host as asked (the API says the instance is gone, the
+    watch's time is up): the connection did nothing wrong, so it is not a failure."""
+
+
 class _HostFailure(Exception):
     """A poll that did not answer: the connection, or the command itself (``connection=False``)."""
 
@@ -347,7 +352,7 @@ class Watcher:
                 raise _PollTimeout(f"the poll command did not answer within {self.command_timeout:g} s")
             reason = self._while_waiting(waited - self.host_wait)  # the time it was asked to wait does not count
             if reason:
-                raise _PollTimeout(reason)
+                raise (_PollAbandoned if waited < self.host_wait else _PollTimeout)(reason)
         if "error" in box:
             raise box["error"]
         return box["result"]
@@ -577,6 +582,9 @@ class Watcher:
             if now >= next_poll:
                 try:
                     self.host_poll()
+                except _PollAbandoned as exc:
+                    display.vvv(f"mlops.vast.watch: gave up a long poll: {exc}")
+                    next_poll = self.clock()  # what ended it decides below; if nothing does, poll again
                 except _HostFailure as exc:
                     if first_poll and not exc.connection:
                         raise AnsibleActionFail(f"mlops.vast.watch cannot poll the host: {exc}") from None

@@ -801,6 +801,36 @@ def test_loop_hung_poll_does_not_hide_a_destroyed_instance(fake_host: dict[str, 
     assert time.monotonic() - started < 10, "not the 60 s command timeout"
 
 
+def test_loop_a_long_poll_given_up_for_a_destroyed_instance_is_no_connection_failure(
+        fake_host: dict[str, Any]) -> None:
+    """The poll waits on the host for the run's end, as asked; the API says the instance is gone meanwhile: the
+    watch ends at once, and the connection, which did nothing wrong, has no failure on its record."""
+    clock = FakeClock()
+
+    def api_interval_passes(run: Path) -> None:
+        clock.now += 200  # the next API poll is due while this poll waits on the host
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        row = {"id": 7, "actual_status": "running", "intended_status": "running", "cur_state": "running"}
+        return httpx.Response(200, json={"instances": row if clock.now < 1100 else None})
+
+    client = VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
+    started = time.monotonic()
+    try:
+        result, fake_action = run_watch(fake_host, {1: start_run, 2: api_interval_passes}, clock=clock,
+                                        client=client, instance_id=7, poll_interval=30, api_poll_interval=120,
+                                        end_wait=8)
+        returned = time.monotonic()
+    finally:
+        for thread in threading.enumerate():
+            if thread.name == "mlops-vast-watch-poll":
+                thread.join(30)  # the given-up poll's command ends when its wait does
+    assert result["outcome"] == "instance_gone" and result["instance"]["gone"].startswith("destroyed")
+    assert returned - started < 6, "given up within its wait, not after it"
+    assert (result["connection_failures"], result["last_connection_failure"]) == (0, None)
+    assert fake_action._connection.resets == 0
+
+
 def test_loop_stops_for_the_budget_within_one_poll(fake_host: dict[str, Any]) -> None:
     """Spend is read from the instance's row (GPU while running, storage since creation); the watch returns
     `budget` when one more poll and the stop would pass the budget, not after."""
