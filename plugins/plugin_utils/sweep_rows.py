@@ -54,9 +54,20 @@ def watch_records(results_dir: str) -> list[dict[str, Any]]:
 
 
 def losses(results_dir: str) -> tuple[int | None, float | None, float | None]:
-    """(last step, final loss, best loss) from the run's log as it came home."""
+    """(last step, final loss, best loss) from the run's log as it came home; without it (the instance vanished
+    before its files could be pulled), from the log lines the watches last saw (the best loss among those)."""
+    found = _losses_of(_tail(os.path.join(results_dir, "run.log")).splitlines())
+    if found[0] is None and found[1] is None:
+        seen = [str(line) for record in watch_records(results_dir)
+                for line in ((record.get("triage") or {}).get("last_lines") or [])
+                if isinstance(record.get("triage"), dict)]
+        found = _losses_of(seen)
+    return found
+
+
+def _losses_of(lines: Iterable[str]) -> tuple[int | None, float | None, float | None]:
     step = final = best = None
-    for line in _tail(os.path.join(results_dir, "run.log")).splitlines():
+    for line in lines:
         record = parse_record(line)
         metrics = training_metrics(record) if record else None
         if metrics is None:
@@ -127,7 +138,16 @@ def _number_or_none(value: Any) -> float | None:
 def spent(results_dir: str) -> float:
     """What the trial's instances cost: each instance's spend as its watches last read it (an instance resumed in
     place is watched again, and its spend counts once), the one being watched now included
-    (``progress-watch.json`` until it carries an outcome)."""
+    (``progress-watch.json`` until it carries an outcome); once train.yml has asked the account (``spend.json``),
+    the larger of the two. The watch has no last reading of an instance that vanished under it, and none at all of
+    one the smoke test rejected; the account's charges may lag behind what was used."""
+    watched = _watched_spend(results_dir)
+    record = _read_json(os.path.join(results_dir, "spend.json"))
+    charged = _number_or_none(record.get("total_usd")) if isinstance(record, dict) else None
+    return watched if charged is None else round(max(watched, charged), 6)
+
+
+def _watched_spend(results_dir: str) -> float:
     per_instance: dict[Any, float] = {}
     for index, record in enumerate(watch_records(results_dir)):
         triage = record.get("triage") if isinstance(record.get("triage"), dict) else {}

@@ -7,7 +7,13 @@ import io
 import json
 from pathlib import Path
 
-from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import build_row, failure_message, rows_csv, spent
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import (
+    build_row,
+    failure_message,
+    losses,
+    rows_csv,
+    spent,
+)
 
 LEDGER = [{"event": "created", "id": 1, "label": "sw-t000", "machine_id": 11},
           {"event": "created", "id": 2, "label": "sw-t001", "machine_id": 12},
@@ -82,6 +88,35 @@ def test_spend_adds_the_attempt_being_watched_to_the_finished_ones(tmp_path: Pat
     (tmp_path / "watch-recovery-1.json").write_text(json.dumps(finished))
     (tmp_path / "progress-watch.json").write_text(json.dumps({"outcome": "completed", "spent_usd": 0.005}))
     assert spent(str(tmp_path)) == 0.015
+
+
+def test_the_accounts_charges_count_once_train_yml_asked_for_them(tmp_path: Path) -> None:
+    # The instance vanished under the watch (its last reading is null) and train.yml then asked the account.
+    (tmp_path / "watch.json").write_text(json.dumps({"outcome": "instance_gone", "triage": {"spent_usd": None}}))
+    (tmp_path / "progress-watch.json").write_text(json.dumps({"outcome": "instance_gone", "spent_usd": None}))
+    assert spent(str(tmp_path)) == 0
+    (tmp_path / "spend.json").write_text(json.dumps({"label": "sw-t000", "total_usd": 0.000518}))
+    assert spent(str(tmp_path)) == 0.000518
+    # Charges that lag behind what the watch saw used do not lower it.
+    (tmp_path / "watch.json").write_text(json.dumps({"outcome": "completed", "triage": {"spent_usd": 0.002}}))
+    assert spent(str(tmp_path)) == 0.002
+    # A smoke test that rejected the host: no watch ever ran, the account alone knows.
+    rejected = tmp_path / "rejected"
+    rejected.mkdir()
+    (rejected / "spend.json").write_text(json.dumps({"total_usd": 0.000175}))
+    assert spent(str(rejected)) == 0.000175
+    assert build_row(trial_id="t001", label="sw-t001", params={}, results_dir=str(rejected), rc=2,
+                     outcome_override=None, duration_s=1.0, ledger_records=[])["cost_usd"] == 0.000175
+
+
+def test_without_the_run_log_the_watchs_last_lines_give_step_and_loss(tmp_path: Path) -> None:
+    lines = [json.dumps({"loss": loss, "step": step}) for step, loss in ((210, 0.10), (220, 0.05), (230, 0.08))]
+    (tmp_path / "watch.json").write_text(json.dumps({"outcome": "instance_gone",
+                                                     "triage": {"last_lines": ["loading", *lines]}}))
+    assert losses(str(tmp_path)) == (230, 0.08, 0.05)
+    # The log that came home is the whole story when there is one.
+    (tmp_path / "run.log").write_text(json.dumps({"loss": 0.5, "step": 10}) + "\n")
+    assert losses(str(tmp_path)) == (10, 0.5, 0.5)
 
 
 def test_an_instance_resumed_in_place_counts_once(tmp_path: Path) -> None:
