@@ -25,6 +25,8 @@ from ansible.plugins.action import ActionBase
 from ansible.release import __version__ as ANSIBLE_CORE_VERSION
 from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger, default_ledger_path
 from ansible_collections.mlops.vast.plugins.plugin_utils.contract import plain_errors, problems, validated
+from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import Target as TeardownTarget
+from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import teardown_argv
 from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     SweepSpecError,
@@ -75,6 +77,8 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "trial_strategy": {"type": "str", "default": "auto"},
 }
 TEARDOWN_TIMEOUT_S = 600
+# How long a stopped trial's teardown waits for a host that does not answer before destroying it (the guard's).
+UNREACHABLE_WAIT_S = 10.0
 RUN_SPEC_FILE = "train.meta.yml"
 MAX_ERRORS_SHOWN = 8
 
@@ -196,9 +200,11 @@ class ActionModule(ActionBase):
             for trial in stopped:
                 log = open(os.path.join(trial.results_dir, "ansible.log"), "ab")  # noqa: SIM115
                 try:
+                    # As the guard does for an interrupted train.yml: through the inventory, with the trial's results
+                    # folder, so the newest sealed checkpoint and the run's files come home, verified, first.
+                    target = TeardownTarget.of_run(trial.label, trial.results_dir, trial.run_vars)
                     procs.append(subprocess.Popen(
-                        [_ansible_playbook(), os.path.join(playbook_dir, "teardown.yml"),
-                         "-e", f"teardown_label={trial.label}"],
+                        teardown_argv(target, UNREACHABLE_WAIT_S, ansible=[_ansible_playbook()]),
                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                         env={**plain_environment(os.environ), "MLOPS_VAST_GUARD": "off"}))
                 finally:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,17 @@ class Target:
     remote_dir: str = "/workspace/run"
     checkpoint_glob: str = "checkpoint-*"
     keep_checkpoints: int = 3
+
+    @classmethod
+    def of_run(cls, label: str, results_dir: str, run_vars: Mapping[str, Any]) -> Target:
+        """The target of a run given by its run_* variables (a sweep's trial): where its files and checkpoints are
+        on the host, train.meta.yml's defaults where it says nothing (or leaves it to a template)."""
+        def given(name: str, default: Any) -> Any:
+            value = run_vars.get(name)
+            return default if value in (None, "") or "{{" in str(value) else value
+
+        return cls(label, results_dir, str(given("run_remote_dir", "/workspace/run")),
+                   str(given("run_checkpoint_glob", "checkpoint-*")), int(given("run_keep_checkpoints", 3)))
 
     def extra_vars(self, unreachable_wait_s: float) -> dict[str, Any]:
         return {"teardown_label": self.label, "teardown_results_dir": self.results_dir,
@@ -101,6 +112,13 @@ def ansible_playbook() -> list[str]:
     return [found]
 
 
+def teardown_argv(target: Target, unreachable_wait_s: float, ansible: Sequence[str] | None = None) -> list[str]:
+    """playbooks/teardown.yml for ``target`` through the inventory: the newest sealed checkpoint and the run's files
+    come home (verified) before the instance is destroyed."""
+    return [*(ansible or ansible_playbook()), "-i", INVENTORY, TEARDOWN_PLAYBOOK,
+            "-e", json.dumps(target.extra_vars(unreachable_wait_s))]
+
+
 def start(target: Target, unreachable_wait_s: float) -> tuple[subprocess.Popen[bytes], str]:
     """Start the teardown of ``target`` in a new session; its output goes to ``<results>/guard.log``."""
     os.makedirs(target.results_dir, exist_ok=True)
@@ -110,8 +128,7 @@ def start(target: Target, unreachable_wait_s: float) -> tuple[subprocess.Popen[b
     with contextlib.suppress(OSError):  # without it the reaper counts from the last renewal; the teardown renews too
         # Before the teardown's own ansible-playbook starts (seconds): no reaper may take the host meanwhile.
         ContractLedger().renew_leases(target.label)
-    argv = [*ansible_playbook(), "-i", INVENTORY, TEARDOWN_PLAYBOOK,
-            "-e", json.dumps(target.extra_vars(unreachable_wait_s))]
+    argv = teardown_argv(target, unreachable_wait_s)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True, close_fds=True)

@@ -47,8 +47,11 @@ EventHandler = Callable[[ev.Event], Any]
 Cancel = threading.Event | Callable[[], bool] | None
 
 POLL_S = 0.25
-SWEEP_CANCEL_GRACE_S = 120.0
+# The sweep's scheduler stops its trials and brings each one's checkpoints home (its teardowns may take 600 s).
+SWEEP_CANCEL_GRACE_S = 660.0
 TEARDOWN_TIMEOUT_S = 900.0
+# How long a stopped run's teardown waits for a host that does not answer before destroying it (the guard's).
+UNREACHABLE_WAIT_S = 10.0
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -312,17 +315,34 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _teardown(ctx: _Context, labels: Iterable[str], log_dir: Path, *, parallel: int = 8) -> dict[str, bool]:
-    """playbooks/teardown.yml once per label (in parallel, each in its own session so a Ctrl-C in the terminal does
-    not cut it short); {label: succeeded}. Their output goes to ``log_dir/teardown-<label>.log``."""
-    labels = list(dict.fromkeys(label for label in labels if label))
+def _teardown_vars(label: str, results_dir: Path, run_vars: dict[str, Any]) -> dict[str, Any]:
+    """teardown.yml's variables for a run stopped from here: as the guard gives them (interrupt_teardown.Target,
+    which this package cannot import), so the run's files and newest sealed checkpoint come home, verified, before
+    its instance is destroyed."""
+    def given(name: str, default: Any) -> Any:
+        value = run_vars.get(name)
+        return default if value in (None, "") or "{{" in str(value) else value
+
+    return {"teardown_label": label, "teardown_results_dir": str(results_dir),
+            "teardown_remote_dir": str(given("run_remote_dir", "/workspace/run")),
+            "teardown_checkpoint_glob": str(given("run_checkpoint_glob", "checkpoint-*")),
+            "teardown_keep_checkpoints": int(given("run_keep_checkpoints", 3)),
+            "teardown_unreachable_wait_s": UNREACHABLE_WAIT_S}
+
+
+def _teardown(ctx: _Context, runs: Iterable[dict[str, Any]], log_dir: Path, *, parallel: int = 8) -> dict[str, bool]:
+    """playbooks/teardown.yml through the inventory once per run (``_teardown_vars``), in parallel, each in its own
+    session so a Ctrl-C in the terminal does not cut it short; {label: succeeded}. Their output goes to
+    ``log_dir/teardown-<label>.log``."""
+    by_label = {run["teardown_label"]: run for run in runs if run.get("teardown_label")}
+    labels = list(by_label)
     log_dir.mkdir(parents=True, exist_ok=True)
     env = ctx.env()
     outcome: dict[str, bool] = {}
 
     def one(label: str) -> None:
-        argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(ctx.root / "playbooks" / "teardown.yml"),
-                "-e", json.dumps({"teardown_label": label})]
+        argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(ctx.root / "inventory" / "vast.yml"),
+                str(ctx.root / "playbooks" / "teardown.yml"), "-e", json.dumps(by_label[label])]
         with open(log_dir / f"teardown-{label}.log", "w") as log:
             try:
                 done = subprocess.run(argv, env=env, cwd=ctx.cwd, stdin=subprocess.DEVNULL, stdout=log,
@@ -478,7 +498,7 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
         if cancelled:
             emit(ev.PhaseChanged(run=name, phase="teardown", previous=state["snap"].phase if state["snap"] else None,
                                  task="Cancelled: playbooks/teardown.yml for the run's label"))
-            teardown_ok = _teardown(ctx, [name], results_dir).get(name, False)
+            teardown_ok = _teardown(ctx, [_teardown_vars(name, results_dir, merged)], results_dir).get(name, False)
         result = _run_result(name, results_dir, status, rc, cancelled, teardown_ok, play.artifacts_dir)
         emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))
         if cause is not None:
@@ -604,8 +624,9 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
             # playbooks stopped first (each in its own session, so killing the sweep's playbook left them running,
             # and one recovering would rent again).
             _kill_trial_playbooks(watcher.trials())
-            labels = [trial.get("label") for trial in watcher.trials()]
-            _teardown(ctx, [label for label in labels if isinstance(label, str)], results_dir)
+            stopped = [trial for trial in watcher.trials() if isinstance(trial.get("label"), str)]
+            _teardown(ctx, [_teardown_vars(trial["label"], Path(trial.get("results_dir") or results_dir),
+                                           merged) for trial in stopped], results_dir)
         result = _sweep_result(name, results_dir, status, rc, cancelled, watcher, play.artifacts_dir)
         emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))
         if cause is not None:

@@ -62,8 +62,8 @@ def test_train_shows_the_live_table_and_ctrl_c_tears_down(sim: Sim, tmp_path: Pa
     env = cli_env(sim, tmp_path)
     child = spawn(["train", "run.yml", "--api-url", sim.url], env, tmp_path)
     try:
-        # The live table: the run's line says training, with a step and a loss.
-        child.expect(r"pty-cancel\W+training\W+\d+\W+\d", timeout=240)
+        # The live table: the run's line says training, with a step (past the second checkpoint) and a loss.
+        child.expect(r"pty-cancel\W+training\W+[1-9]\d\d+\W+\d", timeout=240)
         if stop == "ctrl-c":
             child.sendintr()
         elif stop == "sigterm":  # a service manager's stop, a CI job cancelled: only the CLI process gets it
@@ -83,6 +83,11 @@ def test_train_shows_the_live_table_and_ctrl_c_tears_down(sim: Sim, tmp_path: Pa
         assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
     assert ledger_open(tmp_path) == []
     assert (tmp_path / "results" / "pty-cancel" / "teardown-pty-cancel.log").exists()
+    # As the guard does after a Ctrl-C of train.yml: the run's files and newest sealed checkpoint came home first.
+    record = json.loads((tmp_path / "results" / "pty-cancel" / "teardown.json").read_text())
+    assert record["newest_checkpoint"] and int(record["newest_checkpoint"].rsplit("-", 1)[1]) >= 50, record
+    assert (tmp_path / "results" / "pty-cancel" / "checkpoints" / record["newest_checkpoint"]).is_dir()
+    assert (tmp_path / "results" / "pty-cancel" / "run.log").exists()
 
 
 def test_a_killed_api_caller_leaves_the_teardown_to_the_playbooks_guard(sim: Sim, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from tests.conftest import REPO, Sim, needs_root
 from tests.integration.ansible_run import (
     ANSIBLE_BIN,
     ansible_env,
+    close_ssh_masters,
     failure_excerpt,
     ledger_open,
     run_playbook,
@@ -131,28 +132,44 @@ def test_ctrl_c_on_the_sweep_stops_every_trial_and_destroys_its_instance(sim: Si
     results = tmp_path / "results"
     extra = {"sweep_grid": {"seed": [1, 2]}, "sweep_max_parallel": 2, "sweep_results_dir": str(results),
              "sweep_trial_vars": {"provision_probe_max_seconds": 1}, "run_poll_interval_s": 1,
-             "run_command": "python3 train.py --output_dir /workspace/run/output --max_steps 5000 --step_seconds 0.05"}
+             "run_command": "python3 train.py --output_dir /workspace/run/output --max_steps 5000 --step_seconds 0.05 "
+                            "--save_steps 20"}
+    env = sweep_env(sim, tmp_path)
     proc = subprocess.Popen([str(ANSIBLE_BIN / "ansible-playbook"), "playbooks/sweep.yml", "-e", "@examples/sweep.yml",
-                             "-e", json.dumps(extra)], cwd=REPO, env=sweep_env(sim, tmp_path), text=True,
+                             "-e", json.dumps(extra)], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         phases: list[str | None] = []
-        while time.monotonic() < deadline and phases.count("training") < 2:
+        steps: list[int] = []
+        # Both training, each past a few sealed checkpoints (one every 20 steps).
+        while time.monotonic() < deadline and (phases.count("training") < 2 or len(steps) < 2 or min(steps) < 70):
             time.sleep(1)
             phases = [progress_phase(path) for path in results.glob("t*/progress.json")]
-        assert phases.count("training") == 2, phases
+            steps = [int(json.loads(path.read_text()).get("step") or 0) if path.exists() else 0
+                     for path in (results.glob("t*/progress-watch.json"))]
+        assert phases.count("training") == 2 and len(steps) == 2 and min(steps) >= 70, (phases, steps)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at a terminal does: the whole foreground group
         out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        close_ssh_masters(env)  # the teardowns' connections (ControlPersist)
     assert proc.returncode != 0, out
     state = json.loads((results / "sweep-state.json").read_text())
     assert state["cancelled"] == "interrupted (SIGINT)"
     assert [t["state"] for t in state["trials"]] == ["cancelled", "cancelled"]
     rows = json.loads((results / "trials.json").read_text())
     assert [row["outcome"] for row in rows] == ["cancelled", "cancelled"]
+    # Each trial's data came home before its instance was destroyed: the newest sealed checkpoint, verified, and the
+    # run's log (its row's step and loss).
+    for row in rows:
+        folder = Path(row["results_dir"])
+        record = json.loads((folder / "teardown.json").read_text())
+        assert record["newest_checkpoint"], record
+        assert (folder / "checkpoints" / record["newest_checkpoint"]).is_dir(), record
+        assert int(record["newest_checkpoint"].rsplit("-", 1)[1]) >= 60, record
+        assert (folder / "run.log").exists() and row["steps"] >= 70 and row["final_loss"] is not None, row
     with sim.client() as client:
         totals = client.get("/_sim/ledger").json()["totals"]
     assert totals["open_instances"] == 0 and totals["instances"] >= 2, totals
