@@ -627,7 +627,8 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
             stopped = [trial for trial in watcher.trials() if isinstance(trial.get("label"), str)]
             _teardown(ctx, [_teardown_vars(trial["label"], Path(trial.get("results_dir") or results_dir),
                                            merged) for trial in stopped], results_dir)
-        result = _sweep_result(name, results_dir, status, rc, cancelled, watcher, play.artifacts_dir)
+        result = _sweep_result(name, results_dir, status, rc, cancelled, watcher, play.artifacts_dir,
+                               _number(merged.get("sweep_budget_usd")))
         emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))
         if cause is not None:
             raise cause
@@ -676,8 +677,18 @@ class _SweepWatcher:
             self.snaps[label] = new
 
 
+def _number(value: Any) -> float | None:
+    """A number given as one (YAML may give a string); None for anything else, a template included."""
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _sweep_result(name: str, results_dir: Path, status: str, rc: int | None, cancelled: bool,
-                  watcher: _SweepWatcher, artifacts_dir: Path) -> SweepResult:
+                  watcher: _SweepWatcher, artifacts_dir: Path, budget_usd: float | None = None) -> SweepResult:
+    """The sweep's outcome and rows; ``budget_usd`` (the one asked for) until the sweep's state says its own (a sweep
+    that failed before it started has none)."""
     rows_data: Any = None
     trials_path = results_dir / "trials.json"
     with contextlib.suppress(OSError, ValueError):
@@ -702,5 +713,6 @@ def _sweep_result(name: str, results_dir: Path, status: str, rc: int | None, can
     if outcome == "failed" and not rows:
         message = _failure_message(artifacts_dir) or f"ansible-runner status {status}"
     return SweepResult(name=name, outcome=outcome, status=status, rc=rc, results_dir=results_dir, trials=rows,
-                       spent_usd=state.get("spent_usd"), budget_usd=state.get("budget_usd"), message=message,
+                       spent_usd=state.get("spent_usd"), budget_usd=state.get("budget_usd", budget_usd),
+                       message=message,
                        artifacts_dir=artifacts_dir)

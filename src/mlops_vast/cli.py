@@ -382,7 +382,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _final_sweep_table(display: Display, result: Any) -> None:
     from rich.table import Table
 
-    budget = f" of {_money(result.budget_usd, 2)}" if result.budget_usd else " (no shared budget)"
+    budget = f" of {_money(result.budget_usd)}" if result.budget_usd else " (no shared budget)"
     table = Table(title=f"sweep {result.name}: {result.outcome} ({result.message}); spent "
                   f"{_money(result.spent_usd)}{budget}", title_justify="left")
     for column in ("trial", "params", "outcome", "final loss", "best loss", "steps", "cost", "attempts", "time"):

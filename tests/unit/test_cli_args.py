@@ -8,6 +8,7 @@ import json
 import subprocess
 from argparse import Namespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
@@ -151,6 +152,25 @@ def test_plain_display_prints_phase_changes_and_warnings() -> None:
     table = io.StringIO()
     Console(file=table, width=160).print(display)
     assert "10/100" in table.getvalue() and "$0.200" in table.getvalue()
+
+
+def test_the_final_sweep_table_says_the_budget_as_given(tmp_path: Path) -> None:
+    from mlops_vast.api import SweepResult, _sweep_result
+
+    def title(result: SweepResult) -> str:
+        out = io.StringIO()
+        display = cli.Display("t", json_mode=False, console=Console(file=out, force_terminal=False, width=200))
+        cli._final_sweep_table(display, result)
+        return out.getvalue().splitlines()[0]
+
+    small = SweepResult(name="b3", outcome="failed", status="failed", rc=2, results_dir=tmp_path, spent_usd=0.0004,
+                        budget_usd=0.002, message="0 of 2 trial(s) completed")
+    assert "spent $0.0004 of $0.0020" in title(small)  # not "of $0.00"
+    # A sweep that failed before it started (a bad key): no state of its own, the budget asked for is still said.
+    watcher = SimpleNamespace(state={}, started=0.0, trials=list)
+    early = _sweep_result("s", tmp_path, "failed", 1, False, watcher, tmp_path, 0.2)
+    assert early.budget_usd == 0.2 and "of $0.2000" in title(early)
+    assert "(no shared budget)" in title(_sweep_result("s", tmp_path, "failed", 1, False, watcher, tmp_path, 0.0))
 
 
 def test_json_display_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:
