@@ -54,6 +54,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import 
     Trial,
     settle_row,
     trial_environment,
+    trial_floor,
     trial_states,
     trial_strategy,
     write_json_atomic,
@@ -219,7 +220,8 @@ class ActionModule(ActionBase):
         waves = -(-sum(1 for t in trials if t.state == "queued") // args["max_parallel"])
         scheduler = Scheduler(
             trials, launch=launch, max_parallel=args["max_parallel"],
-            budget=Budget(total=args["budget_usd"], run_cap=float(base.get("max_total_usd") or 0)),
+            budget=Budget(total=args["budget_usd"], run_cap=float(base.get("max_total_usd") or 0),
+                          **self._floor(base)),
             state_file=os.path.join(results_dir, "sweep-state.json"), cancel_file=cancel_file,
             sweep_name=args["name"], finish=finish, teardown=teardown,
             spend_of=lambda trial: spent(trial.results_dir), trial_timeout_s=timeout_s, poll_s=args["poll_s"],
@@ -362,6 +364,19 @@ class ActionModule(ActionBase):
                 trial.cost_usd = float(row.get("cost_usd") or 0)
                 reused += 1
         return reused
+
+    @staticmethod
+    def _floor(base: dict[str, Any]) -> dict[str, Any]:
+        """The least cap a trial starts with (sweep_scheduler.trial_floor), from the base run's price limit, poll
+        interval and tail (train.meta.yml's defaults where it leaves them out)."""
+        def number(name: str, default: float) -> float:
+            try:
+                return float(base.get(name) if base.get(name) is not None else default)
+            except (TypeError, ValueError):  # a template the contract check refuses or the trial resolves
+                return default
+
+        floor, why = trial_floor(number("max_dph", 0.0), number("poll_interval_s", 30.0), number("tail_s", 60.0))
+        return {"floor": floor, "floor_why": why}
 
     @staticmethod
     def _trial_timeout(base: dict[str, Any]) -> int:

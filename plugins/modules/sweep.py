@@ -21,13 +21,16 @@ description:
     C({{ trial.disk }})), where they are placed instead.
   - O(budget_usd) is shared. Each trial runs with a spending cap (C(run_max_total_usd)) that its own watch
     enforces; a trial starts only while the finished trials' cost plus the running trials' caps plus its own cap
-    fit in the budget (without a cap of the run's own, what is left is shared among the queued trials), and never
-    with a cap below $0.0005, the least a trial can cost (a minute of the cheapest GPU). If the
-    instances' spend still reaches the budget, the running trials are stopped and their instances destroyed.
+    fit in the budget (without a cap of the run's own, what is left is shared among the queued trials), never
+    with a cap below what its watch holds in reserve at C(run_max_dph) (the burn until its next look plus
+    C(run_tail_s)), and never below $0.0005, the least a trial can cost (a minute of the cheapest GPU). If the
+    instances' spend still reaches the budget, the running trials are stopped and their instances destroyed, their
+    newest sealed checkpoints brought home first.
   - Writes C(sweep-state.json) (every trial's state, live), each trial's folder (its train.yml results,
     C(ansible.log), C(trial.json)), and at the end C(trials.json) and C(trials.csv), one row per trial.
   - Creating C(CANCEL) in the results folder, or SIGINT/SIGTERM/SIGHUP, stops every trial and destroys its
-    instance (C(playbooks/teardown.yml) by label); the rows say C(cancelled).
+    instance (C(playbooks/teardown.yml) through the inventory, so the newest sealed checkpoint and the run's files
+    come home first, as the guard does for an interrupted C(train.yml)); the rows say C(cancelled).
   - A re-run with the same name skips the trials that completed with the same parameters.
 version_added: 0.2.0
 extends_documentation_fragment:

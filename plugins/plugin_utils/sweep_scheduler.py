@@ -107,14 +107,28 @@ def trial_environment(base: Mapping[str, str], *, progress_file: str, strategy: 
     return env
 
 
+def trial_floor(max_dph: float, poll_s: float, tail_s: float) -> tuple[float, str]:
+    """The least cap a trial starts with, and why. The watch stops a run once its spend plus the burn until its
+    next look and the end of the run (``run_tail_s``) would pass the cap: at the highest price the trial may pay
+    (``run_max_dph``), a cap below that burn stops the trial as soon as it trains, after it paid for renting, setup
+    and the smoke test."""
+    reserve = math.ceil(max_dph * (poll_s + tail_s) / 3600 * 1e6) / 1e6 if max_dph > 0 else 0.0
+    if reserve > MIN_TRIAL_USD:
+        return reserve, (f"what the watch holds in reserve at run_max_dph ${max_dph:g}/h: {poll_s:g} s until its next "
+                         f"look and run_tail_s {tail_s:g} s for the end of the run; a cap below it stops the trial "
+                         "as soon as it trains")
+    return MIN_TRIAL_USD, _FLOOR_WHY
+
+
 @dataclass
 class Budget:
     """The shared budget (``total`` 0: none), the run's own per-trial cap (``run_cap`` 0: none) and the least cap a
-    trial starts with (``floor``)."""
+    trial starts with (``floor``, for the reason ``floor_why``: :func:`trial_floor`)."""
 
     total: float
     run_cap: float = 0.0
     floor: float = MIN_TRIAL_USD
+    floor_why: str = _FLOOR_WHY
 
     def committed(self, trials: Sequence[Trial]) -> float:
         """Finished trials' cost plus each running trial's cap (what it may still reach)."""
@@ -131,7 +145,7 @@ class Budget:
         Without a cap of the run's own, what is left is shared equally among the trials still queued, so a
         trial that finishes under its share leaves more for the ones after it and all of them can start.
         """
-        floor_why = f"${self.floor:g}, the least a trial can cost ({_FLOOR_WHY})"
+        floor_why = f"${self.floor:g}, the least a trial can start with ({self.floor_why})"
         if 0 < self.run_cap < self.floor:
             return None, f"the trial's cap run_max_total_usd ${self.run_cap:g} is below {floor_why}"
         if self.total <= 0:

@@ -16,6 +16,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import 
     Scheduler,
     Trial,
     trial_environment,
+    trial_floor,
     trial_strategy,
 )
 
@@ -170,6 +171,27 @@ def test_auto_is_the_collection_s_strategy_unless_the_user_chose_one_or_ansible_
     assert trial_strategy("", "default", "2.19.4") == ""
 
 
+def test_a_share_below_the_watchs_reserve_at_the_price_limit_is_not_started(tmp_path: Path) -> None:
+    # The QA case: $0.002 for two trials at up to $0.2/h, polled every 30 s with a 60 s tail: each would get $0.001
+    # and be stopped as soon as it trained, the watch holding back $0.005 for its next look and the end of the run.
+    floor, why = trial_floor(0.2, 30, 60)
+    assert floor == 0.005 and "run_max_dph $0.2/h" in why and "run_tail_s 60 s" in why
+    run = Harness(tmp_path, [{"cost": 0.0002}] * 2, max_parallel=2, rows=True,
+                  budget=Budget(total=0.002, floor=floor, floor_why=why))
+    trials = run.scheduler.run(deadline_s=60)
+    assert run.started == []
+    message = trials[0].row["message"]
+    assert "a share of $0.001 each, below $0.005, the least a trial can start with" in message, message
+    assert "a budget of at least $0.01 would start them" in message, message
+    # Enough for both: they start, each with its share.
+    (tmp_path / "enough").mkdir()
+    run = Harness(tmp_path / "enough", [{"cost": 0.0002}] * 2, max_parallel=2,
+                  budget=Budget(total=0.01, floor=floor, floor_why=why))
+    assert [t.state for t in run.scheduler.run(deadline_s=60)] == ["done", "done"]
+    # No price limit: only the general floor (a minute of the cheapest GPU) is known.
+    assert trial_floor(0, 30, 60)[0] == MIN_TRIAL_USD
+
+
 def test_a_budget_too_small_for_one_trial_rents_nothing_and_says_why(tmp_path: Path) -> None:
     # The QA case: $0.00001 for two trials was shared out as two caps of $0.000005, and both trials rented.
     run = Harness(tmp_path, [{"cost": 0.0002}] * 2, max_parallel=2, budget=Budget(total=0.00001), rows=True)
@@ -178,7 +200,7 @@ def test_a_budget_too_small_for_one_trial_rents_nothing_and_says_why(tmp_path: P
     assert [(t.state, t.outcome, t.row["outcome"]) for t in trials] == [("skipped", "budget", "budget")] * 2
     message = trials[0].row["message"]
     assert "sweep_budget_usd $1e-05" in message and "a share of $5e-06 each" in message, message
-    assert f"below ${MIN_TRIAL_USD:g}, the least a trial can cost" in message, message
+    assert f"below ${MIN_TRIAL_USD:g}, the least a trial can start with" in message, message
     assert "nothing rented" in message
     state = json.loads((tmp_path / "sweep-state.json").read_text())
     assert all("a share of $5e-06" in t["message"] for t in state["trials"])
