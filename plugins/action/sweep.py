@@ -30,6 +30,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown impo
 from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     SweepSpecError,
+    changed_training,
     check_sweep_name,
     expand,
     has_placeholder,
@@ -37,6 +38,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     named_params,
     render_command,
     render_value,
+    training_digests,
     trial_ids,
     trial_run_vars,
 )
@@ -147,7 +149,7 @@ class ActionModule(ActionBase):
         os.makedirs(results_dir, exist_ok=True)
         strategy = trial_strategy(args["trial_strategy"], C.config.get_config_value_and_origin("DEFAULT_STRATEGY")[1],
                                   ANSIBLE_CORE_VERSION)
-        reused = self._reuse_completed(trials) if args["rerun"] == "skip_completed" else 0
+        reused, retrained = self._reuse_completed(trials) if args["rerun"] == "skip_completed" else (0, {})
         ledger_path = default_ledger_path()
         private_dir = tempfile.mkdtemp(prefix="mlops-sweep-")  # trial variables (run_env may hold tokens), 0700
         cancel_file = os.path.join(results_dir, "CANCEL")
@@ -160,7 +162,8 @@ class ActionModule(ActionBase):
                 os.rename(trial.results_dir, f"{trial.results_dir}.before-{time.strftime('%Y%m%dT%H%M%S')}")
             os.makedirs(trial.results_dir, exist_ok=True)
             write_json_atomic(os.path.join(trial.results_dir, "trial.json"),
-                              {"id": trial.id, "label": trial.label, "params": trial.params, "row": None})
+                              {"id": trial.id, "label": trial.label, "params": trial.params,
+                               "trains": training_digests(trial.run_vars), "row": None})
             run_vars = dict(trial.run_vars)
             if trial.cap_usd:
                 run_vars["run_max_total_usd"] = trial.cap_usd
@@ -192,7 +195,8 @@ class ActionModule(ActionBase):
             settle_row(trial)
             if os.path.isdir(trial.results_dir):
                 write_json_atomic(os.path.join(trial.results_dir, "trial.json"),
-                                  {"id": trial.id, "label": trial.label, "params": trial.params, "row": trial.row})
+                                  {"id": trial.id, "label": trial.label, "params": trial.params,
+                                   "trains": training_digests(trial.run_vars), "row": trial.row})
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(private_dir, f"{trial.id}.json"))
 
@@ -250,8 +254,12 @@ class ActionModule(ActionBase):
             states=dict(trial_states(trials)),
             spent_usd=round(sum(float(row.get("cost_usd") or 0) for row in rows), 6),
             labels=[t.label for t in trials], lines=[row_line(row) for row in rows])
+        changed_vars = sorted({name for names in retrained.values() for name in names})
+        result["retrained"] = retrained
         result["msg"] = (f"{completed} of {len(rows)} trial(s) completed"
                          + (f" ({reused} from an earlier run)" if reused else "")
+                         + (f"; {len(retrained)} completed before ran again, {', '.join(changed_vars)} changed since"
+                            if retrained else "")
                          + (f"; stopped: {scheduler.cancel_reason}" if scheduler.cancel_reason else "")
                          + f"; results in {results_dir}/trials.csv")
         return result
@@ -349,9 +357,11 @@ class ActionModule(ActionBase):
         return f"{planned['id']} {planned['label']}: {params}; {planned['command']}"
 
     @staticmethod
-    def _reuse_completed(trials: list[Trial]) -> int:
-        """A re-run skips what already completed with the same parameters."""
-        reused = 0
+    def _reuse_completed(trials: list[Trial]) -> tuple[int, dict[str, list[str]]]:
+        """A re-run skips what already completed with the same parameters and the same training (the command, the
+        image, the code's source, its environment: sweep_plan.TRAINS); (how many were reused, {trial id: the
+        variables that changed} for completed ones that run again)."""
+        reused, retrained = 0, {}
         for trial in trials:
             try:
                 with open(os.path.join(trial.results_dir, "trial.json"), encoding="utf-8") as handle:
@@ -359,11 +369,17 @@ class ActionModule(ActionBase):
             except (OSError, ValueError):
                 continue
             row = earlier.get("row") if isinstance(earlier, dict) else None
-            if isinstance(row, dict) and row.get("outcome") == "completed" and earlier.get("params") == trial.params:
-                trial.state, trial.outcome, trial.row = "done", "completed", row
-                trial.cost_usd = float(row.get("cost_usd") or 0)
-                reused += 1
-        return reused
+            same_params = isinstance(earlier, dict) and earlier.get("params") == trial.params
+            if not (same_params and isinstance(row, dict) and row.get("outcome") == "completed"):
+                continue
+            changed = changed_training(earlier.get("trains"), training_digests(trial.run_vars))
+            if changed:
+                retrained[trial.id] = changed
+                continue
+            trial.state, trial.outcome, trial.row = "done", "completed", row
+            trial.cost_usd = float(row.get("cost_usd") or 0)
+            reused += 1
+        return reused, retrained
 
     @staticmethod
     def _floor(base: dict[str, Any]) -> dict[str, Any]:

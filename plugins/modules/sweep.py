@@ -31,7 +31,9 @@ description:
   - Creating C(CANCEL) in the results folder, or SIGINT/SIGTERM/SIGHUP, stops every trial and destroys its
     instance (C(playbooks/teardown.yml) through the inventory, so the newest sealed checkpoint and the run's files
     come home first, as the guard does for an interrupted C(train.yml)); the rows say C(cancelled).
-  - A re-run with the same name skips the trials that completed with the same parameters.
+  - A re-run with the same name skips the trials that completed with the same parameters and the same training
+    (C(run_command), C(run_image), C(run_code_src), C(run_git_repo), C(run_env), C(run_index_url),
+    C(run_wheelhouse), C(run_resume_arg)); a completed trial whose training changed runs again.
 version_added: 0.2.0
 extends_documentation_fragment:
   - mlops.vast.attributes
@@ -101,7 +103,8 @@ options:
     type: dict
     default: {}
   rerun:
-    description: C(skip_completed) reuses trials that completed with the same parameters; C(all) runs every one.
+    description: C(skip_completed) reuses trials that completed with the same parameters and training; C(all) runs
+      every one.
     type: str
     default: skip_completed
     choices: [skip_completed, all]
@@ -187,6 +190,12 @@ reused:
   description: Trials reused from an earlier run of the same sweep.
   returned: success
   type: int
+retrained:
+  description: Trials that had completed in an earlier run and ran again because what they train changed; for each
+    trial id, the variables that changed.
+  returned: success
+  type: dict
+  sample: {"t3f9a1c": ["run_command"]}
 cancelled:
   description: Why the sweep was stopped early, or null.
   returned: success

@@ -310,3 +310,25 @@ def trial_run_vars(base: Mapping[str, Any], params: Mapping[str, Any], *, label:
     if max_total_usd is not None:
         out["run_max_total_usd"] = max_total_usd
     return out
+
+
+# What a trial trains, as opposed to where and how it is rented and watched: a completed trial is reused by a re-run
+# only while these are what they were (a changed command or image trains something else; a changed poll interval,
+# price limit or budget does not).
+TRAINS = ("run_image", "run_code_src", "run_git_repo", "run_index_url", "run_wheelhouse", "run_command", "run_env",
+          "run_resume_arg")
+
+
+def training_digests(run_vars: Mapping[str, Any]) -> dict[str, str]:
+    """A digest of each TRAINS variable of a trial, to keep in its trial.json: run_env may hold tokens, so the values
+    themselves are not kept. The files under run_code_src are not read: a changed file under the same path is the
+    same code to it."""
+    return {name: hashlib.sha256(json.dumps(run_vars.get(name), sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for name in TRAINS}
+
+
+def changed_training(earlier: Mapping[str, Any] | None, now: Mapping[str, str]) -> list[str]:
+    """The TRAINS variables whose digests differ (none when the earlier trial kept no digests: older results)."""
+    if not isinstance(earlier, Mapping):
+        return []
+    return [name for name in TRAINS if name in earlier and earlier.get(name) != now.get(name)]

@@ -3,7 +3,9 @@ variables, and a wrong description rejected with a message that names the variab
 
 from __future__ import annotations
 
+import json
 import shlex
+from pathlib import Path
 
 import pytest
 from ansible_collections.mlops.vast.plugins.action.sweep import ActionModule as SweepAction
@@ -15,9 +17,11 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     method_collisions,
     render_command,
     render_value,
+    training_digests,
     trial_ids,
     trial_run_vars,
 )
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import Trial
 
 from tests.conftest import REPO
 
@@ -218,3 +222,29 @@ def test_a_base_given_whole_is_planned_as_it_is() -> None:
     with pytest.raises(SweepSpecError, match=r"write \{\{ trial\['keys'\] \}\}"):
         SweepAction._plan("sw", {"run_command": "t.py <built-in method keys of dict object at 0x1>"}, [{"keys": 1}],
                           {}, "/r/sw", None)
+
+
+def test_a_rerun_reuses_a_completed_trial_only_while_it_trains_the_same(tmp_path: Path) -> None:
+    def trial(trial_id: str, **run_vars: object) -> Trial:
+        folder = tmp_path / trial_id
+        folder.mkdir(exist_ok=True)
+        return Trial(id=trial_id, label=f"sw-{trial_id}", params={"lr": 0.1}, results_dir=str(folder),
+                     run_vars={"run_command": "python3 train.py --lr 0.1", "run_image": "img:1",
+                               "run_env": {"TOKEN": "s3cret"}, "run_poll_interval_s": 30, **run_vars})
+
+    row = {"outcome": "completed", "cost_usd": 0.01}
+    before = [trial("t1"), trial("t2"), trial("t3"), trial("t4")]
+    for earlier in before:
+        (Path(earlier.results_dir) / "trial.json").write_text(json.dumps(
+            {"id": earlier.id, "params": earlier.params, "trains": training_digests(earlier.run_vars), "row": row}))
+    assert "s3cret" not in (tmp_path / "t1" / "trial.json").read_text()  # run_env may hold tokens
+    # Results from before trial.json kept what a trial trains: reused, as they were.
+    (tmp_path / "t4" / "trial.json").write_text(json.dumps({"id": "t4", "params": {"lr": 0.1}, "row": row}))
+
+    now = [trial("t1", run_poll_interval_s=5),  # how it is watched: still the same training
+           trial("t2", run_command="python3 train.py --lr 0.1 --max_steps 400"),
+           trial("t3", run_env={"TOKEN": "other"}, run_image="img:2"),
+           trial("t4", run_command="anything")]
+    reused, retrained = SweepAction._reuse_completed(now)
+    assert reused == 2 and [t.state for t in now] == ["done", "queued", "queued", "done"]
+    assert retrained == {"t2": ["run_command"], "t3": ["run_image", "run_env"]}
