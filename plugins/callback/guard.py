@@ -22,6 +22,10 @@ description:
   - The runs come from the playbook's facts (C(run) of C(playbooks/train.yml), C(rent_label) of C(rent.yml)) and from
     every instance a C(mlops.vast.vast_instance) task reported (own playbooks); results go to C(run.results_dir),
     else C(results/<label>) under the current directory. Without a run it does nothing and Ansible stops as usual.
+  - In C(playbooks/sweep.yml) (its C(sweep) fact) the sweep's own worker does the work. The guard sends it SIGTERM,
+    upon which it stops every running trial and tears each one down the same way (checkpoints home first); the
+    guard waits for it (at most O(timeout_s)), then prints each stopped trial's line and whether anything of the
+    sweep is still open in the local ledger.
   - SIGKILL cannot be caught; what a killed controller leaves behind is in the local ledger
     (C(ansible-playbook playbooks/teardown.yml)).
 author:
@@ -77,6 +81,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ansible.plugins.callback import CallbackBase
@@ -123,6 +128,7 @@ class CallbackModule(CallbackBase):
         self._tty_fds: tuple[int, ...] = ()
         self._started_under = 0
         self._acting = False  # orphaned mode: the teardown is under way
+        self._sweep_stopping = False
 
     def set_options(self, task_keys: Any = None, var_options: Any = None, direct: Any = None) -> None:
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
@@ -163,7 +169,13 @@ class CallbackModule(CallbackBase):
         try:
             # Private to ansible-core (there is no public read of set_fact's cache from a callback): a change there
             # must be said, not taken for "nothing rented".
-            return dict(self._variable_manager._nonpersistent_fact_cache.get("localhost", {}))
+            # A module's ansible_facts (validate_playbook_vars' run or sweep) are host facts; set_fact and register
+            # are the non-persistent ones, which win as they do for a play.
+            facts: dict[str, Any] = {}
+            with contextlib.suppress(KeyError):  # a cache plugin: its get() takes no default, a file cache raises
+                facts.update(self._variable_manager._fact_cache.get("localhost") or {})
+            facts.update(self._variable_manager._nonpersistent_fact_cache.get("localhost", {}))
+            return facts
         except Exception as exc:  # any failure is said here, never raised in a signal handler
             label = min(self._labels, default="<the run's label>")
             say(f"could not read the run's facts ({type(exc).__name__}: {exc}); if this run rented anything, run "
@@ -203,7 +215,12 @@ class CallbackModule(CallbackBase):
                 say(f"{name} again: Ansible stops now. " + teardown.outcome(target, None, log_path))
             self._chain(signum, frame)
             return
-        targets = teardown.targets_from(self._facts(), self._labels, self._cwd)
+        facts = self._facts()
+        sweep = facts.get("sweep")
+        if isinstance(sweep, Mapping) and sweep.get("name"):
+            self._stop_sweep(dict(sweep), name, signum, frame)
+            return
+        targets = teardown.targets_from(facts, self._labels, self._cwd)
         if not targets:
             self._chain(signum, frame)
             return
@@ -230,6 +247,28 @@ class CallbackModule(CallbackBase):
             time.sleep(0.25)
         for target, process, log_path in self._running:
             say(teardown.outcome(target, process.poll(), log_path))
+        self._chain(signum, frame)
+
+    def _stop_sweep(self, sweep: dict[str, Any], name: str, signum: int, frame: Any) -> None:
+        """playbooks/sweep.yml: its worker (mlops.vast.sweep) stops every running trial on SIGTERM and tears each one
+        down, checkpoints home first; the guard asks it to, waits, and says what came of it."""
+        if self._sweep_stopping:
+            say(f"{name} again: Ansible stops now; the sweep's trials are still being stopped and torn down in the "
+                f"background (see {teardown.sweep_results_dir(sweep, self._cwd)}/sweep-state.json, and "
+                "mlops-vast status)")
+            self._chain(signum, frame)
+            return
+        self._sweep_stopping = True
+        results_dir = teardown.sweep_results_dir(sweep, self._cwd)
+        say(f"{name}: stopping sweep {sweep['name']}: each running trial's newest sealed checkpoint comes home and its "
+            f"instance is destroyed (a second {name} leaves this running in the background)")
+        workers = teardown.stop_workers(self._pid, wait_s=float(self.get_option("timeout_s")))
+        if workers:
+            say(f"the sweep is still stopping its trials after {self.get_option('timeout_s'):g} s; it goes on in the "
+                f"background (see {results_dir}/sweep-state.json, and mlops-vast status)")
+        else:
+            for line in teardown.sweep_outcome(str(sweep["name"]), results_dir):
+                say(line)
         self._chain(signum, frame)
 
     def _orphaned(self) -> bool:

@@ -83,9 +83,9 @@ def child_pids(pid: int) -> list[int]:
     return pids
 
 
-def stop_workers(pid: int, wait_s: float = 3.0) -> None:
+def stop_workers(pid: int, wait_s: float = 3.0) -> list[int]:
     """SIGTERM the workers (each ends its own process group, as Ansible's handler would) and give them a moment, so
-    that no task still in flight (a create) can rent after the teardown looked."""
+    that no task still in flight (a create) can rent after the teardown looked; those still alive after it."""
     workers = child_pids(pid)
     for worker in workers:
         with contextlib.suppress(OSError):
@@ -93,6 +93,7 @@ def stop_workers(pid: int, wait_s: float = 3.0) -> None:
     end = time.monotonic() + wait_s
     while time.monotonic() < end and any(_alive(w) for w in workers):
         time.sleep(0.1)
+    return [w for w in workers if _alive(w)]
 
 
 def _alive(pid: int) -> bool:
@@ -151,6 +152,43 @@ def outcome(target: Target, rc: int | None, log_path: str) -> str:
         record = {}
     return (f"{target.label}: {home_line(target, record)}; destroyed {record.get('destroyed', [])}, verified gone, "
             f"and the account confirms nothing of {target.label} is billing (log: {log_path})")
+
+
+def sweep_results_dir(sweep: Mapping[str, Any], cwd: str) -> str:
+    """Where a sweep keeps its state (sweep.yml's ``sweep`` fact: sweep_results_dir, else results/<sweep_name>)."""
+    given = str(sweep.get("results_dir") or "")
+    return os.path.abspath(os.path.join(cwd, given or os.path.join("results", str(sweep.get("name")))))
+
+
+def sweep_outcome(name: str, results_dir: str) -> list[str]:
+    """What stopping a sweep did, from its state (sweep-state.json), each stopped trial's teardown record and the
+    local ledger: one line per trial that was running, then one for the sweep."""
+    state = _read_json(os.path.join(results_dir, "sweep-state.json"))
+    trials = [t for t in (state.get("trials") or []) if isinstance(t, dict)] if isinstance(state, dict) else []
+    lines = []
+    for trial in trials:
+        if trial.get("state") == "cancelled" and trial.get("results_dir"):
+            target = Target(str(trial.get("label")), str(trial["results_dir"]))
+            record = _read_json(os.path.join(target.results_dir, "teardown.json"))
+            lines.append(f"{target.label}: {home_line(target, record if isinstance(record, dict) else {})}")
+    count = {key: sum(1 for t in trials if t.get("state") == key) for key in ("cancelled", "skipped", "done")}
+    left = [c for c in ContractLedger().open_contracts() if str(c.get("label") or "").startswith(f"{name}-")]
+    summary = (f"sweep {name}: {count['cancelled']} running trial(s) stopped, {count['skipped']} not started, "
+               f"{count['done']} had ended (state: {results_dir}/sweep-state.json); ")
+    if left:
+        summary += (f"STILL OPEN in the local ledger: {', '.join(str(c.get('id')) for c in left)}; run "
+                    "ansible-playbook playbooks/teardown.yml (or mlops-vast teardown --all)")
+    else:
+        summary += "nothing of it is open in the local ledger"
+    return [*lines, summary]
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 def home_line(target: Target, record: Mapping[str, Any]) -> str:

@@ -156,8 +156,15 @@ def test_ctrl_c_on_the_sweep_stops_every_trial_and_destroys_its_instance(sim: Si
             os.killpg(proc.pid, signal.SIGKILL)
         close_ssh_masters(env)  # the teardowns' connections (ControlPersist)
     assert proc.returncode != 0, out
+    # The guard said what happened, as it does for train.yml: each stopped trial's checkpoint home, nothing open.
+    said = " ".join(out.split())
+    assert "[mlops.vast.guard] SIGINT: stopping sweep" in said, out[-3000:]
+    assert said.count("verified and home in") == 2, out[-3000:]
+    assert "2 running trial(s) stopped, 0 not started, 0 had ended" in said, out[-3000:]
+    assert "nothing of it is open in the local ledger" in said, out[-3000:]
     state = json.loads((results / "sweep-state.json").read_text())
-    assert state["cancelled"] == "interrupted (SIGINT)"
+    # The worker was stopped by the guard (SIGTERM) or, where it shares the terminal's process group, by the Ctrl-C.
+    assert state["cancelled"] in ("interrupted (SIGTERM)", "interrupted (SIGINT)"), state["cancelled"]
     assert [t["state"] for t in state["trials"]] == ["cancelled", "cancelled"]
     rows = json.loads((results / "trials.json").read_text())
     assert [row["outcome"] for row in rows] == ["cancelled", "cancelled"]
