@@ -11,6 +11,7 @@ Private to the collection.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,8 @@ RANGE_KEYS = ("minimum", "maximum", "exclusive_minimum")
 # A text option's form: ``pattern`` (a regular expression the whole value must match) and ``pattern_says`` (what it
 # asks for, in words, for the message).
 PATTERN_KEYS = ("pattern", "pattern_says")
+# A text option that names a directory on the controller (``directory: true``): when given, it must exist there.
+DIRECTORY_KEY = "directory"
 TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "list": "a list",
               "dict": "a mapping", "str": "a string", "path": "a path", "raw": "a value"}
 _UNCONVERTIBLE = re.compile(r"^argument '(?P<name>[^']+)' is of type .* unable to convert to (?P<type>\w+)")
@@ -54,10 +57,11 @@ def validated(values: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[dict[
 
 
 def problems(values: Mapping[str, Any], spec: Mapping[str, Any], *, where: str = "the argument spec",
-             converted: Mapping[str, Any] | None = None) -> list[str]:
+             converted: Mapping[str, Any] | None = None, base_dir: str | None = None) -> list[str]:
     """Every name not in ``spec`` and every value out of its range, one sentence each.
 
-    ``converted`` is ``validated(values, spec)[0]`` when the caller has it already."""
+    ``converted`` is ``validated(values, spec)[0]`` when the caller has it already; a relative directory is looked
+    for under ``base_dir`` (default: the current directory)."""
     found = []
     for name in sorted(set(values) - set(spec)):
         close = difflib.get_close_matches(name, list(spec), n=1)
@@ -65,12 +69,12 @@ def problems(values: Mapping[str, Any], spec: Mapping[str, Any], *, where: str =
         found.append(f"{name} is not a variable of {where}{hint}")
     if converted is None:
         converted = validated(values, spec)[0]
-    found += _range_problems(values, spec, converted, prefix="")
+    found += _range_problems(values, spec, converted, prefix="", base_dir=base_dir or os.getcwd())
     return found
 
 
 def _range_problems(values: Mapping[str, Any], spec: Mapping[str, Any], converted: Mapping[str, Any], *,
-                    prefix: str) -> list[str]:
+                    prefix: str, base_dir: str) -> list[str]:
     """Values out of their range, also inside a dict's suboptions (named ``run_recovery.wait_in_place_s``)."""
     found = []
     for name, option in spec.items():
@@ -79,7 +83,13 @@ def _range_problems(values: Mapping[str, Any], spec: Mapping[str, Any], converte
         if option.get("options") and isinstance(value, Mapping) and given is not None:
             # Given as text (-e name='{"key": 1}') the dict is the converted value; its defaults are in range.
             found += _range_problems(given if isinstance(given, Mapping) else value, option["options"], value,
-                                     prefix=f"{prefix}{name}.")
+                                     prefix=f"{prefix}{name}.", base_dir=base_dir)
+            continue
+        if option.get(DIRECTORY_KEY) and name in values and isinstance(value, str) and value.strip():
+            path = os.path.join(base_dir, os.path.expanduser(value))  # an absolute value stays itself
+            if not os.path.isdir(path):
+                where = "" if os.path.isabs(os.path.expanduser(value)) else f" (relative paths start at {base_dir})"
+                found.append(f"{prefix}{name} {value!r} is not a directory on this controller{where}")
             continue
         pattern, says = (option.get(key) for key in PATTERN_KEYS)
         if pattern and name in values and isinstance(value, str) and not re.fullmatch(pattern, value):

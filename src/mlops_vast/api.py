@@ -70,7 +70,7 @@ class RunResult:
     watch_outcome: str | None = None  # the watch's word: completed, crash, stall, timeout, preempted, ...
     triage: dict[str, Any] = field(default_factory=dict)  # watch.json's triage bundle
     checkpoints: list[Path] = field(default_factory=list)  # verified checkpoints brought home, oldest first
-    cost_usd: float | None = None  # spend the watch measured, all attempts
+    cost_usd: float | None = None  # the account's charges for the run (rejected hosts too), else what its watches saw
     attempts: int = 1
     artifacts_dir: Path | None = None
     teardown: dict[str, Any] | None = None
@@ -150,6 +150,8 @@ class _Emitter:
     """Calls ``on_event`` in the caller's thread; an exception there is reported once and does not stop the run."""
 
     def __init__(self, on_event: EventHandler | None) -> None:
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event must be a callable taking one event, not {type(on_event).__name__}")
         self.on_event = on_event
         self.failed = False
 
@@ -261,6 +263,9 @@ class _PlaybookRun:
             rotate_artifacts=10, quiet=True, suppress_env_files=True,
             settings={"pexpect_timeout": 0.2, "pexpect_use_poll": True})
         self.config.prepare()
+        # prepare() drops the settings given here when the private data dir has no env/settings file (ansible-runner
+        # 2.4), and the cancel check would fall back to every 5 s: time enough for a cancelled run to rent.
+        self.config.pexpect_timeout, self.config.pexpect_use_poll = 0.2, True
         # prepare() copied os.environ into config.env: the key leaves it here, before Runner writes it down.
         # ansible-runner starts the playbook with SIGHUP ignored and cancels with SIGKILL: should this process die
         # (killed, crashed, its terminal closed), nothing but the playbook's own guard can destroy what it rented.
@@ -410,6 +415,10 @@ def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name
             if not was_cancelled and cancelled():
                 was_cancelled = True
                 on_cancel()
+            if not finished:
+                # Inside the try: nearly all of the wait is spent here, so this is where a Ctrl-C or the caller's
+                # SystemExit lands.
+                time.sleep(POLL_S)
         except BaseException as exc:  # whatever ends this call first stops the run
             # A Ctrl-C, a SystemExit from the caller's own signal handler, an error in cancel() or on_event: leaving
             # now would delete the key file under a playbook that still runs (whose guard would then lack it).
@@ -427,7 +436,6 @@ def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name
                     play.cancel_requested = True
         if finished:
             break
-        time.sleep(POLL_S)
     play.thread.join()
     if cause is not None:
         raise _Interrupted(cause)
@@ -462,11 +470,13 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
     Raises :class:`mlops_vast.InputError` for bad input, before anything is rented.
     """
     root = collection_root()
-    data, path = load_vars(run, "run")
+    data, path = load_vars(run, "run", cwd)
     merged = {**data, **(extra_vars or {})}
-    name = check_run(merged, root, str(path) if path else "the run")
+    name = check_run(merged, root, str(path) if path else "the run", cwd=cwd)
+    emit, is_cancelled = _Emitter(on_event), _cancel_check(cancel)  # their TypeErrors before anything starts
+    if is_cancelled():
+        return _not_started(name, Path(cwd or os.getcwd()).resolve() / "results" / name)
     ctx = _context(api_url, api_key, sim, cwd, env)
-    emit = _Emitter(on_event)
     try:
         results_dir = _results_dir(merged.get("run_results_dir"), ctx.cwd / "results" / name, ctx.cwd)
         overrides = {**(extra_vars or {}), "run_results_dir": str(results_dir)}
@@ -489,8 +499,7 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
         play.start()
         cause: BaseException | None = None
         try:
-            cancelled = _wait(play, poll, emit, name, _cancel_check(cancel),
-                              lambda: setattr(play, "cancel_requested", True))
+            cancelled = _wait(play, poll, emit, name, is_cancelled, lambda: setattr(play, "cancel_requested", True))
         except _Interrupted as stop:
             cancelled, cause = True, stop.cause
         status, rc = play.result()
@@ -499,13 +508,19 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
             emit(ev.PhaseChanged(run=name, phase="teardown", previous=state["snap"].phase if state["snap"] else None,
                                  task="Cancelled: playbooks/teardown.yml for the run's label"))
             teardown_ok = _teardown(ctx, [_teardown_vars(name, results_dir, merged)], results_dir).get(name, False)
-        result = _run_result(name, results_dir, status, rc, cancelled, teardown_ok, play.artifacts_dir)
+        result = _run_result(name, results_dir, status, rc, cancelled, teardown_ok, play.artifacts_dir, started)
         emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))
         if cause is not None:
             raise cause
         return result
     finally:
         ctx.close()
+
+
+def _not_started(name: str, results_dir: Path) -> RunResult:
+    """A call cancelled before it began: no playbook, no simulator, nothing rented."""
+    return RunResult(name=name, outcome="cancelled", status="canceled", rc=None, results_dir=results_dir,
+                     message="cancelled before it started: nothing was run or rented")
 
 
 def _callbacks(env: dict[str, str]) -> str:
@@ -522,14 +537,20 @@ def _results_dir(given: Any, default: Path, cwd: Path) -> Path:
 
 
 def _run_result(name: str, results_dir: Path, status: str, rc: int | None, cancelled: bool,
-                teardown_ok: bool | None, artifacts_dir: Path) -> RunResult:
-    watch = ev.read_json(results_dir / "watch.json") or {}
+                teardown_ok: bool | None, artifacts_dir: Path, started: float = 0.0) -> RunResult:
+    watches = [ev.read_json(path) or {} for path in [results_dir / "watch.json",
+                                                    *sorted(results_dir.glob("watch-recovery-*.json"), key=_natural)]]
+    watch = next((w for w in reversed(watches) if w), {})  # the last attempt's (after a recovery, not the lost one)
     recovery = ev.read_json(results_dir / "recovery.json") or {}
     teardown = ev.read_json(results_dir / "teardown.json")
-    spent = [ev.read_json(path) or {} for path in [results_dir / "watch.json",
-                                                  *sorted(results_dir.glob("watch-recovery-*.json"))]]
-    costs = [float(w["triage"]["spent_usd"]) for w in spent
+    costs = [float(w["triage"]["spent_usd"]) for w in watches
              if isinstance(w.get("triage"), dict) and isinstance(w["triage"].get("spent_usd"), int | float)]
+    # What the account charged for the label (spend.json, written as train.yml ends): hosts rejected before one
+    # passed included, which no watch saw.
+    spend = ev.read_json(results_dir / "spend.json") or {}
+    charged = spend.get("total_usd") if float(spend.get("at") or 0) >= started else None  # not an earlier run's
+    if isinstance(charged, int | float) and not isinstance(charged, bool):
+        costs = [max(float(charged), sum(costs))]
     checkpoints_dir = results_dir / "checkpoints"
     checkpoints = sorted((p for p in checkpoints_dir.iterdir() if p.is_dir()), key=_natural) \
         if checkpoints_dir.is_dir() else []
@@ -545,7 +566,7 @@ def _run_result(name: str, results_dir: Path, status: str, rc: int | None, cance
         message = _failure_message(artifacts_dir) or watch.get("msg") or f"ansible-runner status {status}"
     return RunResult(name=name, outcome=outcome, status=status, rc=rc, results_dir=results_dir, message=message,
                      watch_outcome=watch.get("outcome"), triage=watch.get("triage") or {}, checkpoints=checkpoints,
-                     cost_usd=round(sum(costs), 4) if costs else None,
+                     cost_usd=round(sum(costs), 6) if costs else None,
                      attempts=int(recovery.get("attempts") or 1), artifacts_dir=artifacts_dir, teardown=teardown)
 
 
@@ -584,11 +605,15 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
     label in the sweep state is torn down here. Other arguments as :func:`train`.
     """
     root = collection_root()
-    data, path = load_vars(sweep, "sweep")
+    data, path = load_vars(sweep, "sweep", cwd)
     merged = {**data, **(extra_vars or {})}
-    name = check_sweep(merged, root, str(path) if path else "the sweep")
+    name = check_sweep(merged, root, str(path) if path else "the sweep", cwd=cwd)
+    emit, is_cancelled = _Emitter(on_event), _cancel_check(cancel)  # their TypeErrors before anything starts
+    if is_cancelled():
+        not_started = _not_started(name, Path(cwd or os.getcwd()).resolve() / "results" / name)
+        return SweepResult(name=name, outcome="cancelled", status=not_started.status, rc=None,
+                           results_dir=not_started.results_dir, message=not_started.message)
     ctx = _context(api_url, api_key, sim, cwd, env)
-    emit = _Emitter(on_event)
     try:
         results_dir = _results_dir(merged.get("sweep_results_dir"), ctx.cwd / "results" / name, ctx.cwd)
         results_dir.mkdir(parents=True, exist_ok=True)
@@ -615,7 +640,7 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
         play.start()
         cause: BaseException | None = None
         try:
-            cancelled = _wait(play, poll, emit, name, _cancel_check(cancel), on_cancel)
+            cancelled = _wait(play, poll, emit, name, is_cancelled, on_cancel)
         except _Interrupted as stop:
             cancelled, cause = True, stop.cause
         status, rc = play.result()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +33,18 @@ def collection_root() -> Path:
                      "its checkout (pip install -e .) or set MLOPS_VAST_COLLECTION to the checkout")
 
 
-def load_vars(source: dict[str, Any] | str | os.PathLike[str], what: str) -> tuple[dict[str, Any], Path | None]:
-    """The variables of a run or sweep and the file they came from (None for a dict)."""
+def load_vars(source: dict[str, Any] | str | os.PathLike[str], what: str,
+              cwd: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], Path | None]:
+    """The variables of a run or sweep and the file they came from (None for a dict); a relative path is looked for
+    under ``cwd``, then under the current directory."""
     if isinstance(source, dict):
         return dict(source), None
+    if not isinstance(source, str | os.PathLike):
+        raise InputError(f"the {what} must be a mapping of its variables or the path of a YAML file holding them, "
+                         f"not {type(source).__name__} {source!r:.60}")
     path = Path(source).expanduser()
+    if cwd is not None and not path.is_absolute() and (Path(cwd).expanduser() / path).exists():
+        path = Path(cwd).expanduser() / path
     if not path.is_file():
         raise InputError(f"{what} file {path} does not exist" if not path.exists() else f"{path} is not a file")
     try:
@@ -69,17 +78,19 @@ def sweep_variables(root: Path) -> frozenset[str] | None:
     return frozenset(meta["argument_specs"]["main"]["options"])
 
 
-def check_run(data: dict[str, Any], root: Path, where: str = "the run", *, complete: bool = True) -> str:
-    """The run's name; InputError for an unknown top-level key, a missing name or a wrong value, and, when the run
-    is to be ``complete`` (not only estimated), a missing required variable."""
+def check_run(data: dict[str, Any], root: Path, where: str = "the run", *, complete: bool = True,
+              cwd: str | os.PathLike[str] | None = None) -> str:
+    """The run's name; InputError for an unknown top-level key, a missing name or a wrong value (a directory is
+    looked for under ``cwd``, default the current one), and, when the run is to be ``complete`` (not only
+    estimated), a missing required variable."""
     known = run_variables(root)
     unknown = sorted(str(name) for name in data if str(name) not in known)
     if unknown:
-        raise InputError(f"{where}: unknown variable(s) {', '.join(unknown)} (the run's variables are run_*, "
-                         "described in playbooks/train.meta.yml and examples/run.yml)")
+        raise InputError(f"{where}: unknown variable(s) {_with_hints(unknown, known)} (the run's variables are "
+                         "run_*, described in playbooks/train.meta.yml and examples/run.yml)")
     name = _name(data, "run_name", where)
     wrong = missing_required(data, _options(root, "train.meta.yml")) if complete else []
-    wrong += value_problems(data, root)
+    wrong += value_problems(data, root, cwd)
     if wrong:
         raise InputError(f"{where}: {'; '.join(wrong)} (see playbooks/train.meta.yml and examples/run.yml)")
     return name
@@ -103,7 +114,17 @@ def _first_sentence(option: dict[str, Any]) -> str:
     return sentence[:1].lower() + sentence[1:] if sentence else "see its description"
 
 
-def value_problems(data: dict[str, Any], root: Path) -> list[str]:
+def _with_hints(unknown: list[str], known: Iterable[str]) -> str:
+    """The unknown names, each with the closest known one (a typo said as such, as the playbook's check does)."""
+    choices = sorted(known)
+    said = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, choices, n=1)
+        said.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return ", ".join(said)
+
+
+def value_problems(data: dict[str, Any], root: Path, cwd: str | os.PathLike[str] | None = None) -> list[str]:
     """What train.yml's first task would say about the run's values (types, choices, ranges), said before a
     playbook starts. Templated values and missing required ones are left to the playbook."""
     contract = _contract(root)
@@ -111,8 +132,8 @@ def value_problems(data: dict[str, Any], root: Path) -> list[str]:
     values = {name: value for name, value in data.items() if name in spec and "{{" not in str(value)}
     converted, errors = contract.validated(values, spec)
     found = [error for error in errors if not error.startswith("missing required arguments")]
-    return contract.plain_errors(found, values, spec) + contract.problems(values, spec, where="train.yml",
-                                                                                   converted=converted)
+    return contract.plain_errors(found, values, spec) + contract.problems(
+        values, spec, where="train.yml", converted=converted, base_dir=str(cwd) if cwd is not None else None)
 
 
 def _contract(root: Path) -> Any:
@@ -132,22 +153,24 @@ def plugin_util(root: Path, name: str) -> Any:
     return module
 
 
-def check_sweep(data: dict[str, Any], root: Path, where: str = "the sweep") -> str:
+def check_sweep(data: dict[str, Any], root: Path, where: str = "the sweep",
+                cwd: str | os.PathLike[str] | None = None) -> str:
     """The sweep's name; InputError for an unknown top-level key, a missing name or no trials."""
     runs = run_variables(root)
     sweeps = sweep_variables(root)
     unknown = sorted(str(name) for name in data if not (
         str(name) in runs or (str(name) in sweeps if sweeps is not None else str(name).startswith("sweep_"))))
     if unknown:
-        raise InputError(f"{where}: unknown variable(s) {', '.join(unknown)} (a sweep has sweep_* variables and "
-                         "the run_* variables of its base run)")
+        known = runs | (sweeps or frozenset())
+        raise InputError(f"{where}: unknown variable(s) {_with_hints(unknown, known)} (a sweep has sweep_* "
+                         "variables and the run_* variables of its base run)")
     if not any(data.get(key) for key in ("sweep_grid", "sweep_random", "sweep_trials")):
         raise InputError(f"{where}: no trials (give sweep_grid, sweep_random or sweep_trials)")
     name = _name(data, "sweep_name", where)
     wrong = sweep_value_problems(data, root)
     # The sweep names each trial's run; every other required run_* variable is the base run's to give.
     wrong += missing_required(data, _options(root, "train.meta.yml"), frozenset({"run_name"}))
-    wrong += value_problems(data, root)
+    wrong += value_problems(data, root, cwd)
     if not wrong:
         wrong = _plan_problems(data, root)
     if wrong:

@@ -5,6 +5,10 @@ tests/integration/test_cli.py, after the same sweep in a terminal.)"""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +112,36 @@ def test_whatever_ends_the_wait_tears_down_before_it_is_raised(sim: Sim, tmp_pat
         assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
     assert ledger_open(tmp_path) == []
     assert "failed=0" in (tmp_path / "results" / "api-exit" / "teardown-api-exit.log").read_text()
+
+
+def test_ctrl_c_while_it_waits_tears_down_with_the_checkpoints_then_raises(sim: Sim, tmp_path: Path) -> None:
+    """A Ctrl-C lands where the wait spends its time (between polls): the run is still stopped and torn down, its
+    newest sealed checkpoint brought home, before the KeyboardInterrupt goes on; nothing is left billing."""
+    steps: list[int] = []
+
+    def on_event(event: mlops_vast.Event) -> None:
+        if isinstance(event, mlops_vast.Progress) and event.step:
+            steps.append(event.step)
+
+    def interrupt_once_past_two_checkpoints() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and max(steps, default=0) < 110:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C: to the main thread, wherever it is
+
+    run = {**fast_run(sim, "api-sigint"), "run_command": COMMAND.replace("--max_steps 200", "--max_steps 100000")}
+    env = api_env(tmp_path)
+    threading.Thread(target=interrupt_once_past_two_checkpoints, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mlops_vast.train("examples/run.yml", extra_vars=run, on_event=on_event, sim=local_sim(sim, tmp_path),
+                             cwd=tmp_path, env=env)
+    finally:
+        close_ssh_masters(env)
+    assert max(steps) >= 110
+    with sim.client() as client:
+        assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
+    assert ledger_open(tmp_path) == []
+    record = json.loads((tmp_path / "results" / "api-sigint" / "teardown.json").read_text())
+    assert record["newest_checkpoint"] and int(record["newest_checkpoint"].rsplit("-", 1)[1]) >= 100, record
+    assert "failed=0" in (tmp_path / "results" / "api-sigint" / "teardown-api-sigint.log").read_text()

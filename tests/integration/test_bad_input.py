@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,6 +212,8 @@ PLAYBOOK_CASES = [
      ["sweep_budjet_usd", "did you mean sweep_budget_usd"]),
     ("train.yml", {"run_interruptible": "sometimes"}, ["run_interruptible"]),
     ("train.yml", {"run_recovery": {"max_preemptions": 99}}, ["run_recovery.max_preemptions must be at most 5"]),
+    ("train.yml", {"run_code_src": "no/such/code"}, ["run_code_src 'no/such/code' is not a directory on this "
+                                                     "controller (relative paths start at"]),
     ("rent.yml", {"rent_query": "gpu_ram >> 24"}, ["Invalid query", "nothing was rented"]),
 ]
 
@@ -262,12 +265,34 @@ def test_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFix
      "run_max_attempts must be a whole number, got 'many'"),
     ({"run_name": "api-bad", "run_command": "x", "run_recovery": {"max_preemptions": 9}},
      "run_recovery.max_preemptions must be at most 5, got 9"),
+    ({"run_name": "api-bad", "run_command": "x", "run_max_dhp": 1}, "run_max_dhp (did you mean run_max_dph?)"),
+    # Relative to cwd, where the API runs the playbook.
+    ({"run_name": "api-bad", "run_command": "x", "run_code_src": "code"},
+     "run_code_src 'code' is not a directory on this controller (relative paths start at"),
+    (["run_name: x"], "the run must be a mapping of its variables or the path of a YAML file holding them, not list"),
 ])
 def test_the_python_api_raises_input_error_before_renting(tmp_path: Path, run: dict, words: str) -> None:
     with pytest.raises(mlops_vast.InputError) as raised:
         mlops_vast.train(run, cwd=tmp_path, api_url="http://127.0.0.1:9", api_key="unused")
     assert words in str(raised.value) and "\n" not in str(raised.value)
     assert not (tmp_path / "results").exists()
+
+
+def test_the_python_api_takes_paths_from_cwd_and_starts_nothing_when_cancelled_already(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "run.yml").write_text("run_name: preset\nrun_command: python3 train.py\nrun_code_src: code\n")
+    monkeypatch.chdir("/")  # the file and run_code_src are found under cwd=, not here
+    with pytest.raises(TypeError, match="on_event must be a callable"):
+        mlops_vast.train("run.yml", cwd=tmp_path, on_event=5, api_url="http://127.0.0.1:9", api_key="unused")
+    cancel = threading.Event()
+    cancel.set()
+    result = mlops_vast.train("run.yml", cwd=tmp_path, cancel=cancel, api_url="http://127.0.0.1:9", api_key="unused")
+    assert (result.outcome, result.rc) == ("cancelled", None) and "nothing was run or rented" in result.message
+    assert not (tmp_path / "results").exists()  # no playbook, no results folder
+    swept = mlops_vast.sweep({"sweep_name": "preset", "sweep_trials": [{"lr": 1}], "run_command": "x"}, cwd=tmp_path,
+                             cancel=cancel, api_url="http://127.0.0.1:9", api_key="unused")
+    assert swept.outcome == "cancelled" and swept.trials == []
 
 
 @pytest.mark.parametrize(("api_url", "env_url", "words"), [
