@@ -124,6 +124,7 @@ HANGING_POLL = 10.0
 # While a poll runs, the API, the sync and the watch's timeout are looked at this often (seconds).
 WAIT_SLICE = 1.0
 MAX_BACKOFF = 30.0
+MIN_ETA_ELAPSED_S = 3.0
 KEPT_SYNCS = 100
 
 
@@ -487,7 +488,9 @@ class Watcher:
         step = self.metrics().step
         elapsed = self.run_elapsed()[0]
         total = self.p["total_steps"]
-        if not total or not step or not elapsed or step <= 0:
+        # The run's start and the host's clock are whole seconds (date +%s): within the first seconds the rate is
+        # noise (70 steps in "0.001 s" said the run was done).
+        if not total or not step or elapsed is None or elapsed < MIN_ETA_ELAPSED_S or step <= 0:
             return None
         return max(0.0, (total - step) * elapsed / step)
 

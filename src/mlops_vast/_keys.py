@@ -34,7 +34,11 @@ def resolve_api_key(environ: Mapping[str, str] | None = None) -> str | None:
     if environ.get("VAST_API_KEY", "").strip():
         return environ["VAST_API_KEY"].strip()
     if environ.get("VAST_API_KEY_FILE"):
-        key = Path(_expand(environ["VAST_API_KEY_FILE"], environ)).read_text().strip()
+        try:
+            key = Path(_expand(environ["VAST_API_KEY_FILE"], environ)).read_text().strip()
+        except OSError as exc:
+            raise OSError(f"VAST_API_KEY_FILE names {environ['VAST_API_KEY_FILE']}, which cannot be read "
+                          f"({exc.strerror or exc}): fix the path, or unset it to use VAST_API_KEY") from None
         if not key:
             raise OSError(f"VAST_API_KEY_FILE names {environ['VAST_API_KEY_FILE']}, which is empty")
         return key

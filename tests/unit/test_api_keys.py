@@ -134,3 +134,8 @@ def test_secrets_found_in_a_tree(tmp_path: Path) -> None:
     assert _keys.files_containing(tmp_path, SECRET) == []
     (tmp_path / "a" / "leak.bin").write_bytes(b"\0\1" + SECRET.encode() + b"\0")
     assert _keys.files_containing(tmp_path, SECRET) == [tmp_path / "a" / "leak.bin"]
+
+
+def test_the_package_names_the_variable_of_a_key_file_it_cannot_read(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match=r"VAST_API_KEY_FILE names .*/missing, which cannot be read \(No such file"):
+        _keys.resolve_api_key({"VAST_API_KEY_FILE": str(tmp_path / "missing")})

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -894,3 +895,14 @@ def test_a_budget_needs_the_instance_and_no_option_may_be_negative() -> None:
 ])
 def test_gone_kind_tells_a_preemption_from_a_lost_host(row: dict[str, Any] | None, kind: str) -> None:
     assert wd.gone_kind(row) == kind
+
+
+def test_no_eta_within_the_first_seconds_of_whole_second_clocks(fake_host: dict[str, Any]) -> None:
+    clock = FakeClock()
+    watcher = action.Watcher(FakeAction(fake_host, {}, clock), params(total_steps=400), clock=clock.clock,
+                             sleep=clock.sleep, wall=clock.wall)
+    watcher.metrics = lambda: SimpleNamespace(step=70)  # type: ignore[method-assign]
+    watcher.run_started, watcher.host_offset = clock.wall() - 0.001, 0.0  # STARTED_AT and the poll in one second
+    assert watcher.eta_s() is None  # not "done in 0 s"
+    watcher.run_started = clock.wall() - 7.0
+    assert watcher.eta_s() == pytest.approx(330 * 7.0 / 70)
