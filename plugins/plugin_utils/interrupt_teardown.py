@@ -21,6 +21,7 @@ from typing import Any
 
 from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger
 from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import read_json
 
 COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEARDOWN_PLAYBOOK = os.path.join(COLLECTION_ROOT, "playbooks", "teardown.yml")
@@ -163,13 +164,13 @@ def sweep_results_dir(sweep: Mapping[str, Any], cwd: str) -> str:
 def sweep_outcome(name: str, results_dir: str) -> list[str]:
     """What stopping a sweep did, from its state (sweep-state.json), each stopped trial's teardown record and the
     local ledger: one line per trial that was running, then one for the sweep."""
-    state = _read_json(os.path.join(results_dir, "sweep-state.json"))
+    state = read_json(os.path.join(results_dir, "sweep-state.json"))
     trials = [t for t in (state.get("trials") or []) if isinstance(t, dict)] if isinstance(state, dict) else []
     lines = []
     for trial in trials:
         if trial.get("state") == "cancelled" and trial.get("results_dir"):
             target = Target(str(trial.get("label")), str(trial["results_dir"]))
-            record = _read_json(os.path.join(target.results_dir, "teardown.json"))
+            record = read_json(os.path.join(target.results_dir, "teardown.json"))
             lines.append(f"{target.label}: {home_line(target, record if isinstance(record, dict) else {})}")
     count = {key: sum(1 for t in trials if t.get("state") == key) for key in ("cancelled", "skipped", "done")}
     left = [c for c in ContractLedger().open_contracts() if str(c.get("label") or "").startswith(f"{name}-")]
@@ -181,14 +182,6 @@ def sweep_outcome(name: str, results_dir: str) -> list[str]:
     else:
         summary += "nothing of it is open in the local ledger"
     return [*lines, summary]
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
 
 
 def home_line(target: Target, record: Mapping[str, Any]) -> str:

@@ -26,7 +26,7 @@ _FATAL_MSG_RE = re.compile(r'"msg": "((?:[^"\\]|\\.)*)"')
 MAX_LOG_BYTES = 4 * 1024 * 1024
 
 
-def _read_json(path: str) -> Any:
+def read_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -50,7 +50,7 @@ def watch_records(results_dir: str) -> list[dict[str, Any]]:
     paths = [os.path.join(results_dir, "watch.json")]
     paths += sorted(glob.glob(os.path.join(results_dir, "watch-recovery-*.json")),
                     key=lambda path: int(re.sub(r"\D", "", os.path.basename(path)) or 0))
-    return [record for record in (_read_json(path) for path in paths) if isinstance(record, dict)]
+    return [record for record in (read_json(path) for path in paths) if isinstance(record, dict)]
 
 
 def losses(results_dir: str) -> tuple[int | None, float | None, float | None]:
@@ -142,7 +142,7 @@ def spent(results_dir: str) -> float:
     the larger of the two. The watch has no last reading of an instance that vanished under it, and none at all of
     one the smoke test rejected; the account's charges may lag behind what was used."""
     watched = _watched_spend(results_dir)
-    record = _read_json(os.path.join(results_dir, "spend.json"))
+    record = read_json(os.path.join(results_dir, "spend.json"))
     charged = _number_or_none(record.get("total_usd")) if isinstance(record, dict) else None
     return watched if charged is None else round(max(watched, charged), 6)
 
@@ -156,7 +156,7 @@ def _watched_spend(results_dir: str) -> float:
         if value is not None:
             key = instance.get("id") or f"record-{index}"
             per_instance[key] = max(per_instance.get(key, 0.0), value)
-    live = _read_json(os.path.join(results_dir, "progress-watch.json"))
+    live = read_json(os.path.join(results_dir, "progress-watch.json"))
     if isinstance(live, dict) and live.get("outcome") is None:
         value = _number_or_none(live.get("spent_usd"))
         if value is not None:
@@ -170,7 +170,7 @@ def build_row(*, trial_id: str, label: str, params: Mapping[str, Any], results_d
               ledger_records: Sequence[Mapping[str, Any]], started_at: float | None = None) -> dict[str, Any]:
     watches = watch_records(results_dir)
     last_watch = watches[-1] if watches else {}
-    recovery = _read_json(os.path.join(results_dir, "recovery.json")) or {}
+    recovery = read_json(os.path.join(results_dir, "recovery.json")) or {}
     step, final, best = losses(results_dir)
     message = ""
     if outcome_override:

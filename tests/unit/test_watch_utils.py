@@ -773,6 +773,22 @@ def test_argument_spec_defaults() -> None:
         "missing required arguments: tmux_session"]
 
 
+def destroyed_at(clock: FakeClock, when: float) -> VastClient:
+    """An API whose instance 7 runs until the fake clock reaches ``when``, and is gone from then on."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        row = {"id": 7, "actual_status": "running", "intended_status": "running", "cur_state": "running"}
+        return httpx.Response(200, json={"instances": row if clock.now < when else None})
+
+    return VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
+
+
+def join_abandoned_polls() -> None:
+    """An abandoned poll goes on to run its command: wait for it, so that no process outlives the test."""
+    for thread in threading.enumerate():
+        if thread.name == "mlops-vast-watch-poll":
+            thread.join(30)
+
+
 def test_loop_hung_poll_does_not_hide_a_destroyed_instance(fake_host: dict[str, Any]) -> None:
     """A poll stuck on a dead TCP connection: the API is still asked while it waits."""
     release = threading.Event()
@@ -782,21 +798,13 @@ def test_loop_hung_poll_does_not_hide_a_destroyed_instance(fake_host: dict[str, 
         clock.now += 200  # what the stuck command costs in (fake) time
         release.wait(30)
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        row = {"id": 7, "actual_status": "running", "intended_status": "running", "cur_state": "running"}
-        return httpx.Response(200, json={"instances": row if clock.now < 1100 else None})
-
-    client = VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
     started = time.monotonic()
     try:
-        result, _ = run_watch(fake_host, {1: start_run, 2: hang}, clock=clock, client=client, instance_id=7,
-                              poll_interval=30, api_poll_interval=120)
+        result, _ = run_watch(fake_host, {1: start_run, 2: hang}, clock=clock, client=destroyed_at(clock, 1100),
+                              instance_id=7, poll_interval=30, api_poll_interval=120)
     finally:
         release.set()
-        # The abandoned poll goes on to run its command; wait for it, so no process outlives the test.
-        for thread in threading.enumerate():
-            if thread.name == "mlops-vast-watch-poll":
-                thread.join(30)
+        join_abandoned_polls()
     assert result["outcome"] == "instance_gone" and result["instance"]["gone"].startswith("destroyed")
     assert "while a poll was waiting" in result["last_connection_failure"]
     assert time.monotonic() - started < 10, "not the 60 s command timeout"
@@ -811,21 +819,14 @@ def test_loop_a_long_poll_given_up_for_a_destroyed_instance_is_no_connection_fai
     def api_interval_passes(run: Path) -> None:
         clock.now += 200  # the next API poll is due while this poll waits on the host
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        row = {"id": 7, "actual_status": "running", "intended_status": "running", "cur_state": "running"}
-        return httpx.Response(200, json={"instances": row if clock.now < 1100 else None})
-
-    client = VastClient(SECRET, "http://vast.test", transport=httpx.MockTransport(handler))
     started = time.monotonic()
     try:
         result, fake_action = run_watch(fake_host, {1: start_run, 2: api_interval_passes}, clock=clock,
-                                        client=client, instance_id=7, poll_interval=30, api_poll_interval=120,
-                                        end_wait=8)
+                                        client=destroyed_at(clock, 1100), instance_id=7, poll_interval=30,
+                                        api_poll_interval=120, end_wait=8)
         returned = time.monotonic()
     finally:
-        for thread in threading.enumerate():
-            if thread.name == "mlops-vast-watch-poll":
-                thread.join(30)  # the given-up poll's command ends when its wait does
+        join_abandoned_polls()  # the given-up poll's command ends when its wait does
     assert result["outcome"] == "instance_gone" and result["instance"]["gone"].startswith("destroyed")
     assert returned - started < 6, "given up within its wait, not after it"
     assert (result["connection_failures"], result["last_connection_failure"]) == (0, None)
