@@ -23,6 +23,7 @@ from typing import Any
 
 PLACEHOLDER = "@@mlops-trial:{name}@@"
 _PLACEHOLDER_RE = re.compile(r"@@mlops-trial:([A-Za-z_][A-Za-z0-9_.-]*)@@")
+_QUOTED_PLACEHOLDER_RE = re.compile(r"'@@mlops-trial:([A-Za-z_][A-Za-z0-9_.-]*)@@'")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 MAX_TRIALS = 1000
 RANDOM_PARAM_KEYS = {"min", "max", "log", "int", "choices"}
@@ -219,7 +220,10 @@ def render_command(command: str, params: Mapping[str, Any], placed: Collection[s
     if empty:
         raise SweepSpecError(f"run_command places trial parameter(s) {empty}, which this trial sets to null: give a "
                              "value, or leave the placeholder out (a null parameter appended is left out)")
-    text = _PLACEHOLDER_RE.sub(lambda match: format_value(params[match.group(1)]), command)
+    # {{ trial.name | quote }} arrives as the placeholder in single quotes: the value is quoted for the shell as a
+    # whole (a value holding a quote or a space stays one argument), not pasted between the quotes.
+    text = _QUOTED_PLACEHOLDER_RE.sub(lambda match: shlex.quote(format_value(params[match.group(1)])), command)
+    text = _PLACEHOLDER_RE.sub(lambda match: format_value(params[match.group(1)]), text)
     extra = []
     for name, value in params.items():
         if name in named or name in placed or value is None:  # null: the trainer's own default applies

@@ -248,3 +248,10 @@ def test_a_rerun_reuses_a_completed_trial_only_while_it_trains_the_same(tmp_path
     reused, retrained = SweepAction._reuse_completed(now)
     assert reused == 2 and [t.state for t in now] == ["done", "queued", "queued", "done"]
     assert retrained == {"t2": ["run_command"], "t3": ["run_image", "run_env"]}
+
+
+def test_a_placeholder_in_single_quotes_is_one_shell_argument_whatever_the_value() -> None:
+    placed = trial_placeholders({"optim": ["adam w"], "note": ["it's"], "plain": ["x"]})
+    command = f"python3 train.py --optim '{placed['optim']}' --note '{placed['note']}' --plain '{placed['plain']}'"
+    rendered = render_command(command, {"optim": "adam w", "note": "it's", "plain": "x"})
+    assert shlex.split(rendered) == ["python3", "train.py", "--optim", "adam w", "--note", "it's", "--plain", "x"]
