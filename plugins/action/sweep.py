@@ -26,7 +26,7 @@ from ansible.release import __version__ as ANSIBLE_CORE_VERSION
 from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger, default_ledger_path
 from ansible_collections.mlops.vast.plugins.plugin_utils.contract import plain_errors, problems, validated
 from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import Target as TeardownTarget
-from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import teardown_argv
+from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import teardown_argv, wait_or_destroy
 from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     SweepSpecError,
@@ -201,31 +201,27 @@ class ActionModule(ActionBase):
                 os.remove(os.path.join(private_dir, f"{trial.id}.json"))
 
         def teardown(stopped: Sequence[Trial]) -> None:
-            procs = []
+            env = {**plain_environment(os.environ), "MLOPS_VAST_GUARD": "off"}
+            running = []
             for trial in stopped:
-                log = open(os.path.join(trial.results_dir, "ansible.log"), "ab")  # noqa: SIM115
-                try:
-                    # As the guard does for an interrupted train.yml: through the inventory, with the trial's results
-                    # folder, so the newest sealed checkpoint and the run's files come home, verified, first.
-                    target = TeardownTarget.of_run(trial.label, trial.results_dir, trial.run_vars)
-                    procs.append(subprocess.Popen(
+                log_path = os.path.join(trial.results_dir, "ansible.log")
+                # As the guard does for an interrupted train.yml: through the inventory, with the trial's results
+                # folder, so the newest sealed checkpoint and the run's files come home, verified, first.
+                target = TeardownTarget.of_run(trial.label, trial.results_dir, trial.run_vars)
+                target.since = target.since or float(trial.started_at or 0.0)  # its cost, not an earlier try's
+                with open(log_path, "ab") as log:
+                    running.append((target, subprocess.Popen(
                         teardown_argv(target, UNREACHABLE_WAIT_S, ansible=[_ansible_playbook()]),
                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                        env={**plain_environment(os.environ), "MLOPS_VAST_GUARD": "off"}))
-                finally:
-                    log.close()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=TEARDOWN_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                        env=env), log_path))
+            wait_or_destroy(running, time.monotonic() + TEARDOWN_TIMEOUT_S, env=env, ansible=[_ansible_playbook()])
 
         timeout_s = args["trial_timeout_s"] or max(self._trial_timeout(b) for b in bases)
         waves = -(-sum(1 for t in trials if t.state == "queued") // args["max_parallel"])
         scheduler = Scheduler(
             trials, launch=launch, max_parallel=args["max_parallel"],
             budget=Budget(total=args["budget_usd"], run_cap=float(base.get("max_total_usd") or 0),
-                          **self._floor(base)),
+                          **max((self._floor(b) for b in bases), key=lambda floor: floor["floor"])),
             state_file=os.path.join(results_dir, "sweep-state.json"), cancel_file=cancel_file,
             sweep_name=args["name"], finish=finish, teardown=teardown,
             spend_of=lambda trial: spent(trial.results_dir), trial_timeout_s=timeout_s, poll_s=args["poll_s"],

@@ -129,6 +129,8 @@ class CallbackModule(CallbackBase):
         self._started_under = 0
         self._acting = False  # orphaned mode: the teardown is under way
         self._sweep_stopping = False
+        self._module_facts: dict[str, Any] = {}
+        self._began = time.time()
 
     def set_options(self, task_keys: Any = None, var_options: Any = None, direct: Any = None) -> None:
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
@@ -159,9 +161,15 @@ class CallbackModule(CallbackBase):
         self._variable_manager = play.get_variable_manager()
 
     def v2_runner_on_ok(self, result: Any) -> None:
-        instance = (getattr(result, "_result", None) or {}).get("instance")
+        returned = getattr(result, "_result", None) or {}
+        instance = returned.get("instance")
         if isinstance(instance, dict) and instance.get("label"):
             self._labels.add(str(instance["label"]))
+        facts = returned.get("ansible_facts")
+        if isinstance(facts, Mapping):
+            # A module's facts (validate_playbook_vars' run or sweep), as this playbook set them: Ansible also keeps
+            # them in its fact cache, which a persistent cache plugin carries over from earlier playbooks.
+            self._module_facts.update(facts)
 
     def _facts(self) -> dict[str, Any]:
         if self._variable_manager is None:  # no play started yet: nothing can have been rented
@@ -169,11 +177,8 @@ class CallbackModule(CallbackBase):
         try:
             # Private to ansible-core (there is no public read of set_fact's cache from a callback): a change there
             # must be said, not taken for "nothing rented".
-            # A module's ansible_facts (validate_playbook_vars' run or sweep) are host facts; set_fact and register
-            # are the non-persistent ones, which win as they do for a play.
-            facts: dict[str, Any] = {}
-            with contextlib.suppress(KeyError):  # a cache plugin: its get() takes no default, a file cache raises
-                facts.update(self._variable_manager._fact_cache.get("localhost") or {})
+            # set_fact and register are the non-persistent ones, which win as they do for a play.
+            facts = dict(self._module_facts)
             facts.update(self._variable_manager._nonpersistent_fact_cache.get("localhost", {}))
             return facts
         except Exception as exc:  # any failure is said here, never raised in a signal handler
@@ -267,7 +272,7 @@ class CallbackModule(CallbackBase):
             say(f"the sweep is still stopping its trials after {self.get_option('timeout_s'):g} s; it goes on in the "
                 f"background (see {results_dir}/sweep-state.json, and mlops-vast status)")
         else:
-            for line in teardown.sweep_outcome(str(sweep["name"]), results_dir):
+            for line in teardown.sweep_outcome(str(sweep["name"]), results_dir, since=self._began):
                 say(line)
         self._chain(signum, frame)
 

@@ -26,6 +26,9 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import read_
 COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEARDOWN_PLAYBOOK = os.path.join(COLLECTION_ROOT, "playbooks", "teardown.yml")
 INVENTORY = os.path.join(COLLECTION_ROOT, "inventory", "vast.yml")
+# What train.yml writes into a run's results folder once it has resolved the run (name, results_dir, remote_dir,
+# checkpoint_glob, keep_checkpoints, started_at): how a teardown from outside the run finds its checkpoints.
+RUN_FILE = "run.json"
 # Set in the teardown's own environment: its guard stands down (its Ctrl-C is not the user's).
 DISABLE_ENV = "MLOPS_VAST_GUARD"
 
@@ -39,23 +42,53 @@ class Target:
     remote_dir: str = "/workspace/run"
     checkpoint_glob: str = "checkpoint-*"
     keep_checkpoints: int = 3
+    since: float = 0.0  # when the run began: the account's charges before it are an earlier run's
 
     @classmethod
     def of_run(cls, label: str, results_dir: str, run_vars: Mapping[str, Any]) -> Target:
         """The target of a run given by its run_* variables (a sweep's trial): where its files and checkpoints are
         on the host, train.meta.yml's defaults where it says nothing (or leaves it to a template)."""
+        resolved = read_json(os.path.join(results_dir, RUN_FILE))
+        if isinstance(resolved, Mapping) and resolved.get("remote_dir"):
+            # As train.yml resolved them (templates rendered, defaults filled in), once it got that far.
+            return cls.of_facts(label, results_dir, resolved)
+
         def given(name: str, default: Any) -> Any:
             value = run_vars.get(name)
             return default if value in (None, "") or "{{" in str(value) else value
 
         return cls(label, results_dir, str(given("run_remote_dir", "/workspace/run")),
-                   str(given("run_checkpoint_glob", "checkpoint-*")), int(given("run_keep_checkpoints", 3)))
+                   str(given("run_checkpoint_glob", "checkpoint-*")), _count(given("run_keep_checkpoints", 3), 3))
+
+    @classmethod
+    def of_facts(cls, label: str, results_dir: str, run: Mapping[str, Any]) -> Target:
+        """The target of train.yml's ``run`` fact (or the run.json it writes from it)."""
+        return cls(label, str(run.get("results_dir") or results_dir), str(run.get("remote_dir") or "/workspace/run"),
+                   str(run.get("checkpoint_glob") or "checkpoint-*"), _count(run.get("keep_checkpoints"), 3),
+                   float(run.get("started_at") or 0.0) if _is_number(run.get("started_at")) else 0.0)
 
     def extra_vars(self, unreachable_wait_s: float) -> dict[str, Any]:
         return {"teardown_label": self.label, "teardown_results_dir": self.results_dir,
                 "teardown_remote_dir": self.remote_dir, "teardown_checkpoint_glob": self.checkpoint_glob,
                 "teardown_keep_checkpoints": self.keep_checkpoints,
-                "teardown_unreachable_wait_s": unreachable_wait_s}
+                "teardown_unreachable_wait_s": unreachable_wait_s, "teardown_since": self.since}
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
+
+
+def _count(value: Any, default: int) -> int:
+    """A whole number of at least 0 (0 is "keep all"), else ``default``: a bad value must not stop a teardown."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return default
+    return number if number >= 0 else default
 
 
 def targets_from(facts: Mapping[str, Any], labels: set[str], cwd: str) -> list[Target]:
@@ -65,9 +98,8 @@ def targets_from(facts: Mapping[str, Any], labels: set[str], cwd: str) -> list[T
     run = facts.get("run")
     if isinstance(run, Mapping) and run.get("name"):
         name = str(run["name"])
-        found[name] = Target(name, str(run.get("results_dir") or os.path.join(cwd, "results", name)),
-                             str(run.get("remote_dir") or "/workspace/run"),
-                             str(run.get("checkpoint_glob") or "checkpoint-*"), int(run.get("keep_checkpoints") or 3))
+        found[name] = Target.of_facts(name, os.path.join(cwd, "results", name),
+                                      {**run, "started_at": facts.get("run_started_at")})
     rent_label = facts.get("rent_label")
     for label in ({str(rent_label)} if isinstance(rent_label, str) and rent_label else set()) | labels:
         found.setdefault(label, Target(label, os.path.join(cwd, "results", label)))
@@ -121,6 +153,40 @@ def teardown_argv(target: Target, unreachable_wait_s: float, ansible: Sequence[s
             "-e", json.dumps(target.extra_vars(unreachable_wait_s))]
 
 
+def destroy_argv(label: str, ansible: Sequence[str] | None = None) -> list[str]:
+    """playbooks/teardown.yml by label alone: destroy and prove gone, nothing pulled (for when pulling ran too long:
+    an instance must not go on billing for a checkpoint that does not come)."""
+    return [*(ansible or ansible_playbook()), TEARDOWN_PLAYBOOK, "-e", json.dumps({"teardown_label": label})]
+
+
+def wait_or_destroy(running: Sequence[tuple[Target, subprocess.Popen[bytes], str]], deadline: float, *,
+                    env: Mapping[str, str], ansible: Sequence[str] | None = None,
+                    destroy_timeout_s: float = 300.0) -> list[str]:
+    """Wait for teardowns started in sessions of their own until ``deadline`` (time.monotonic()), all together; one
+    still pulling then is stopped (its whole session) and its instance destroyed by label. The labels that needed
+    that."""
+    forced = []
+    for target, process, log_path in running:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            continue
+        except subprocess.TimeoutExpired:
+            forced.append(target.label)
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        with open(log_path, "ab") as log:
+            log.write(f"\n[mlops.vast] the teardown of {target.label} ran past its time: destroying it by label, "
+                      "without waiting for its checkpoint\n".encode())
+            log.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                subprocess.run(destroy_argv(target.label, ansible), stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=subprocess.STDOUT, env=dict(env), timeout=destroy_timeout_s,
+                               start_new_session=True, check=False)
+    return forced
+
+
 def start(target: Target, unreachable_wait_s: float) -> tuple[subprocess.Popen[bytes], str]:
     """Start the teardown of ``target`` in a new session; its output goes to ``<results>/guard.log``."""
     os.makedirs(target.results_dir, exist_ok=True)
@@ -161,11 +227,14 @@ def sweep_results_dir(sweep: Mapping[str, Any], cwd: str) -> str:
     return os.path.abspath(os.path.join(cwd, given or os.path.join("results", str(sweep.get("name")))))
 
 
-def sweep_outcome(name: str, results_dir: str) -> list[str]:
-    """What stopping a sweep did, from its state (sweep-state.json), each stopped trial's teardown record and the
-    local ledger: one line per trial that was running, then one for the sweep."""
+def sweep_outcome(name: str, results_dir: str, since: float = 0.0) -> list[str]:
+    """What stopping a sweep did, from its state (sweep-state.json, if written since ``since``: not an earlier run's),
+    each stopped trial's teardown record and the local ledger: one line per trial that was running, then one for
+    the sweep."""
     state = read_json(os.path.join(results_dir, "sweep-state.json"))
-    trials = [t for t in (state.get("trials") or []) if isinstance(t, dict)] if isinstance(state, dict) else []
+    if not isinstance(state, dict) or float(state.get("updated_at") or 0) < since:
+        state = {}  # stopped before its scheduler began: no trial had started
+    trials = [t for t in (state.get("trials") or []) if isinstance(t, dict)]
     lines = []
     for trial in trials:
         if trial.get("state") == "cancelled" and trial.get("results_dir"):
@@ -173,7 +242,8 @@ def sweep_outcome(name: str, results_dir: str) -> list[str]:
             record = read_json(os.path.join(target.results_dir, "teardown.json"))
             lines.append(f"{target.label}: {home_line(target, record if isinstance(record, dict) else {})}")
     count = {key: sum(1 for t in trials if t.get("state") == key) for key in ("cancelled", "skipped", "done")}
-    left = [c for c in ContractLedger().open_contracts() if str(c.get("label") or "").startswith(f"{name}-")]
+    labels = {str(t.get("label")) for t in trials}  # this sweep's own: another one may be named "<name>-b"
+    left = [c for c in ContractLedger().open_contracts() if str(c.get("label") or "") in labels]
     summary = (f"sweep {name}: {count['cancelled']} running trial(s) stopped, {count['skipped']} not started, "
                f"{count['done']} had ended (state: {results_dir}/sweep-state.json); ")
     if left:

@@ -58,9 +58,9 @@ def losses(results_dir: str) -> tuple[int | None, float | None, float | None]:
     before its files could be pulled), from the log lines the watches last saw (the best loss among those)."""
     found = _losses_of(_tail(os.path.join(results_dir, "run.log")).splitlines())
     if found[0] is None and found[1] is None:
-        seen = [str(line) for record in watch_records(results_dir)
-                for line in ((record.get("triage") or {}).get("last_lines") or [])
-                if isinstance(record.get("triage"), dict)]
+        triages = [record.get("triage") for record in watch_records(results_dir)]
+        seen = [str(line) for triage in triages if isinstance(triage, dict)
+                for line in (triage.get("last_lines") if isinstance(triage.get("last_lines"), list) else [])]
         found = _losses_of(seen)
     return found
 

@@ -42,6 +42,7 @@ import yaml
 from mlops_vast import _keys
 from mlops_vast import events as ev
 from mlops_vast.inputs import InputError, check_run, check_sweep, collection_root, load_vars
+from mlops_vast.ledger import ledger_path, open_contracts
 
 EventHandler = Callable[[ev.Event], Any]
 Cancel = threading.Event | Callable[[], bool] | None
@@ -320,19 +321,29 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _teardown_vars(label: str, results_dir: Path, run_vars: dict[str, Any]) -> dict[str, Any]:
-    """teardown.yml's variables for a run stopped from here: as the guard gives them (interrupt_teardown.Target,
+def _teardown_vars(label: str, results_dir: Path, run_vars: dict[str, Any], since: float) -> dict[str, Any]:
+    """teardown.yml's variables for a run stopped from here, as the guard gives them (interrupt_teardown.Target,
     which this package cannot import), so the run's files and newest sealed checkpoint come home, verified, before
-    its instance is destroyed."""
+    its instance is destroyed: from the run.json train.yml writes once it resolved the run (templates rendered),
+    else from the run's variables (train.meta.yml's defaults for a template); the charges since ``since``."""
+    resolved = ev.read_json(results_dir / "run.json") or {}
+    began = resolved.get("started_at")
+    if not isinstance(began, int | float) or began < since - 5:  # an earlier run's (train.yml starts after this)
+        resolved = {}
+
     def given(name: str, default: Any) -> Any:
-        value = run_vars.get(name)
+        value = resolved.get(name.removeprefix("run_")) if resolved.get("remote_dir") else run_vars.get(name)
         return default if value in (None, "") or "{{" in str(value) else value
 
+    try:
+        keep = max(0, int(given("run_keep_checkpoints", 3)))
+    except (TypeError, ValueError):
+        keep = 3  # a bad value must not stop a teardown
     return {"teardown_label": label, "teardown_results_dir": str(results_dir),
             "teardown_remote_dir": str(given("run_remote_dir", "/workspace/run")),
             "teardown_checkpoint_glob": str(given("run_checkpoint_glob", "checkpoint-*")),
-            "teardown_keep_checkpoints": int(given("run_keep_checkpoints", 3)),
-            "teardown_unreachable_wait_s": UNREACHABLE_WAIT_S}
+            "teardown_keep_checkpoints": keep, "teardown_unreachable_wait_s": UNREACHABLE_WAIT_S,
+            "teardown_since": since}
 
 
 def _teardown(ctx: _Context, runs: Iterable[dict[str, Any]], log_dir: Path, *, parallel: int = 8) -> dict[str, bool]:
@@ -346,15 +357,27 @@ def _teardown(ctx: _Context, runs: Iterable[dict[str, Any]], log_dir: Path, *, p
     outcome: dict[str, bool] = {}
 
     def one(label: str) -> None:
-        argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(ctx.root / "inventory" / "vast.yml"),
-                str(ctx.root / "playbooks" / "teardown.yml"), "-e", json.dumps(by_label[label])]
+        playbook = [str(Path(sys.executable).parent / "ansible-playbook"), str(ctx.root / "playbooks" / "teardown.yml")]
         with open(log_dir / f"teardown-{label}.log", "w") as log:
+            process = subprocess.Popen([*playbook, "-i", str(ctx.root / "inventory" / "vast.yml"), "-e",
+                                        json.dumps(by_label[label])], env=env, cwd=ctx.cwd, stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                done = subprocess.run(argv, env=env, cwd=ctx.cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                      stderr=subprocess.STDOUT, timeout=TEARDOWN_TIMEOUT_S, start_new_session=True)
-                outcome[label] = done.returncode == 0
+                outcome[label] = process.wait(timeout=TEARDOWN_TIMEOUT_S) == 0
+                return
             except subprocess.TimeoutExpired:
                 outcome[label] = False
+            # Still pulling: the instance must not go on billing for a checkpoint that does not come. Its whole
+            # session stops, and the instance is destroyed by label (interrupt_teardown.wait_or_destroy's way).
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            log.write(f"\n[mlops.vast] the teardown of {label} ran past {TEARDOWN_TIMEOUT_S:g} s: destroying it by "
+                      "label, without waiting for its checkpoint\n")
+            log.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                subprocess.run([*playbook, "-e", json.dumps({"teardown_label": label})], env=env, cwd=ctx.cwd,
+                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=300,
+                               start_new_session=True, check=False)
 
     threads = []
     for label in labels:
@@ -398,8 +421,24 @@ def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name
     something else ended the wait (a KeyboardInterrupt, a SystemExit), after the playbook ended.
 
     ``on_cancel`` is called once, in this thread, when cancellation is first seen."""
-    was_cancelled = False
-    cause: BaseException | None = None
+    state: dict[str, Any] = {"cancelled": False, "cause": None}
+
+    def interrupted(exc: BaseException) -> None:
+        # A Ctrl-C, a SystemExit from the caller's own signal handler, an error in cancel() or on_event: leaving
+        # now would delete the key file under a playbook that still runs (whose guard would then lack it).
+        if state["cause"] is not None and isinstance(exc, KeyboardInterrupt):
+            # A second interruption: the caller insists. The playbook is killed, not torn down.
+            play.cancel_requested = True
+            play.thread.join(timeout=10)
+            raise exc
+        state["cause"] = state["cause"] or exc
+        if not state["cancelled"]:
+            state["cancelled"] = True
+            try:
+                on_cancel()
+            except BaseException:  # the playbook must still be stopped
+                play.cancel_requested = True
+
     while True:
         finished = play.done  # read before the last poll, so that poll sees everything the playbook wrote
         try:
@@ -412,34 +451,22 @@ def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name
                 if warning is not None:
                     emit(warning)
             poll()
-            if not was_cancelled and cancelled():
-                was_cancelled = True
+            if not state["cancelled"] and cancelled():
+                state["cancelled"] = True
                 on_cancel()
-            if not finished:
-                # Inside the try: nearly all of the wait is spent here, so this is where a Ctrl-C or the caller's
-                # SystemExit lands.
-                time.sleep(POLL_S)
         except BaseException as exc:  # whatever ends this call first stops the run
-            # A Ctrl-C, a SystemExit from the caller's own signal handler, an error in cancel() or on_event: leaving
-            # now would delete the key file under a playbook that still runs (whose guard would then lack it).
-            if cause is not None and isinstance(exc, KeyboardInterrupt):
-                # A second interruption: the caller insists. The playbook is killed, not torn down.
-                play.cancel_requested = True
-                play.thread.join(timeout=10)
-                raise
-            cause = cause or exc
-            if not was_cancelled:
-                was_cancelled = True
-                try:
-                    on_cancel()
-                except BaseException:  # the playbook must still be stopped
-                    play.cancel_requested = True
+            interrupted(exc)
         if finished:
             break
+        try:
+            # Nearly all of the wait is spent here: a Ctrl-C or the caller's SystemExit lands here most often.
+            time.sleep(POLL_S)
+        except BaseException as exc:
+            interrupted(exc)
     play.thread.join()
-    if cause is not None:
-        raise _Interrupted(cause)
-    return was_cancelled
+    if state["cause"] is not None:
+        raise _Interrupted(state["cause"])
+    return bool(state["cancelled"])
 
 
 class _Interrupted(Exception):
@@ -475,7 +502,8 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
     name = check_run(merged, root, str(path) if path else "the run", cwd=cwd)
     emit, is_cancelled = _Emitter(on_event), _cancel_check(cancel)  # their TypeErrors before anything starts
     if is_cancelled():
-        return _not_started(name, Path(cwd or os.getcwd()).resolve() / "results" / name)
+        here = Path(cwd or os.getcwd()).resolve()
+        return _not_started(name, _results_dir(merged.get("run_results_dir"), here / "results" / name, here))
     ctx = _context(api_url, api_key, sim, cwd, env)
     try:
         results_dir = _results_dir(merged.get("run_results_dir"), ctx.cwd / "results" / name, ctx.cwd)
@@ -507,7 +535,8 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
         if cancelled:
             emit(ev.PhaseChanged(run=name, phase="teardown", previous=state["snap"].phase if state["snap"] else None,
                                  task="Cancelled: playbooks/teardown.yml for the run's label"))
-            teardown_ok = _teardown(ctx, [_teardown_vars(name, results_dir, merged)], results_dir).get(name, False)
+            teardown_ok = _teardown(ctx, [_teardown_vars(name, results_dir, merged, started)],
+                                    results_dir).get(name, False)
         result = _run_result(name, results_dir, status, rc, cancelled, teardown_ok, play.artifacts_dir, started)
         emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))
         if cause is not None:
@@ -538,8 +567,9 @@ def _results_dir(given: Any, default: Path, cwd: Path) -> Path:
 
 def _run_result(name: str, results_dir: Path, status: str, rc: int | None, cancelled: bool,
                 teardown_ok: bool | None, artifacts_dir: Path, started: float = 0.0) -> RunResult:
-    watches = [ev.read_json(path) or {} for path in [results_dir / "watch.json",
-                                                    *sorted(results_dir.glob("watch-recovery-*.json"), key=_natural)]]
+    paths = [results_dir / "watch.json", *sorted(results_dir.glob("watch-recovery-*.json"), key=_natural)]
+    # This run's: an earlier run of the name (its recovery rounds) left its own in the same folder.
+    watches = [ev.read_json(path) or {} for path in paths if _written_since(path, started)]
     watch = next((w for w in reversed(watches) if w), {})  # the last attempt's (after a recovery, not the lost one)
     recovery = ev.read_json(results_dir / "recovery.json") or {}
     teardown = ev.read_json(results_dir / "teardown.json")
@@ -568,6 +598,13 @@ def _run_result(name: str, results_dir: Path, status: str, rc: int | None, cance
                      watch_outcome=watch.get("outcome"), triage=watch.get("triage") or {}, checkpoints=checkpoints,
                      cost_usd=round(sum(costs), 6) if costs else None,
                      attempts=int(recovery.get("attempts") or 1), artifacts_dir=artifacts_dir, teardown=teardown)
+
+
+def _written_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since - 1
+    except OSError:
+        return False
 
 
 def _natural(path: Path) -> list[Any]:
@@ -610,7 +647,8 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
     name = check_sweep(merged, root, str(path) if path else "the sweep", cwd=cwd)
     emit, is_cancelled = _Emitter(on_event), _cancel_check(cancel)  # their TypeErrors before anything starts
     if is_cancelled():
-        not_started = _not_started(name, Path(cwd or os.getcwd()).resolve() / "results" / name)
+        here = Path(cwd or os.getcwd()).resolve()
+        not_started = _not_started(name, _results_dir(merged.get("sweep_results_dir"), here / "results" / name, here))
         return SweepResult(name=name, outcome="cancelled", status=not_started.status, rc=None,
                            results_dir=not_started.results_dir, message=not_started.message)
     ctx = _context(api_url, api_key, sim, cwd, env)
@@ -649,9 +687,13 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
             # playbooks stopped first (each in its own session, so killing the sweep's playbook left them running,
             # and one recovering would rent again).
             _kill_trial_playbooks(watcher.trials())
-            stopped = [trial for trial in watcher.trials() if isinstance(trial.get("label"), str)]
-            _teardown(ctx, [_teardown_vars(trial["label"], Path(trial.get("results_dir") or results_dir),
-                                           merged) for trial in stopped], results_dir)
+            # Only what is still open: the scheduler's own teardowns may have finished the others (a second pull
+            # into the same folder, or a teardown of a trial that never started, would only do harm).
+            still_open = {str(c.get("label")) for c in open_contracts(ledger_path(ctx.env()))}
+            stopped = [trial for trial in watcher.trials() if trial.get("label") in still_open]
+            _teardown(ctx, [_teardown_vars(trial["label"], Path(trial.get("results_dir") or results_dir), merged,
+                                           float(trial.get("started_at") or started)) for trial in stopped],
+                      results_dir)
         result = _sweep_result(name, results_dir, status, rc, cancelled, watcher, play.artifacts_dir,
                                _number(merged.get("sweep_budget_usd")))
         emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))

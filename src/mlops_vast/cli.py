@@ -27,6 +27,8 @@ import yaml
 
 from mlops_vast import events as ev
 from mlops_vast.inputs import InputError, check_run, collection_root, load_vars, plugin_util
+from mlops_vast.ledger import ledger_path as _ledger_path
+from mlops_vast.ledger import open_contracts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_CANCELLED = 0, 1, 2, 3, 130
 OUTCOME_EXIT = {"completed": EXIT_OK, "failed": EXIT_FAILED, "partial": EXIT_PARTIAL, "cancelled": EXIT_CANCELLED}
@@ -415,27 +417,6 @@ def _api_env(args: argparse.Namespace) -> tuple[dict[str, str], str | None, Any]
         else:
             return env, None, None
     return env, env.get("VAST_URL") or "https://console.vast.ai", sim
-
-
-def _ledger_path(env: dict[str, str]) -> Path:
-    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(env.get("MLOPS_VAST_LEDGER") or os.path.join(base, "mlops-vast", "contracts.jsonl")).expanduser()
-
-
-def open_contracts(path: Path, api_url: str | None = None) -> list[dict[str, Any]]:
-    """The ledger's contracts created and not yet destroyed (as plugins/module_utils/local_state.py reads it)."""
-    live: dict[int, dict[str, Any]] = {}
-    with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                record = json.loads(line)
-                if api_url and record.get("api_url") and record["api_url"].rstrip("/") != api_url.rstrip("/"):
-                    continue
-                if record.get("event") == "created":
-                    live[int(record["id"])] = record
-                elif record.get("event") == "destroyed":
-                    live.pop(int(record["id"]), None)
-    return list(live.values())
 
 
 def instance_spend(row: dict[str, Any], now: float | None = None) -> tuple[float | None, float | None]:

@@ -177,6 +177,9 @@ def test_ctrl_c_on_the_sweep_stops_every_trial_and_destroys_its_instance(sim: Si
         assert (folder / "checkpoints" / record["newest_checkpoint"]).is_dir(), record
         assert int(record["newest_checkpoint"].rsplit("-", 1)[1]) >= 60, record
         assert (folder / "run.log").exists() and row["steps"] >= 70 and row["final_loss"] is not None, row
+        # Where train.yml put the run (the teardown's source), and the account's charges of this run only.
+        assert json.loads((folder / "run.json").read_text())["remote_dir"] == "/workspace/run"
+        assert json.loads((folder / "spend.json").read_text())["since"] > 0
     with sim.client() as client:
         totals = client.get("/_sim/ledger").json()["totals"]
     assert totals["open_instances"] == 0 and totals["instances"] >= 2, totals

@@ -4,6 +4,7 @@ warnings, the sweep watcher, results from a results directory, and the mlops.vas
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -220,3 +221,34 @@ def test_progress_callback_without_a_file_writes_nothing(tmp_path: Path) -> None
     plugin.v2_playbook_on_play_start(FakePlay("p"))
     plugin.v2_playbook_on_stats(SimpleNamespace(processed={}, summarize=lambda host: {}))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_stopped_from_the_api_is_torn_down_where_train_yml_put_it(tmp_path: Path) -> None:
+    run_vars = {"run_remote_dir": "/workspace/{{ run_name }}", "run_keep_checkpoints": "0"}
+    assert api._teardown_vars("exp", tmp_path, run_vars, since=100.0) == {
+        "teardown_label": "exp", "teardown_results_dir": str(tmp_path), "teardown_remote_dir": "/workspace/run",
+        "teardown_checkpoint_glob": "checkpoint-*", "teardown_keep_checkpoints": 0,
+        "teardown_unreachable_wait_s": api.UNREACHABLE_WAIT_S, "teardown_since": 100.0}
+    resolved = {"remote_dir": "/workspace/exp", "checkpoint_glob": "ckpt-*", "keep_checkpoints": 2}
+    (tmp_path / "run.json").write_text(json.dumps({**resolved, "started_at": 50.0}))  # an earlier run's
+    assert api._teardown_vars("exp", tmp_path, run_vars, since=100.0)["teardown_remote_dir"] == "/workspace/run"
+    (tmp_path / "run.json").write_text(json.dumps({**resolved, "started_at": 101.0}))
+    said = api._teardown_vars("exp", tmp_path, run_vars, since=100.0)
+    assert (said["teardown_remote_dir"], said["teardown_checkpoint_glob"], said["teardown_keep_checkpoints"]) == (
+        "/workspace/exp", "ckpt-*", 2)
+
+
+def test_the_result_is_this_runs_last_attempt_with_what_the_account_charged(tmp_path: Path) -> None:
+    earlier = tmp_path / "watch-recovery-1.json"  # an earlier run of the name was preempted once
+    earlier.write_text(json.dumps({"outcome": "preempted", "triage": {"spent_usd": 0.3}}))
+    os.utime(earlier, (1000.0, 1000.0))
+    (tmp_path / "watch.json").write_text(json.dumps({"outcome": "completed", "triage": {"spent_usd": 0.5}}))
+    started = time.time() - 60
+    result = api._run_result("exp", tmp_path, "successful", 0, False, None, tmp_path, started)
+    assert (result.watch_outcome, result.cost_usd) == ("completed", 0.5)
+    (tmp_path / "watch-recovery-1.json").write_text(json.dumps({"outcome": "completed",
+                                                                "triage": {"spent_usd": 0.25}}))
+    (tmp_path / "watch.json").write_text(json.dumps({"outcome": "preempted", "triage": {"spent_usd": 0.5}}))
+    (tmp_path / "spend.json").write_text(json.dumps({"at": time.time(), "total_usd": 0.9}))  # a rejected host too
+    result = api._run_result("exp", tmp_path, "successful", 0, False, None, tmp_path, started)
+    assert (result.watch_outcome, result.cost_usd) == ("completed", 0.9)

@@ -6,13 +6,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from ansible_collections.mlops.vast.plugins.callback import guard
 from ansible_collections.mlops.vast.plugins.modules.vast_spend import extra_message
-from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import Target, outcome
+from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import (
+    Target,
+    outcome,
+    sweep_outcome,
+    wait_or_destroy,
+)
 from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
 
 
@@ -151,3 +158,56 @@ def test_the_orphaned_guard_tears_down_when_its_parent_is_gone_and_ends_ansible_
     callback._acting = False
     callback._watch_parent()  # the parent gone and nobody acting yet: the watcher sends the SIGTERM the guard handles
     assert sent == [(os.getpid(), signal.SIGTERM)]
+
+
+def test_the_guard_trusts_only_facts_this_playbook_set() -> None:
+    # A persistent fact cache (jsonfile, redis) carries an earlier playbook's module facts over: an old sweep fact
+    # there must not send an interrupted train.yml down the sweep's path, and an old run fact must not be torn down.
+    callback = guard.CallbackModule()
+    stale = {"localhost": {"sweep": {"name": "oldsweep"}, "run": {"name": "old-run"}}}
+    callback._variable_manager = SimpleNamespace(_fact_cache=stale, _nonpersistent_fact_cache={
+        "localhost": {"run_started_at": 100.0}})
+    assert "sweep" not in callback._facts() and "run" not in callback._facts()
+    callback.v2_runner_on_ok(SimpleNamespace(_result={"ansible_facts": {"run": {"name": "exp-42"}}}))
+    facts = callback._facts()
+    assert facts["run"] == {"name": "exp-42"} and facts["run_started_at"] == 100.0 and "sweep" not in facts
+
+
+def test_a_teardown_from_outside_the_run_takes_its_places_from_run_json(tmp_path: Path) -> None:
+    run_vars = {"run_remote_dir": "/workspace/{{ run_name }}", "run_keep_checkpoints": "all"}
+    # Before train.yml wrote run.json: the variables, train.meta.yml's defaults for a template or a bad value.
+    target = Target.of_run("sw-t1", str(tmp_path), run_vars)
+    assert (target.remote_dir, target.keep_checkpoints, target.since) == ("/workspace/run", 3, 0.0)
+    (tmp_path / "run.json").write_text(json.dumps({"name": "sw-t1", "remote_dir": "/workspace/sw-t1",
+                                                   "checkpoint_glob": "ckpt-*", "keep_checkpoints": 0,
+                                                   "started_at": 1234.5}))
+    target = Target.of_run("sw-t1", str(tmp_path), run_vars)
+    assert (target.remote_dir, target.checkpoint_glob, target.keep_checkpoints) == ("/workspace/sw-t1", "ckpt-*", 0)
+    assert target.extra_vars(10)["teardown_since"] == 1234.5  # the charges of this run, not the label's history
+
+
+def test_a_teardown_still_pulling_at_its_deadline_is_stopped_and_destroyed_by_label(tmp_path: Path) -> None:
+    pulling = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    log = tmp_path / "ansible.log"
+    forced = wait_or_destroy([(Target("sw-t1", str(tmp_path)), pulling, str(log))], time.monotonic() + 0.3,
+                             env=dict(os.environ), ansible=["/bin/echo", "destroy:"])
+    assert forced == ["sw-t1"] and pulling.poll() == -signal.SIGKILL
+    text = log.read_text()
+    assert "ran past its time: destroying it by label" in text
+    assert 'destroy:' in text and '"teardown_label": "sw-t1"' in text and "-i" not in text.split("destroy:")[1]
+
+
+def test_the_sweeps_outcome_is_this_runs_and_this_sweeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = tmp_path / "contracts.jsonl"
+    ledger.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"event": "created", "id": 1, "label": "sw-b-t1"},  # another sweep, named sw-b
+        {"event": "created", "id": 2, "label": "sw-t2"}]))
+    monkeypatch.setenv("MLOPS_VAST_LEDGER", str(ledger))
+    (tmp_path / "sweep-state.json").write_text(json.dumps({"updated_at": 50.0, "trials": [
+        {"label": "sw-t1", "state": "cancelled", "results_dir": str(tmp_path / "t1")},
+        {"label": "sw-t2", "state": "skipped"}]}))
+    lines = sweep_outcome("sw", str(tmp_path), since=10.0)
+    assert "1 running trial(s) stopped, 1 not started" in lines[-1]
+    assert "STILL OPEN in the local ledger: 2;" in lines[-1]  # sw-b-t1 is not this sweep's
+    # A state an earlier run left (the signal came before this run's scheduler wrote its own): no trial started.
+    assert "0 running trial(s) stopped, 0 not started" in sweep_outcome("sw", str(tmp_path), since=60.0)[-1]
