@@ -131,12 +131,16 @@ def test_ctrl_c_while_it_waits_tears_down_with_the_checkpoints_then_raises(sim: 
 
     run = {**fast_run(sim, "api-sigint"), "run_command": COMMAND.replace("--max_steps 200", "--max_steps 100000")}
     env = api_env(tmp_path)
+    # A suite started in the background (`cmd &` without job control) inherits SIGINT ignored, and Python keeps it
+    # so: a terminal's Ctrl-C reaches a Python whose SIGINT raises KeyboardInterrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_once_past_two_checkpoints, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
             mlops_vast.train("examples/run.yml", extra_vars=run, on_event=on_event, sim=local_sim(sim, tmp_path),
                              cwd=tmp_path, env=env)
     finally:
+        signal.signal(signal.SIGINT, previous)
         close_ssh_masters(env)
     assert max(steps) >= 110
     with sim.client() as client:
