@@ -330,6 +330,8 @@ def _teardown_vars(label: str, results_dir: Path, run_vars: dict[str, Any], sinc
     began = resolved.get("started_at")
     if not isinstance(began, int | float) or began < since - 5:  # an earlier run's (train.yml starts after this)
         resolved = {}
+    else:
+        since = max(since, float(began))  # the playbook's own start: what it charged, no earlier run of the label
 
     def given(name: str, default: Any) -> Any:
         value = resolved.get(name.removeprefix("run_")) if resolved.get("remote_dir") else run_vars.get(name)
@@ -346,19 +348,48 @@ def _teardown_vars(label: str, results_dir: Path, run_vars: dict[str, Any], sinc
             "teardown_since": since}
 
 
-def _teardown(ctx: _Context, runs: Iterable[dict[str, Any]], log_dir: Path, *, parallel: int = 8) -> dict[str, bool]:
+def run_folders(results: Path, labels: Iterable[str]) -> dict[str, Path]:
+    """The results folders under ``results`` whose run.json names one of ``labels`` (a run's results/<run>, a
+    trial's results/<sweep>/<trial>): where a teardown started from outside a run brings its data home."""
+    wanted = set(labels)
+    found: dict[str, Path] = {}
+    for run_file in sorted([*results.glob("*/run.json"), *results.glob("*/*/run.json")]):
+        resolved = ev.read_json(run_file) or {}
+        name = resolved.get("name")
+        if name in wanted and name not in found and resolved.get("remote_dir"):
+            found[name] = run_file.parent
+    return found
+
+
+def teardown_runs(folders: dict[str, Path], *, env: dict[str, str], cwd: Path, api_key: str) -> dict[str, bool]:
+    """Bring each run's newest sealed checkpoint and files home into its results folder (verified), then destroy its
+    instance: ``{label: results folder}``, the teardown ``mlops-vast teardown`` does for a run it finds the folder
+    of; {label: succeeded}. Each teardown's output goes to ``<folder>/teardown-<label>.log``."""
+    scratch = Path(tempfile.mkdtemp(prefix="mlops-vast-teardown-"))
+    os.chmod(scratch, 0o700)
+    ctx = _Context(root=collection_root(), cwd=cwd.resolve(), env_extra=dict(env),
+                   key_file=_keys.KeyFile(api_key, also=[scratch]), scratch=scratch)
+    try:
+        return _teardown(ctx, [_teardown_vars(label, folder, {}, 0.0) for label, folder in folders.items()])
+    finally:
+        ctx.close()
+
+
+def _teardown(ctx: _Context, runs: Iterable[dict[str, Any]], log_dir: Path | None = None, *,
+              parallel: int = 8) -> dict[str, bool]:
     """playbooks/teardown.yml through the inventory once per run (``_teardown_vars``), in parallel, each in its own
     session so a Ctrl-C in the terminal does not cut it short; {label: succeeded}. Their output goes to
-    ``log_dir/teardown-<label>.log``."""
+    ``log_dir/teardown-<label>.log`` (without ``log_dir``, into each run's results folder)."""
     by_label = {run["teardown_label"]: run for run in runs if run.get("teardown_label")}
     labels = list(by_label)
-    log_dir.mkdir(parents=True, exist_ok=True)
     env = ctx.env()
     outcome: dict[str, bool] = {}
 
     def one(label: str) -> None:
         playbook = [str(Path(sys.executable).parent / "ansible-playbook"), str(ctx.root / "playbooks" / "teardown.yml")]
-        with open(log_dir / f"teardown-{label}.log", "w") as log:
+        logs = log_dir or Path(by_label[label]["teardown_results_dir"])
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / f"teardown-{label}.log", "w") as log:
             process = subprocess.Popen([*playbook, "-i", str(ctx.root / "inventory" / "vast.yml"), "-e",
                                         json.dumps(by_label[label])], env=env, cwd=ctx.cwd, stdin=subprocess.DEVNULL,
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -66,6 +66,10 @@ def parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--label", help="only the instances with this label (a run's name, a trial's label)")
     which.add_argument("--all", action="store_true", help="every open contract in the ledger")
+    p.add_argument("--results-dir", metavar="DIR",
+                   help="with --label: the run's results folder, where its newest sealed checkpoint and files come "
+                        "home before the destroy (default: the folder under ./results whose run.json names the label)")
+    p.add_argument("--no-pull", action="store_true", help="destroy at once, bringing nothing home")
     common(p)
     p = sub.add_parser("reap", help="destroy instances of ours that no live controller watches (playbooks/reap.yml)")
     p.add_argument("--check", action="store_true", help="list the orphans with their spend; destroy nothing")
@@ -525,6 +529,8 @@ def _http_problem(exc: Exception) -> str:
 def cmd_teardown(args: argparse.Namespace) -> int:
     from mlops_vast import _keys
 
+    if args.results_dir and not args.label:
+        raise InputError("--results-dir names one run's folder: give it with --label")
     env, api_url, _sim = _api_env(args)
     if api_url is None:
         contracts = open_contracts(_ledger_path(env))
@@ -540,26 +546,79 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         print(f"mlops-vast: no open contract labelled {args.label!r} in the ledger {ledger}; asking the account",
               file=sys.stderr)
     key = _keys.resolve_api_key(env)
-    with contextlib.ExitStack() as stack:
-        key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
-        run_env = _keys.scrub_env(env, key_file.path if key_file else None)
-        run_env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
-        run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
-        argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(root / "playbooks" / "teardown.yml")]
-        if args.label:
-            argv += ["-e", json.dumps({"teardown_label": args.label})]
-        done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True,
-                              capture_output=args.json)
+    home = {} if args.no_pull or not key else _bring_home(args, before, env, key)
+    kept = sorted(label for label, record in home.items() if not record["ok"])
+    done = None
+    if not (args.label and kept):  # a run whose checkpoint could not be verified keeps its (stopped) instance
+        with contextlib.ExitStack() as stack:
+            key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
+            run_env = _keys.scrub_env(env, key_file.path if key_file else None)
+            run_env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
+            run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
+            argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(root / "playbooks" / "teardown.yml")]
+            chosen = {"teardown_label": args.label} if args.label else {"teardown_spare": kept} if kept else None
+            if chosen:
+                argv += ["-e", json.dumps(chosen)]
+            done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True,
+                                  capture_output=args.json)
     still = {c["id"] for c in open_contracts(ledger, api_url)}
     closed = [{"id": c["id"], "label": c.get("label")} for c in before if c["id"] not in still]
+    ok = (done is None or done.returncode == 0) and not kept
     if args.json:
-        _print_json({"label": args.label, "all": args.all, "rc": done.returncode,
-                     "outcome": "completed" if done.returncode == 0 else "failed",
-                     "destroyed": closed, "still_open": sorted(still & {c["id"] for c in before})})
-    elif closed:
+        _print_json({"label": args.label, "all": args.all, "rc": None if done is None else done.returncode,
+                     "outcome": "completed" if ok else "failed", "destroyed": closed,
+                     "still_open": sorted(still & {c["id"] for c in before}), "brought_home": home})
+        return EXIT_OK if ok else EXIT_FAILED
+    for label, record in home.items():
+        if record["ok"]:
+            newest = record.get("newest_checkpoint")
+            if record.get("host_reachable") is False:
+                said = f"the host did not answer; {record['may_lose'] or 'nothing new came home'}"
+            else:
+                said = (f"newest sealed checkpoint {newest} verified and home" if newest
+                        else "no sealed checkpoint on the host") + ", with the run's files"
+            print(f"mlops-vast: {label}: {said} (in {record['results_dir']})")
+        else:
+            print(f"mlops-vast: {label}: its data could not be brought home and verified; the instance is kept "
+                  f"(stopped) with its data. See {record['log']}; to give the data up: "
+                  f"mlops-vast teardown --label {label} --no-pull", file=sys.stderr)
+    if closed:
         print(f"mlops-vast: destroyed and closed in the ledger: "
               f"{', '.join(str(c['id']) + ' (' + str(c['label'] or '') + ')' for c in closed)}")
-    return EXIT_OK if done.returncode == 0 else EXIT_FAILED
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _bring_home(args: argparse.Namespace, contracts: list[dict[str, Any]], env: dict[str, str],
+                key: str) -> dict[str, dict[str, Any]]:
+    """The runs whose results folder is known (``--results-dir``, or found under ./results): each one's data home,
+    the newest sealed checkpoint verified, and its instance destroyed (playbooks/teardown.yml through the
+    inventory); {label: what came home}."""
+    from mlops_vast import api
+
+    if args.results_dir:
+        folder = Path(args.results_dir).expanduser().resolve()
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"--results-dir {args.results_dir} is not a folder")
+        folders = {args.label: folder}
+    else:
+        # Only runs this controller still holds open: a folder alone says nothing of what still bills.
+        folders = api.run_folders(Path("results").resolve(), {c["label"] for c in contracts if c.get("label")})
+    if not folders:
+        return {}
+    if not args.json:
+        print("mlops-vast: bringing home the newest sealed checkpoint and the files of "
+              + ", ".join(f"{label} (into {folder})" for label, folder in folders.items()) + " before destroying",
+              file=sys.stderr)
+    outcome = api.teardown_runs(folders, env=env, cwd=Path.cwd(), api_key=key)
+    home: dict[str, dict[str, Any]] = {}
+    for label, folder in folders.items():
+        record = ev.read_json(folder / "teardown.json") or {}
+        home[label] = {"ok": bool(outcome.get(label)), "results_dir": str(folder),
+                       "newest_checkpoint": record.get("newest_checkpoint"),
+                       "checkpoints_verified": record.get("checkpoints_verified"),
+                       "host_reachable": record.get("host_reachable"), "may_lose": record.get("may_lose") or "",
+                       "log": str(folder / f"teardown-{label}.log")}
+    return home
 
 
 def _why_failed(done: subprocess.CompletedProcess[str]) -> str:

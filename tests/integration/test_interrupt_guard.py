@@ -5,8 +5,10 @@ fails when an instance of the label still bills; spend.json is what vastsim's ow
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from tests.integration.ansible_run import (
     ledger_open,
     local_inventory,
     run_playbook,
+    run_task,
 )
 from tests.integration.test_modules import good_query
 
@@ -42,29 +45,33 @@ def shared_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
         yield simulator
 
 
-def start_train(sim: Sim, tmp_path: Path, name: str, hangup: signal.Handlers = signal.SIG_DFL
+def start_train(sim: Sim, tmp_path: Path, name: str, hangup: signal.Handlers = signal.SIG_DFL, *,
+                guard: bool = True, results: Path | None = None
                 ) -> tuple[subprocess.Popen[str], dict[str, str], Path]:
     key = tmp_path / "key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(key), MLOPS_VAST_EXCLUSIONS=str(tmp_path / "excl.json"),
                       # Set here, this list replaces ansible.cfg's: the guard is named as a user would name it.
-                      ANSIBLE_CALLBACKS_ENABLED="mlops.vast.guard,mlops.vast.progress",
+                      ANSIBLE_CALLBACKS_ENABLED="mlops.vast.guard,mlops.vast.progress" if guard
+                      else "mlops.vast.progress",
                       MLOPS_VAST_PROGRESS_FILE=str(tmp_path / "progress.json"))
     argv = [str(ANSIBLE_BIN / "ansible-playbook"), "playbooks/train.yml", "-i", str(local_inventory(tmp_path)),
             "-e", "@examples/run.yml",
             "-e", json.dumps({"run_name": name, "run_command": LONG,
                               "run_query": good_query(sim, "reliability > 0.95 num_gpus=1"),
-                              "run_results_dir": str(tmp_path / "results"), "run_poll_interval_s": 1,
+                              "run_results_dir": str(results or tmp_path / "results"), "run_poll_interval_s": 1,
                               "run_sync_interval_s": 2, "run_stall_timeout_s": 30})]
     out = (tmp_path / "out.log").open("w")
     # As from a terminal: SIGHUP at its default even when the suite runs under nohup (which the guard respects).
+    # Without the guard, in a session of its own: the test kills the whole playbook, workers too, as a crash would.
     process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                               text=True, cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup))
+                               text=True, cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup),
+                               start_new_session=not guard)
     return process, env, tmp_path / "out.log"
 
 
 def wait_phase(process: subprocess.Popen[str], tmp_path: Path, phase: str, *, sealed_home: bool = False,
-               timeout: float = 300) -> None:
+               timeout: float = 300, results: Path | None = None) -> None:
     """Until the progress file says ``phase`` (and a sealed checkpoint is home, when asked)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -73,7 +80,7 @@ def wait_phase(process: subprocess.Popen[str], tmp_path: Path, phase: str, *, se
             now = json.loads((tmp_path / "progress.json").read_text())["phase"]
         except (OSError, ValueError, KeyError):
             now = None
-        home = list((tmp_path / "results" / "checkpoints").glob(f"checkpoint-*/{cm.MANIFEST_NAME}"))
+        home = list((results or tmp_path / "results").joinpath("checkpoints").glob(f"checkpoint-*/{cm.MANIFEST_NAME}"))
         if now == phase and (home or not sealed_home):
             return
         time.sleep(0.5)
@@ -204,6 +211,90 @@ def test_a_hangup_ignored_on_entry_stays_ignored_under_the_guard(shared_sim: Sim
     output = finish(process, env, log)
     assert "[mlops.vast.guard] SIGINT" in output and "verified gone" in output, output[-4000:]
     account_and_ledger(shared_sim, tmp_path, label)
+
+
+def test_mlops_vast_teardown_brings_a_dead_runs_newest_checkpoint_home_before_destroying(
+        shared_sim: Sim, tmp_path: Path) -> None:
+    """The controller died (SIGKILL, no guard) while the host trained on: `mlops-vast teardown --label` finds the
+    run's folder under ./results (its run.json), pulls and verifies the newest sealed checkpoint, then destroys."""
+    label = "cli-dead"
+    results = tmp_path / "results" / label
+    process, env, log = start_train(shared_sim, tmp_path, label, guard=False, results=results)
+    try:
+        wait_phase(process, tmp_path, "training", sealed_home=True, results=results)
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        finish(process, env, log, timeout=30)
+    at_death = {p.name for p in (results / "checkpoints").glob("checkpoint-*")}
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not set(host_sealed(shared_sim, tmp_path / "key", label)) - {
+            int(name.split("-")[1]) for name in at_death}:
+        time.sleep(1)  # the host trains on and seals a checkpoint the dead controller never pulled
+    newest_on_host = host_sealed(shared_sim, tmp_path / "key", label)[-1]
+    assert f"checkpoint-{newest_on_host}" not in at_death, (newest_on_host, at_death)
+    assert ledger_open(tmp_path), "the killed run's contract is still open: what the teardown must close"
+
+    try:
+        done = subprocess.run([str(ANSIBLE_BIN / "mlops-vast"), "teardown", "--label", label, "--json",
+                               "--api-url", shared_sim.url], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+    finally:
+        close_ssh_masters(env)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    record = json.loads(done.stdout)
+    home = record["brought_home"][label]
+    assert home["ok"] and home["checkpoints_verified"] is True and Path(home["results_dir"]).resolve() == results
+    newest = home["newest_checkpoint"]
+    assert int(newest.split("-")[1]) >= newest_on_host, (newest, newest_on_host)
+    verify_home(results / "checkpoints" / newest)
+    assert (results / "run.log").exists() and (results / f"teardown-{label}.log").exists()
+    assert [row["label"] for row in record["destroyed"]] == [label] and record["still_open"] == []
+    account_and_ledger(shared_sim, tmp_path, label)
+
+
+def test_mlops_vast_teardown_all_keeps_an_unverified_run_and_destroys_the_rest(
+        shared_sim: Sim, tmp_path: Path) -> None:
+    """--all with two open runs: one whose folder says its checkpoints are somewhere they are not sealed (nothing to
+    verify: fine) and one whose results folder cannot be written (the pull fails): that one is kept, stopped, and
+    the command fails saying so; the other is destroyed."""
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    env = ansible_env(shared_sim, tmp_path, MLOPS_VAST_EXCLUSIONS=str(tmp_path / "excl.json"),
+                      MLOPS_VAST_SSH_KEY=str(key))
+    registered = run_task("mlops.vast.vast_ssh_key", {"public_key_file": f"{key}.pub"}, env, tmp_path)
+    assert not registered.get("failed"), registered  # the account's key: what a new instance lets in
+    for label in ("td-all-a", "td-all-b"):
+        rented = run_task("mlops.vast.vast_instance", {"label": label, "query": good_query(shared_sim),
+                                                        "image": "pytorch/pytorch:latest", "disk": 12,
+                                                        "state": "present"}, env, tmp_path)
+        assert rented["changed"] and not rented.get("failed"), rented
+        folder = tmp_path / "results" / label
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({"name": label, "remote_dir": "/workspace/run",
+                                                     "checkpoint_glob": "checkpoint-*", "keep_checkpoints": 3,
+                                                     "started_at": time.time()}))
+    unwritable = tmp_path / "results" / "td-all-b"
+    (unwritable / "checkpoints").write_text("a file where the checkpoints folder goes: the pull fails")
+    try:
+        done = subprocess.run([str(ANSIBLE_BIN / "mlops-vast"), "teardown", "--all", "--api-url", shared_sim.url],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL)
+    finally:
+        close_ssh_masters(env)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said[-3000:]
+    assert "td-all-a" in done.stdout and "destroyed and closed in the ledger" in done.stdout, said[-3000:]
+    assert "td-all-b: its data could not be brought home" in done.stderr, said[-3000:]
+    with shared_sim.client() as client:
+        rows = [r for r in client.get("/api/v1/instances/").json()["instances"] if r["label"].startswith("td-all-")]
+    # Kept, stopped (Vast says "exited"); the other one destroyed.
+    assert [(r["label"], r["actual_status"]) for r in rows] == [("td-all-b", "exited")], rows
+    gone = subprocess.run([str(ANSIBLE_BIN / "mlops-vast"), "teardown", "--label", "td-all-b", "--no-pull",
+                           "--api-url", shared_sim.url], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert gone.returncode == 0, (gone.stdout + gone.stderr)[-3000:]
+    assert ledger_open(tmp_path) == []
 
 
 def proof_playbook(tmp_path: Path, label: str) -> Path:
