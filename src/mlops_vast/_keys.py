@@ -124,6 +124,16 @@ class KeyFile:
                 self._janitor.wait(timeout=5)
             self._janitor = None
 
+    def hand_over(self) -> None:
+        """Leave the file to the janitor, for processes still using it (teardowns that go on after a Ctrl-C): it
+        removes it once none of them is left."""
+        if self._janitor is None:  # no janitor to hand it to: the teardowns need the key more than it needs going
+            return
+        if self._alive_fd is not None:
+            os.close(self._alive_fd)
+            self._alive_fd = None
+        self._janitor = None
+
     def __enter__(self) -> KeyFile:
         return self
 

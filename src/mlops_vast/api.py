@@ -177,6 +177,7 @@ class _Context:
     key_file: _keys.KeyFile | None
     scratch: Path  # private (0700), outside the private data dir: the run's variables as files
     sim: Any = None
+    teardowns_left_running: bool = False  # abandoned by a Ctrl-C: they still need the key file
 
     def env(self, base: dict[str, str] | None = None, *, guard: str = "off") -> dict[str, str]:
         """The playbooks' environment. ``guard``: ``off`` for the API's own teardowns; ``orphaned`` for the run's
@@ -199,7 +200,10 @@ class _Context:
 
     def close(self) -> None:
         if self.key_file is not None:
-            self.key_file.close()
+            if self.teardowns_left_running:
+                self.key_file.hand_over()
+            else:
+                self.key_file.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
         if self.sim is not None:
             with contextlib.suppress(Exception):
@@ -423,7 +427,10 @@ def _teardown(ctx: _Context, runs: Iterable[dict[str, Any]], log_dir: Path | Non
             try:
                 thread.join()
             except KeyboardInterrupt:
-                raise  # the person insists: the teardowns go on in their own sessions, without this process
+                # The person insists: the teardowns go on in their own sessions, without this process, and keep
+                # the key file they read it from until they end.
+                ctx.teardowns_left_running = True
+                raise
             except BaseException as exc:  # a SystemExit: the key must outlive the teardowns that use it
                 pending = pending or exc
     if pending is not None:

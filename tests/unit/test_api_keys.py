@@ -123,6 +123,22 @@ def test_a_killed_owner_leaves_no_key_file_once_nothing_started_with_it_runs(tmp
         owner.wait(timeout=10)
 
 
+def test_a_key_file_handed_over_stays_while_a_process_started_with_it_runs(tmp_path: Path) -> None:
+    """After a Ctrl-C the API leaves its teardowns running: hand_over() keeps the file for them (close() would
+    remove it under them), and the janitor removes it once the last of them has ended."""
+    key_file = _keys.KeyFile(SECRET, also=[tmp_path / "scratch"])
+    user = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            env=_keys.scrub_env(os.environ, key_file.path), start_new_session=True)
+    try:
+        key_path = Path(key_file.path)
+        key_file.hand_over()
+        assert not _wait_gone(key_path, 3), "handed over, the file went while a process started with it ran"
+    finally:
+        user.kill()
+        user.wait(timeout=10)
+    assert _wait_gone(key_path.parent, 15), "the key file outlived the process that used it"
+
+
 def test_scrub_env_without_a_key_removes_both_names() -> None:
     scrubbed = _keys.scrub_env({"VAST_API_KEY": SECRET, "VAST_API_KEY_FILE": "/x"}, None)
     assert "VAST_API_KEY" not in scrubbed and "VAST_API_KEY_FILE" not in scrubbed
