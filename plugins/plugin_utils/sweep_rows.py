@@ -9,6 +9,7 @@ import csv
 import glob
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -76,8 +77,13 @@ def _losses_of(lines: Iterable[str]) -> tuple[int | None, float | None, float | 
             step = int(metrics.step)
         if metrics.loss is not None:
             final = float(metrics.loss)
-            best = final if best is None else min(best, final)
+            if math.isfinite(final):
+                best = final if best is None else min(best, final)
     return step, final, best
+
+
+def not_finite(value: float | None) -> bool:
+    return value is not None and not math.isfinite(value)
 
 
 def _one_prefix(message: str) -> str:
@@ -183,6 +189,9 @@ def build_row(*, trial_id: str, label: str, params: Mapping[str, Any], results_d
         message = failure_message(_tail(os.path.join(results_dir, "ansible.log"), 256 * 1024))
     if not message and outcome != "completed":
         message = _one_prefix(str(last_watch.get("msg") or ""))[:500]
+    if not_finite(final):  # JSON has no NaN: the row says it in words, and the loss is null
+        message = "; ".join(filter(None, [message, f"the last loss logged was {final} (step {step})"]))
+        final = None
     hosts = hosts_of(label, ledger_records, since=started_at)
     attempts = recovery.get("attempts") if isinstance(recovery, dict) else None
     return {

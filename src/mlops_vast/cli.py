@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -222,6 +223,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, float) and not math.isfinite(value):  # JSON has no NaN: a strict parser rejects it
+        return None
     return value
 
 
@@ -233,7 +236,7 @@ def _pipe_width() -> int | None:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(_plain(data), indent=2, sort_keys=True, default=str), flush=True)
+    print(json.dumps(_plain(data), indent=2, sort_keys=True, default=str, allow_nan=False), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- Ctrl-C

@@ -153,3 +153,14 @@ def test_the_outcome_is_said_once_before_the_watchs_message(tmp_path: Path) -> N
     quoted = ('fatal: [localhost]: FAILED! => {"msg": "The run did not complete: crash: the trainer said '
               '\\"CUDA error: out of memory\\" at step 3"}\n')
     assert failure_message(quoted) == 'crash: the trainer said "CUDA error: out of memory" at step 3'
+
+
+def test_a_loss_that_became_nan_is_null_in_the_row_and_said_in_words(tmp_path: Path) -> None:
+    # HF's trainers print nan bare; JSON has no NaN, and a strict parser would reject trials.json.
+    (tmp_path / "run.log").write_text("{'loss': 0.5, 'step': 10}\n{'loss': 0.2, 'step': 20}\n"
+                                      "{'loss': nan, 'step': 30}\n")
+    row = build_row(trial_id="t000", label="sw-t000", params={}, results_dir=str(tmp_path), rc=0,
+                    outcome_override=None, duration_s=1.0, ledger_records=[])
+    assert row["final_loss"] is None and row["best_loss"] == 0.2 and row["steps"] == 30
+    assert row["message"] == "the last loss logged was nan (step 30)"
+    json.loads(json.dumps(row, allow_nan=False))
