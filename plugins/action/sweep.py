@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -39,6 +39,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     render_command,
     render_value,
     training_digests,
+    trial_expressions,
     trial_ids,
     trial_run_vars,
 )
@@ -291,7 +292,15 @@ class ActionModule(ActionBase):
 
     def _run_variables(self, task_vars: dict[str, Any]) -> dict[str, Any]:
         """The play's run_* variables, templated with ``trial`` bound to placeholders (as sweep.yml binds it)."""
-        return dict(self._templar.template({name: task_vars[name] for name in task_vars if name.startswith("run_")}))
+        written = {name: task_vars[name] for name in task_vars if name.startswith("run_")}
+        # As written, before templating: only there is {{ trial.lr * 2 }} told from {{ trial.lr }}.
+        computed = trial_expressions({**written, **({"sweep_trial_vars": task_vars["sweep_trial_vars"]}
+                                                    if isinstance(task_vars.get("sweep_trial_vars"), Mapping) else {})})
+        if computed:
+            raise SweepSpecError("; ".join(computed) + ". Only a parameter's own value can be placed, as "
+                                 "{{ trial.NAME }} (or {{ trial.NAME | quote }}): give each trial the value it needs "
+                                 "(sweep_trials, sweep_grid), or compute it in the trainer")
+        return dict(self._templar.template(written))
 
     @staticmethod
     def _checked_bases(name: str, run_vars: dict[str, Any], param_sets: list[dict[str, Any]], spec_path: str,

@@ -85,6 +85,10 @@ def _range_problems(values: Mapping[str, Any], spec: Mapping[str, Any], converte
             found += _range_problems(given if isinstance(given, Mapping) else value, option["options"], value,
                                      prefix=f"{prefix}{name}.", base_dir=base_dir)
             continue
+        if option.get("type") == "list" and option.get("elements") == "dict" and isinstance(given, str):
+            # Ansible would make [{"lr": "0.1"}] of "lr=0.1": a list of mappings is never written as text.
+            found.append(f"{prefix}{name} must be a list of mappings ([{{name: value}}, ...]), got {given!r}")
+            continue
         if option.get(DIRECTORY_KEY) and name in values and isinstance(value, str) and value.strip():
             path = os.path.join(base_dir, os.path.expanduser(value))  # an absolute value stays itself
             if not os.path.isdir(path):

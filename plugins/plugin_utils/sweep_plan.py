@@ -11,6 +11,7 @@ name are appended as ``--name value`` (``True`` as a bare flag, ``False`` left o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -87,6 +88,10 @@ def _grid(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _number(spec: Mapping[str, Any], key: str, name: str) -> float:
     value = spec.get(key)
+    if isinstance(value, str):
+        # YAML 1.1 (PyYAML, Ansible) reads 1e-4 as text: it needs a dot (1.0e-4) to be a number there.
+        with contextlib.suppress(ValueError):
+            value = float(value.strip())
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise SweepSpecError(f"sweep_random.params.{name}.{key} must be a number; got {value!r}")
     return float(value)
@@ -224,6 +229,7 @@ def render_command(command: str, params: Mapping[str, Any], placed: Collection[s
     # whole (a value holding a quote or a space stays one argument), not pasted between the quotes.
     text = _QUOTED_PLACEHOLDER_RE.sub(lambda match: shlex.quote(format_value(params[match.group(1)])), command)
     text = _PLACEHOLDER_RE.sub(lambda match: format_value(params[match.group(1)]), text)
+    _no_altered_placeholder(text, "run_command")
     extra = []
     for name, value in params.items():
         if name in named or name in placed or value is None:  # null: the trainer's own default applies
@@ -234,6 +240,17 @@ def render_command(command: str, params: Mapping[str, Any], placed: Collection[s
             continue
         extra.extend([f"--{name}", shlex.quote(format_value(value))])
     return " ".join([text, *extra]) if extra else text
+
+
+_ALTERED_RE = re.compile(r"@@mlops-trial:", re.I)
+
+
+def _no_altered_placeholder(text: str, where: str) -> None:
+    """What is left of a placeholder once the exact ones are filled in: a filter or an expression changed one (in a
+    variable that another one includes, where :func:`trial_expressions` does not look)."""
+    if _ALTERED_RE.search(text):
+        raise SweepSpecError(f"{where} has a trial parameter that a filter or an expression changed ({text[:200]!r}): "
+                             "only {{ trial.NAME }} (or {{ trial.NAME | quote }}) can be placed")
 
 
 def named_params(value: Any) -> set[str]:
@@ -265,12 +282,51 @@ def render_value(value: Any, params: Mapping[str, Any], where: str = "a run vari
         whole = _PLACEHOLDER_RE.fullmatch(value)
         if whole and not isinstance(params[whole.group(1)], bool):
             return params[whole.group(1)]
-        return _PLACEHOLDER_RE.sub(lambda match: format_value(params[match.group(1)]), value)
+        text = _PLACEHOLDER_RE.sub(lambda match: format_value(params[match.group(1)]), value)
+        _no_altered_placeholder(text, where)
+        return text
     if isinstance(value, Mapping):
         return {key: render_value(item, params, f"{where}.{key}") for key, item in value.items()}
     if isinstance(value, list):
         return [render_value(item, params, f"{where}[{index}]") for index, item in enumerate(value)]
     return value
+
+
+_JINJA_RE = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.S)
+_TRIAL_RE = re.compile(r"\btrial\b")
+# What can be placed: the parameter itself, as it is (quote leaves a placeholder as it is).
+_PLACEABLE_RE = re.compile(r"""trial\s*(?:\.\s*[A-Za-z_]\w*|\[\s*(['"])[A-Za-z_][A-Za-z0-9_.-]*\1\s*\])"""
+                           r"(?:\s*\|\s*(?:ansible\.builtin\.)?(?:quote|string))*")
+
+
+def trial_expressions(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """One sentence per template (in the variables as written, before Ansible templates them) that does more with a
+    trial parameter than place it: ``{{ trial.lr * 2 }}``, ``{{ trial.x | upper }}``, ``{% if trial.flag %}``. The
+    placeholder bound to ``trial`` goes through them as text (a condition on it is always true), so each trial
+    would run with something else than its value."""
+    found: list[str] = []
+
+    def walk(where: str, value: Any) -> None:
+        if isinstance(value, str):
+            for match in _JINJA_RE.finditer(value):
+                expression, statement = match.group(1), match.group(2)
+                if statement is not None and _TRIAL_RE.search(statement):
+                    found.append(f"{where}: {match.group(0)} decides on a trial parameter, which is filled in only "
+                                 "after Ansible's templating (the condition would hold for every trial)")
+                elif expression is not None and _TRIAL_RE.search(expression) and not _PLACEABLE_RE.fullmatch(
+                        expression.strip()):
+                    found.append(f"{where}: {match.group(0)} computes with a trial parameter, which is filled in only "
+                                 "after Ansible's templating (each trial would get something else than its value)")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(f"{where}.{key}", item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(f"{where}[{index}]", item)
+
+    for name, value in values.items():
+        walk(f"{prefix}{name}", value)
+    return found
 
 
 # What Jinja gives for {{ trial.items }}: its attribute lookup finds the mapping's method before the key.

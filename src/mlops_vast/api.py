@@ -547,7 +547,7 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
         results_dir = _results_dir(merged.get("run_results_dir"), ctx.cwd / "results" / name, ctx.cwd)
         overrides = {**(extra_vars or {}), "run_results_dir": str(results_dir)}
         files = [path if path else ctx.var_file("run.yml", data), ctx.var_file("overrides.yml", overrides)]
-        results_dir.mkdir(parents=True, exist_ok=True)
+        _make_results_dir(results_dir, "run_results_dir")
         started = time.time()
         play = _PlaybookRun(ctx, "train.yml", files, results_dir / "runner", {
             "ANSIBLE_CALLBACKS_ENABLED": _callbacks(ctx.env()),
@@ -594,6 +594,21 @@ def _callbacks(env: dict[str, str]) -> str:
     # The variable replaces ansible.cfg's callbacks_enabled, which names the guard: it must stay enabled.
     enabled = [name.strip() for name in env.get("ANSIBLE_CALLBACKS_ENABLED", "").split(",") if name.strip()]
     return ",".join(dict.fromkeys([*enabled, "mlops.vast.guard", "mlops.vast.progress"]))
+
+
+def _make_results_dir(path: Path, variable: str) -> Path | None:
+    """Make the results folder (InputError when it cannot be one); the outermost folder this made, if any."""
+    made = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        made = folder
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{variable}: {path} cannot be the results folder ({exc.strerror or exc}); give a folder "
+                         "that exists or can be made") from None
+    return made
 
 
 def _results_dir(given: Any, default: Path, cwd: Path) -> Path:
@@ -649,10 +664,10 @@ def _natural(path: Path) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
 
 
-def _failure_message(artifacts_dir: Path) -> str | None:
-    """The message of the last failed task that was not rescued or ignored (the job events)."""
+def _last_failure(artifacts_dir: Path) -> tuple[str, str] | None:
+    """(task, message) of the last failed task that was not rescued or ignored (the job events)."""
     events_dir = artifacts_dir / "job_events"
-    message = None
+    found = None
     if not events_dir.is_dir():
         return None
     for path in sorted(events_dir.glob("*.json"), key=lambda p: int(p.name.split("-")[0]) if p.name[0].isdigit()
@@ -662,8 +677,24 @@ def _failure_message(artifacts_dir: Path) -> str | None:
             data = event.get("event_data") or {}
             if event.get("event") == "runner_on_failed" and not data.get("ignore_errors"):
                 res = data.get("res") or {}
-                message = f"{data.get('task')}: {res.get('msg') or 'failed'}"
-    return message
+                found = (str(data.get("task") or ""), str(res.get("msg") or "failed"))
+    return found
+
+
+def _failure_message(artifacts_dir: Path) -> str | None:
+    """The message of the last failed task that was not rescued or ignored, after its task's name."""
+    found = _last_failure(artifacts_dir)
+    return f"{found[0]}: {found[1]}" if found else None
+
+
+# sweep.yml's first tasks: they check the sweep and plan its trials, each with its own values, before anything
+# happens; a failure there is bad input (exit 2), said as the check said it.
+SWEEP_INPUT_CHECKS = ("Check the sweep's variables", "Check the base run against")
+
+
+def _refused_input(artifacts_dir: Path, checks: tuple[str, ...]) -> str | None:
+    found = _last_failure(artifacts_dir)
+    return found[1] if found and found[0].startswith(checks) else None
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -692,7 +723,7 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
     ctx = _context(api_url, api_key, sim, cwd, env)
     try:
         results_dir = _results_dir(merged.get("sweep_results_dir"), ctx.cwd / "results" / name, ctx.cwd)
-        results_dir.mkdir(parents=True, exist_ok=True)
+        made = _make_results_dir(results_dir, "sweep_results_dir")
         (results_dir / "CANCEL").unlink(missing_ok=True)
         files = [path if path else ctx.var_file("sweep.yml", data)]
         if extra_vars:
@@ -720,6 +751,11 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
         except _Interrupted as stop:
             cancelled, cause = True, stop.cause
         status, rc = play.result()
+        refused = _refused_input(play.artifacts_dir, SWEEP_INPUT_CHECKS) if status == "failed" else None
+        if refused is not None:  # nothing started: the checks come before the reaper, the key and any trial
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+            raise InputError(f"{path or 'the sweep'}: {refused}")
         if cancelled and status == "canceled":
             # The scheduler did not finish its own teardown: every label it knew is torn down here, its trials'
             # playbooks stopped first (each in its own session, so killing the sweep's playbook left them running,

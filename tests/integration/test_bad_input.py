@@ -278,6 +278,23 @@ def test_the_python_api_raises_input_error_before_renting(tmp_path: Path, run: d
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize(("sweep", "words"), [
+    ({"sweep_grid": {"disk": [20, -5]}, "run_disk_gb": "{{ trial.disk }}"}, "(disk=-5): run_disk_gb must be at least"),
+    ({"sweep_trials": [{"lr": 0.1}], "run_command": "python3 train.py --lr {{ trial.lr * 2 }}"},
+     "run_command: {{ trial.lr * 2 }} computes with a trial parameter"),
+    ({"sweep_trials": [{"lr": 0.1}], "sweep_results_dir": "/proc/version"}, "cannot be the results folder"),
+])
+def test_the_python_api_raises_input_error_for_a_sweep_its_checks_refuse(tmp_path: Path, sweep: dict,
+                                                                         words: str) -> None:
+    """What only sweep.yml's own checks can tell (each trial's values against the run's contract, the templates as
+    written) is bad input too: InputError, not a failed sweep, and no results folder left behind."""
+    with pytest.raises(mlops_vast.InputError) as raised:
+        mlops_vast.sweep({"sweep_name": "api-bad-sweep", "run_command": "python3 train.py", **sweep}, cwd=tmp_path,
+                         api_url="http://127.0.0.1:9", api_key="unused")
+    assert words in str(raised.value) and "\n" not in str(raised.value), raised.value
+    assert not (tmp_path / "results").exists()
+
+
 def test_the_python_api_takes_paths_from_cwd_and_starts_nothing_when_cancelled_already(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "code").mkdir()

@@ -199,6 +199,10 @@ REFUSED_BEFORE_ANYTHING = [
     ({"sweep_grid": {"disk": [20, -5]}, "run_disk_gb": "{{ trial.disk }}"}, "(disk=-5): run_disk_gb must be at least"),
     ({"sweep_grid": {}, "sweep_trials": [{"lr": 0.1, "seed": 1}, {"lr": 0.2}], "run_env": {"SEED": "{{ trial.seed }}"}},
      "(lr=0.2): run_env.SEED names trial parameter(s) ['seed'] that this trial does not set"),
+    # The placeholder would go through the condition as text: every trial would get --x.
+    ({"run_command": "python3 train.py {% if trial.seed == 1 %}--x{% endif %}"},
+     "{% if trial.seed == 1 %} decides on a trial parameter"),
+    ({"sweep_trials": "lr=0.1"}, "sweep_trials must be a list of mappings"),  # Ansible would make [{lr: '0.1'}]
 ]
 
 

@@ -122,3 +122,10 @@ def test_a_run_name_that_would_leave_results_is_refused(spec: dict[str, Any], na
 def test_ordinary_run_names_pass(spec: dict[str, Any]) -> None:
     for name in ("tiny-demo", "exp_42", "lr-sweep-t1a2b3c", "v1.2"):
         assert check(spec, run_name=name) == []
+
+
+def test_a_list_of_mappings_given_as_text_is_refused(spec: dict[str, Any]) -> None:
+    # Ansible's conversion would make [{"name": "w"}] of "name=w" and go on.
+    assert check(spec, run_sources="name=w") == [
+        "run_sources must be a list of mappings ([{name: value}, ...]), got 'name=w'"]
+    assert check(spec, run_sources=[{"name": "w", "url": "http://example.com/w"}]) == []

@@ -18,6 +18,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     render_command,
     render_value,
     training_digests,
+    trial_expressions,
     trial_ids,
     trial_run_vars,
 )
@@ -255,3 +256,30 @@ def test_a_placeholder_in_single_quotes_is_one_shell_argument_whatever_the_value
     command = f"python3 train.py --optim '{placed['optim']}' --note '{placed['note']}' --plain '{placed['plain']}'"
     rendered = render_command(command, {"optim": "adam w", "note": "it's", "plain": "x"})
     assert shlex.split(rendered) == ["python3", "train.py", "--optim", "adam w", "--note", "it's", "--plain", "x"]
+
+
+def test_a_template_that_computes_or_decides_on_a_trial_parameter_is_named() -> None:
+    written = {"run_command": "python3 t.py --lr {{ trial.lr * 2 }} --o '{{ trial.opt }}' {{trial['a-b'] | quote}}",
+               "run_env": {"SEED": "{{ trial.seed }}", "UP": "{{ trial.name | upper }}"},
+               "run_smoke_args": "{% if trial.fast %}--max_steps 5{% endif %}",
+               "run_image": "{{ my_image }}", "run_disk_gb": "{{ trial.disk | string }}"}
+    found = trial_expressions(written)
+    assert [line.split(":", 1)[0] for line in found] == ["run_command", "run_env.UP", "run_smoke_args"], found
+    assert "{{ trial.lr * 2 }} computes with a trial parameter" in found[0]
+    assert "{% if trial.fast %} decides on a trial parameter" in found[2]
+
+
+def test_a_placeholder_changed_by_a_filter_elsewhere_is_refused() -> None:
+    # run_command: "{{ my_cmd }}" with my_cmd using {{ trial.x | upper }}: only the result shows it.
+    with pytest.raises(SweepSpecError, match="a trial parameter that a filter or an expression changed"):
+        render_command("python3 t.py --x @@MLOPS-TRIAL:X@@", {"x": "a"})
+    with pytest.raises(SweepSpecError, match=r"run_env\.A has a trial parameter"):
+        render_value({"A": "@@mlops-trial:x@@@@MLOPS-TRIAL:X@@"}, {"x": "a"}, "run_env")
+
+
+def test_random_bounds_written_as_yaml_reads_1e_4_are_numbers() -> None:
+    # YAML 1.1 reads 1e-4 (no dot) as text; the README's own example writes it so.
+    trials = expand({}, {"count": 4, "seed": 7, "params": {"lr": {"min": "1e-4", "max": "1e-1", "log": True}}}, [])
+    assert len(trials) == 4 and all(1e-4 <= trial["lr"] <= 1e-1 for trial in trials)
+    with pytest.raises(SweepSpecError, match=r"sweep_random.params.lr.min must be a number; got 'small'"):
+        expand({}, {"count": 1, "params": {"lr": {"min": "small", "max": 1}}}, [])
