@@ -250,7 +250,8 @@ class ActionModule(ActionBase):
             not_completed=len(rows) - completed, reused=reused, cancelled=scheduler.cancel_reason,
             states=dict(trial_states(trials)),
             spent_usd=round(sum(float(row.get("cost_usd") or 0) for row in rows), 6),
-            labels=[t.label for t in trials], lines=[row_line(row) for row in rows])
+            labels=[t.label for t in trials], lines=[row_line(row) for row in rows],
+            started_at={t.label: t.started_at for t in trials if t.started_at})
         changed_vars = sorted({name for names in retrained.values() for name in names})
         result["retrained"] = retrained
         result["msg"] = (f"{completed} of {len(rows)} trial(s) completed"

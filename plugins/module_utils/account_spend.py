@@ -9,7 +9,7 @@ from __future__ import annotations
 import calendar
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -100,11 +100,12 @@ def _ended_at(charge: Mapping[str, Any]) -> float | None:
 
 
 def run_spend(all_charges: Iterable[Mapping[str, Any]], ids: set[int], label: str,
-              since: float = 0.0) -> dict[str, Any]:
+              since: float = 0.0, earlier: Collection[int] = ()) -> dict[str, Any]:
     """The run's spend: the charges of its instances (by id, or by the label the charge names), per kind.
 
     With ``since``, a charge matched only by the label whose instance was gone before the run started is an
-    earlier run's (the API's day filter may be coarser than the run)."""
+    earlier run's (the API's day filter may be coarser than the run), and so is one of ``earlier``, the instances
+    the ledger saw an earlier run of the label rent, however recently it ended."""
     per_instance = []
     totals = dict.fromkeys(KINDS, 0.0)
     for charge in all_charges:
@@ -112,7 +113,7 @@ def run_spend(all_charges: Iterable[Mapping[str, Any]], ids: set[int], label: st
             continue
         instance_id = _charge_id(charge)
         if instance_id not in ids:
-            if (charge.get("metadata") or {}).get("label") != label:
+            if (charge.get("metadata") or {}).get("label") != label or instance_id in earlier:
                 continue
             ended = _ended_at(charge)
             if since > 0 and ended is not None and ended < since - CLOCK_SLACK_S:

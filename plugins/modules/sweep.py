@@ -220,6 +220,12 @@ labels:
   returned: success
   type: list
   elements: str
+started_at:
+  description:
+    - When each trial that ran in this run started (epoch seconds), by label; a trial reused from an earlier run is
+      not in it. What the account's charges of a trial count from.
+  returned: success
+  type: dict
 results_dir:
   description: Where C(trials.csv), C(trials.json), C(sweep-state.json) and the trial folders are.
   returned: success

@@ -146,7 +146,9 @@ class VastSpend(VastModule):
             rows = charges(self.client, charge_window(first_seen, since, now), now)
         except ValueError as exc:
             self.fail(f"cannot read the account's charges: {exc}")
-        spend = run_spend(rows, ids, label, since)
+        # The label's contracts the ledger saw before this run: an earlier run's, even if it ended a moment ago.
+        earlier = ledger_history(ledger, label, api_url)[0] - ids if since > 0 else set()
+        spend = run_spend(rows, ids, label, since, earlier)
         ids |= {i["id"] for i in spend["instances"] if i["id"] is not None}
         self.result.update(billing=billing_rows(listed), instance_ids=sorted(ids), spend=spend)
 

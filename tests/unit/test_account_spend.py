@@ -108,3 +108,13 @@ def test_too_many_pages_of_charges_says_to_give_the_runs_start() -> None:
 
     with pytest.raises(ValueError, match="give since"):
         spend.charges(Endless(), 5.0, 10.0)
+
+
+def test_an_earlier_run_that_ended_just_before_this_one_is_not_its_spend() -> None:
+    """A trial run again a minute after its first run: the first run's instance ended within the clocks' slack of
+    the start, and its charge names the label; the ledger knows it was an earlier run's."""
+    first = {"type": "instance", "source": "7", "amount": 0.5, "end": 9_950.0, "metadata": {"label": "exp"}}
+    this = {"type": "instance", "source": "8", "amount": 0.25, "metadata": {"label": "exp", "destroyed_at": None}}
+    assert spend.run_spend([first, this], {8}, "exp", since=10_000.0)["total_usd"] == pytest.approx(0.75)
+    result = spend.run_spend([first, this], {8}, "exp", since=10_000.0, earlier={7})
+    assert result["total_usd"] == pytest.approx(0.25) and [i["id"] for i in result["instances"]] == [8]
