@@ -136,6 +136,12 @@ class ActionModule(ActionBase):
         except SweepSpecError as exc:
             _fail(str(exc))
         base = bases[0]
+        floor = max((self._floor(b) for b in bases), key=lambda least: least["floor"])
+        run_cap = float(base.get("max_total_usd") or 0)
+        if 0 < run_cap < floor["floor"]:
+            # Every trial would be refused for it once the sweep runs: said here, before anything happens.
+            _fail(f"run_max_total_usd ${run_cap:g} is below ${floor['floor']:g}, the least a trial can start with "
+                  f"({floor['floor_why']}): raise it, or leave it out and let the trials share sweep_budget_usd")
 
         if args["plan"] or self._play_context.check_mode:
             # Nothing is written: the plan is what --check shows, and what sweep.yml checks before renting.
@@ -221,8 +227,7 @@ class ActionModule(ActionBase):
         waves = -(-sum(1 for t in trials if t.state == "queued") // args["max_parallel"])
         scheduler = Scheduler(
             trials, launch=launch, max_parallel=args["max_parallel"],
-            budget=Budget(total=args["budget_usd"], run_cap=float(base.get("max_total_usd") or 0),
-                          **max((self._floor(b) for b in bases), key=lambda floor: floor["floor"])),
+            budget=Budget(total=args["budget_usd"], run_cap=run_cap, **floor),
             state_file=os.path.join(results_dir, "sweep-state.json"), cancel_file=cancel_file,
             sweep_name=args["name"], finish=finish, teardown=teardown,
             spend_of=lambda trial: spent(trial.results_dir), trial_timeout_s=timeout_s, poll_s=args["poll_s"],

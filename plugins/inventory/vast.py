@@ -345,6 +345,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         strict = self.get_option("strict")
 
         self.inventory.add_group(GROUP)
+        # Each rental's host key is new, and its address and port are reused by other machines: its identity is the
+        # API's word, whatever the user's ansible.cfg says of host keys (a group variable: their group_vars win).
+        self.inventory.set_variable(GROUP, "ansible_host_key_checking", False)
         if key_file:
             # A group variable of `vast`, not a host variable: the user's own group_vars still win.
             self.inventory.set_variable(GROUP, "ansible_ssh_private_key_file", key_file)

@@ -9,9 +9,10 @@ starts, watches and, when asked to stop, ends trial playbooks and has each stopp
 
 The budget: every trial runs with a spending cap (``run_max_total_usd``), which its own watch enforces (the run
 stops with its checkpoints home when the cap is reached). A trial starts only while the finished trials' cost plus
-every running trial's cap plus its own cap fits in the budget, so the trials together cannot pass it, and only with
-a cap of at least ``MIN_TRIAL_USD``, the least any trial can cost; if the instances' spend read live still reaches
-the budget, the running trials are stopped and torn down.
+every running trial's cap plus its own cap fits in the budget, and only with a cap of at least :func:`trial_floor`
+(what a trial burns at its price limit before its watch sees the spend, and the watch's reserve; never below
+``MIN_TRIAL_USD``), so no trial passes its cap by more than a slower start than a minute costs; if the instances'
+spend read live still reaches the budget, the running trials are stopped and torn down.
 """
 
 from __future__ import annotations
@@ -108,15 +109,16 @@ def trial_environment(base: Mapping[str, str], *, progress_file: str, strategy: 
 
 
 def trial_floor(max_dph: float, poll_s: float, tail_s: float) -> tuple[float, str]:
-    """The least cap a trial starts with, and why. The watch stops a run once its spend plus the burn until its
-    next look and the end of the run (``run_tail_s``) would pass the cap: at the highest price the trial may pay
-    (``run_max_dph``), a cap below that burn stops the trial as soon as it trains, after it paid for renting, setup
-    and the smoke test."""
-    reserve = math.ceil(max_dph * (poll_s + tail_s) / 3600 * 1e6) / 1e6 if max_dph > 0 else 0.0
+    """The least cap a trial starts with, and why: at the highest price the trial may pay (``run_max_dph``), the
+    minute that renting, booting, setup and the smoke test take at least (nobody watches the spend before the
+    training starts), and what the watch then holds in reserve (the burn until its next look and the end of the
+    run, ``run_tail_s``). A cap below it is spent, or passed, before the trial trains."""
+    burn_s = LEAST_RENTED_S + poll_s + tail_s
+    reserve = math.ceil(max_dph * burn_s / 3600 * 1e6) / 1e6 if max_dph > 0 else 0.0
     if reserve > MIN_TRIAL_USD:
-        return reserve, (f"what the watch holds in reserve at run_max_dph ${max_dph:g}/h: {poll_s:g} s until its next "
-                         f"look and run_tail_s {tail_s:g} s for the end of the run; a cap below it stops the trial "
-                         "as soon as it trains")
+        return reserve, (f"{burn_s:g} s at run_max_dph ${max_dph:g}/h: a minute to rent, set up and smoke-test before "
+                         f"the watch sees the spend, then {poll_s:g} s until its next look and run_tail_s {tail_s:g} s "
+                         "for the end of the run, which the watch holds in reserve")
     return MIN_TRIAL_USD, _FLOOR_WHY
 
 

@@ -75,8 +75,11 @@ def test_slow_wrong_gpu_and_small_disk_hosts_are_rejected_and_replaced(sim: Sim,
         assert row["destroyed_at"] is not None and row["running_seconds"] < 30, row
     excluded = json.loads((tmp_path / "excluded.json").read_text())["machines"]
     assert sorted(map(int, excluded)) == sorted(o["machine_id"] for o in first_three)
-    # A later run starts from the exclusions and lands on a good host at once.
-    again = run_playbook(str(provision_playbook(tmp_path, provision_query=query, provision_label="rug2")), env,
+    # A later run starts from the exclusions and lands on a good host at once; this time under a user's own
+    # Ansible settings, which check host keys (a rented host's is always new) and leave ssh's own defaults.
+    strict = {**env, "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o "
+              "ControlPersist=60s"}
+    again = run_playbook(str(provision_playbook(tmp_path, provision_query=query, provision_label="rug2")), strict,
                          "-i", str(local_inventory(tmp_path)))
     assert again.returncode == 0, failure_excerpt(again.stdout)
     assert json.loads((tmp_path / "provision.json").read_text())["rejected"] == []

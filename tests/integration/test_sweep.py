@@ -28,7 +28,7 @@ from tests.integration.ansible_run import (
 
 pytestmark = [pytest.mark.slow, needs_root, pytest.mark.timeout(1200)]
 
-BUDGET = 0.20  # examples/sweep.yml's
+BUDGET = 0.30  # examples/sweep.yml's
 
 
 def sweep_env(sim: Sim, tmp_path: Path) -> dict[str, str]:
@@ -203,6 +203,8 @@ REFUSED_BEFORE_ANYTHING = [
     ({"run_command": "python3 train.py {% if trial.seed == 1 %}--x{% endif %}"},
      "{% if trial.seed == 1 %} decides on a trial parameter"),
     ({"sweep_trials": "lr=0.1"}, "sweep_trials must be a list of mappings"),  # Ansible would make [{lr: '0.1'}]
+    # $1/h for a minute before training, 2 s to the next look and a 60 s tail: every trial would stop for it.
+    ({"run_max_total_usd": 0.01}, "run_max_total_usd $0.01 is below $0.033889, the least a trial can start with"),
 ]
 
 

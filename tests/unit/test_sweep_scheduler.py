@@ -174,19 +174,22 @@ def test_auto_is_the_collection_s_strategy_unless_the_user_chose_one_or_ansible_
 def test_a_share_below_the_watchs_reserve_at_the_price_limit_is_not_started(tmp_path: Path) -> None:
     # The QA case: $0.002 for two trials at up to $0.2/h, polled every 30 s with a 60 s tail: each would get $0.001
     # and be stopped as soon as it trained, the watch holding back $0.005 for its next look and the end of the run.
+    # With the minute before the watch's first look (renting, setup, the smoke test: the QA case of three trials at
+    # $0.3/h whose $0.0005 caps were spent before training), $0.2/h for 150 s.
     floor, why = trial_floor(0.2, 30, 60)
-    assert floor == 0.005 and "run_max_dph $0.2/h" in why and "run_tail_s 60 s" in why
+    assert floor == 0.008334 and "150 s at run_max_dph $0.2/h" in why and "run_tail_s 60 s" in why, (floor, why)
+    assert "a minute to rent, set up and smoke-test" in why
     run = Harness(tmp_path, [{"cost": 0.0002}] * 2, max_parallel=2, rows=True,
                   budget=Budget(total=0.002, floor=floor, floor_why=why))
     trials = run.scheduler.run(deadline_s=60)
     assert run.started == []
     message = trials[0].row["message"]
-    assert "a share of $0.001 each, below $0.005, the least a trial can start with" in message, message
-    assert "a budget of at least $0.01 would start them" in message, message
+    assert "a share of $0.001 each, below $0.008334, the least a trial can start with" in message, message
+    assert "a budget of at least $0.016668 would start them" in message, message
     # Enough for both: they start, each with its share.
     (tmp_path / "enough").mkdir()
     run = Harness(tmp_path / "enough", [{"cost": 0.0002}] * 2, max_parallel=2,
-                  budget=Budget(total=0.01, floor=floor, floor_why=why))
+                  budget=Budget(total=0.017, floor=floor, floor_why=why))
     assert [t.state for t in run.scheduler.run(deadline_s=60)] == ["done", "done"]
     # No price limit: only the general floor (a minute of the cheapest GPU) is known.
     assert trial_floor(0, 30, 60)[0] == MIN_TRIAL_USD
