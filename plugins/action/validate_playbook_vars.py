@@ -56,9 +56,11 @@ class ActionModule(ValidateArgumentSpec):
         shown = {name: "********" if name in hidden and value else value for name, value in values.items()}
         out: dict[str, Any] = {"changed": False, "msg": f"the variables match {path}", "values": shown}
         if args["fact"]:
-            out["ansible_facts"] = {args["fact"]: values}
-            # The fact holds what no_log options were given (tokens in run_env): its display is censored.
-            out["_ansible_no_log"] = any(values.get(name) for name in hidden)
+            # A module's facts are the host's facts, which a fact cache keeps on disk (a jsonfile cache, AWX's, the
+            # one ansible-runner turns on in its artifacts): a no_log option (tokens in run_env) is left out of it
+            # (null), and the play reads it from its own variable.
+            out["ansible_facts"] = {args["fact"]: {name: None if name in hidden else value
+                                                   for name, value in values.items()}}
         return out
 
     def _spec_path(self, spec_file: str, task_vars: dict[str, Any]) -> str:

@@ -23,7 +23,9 @@ description:
     are returned in RV(values) and set as the fact O(fact), names without O(prefix), so that the defaults are
     written once, in the spec.
   - An option marked C(no_log) in the spec (a dict of tokens, say) is never shown - not in RV(values), not
-    in a message; when one is given and O(fact) is set, the task's output is censored as with C(no_log).
+    in a message - and is null in the fact O(fact), since a fact cache (jsonfile, AWX's, ansible-runner's in its
+    artifacts) keeps a module's facts on disk; the play reads it from its own variable (train.yml adds it to the
+    run with a set_fact, which no fact cache keeps).
 version_added: 0.1.0
 extends_documentation_fragment:
   - mlops.vast.attributes

@@ -46,8 +46,11 @@ def fast_run(sim: Sim, name: str) -> dict[str, object]:
 def test_train_returns_a_typed_result_with_events_and_no_key_in_the_artifacts(sim: Sim, tmp_path: Path) -> None:
     seen: list[mlops_vast.Event] = []
     env = api_env(tmp_path)
+    token = f"hf_{os.urandom(12).hex()}"  # a run_env token: on the host, and nowhere on the controller's disk
+    run = {**fast_run(sim, "api-e2e"), "run_env": {"HF_TOKEN": token},
+           "run_command": f'echo token of $(printf %s "$HF_TOKEN" | wc -c) characters && {COMMAND}'}
     try:
-        result = mlops_vast.train("examples/run.yml", extra_vars=fast_run(sim, "api-e2e"), on_event=seen.append,
+        result = mlops_vast.train("examples/run.yml", extra_vars=run, on_event=seen.append,
                                   sim=local_sim(sim, tmp_path), cwd=tmp_path, env=env)
     finally:
         close_ssh_masters(env)
@@ -77,6 +80,9 @@ def test_train_returns_a_typed_result_with_events_and_no_key_in_the_artifacts(si
     # included), in the ledger and its leases, or in HOME; only the simulator's own state dir holds it.
     for place in [p for p in tmp_path.iterdir() if p.name != "state"]:
         assert files_holding(place, [sim.api_key]) == [], place
+        # Nor the run's token (ansible-runner's fact cache in the artifacts kept it once), which the trainer had.
+        assert files_holding(place, [token]) == [], place
+    assert f"token of {len(token)} characters" in (result.results_dir / "run.log").read_text()
     command = json.loads(next((result.artifacts_dir).glob("command")).read_text())
     assert "VAST_API_KEY" not in command["env"] and not Path(command["env"]["VAST_API_KEY_FILE"]).exists()
     assert (result.results_dir / "runner" / "artifacts").is_dir()
