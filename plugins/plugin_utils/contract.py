@@ -28,6 +28,11 @@ DIRECTORY_KEY = "directory"
 TYPE_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "list": "a list",
               "dict": "a mapping", "str": "a string", "path": "a path", "raw": "a value"}
 _UNCONVERTIBLE = re.compile(r"^argument '(?P<name>[^']+)' is of type .* unable to convert to (?P<type>\w+)")
+_SUB_UNCONVERTIBLE = re.compile(r"^argument '(?P<sub>[^']+)' is of type \S+ found in '(?P<name>[^']+)'\. "
+                                r".*unable to convert to (?P<type>\w+)")
+_SUB_UNKNOWN = re.compile(r"^(?P<names>[\w.\[\]-]+(?:, [\w.\[\]-]+)*)\. Supported parameters include: "
+                          r"(?P<supported>.+?)\.?$")
+_SUB_MISSING = re.compile(r"^missing required arguments: (?P<subs>.+) found in (?P<name>\S+)$")
 _BAD_ELEMENT = re.compile(r"^Elements value for option '(?P<name>[^']+)' is of type .* "
                           r"unable to convert to (?P<type>\w+)")
 
@@ -38,6 +43,25 @@ def plain_errors(errors: list[str], values: Mapping[str, Any], spec: Mapping[str
     secret = {name for name, option in (spec or {}).items() if option.get("no_log")}
     said = []
     for error in errors:
+        sub, missing = _SUB_UNCONVERTIBLE.match(error), _SUB_MISSING.match(error)
+        if sub:
+            wanted = TYPE_WORDS.get(sub["type"], f"of type {sub['type']}")
+            shown = _sub_value(values, sub["name"], sub["sub"])
+            said.append(f"{sub['name']}.{sub['sub']} must be {wanted}, got {shown}")
+            continue
+        unknown = _SUB_UNKNOWN.match(error)
+        if unknown:
+            supported = [key.strip() for key in unknown["supported"].split(",")]
+            for path in (part.strip() for part in unknown["names"].split(",")):
+                parent, _, key = path.rpartition(".")
+                close = difflib.get_close_matches(key, supported, n=1)
+                said.append(f"{path} is not a key of {parent or 'this option'}"
+                            + (f"; did you mean {close[0]}?" if close else f" (its keys: {', '.join(supported)})"))
+            continue
+        if missing:
+            plural = "," in missing["subs"]
+            said.append(f"{missing['name']} needs {missing['subs']} (required key{'s' if plural else ''})")
+            continue
         whole, element = _UNCONVERTIBLE.match(error), _BAD_ELEMENT.match(error)
         match = whole or element
         if match and match["name"] in values:
@@ -49,11 +73,37 @@ def plain_errors(errors: list[str], values: Mapping[str, Any], spec: Mapping[str
     return said
 
 
+def _sub_value(values: Mapping[str, Any], name: str, sub: str) -> str:
+    """How a wrong suboption value is shown: the first item's of a list of dicts that has it."""
+    given = values.get(name)
+    for item in given if isinstance(given, list) else [given]:
+        if isinstance(item, Mapping) and sub in item:
+            return repr(str(item[sub]))
+    return "a value of the wrong type"
+
+
 def validated(values: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The values converted to their types with the defaults filled in, and the validator's errors."""
     known = {name: value for name, value in values.items() if name in spec}
     result = ArgumentSpecValidator(dict(spec)).validate(known)
-    return dict(result.validated_parameters), list(result.error_messages)
+    converted = dict(result.validated_parameters)
+    for name, option in spec.items():
+        if option.get("options") and name in converted:
+            converted[name] = _unset_left_out(converted[name], known.get(name), option["options"])
+    return converted, list(result.error_messages)
+
+
+def _unset_left_out(value: Any, given: Any, suboptions: Mapping[str, Any]) -> Any:
+    """A dict option's value (or each item of a list of dicts) without the suboptions nobody gave and no default
+    fills: the validator makes them null, and ``x.gpu_count | default(offer's)`` would then take the null."""
+    if isinstance(value, list):
+        items = given if isinstance(given, list) and len(given) == len(value) else [None] * len(value)
+        return [_unset_left_out(item, other, suboptions) for item, other in zip(value, items, strict=True)]
+    if not isinstance(value, Mapping):
+        return value
+    given = given if isinstance(given, Mapping) else {}
+    return {key: item for key, item in value.items()
+            if not (item is None and key not in given and suboptions.get(key, {}).get("default") is None)}
 
 
 def problems(values: Mapping[str, Any], spec: Mapping[str, Any], *, where: str = "the argument spec",
@@ -88,6 +138,12 @@ def _range_problems(values: Mapping[str, Any], spec: Mapping[str, Any], converte
         if option.get("type") == "list" and option.get("elements") == "dict" and isinstance(given, str):
             # Ansible would make [{"lr": "0.1"}] of "lr=0.1": a list of mappings is never written as text.
             found.append(f"{prefix}{name} must be a list of mappings ([{{name: value}}, ...]), got {given!r}")
+            continue
+        if option.get("options") and isinstance(value, list) and isinstance(given, list):
+            for index, (item, converted_item) in enumerate(zip(given, value, strict=False)):
+                if isinstance(item, Mapping) and isinstance(converted_item, Mapping):
+                    found += _range_problems(item, option["options"], converted_item,
+                                             prefix=f"{prefix}{name}[{index}].", base_dir=base_dir)
             continue
         if option.get(DIRECTORY_KEY) and name in values and isinstance(value, str) and value.strip():
             path = os.path.join(base_dir, os.path.expanduser(value))  # an absolute value stays itself

@@ -270,6 +270,14 @@ def test_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     ({"run_name": "api-bad", "run_command": "x", "run_code_src": "code"},
      "run_code_src 'code' is not a directory on this controller (relative paths start at"),
     (["run_name: x"], "the run must be a mapping of its variables or the path of a YAML file holding them, not list"),
+    # Inside the lists and mappings too: each would have failed the host checks on every host rented.
+    ({"run_name": "api-bad", "run_command": "x", "run_sources": [{"name": "x"}]}, "run_sources needs url"),
+    ({"run_name": "api-bad", "run_command": "x", "run_sources": [{"name": "w", "url": "not a url"}]},
+     "run_sources[0].url must be an http:// or https:// URL with a host, got 'not a url'"),
+    ({"run_name": "api-bad", "run_command": "x", "run_gpu_requirements": {"min_disk_gb": "lots"}},
+     "run_gpu_requirements.min_disk_gb must be a number, got 'lots'"),
+    ({"run_name": "api-bad", "run_command": "x", "run_gpu_requirements": {"min_dsk_gb": 5}},
+     "run_gpu_requirements.min_dsk_gb is not a key of run_gpu_requirements; did you mean min_disk_gb?"),
 ])
 def test_the_python_api_raises_input_error_before_renting(tmp_path: Path, run: dict, words: str) -> None:
     with pytest.raises(mlops_vast.InputError) as raised:

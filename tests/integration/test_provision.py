@@ -88,6 +88,29 @@ def test_slow_wrong_gpu_and_small_disk_hosts_are_rejected_and_replaced(sim: Sim,
             client.request("DELETE", f"/api/v0/instances/{instance_id}/", json={})
 
 
+def test_a_check_given_wrong_arguments_stops_at_once_and_excludes_no_machine(sim: Sim, tmp_path: Path) -> None:
+    """A source without a url fails the probe on any host: one instance, destroyed, no machine excluded (five good
+    machines were excluded for it, and later runs landed on the catalogue's bad ones)."""
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    env = ansible_env(sim, tmp_path)
+    label = "rug-args"
+    done = run_playbook(str(provision_playbook(tmp_path, provision_query=good_query(sim, "num_gpus=1"),
+                                               provision_label=label,
+                                               provision_bandwidth_endpoints=[{"name": "weights"}])), env,
+                        "-i", str(local_inventory(tmp_path)))
+    assert done.returncode != 0
+    assert "The host checks were given arguments they refuse" in done.stdout, failure_excerpt(done.stdout)
+    assert "its machine not excluded" in done.stdout
+    excluded = tmp_path / "excluded.json"
+    assert not excluded.exists() or json.loads(excluded.read_text())["machines"] == {}
+    with sim.client() as client:
+        rows = [r for r in client.get("/_sim/ledger").json()["rows"] if r["label"] == label]
+    assert len(rows) == 1 and rows[0]["destroyed_at"] is not None, rows
+    assert ledger_open(tmp_path) == []
+
+
 def test_gives_up_after_max_attempts_with_nothing_billing(sim: Sim, tmp_path: Path) -> None:
     import subprocess
 

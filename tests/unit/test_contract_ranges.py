@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_collections.mlops.vast.plugins.plugin_utils.contract import problems, validated
+from ansible_collections.mlops.vast.plugins.plugin_utils.contract import plain_errors, problems, validated
 
 REPO = Path(__file__).resolve().parents[2]
 REQUIRED = {"run_name": "tiny", "run_command": "python3 train.py"}
@@ -129,3 +129,30 @@ def test_a_list_of_mappings_given_as_text_is_refused(spec: dict[str, Any]) -> No
     assert check(spec, run_sources="name=w") == [
         "run_sources must be a list of mappings ([{name: value}, ...]), got 'name=w'"]
     assert check(spec, run_sources=[{"name": "w", "url": "http://example.com/w"}]) == []
+
+
+def test_keys_left_out_of_a_mapping_stay_out_and_defaults_stay_in(spec: dict[str, Any]) -> None:
+    # The validator makes every suboption nobody gave null; provision's `gpu_count | default(the offer's)` would
+    # then take the null, and the count the offer promised would go unchecked.
+    converted, errors = validated({**REQUIRED, "run_gpu_requirements": {"min_disk_gb": 5}}, spec)
+    assert errors == [] and converted["run_gpu_requirements"] == {"min_disk_gb": 5.0}
+    assert validated(REQUIRED, spec)[0]["run_gpu_requirements"] == {}
+    assert validated({**REQUIRED, "run_recovery": {"max_preemptions": 2}}, spec)[0]["run_recovery"][
+        "wait_in_place_s"] == 120.0  # a default is kept
+    sources = validated({**REQUIRED, "run_sources": [{"name": "w", "url": "http://example.com/w"}]}, spec)[0]
+    assert sources["run_sources"] == [{"name": "w", "url": "http://example.com/w", "required": True}]
+
+
+def test_what_is_wrong_inside_a_list_or_a_mapping_is_said_with_its_path(spec: dict[str, Any]) -> None:
+    def said(**given: Any) -> list[str]:
+        values = {**REQUIRED, **given}
+        converted, errors = validated(values, spec)
+        return plain_errors(errors, values, spec) + problems(values, spec, where="train.yml", converted=converted)
+
+    assert said(run_sources=[{"name": "x"}]) == ["run_sources needs url (required key)"]
+    assert said(run_sources=[{"url": "ftp://x/y"}]) == [
+        "run_sources[0].url must be an http:// or https:// URL with a host, got 'ftp://x/y'"]
+    assert said(run_gpu_requirements={"min_disk_gb": "lots"}) == [
+        "run_gpu_requirements.min_disk_gb must be a number, got 'lots'"]
+    assert said(run_gpu_requirements={"min_dsk_gb": 5}) == [
+        "run_gpu_requirements.min_dsk_gb is not a key of run_gpu_requirements; did you mean min_disk_gb?"]
