@@ -626,17 +626,25 @@ def _run_result(name: str, results_dir: Path, status: str, rc: int | None, cance
     watch = next((w for w in reversed(watches) if w), {})  # the last attempt's (after a recovery, not the lost one)
     recovery = ev.read_json(results_dir / "recovery.json") or {}
     teardown = ev.read_json(results_dir / "teardown.json")
-    costs = [float(w["triage"]["spent_usd"]) for w in watches
-             if isinstance(w.get("triage"), dict) and isinstance(w["triage"].get("spent_usd"), int | float)]
-    # What the account charged for the label (spend.json, written as train.yml ends): hosts rejected before one
-    # passed included, which no watch saw.
+    # Each instance once: a round resumed in place on the same instance reports that instance's whole spend again.
+    per_instance: dict[Any, float] = {}
+    for index, w in enumerate(watches):
+        spent = w["triage"].get("spent_usd") if isinstance(w.get("triage"), dict) else None
+        if isinstance(spent, int | float) and not isinstance(spent, bool):
+            instance = w.get("instance") if isinstance(w.get("instance"), dict) else {}
+            key = instance.get("id") or f"round-{index}"
+            per_instance[key] = max(per_instance.get(key, 0.0), float(spent))
+    costs = list(per_instance.values())
+    # What the account charged for the run (spend.json, written as train.yml ends): hosts rejected before one
+    # passed included, which no watch saw; the watches' figure where it is larger (charges an API posts late).
     spend = ev.read_json(results_dir / "spend.json") or {}
     charged = spend.get("total_usd") if float(spend.get("at") or 0) >= started else None  # not an earlier run's
     if isinstance(charged, int | float) and not isinstance(charged, bool):
         costs = [max(float(charged), sum(costs))]
     checkpoints_dir = results_dir / "checkpoints"
-    checkpoints = sorted((p for p in checkpoints_dir.iterdir() if p.is_dir()), key=_natural) \
-        if checkpoints_dir.is_dir() else []
+    # The sealed checkpoints brought home; unsealed/ holds what the host had not sealed, as it was.
+    checkpoints = sorted((p for p in checkpoints_dir.iterdir() if p.is_dir() and p.name != "unsealed"),
+                         key=_natural) if checkpoints_dir.is_dir() else []
     if cancelled:
         outcome = "cancelled"
         message = "cancelled; " + ("what it rented was torn down" if teardown_ok

@@ -93,6 +93,10 @@ class Snapshot:
     outcome: str | None = None
     state: str | None = None  # a sweep trial's state (queued/running/done/skipped/cancelled)
     updated_at: float | None = None
+    # The watch reports its own instance's spend: what the run's earlier instances (replaced after a preemption)
+    # spent is carried here, so spent_usd is the run's, and never goes back.
+    earlier_spent_usd: float = 0.0
+    instance_spent_usd: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -146,11 +150,19 @@ def merge(run: str, progress: dict[str, Any] | None, watch: dict[str, Any] | Non
         stamps.append(_number(progress.get("updated_at")))
     if watch:
         for name, key, convert in (("step", "step", _int), ("total", "total_steps", _int), ("loss", "loss", _number),
-                                   ("spent_usd", "spent_usd", _number), ("dph", "dph", _number),
-                                   ("eta_s", "eta_s", _number), ("instance_id", "instance_id", _int)):
+                                   ("dph", "dph", _number), ("eta_s", "eta_s", _number),
+                                   ("instance_id", "instance_id", _int)):
             value = convert(watch.get(key))
             if value is not None:
                 changes[name] = value
+        spent, instance = _number(watch.get("spent_usd")), changes.get("instance_id", snap.instance_id)
+        earlier = snap.earlier_spent_usd
+        if instance != snap.instance_id and snap.instance_id is not None and snap.instance_spent_usd is not None:
+            earlier += snap.instance_spent_usd  # a new instance: the one before it is spent and done
+        changes["earlier_spent_usd"] = earlier
+        if spent is not None:
+            changes["instance_spent_usd"] = spent
+            changes["spent_usd"] = round(earlier + spent, 6)
         stamps.append(_number(watch.get("updated_at")))
     known = [stamp for stamp in stamps if stamp is not None]
     if known:

@@ -252,3 +252,26 @@ def test_the_result_is_this_runs_last_attempt_with_what_the_account_charged(tmp_
     (tmp_path / "spend.json").write_text(json.dumps({"at": time.time(), "total_usd": 0.9}))  # a rejected host too
     result = api._run_result("exp", tmp_path, "successful", 0, False, None, tmp_path, started)
     assert (result.watch_outcome, result.cost_usd) == ("completed", 0.9)
+
+
+def test_an_instance_resumed_in_place_counts_once_and_unsealed_is_not_a_checkpoint(tmp_path: Path) -> None:
+    # Preempted, then resumed on the same instance: the second round's watch reports that instance's whole spend.
+    write(tmp_path / "watch.json", {"outcome": "preempted", "instance": {"id": 7}, "triage": {"spent_usd": 0.0004}})
+    write(tmp_path / "watch-recovery-1.json", {"outcome": "completed", "instance": {"id": 7},
+                                               "triage": {"spent_usd": 0.0009}})
+    for name in ("checkpoint-50", "checkpoint-100", "unsealed"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    result = api._run_result("r", tmp_path, "successful", 0, False, None, tmp_path / "none")
+    assert result.cost_usd == 0.0009
+    assert [p.name for p in result.checkpoints] == ["checkpoint-50", "checkpoint-100"]
+
+
+def test_spend_goes_on_from_the_replaced_instance_never_back() -> None:
+    first = ev.merge("r", None, {"instance_id": 1, "spent_usd": 0.000664, "dph": 0.2})
+    again = ev.merge("r", None, {"instance_id": 1, "spent_usd": 0.0007}, first)
+    assert again.spent_usd == 0.0007
+    replaced = ev.merge("r", None, {"instance_id": 2, "spent_usd": 0.000254, "dph": 0.1265}, again)
+    assert replaced.spent_usd == 0.000954 and replaced.dph == 0.1265  # the first instance's 0.0007 and the new one's
+    later = ev.merge("r", None, {"instance_id": 2, "spent_usd": 0.0003}, replaced)
+    assert later.spent_usd == 0.001
+    assert [type(e).__name__ for e in ev.diff(replaced, later)] == ["Spend"]
