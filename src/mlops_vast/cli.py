@@ -177,8 +177,10 @@ class Display:
 
     def say(self, text: str) -> None:
         """A message above the live table (stderr when --json)."""
-        if self.json_mode:
-            print(text, file=sys.stderr, flush=True)
+        if self.json_mode:  # plain text: rich's markup is for the terminal
+            from rich.text import Text
+
+            print(Text.from_markup(text).plain, file=sys.stderr, flush=True)
         else:
             self.console.print(text)
 
@@ -529,6 +531,16 @@ def _http_problem(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _api_key(env: dict[str, str]) -> str | None:
+    """The key as the collection finds it; a key file named but unreadable is bad input (exit 2), said as such."""
+    from mlops_vast import _keys
+
+    try:
+        return _keys.resolve_api_key(env)
+    except OSError as exc:
+        raise InputError(str(exc)) from None
+
+
 def cmd_teardown(args: argparse.Namespace) -> int:
     from mlops_vast import _keys
 
@@ -548,7 +560,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         # Not an error: the account may still hold an instance of that label that this ledger never saw.
         print(f"mlops-vast: no open contract labelled {args.label!r} in the ledger {ledger}; asking the account",
               file=sys.stderr)
-    key = _keys.resolve_api_key(env)
+    key = _api_key(env)
     home = {} if args.no_pull or not key else _bring_home(args, before, env, key)
     kept = sorted(label for label, record in home.items() if not record["ok"])
     done = None
@@ -646,7 +658,7 @@ def cmd_reap(args: argparse.Namespace) -> int:
               "nothing to reap", file=sys.stderr)
         return EXIT_FAILED
     root = collection_root()
-    key = _keys.resolve_api_key(env)
+    key = _api_key(env)
     with contextlib.ExitStack() as stack:
         key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
         report = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlops-vast-reap-"))) / "reap.json"
@@ -732,7 +744,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                 env["VAST_API_KEY"] = sim.api_key
             elif args.api_url:
                 env["VAST_URL"] = args.api_url
-            key = _keys.resolve_api_key(env) if args.offers else None
+            key = _api_key(env) if args.offers else None
             key_file = _keys.KeyFile(key) if key else None
             try:
                 play = Path(scratch) / "estimate.yml"

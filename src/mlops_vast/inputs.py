@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import importlib.util
 import os
@@ -213,6 +214,9 @@ def _plan_problems(data: dict[str, Any], root: Path) -> list[str]:
 
 def _name(data: dict[str, Any], key: str, where: str) -> str:
     name = data.get(key)
+    if isinstance(name, int | float | datetime.date) and not isinstance(name, bool):
+        # -e run_name=123 (or 2024-01-01) read as YAML is a number (a date): ansible-playbook would take the text.
+        name = data[key] = str(name)
     if not isinstance(name, str) or not name.strip():
         raise InputError(f"{where}: {key} is missing (a non-empty string: it names the results folder)")
     return name  # its form ('/', a leading '.') is the meta file's pattern, checked with the other values

@@ -245,12 +245,18 @@ def test_bad_playbook_variables_fail_before_renting(bsim: Sim, tmp_path: Path, p
     (["sweep", "missing-sweep.yml"], "does not exist"),
     (["train", "run.yml", "-e", "run_disk_gb=-5"], "run_disk_gb must be at least 8, got -5"),
     (["train", "run.yml", "-e", "novalue"], "expected NAME=VALUE"),
+    (["train", "run.yml", "-e", "run_max_runtime_s=.inf"], "run_max_runtime_s must be a finite number, got inf"),
+    # The key file named is not there (VAST_API_KEY_FILE below): said as bad input, not as an OSError.
+    (["teardown", "--all", "--api-url", "http://127.0.0.1:9"], "no-key, which cannot be read"),
+    (["reap", "--api-url", "http://127.0.0.1:9"], "no-key, which cannot be read"),
 ])
 def test_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch:
                                        pytest.MonkeyPatch, argv: list[str], words: str) -> None:
     (tmp_path / "run.yml").write_text("run_name: cli-bad\nrun_command: python3 train.py\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLOPS_VAST_LEDGER", str(tmp_path / "contracts.jsonl"))
+    monkeypatch.delenv("VAST_API_KEY", raising=False)
+    monkeypatch.setenv("VAST_API_KEY_FILE", str(tmp_path / "no-key"))
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1 and "Traceback" not in err, err

@@ -226,3 +226,17 @@ def test_a_cancelled_runs_final_table_keeps_what_the_live_table_last_showed(tmp_
     cli._final_run_table(display, result)
     row = next(line for line in out.getvalue().splitlines() if "cancelled" in line and "│" in line)
     assert "120" in row and "0.25" in row and "$0.0042" in row, out.getvalue()
+
+
+@pytest.mark.parametrize("given", ["run_name=123", "run_name=2024-01-01"])
+def test_a_run_name_that_yaml_reads_as_a_number_or_a_date_is_its_text(given: str) -> None:
+    # -e values are read as YAML; ansible-playbook -e would take the text, and the run was "missing" its name.
+    from mlops_vast.inputs import check_run, collection_root
+
+    data = {"run_command": "python3 train.py", **cli.extra_vars(["-e", given][1:])}
+    assert check_run(data, collection_root(), "the run") == given.split("=", 1)[1]
+
+
+def test_json_mode_messages_are_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    cli.Display("run", json_mode=True).say("[bold red]Cancelling[/] run x (SIGTERM)")
+    assert capsys.readouterr().err == "Cancelling run x (SIGTERM)\n"

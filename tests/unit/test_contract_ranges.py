@@ -156,3 +156,11 @@ def test_what_is_wrong_inside_a_list_or_a_mapping_is_said_with_its_path(spec: di
         "run_gpu_requirements.min_disk_gb must be a number, got 'lots'"]
     assert said(run_gpu_requirements={"min_dsk_gb": 5}) == [
         "run_gpu_requirements.min_dsk_gb is not a key of run_gpu_requirements; did you mean min_disk_gb?"]
+
+
+@pytest.mark.parametrize(("name", "value"), [("run_max_runtime_s", float("inf")), ("run_max_dph", float("nan")),
+                                             ("run_max_total_usd", float("-inf")), ("run_max_attempts", "inf")])
+def test_a_number_that_is_not_finite_is_refused_by_name(spec: dict[str, Any], name: str, value: Any) -> None:
+    # NaN passed every range check (the limit silently off); int() of infinity raised OverflowError.
+    _converted, errors = validated({**REQUIRED, name: value}, spec)
+    assert errors == [f"{name} must be a finite number, got {value!r}"]
