@@ -249,6 +249,11 @@ def test_mlops_vast_teardown_brings_a_dead_runs_newest_checkpoint_home_before_de
     assert int(newest.split("-")[1]) >= newest_on_host, (newest, newest_on_host)
     verify_home(results / "checkpoints" / newest)
     assert (results / "run.log").exists() and (results / f"teardown-{label}.log").exists()
+    # The run was stopped before the listing: it ended (its exit code came home) and sealed nothing after it, so
+    # the newest checkpoint home is the one teardown.json names.
+    assert (results / "EXIT_CODE").read_text().strip() not in ("", "0"), "the run was not stopped, it finished"
+    home_steps = [int(p.name.split("-")[1]) for p in (results / "checkpoints").glob("checkpoint-*")]
+    assert max(home_steps) == int(newest.split("-")[1]), (home_steps, newest)
     assert [row["label"] for row in record["destroyed"]] == [label] and record["still_open"] == []
     account_and_ledger(shared_sim, tmp_path, label)
 

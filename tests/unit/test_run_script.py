@@ -47,6 +47,7 @@ def run(tmp_path: Path, command: str, resume_arg: str = "", newest: str = "") ->
                           env={"PATH": "/usr/bin:/bin", "HOME": "/home-of-the-host"})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "EXIT_CODE").read_text().strip() == "0", (tmp_path / "run.log").read_text()
+    assert (tmp_path / "TRAINER_PID").read_text().strip().isdigit()  # what a teardown stops the run by
     log = (tmp_path / "run.log").read_text()
     return [json.loads(line.split(" ", 1)[1]) for line in log.splitlines() if line.startswith("ARGV ")]
 
