@@ -312,8 +312,17 @@ class Scheduler:
     def _cancel_all(self) -> None:
         for trial in self.queued():
             trial.state, trial.outcome, trial.ended_at = "skipped", "cancelled", self.clock()
+            trial.message = trial.message or f"not started, nothing rented: {self.cancel_reason}"
             self._finish(trial)
         self._stop(self.running(), "cancelled")
+
+    def _why_stopped(self, outcome: str) -> str:
+        done = "stopped, its newest sealed checkpoint brought home and its instance destroyed"
+        if outcome == "timeout":
+            return f"ran past the trial timeout of {self.trial_timeout_s:g} s (sweep_trial_timeout_s): {done}"
+        if outcome == "budget":
+            return f"the sweep's spend reached its budget sweep_budget_usd ${self.budget.total:g}: {done}"
+        return f"{self.cancel_reason or 'the sweep was cancelled'}: {done}"
 
     def _stop(self, trials: Sequence[Trial], outcome: str) -> None:
         """End the trials' playbooks, then destroy what they rented (by label) and prove it gone."""
@@ -334,6 +343,7 @@ class Scheduler:
             trial.rc = trial.process.poll()
             trial.state = "cancelled" if outcome == "cancelled" else "done"
             trial.outcome, trial.ended_at = outcome, self.clock()
+            trial.message = trial.message or self._why_stopped(outcome)
             trial.cost_usd = self.spend_of(trial)
             self._finish(trial)
         self.save()

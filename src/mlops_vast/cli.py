@@ -83,7 +83,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="VRAM, RAM, disk, time and cost of a run before renting",
                        epilog=ESTIMATE_EXIT_CODES)
     p.add_argument("file", metavar="RUN.yml", help="a run with run_estimate (examples/run-estimate.yml)")
-    p.add_argument("--offers", type=_offer_count, default=5, metavar="N", help="price the N best offers (0: none)")
+    p.add_argument("--offers", type=_offer_count, default=5, metavar="N",
+                   help="price the N offers of the run's query cheapest by $/h (0: none)")
     common(p)
     return top
 

@@ -129,12 +129,16 @@ def test_the_cancel_file_stops_everything_and_tears_down_what_ran(tmp_path: Path
     assert all(t.outcome == "cancelled" for t in trials)
     assert sorted(run.torn_down) == ["sw-t000", "sw-t001"]
     assert "CANCEL" in json.loads((tmp_path / "sweep-state.json").read_text())["cancelled"]
+    # Each row says why (the final line points at the message column).
+    assert "CANCEL was created): stopped, its newest sealed checkpoint brought home" in trials[0].message
+    assert trials[2].message.startswith("not started, nothing rented: asked to stop")
 
 
 def test_a_trial_past_its_timeout_is_stopped_and_torn_down(tmp_path: Path) -> None:
     run = Harness(tmp_path, [{"seconds": 30}, {"seconds": 0.1}], max_parallel=2, trial_timeout_s=0.5)
     trials = run.scheduler.run(deadline_s=60)
     assert trials[0].outcome == "timeout" and run.torn_down == ["sw-t000"]
+    assert trials[0].message.startswith("ran past the trial timeout of 0.5 s (sweep_trial_timeout_s): stopped")
     assert trials[1].rc == 0 and trials[1].outcome is None
 
 
