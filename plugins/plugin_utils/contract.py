@@ -54,7 +54,7 @@ def plain_errors(errors: list[str], values: Mapping[str, Any], spec: Mapping[str
         if unknown:
             supported = [key.strip() for key in unknown["supported"].split(",")]
             for path in (part.strip() for part in unknown["names"].split(",")):
-                parent, _, key = path.rpartition(".")
+                parent, _dot, key = path.rpartition(".")
                 close = difflib.get_close_matches(key, supported, n=1)
                 said.append(f"{path} is not a key of {parent or 'this option'}"
                             + (f"; did you mean {close[0]}?" if close else f" (its keys: {', '.join(supported)})"))
