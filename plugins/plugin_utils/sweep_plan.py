@@ -19,7 +19,7 @@ import math
 import random
 import re
 import shlex
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 PLACEHOLDER = "@@mlops-trial:{name}@@"
@@ -299,33 +299,38 @@ _PLACEABLE_RE = re.compile(r"""trial\s*(?:\.\s*[A-Za-z_]\w*|\[\s*(['"])[A-Za-z_]
                            r"(?:\s*\|\s*(?:ansible\.builtin\.)?(?:quote|string))*")
 
 
+def _strings(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in the variables (inside their mappings and lists too), with where it is (run_env.SEED)."""
+    def walk(where: str, value: Any) -> Iterator[tuple[str, str]]:
+        if isinstance(value, str):
+            yield where, value
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                yield from walk(f"{where}.{key}", item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                yield from walk(f"{where}[{index}]", item)
+
+    for name, value in values.items():
+        yield from walk(f"{prefix}{name}", value)
+
+
 def trial_expressions(values: Mapping[str, Any], prefix: str = "") -> list[str]:
     """One sentence per template (in the variables as written, before Ansible templates them) that does more with a
     trial parameter than place it: ``{{ trial.lr * 2 }}``, ``{{ trial.x | upper }}``, ``{% if trial.flag %}``. The
     placeholder bound to ``trial`` goes through them as text (a condition on it is always true), so each trial
     would run with something else than its value."""
     found: list[str] = []
-
-    def walk(where: str, value: Any) -> None:
-        if isinstance(value, str):
-            for match in _JINJA_RE.finditer(value):
-                expression, statement = match.group(1), match.group(2)
-                if statement is not None and _TRIAL_RE.search(statement):
-                    found.append(f"{where}: {match.group(0)} decides on a trial parameter, which is filled in only "
-                                 "after Ansible's templating (the condition would hold for every trial)")
-                elif expression is not None and _TRIAL_RE.search(expression) and not _PLACEABLE_RE.fullmatch(
-                        expression.strip()):
-                    found.append(f"{where}: {match.group(0)} computes with a trial parameter, which is filled in only "
-                                 "after Ansible's templating (each trial would get something else than its value)")
-        elif isinstance(value, Mapping):
-            for key, item in value.items():
-                walk(f"{where}.{key}", item)
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                walk(f"{where}[{index}]", item)
-
-    for name, value in values.items():
-        walk(f"{prefix}{name}", value)
+    for where, text in _strings(values, prefix):
+        for match in _JINJA_RE.finditer(text):
+            expression, statement = match.group(1), match.group(2)
+            if statement is not None and _TRIAL_RE.search(statement):
+                found.append(f"{where}: {match.group(0)} decides on a trial parameter, which is filled in only "
+                             "after Ansible's templating (the condition would hold for every trial)")
+            elif expression is not None and _TRIAL_RE.search(expression) and not _PLACEABLE_RE.fullmatch(
+                    expression.strip()):
+                found.append(f"{where}: {match.group(0)} computes with a trial parameter, which is filled in only "
+                             "after Ansible's templating (each trial would get something else than its value)")
     return found
 
 
@@ -336,24 +341,9 @@ _METHOD_RE = re.compile(r"<(?:bound method|built-in method) (?:[\w.]*\.)?(\w+) o
 def method_collisions(values: Mapping[str, Any], prefix: str = "") -> list[str]:
     """One sentence per variable where ``{{ trial.<name> }}`` was rendered as a method of the trial mapping (a
     parameter named ``items``, ``keys``, ``values``, ``get``, ...) instead of the parameter's value."""
-    found: list[str] = []
-
-    def walk(where: str, value: Any) -> None:
-        if isinstance(value, str):
-            for name in dict.fromkeys(_METHOD_RE.findall(value)):
-                found.append(f"{where}: {{{{ trial.{name} }}}} gave the method {name} of the trial mapping, not the "
-                             f"parameter {name!r} (a parameter named like a mapping's method); write "
-                             f"{{{{ trial['{name}'] }}}}")
-        elif isinstance(value, Mapping):
-            for key, item in value.items():
-                walk(f"{where}.{key}", item)
-        elif isinstance(value, list):
-            for index, item in enumerate(value):
-                walk(f"{where}[{index}]", item)
-
-    for name, value in values.items():
-        walk(f"{prefix}{name}", value)
-    return found
+    return [f"{where}: {{{{ trial.{name} }}}} gave the method {name} of the trial mapping, not the parameter "
+            f"{name!r} (a parameter named like a mapping's method); write {{{{ trial['{name}'] }}}}"
+            for where, text in _strings(values, prefix) for name in dict.fromkeys(_METHOD_RE.findall(text))]
 
 
 def trial_run_vars(base: Mapping[str, Any], params: Mapping[str, Any], *, label: str, results_dir: str,
