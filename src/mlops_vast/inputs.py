@@ -6,6 +6,7 @@ import datetime
 import difflib
 import importlib.util
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,8 @@ def value_problems(data: dict[str, Any], root: Path, cwd: str | os.PathLike[str]
     converted, errors = contract.validated(values, spec)
     found = [error for error in errors if not _top_level_missing(error)]
     return contract.plain_errors(found, values, spec) + contract.problems(
-        values, spec, where="train.yml", converted=converted, base_dir=str(cwd) if cwd is not None else None)
+        values, spec, where="train.yml", converted=converted, base_dir=str(cwd) if cwd is not None else None) + \
+        query_problems(values, root)
 
 
 def _top_level_missing(error: str) -> bool:
@@ -149,15 +151,40 @@ def _contract(root: Path) -> Any:
     return plugin_util(root, "contract")
 
 
-def plugin_util(root: Path, name: str) -> Any:
-    """A standard-library module of the collection's plugins/plugin_utils, loaded from the checkout by path."""
-    path = root / "plugins" / "plugin_utils" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"mlops_vast._{name}", path)
+def plugin_util(root: Path, name: str, folder: str = "plugin_utils") -> Any:
+    """A standard-library module of the collection's plugins/plugin_utils (or ``folder``), loaded from the checkout
+    by path."""
+    path = root / "plugins" / folder / f"{name}.py"
+    qualified = f"mlops_vast._{folder}_{name}"
+    if qualified in sys.modules:
+        return sys.modules[qualified]
+    spec = importlib.util.spec_from_file_location(qualified, path)
     if spec is None or spec.loader is None:
         raise InputError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[qualified] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(qualified, None)
+        raise
     return module
+
+
+def query_problems(data: dict[str, Any], root: Path) -> list[str]:
+    """What the offer search would say of run_query and run_order before it searches (the CLI's query language),
+    said before anything starts; a templated one is left to the playbook."""
+    query_language = plugin_util(root, "vast_query", "module_utils")
+    found = []
+    for name, parse in (("run_query", query_language.parse_query), ("run_order", query_language.parse_order)):
+        value = data.get(name)
+        if value is None or "{{" in str(value):
+            continue
+        try:
+            parse(value)
+        except (query_language.QueryError, TypeError, ValueError) as exc:
+            found.append(f"{name}: {exc}")
+    return found
 
 
 def check_sweep(data: dict[str, Any], root: Path, where: str = "the sweep",

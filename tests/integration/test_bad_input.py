@@ -284,6 +284,8 @@ def test_the_cli_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFix
      "run_gpu_requirements.min_disk_gb must be a number, got 'lots'"),
     ({"run_name": "api-bad", "run_command": "x", "run_gpu_requirements": {"min_dsk_gb": 5}},
      "run_gpu_requirements.min_dsk_gb is not a key of run_gpu_requirements; did you mean min_disk_gb?"),
+    # The query language is checked before a playbook starts (mlops-vast: exit 2, not the search's failure).
+    ({"run_name": "api-bad", "run_command": "x", "run_query": "gpu_ram >>= 16"}, "run_query: Unknown operator '>>='"),
 ])
 def test_the_python_api_raises_input_error_before_renting(tmp_path: Path, run: dict, words: str) -> None:
     with pytest.raises(mlops_vast.InputError) as raised:
