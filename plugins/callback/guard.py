@@ -97,8 +97,29 @@ ORPHAN_WAIT_S = 5.0
 PARENT_ENV = "MLOPS_VAST_GUARD_PARENT"
 
 
+# How soon a signal that landed where Ansible's KeyboardInterrupt would be ignored is sent again.
+RECHAIN_S = 0.05
+# Functions whose exceptions Python ignores ("Exception ignored in ...") when os.fork runs them as its hooks:
+# logging's module lock, taken before a fork and released after it in the parent. A KeyboardInterrupt raised there
+# never reaches Ansible. (Called elsewhere they are short, and a signal deferred from them costs RECHAIN_S.)
+_AT_FORK_HOOKS = {("logging/__init__.py", "_acquireLock"), ("logging/__init__.py", "_releaseLock")}
+
+
 def _pid(text: str | None) -> int | None:
     return int(text) if text and text.isdigit() else None
+
+
+def _swallows_exceptions(frame: Any) -> bool:
+    code = getattr(frame, "f_code", None)
+    if code is None:
+        return False
+    path = code.co_filename.replace(os.sep, "/")
+    return any(path.endswith(file) and code.co_name == function for file, function in _AT_FORK_HOOKS)
+
+
+def _signal_self(pid: int, signum: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signum)
 
 
 def say(text: str) -> None:
@@ -112,6 +133,9 @@ class CallbackModule(CallbackBase):
     CALLBACK_TYPE = "notification"
     CALLBACK_NAME = "mlops.vast.guard"
     CALLBACK_NEEDS_ENABLED = True
+    # A signal being sent again (see _chain), and how often that happened: none at first.
+    _rechain: int | None = None
+    _rechained = 0
 
     def __init__(self, display: Any = None, options: Any = None) -> None:
         super().__init__(display=display, options=options)
@@ -193,6 +217,10 @@ class CallbackModule(CallbackBase):
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if os.getpid() != self._pid:  # a forked worker that has not set its own handlers yet
+            self._chain(signum, frame)
+            return
+        if self._rechain == signum:  # the guard is done; Ansible's own handler, now where it can act
+            self._rechain = None
             self._chain(signum, frame)
             return
         if self._parent is not None:
@@ -306,6 +334,13 @@ class CallbackModule(CallbackBase):
     def _chain(self, signum: int, frame: Any) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
         if callable(previous):
+            if _swallows_exceptions(frame) and os.getpid() == self._pid and self._rechained < 20:
+                # Ansible's handler raises KeyboardInterrupt in the frame the signal came in. In an at-fork hook
+                # (logging's lock, as a worker is forked) Python ignores it: Ansible would go on, and find its
+                # killed worker dead. The same signal again, a moment later, lands where it counts.
+                self._rechain, self._rechained = signum, self._rechained + 1
+                threading.Timer(RECHAIN_S, _signal_self, (self._pid, signum)).start()
+                return
             previous(signum, frame)
             return
         if previous == signal.SIG_IGN:

@@ -211,3 +211,48 @@ def test_the_sweeps_outcome_is_this_runs_and_this_sweeps(tmp_path: Path, monkeyp
     assert "STILL OPEN in the local ledger: 2;" in lines[-1]  # sw-b-t1 is not this sweep's
     # A state an earlier run left (the signal came before this run's scheduler wrote its own): no trial started.
     assert "0 running trial(s) stopped, 0 not started" in sweep_outcome("sw", str(tmp_path), since=60.0)[-1]
+
+
+def _frames_of(call: object) -> list:
+    import sys
+
+    frames: list = []
+    sys.setprofile(lambda frame, event, _arg: frames.append(frame) if event == "call" else None)
+    try:
+        call()  # type: ignore[operator]
+    finally:
+        sys.setprofile(None)
+    return frames
+
+
+def test_a_signal_in_an_at_fork_hook_reaches_ansible_again_a_moment_later() -> None:
+    """SIGINT while a worker was forked: Ansible's handler raised KeyboardInterrupt in logging's at-fork hook, where
+    Python ignores it; Ansible went on and found its worker dead (the fault matrix's sigint-in-smoke, now and then).
+    The guard sends the signal again, and chains to Ansible's handler where its exception counts."""
+    import logging
+
+    def lock_and_release() -> None:
+        logging._acquireLock()  # type: ignore[attr-defined]
+        logging._releaseLock()  # type: ignore[attr-defined]
+
+    hook = next(f for f in _frames_of(lock_and_release) if f.f_code.co_name == "_releaseLock")
+    assert guard._swallows_exceptions(hook)
+    assert not guard._swallows_exceptions(next(f for f in _frames_of(lambda: json.dumps({})) if f.f_code.co_name))
+
+    chained: list[int] = []
+    module = guard.CallbackModule.__new__(guard.CallbackModule)
+    module._previous = {signal.SIGINT: lambda signum, _frame: chained.append(signum)}
+    module._pid, module._rechain, module._rechained = os.getpid(), None, 0
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        module._chain(signal.SIGINT, hook)
+        assert chained == [] and module._rechain == signal.SIGINT  # not raised where it would be ignored
+        end = time.monotonic() + 5
+        while not received and time.monotonic() < end:
+            time.sleep(0.01)
+        assert received == [signal.SIGINT]  # sent again
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    module._chain(signal.SIGINT, None)  # from an ordinary frame: Ansible's handler at once
+    assert chained == [signal.SIGINT]
