@@ -14,7 +14,13 @@ from typing import Any
 import yaml
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action.validate_argument_spec import ActionModule as ValidateArgumentSpec
-from ansible_collections.mlops.vast.plugins.plugin_utils.contract import plain_errors, problems, validated
+from ansible_collections.mlops.vast.plugins.plugin_utils.contract import (
+    finite_values,
+    holds_secrets,
+    plain_errors,
+    problems,
+    validated,
+)
 
 ARGUMENT_SPEC: dict[str, Any] = {
     "spec_file": {"type": "path", "required": True},
@@ -38,11 +44,18 @@ class ActionModule(ValidateArgumentSpec):
         # What the play has, templated; only names with the prefix count (others are not the contract's).
         given = self._templar.template({name: task_vars[name] for name in task_vars
                                         if (prefix and name.startswith(prefix)) or name in options})
-        self._task.args = {"argument_spec": options, "provided_arguments": {},
+        converted = validated(given, options)[0]
+        # Numbers that are not finite are said here, and left out of Ansible's validator, which chokes on int() of
+        # infinity (and lets NaN through every range): the variable's value there is the one without them.
+        finite, errors = finite_values(given, options)
+        unusable = {name: finite.get(name) for name in given if finite.get(name) != given[name] or name not in finite}
+        self._task.args = {"argument_spec": options, "provided_arguments": unusable,
                            "validate_args_context": {"name": os.path.basename(path), "type": "playbook", "path": path}}
         result = super().run(tmp, task_vars)  # types, choices, required: ansible.builtin.validate_argument_spec
-        converted = validated(given, options)[0]
-        errors = plain_errors(list(result.get("argument_errors") or []), given, options)
+        said = {error.split(" ", 1)[0].split(".", 1)[0].split("[", 1)[0] for error in errors}
+        # The validator's own word on those values (it may still see them) would only say it again.
+        errors += [error for error in plain_errors(list(result.get("argument_errors") or []), given, options)
+                   if error.split(" ", 1)[0].split(".", 1)[0].split("[", 1)[0] not in said]
         errors += problems(given, options, where=os.path.basename(path), converted=converted)
         if errors:
             return {"failed": True, "changed": False, "argument_errors": errors,
@@ -52,15 +65,20 @@ class ActionModule(ValidateArgumentSpec):
             return name[len(prefix):] if prefix and name.startswith(prefix) else name
 
         values = {short(name): value for name, value in converted.items()}
-        hidden = {short(name) for name, option in options.items() if option.get("no_log")}
-        shown = {name: "********" if name in hidden and value else value for name, value in values.items()}
-        out: dict[str, Any] = {"changed": False, "msg": f"the variables match {path}", "values": shown}
+        # A no_log option (tokens in run_env), or one with a no_log key (a source's headers), given a value.
+        secret = {short(name) for name, option in options.items() if holds_secrets(values.get(short(name)), option)}
+        out: dict[str, Any] = {"changed": False, "msg": f"the variables match {path}",
+                               "values": {name: "********" if name in secret else value
+                                          for name, value in values.items()}}
         if args["fact"]:
             # A module's facts are the host's facts, which a fact cache keeps on disk (a jsonfile cache, AWX's, the
-            # one ansible-runner turns on in its artifacts): a no_log option (tokens in run_env) is left out of it
-            # (null), and the play reads it from its own variable.
-            out["ansible_facts"] = {args["fact"]: {name: None if name in hidden else value
+            # one ansible-runner turns on in its artifacts): what holds secrets is null there, and given instead
+            # as no_log_values, which the play registers and adds with a set_fact (never cached).
+            out["ansible_facts"] = {args["fact"]: {name: None if name in secret else value
                                                    for name, value in values.items()}}
+            if secret:
+                out["no_log_values"] = {name: values[name] for name in secret}
+                out["_ansible_no_log"] = True
         return out
 
     def _spec_path(self, spec_file: str, task_vars: dict[str, Any]) -> str:

@@ -46,6 +46,30 @@ def ledger_history(path: str, label: str, api_url: str, since: float = 0.0) -> t
     return ids, first
 
 
+def destroyed_before(path: str, label: str, api_url: str, since: float) -> set[int]:
+    """The contracts of ``label`` the local ledger saw destroyed before ``since``: an earlier run's, whatever the
+    clocks (an instance adopted by this run was still open when it started, and is not among them)."""
+    created: set[int] = set()
+    gone: set[int] = set()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                    instance_id = int(record["id"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line after a crash
+                if record.get("api_url") != api_url:
+                    continue
+                if record.get("event") == "created" and record.get("label") == label:
+                    created.add(instance_id)
+                elif record.get("event") == "destroyed" and float(record.get("ts") or 0) < since:
+                    gone.add(instance_id)
+    except FileNotFoundError:
+        pass
+    return created & gone
+
+
 def charges(client: Any, since: float, until: float) -> list[dict[str, Any]]:
     """Every charge of the account whose time overlaps [since, until], following the pages."""
     rows: list[dict[str, Any]] = []

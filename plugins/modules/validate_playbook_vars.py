@@ -22,10 +22,11 @@ description:
   - On success the variables, converted to their types and with the C(default) of every option not given,
     are returned in RV(values) and set as the fact O(fact), names without O(prefix), so that the defaults are
     written once, in the spec.
-  - An option marked C(no_log) in the spec (a dict of tokens, say) is never shown - not in RV(values), not
-    in a message - and is null in the fact O(fact), since a fact cache (jsonfile, AWX's, ansible-runner's in its
-    artifacts) keeps a module's facts on disk; the play reads it from its own variable (train.yml adds it to the
-    run with a set_fact, which no fact cache keeps).
+  - An option marked C(no_log) in the spec (a dict of tokens, say), or one given a value for a C(no_log) key of
+    its own (a source's headers), is never shown - not in RV(values), not in a message - and is null in the fact
+    O(fact), since a fact cache (jsonfile, AWX's, ansible-runner's in its artifacts) keeps a module's facts on
+    disk. Its value is returned as RV(no_log_values), with the task's output censored as with C(no_log);
+    register it and add it with a C(set_fact), which no fact cache keeps (train.yml does).
 version_added: 0.1.0
 extends_documentation_fragment:
   - mlops.vast.attributes
@@ -80,6 +81,12 @@ values:
   returned: success
   type: dict
   sample: {"name": "exp-1", "disk_gb": 20.0, "max_dph": 0.0}
+no_log_values:
+  description:
+    - The values that hold secrets (names without O(prefix)), which the fact O(fact) has as null. The task's
+      output is censored when this is returned.
+  returned: when O(fact) is set and such a value was given
+  type: dict
 argument_errors:
   description: Every problem, one sentence each, naming the variable.
   returned: failure

@@ -97,7 +97,14 @@ spend:
 import time
 from typing import Any, ClassVar
 
-from ..module_utils.account_spend import billing_rows, charge_window, charges, ledger_history, run_spend
+from ..module_utils.account_spend import (
+    billing_rows,
+    charge_window,
+    charges,
+    destroyed_before,
+    ledger_history,
+    run_spend,
+)
 from ..module_utils.api_client import resolve_base_url
 from ..module_utils.local_state import default_ledger_path
 from ..module_utils.vast_module import VastModule
@@ -146,8 +153,9 @@ class VastSpend(VastModule):
             rows = charges(self.client, charge_window(first_seen, since, now), now)
         except ValueError as exc:
             self.fail(f"cannot read the account's charges: {exc}")
-        # The label's contracts the ledger saw before this run: an earlier run's, even if it ended a moment ago.
-        earlier = ledger_history(ledger, label, api_url)[0] - ids if since > 0 else set()
+        # The label's contracts the ledger saw destroyed before this run began: an earlier run's, even if that was a
+        # moment ago (an instance this run adopted was still open then).
+        earlier = destroyed_before(ledger, label, api_url, since) - ids if since > 0 else set()
         spend = run_spend(rows, ids, label, since, earlier)
         ids |= {i["id"] for i in spend["instances"] if i["id"] is not None}
         self.result.update(billing=billing_rows(listed), instance_ids=sorted(ids), spend=spend)

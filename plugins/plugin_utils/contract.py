@@ -47,7 +47,7 @@ def plain_errors(errors: list[str], values: Mapping[str, Any], spec: Mapping[str
         sub, missing = _SUB_UNCONVERTIBLE.match(error), _SUB_MISSING.match(error)
         if sub:
             wanted = TYPE_WORDS.get(sub["type"], f"of type {sub['type']}")
-            shown = _sub_value(values, sub["name"], sub["sub"])
+            shown = _sub_value(values, sub["name"], sub["sub"], spec)
             said.append(f"{sub['name']}.{sub['sub']} must be {wanted}, got {shown}")
             continue
         unknown = _SUB_UNKNOWN.match(error)
@@ -74,8 +74,10 @@ def plain_errors(errors: list[str], values: Mapping[str, Any], spec: Mapping[str
     return said
 
 
-def _sub_value(values: Mapping[str, Any], name: str, sub: str) -> str:
-    """How a wrong suboption value is shown: the first item's of a list of dicts that has it."""
+def _sub_value(values: Mapping[str, Any], name: str, sub: str, spec: Mapping[str, Any] | None = None) -> str:
+    """How a wrong suboption value is shown: the first item's of a list of dicts that has it (never a no_log one)."""
+    if ((((spec or {}).get(name) or {}).get("options") or {}).get(sub) or {}).get("no_log"):
+        return "a value not shown"
     given = values.get(name)
     for item in given if isinstance(given, list) else [given]:
         if isinstance(item, Mapping) and sub in item:
@@ -88,16 +90,53 @@ def validated(values: Mapping[str, Any], spec: Mapping[str, Any]) -> tuple[dict[
     known = {name: value for name, value in values.items() if name in spec}
     # NaN passes every range check (each comparison is false) and int() of infinity raises OverflowError, which the
     # validator does not catch: said here, and left out of what it converts.
-    not_finite = [name for name, value in known.items() if _not_finite(value, spec[name])]
-    for name in not_finite:
-        known.pop(name)
+    known, errors = finite_values(known, spec)
     result = ArgumentSpecValidator(dict(spec)).validate(known)
     converted = dict(result.validated_parameters)
-    errors = [f"{name} must be a finite number, got {values[name]!r}" for name in not_finite]
     for name, option in spec.items():
         if option.get("options") and name in converted:
             converted[name] = _unset_left_out(converted[name], known.get(name), option["options"])
     return converted, errors + list(result.error_messages)
+
+
+def finite_values(values: Mapping[str, Any], spec: Mapping[str, Any],
+                  prefix: str = "") -> tuple[dict[str, Any], list[str]]:
+    """The values without the numbers that are not finite (also inside dicts and lists of dicts), and one sentence
+    for each of those."""
+    kept: dict[str, Any] = {}
+    errors: list[str] = []
+    for name, value in values.items():
+        option = spec.get(name) or {}
+        where = f"{prefix}{name}"
+        if _not_finite(value, option):
+            shown = "a value not shown" if option.get("no_log") else repr(value)
+            errors.append(f"{where} must be a finite number, got {shown}")
+            continue
+        sub = option.get("options")
+        if sub and isinstance(value, Mapping):
+            value, more = finite_values(value, sub, f"{where}.")
+            errors += more
+        elif sub and isinstance(value, list):
+            items = []
+            for index, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    item, more = finite_values(item, sub, f"{where}[{index}].")
+                    errors += more
+                items.append(item)
+            value = items
+        kept[name] = value
+    return kept, errors
+
+
+def holds_secrets(value: Any, option: Mapping[str, Any]) -> bool:
+    """Whether a value of the option holds a secret: the option is no_log, or it has a key that is (a source's
+    headers), given."""
+    if option.get("no_log"):
+        return bool(value)
+    sub = option.get("options") or {}
+    if isinstance(value, list):
+        return any(holds_secrets(item, option) for item in value)
+    return isinstance(value, Mapping) and any(holds_secrets(value.get(key), spec) for key, spec in sub.items())
 
 
 def _not_finite(value: Any, option: Mapping[str, Any]) -> bool:

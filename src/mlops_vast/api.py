@@ -356,13 +356,16 @@ def run_folders(results: Path, labels: Iterable[str]) -> dict[str, Path]:
     """The results folders under ``results`` whose run.json names one of ``labels`` (a run's results/<run>, a
     trial's results/<sweep>/<trial>): where a teardown started from outside a run brings its data home."""
     wanted = set(labels)
-    found: dict[str, Path] = {}
-    for run_file in sorted([*results.glob("*/run.json"), *results.glob("*/*/run.json")]):
+    found: dict[str, tuple[float, Path]] = {}
+    for run_file in [*results.glob("*/run.json"), *results.glob("*/*/run.json")]:
+        if ".before-" in run_file.parent.name:  # an earlier try of a trial, kept apart when it ran again
+            continue
         resolved = ev.read_json(run_file) or {}
-        name = resolved.get("name")
-        if name in wanted and name not in found and resolved.get("remote_dir"):
-            found[name] = run_file.parent
-    return found
+        name, began = resolved.get("name"), resolved.get("started_at")
+        began = float(began) if isinstance(began, int | float) and not isinstance(began, bool) else 0.0
+        if name in wanted and resolved.get("remote_dir") and began >= found.get(name, (-1.0, run_file))[0]:
+            found[name] = (began, run_file.parent)  # the latest run of the name
+    return {name: folder for name, (_began, folder) in found.items()}
 
 
 def teardown_runs(folders: dict[str, Path], *, env: dict[str, str], cwd: Path, api_key: str) -> dict[str, bool]:
@@ -414,25 +417,28 @@ def _teardown(ctx: _Context, runs: Iterable[dict[str, Any]], log_dir: Path | Non
                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, timeout=300,
                                start_new_session=True, check=False)
 
-    threads = []
-    for label in labels:
-        while sum(thread.is_alive() for thread in threads) >= parallel:
-            time.sleep(0.1)
-        thread = threading.Thread(target=one, args=(label,), daemon=True)
-        thread.start()
-        threads.append(thread)
+    threads: list[threading.Thread] = []
     pending: BaseException | None = None
-    for thread in threads:
-        while thread.is_alive():
-            try:
-                thread.join()
-            except KeyboardInterrupt:
-                # The person insists: the teardowns go on in their own sessions, without this process, and keep
-                # the key file they read it from until they end.
-                ctx.teardowns_left_running = True
-                raise
-            except BaseException as exc:  # a SystemExit: the key must outlive the teardowns that use it
-                pending = pending or exc
+    try:
+        for label in labels:
+            while sum(thread.is_alive() for thread in threads) >= parallel:
+                time.sleep(0.1)
+            thread = threading.Thread(target=one, args=(label,), daemon=True)
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            while thread.is_alive():
+                try:
+                    thread.join()
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # a SystemExit: the key must outlive the teardowns that use it
+                    pending = pending or exc
+    except KeyboardInterrupt:
+        # The person insists: the teardowns started go on in their own sessions, without this process, and keep
+        # the key file they read it from until they end (also when the Ctrl-C came while more were to start).
+        ctx.teardowns_left_running = bool(threads)
+        raise
     if pending is not None:
         raise pending
     return outcome
@@ -761,8 +767,13 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
         status, rc = play.result()
         refused = _refused_input(play.artifacts_dir, SWEEP_INPUT_CHECKS) if status == "failed" else None
         if refused is not None:  # nothing started: the checks come before the reaper, the key and any trial
-            if made is not None:
-                shutil.rmtree(made, ignore_errors=True)
+            if made is not None:  # the folder this call made, then each parent it made that is empty now
+                shutil.rmtree(results_dir, ignore_errors=True)
+                for parent in [results_dir, *results_dir.parents]:
+                    if parent == made.parent:
+                        break
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
             raise InputError(f"{path or 'the sweep'}: {refused}")
         if cancelled and status == "canceled":
             # The scheduler did not finish its own teardown: every label it knew is torn down here, its trials'

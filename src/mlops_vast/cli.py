@@ -563,7 +563,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
               file=sys.stderr)
     key = _api_key(env)
     home = {} if args.no_pull or not key else _bring_home(args, before, env, key)
-    kept = sorted(label for label, record in home.items() if not record["ok"])
+    kept = sorted(label for label, record in home.items() if record["kept"])
     done = None
     if not (args.label and kept):  # a run whose checkpoint could not be verified keeps its (stopped) instance
         with contextlib.ExitStack() as stack:
@@ -579,14 +579,17 @@ def cmd_teardown(args: argparse.Namespace) -> int:
                                   capture_output=args.json)
     still = {c["id"] for c in open_contracts(ledger, api_url)}
     closed = [{"id": c["id"], "label": c.get("label")} for c in before if c["id"] not in still]
-    ok = (done is None or done.returncode == 0) and not kept
+    ok = (done is None or done.returncode == 0) and all(record["ok"] for record in home.values())
     if args.json:
         _print_json({"label": args.label, "all": args.all, "rc": None if done is None else done.returncode,
                      "outcome": "completed" if ok else "failed", "destroyed": closed,
                      "still_open": sorted(still & {c["id"] for c in before}), "brought_home": home})
         return EXIT_OK if ok else EXIT_FAILED
     for label, record in home.items():
-        if record["ok"]:
+        if not record["ok"] and not record["kept"]:
+            print(f"mlops-vast: {label}: its data could not be brought home (see {record['log']}); it is destroyed "
+                  "below without it", file=sys.stderr)
+        elif record["ok"]:
             newest = record.get("newest_checkpoint")
             if record.get("host_reachable") is False:
                 said = f"the host did not answer; {record['may_lose'] or 'nothing new came home'}"
@@ -604,6 +607,20 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _newer_than(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since - 1
+    except OSError:
+        return False
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def _bring_home(args: argparse.Namespace, contracts: list[dict[str, Any]], env: dict[str, str],
                 key: str) -> dict[str, dict[str, Any]]:
     """The runs whose results folder is known (``--results-dir``, or found under ./results): each one's data home,
@@ -613,23 +630,37 @@ def _bring_home(args: argparse.Namespace, contracts: list[dict[str, Any]], env: 
 
     if args.results_dir:
         folder = Path(args.results_dir).expanduser().resolve()
-        if folder.exists() and not folder.is_dir():
-            raise InputError(f"--results-dir {args.results_dir} is not a folder")
+        if not (folder / "run.json").is_file():
+            raise InputError(f"--results-dir {args.results_dir} has no run.json (train.yml writes it there): it says "
+                             "where the run keeps its checkpoints on the host; give the run's own results folder")
         folders = {args.label: folder}
     else:
         # Only runs this controller still holds open: a folder alone says nothing of what still bills.
-        folders = api.run_folders(Path("results").resolve(), {c["label"] for c in contracts if c.get("label")})
+        labels = {c["label"] for c in contracts if c.get("label")}
+        folders = api.run_folders(Path("results").resolve(), labels)
+        missing = sorted(labels - set(folders))
+        if missing and not args.json:
+            print(f"mlops-vast: no results folder with a run.json for {', '.join(missing)} under ./results: "
+                  "destroyed without bringing anything home (run this where the run was started, or give "
+                  "--label with --results-dir; --no-pull says you mean it)", file=sys.stderr)
     if not folders:
         return {}
     if not args.json:
         print("mlops-vast: bringing home the newest sealed checkpoint and the files of "
               + ", ".join(f"{label} (into {folder})" for label, folder in folders.items()) + " before destroying",
               file=sys.stderr)
+    began = time.time()
     outcome = api.teardown_runs(folders, env=env, cwd=Path.cwd(), api_key=key)
     home: dict[str, dict[str, Any]] = {}
     for label, folder in folders.items():
         record = ev.read_json(folder / "teardown.json") or {}
-        home[label] = {"ok": bool(outcome.get(label)), "results_dir": str(folder),
+        if not _newer_than(folder / "teardown.json", began):
+            record = {}  # an earlier teardown's: this one did not get as far as its record
+        log = folder / f"teardown-{label}.log"
+        # Kept only where the role said so (a checkpoint it could not verify: the instance stopped, its data kept);
+        # any other failure is destroyed below, as if nothing had been pulled.
+        kept = not outcome.get(label) and "the instance is stopped, not destroyed" in _read(log)
+        home[label] = {"ok": bool(outcome.get(label)), "kept": kept, "results_dir": str(folder),
                        "newest_checkpoint": record.get("newest_checkpoint"),
                        "checkpoints_verified": record.get("checkpoints_verified"),
                        "host_reachable": record.get("host_reachable"), "may_lose": record.get("may_lose") or "",

@@ -118,3 +118,16 @@ def test_an_earlier_run_that_ended_just_before_this_one_is_not_its_spend() -> No
     assert spend.run_spend([first, this], {8}, "exp", since=10_000.0)["total_usd"] == pytest.approx(0.75)
     result = spend.run_spend([first, this], {8}, "exp", since=10_000.0, earlier={7})
     assert result["total_usd"] == pytest.approx(0.25) and [i["id"] for i in result["instances"]] == [8]
+
+
+def test_only_what_the_ledger_saw_destroyed_before_the_run_is_an_earlier_runs(tmp_path: Path) -> None:
+    api = "http://127.0.0.1:5077"
+    ledger = tmp_path / "contracts.jsonl"
+    ledger.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"event": "created", "id": 7, "label": "exp", "api_url": api, "ts": 9_000.0},
+        {"event": "destroyed", "id": 7, "label": "exp", "api_url": api, "ts": 9_950.0},  # the run before
+        {"event": "created", "id": 8, "label": "exp", "api_url": api, "ts": 9_960.0},  # still open: adopted
+        {"event": "destroyed", "id": 8, "label": "exp", "api_url": api, "ts": 10_500.0},
+        {"event": "created", "id": 9, "label": "other", "api_url": api, "ts": 9_000.0},
+        {"event": "destroyed", "id": 9, "label": "other", "api_url": api, "ts": 9_100.0}]))
+    assert spend.destroyed_before(str(ledger), "exp", api, since=10_000.0) == {7}

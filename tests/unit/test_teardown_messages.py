@@ -231,11 +231,15 @@ def test_a_signal_in_an_at_fork_hook_reaches_ansible_again_a_moment_later() -> N
     The guard sends the signal again, and chains to Ansible's handler where its exception counts."""
     import logging
 
-    def lock_and_release() -> None:
-        logging._acquireLock()  # type: ignore[attr-defined]
-        logging._releaseLock()  # type: ignore[attr-defined]
+    # The hooks os.fork runs in the parent: _acquireLock/_releaseLock up to Python 3.12, _prepareFork/_afterFork on.
+    before, after = next((getattr(logging, a), getattr(logging, b)) for a, b in
+                         (("_acquireLock", "_releaseLock"), ("_prepareFork", "_afterFork")) if hasattr(logging, b))
 
-    hook = next(f for f in _frames_of(lock_and_release) if f.f_code.co_name == "_releaseLock")
+    def lock_and_release() -> None:
+        before()
+        after()
+
+    hook = next(f for f in _frames_of(lock_and_release) if f.f_code.co_name == after.__name__)
     assert guard._swallows_exceptions(hook)
     assert not guard._swallows_exceptions(next(f for f in _frames_of(lambda: json.dumps({})) if f.f_code.co_name))
 
