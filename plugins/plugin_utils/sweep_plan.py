@@ -294,6 +294,7 @@ def render_value(value: Any, params: Mapping[str, Any], where: str = "a run vari
 
 _JINJA_RE = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.S)
 _TRIAL_RE = re.compile(r"\btrial\b")
+_LITERAL_RE = re.compile(r"'[^']*'|\"[^\"]*\"")
 # What can be placed: the parameter itself, as it is (quote leaves a placeholder as it is).
 _PLACEABLE_RE = re.compile(r"""trial\s*(?:\.\s*[A-Za-z_]\w*|\[\s*(['"])[A-Za-z_][A-Za-z0-9_.-]*\1\s*\])"""
                            r"(?:\s*\|\s*(?:ansible\.builtin\.)?(?:quote|string))*")
@@ -323,15 +324,20 @@ def trial_expressions(values: Mapping[str, Any], prefix: str = "") -> list[str]:
     found: list[str] = []
     for where, text in _strings(values, prefix):
         for match in _JINJA_RE.finditer(text):
-            expression, statement = match.group(1), match.group(2)
-            if statement is not None and _TRIAL_RE.search(statement):
+            # Whitespace control ({{- x -}}) is no computation, and a string literal ('-trial') names nothing.
+            expression, statement = (None if part is None else part.strip().strip("-+").strip()
+                                     for part in (match.group(1), match.group(2)))
+            if statement is not None and _names_trial(statement):
                 found.append(f"{where}: {match.group(0)} decides on a trial parameter, which is filled in only "
                              "after Ansible's templating (the condition would hold for every trial)")
-            elif expression is not None and _TRIAL_RE.search(expression) and not _PLACEABLE_RE.fullmatch(
-                    expression.strip()):
+            elif expression is not None and _names_trial(expression) and not _PLACEABLE_RE.fullmatch(expression):
                 found.append(f"{where}: {match.group(0)} computes with a trial parameter, which is filled in only "
                              "after Ansible's templating (each trial would get something else than its value)")
     return found
+
+
+def _names_trial(jinja: str) -> bool:
+    return bool(_TRIAL_RE.search(_LITERAL_RE.sub("''", jinja)))
 
 
 # What Jinja gives for {{ trial.items }}: its attribute lookup finds the mapping's method before the key.

@@ -283,3 +283,9 @@ def test_random_bounds_written_as_yaml_reads_1e_4_are_numbers() -> None:
     assert len(trials) == 4 and all(1e-4 <= trial["lr"] <= 1e-1 for trial in trials)
     with pytest.raises(SweepSpecError, match=r"sweep_random.params.lr.min must be a number; got 'small'"):
         expand({}, {"count": 1, "params": {"lr": {"min": "small", "max": 1}}}, [])
+
+
+def test_whitespace_control_and_a_string_literal_are_not_computations() -> None:
+    written = {"run_command": "python3 t.py --lr={{- trial.lr }} --tag {{ prefix ~ '-trial' }}",
+               "run_env": {"X": "{{ trial['opt'] -}}"}}
+    assert trial_expressions(written) == []
