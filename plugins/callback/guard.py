@@ -102,8 +102,9 @@ RECHAIN_S = 0.05
 # Functions whose exceptions Python ignores ("Exception ignored in ...") when os.fork runs them as its hooks:
 # logging's module lock, taken before a fork and released after it in the parent. A KeyboardInterrupt raised there
 # never reaches Ansible. (Called elsewhere they are short, and a signal deferred from them costs RECHAIN_S.)
-_AT_FORK_HOOKS = {("logging/__init__.py", name) for name in ("_acquireLock", "_releaseLock",  # Python 3.11, 3.12
-                                                               "_prepareFork", "_afterFork")}  # 3.13
+# (_acquireLock and _releaseLock up to Python 3.12, _prepareFork and _afterFork from 3.13.)
+_AT_FORK_HOOKS = {("logging/__init__.py", name)
+                  for name in ("_acquireLock", "_releaseLock", "_prepareFork", "_afterFork")}
 
 
 def _pid(text: str | None) -> int | None:
