@@ -607,20 +607,6 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _newer_than(path: Path, since: float) -> bool:
-    try:
-        return path.stat().st_mtime >= since - 1
-    except OSError:
-        return False
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
 def _bring_home(args: argparse.Namespace, contracts: list[dict[str, Any]], env: dict[str, str],
                 key: str) -> dict[str, dict[str, Any]]:
     """The runs whose results folder is known (``--results-dir``, or found under ./results): each one's data home,
@@ -654,12 +640,12 @@ def _bring_home(args: argparse.Namespace, contracts: list[dict[str, Any]], env: 
     home: dict[str, dict[str, Any]] = {}
     for label, folder in folders.items():
         record = ev.read_json(folder / "teardown.json") or {}
-        if not _newer_than(folder / "teardown.json", began):
+        if not api._written_since(folder / "teardown.json", began):
             record = {}  # an earlier teardown's: this one did not get as far as its record
         log = folder / f"teardown-{label}.log"
         # Kept only where the role said so (a checkpoint it could not verify: the instance stopped, its data kept);
         # any other failure is destroyed below, as if nothing had been pulled.
-        kept = not outcome.get(label) and "the instance is stopped, not destroyed" in _read(log)
+        kept = not outcome.get(label) and "the instance is stopped, not destroyed" in (api._read_text(log) or "")
         home[label] = {"ok": bool(outcome.get(label)), "kept": kept, "results_dir": str(folder),
                        "newest_checkpoint": record.get("newest_checkpoint"),
                        "checkpoints_verified": record.get("checkpoints_verified"),
