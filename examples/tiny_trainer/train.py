@@ -44,6 +44,8 @@ def parse_args(argv=None):
                    help="sleep after writing each checkpoint file (a slow disk; widens the mid-save window)")
     p.add_argument("--report_reward", action="store_true", help="also log a 'reward' metric (RL-style)")
     p.add_argument("--diverge", action="store_true", help="blow the learning rate up so loss rises")
+    p.add_argument("--nan_at_step", type=int, default=None,
+                   help="poison the weights with NaN at step N (an fp16 overflow): every later loss is nan")
     p.add_argument("--crash_at_step", type=int, default=None, help="raise an exception during step N")
     p.add_argument("--hang_at_step", type=int, default=None, help="stop making progress at step N, forever")
     p.add_argument("--gpu_mem_gib", type=float, default=0.0,
@@ -262,6 +264,8 @@ def main(argv=None):
                 pos = 0
             batch.append(data[order[pos]])
             pos += 1
+        if args.nan_at_step == step:
+            params[0] = math.nan  # as one overflowing step does: NaN spreads through every later update
         loss, grad, reward = loss_and_grad(params, batch)
         # HF's default schedule: linear decay to zero over max_steps. No gradient clipping, so --diverge diverges.
         lr = lr0 * (1.0 - (step - 1) / args.max_steps)

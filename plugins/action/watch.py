@@ -48,6 +48,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.training_log import (
     DEFAULT_SUMMARY_REGEX,
     DEFAULT_TRACEBACK_REGEX,
     LAST_LINES,
+    DivergenceStreak,
     LogFollower,
     metrics_from_tail,
 )
@@ -97,6 +98,8 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "poll_interval": {"type": "float", "default": 30.0},
     "end_wait": {"type": "float", "default": 8.0},
     "stall_timeout": {"type": "float", "default": 900.0},
+    "diverge_records": {"type": "int", "default": 3},
+    "diverge_factor": {"type": "float", "default": 0.0},
     "max_runtime": {"type": "float", "default": 0.0},
     "started_at": {"type": "raw"},
     "instance_id": {"type": "int"},
@@ -238,9 +241,12 @@ class Watcher:
         self.marker = "@@mlops-watch-" + secrets.token_hex(6)
         self.follower = LogFollower(log_format=params["log_format"], traceback_regex=params["traceback_regex"] or None,
                                     summary_regex=params["summary_regex"] or None,
-                                    logging_steps=params["logging_steps"])
+                                    logging_steps=params["logging_steps"], diverge_factor=params["diverge_factor"])
+        # With a metrics file, its newest record at each poll: each step counted once.
+        self.metrics_file_divergence = DivergenceStreak(params["diverge_factor"])
         self.limits = Limits(max_runtime=params["max_runtime"], stall_timeout=params["stall_timeout"],
-                             reconnect_timeout=params["reconnect_timeout"], timeout=params["timeout"])
+                             reconnect_timeout=params["reconnect_timeout"], timeout=params["timeout"],
+                             diverge_records=params["diverge_records"])
         self.command_timeout = max(MIN_COMMAND_TIMEOUT, 2 * params["poll_interval"])
         self.start = clock()
         self.stall = StallClock(params["stall_timeout"], self.start)
@@ -407,6 +413,7 @@ class Watcher:
             found = metrics_from_tail(snap.metrics_text or "", self.p["log_format"])
             if found is not None:
                 self.metrics_file_metrics = (found, snap.metrics_text)
+                self.metrics_file_divergence.observe(found.loss, found.step, once_per_step=True)
 
     def long_poll_s(self) -> float:
         """How long this poll may wait on the host for the exit code: not on the first poll (it reads the state as it
@@ -433,6 +440,9 @@ class Watcher:
             return self.metrics_file_metrics[0]
         return self.follower.metrics
 
+    def divergence(self) -> DivergenceStreak:
+        return self.follower.divergence if self.metrics_file_metrics is None else self.metrics_file_divergence
+
     def progress_token(self) -> tuple[Any, ...]:
         if self.metrics_file_metrics is not None:
             metrics, text = self.metrics_file_metrics
@@ -454,6 +464,7 @@ class Watcher:
             run_dir_exists=self.run_dir_exists, traceback=self.follower.traceback, summary=self.follower.summary,
             summary_required=bool(self.p["summary_regex"]), host_fresh=host_fresh, run_elapsed=elapsed,
             idle=self.stall.idle(now), stalled=self.stall.stalled(now), progress=describe_progress(token),
+            diverging_records=self.divergence().count, divergence=self.divergence().describe(),
             instance_gone=self.instance_gone,
             gone_kind=self.gone_kind,
             unreachable_for=None if self.unreachable_since is None else now - self.unreachable_since,
@@ -707,7 +718,8 @@ def param_problems(params: dict[str, Any]) -> list[str]:
     """What is wrong with validated options, in words; empty when nothing is."""
     positive = ("poll_interval", "api_poll_interval", "sync_interval", "sync_timeout", "reconnect_timeout")
     problems = [f"{name} must be > 0" for name in positive if params[name] <= 0]
-    not_negative = ("stall_timeout", "max_runtime", "timeout", "max_total_usd", "stop_margin_s", "end_wait")
+    not_negative = ("stall_timeout", "diverge_records", "diverge_factor", "max_runtime", "timeout", "max_total_usd",
+                    "stop_margin_s", "end_wait")
     problems += [f"{name} must be >= 0" for name in not_negative if params[name] < 0]
     if params["end_wait"] >= HANGING_POLL:
         problems.append(f"end_wait must be below {HANGING_POLL:g} s (a poll waiting longer would look hung)")

@@ -27,6 +27,8 @@ description:
     N watches make about one list request per interval, not N.
   - "It returns with O(fail_on) deciding failure: C(completed) (exit code 0 and the summary marker seen);
     C(crash) (a non-zero exit code, a traceback in the log, or the tmux session gone without an exit code);
+    C(diverged) (O(diverge_records) training records in a row with a NaN or infinite loss, or one above
+    O(diverge_factor) times the lowest);
     C(stall) (no new step for O(stall_timeout) seconds, or no log growth before any step was logged);
     C(max_runtime) (the run has been going longer than O(max_runtime), or the host's C(timeout) stopped it
     there with exit code 124 or 137); C(preempted) (an interruptible instance was outbid: the API says it is
@@ -36,8 +38,8 @@ description:
     C(timeout) (the watch's own O(timeout) passed while the run goes on); C(budget) (what the instance has
     cost would pass O(max_total_usd) before the next look)."
   - When several apply at once the first of C(completed), C(preempted)/C(host_lost)/C(instance_gone), C(crash),
-    C(max_runtime), C(stall), C(timeout) wins. Before it returns anything but C(completed) it asks the API once
-    more, so a run killed by a preemption is reported as C(preempted), not as a crash.
+    C(diverged), C(max_runtime), C(stall), C(timeout) wins. Before it returns anything but C(completed) it asks
+    the API once more, so a run killed by a preemption is reported as C(preempted), not as a crash.
   - A dropped connection is not an outcome. The watch resets the connection, backs off (1 s doubling up to
     O(poll_interval), at most 30 s) and polls again until O(reconnect_timeout); each outage it survives is
     counted in RV(reconnects). The run lives in tmux on the host and is not touched by any of this.
@@ -149,6 +151,20 @@ options:
         run is a C(stall). C(0) disables stall detection.
     type: float
     default: 900
+  diverge_records:
+    description:
+      - This many training records in a row whose loss is NaN or infinite (or, with O(diverge_factor), above that
+        many times the lowest loss so far) make the run C(diverged), stopped like a stall so that no more is spent
+        on it. A record with a finite loss ends the streak; records without a loss (reward only) do not count.
+        C(0) disables the rule.
+    type: int
+    default: 3
+  diverge_factor:
+    description:
+      - A loss above this many times the lowest loss logged so far also counts toward O(diverge_records).
+        C(0) counts only NaN and infinite losses.
+    type: float
+    default: 0
   max_runtime:
     description:
       - Seconds the run may go, counted from its start (O(started_at), else O(started_file), else O(status_file),
@@ -209,8 +225,8 @@ options:
         list to branch on RV(outcome) instead.
     type: list
     elements: str
-    choices: [completed, crash, stall, max_runtime, preempted, host_lost, instance_gone, timeout, budget]
-    default: [crash, stall, max_runtime, preempted, host_lost, instance_gone, timeout, budget]
+    choices: [completed, crash, diverged, stall, max_runtime, preempted, host_lost, instance_gone, timeout, budget]
+    default: [crash, diverged, stall, max_runtime, preempted, host_lost, instance_gone, timeout, budget]
   max_total_usd:
     description:
       - The run's budget in $. The instance's spend is read from its own API row (C(dph_total), which includes
@@ -303,7 +319,7 @@ outcome:
   description: Why the watch returned.
   returned: success
   type: str
-  choices: [completed, crash, stall, max_runtime, preempted, host_lost, instance_gone, timeout, budget]
+  choices: [completed, crash, diverged, stall, max_runtime, preempted, host_lost, instance_gone, timeout, budget]
   sample: completed
 msg:
   description: The outcome in words, with the last progress seen.

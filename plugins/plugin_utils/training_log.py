@@ -118,6 +118,51 @@ def training_metrics(record: dict[str, Any]) -> Metrics | None:
     return metrics
 
 
+# -------------------------------------------------------------------------------------- divergence
+
+class DivergenceStreak:
+    """Consecutive training records whose loss says the run diverged: NaN or inf, or, with a ``factor``, above
+    ``factor`` times the lowest loss seen so far. A record with a sane loss ends the streak; a record without a
+    loss (reward only) leaves it as it is. ``observe`` is idempotent per step, so a metrics file read whole at
+    every poll counts each record once.
+    """
+
+    def __init__(self, factor: float = 0.0) -> None:
+        self.factor = factor
+        self.count = 0
+        self.since_step: Any = None  # the step of the streak's first record
+        self.lowest: float | None = None
+        self.last_loss: float | None = None
+        self._last_step: Any = None
+
+    def observe(self, loss: Any, step: Any = None, *, once_per_step: bool = False) -> None:
+        if loss is None or (once_per_step and step is not None and step == self._last_step):
+            return
+        self._last_step = step
+        loss = float(loss)
+        if not math.isfinite(loss) or (self.factor > 0 and self.lowest is not None and self.lowest > 0
+                                       and loss > self.factor * self.lowest):
+            if self.count == 0:
+                self.since_step = step
+            self.count += 1
+            self.last_loss = loss
+            return
+        self.count = 0
+        self.since_step = None
+        self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+
+    def reset(self) -> None:
+        self.__init__(self.factor)
+
+    def describe(self) -> str:
+        """The streak in words, for the watch's message."""
+        last = self.last_loss
+        what = (f"{last}" if last is None or not math.isfinite(last)
+                else f"above {self.factor:g} x the lowest ({self.lowest:.4g}), last {last:.4g},")
+        since = f", from step {self.since_step}" if self.since_step is not None else ""
+        return f"the loss was {what} for {self.count} training record(s) in a row{since}"
+
+
 # ----------------------------------------------------------------------------------- log follower
 
 class LogFollower:
@@ -130,7 +175,8 @@ class LogFollower:
     """
 
     def __init__(self, *, log_format: str = "hf", traceback_regex: str | None = DEFAULT_TRACEBACK_REGEX,
-                 summary_regex: str | None = DEFAULT_SUMMARY_REGEX, logging_steps: int | None = None) -> None:
+                 summary_regex: str | None = DEFAULT_SUMMARY_REGEX, logging_steps: int | None = None,
+                 diverge_factor: float = 0.0) -> None:
         self.log_format = log_format
         self.traceback_re = re.compile(traceback_regex) if traceback_regex else None
         self.summary_re = re.compile(summary_regex) if summary_regex else None
@@ -151,6 +197,7 @@ class LogFollower:
         self.summary_metrics: dict[str, Any] = {}
         self.metric_lines = 0
         self.metrics = Metrics()
+        self.divergence = DivergenceStreak(diverge_factor)
 
     # What the next poll should send: start reading at this byte offset.
     def next_offset(self) -> int:
@@ -190,6 +237,7 @@ class LogFollower:
         self.lines.clear()
         self.metric_lines = 0
         self.metrics = Metrics()
+        self.divergence.reset()
         self.summary = False
         self.summary_line = None
         self.summary_metrics = {}
@@ -221,6 +269,7 @@ class LogFollower:
                 setattr(self.metrics, name, value)
         if metrics.step is None and self.logging_steps:
             self.metrics.step = self.metric_lines * self.logging_steps
+        self.divergence.observe(metrics.loss, self.metrics.step)
 
     def _markers(self, line: str, *, consume: bool) -> None:
         if self.traceback_re and self.traceback_re.search(line):

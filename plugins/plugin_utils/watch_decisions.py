@@ -1,6 +1,6 @@
 # Copyright: (c) 2026, mlops.vast developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Which outcome a set of observations of a run means (completed, crash, stall, max_runtime,
+"""Which outcome a set of observations of a run means (completed, crash, diverged, stall, max_runtime,
 instance_gone, timeout), the stall clock, the run's start time and the instance's verdict from its
 API row. Pure: every time is passed in, so it is unit-tested without a host or a clock.
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-OUTCOMES = ("completed", "crash", "stall", "max_runtime", "preempted", "host_lost", "instance_gone", "timeout",
-            "budget")
+OUTCOMES = ("completed", "crash", "diverged", "stall", "max_runtime", "preempted", "host_lost", "instance_gone",
+            "timeout", "budget")
 # The outcomes where the machine, not the run, ended it: what recovery acts on (instance_gone: destroyed or
 # stopped by someone, which recovery leaves alone).
 GONE_OUTCOMES = ("preempted", "host_lost", "instance_gone")
@@ -149,6 +149,8 @@ class Observation:
     idle: float = 0.0
     stalled: bool = False
     progress: str = ""
+    diverging_records: int = 0  # consecutive training records whose loss says the run diverged
+    divergence: str = ""  # those records in words
     instance_gone: str | None = None
     gone_kind: str = "instance_gone"
     unreachable_for: float | None = None
@@ -161,12 +163,13 @@ class Limits:
     stall_timeout: float = 900.0
     reconnect_timeout: float = 600.0
     timeout: float = 0.0
+    diverge_records: int = 3  # 0: a diverged loss never ends the watch
 
 
 def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
     """The outcome and its message, or None to keep watching.
 
-    Precedence: completed > preempted/host_lost/instance_gone > crash > max_runtime > stall > timeout. A
+    Precedence: completed > preempted/host_lost/instance_gone > crash > diverged > max_runtime > stall > timeout. A
     host-side `timeout` kill at the max runtime (exit 124/137) is max_runtime, not a crash; a host that stays
     unreachable while the API still calls it running is host_lost.
     """
@@ -203,6 +206,9 @@ def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
         if obs.tmux is False:
             where = "" if obs.run_dir_exists else "; the run directory does not exist"
             return "crash", f"the tmux session is gone and no exit code was written{where}"
+        if limits.diverge_records > 0 and obs.diverging_records >= limits.diverge_records:
+            # Training on from a NaN or exploding loss only spends money: every later step and checkpoint is lost.
+            return "diverged", obs.divergence
         if limits.max_runtime > 0 and obs.run_elapsed is not None and obs.run_elapsed >= limits.max_runtime:
             return "max_runtime", (f"the run has been going {obs.run_elapsed:.0f} s, beyond max_runtime "
                                    f"{limits.max_runtime:g} s")

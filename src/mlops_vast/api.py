@@ -68,7 +68,7 @@ class RunResult:
     rc: int | None
     results_dir: Path
     message: str | None = None
-    watch_outcome: str | None = None  # the watch's word: completed, crash, stall, timeout, preempted, ...
+    watch_outcome: str | None = None  # the watch's word: completed, crash, diverged, stall, timeout, preempted, ...
     triage: dict[str, Any] = field(default_factory=dict)  # watch.json's triage bundle
     checkpoints: list[Path] = field(default_factory=list)  # verified checkpoints brought home, oldest first
     cost_usd: float | None = None  # the account's charges for the run (rejected hosts too), else what its watches saw

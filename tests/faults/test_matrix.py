@@ -207,6 +207,17 @@ def stalled_where_it_hung(outcome: Outcome) -> None:
     assert watch["outcome"] == "stall" and watch["triage"]["step"] in (100, 110), watch
 
 
+def stopped_when_the_loss_went_nan(outcome: Outcome) -> None:
+    watch = watch_record(outcome)
+    assert watch["outcome"] == "diverged", watch["msg"]
+    assert "the loss was nan for 3 training record(s) in a row, from step 120" in watch["msg"], watch["msg"]
+    log = (outcome.results / "run.log").read_text()
+    assert "train_runtime" not in log, "stopped on the host, not trained to the end"
+    steps = [int(step) for step in re.findall(r"'step': (\d+)", log)]
+    assert 140 <= max(steps) < outcome.case.max_steps, max(steps)
+    assert (outcome.results / "checkpoints" / "checkpoint-100").is_dir(), "the last checkpoint from before the NaN"
+
+
 def never_started_the_long_run(outcome: Outcome) -> None:
     assert not (outcome.results / "run.log").exists(), "the long run must never start after a failed smoke test"
 
@@ -263,6 +274,8 @@ CASES = [
          newest=150, message=r"(?i)crash", check=crashed_with_its_traceback),
     Case("smoke-divergence", trainer="--diverge", completes=False, newest=0, message=r"Smoke test failed",
          check=never_started_the_long_run),
+    Case("nan-mid-run", max_steps=1000, trainer="--step_seconds 0.05 --nan_at_step 120", completes=False,
+         newest=150, or_newer=True, message=r"(?i)diverged", check=stopped_when_the_loss_went_nan),
     Case("hang", max_steps=400, trainer="--step_seconds 0.02 --hang_at_step 120", completes=False, newest=100,
          message=r"(?i)stall", check=stalled_where_it_hung),
     # The host or the market misbehaves mid-run.

@@ -213,6 +213,36 @@ def test_follower_disabled_markers() -> None:
 # -------------------------------------------------------------------------------------- stall clock
 
 
+def test_follower_counts_diverging_records_in_a_row() -> None:
+    follower = tl.LogFollower(diverge_factor=10)
+    feed_text(follower, HF[0] + "\n"
+              + "{'loss': nan, 'epoch': 0.1, 'step': 20}\n"
+              + "{'loss': 0.4, 'epoch': 0.15, 'step': 30}\n"   # a finite loss ends the streak
+              + "{'loss': inf, 'epoch': 0.2, 'step': 40}\n"
+              + "{'reward': 0.3, 'step': 45}\n"                 # no loss: the streak goes on
+              + "{'loss': 4.5, 'epoch': 0.25, 'step': 50}\n")  # above 10 x the lowest (0.4)
+    assert follower.divergence.count == 2 and follower.divergence.since_step == 40
+    words = follower.divergence.describe()
+    assert "above 10 x the lowest (0.4), last 4.5, for 2 training record(s) in a row, from step 40" in words
+    feed_text(follower, "{'loss': 3.9, 'step': 60}\n")
+    assert follower.divergence.count == 0, "below 10 x 0.4: no longer diverging"
+    only_nan = tl.LogFollower()
+    feed_text(only_nan, "{'loss': 0.4, 'step': 10}\n{'loss': 1e9, 'step': 20}\n")
+    assert only_nan.divergence.count == 0, "without a factor only NaN and inf count"
+    feed_text(only_nan, "{'loss': nan, 'step': 30}\n")
+    assert only_nan.divergence.count == 1 and "the loss was nan for 1 training record(s) in a row, from step 30" in \
+        only_nan.divergence.describe()
+
+
+def test_divergence_streak_once_per_step_counts_a_reread_record_once() -> None:
+    streak = tl.DivergenceStreak()
+    for _poll in range(5):
+        streak.observe(math.nan, 30, once_per_step=True)
+    assert streak.count == 1
+    streak.observe(math.inf, 40, once_per_step=True)
+    assert streak.count == 2 and streak.since_step == 30
+
+
 def test_stall_clock_runs_from_the_last_change_of_the_token() -> None:
     clock = wd.StallClock(timeout=60, now=1000.0)
     assert not clock.stalled(5000.0), "nothing observed yet"
@@ -270,6 +300,12 @@ LIMITS = wd.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, t
     (obs(traceback=True, run_elapsed=4000), "crash", "traceback"),
     (obs(run_elapsed=4000, stalled=True, idle=950), "max_runtime", "beyond"),
     (obs(stalled=True, idle=950, progress="last step 10"), "stall", "no progress for 950 s (last step 10"),
+    (obs(diverging_records=3, divergence="the loss has been not finite"), "diverged", "not finite"),
+    (obs(diverging_records=2, divergence="the loss"), None, None),
+    # A run that ended says more by how it ended; a diverged one still going is stopped before it stalls.
+    (obs(diverging_records=5, exit_code=1, tmux=False), "crash", "code 1"),
+    (obs(diverging_records=5, exit_code=0, summary=True, tmux=False), "completed", "exited 0"),
+    (obs(diverging_records=5, divergence="diverging", stalled=True, idle=950), "diverged", "diverging"),
     (obs(stalled=True, idle=950, watch_elapsed=8000), "stall", "no progress"),
     (obs(watch_elapsed=7200), "timeout", "the run goes on"),
     # Without a fresh poll the host-side rules are not applied again (they were at the last poll).
@@ -286,8 +322,8 @@ def test_decide_outcomes_and_precedence(observation: wd.Observation, outcome: st
 
 
 def test_decide_without_limits() -> None:
-    limits = wd.Limits(max_runtime=0, stall_timeout=0, reconnect_timeout=600, timeout=0)
-    assert wd.decide(obs(run_elapsed=10**9, watch_elapsed=10**9), limits) is None
+    limits = wd.Limits(max_runtime=0, stall_timeout=0, reconnect_timeout=600, timeout=0, diverge_records=0)
+    assert wd.decide(obs(run_elapsed=10**9, watch_elapsed=10**9, diverging_records=10**6), limits) is None
 
 
 @pytest.mark.parametrize(("row", "words"), [
@@ -687,6 +723,31 @@ def test_loop_stall_with_an_injected_clock(fake_host: dict[str, Any]) -> None:
     assert result["triage"]["tmux_alive"] is True and result["triage"]["exit_code"] is None
 
 
+def test_loop_diverged_stops_a_run_whose_loss_went_nan(fake_host: dict[str, Any]) -> None:
+    nan_lines = [f"{{'loss': nan, 'grad_norm': nan, 'epoch': 0.{n}, 'step': {n}0}}" for n in (3, 4, 5)]
+    result, _ = run_watch(fake_host, {1: start_run, 2: append(*HF), 3: append(*nan_lines[:2]),
+                                      4: append(nan_lines[2])}, poll_interval=30, diverge_records=3)
+    assert result["outcome"] == "diverged" and result["polls"] == 4, result["msg"]
+    assert "the loss was nan for 3 training record(s) in a row, from step 30" in result["msg"]
+    assert result["triage"]["tmux_alive"] is True, "still running: the teardown stops it"
+    for name in ("run.log",):
+        (fake_host["run"] / name).unlink()
+    # The metrics file's newest record, read at every poll, counts once per step.
+    metrics = fake_host["run"] / "metrics.jsonl"
+    metrics.write_text('{"step": 10, "loss": 0.7}\n')
+
+    def nan_at(step: int) -> Any:
+        def write(run: Path) -> None:
+            with open(metrics, "a") as f:
+                f.write(json.dumps({"step": step, "loss": math.nan}) + "\n")
+        return write
+    script = {1: start_run, 2: nan_at(20), 3: append("idle"), 4: append("idle"), 5: nan_at(30)}
+    result, _ = run_watch(fake_host, script, poll_interval=30, diverge_records=2, metrics_file="metrics.jsonl",
+                          log_format="jsonl", stall_timeout=0, timeout=400)
+    assert result["outcome"] == "diverged" and result["polls"] == 5, result["msg"]
+    metrics.unlink()
+
+
 def test_loop_crash_max_runtime_and_timeout(fake_host: dict[str, Any]) -> None:
     crash, _ = run_watch(fake_host, {1: start_run, 2: append(HF[0], *TRACEBACK), 3: end_run(1)}, poll_interval=30)
     assert crash["outcome"] == "crash" and crash["triage"]["traceback"] is True
@@ -765,8 +826,8 @@ def test_argument_spec_defaults() -> None:
     assert action.ARGUMENT_SPEC["api_key"]["no_log"] is True
     assert params(fail_on=[])["fail_on"] == []
     defaults = params()
-    assert defaults["fail_on"] == ["crash", "stall", "max_runtime", "preempted", "host_lost", "instance_gone",
-                                   "timeout", "budget"]
+    assert defaults["fail_on"] == ["crash", "diverged", "stall", "max_runtime", "preempted", "host_lost",
+                                   "instance_gone", "timeout", "budget"]
     assert (defaults["poll_interval"], defaults["stall_timeout"], defaults["api_poll_interval"],
             defaults["reconnect_timeout"], defaults["max_runtime"], defaults["timeout"]) == (30, 900, 120, 600, 0, 0)
     assert ArgumentSpecValidator(action.ARGUMENT_SPEC).validate({"run_dir": "/r"}).error_messages == [
