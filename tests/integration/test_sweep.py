@@ -68,18 +68,23 @@ def max_overlap(trials: list[dict]) -> int:
 def test_sweep_isolates_failures_holds_the_budget_and_leaves_nothing_billing(sim: Sim, tmp_path: Path,
                                                                              trials_stopped: None) -> None:
     crash = {"learning_rate": 0.05, "crash_at_step": 120}
-    done = run_sweep(sim, tmp_path, sweep_trials=[crash])
+    # Its loss turns NaN at step 60 and it would train on to step 200 (slowly enough for the watch to see it).
+    nan = {"learning_rate": 0.05, "nan_at_step": 60, "step_seconds": 0.1}
+    done = run_sweep(sim, tmp_path, sweep_trials=[crash, nan])
     out = done.stdout
-    assert done.returncode != 0, failure_excerpt(out)  # one trial crashed: the sweep says so
-    assert "6 of 7 trial(s) completed" in out, failure_excerpt(out)
+    assert done.returncode != 0, failure_excerpt(out)  # one trial crashed, one diverged: the sweep says so
+    assert "6 of 8 trial(s) completed" in out, failure_excerpt(out)
     assert "No instance of sweep lr-sweep is open." in out
 
     results = tmp_path / "results"
     rows = json.loads((results / "trials.json").read_text())
-    assert len(rows) == 7 and len({row["id"] for row in rows}) == 7
-    crashed, others = rows[0], rows[1:]
+    assert len(rows) == 8 and len({row["id"] for row in rows}) == 8
+    crashed, diverged, others = rows[0], rows[1], rows[2:]
     assert crashed["params"] == crash and crashed["outcome"] == "crash", crashed
     assert crashed["message"], crashed
+    assert diverged["params"] == nan and diverged["outcome"] == "diverged", diverged
+    assert "the loss was nan for 3 training record(s) in a row, from step 60" in diverged["message"], diverged
+    assert diverged["steps"] < 200 and diverged["final_loss"] is None, diverged
     # Every other trial completed its 200 steps with its own parameters, a loss and a cost.
     grid = {(lr, seed) for lr in (0.1, 0.05, 0.02) for seed in (1, 2)}
     assert {(row["params"]["learning_rate"], row["params"]["seed"]) for row in others} == grid
@@ -95,7 +100,7 @@ def test_sweep_isolates_failures_holds_the_budget_and_leaves_nothing_billing(sim
     excluded = json.loads((tmp_path / "excluded.json").read_text())["machines"]
     assert excluded, "no trial met a bad host"
     replaced = [row for row in rows if len(row["hosts"]) > 1]
-    assert replaced and all(row["outcome"] == "completed" for row in replaced if row is not crashed), rows
+    assert replaced and all(row["outcome"] == "completed" for row in replaced if row in others), rows
     assert not {int(m) for m in excluded} & {row["hosts"][-1] for row in others}
 
     # Each trial ran with the sweep's default strategy, the collection's mlops.vast.linear (ansible-core says so when
@@ -108,7 +113,7 @@ def test_sweep_isolates_failures_holds_the_budget_and_leaves_nothing_billing(sim
     assert max_overlap(state["trials"]) <= 3
     assert max_overlap(state["trials"]) >= 2  # they did run side by side
     csv_lines = (results / "trials.csv").read_text().splitlines()
-    assert len(csv_lines) == 8 and csv_lines[0].startswith("id,label,param_")
+    assert len(csv_lines) == 9 and csv_lines[0].startswith("id,label,param_")
 
     with sim.client() as client:
         ledger = client.get("/_sim/ledger").json()
@@ -117,7 +122,7 @@ def test_sweep_isolates_failures_holds_the_budget_and_leaves_nothing_billing(sim
     assert ledger["totals"]["cost"] <= BUDGET, ledger["totals"]
     instances_before = ledger["totals"]["instances"]
 
-    # The same sweep again, without the crashing trial: all six completed ones are reused, nothing is rented.
+    # The same sweep again, without the failed trials: all six completed ones are reused, nothing is rented.
     again = run_sweep(sim, tmp_path, sweep_trials=[])
     assert again.returncode == 0, failure_excerpt(again.stdout)
     assert "6 of 6 trial(s) completed (6 from an earlier run)" in again.stdout
