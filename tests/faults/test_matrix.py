@@ -244,6 +244,8 @@ def rebid_and_resumed_in_place(outcome: Outcome) -> None:
     resumed = re.findall(r"mlops\.vast: attempt \d+ resuming from \S+checkpoint-(\d+)",
                          (outcome.results / "run.log").read_text())
     assert resumed == ["150"], resumed
+    # recovery.json names it too: in place the run picked it itself, and said which (run.sh's agent).
+    assert recovery["resumed_from"] == {"name": "checkpoint-150", "step": 150, "attempt": 1}, recovery
     final = outcome.results / "checkpoints" / f"checkpoint-{outcome.case.max_steps}" / "model.json"
     assert final.read_bytes() == reference_model(outcome.case.max_steps), "it must end as the uninterrupted run"
 

@@ -386,6 +386,14 @@ def cmd_newest(args: argparse.Namespace) -> int:
             if step_of(name) > floor:
                 shutil.rmtree(os.path.join(args.output, name), ignore_errors=True)
                 log(f"removed {name}: not a sound checkpoint, and newer than the resume point")
+    if args.report:
+        manifest = read_manifest(found) if found else None
+        name = os.path.basename(found) if found else None
+        try:
+            write_json_atomic(args.report, {"resumed_from": None if found is None else {
+                "name": name, "step": step_of(name), "attempt": (manifest or {}).get("attempt")}})
+        except OSError as exc:  # only a record: the resume itself must not fail for it
+            log(f"cannot write {args.report}: {exc}")
     if found:
         print(found)
     return 0
@@ -485,6 +493,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     newest.add_argument("--rule", choices=RULES, default="hf")
     newest.add_argument("--marker", default="COMPLETE")
     newest.add_argument("--stable-s", type=float, default=1.0)
+    newest.add_argument("--report", default="", help="also write what it found as JSON to this file")
     restore = sub.add_parser("restore", help="put the newest sound candidate in place")
     restore.add_argument("--output", required=True)
     restore.add_argument("--plan", default="", help="JSON list of candidates with presigned URLs, best first")
