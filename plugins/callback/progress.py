@@ -92,6 +92,7 @@ class CallbackModule(CallbackBase):
                                        "phases": {}, "tasks": 0}
         self._in_recovery = False
         self._pending_recovery = False
+        self._watching_again = False  # this recovery play's watch of the relaunched run has begun
 
     def set_options(self, task_keys: Any = None, var_options: Any = None, direct: Any = None) -> None:
         super().set_options(task_keys=task_keys, var_options=var_options, direct=direct)
@@ -120,6 +121,7 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_play_start(self, play: Any) -> None:
         name = play.get_name().strip()
         self._in_recovery = name.startswith(RECOVERY_PLAY)
+        self._watching_again = False
         self._write(play=name)
 
     def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
@@ -134,9 +136,11 @@ class CallbackModule(CallbackBase):
         if self._in_recovery:
             # A recovery round's plays start whether or not a round is wanted (their tasks skip): the phase is
             # recovering once one of their tasks really runs (below); the watch of a relaunched run is training.
+            # The watch's own helpers (the checkpoint pull it prepares) are part of that training, not a new round.
             if phase == "training":
                 changes["phase"] = phase
-            elif self._state["phase"] != "recovering":
+                self._watching_again = True
+            elif self._state["phase"] != "recovering" and not self._watching_again:
                 self._pending_recovery = True
         elif phase is not None:
             changes["phase"] = phase

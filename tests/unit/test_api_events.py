@@ -199,6 +199,22 @@ def test_progress_callback_phases_follow_the_roles_and_recovery_only_when_it_run
     plugin.v2_playbook_on_play_start(FakePlay("Recovery: watch (round 2)"))
     plugin.v2_playbook_on_task_start(FakeTask("w", "mlops.vast.watch"), False)
     assert phase() == "training"
+    # The roles the watch includes (its checkpoint pull) run inside that training: no flapping back to recovering.
+    plugin.v2_playbook_on_task_start(FakeTask("pull", "mlops.vast.checkpoint_sync"), False)
+    plugin.v2_runner_on_ok(SimpleNamespace(_result={}))
+    plugin.v2_playbook_on_task_start(FakeTask("Watch the run until it ends", "mlops.vast.watch"), False)
+    assert phase() == "training"
+    phases_seen = []
+    original = plugin._write
+
+    def spy(**changes: object) -> None:
+        phases_seen.append(changes.get("phase"))
+        original(**changes)
+    plugin._write = spy  # type: ignore[method-assign]
+    plugin.v2_playbook_on_task_start(FakeTask("pull again", "mlops.vast.checkpoint_sync"), False)
+    plugin.v2_runner_on_ok(SimpleNamespace(_result={}))
+    assert "recovering" not in phases_seen, phases_seen
+    plugin._write = original  # type: ignore[method-assign]
     plugin.v2_playbook_on_play_start(FakePlay("Bring results home, tear down"))
     plugin.v2_playbook_on_task_start(FakeTask("t", "mlops.vast.teardown"), False)
     assert phase() == "teardown"
@@ -209,7 +225,7 @@ def test_progress_callback_phases_follow_the_roles_and_recovery_only_when_it_run
     # Each phase with when it was first entered (a second training after recovery keeps the first time).
     entered = sorted(data["phases"], key=lambda name: (data["phases"][name], PHASE_ORDER.index(name)))
     assert entered == ["renting", "setup", "smoke", "launching", "training", "recovering", "teardown", "done"]
-    assert data["tasks"] == 12  # every task_start above
+    assert data["tasks"] == 15  # every task_start above
     stats = SimpleNamespace(processed={"localhost": 1}, summarize=lambda host: {"failures": 1})
     plugin.v2_playbook_on_stats(stats)
     assert json.loads(path.read_text())["outcome"] == "failed"
