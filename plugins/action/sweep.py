@@ -263,8 +263,11 @@ class ActionModule(ActionBase):
                          + (f" ({reused} from an earlier run)" if reused else "")
                          + (f"; {len(retrained)} completed before ran again, {', '.join(changed_vars)} changed since"
                             if retrained else "")
-                         + (f"; stopped: {scheduler.cancel_reason}" if scheduler.cancel_reason else "")
-                         + f"; results in {results_dir}/trials.csv")
+                         + (f"; stopped: {scheduler.cancel_reason}" if scheduler.cancel_reason else ""))
+        # The API and the CLI say the same as the playbook (reused and re-run trials included).
+        write_json_atomic(os.path.join(results_dir, "sweep-state.json"),
+                          {**scheduler.snapshot(), "summary": result["msg"]})
+        result["msg"] += f"; results in {results_dir}/trials.csv"
         return result
 
     @staticmethod

@@ -868,8 +868,9 @@ def _sweep_result(name: str, results_dir: Path, status: str, rc: int | None, can
         outcome = "partial"
     else:
         outcome = "failed"
-    state = watcher.state
-    message = f"{len(completed)} of {len(rows)} trial(s) completed"
+    state = watcher.read_state() or watcher.state  # its last word, written as the playbook ended
+    summary = state.get("summary")  # the playbook's: reused and re-run trials said too
+    message = summary if isinstance(summary, str) and summary else f"{len(completed)} of {len(rows)} trial(s) completed"
     if outcome == "failed" and not rows:
         message = _failure_message(artifacts_dir) or f"ansible-runner status {status}"
     return SweepResult(name=name, outcome=outcome, status=status, rc=rc, results_dir=results_dir, trials=rows,

@@ -191,6 +191,7 @@ def test_sweep_shows_one_line_per_trial_and_the_api_gives_the_rows_of_trials_jso
     again = json.loads((tmp_path / "results" / "pty-sweep" / "trials.json").read_text())
     assert [row.as_dict() for row in result.trials] == again
     assert [row["id"] for row in again] == [row["id"] for row in rows] and result.outcome == "completed"
+    assert result.message == "2 of 2 trial(s) completed (2 from an earlier run)", result.message  # the playbook's
     with sim.client() as client:
         assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
 
