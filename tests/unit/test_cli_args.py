@@ -167,7 +167,7 @@ def test_the_final_sweep_table_says_the_budget_as_given(tmp_path: Path) -> None:
                         budget_usd=0.002, message="0 of 2 trial(s) completed")
     assert "spent $0.0004 of $0.0020" in title(small)  # not "of $0.00"
     # A sweep that failed before it started (a bad key): no state of its own, the budget asked for is still said.
-    watcher = SimpleNamespace(state={}, started=0.0, trials=list)
+    watcher = SimpleNamespace(state={}, started=0.0, trials=list, read_state=lambda: None)
     early = _sweep_result("s", tmp_path, "failed", 1, False, watcher, tmp_path, 0.2)
     assert early.budget_usd == 0.2 and "of $0.2000" in title(early)
     assert "(no shared budget)" in title(_sweep_result("s", tmp_path, "failed", 1, False, watcher, tmp_path, 0.0))
