@@ -44,6 +44,9 @@ def parse_args(argv=None):
                    help="sleep after writing each checkpoint file (a slow disk; widens the mid-save window)")
     p.add_argument("--report_reward", action="store_true", help="also log a 'reward' metric (RL-style)")
     p.add_argument("--diverge", action="store_true", help="blow the learning rate up so loss rises")
+    p.add_argument("--logging_nan_inf_filter", type=lambda v: v.strip().lower() in ("1", "true", "yes"),
+                   default=True, help="as Hugging Face's Trainer (true by default): a NaN or inf step loss counts as "
+                                      "the window's average so far, so a window of them logs 0.0")
     p.add_argument("--nan_at_step", type=int, default=None,
                    help="poison the weights with NaN at step N (an fp16 overflow): every later loss is nan")
     p.add_argument("--crash_at_step", type=int, default=None, help="raise an exception during step N")
@@ -273,6 +276,8 @@ def main(argv=None):
             momentum[i] = 0.9 * momentum[i] + grad[i]
             params[i] -= lr * momentum[i]
         trainer.update(global_step=step, epoch=step * batch_size / len(data))
+        if args.logging_nan_inf_filter and not math.isfinite(loss):
+            loss = trainer["interval_loss"] / (1 + trainer["interval_steps"])  # HF's: the window's average so far
         trainer["interval_loss"] += loss
         trainer["interval_reward"] += reward
         trainer["interval_steps"] += 1

@@ -99,7 +99,7 @@ ARGUMENT_SPEC: dict[str, Any] = {
     "end_wait": {"type": "float", "default": 8.0},
     "stall_timeout": {"type": "float", "default": 900.0},
     "diverge_records": {"type": "int", "default": 3},
-    "diverge_factor": {"type": "float", "default": 0.0},
+    "diverge_factor": {"type": "float"},
     "max_runtime": {"type": "float", "default": 0.0},
     "started_at": {"type": "raw"},
     "instance_id": {"type": "int"},
@@ -413,7 +413,9 @@ class Watcher:
             found = metrics_from_tail(snap.metrics_text or "", self.p["log_format"])
             if found is not None:
                 self.metrics_file_metrics = (found, snap.metrics_text)
-                self.metrics_file_divergence.observe(found.loss, found.step, once_per_step=True)
+                # The newest record, read again at every poll until a newer one comes: counted once.
+                self.metrics_file_divergence.observe(found.loss, found.step, found.grad_norm,
+                                                     key=(found.step, snap.metrics_text[-300:]))
 
     def long_poll_s(self) -> float:
         """How long this poll may wait on the host for the exit code: not on the first poll (it reads the state as it
@@ -677,6 +679,7 @@ class Watcher:
             "gpu_util": self.gpu_util, "completed": outcome == "completed",
             "exit_code": self.exit_code if self.exit_code_raw is None else self.exit_code_raw,
             "tmux_alive": self.tmux,
+            "divergence": self.divergence().record(),
             "spent_usd": None if spend is None else round(spend[0], 4),
             "eta_s": None if eta is None else round(eta, 1),
         }
@@ -718,9 +721,13 @@ def param_problems(params: dict[str, Any]) -> list[str]:
     """What is wrong with validated options, in words; empty when nothing is."""
     positive = ("poll_interval", "api_poll_interval", "sync_interval", "sync_timeout", "reconnect_timeout")
     problems = [f"{name} must be > 0" for name in positive if params[name] <= 0]
-    not_negative = ("stall_timeout", "diverge_records", "diverge_factor", "max_runtime", "timeout", "max_total_usd",
-                    "stop_margin_s", "end_wait")
+    not_negative = ("stall_timeout", "diverge_records", "max_runtime", "timeout", "max_total_usd", "stop_margin_s",
+                    "end_wait")
     problems += [f"{name} must be >= 0" for name in not_negative if params[name] < 0]
+    factor = params["diverge_factor"]
+    if factor is not None and factor != 0 and not factor > 1:
+        problems.append(f"diverge_factor must be above 1 (0 or unset: only NaN and inf count), got {factor:g}: at or "
+                        "below 1 a loss that merely stops falling would count as diverging")
     if params["end_wait"] >= HANGING_POLL:
         problems.append(f"end_wait must be below {HANGING_POLL:g} s (a poll waiting longer would look hung)")
     if params["max_total_usd"] > 0 and params["instance_id"] is None:

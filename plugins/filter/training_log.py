@@ -11,6 +11,7 @@ from typing import Any
 from ..plugin_utils.training_log import (
     DEFAULT_SUMMARY_REGEX,
     DEFAULT_TRACEBACK_REGEX,
+    hides_a_nan,
     parse_record,
     training_metrics,
 )
@@ -53,8 +54,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: C(records) (each C(step), C(loss), C(reward), C(epoch)), C(first_loss), C(last_loss), C(rewards),
-    C(last_step), C(finite) (no NaN or infinite loss), C(traceback), C(traceback_excerpt), C(summary) (the
+  description: C(records) (each C(step), C(loss), C(reward), C(epoch), C(grad_norm)), C(first_loss), C(last_loss),
+    C(rewards), C(last_step), C(finite) (no NaN or infinite loss, nor a 0.0 loss next to a grad_norm that is not
+    finite, as the Hugging Face Trainer logs a NaN loss), C(traceback), C(traceback_excerpt), C(summary) (the
     summary line's metrics, or null).
   type: dict
 """
@@ -80,7 +82,7 @@ def training_log(text: str, log_format: str = "hf", summary_regex: str | None = 
         metrics = training_metrics(record)
         if metrics is not None:
             records.append({"step": metrics.step, "loss": metrics.loss, "reward": metrics.reward,
-                            "epoch": metrics.epoch})
+                            "epoch": metrics.epoch, "grad_norm": metrics.grad_norm})
     losses = [r["loss"] for r in records if r["loss"] is not None]
     rewards = [r["reward"] for r in records if r["reward"] is not None]
     steps = [r["step"] for r in records if r["step"] is not None]
@@ -88,7 +90,9 @@ def training_log(text: str, log_format: str = "hf", summary_regex: str | None = 
         "records": records,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
-        "finite": all(math.isfinite(x) for x in losses),
+        # A NaN logged as 0.0 (next to a NaN grad_norm, by the Hugging Face Trainer's filter) is not finite either.
+        "finite": all(math.isfinite(x) for x in losses)
+        and not any(hides_a_nan(r["loss"], r["grad_norm"]) for r in records),
         "rewards": rewards,
         "last_step": steps[-1] if steps else None,
         "traceback": bool(excerpt),

@@ -153,18 +153,22 @@ options:
     default: 900
   diverge_records:
     description:
-      - This many training records in a row whose loss is NaN or infinite (or, with O(diverge_factor), above that
-        many times the lowest loss so far) make the run C(diverged), stopped like a stall so that no more is spent
-        on it. A record with a finite loss ends the streak; records without a loss (reward only) do not count.
-        C(0) disables the rule.
+      - This many training records in a row whose loss is NaN or infinite make the run C(diverged), stopped like
+        a stall so that no more is spent on it; so does a run that exits 0 with such a streak at its end. A loss of
+        0.0 logged with a grad_norm that is not finite counts too (the Hugging Face Trainer's
+        C(logging_nan_inf_filter), on by default, logs a window of NaN losses so), and with O(diverge_factor) a
+        loss above that many times the lowest positive loss so far.
+      - A sane record ends the streak; records without a loss (reward only) do not count. With O(metrics_file) the
+        newest record at each poll is what counts. RV(triage.divergence.last_clean_step) says after which step
+        checkpoints may hold the diverged weights. C(0) disables the rule.
     type: int
     default: 3
   diverge_factor:
     description:
-      - A loss above this many times the lowest loss logged so far also counts toward O(diverge_records).
-        C(0) counts only NaN and infinite losses.
+      - A loss above this many times the lowest positive loss logged so far also counts toward
+        O(diverge_records). It must be above 1. Unset or C(0), only NaN and infinite losses count. Losses that are
+        never positive (log-likelihoods) are never above it.
     type: float
-    default: 0
   max_runtime:
     description:
       - Seconds the run may go, counted from its start (O(started_at), else O(started_file), else O(status_file),
@@ -372,6 +376,23 @@ triage:
     tmux_alive:
       description: Whether the tmux session existed at the last poll (null when tmux is not installed).
       type: bool
+    divergence:
+      description: The O(diverge_records) rule's view of the losses.
+      type: dict
+      contains:
+        records:
+          description: Training records in a row that diverge, up to the last one read.
+          type: int
+        since_step:
+          description: The step of the first of them (null when none, or the log has no steps).
+          type: int
+        last_clean_step:
+          description: The step of the last record whose loss and grad_norm were sane; checkpoints of later
+            steps may hold the diverged weights.
+          type: int
+        lowest_loss:
+          description: The lowest positive loss of a sane record.
+          type: float
     spent_usd:
       description: What the instance has cost so far, from its API row (null without O(instance_id)).
       type: float

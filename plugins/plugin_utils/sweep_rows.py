@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .training_log import parse_record, training_metrics
+from .training_log import hides_a_nan, parse_record, training_metrics
 
 ROW_FIELDS = ("id", "label", "outcome", "final_loss", "best_loss", "steps", "cost_usd", "attempts", "hosts",
               "duration_s", "message", "results_dir")
@@ -76,7 +76,8 @@ def _losses_of(lines: Iterable[str]) -> tuple[int | None, float | None, float | 
         if metrics.step is not None:
             step = int(metrics.step)
         if metrics.loss is not None:
-            final = float(metrics.loss)
+            # A NaN that the Hugging Face Trainer logged as 0.0 is a NaN, not the best loss of the sweep.
+            final = math.nan if hides_a_nan(metrics.loss, metrics.grad_norm) else float(metrics.loss)
             if math.isfinite(final):
                 best = final if best is None else min(best, final)
     return step, final, best

@@ -25,6 +25,7 @@ KEPT_LINES = 200
 MAX_RECORD_CHARS = 20_000
 MAX_EXCERPT_LINES = 40
 LOSS_KEYS = ("loss", "train/loss")
+GRAD_NORM_KEYS = ("grad_norm", "train/grad_norm")
 REWARD_KEYS = ("reward", "rewards/mean", "train/reward", "train/rewards/mean")
 STEP_KEYS = ("step", "global_step", "train/global_step")
 EPOCH_KEYS = ("epoch", "train/epoch")
@@ -105,12 +106,14 @@ class Metrics:
     epoch: float | None = None
     loss: float | None = None
     reward: float | None = None
+    grad_norm: float | None = None
 
 
 def training_metrics(record: dict[str, Any]) -> Metrics | None:
     """Step, epoch, loss and reward of a training log record; None for other dicts (eval, summary)."""
     metrics = Metrics(step=_first(record, STEP_KEYS), epoch=_first(record, EPOCH_KEYS),
-                      loss=_first(record, LOSS_KEYS), reward=_first(record, REWARD_KEYS))
+                      loss=_first(record, LOSS_KEYS), reward=_first(record, REWARD_KEYS),
+                      grad_norm=_first(record, GRAD_NORM_KEYS))
     if metrics.loss is None and metrics.reward is None and metrics.step is None:
         return None
     if isinstance(metrics.step, float) and metrics.step.is_integer():
@@ -120,47 +123,96 @@ def training_metrics(record: dict[str, Any]) -> Metrics | None:
 
 # -------------------------------------------------------------------------------------- divergence
 
+def hides_a_nan(loss: float | None, grad_norm: float | None) -> bool:
+    """A record whose loss says nothing is wrong though it is NaN: the Hugging Face Trainer's
+    ``logging_nan_inf_filter`` (on by default) logs a window of NaN step losses as 0.0, next to a NaN grad_norm."""
+    return loss == 0 and grad_norm is not None and not math.isfinite(grad_norm)
+
+
 class DivergenceStreak:
-    """Consecutive training records whose loss says the run diverged: NaN or inf, or, with a ``factor``, above
-    ``factor`` times the lowest loss seen so far. A record with a sane loss ends the streak; a record without a
-    loss (reward only) leaves it as it is. ``observe`` is idempotent per step, so a metrics file read whole at
-    every poll counts each record once.
+    """Consecutive training records that say the run diverged, and the last record that was clean.
+
+    A record diverges when its loss is NaN or infinite; when its loss is 0.0 and its grad_norm is not finite (the
+    Hugging Face Trainer's ``logging_nan_inf_filter``, on by default, logs a window of NaN losses as 0.0); or, with
+    a ``factor``, when its loss is above ``factor`` times the lowest positive loss so far. A record with a sane loss
+    ends the streak; a record without a loss (reward only) leaves it as it is. A record is clean when it is sane
+    and its grad_norm (if logged) is finite: checkpoints saved after the last clean record may hold the diverged
+    weights. With a ``key``, a record already observed under the same key is not counted again (a metrics file
+    whose newest record is read at every poll).
     """
 
-    def __init__(self, factor: float = 0.0) -> None:
-        self.factor = factor
+    def __init__(self, factor: float | None = None) -> None:
+        self.factor = factor if factor and factor > 0 else None
         self.count = 0
         self.since_step: Any = None  # the step of the streak's first record
-        self.lowest: float | None = None
+        self.last_clean_step: Any = None
+        self.lowest: float | None = None  # the lowest positive loss of a sane record
         self.last_loss: float | None = None
-        self._last_step: Any = None
+        self.last_kind = ""
+        self._last_key: Any = None
 
-    def observe(self, loss: Any, step: Any = None, *, once_per_step: bool = False) -> None:
-        if loss is None or (once_per_step and step is not None and step == self._last_step):
+    def observe(self, loss: Any, step: Any = None, grad_norm: Any = None, *, key: Any = None) -> None:
+        if loss is None or (key is not None and key == self._last_key):
             return
-        self._last_step = step
-        loss = float(loss)
-        if not math.isfinite(loss) or (self.factor > 0 and self.lowest is not None and self.lowest > 0
-                                       and loss > self.factor * self.lowest):
+        self._last_key = key
+        loss, grad_norm = _as_float(loss), _as_float(grad_norm)
+        kind = ""
+        if not math.isfinite(loss):
+            kind = "nonfinite"
+        elif hides_a_nan(loss, grad_norm):
+            kind = "filtered"
+        elif self.factor is not None and self.lowest is not None and loss > self.factor * self.lowest:
+            kind = "above"
+        if kind:
             if self.count == 0:
                 self.since_step = step
             self.count += 1
-            self.last_loss = loss
+            self.last_loss, self.last_kind = loss, kind
             return
         self.count = 0
         self.since_step = None
-        self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+        if loss > 0:
+            self.lowest = loss if self.lowest is None else min(self.lowest, loss)
+        if grad_norm is None or math.isfinite(grad_norm):
+            self.last_clean_step = step
+
+    def break_streak(self) -> None:
+        """Records were skipped unread (a poll that had to leave part of the log): they may have been sane."""
+        self.count = 0
+        self.since_step = None
 
     def reset(self) -> None:
         self.__init__(self.factor)
 
     def describe(self) -> str:
         """The streak in words, for the watch's message."""
-        last = self.last_loss
-        what = (f"{last}" if last is None or not math.isfinite(last)
-                else f"above {self.factor:g} x the lowest ({self.lowest:.4g}), last {last:.4g},")
+        if not self.count:
+            return ""
+        if self.last_kind == "filtered":
+            what = ("0.0 with a grad_norm that is not finite (a NaN loss, as the Hugging Face Trainer's "
+                    "logging_nan_inf_filter logs it)")
+        elif self.last_kind == "above":
+            what = f"above {self.factor:g} x the lowest ({self.lowest:.4g}), last {self.last_loss:.4g},"
+        else:
+            what = f"{self.last_loss}"
         since = f", from step {self.since_step}" if self.since_step is not None else ""
         return f"the loss was {what} for {self.count} training record(s) in a row{since}"
+
+    def record(self) -> dict[str, Any]:
+        """The streak for the triage bundle."""
+        return {"records": self.count, "since_step": self.since_step, "last_clean_step": self.last_clean_step,
+                "lowest_loss": self.lowest}
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for a float
+        return math.inf if value > 0 else -math.inf
+    except (TypeError, ValueError):
+        return None
 
 
 # ----------------------------------------------------------------------------------- log follower
@@ -176,7 +228,7 @@ class LogFollower:
 
     def __init__(self, *, log_format: str = "hf", traceback_regex: str | None = DEFAULT_TRACEBACK_REGEX,
                  summary_regex: str | None = DEFAULT_SUMMARY_REGEX, logging_steps: int | None = None,
-                 diverge_factor: float = 0.0) -> None:
+                 diverge_factor: float | None = None) -> None:
         self.log_format = log_format
         self.traceback_re = re.compile(traceback_regex) if traceback_regex else None
         self.summary_re = re.compile(summary_regex) if summary_regex else None
@@ -215,6 +267,7 @@ class LogFollower:
         if start > self.offset:
             self.gaps += 1
             self._close_excerpt()
+            self.divergence.break_streak()
         self.size = size
         # A carriage return ends a line too: a progress bar redrawn in place never writes "\n".
         cut = max(data.rfind("\n"), data.rfind("\r"))
@@ -269,7 +322,7 @@ class LogFollower:
                 setattr(self.metrics, name, value)
         if metrics.step is None and self.logging_steps:
             self.metrics.step = self.metric_lines * self.logging_steps
-        self.divergence.observe(metrics.loss, self.metrics.step)
+        self.divergence.observe(metrics.loss, self.metrics.step, metrics.grad_norm)
 
     def _markers(self, line: str, *, consume: bool) -> None:
         if self.traceback_re and self.traceback_re.search(line):

@@ -163,18 +163,22 @@ class Limits:
     stall_timeout: float = 900.0
     reconnect_timeout: float = 600.0
     timeout: float = 0.0
-    diverge_records: int = 3  # 0: a diverged loss never ends the watch
+    diverge_records: int = 3  # 0: a diverged loss never ends the watch (nor fails a run that ended)
 
 
 def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
     """The outcome and its message, or None to keep watching.
 
-    Precedence: completed > preempted/host_lost/instance_gone > crash > diverged > max_runtime > stall > timeout. A
+    Precedence: completed > preempted/host_lost/instance_gone > crash > diverged > max_runtime > stall > timeout,
+    except that a run which exited 0 with its loss diverged is diverged, not completed. A
     host-side `timeout` kill at the max runtime (exit 124/137) is max_runtime, not a crash; a host that stays
     unreachable while the API still calls it running is host_lost.
     """
     ended = obs.exit_code is not None or obs.exit_code_raw is not None
+    diverged = limits.diverge_records > 0 and obs.diverging_records >= limits.diverge_records
     if obs.host_fresh and obs.exit_code == 0 and (obs.summary or not obs.summary_required):
+        if diverged:  # it ran to its end before a poll saw the streak: what it trained is not a result
+            return "diverged", f"{obs.divergence}; the run then exited 0"
         return "completed", "the run exited 0" + (" and printed its summary" if obs.summary else "")
     if obs.instance_gone:
         return obs.gone_kind, f"the instance is gone: {obs.instance_gone}"
@@ -206,7 +210,7 @@ def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
         if obs.tmux is False:
             where = "" if obs.run_dir_exists else "; the run directory does not exist"
             return "crash", f"the tmux session is gone and no exit code was written{where}"
-        if limits.diverge_records > 0 and obs.diverging_records >= limits.diverge_records:
+        if diverged:
             # Training on from a NaN or exploding loss only spends money: every later step and checkpoint is lost.
             return "diverged", obs.divergence
         if limits.max_runtime > 0 and obs.run_elapsed is not None and obs.run_elapsed >= limits.max_runtime:

@@ -648,8 +648,10 @@ def _run_result(name: str, results_dir: Path, status: str, rc: int | None, cance
     if isinstance(charged, int | float) and not isinstance(charged, bool):
         costs = [max(float(charged), sum(costs))]
     checkpoints_dir = results_dir / "checkpoints"
-    # The sealed checkpoints brought home; unsealed/ holds what the host had not sealed, as it was.
-    checkpoints = sorted((p for p in checkpoints_dir.iterdir() if p.is_dir() and p.name != "unsealed"),
+    # The sealed checkpoints brought home; unsealed/ holds what the host had not sealed, as it was, and diverged/ those
+    # a diverged run saved after its last clean record.
+    set_aside = ("unsealed", "diverged")
+    checkpoints = sorted((p for p in checkpoints_dir.iterdir() if p.is_dir() and p.name not in set_aside),
                          key=_natural) if checkpoints_dir.is_dir() else []
     if cancelled:
         outcome = "cancelled"

@@ -123,8 +123,14 @@ def _money(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"${value:.{digits}f}"
 
 
-def _loss(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+def _loss(value: Any) -> str:
+    """A loss for the table; what is not a number (a NaN the redaction made "nan", a string) as it is."""
+    if value is None:
+        return "-"
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
 
 
 class Display:

@@ -240,3 +240,10 @@ def test_a_run_name_that_yaml_reads_as_a_number_or_a_date_is_its_text(given: str
 def test_json_mode_messages_are_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
     cli.Display("run", json_mode=True).say("[bold red]Cancelling[/] run x (SIGTERM)")
     assert capsys.readouterr().err == "Cancelling run x (SIGTERM)\n"
+
+
+def test_the_final_run_table_shows_a_loss_that_is_not_a_number() -> None:
+    """A diverged run's triage holds the loss as the redaction wrote a NaN ("nan"): the table says it, not a
+    ValueError in place of the result."""
+    assert cli._loss("nan") == "nan" and cli._loss(float("inf")) == "inf"
+    assert cli._loss(0.123456) == "0.1235" and cli._loss(None) == "-" and cli._loss("0.5") == "0.5"

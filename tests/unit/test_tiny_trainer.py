@@ -157,6 +157,23 @@ def test_diverge_makes_loss_go_up(tmp_path):
     assert len(healthy) == 5 and healthy[-1] < healthy[0]
 
 
+def test_nan_at_step_logs_as_the_hugging_face_trainer_does(tmp_path):
+    """From --nan_at_step every step's loss is NaN; with HF's logging_nan_inf_filter (its default) a window of them
+    logs 0.0 beside a NaN grad_norm, and without it nan. The collection's log reader takes neither for a sane loss."""
+    from ansible_collections.mlops.vast.plugins.filter.training_log import training_log
+
+    filtered = train(tmp_path, "--max_steps", "60", "--nan_at_step", "35", out="f")
+    assert filtered.returncode == 0, filtered.stderr
+    logs = [(r["loss"], r["grad_norm"]) for r in training_log(filtered.stdout)["records"]]
+    assert all(grad == grad for _, grad in logs[:3]) and logs[0][0] > 0  # steps 10-30: sane
+    assert logs[3][0] > 0 and logs[3][1] != logs[3][1]  # step 40: the window's average, a NaN grad_norm
+    assert [loss for loss, _ in logs[4:]] == [0.0, 0.0] and all(grad != grad for _, grad in logs[4:])
+    assert training_log(filtered.stdout)["finite"] is False
+    plain = train(tmp_path, "--max_steps", "60", "--nan_at_step", "35", "--logging_nan_inf_filter", "false", out="p")
+    assert all(loss != loss for loss in losses(plain.stdout)[3:]) and training_log(plain.stdout)["finite"] is False
+    assert training_log(train(tmp_path, "--max_steps", "60", out="ok").stdout)["finite"] is True
+
+
 def test_crash_at_step_leaves_a_traceback_and_the_earlier_checkpoints(tmp_path):
     proc = train(tmp_path, "--crash_at_step", "30", "--save_steps", "10")
     assert proc.returncode != 0

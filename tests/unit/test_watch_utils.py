@@ -217,11 +217,12 @@ def test_follower_counts_diverging_records_in_a_row() -> None:
     follower = tl.LogFollower(diverge_factor=10)
     feed_text(follower, HF[0] + "\n"
               + "{'loss': nan, 'epoch': 0.1, 'step': 20}\n"
-              + "{'loss': 0.4, 'epoch': 0.15, 'step': 30}\n"   # a finite loss ends the streak
+              + "{'loss': 0.4, 'epoch': 0.15, 'step': 30}\n"   # a sane loss ends the streak
               + "{'loss': inf, 'epoch': 0.2, 'step': 40}\n"
               + "{'reward': 0.3, 'step': 45}\n"                 # no loss: the streak goes on
               + "{'loss': 4.5, 'epoch': 0.25, 'step': 50}\n")  # above 10 x the lowest (0.4)
     assert follower.divergence.count == 2 and follower.divergence.since_step == 40
+    assert follower.divergence.last_clean_step == 30
     words = follower.divergence.describe()
     assert "above 10 x the lowest (0.4), last 4.5, for 2 training record(s) in a row, from step 40" in words
     feed_text(follower, "{'loss': 3.9, 'step': 60}\n")
@@ -234,13 +235,50 @@ def test_follower_counts_diverging_records_in_a_row() -> None:
         only_nan.divergence.describe()
 
 
-def test_divergence_streak_once_per_step_counts_a_reread_record_once() -> None:
+def test_follower_sees_the_nan_the_hugging_face_trainer_logs_as_zero() -> None:
+    """HF's logging_nan_inf_filter (on by default) logs a window of NaN losses as 0.0 beside a NaN grad_norm; the
+    window where it began logs a finite loss with a NaN grad_norm, which is not diverging yet but no longer clean."""
+    follower = tl.LogFollower()
+    feed_text(follower, "{'loss': 0.31, 'grad_norm': 0.8, 'step': 110}\n"
+              "{'loss': 0.29, 'grad_norm': nan, 'step': 120}\n"
+              "{'loss': 0.0, 'grad_norm': nan, 'step': 130}\n"
+              "{'loss': 0.0, 'grad_norm': nan, 'step': 140}\n")
+    streak = follower.divergence
+    assert (streak.count, streak.since_step, streak.last_clean_step) == (2, 130, 110)
+    assert "0.0 with a grad_norm that is not finite" in streak.describe()
+    # A real 0.0 loss with a finite grad_norm is a perfect fit, not a divergence; inf grad_norm alone (an fp16
+    # overflow step that the scaler skips) is not one either, though it is not clean.
+    other = tl.LogFollower()
+    feed_text(other, "{'loss': 0.0, 'grad_norm': 0.0, 'step': 10}\n{'loss': 0.5, 'grad_norm': inf, 'step': 20}\n")
+    assert other.divergence.count == 0 and other.divergence.last_clean_step == 10
+
+
+def test_divergence_factor_edges() -> None:
+    negative = tl.DivergenceStreak(factor=10)
+    for step, loss in enumerate([-2.0, -3.0, 1e9]):
+        negative.observe(loss, step)
+    assert negative.count == 0 and negative.lowest == 1e9, "no positive loss before: nothing to compare against"
+    zero_then = tl.DivergenceStreak(factor=10)
+    for step, loss in enumerate([0.0, 0.5, 0.4, 5.0]):
+        zero_then.observe(loss, step)
+    assert zero_then.count == 1 and zero_then.lowest == 0.4, "a loss of 0.0 does not switch the rule off"
+    huge = tl.DivergenceStreak()
+    huge.observe(10**400, 1)  # an integer too large for a float is infinite, not an OverflowError
+    assert huge.count == 1 and huge.last_loss == math.inf
+    assert tl.DivergenceStreak(factor=0).factor is None
+
+
+def test_divergence_streak_counts_a_reread_record_once_and_breaks_on_a_gap() -> None:
     streak = tl.DivergenceStreak()
     for _poll in range(5):
-        streak.observe(math.nan, 30, once_per_step=True)
+        streak.observe(math.nan, None, key=(None, '{"loss": NaN}'))  # no step: the record's text is its identity
     assert streak.count == 1
-    streak.observe(math.inf, 40, once_per_step=True)
-    assert streak.count == 2 and streak.since_step == 30
+    streak.observe(math.inf, 40, key=(40, '{"step": 40, "loss": Infinity}'))
+    assert streak.count == 2
+    follower = tl.LogFollower()
+    feed_text(follower, "{'loss': nan, 'step': 10}\n{'loss': nan, 'step': 20}\n")
+    follower.feed(10_000, 9_000, "{'loss': nan, 'step': 900}\n")  # the lines between were skipped unread
+    assert follower.gaps == 1 and follower.divergence.count == 1
 
 
 def test_stall_clock_runs_from_the_last_change_of_the_token() -> None:
@@ -304,7 +342,10 @@ LIMITS = wd.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, t
     (obs(diverging_records=2, divergence="the loss"), None, None),
     # A run that ended says more by how it ended; a diverged one still going is stopped before it stalls.
     (obs(diverging_records=5, exit_code=1, tmux=False), "crash", "code 1"),
-    (obs(diverging_records=5, exit_code=0, summary=True, tmux=False), "completed", "exited 0"),
+    # Ran to its end with the streak unseen until then: what it trained is not a result.
+    (obs(diverging_records=5, divergence="the loss was nan", exit_code=0, summary=True, tmux=False), "diverged",
+     "the loss was nan; the run then exited 0"),
+    (obs(diverging_records=2, exit_code=0, summary=True, tmux=False), "completed", "exited 0"),
     (obs(diverging_records=5, divergence="diverging", stalled=True, idle=950), "diverged", "diverging"),
     (obs(stalled=True, idle=950, watch_elapsed=8000), "stall", "no progress"),
     (obs(watch_elapsed=7200), "timeout", "the run goes on"),
@@ -562,7 +603,8 @@ def test_documentation_matches_the_argument_spec() -> None:
     returned = yaml.safe_load(doc.RETURN)
     assert set(returned["triage"]["contains"]) == {"step", "epoch", "loss", "reward", "last_lines", "traceback",
                                                    "traceback_excerpt", "summary", "summary_metrics", "gpu_util",
-                                                   "completed", "exit_code", "tmux_alive", "spent_usd", "eta_s"}
+                                                   "completed", "exit_code", "tmux_alive", "spent_usd", "eta_s",
+                                                   "divergence"}
 
 
 # ------------------------------------------------------------------------------- the loop, faked host
@@ -688,7 +730,8 @@ def test_loop_completes_with_the_triage_bundle(fake_host: dict[str, Any]) -> Non
         "step": 20, "epoch": 0.1, "loss": 0.5123, "reward": None, "last_lines": ["loading", HF[0], HF[1], SUMMARY],
         "traceback": False, "traceback_excerpt": "", "summary": True,
         "summary_metrics": tl.parse_record(SUMMARY), "gpu_util": [87, 45], "completed": True, "exit_code": 0,
-        "tmux_alive": False, "spent_usd": None, "eta_s": None}
+        "tmux_alive": False, "spent_usd": None, "eta_s": None,
+        "divergence": {"records": 0, "since_step": None, "last_clean_step": 20, "lowest_loss": 0.5123}}
     assert result["msg"] == "completed: the run exited 0 and printed its summary (last step 20, loss 0.5123)"
     assert fake.sudoable == [False] * 4, "no become, no tty: the log's bytes arrive as they are"
     assert result["reconnects"] == 0 and result["instance"] is None and result["syncs"] == []
@@ -730,6 +773,8 @@ def test_loop_diverged_stops_a_run_whose_loss_went_nan(fake_host: dict[str, Any]
     assert result["outcome"] == "diverged" and result["polls"] == 4, result["msg"]
     assert "the loss was nan for 3 training record(s) in a row, from step 30" in result["msg"]
     assert result["triage"]["tmux_alive"] is True, "still running: the teardown stops it"
+    assert result["triage"]["divergence"] == {"records": 3, "since_step": 30, "last_clean_step": 20,
+                                              "lowest_loss": 0.5123}
     for name in ("run.log",):
         (fake_host["run"] / name).unlink()
     # The metrics file's newest record, read at every poll, counts once per step.
@@ -746,6 +791,21 @@ def test_loop_diverged_stops_a_run_whose_loss_went_nan(fake_host: dict[str, Any]
                           log_format="jsonl", stall_timeout=0, timeout=400)
     assert result["outcome"] == "diverged" and result["polls"] == 5, result["msg"]
     metrics.unlink()
+    # Records without a step, re-read at every poll: one record is one, however many polls see it.
+    metrics.write_text('{"loss": 0.7}\n')
+    script = {1: start_run, 2: lambda run: metrics.write_text('{"loss": 0.7}\n{"loss": NaN}\n'),
+              3: append("idle"), 4: append("idle"), 5: append("idle")}
+    result, _ = run_watch(fake_host, script, poll_interval=30, diverge_records=2, metrics_file="metrics.jsonl",
+                          log_format="jsonl", stall_timeout=0, timeout=200)
+    assert result["outcome"] == "timeout" and result["triage"]["divergence"]["records"] == 1, result["msg"]
+    metrics.unlink()
+
+
+def test_a_diverge_factor_at_or_below_one_is_refused() -> None:
+    assert any("diverge_factor must be above 1" in p for p in action.param_problems(params(diverge_factor=0.5)))
+    assert any("diverge_factor must be above 1" in p for p in action.param_problems(params(diverge_factor=1)))
+    assert not action.param_problems(params(diverge_factor=0)) and not action.param_problems(params())
+    assert not action.param_problems(params(diverge_factor=1.5))
 
 
 def test_loop_crash_max_runtime_and_timeout(fake_host: dict[str, Any]) -> None:
