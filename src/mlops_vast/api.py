@@ -562,9 +562,10 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
 
         def poll() -> None:
             new = ev.read_snapshot(name, results_dir, state["snap"], not_before=started)
-            for event in ev.diff(state["snap"], new):
+            # Kept before the events go out: a callback that raises (a KeyboardInterrupt) must not get them again.
+            old, state["snap"] = state["snap"], new
+            for event in ev.diff(old, new):
                 emit(event)
-            state["snap"] = new
 
         emit(ev.PhaseChanged(run=name, phase="checking"))
         state["snap"] = ev.Snapshot(run=name)
@@ -574,6 +575,11 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
             cancelled = _wait(play, poll, emit, name, is_cancelled, lambda: setattr(play, "cancel_requested", True))
         except _Interrupted as stop:
             cancelled, cause = True, stop.cause
+        except KeyboardInterrupt:
+            # A second Ctrl-C kills the playbook, not what it started in sessions of their own (a sweep's trials and
+            # their teardowns, which the guard of each starts once its parent is gone): they still need the key.
+            ctx.teardowns_left_running = True
+            raise
         status, rc = play.result()
         teardown_ok = None
         if cancelled:
@@ -766,6 +772,11 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
             cancelled = _wait(play, poll, emit, name, is_cancelled, on_cancel)
         except _Interrupted as stop:
             cancelled, cause = True, stop.cause
+        except KeyboardInterrupt:
+            # A second Ctrl-C kills the playbook, not what it started in sessions of their own (a sweep's trials and
+            # their teardowns, which the guard of each starts once its parent is gone): they still need the key.
+            ctx.teardowns_left_running = True
+            raise
         status, rc = play.result()
         refused = _refused_input(play.artifacts_dir, SWEEP_INPUT_CHECKS) if status == "failed" else None
         if refused is not None:  # nothing started: the checks come before the reaper, the key and any trial
@@ -834,9 +845,9 @@ class _SweepWatcher:
             new = replace(new, state=trial.get("state"), outcome=trial.get("outcome") or new.outcome)
             if trial.get("state") in ("done", "skipped", "cancelled") and new.phase != "done":
                 new = replace(new, phase="done")
+            self.snaps[label] = new  # before the events: a callback that raises must not get them again
             for event in ev.diff(old, new):
                 self.emit(event)
-            self.snaps[label] = new
 
 
 def _number(value: Any) -> float | None:

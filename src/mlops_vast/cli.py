@@ -142,7 +142,9 @@ class Display:
 
         self.title = title
         self.json_mode = json_mode
-        self.console = console or Console(stderr=False, highlight=False, width=_pipe_width())
+        # No markup: run names, trainer lines in messages and parameters are shown as written ("[/INST]" is a chat
+        # template's token, not a closing tag); this module styles its own words with Text.
+        self.console = console or Console(stderr=False, highlight=False, markup=False, width=_pipe_width())
         self.live_mode = not json_mode and self.console.is_terminal
         self.rows: dict[str, dict[str, Any]] = {}
         self.note = ""
@@ -152,8 +154,9 @@ class Display:
     # rich calls this on every refresh
     def __rich__(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=f"{self.title}  [dim]{ev.format_duration(time.time() - self.started)}[/]",
+        table = Table(title=Text.assemble(f"{self.title}  ", (ev.format_duration(time.time() - self.started), "dim")),
                       title_justify="left", caption=self.note or None, caption_justify="left", expand=False)
         for column, justify in (("run", "left"), ("phase", "left"), ("step", "right"), ("loss", "right"),
                                 ("$/h", "right"), ("spent", "right"), ("ETA", "right")):
@@ -182,12 +185,10 @@ class Display:
             self.live.__exit__(None, None, None)
             self.live = None
 
-    def say(self, text: str) -> None:
-        """A message above the live table (stderr when --json)."""
-        if self.json_mode:  # plain text: rich's markup is for the terminal
-            from rich.text import Text
-
-            print(Text.from_markup(text).plain, file=sys.stderr, flush=True)
+    def say(self, text: Any) -> None:
+        """A message (a str, or a rich Text with its style) above the live table (stderr when --json)."""
+        if self.json_mode:  # plain text: the style is for the terminal
+            print(getattr(text, "plain", text), file=sys.stderr, flush=True)
         else:
             self.console.print(text)
 
@@ -209,7 +210,9 @@ class Display:
                 self.console.print(f"{event.run}: {event.state}" + (f" ({event.outcome})" if event.outcome else ""))
         elif isinstance(event, ev.Warning):
             if not self.json_mode:
-                self.console.print(f"[yellow]warning[/] {event.run}: {event.message}")
+                from rich.text import Text
+
+                self.console.print(Text.assemble(("warning", "yellow"), f" {event.run}: {event.message}"))
         elif isinstance(event, ev.Finished):
             row["outcome"] = event.outcome
         if self.live is not None:
@@ -264,7 +267,7 @@ class Interrupts:
         self.what = what
         self.count = 0
         self.signum: int | None = None  # the signal that cancelled
-        self.pending: list[str] = []  # what the handler has to say, said by the main thread
+        self.pending: list[Any] = []  # what the handler has to say, said by the main thread
         self.previous: dict[int, Any] = {}
         self.tty_fds = tuple(fd for fd in (1, 2) if os.isatty(fd))
         # Loaded now, not in the handler: the collection's own helper (plugins/plugin_utils/terminal.py).
@@ -286,8 +289,11 @@ class Interrupts:
         self.count += 1
         if self.count == 1:
             self.signum = signum
-            self.pending.append(f"[bold red]Cancelling[/] {self.what} ({name}): stopping the playbook, then destroying "
-                                "what it rented (this takes a little while; Ctrl-C twice more to abandon the teardown)")
+            from rich.text import Text
+
+            self.pending.append(Text.assemble(
+                ("Cancelling", "bold red"), f" {self.what} ({name}): stopping the playbook, then destroying what it "
+                "rented (this takes a little while; Ctrl-C twice more to abandon the teardown)"))
             self.display.note = "cancelling: stopping the playbook, then tearing down what it rented"
             self.cancel.set()
         elif self.count == 2:
@@ -498,7 +504,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, width=_pipe_width())
+    console = Console(highlight=False, markup=False, width=_pipe_width())
     console.print(f"ledger {ledger}: {len(contracts)} open contract(s)"
                   + (f": {', '.join(str(c['id']) + ' (' + str(c.get('label') or '') + ')' for c in contracts)}"
                      if contracts else ""))
@@ -551,6 +557,9 @@ def _api_key(env: dict[str, str]) -> str | None:
 def cmd_teardown(args: argparse.Namespace) -> int:
     from mlops_vast import _keys
 
+    if args.label is not None and not args.label.strip():
+        # Empty, it would read as no label at all: teardown.yml would destroy everything the ledger lists.
+        raise InputError("--label must not be empty: give the run's label (mlops-vast status lists them), or --all")
     if args.results_dir and not args.label:
         raise InputError("--results-dir names one run's folder: give it with --label")
     env, api_url, _sim = _api_env(args)
@@ -851,17 +860,20 @@ def estimate_verdict(result: dict[str, Any], budget: float) -> tuple[bool, str]:
                      if at_risk else ""))
 
 
-def _budget_cell(offer: dict[str, Any]) -> str:
+def _budget_cell(offer: dict[str, Any]) -> Any:
+    from rich.text import Text
+
     if not offer.get("within_budget"):
-        return "[red]over[/]"
-    return "[yellow]at risk[/]" if offer.get("budget_at_risk") else "[green]within[/]"
+        return Text("over", style="red")
+    return Text("at risk", style="yellow") if offer.get("budget_at_risk") else Text("within", style="green")
 
 
 def _print_estimate(result: dict[str, Any], budget: float = 0.0) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = Console(highlight=False, width=_pipe_width())
+    console = Console(highlight=False, markup=False, width=_pipe_width())
     job = result["job"]
 
     def rng(value: Any, unit: str) -> str:
@@ -900,9 +912,9 @@ def _print_estimate(result: dict[str, Any], budget: float = 0.0) -> None:
                           *((_budget_cell(offer),) if budget > 0 else ()), "; ".join(why_not) or "-")
         console.print(table)
     for caveat in job.get("caveats") or []:
-        console.print(f"[yellow]caveat[/] {caveat}")
+        console.print(Text.assemble(("caveat", "yellow"), f" {caveat}"))
     fits, line = estimate_verdict(result, budget)
-    console.print(line if fits else f"[bold red]{line}[/]")
+    console.print(line if fits else Text(line, style="bold red"))
 
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "status": cmd_status, "teardown": cmd_teardown,

@@ -120,6 +120,32 @@ def test_whatever_ends_the_wait_tears_down_before_it_is_raised(sim: Sim, tmp_pat
     assert "failed=0" in (tmp_path / "results" / "api-exit" / "teardown-api-exit.log").read_text()
 
 
+def test_an_on_event_that_raises_keyboardinterrupt_gets_it_once_and_the_run_is_torn_down(sim: Sim,
+                                                                                          tmp_path: Path) -> None:
+    """The callback raising KeyboardInterrupt is one interruption: the event is not delivered again (which raised
+    again, counted as a second Ctrl-C, and killed the playbook with its instance billing)."""
+    training: list[str | None] = []
+
+    def on_event(event: mlops_vast.Event) -> None:
+        if isinstance(event, mlops_vast.PhaseChanged) and event.phase == "training":
+            training.append(event.previous)
+            raise KeyboardInterrupt
+
+    run = {**fast_run(sim, "api-ki"), "run_command": COMMAND.replace("--max_steps 200", "--max_steps 100000")}
+    env = api_env(tmp_path)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mlops_vast.train("examples/run.yml", extra_vars=run, on_event=on_event, sim=local_sim(sim, tmp_path),
+                             cwd=tmp_path, env=env)
+    finally:
+        close_ssh_masters(env)
+    assert training == ["launching"], training
+    with sim.client() as client:
+        assert client.get("/_sim/ledger").json()["totals"]["open_instances"] == 0
+    assert ledger_open(tmp_path) == []
+    assert "failed=0" in (tmp_path / "results" / "api-ki" / "teardown-api-ki.log").read_text()
+
+
 def test_ctrl_c_while_it_waits_tears_down_with_the_checkpoints_then_raises(sim: Sim, tmp_path: Path) -> None:
     """A Ctrl-C lands where the wait spends its time (between polls): the run is still stopped and torn down, its
     newest sealed checkpoint brought home, before the KeyboardInterrupt goes on; nothing is left billing."""

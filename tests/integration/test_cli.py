@@ -217,6 +217,10 @@ def test_status_and_teardown_say_what_is_rented_and_what_they_destroyed(sim: Sim
     unknown = mlops_vast("teardown", "--label", "no-such-label")
     assert unknown.returncode == 0 and "no open contract labelled 'no-such-label'" in unknown.stderr
     assert open_instances(sim) == [instance_id], "another label's teardown left this one alone"
+    for empty in ("", "  "):  # not "no label", which would tear everything down
+        refused = mlops_vast("teardown", "--label", empty)
+        assert refused.returncode == 2 and "--label must not be empty" in refused.stderr, refused.stderr
+    assert open_instances(sim) == [instance_id]
 
     try:
         done = mlops_vast("teardown", "--label", "cli-td", "--json")

@@ -238,8 +238,10 @@ def test_a_run_name_that_yaml_reads_as_a_number_or_a_date_is_its_text(given: str
 
 
 def test_json_mode_messages_are_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
-    cli.Display("run", json_mode=True).say("[bold red]Cancelling[/] run x (SIGTERM)")
-    assert capsys.readouterr().err == "Cancelling run x (SIGTERM)\n"
+    from rich.text import Text
+
+    cli.Display("run", json_mode=True).say(Text.assemble(("Cancelling", "bold red"), " run x (SIGTERM) [x]"))
+    assert capsys.readouterr().err == "Cancelling run x (SIGTERM) [x]\n"
 
 
 def test_the_final_run_table_shows_a_loss_that_is_not_a_number() -> None:
@@ -247,3 +249,18 @@ def test_the_final_run_table_shows_a_loss_that_is_not_a_number() -> None:
     ValueError in place of the result."""
     assert cli._loss("nan") == "nan" and cli._loss(float("inf")) == "inf"
     assert cli._loss(0.123456) == "0.1235" and cli._loss(None) == "-" and cli._loss("0.5") == "0.5"
+
+
+def test_messages_and_names_are_shown_as_written_not_as_markup(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A trainer's line in a message ("[INST] hi [/INST]", a chat template's tokens) is text: rich's markup would
+    lose the warning and end the final table with a MarkupError."""
+    from mlops_vast.api import RunResult
+
+    display = cli.Display("mlops-vast train [x]", json_mode=False)
+    display.on_event(ev.Warning(run="r[1]", message="sample: [INST] hi [/INST] [bold]"))
+    result = RunResult(name="r[1]", outcome="failed", status="failed", rc=2, results_dir=tmp_path,
+                       message="crash: the last line was '[/INST]'", triage={"loss": "nan"})
+    cli._final_run_table(display, result)
+    out = capsys.readouterr().out
+    assert "warning r[1]: sample: [INST] hi [/INST] [bold]" in out
+    assert "crash: the last line was '[/INST]'" in out and "run r[1]: failed" in out and "nan" in out
