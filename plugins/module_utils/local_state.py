@@ -144,18 +144,18 @@ class ContractLedger:
         """Contracts created and not yet recorded as destroyed, oldest first."""
         live: dict[int, dict[str, Any]] = {}
         try:
-            with open(self.path, encoding="utf-8") as handle:
+            with open(self.path, "rb") as handle:
                 for line in handle:
                     try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue  # a torn last line after a crash
-                    if api_url and record.get("api_url") != api_url:
-                        continue
-                    if record.get("event") == "created":
-                        live[int(record["id"])] = record
-                    elif record.get("event") == "destroyed":
-                        live.pop(int(record["id"]), None)
+                        record = json.loads(line)  # bytes: a line that is not UTF-8 is a ValueError too
+                        if not isinstance(record, dict) or (api_url and record.get("api_url") != api_url):
+                            continue
+                        if record.get("event") == "created":
+                            live[int(record["id"])] = record
+                        elif record.get("event") == "destroyed":
+                            live.pop(int(record["id"]), None)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn last line after a crash, or a damaged one: the others still count
         except FileNotFoundError:
             return []
         return list(live.values())

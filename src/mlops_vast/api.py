@@ -636,8 +636,11 @@ def _run_result(name: str, results_dir: Path, status: str, rc: int | None, cance
     # This run's: an earlier run of the name (its recovery rounds) left its own in the same folder.
     watches = [ev.read_json(path) or {} for path in paths if _written_since(path, started)]
     watch = next((w for w in reversed(watches) if w), {})  # the last attempt's (after a recovery, not the lost one)
-    recovery = ev.read_json(results_dir / "recovery.json") or {}
-    teardown = ev.read_json(results_dir / "teardown.json")
+    # Also this run's only: a run cancelled before its teardown wrote one must not report the last run's.
+    recovery = (ev.read_json(results_dir / "recovery.json") if _written_since(results_dir / "recovery.json", started)
+                else None) or {}
+    teardown = ev.read_json(results_dir / "teardown.json") if _written_since(results_dir / "teardown.json",
+                                                                             started) else None
     # Each instance once: a round resumed in place on the same instance reports that instance's whole spend again.
     per_instance: dict[Any, float] = {}
     for index, w in enumerate(watches):

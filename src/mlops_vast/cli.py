@@ -424,6 +424,10 @@ def _api_env(args: argparse.Namespace) -> tuple[dict[str, str], str | None, Any]
     env = dict(os.environ)
     if args.api_url:
         env["VAST_URL"] = args.api_url
+    url = env.get("VAST_URL")
+    if url and not url.strip().startswith(("http://", "https://")):  # as train and sweep say it, before anything
+        raise InputError(f"the Vast API URL must start with http:// or https://, got {url!r} "
+                         f"({'--api-url' if args.api_url else 'VAST_URL'})")
     sim = None
     if wants_sim(args):
         from mlops_vast.sim import harness
@@ -749,7 +753,9 @@ ESTIMATE_PLAY = """\
     - name: Keep the result
       ansible.builtin.copy:
         dest: "{{ estimate_out }}"
-        content: "{{ {'job': estimate_job, 'priced': estimate_priced | default(none)} | to_json }}"
+        # A skipped task registers too: only a search that ran priced anything.
+        content: "{{ {'job': estimate_job,
+          'priced': estimate_priced if estimate_offers | int > 0 else none} | to_json }}"
         mode: "0600"
 """
 
@@ -923,21 +929,24 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "status": cmd_status, "teard
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+
+    def fail(code: int, message: str) -> int:
+        print(f"mlops-vast: {message}", file=sys.stderr)
+        if getattr(args, "json", False):  # a script reading stdout gets JSON whatever happened
+            _print_json({"outcome": "error", "exit_code": code, "error": message})
+        return code
+
     try:
         return COMMANDS[args.command](args)
     except InputError as exc:
-        print(f"mlops-vast: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(EXIT_USAGE, f"error: {exc}")
     except KeyboardInterrupt:
-        print("mlops-vast: interrupted; what may still be rented: `mlops-vast status`, `mlops-vast teardown --all`",
-              file=sys.stderr)
-        return EXIT_CANCELLED
+        return fail(EXIT_CANCELLED, "interrupted; what may still be rented: `mlops-vast status`, "
+                                    "`mlops-vast teardown --all`")
     except Exception as exc:
         if os.environ.get("MLOPS_VAST_DEBUG"):
             raise
-        print(f"mlops-vast: error: {type(exc).__name__}: {exc} (MLOPS_VAST_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
-        return EXIT_FAILED
+        return fail(EXIT_FAILED, f"error: {type(exc).__name__}: {exc} (MLOPS_VAST_DEBUG=1 shows the traceback)")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,12 @@ def open_contracts(path: Path, api_url: str | None = None) -> list[dict[str, Any
     """The ledger's contracts created and not yet destroyed (those of ``api_url`` when given)."""
     live: dict[int, dict[str, Any]] = {}
     with contextlib.suppress(OSError):
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
+        for line in path.read_bytes().splitlines():
+            # A damaged line (not UTF-8, not an object) is skipped; the others still say what is open.
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
                 record = json.loads(line)
+                if not isinstance(record, dict):
+                    continue
                 if api_url and record.get("api_url") and record["api_url"].rstrip("/") != api_url.rstrip("/"):
                     continue
                 if record.get("event") == "created":

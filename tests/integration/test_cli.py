@@ -232,3 +232,19 @@ def test_status_and_teardown_say_what_is_rented_and_what_they_destroyed(sim: Sim
     assert open_instances(sim) == [] and ledger_open(tmp_path) == []
     after = json.loads(mlops_vast("status", "--json").stdout)
     assert after["open_contracts"] == [] and after["instances"] == [] and after["billing_dph"] == 0
+
+
+def test_estimate_without_offers_prices_none_and_exits_0(tmp_path: Path) -> None:
+    """--offers 0 asks for the job alone: nothing priced is nothing refused (the help's exit code 0), not "no offer
+    fits" from the skipped search's record."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VAST_API_KEY", "VAST_API_KEY_FILE", "VAST_URL")}
+    done = subprocess.run([CLI, "estimate", str(REPO / "examples" / "run-estimate.yml"), "--offers", "0", "--json"],
+                          env={**env, "HOME": str(tmp_path)}, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["priced"] is None and result["job"]["steps"], result.get("priced")
+    plain = subprocess.run([CLI, "estimate", str(REPO / "examples" / "run-estimate.yml"), "--offers", "0"],
+                           env={**env, "HOME": str(tmp_path)}, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300, stdin=subprocess.DEVNULL)
+    assert plain.returncode == 0 and "no offers priced (--offers 0)" in plain.stdout, plain.stdout[-2000:]

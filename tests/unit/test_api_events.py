@@ -268,6 +268,16 @@ def test_the_result_is_this_runs_last_attempt_with_what_the_account_charged(tmp_
     (tmp_path / "spend.json").write_text(json.dumps({"at": time.time(), "total_usd": 0.9}))  # a rejected host too
     result = api._run_result("exp", tmp_path, "successful", 0, False, None, tmp_path, started)
     assert (result.watch_outcome, result.cost_usd) == ("completed", 0.9)
+    # An earlier run's teardown and recovery records are not this run's (one cancelled before its teardown wrote).
+    for name, record in (("teardown.json", {"newest_checkpoint": "checkpoint-400"}),
+                         ("recovery.json", {"attempts": 3})):
+        (tmp_path / name).write_text(json.dumps(record))
+        os.utime(tmp_path / name, (1000.0, 1000.0))
+    result = api._run_result("exp", tmp_path, "canceled", None, True, True, tmp_path, started)
+    assert result.teardown is None and result.attempts == 1, (result.teardown, result.attempts)
+    (tmp_path / "teardown.json").write_text(json.dumps({"newest_checkpoint": "checkpoint-50"}))
+    assert api._run_result("exp", tmp_path, "canceled", None, True, True, tmp_path, started).teardown == {
+        "newest_checkpoint": "checkpoint-50"}
 
 
 def test_an_instance_resumed_in_place_counts_once_and_unsealed_is_not_a_checkpoint(tmp_path: Path) -> None:

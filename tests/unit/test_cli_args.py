@@ -121,6 +121,14 @@ def test_ledger_and_spend(tmp_path: Path) -> None:
     assert [c["id"] for c in cli.open_contracts(ledger, "http://x")] == [2]
     assert [c["id"] for c in cli.open_contracts(ledger)] == [2, 3]
     assert cli.open_contracts(tmp_path / "missing") == []
+    # Damaged lines (not UTF-8, a list, an id that is not a number) are skipped; the rest still counts.
+    with open(ledger, "ab") as handle:
+        handle.write(b'\n\xff\xfe{"event": "created"}\n[1, 2]\n{"event": "created", "id": "x"}\n'
+                     b'{"event": "created", "id": 4, "label": "d", "api_url": "http://x"}\n')
+    assert [c["id"] for c in cli.open_contracts(ledger, "http://x")] == [2, 4]
+    from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger
+
+    assert [c["id"] for c in ContractLedger(str(ledger)).open_contracts("http://x")] == [2, 4]
     row = {"uptime_mins": 30, "dph_base": 0.4, "start_date": 1000.0, "storage_total_cost": 0.02, "dph_total": 0.42}
     assert cli.instance_spend(row, now=1000.0 + 3600) == (0.22, 0.42)
     assert cli.instance_spend({"uptime_mins": "x"}) == (None, None)
@@ -188,9 +196,9 @@ def test_status_fails_when_the_account_cannot_be_read(tmp_path: Path, capsys: py
     monkeypatch.setenv("MLOPS_VAST_LEDGER", str(tmp_path / "contracts.jsonl"))
     assert cli.main(["status", "--api-url", "http://127.0.0.1:9"]) == 1  # nothing listens on the discard port
     assert "cannot connect" in capsys.readouterr().out
-    assert cli.main(["status", "--json", "--api-url", "notaurl"]) == 1
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["instances"] is None and "not a usable URL" in summary["note"]
+    assert cli.main(["status", "--json", "--api-url", "notaurl"]) == 2  # bad input, said before anything
+    said = json.loads(capsys.readouterr().out)  # --json: JSON on stdout even then
+    assert said["outcome"] == "error" and said["exit_code"] == 2 and "must start with http://" in said["error"]
 
 
 def test_tables_are_not_cut_to_80_columns_in_a_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -264,3 +272,9 @@ def test_messages_and_names_are_shown_as_written_not_as_markup(tmp_path: Path, c
     out = capsys.readouterr().out
     assert "warning r[1]: sample: [INST] hi [/INST] [bold]" in out
     assert "crash: the last line was '[/INST]'" in out and "run r[1]: failed" in out and "nan" in out
+
+
+@pytest.mark.parametrize("argv", [["status"], ["teardown", "--all"], ["reap", "--check"]])
+def test_a_bad_api_url_is_bad_input_for_every_command(argv: list[str], capsys: pytest.CaptureFixture) -> None:
+    assert cli.main([*argv, "--api-url", "notaurl"]) == 2
+    assert "the Vast API URL must start with http:// or https://, got 'notaurl' (--api-url)" in capsys.readouterr().err
