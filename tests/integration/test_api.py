@@ -181,3 +181,59 @@ def test_ctrl_c_while_it_waits_tears_down_with_the_checkpoints_then_raises(sim: 
     record = json.loads((tmp_path / "results" / "api-sigint" / "teardown.json").read_text())
     assert record["newest_checkpoint"] and int(record["newest_checkpoint"].rsplit("-", 1)[1]) >= 100, record
     assert "failed=0" in (tmp_path / "results" / "api-sigint" / "teardown-api-sigint.log").read_text()
+
+
+def test_a_second_ctrl_c_during_a_sweep_leaves_its_teardowns_the_key(sim: Sim, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two Ctrl-Cs a second apart: the sweep's playbook is killed, but the trials' teardowns (and the guards of
+    trials whose parent is gone) go on in sessions of their own with the key file, which must outlive them, then go."""
+    import yaml
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(keys))  # where this call's key file lands
+    sweep = {**yaml.safe_load(Path("examples/sweep.yml").read_text()), **fast_run(sim, "unused"),
+             "sweep_name": "api-2xc", "sweep_grid": {}, "sweep_trials": [{"seed": 1}, {"seed": 2}],
+             "sweep_max_parallel": 2, "sweep_budget_usd": 0, "sweep_trial_vars": {"provision_probe_max_seconds": 1},
+             "sweep_results_dir": str(tmp_path / "results"),
+             "run_command": COMMAND.replace("--max_steps 200", "--max_steps 100000")}
+    del sweep["run_name"]
+    steps: dict[str, int] = {}
+
+    def on_event(event: mlops_vast.Event) -> None:
+        if isinstance(event, mlops_vast.Progress) and event.step:
+            steps[event.run] = event.step
+
+    def ctrl_c_twice() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and (len(steps) < 2 or min(steps.values()) < 60):
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    env = api_env(tmp_path)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    threading.Thread(target=ctrl_c_twice, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mlops_vast.sweep(sweep, on_event=on_event, sim=local_sim(sim, tmp_path), cwd=tmp_path, env=env)
+        assert len(steps) == 2 and min(steps.values()) >= 60, steps
+        # What the killed playbook left running tears down by itself, with the key it was started with.
+        deadline = time.monotonic() + 240
+        open_now = None
+        while time.monotonic() < deadline:
+            with sim.client() as client:
+                open_now = [r for r in client.get("/_sim/ledger").json()["rows"]
+                            if r["label"].startswith("api-2xc-") and r["destroyed_at"] is None]
+            if not open_now:
+                break
+            time.sleep(2)
+        assert not open_now, f"still billing: {open_now}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and list(keys.glob("mlops-vast-key-*")):
+            time.sleep(1)
+        assert not list(keys.glob("mlops-vast-key-*")), "the key file outlived what used it"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        close_ssh_masters(env)
