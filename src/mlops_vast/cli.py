@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -227,8 +227,10 @@ def _task_words(task: str | None) -> str:
 
 
 def _plain(value: Any) -> Any:
+    if hasattr(value, "as_dict") and is_dataclass(value):  # a trial's row as trials.json has it (its columns flat)
+        return _plain(value.as_dict())
     if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
+        return _plain({f.name: getattr(value, f.name) for f in fields(value)})
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -278,3 +278,16 @@ def test_messages_and_names_are_shown_as_written_not_as_markup(tmp_path: Path, c
 def test_a_bad_api_url_is_bad_input_for_every_command(argv: list[str], capsys: pytest.CaptureFixture) -> None:
     assert cli.main([*argv, "--api-url", "notaurl"]) == 2
     assert "the Vast API URL must start with http:// or https://, got 'notaurl' (--api-url)" in capsys.readouterr().err
+
+
+def test_sweep_json_has_each_row_as_trials_json_does(tmp_path: Path) -> None:
+    """--json's trials are trials.json's rows: every column flat, not the others nested under "extra"."""
+    from mlops_vast.api import SweepResult, TrialRow
+
+    row = {"id": "t1", "label": "s-t1", "params": {"lr": 0.1}, "outcome": "diverged", "final_loss": None,
+           "best_loss": 0.2, "steps": 90, "cost_usd": 0.01, "attempts": 1, "hosts": [5], "duration_s": 12.0,
+           "results_dir": str(tmp_path), "message": "the loss was nan", "label_extra": "x"}
+    result = SweepResult(name="s", outcome="failed", status="failed", rc=2, results_dir=tmp_path,
+                         trials=[TrialRow.from_dict(row)])
+    plain = cli._plain(result)
+    assert plain["trials"] == [row] and plain["results_dir"] == str(tmp_path)
