@@ -39,6 +39,9 @@ def load_vars(source: dict[str, Any] | str | os.PathLike[str], what: str,
               cwd: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], Path | None]:
     """The variables of a run or sweep and the file they came from (None for a dict); a relative path is looked for
     under ``cwd``, then under the current directory."""
+    if cwd is not None and not Path(cwd).expanduser().is_dir():
+        raise InputError(f"cwd {os.fspath(cwd)!r} is not a directory: give the folder relative paths and results/ "
+                         "start from")
     if isinstance(source, dict):
         return dict(source), None
     if not isinstance(source, str | os.PathLike):

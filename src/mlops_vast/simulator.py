@@ -41,6 +41,10 @@ def start(workdir: str | os.PathLike[str] | None = None, speed: float | None = N
     from mlops_vast.sim import harness
 
     workdir = Path(workdir or DEFAULT_WORKDIR).resolve()
+    if workdir.exists() and not workdir.is_dir():
+        from mlops_vast.inputs import InputError
+
+        raise InputError(f"{workdir} is a file: vastsim keeps its state in that folder; move the file away")
     workdir.mkdir(parents=True, exist_ok=True)
     state = workdir / "state"
     running = harness.find(state)

@@ -291,3 +291,15 @@ def test_sweep_json_has_each_row_as_trials_json_does(tmp_path: Path) -> None:
                          trials=[TrialRow.from_dict(row)])
     plain = cli._plain(result)
     assert plain["trials"] == [row] and plain["results_dir"] == str(tmp_path)
+
+
+def test_a_cwd_or_a_vastsim_folder_that_is_a_file_is_bad_input(tmp_path: Path) -> None:
+    from mlops_vast import simulator
+    from mlops_vast.inputs import InputError, load_vars
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(InputError, match="is not a directory"):
+        load_vars({"run_name": "x"}, "run", a_file)
+    with pytest.raises(InputError, match="is a file: vastsim keeps its state in that folder"):
+        simulator.start(a_file)
