@@ -568,6 +568,8 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         raise InputError("--label must not be empty: give the run's label (mlops-vast status lists them), or --all")
     if args.results_dir and not args.label:
         raise InputError("--results-dir names one run's folder: give it with --label")
+    if args.results_dir:
+        _run_folder(args.results_dir)  # said before anything is asked or torn down
     env, api_url, _sim = _api_env(args)
     if api_url is None:
         contracts = open_contracts(_ledger_path(env))
@@ -628,6 +630,14 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _run_folder(given: str) -> Path:
+    folder = Path(given).expanduser().resolve()
+    if not (folder / "run.json").is_file():
+        raise InputError(f"--results-dir {given} has no run.json (train.yml writes it there): it says where the run "
+                         "keeps its checkpoints on the host; give the run's own results folder")
+    return folder
+
+
 def _bring_home(args: argparse.Namespace, contracts: list[dict[str, Any]], env: dict[str, str],
                 key: str) -> dict[str, dict[str, Any]]:
     """The runs whose results folder is known (``--results-dir``, or found under ./results): each one's data home,
@@ -636,11 +646,7 @@ def _bring_home(args: argparse.Namespace, contracts: list[dict[str, Any]], env: 
     from mlops_vast import api
 
     if args.results_dir:
-        folder = Path(args.results_dir).expanduser().resolve()
-        if not (folder / "run.json").is_file():
-            raise InputError(f"--results-dir {args.results_dir} has no run.json (train.yml writes it there): it says "
-                             "where the run keeps its checkpoints on the host; give the run's own results folder")
-        folders = {args.label: folder}
+        folders = {args.label: _run_folder(args.results_dir)}
     else:
         # Only runs this controller still holds open: a folder alone says nothing of what still bills.
         labels = {c["label"] for c in contracts if c.get("label")}

@@ -303,3 +303,14 @@ def test_a_cwd_or_a_vastsim_folder_that_is_a_file_is_bad_input(tmp_path: Path) -
         load_vars({"run_name": "x"}, "run", a_file)
     with pytest.raises(InputError, match="is a file: vastsim keeps its state in that folder"):
         simulator.start(a_file)
+
+
+def test_teardown_says_a_results_dir_without_run_json_first(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before anything is asked of the ledger, the account or a simulator (none serves here)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("VAST_API_KEY", "VAST_API_KEY_FILE", "VAST_URL"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["teardown", "--label", "x", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "has no run.json" in err and "asking the account" not in err and "nothing to do" not in err
