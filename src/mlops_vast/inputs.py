@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import importlib
 import importlib.util
 import os
 import sys
@@ -139,7 +140,7 @@ def value_problems(data: dict[str, Any], root: Path, cwd: str | os.PathLike[str]
     found = [error for error in errors if not _top_level_missing(error)]
     return contract.plain_errors(found, values, spec) + contract.problems(
         values, spec, where="train.yml", converted=converted, base_dir=str(cwd) if cwd is not None else None) + \
-        query_problems(values, root)
+        query_problems(values, root) + estimate_problems(values, root)
 
 
 def _top_level_missing(error: str) -> bool:
@@ -172,6 +173,37 @@ def plugin_util(root: Path, name: str, folder: str = "plugin_utils") -> Any:
         sys.modules.pop(qualified, None)
         raise
     return module
+
+
+def collection_module(root: Path, name: str, folder: str = "module_utils") -> Any:
+    """A module of the collection's plugins/<folder> that imports its siblings (``from .x import y``), loaded from
+    the checkout as part of a package of that folder, without the collection loader."""
+    package = f"mlops_vast._{folder}_package"
+    if package not in sys.modules:
+        spec = importlib.util.spec_from_loader(package, loader=None, is_package=True)
+        if spec is None:
+            raise InputError(f"cannot load {root / 'plugins' / folder}")
+        module = importlib.util.module_from_spec(spec)
+        module.__path__ = [str(root / "plugins" / folder)]
+        sys.modules[package] = module
+    return importlib.import_module(f"{package}.{name}")
+
+
+def estimate_problems(data: dict[str, Any], root: Path) -> list[str]:
+    """What mlops.vast.estimate would refuse in run_estimate (an unknown option, a wrong type or choice), said before
+    a playbook starts; templated values are left to the playbook."""
+    job = data.get("run_estimate")
+    if not isinstance(job, dict) or not job:
+        return []
+    spec = collection_module(root, "estimate_job").JOB_SPEC
+    unknown = sorted(str(name) for name in job if name not in spec)
+    if unknown:
+        return [f"run_estimate has no option(s) {_with_hints(unknown, spec)}; its options are {', '.join(spec)}"]
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+    given = {name: value for name, value in job.items() if "{{" not in str(value)}
+    checked = ArgumentSpecValidator(spec).validate(given)
+    return [f"run_estimate: {message}" for message in checked.error_messages]
 
 
 def query_problems(data: dict[str, Any], root: Path) -> list[str]:

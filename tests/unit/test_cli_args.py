@@ -314,3 +314,15 @@ def test_teardown_says_a_results_dir_without_run_json_first(tmp_path: Path, caps
     assert cli.main(["teardown", "--label", "x", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "has no run.json" in err and "asking the account" not in err and "nothing to do" not in err
+
+
+def test_run_estimate_is_checked_against_the_estimators_options_before_anything_starts() -> None:
+    from mlops_vast.inputs import collection_root, value_problems
+
+    root = collection_root()
+    said = value_problems({"run_name": "e", "run_estimate": {"params": 1e9, "micro_bach_size": 2}}, root)
+    assert any("run_estimate has no option(s) micro_bach_size (did you mean micro_batch_size?)" in s for s in said)
+    said = value_problems({"run_name": "e", "run_estimate": {"params": 1e9, "method": "dora"}}, root)
+    assert any("run_estimate: value of method must be one of: full, lora, qlora, got: dora" in s for s in said)
+    assert value_problems({"run_name": "e", "run_estimate": {"params": "{{ n }}", "seq_len": 512}}, root) == []
+    assert value_problems({"run_name": "e", "run_estimate": {"params": 1e9, "method": "lora"}}, root) == []
