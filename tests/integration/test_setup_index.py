@@ -109,3 +109,25 @@ def test_credentials_in_run_index_url_are_refused_before_renting_and_never_echoe
     assert "tok3n-s3cret" not in done.stdout + done.stderr  # the refusal does not print what it refuses
     assert "ok=1 " in done.stdout
     assert not (tmp_path / "contracts.jsonl").exists()
+
+
+def test_code_from_a_git_repository_is_cloned_on_the_host(index_sim: Sim, tmp_path: Path) -> None:
+    """run_git_repo instead of run_code_src: the host clones it (outside /tmp and /root, which an instance has
+    private, so that the host sees the repository), and the run trains from that clone."""
+    share = Path("/var/tmp") / f"mlops-vast-git-{os.getpid()}-{tmp_path.name}"
+    try:
+        repo = share / "repo"
+        repo.mkdir(parents=True)
+        shutil.copy(REPO / "examples" / "tiny_trainer" / "train.py", repo / "train.py")
+        git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+        for argv in (["init", "-q"], ["add", "train.py"], ["commit", "-q", "-m", "tiny trainer"]):
+            subprocess.run(git + argv, check=True, capture_output=True)
+        done = run_train(index_sim, tmp_path, "from-git", {"run_code_src": "", "run_git_repo": f"file://{repo}",
+                                                           "run_command": COMMAND.replace("numpy_train.py",
+                                                                                          "train.py")})
+        assert done.returncode == 0, failure_excerpt(done.stdout) + done.stderr[-3000:]
+        assert "Clone the code with git" in done.stdout
+        assert (tmp_path / "results" / "checkpoints" / "checkpoint-100").is_dir()
+        nothing_billing(index_sim, tmp_path)
+    finally:
+        shutil.rmtree(share, ignore_errors=True)
