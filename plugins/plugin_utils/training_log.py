@@ -126,7 +126,8 @@ def training_metrics(record: dict[str, Any]) -> Metrics | None:
 def hides_a_nan(loss: float | None, grad_norm: float | None) -> bool:
     """A record whose loss says nothing is wrong though it is NaN: the Hugging Face Trainer's
     ``logging_nan_inf_filter`` (on by default) logs a window of NaN step losses as 0.0, next to a NaN grad_norm."""
-    return loss == 0 and grad_norm is not None and not math.isfinite(grad_norm)
+    grad = _as_float(grad_norm)
+    return _as_float(loss) == 0 and grad is not None and not math.isfinite(grad)
 
 
 class DivergenceStreak:
@@ -150,11 +151,18 @@ class DivergenceStreak:
         self.last_loss: float | None = None
         self.last_kind = ""
         self._last_key: Any = None
+        self._last_step: Any = None
 
     def observe(self, loss: Any, step: Any = None, grad_norm: Any = None, *, key: Any = None) -> None:
         if loss is None or (key is not None and key == self._last_key):
             return
         self._last_key = key
+        if _before(step, self._last_step) and _before(step, self.last_clean_step):
+            # The steps went back: an attempt resumed from an earlier checkpoint (its log appended to the last
+            # one's). Cleanness of the earlier attempt's later steps says nothing of this one's.
+            self.last_clean_step = step - 1
+        if step is not None:
+            self._last_step = step
         loss, grad_norm = _as_float(loss), _as_float(grad_norm)
         kind = ""
         if not math.isfinite(loss):
@@ -166,6 +174,8 @@ class DivergenceStreak:
         if kind:
             if self.count == 0:
                 self.since_step = step
+                if _before(step, self.last_clean_step + 1 if isinstance(self.last_clean_step, int | float) else None):
+                    self.last_clean_step = step - 1
             self.count += 1
             self.last_loss, self.last_kind = loss, kind
             return
@@ -195,13 +205,20 @@ class DivergenceStreak:
             what = f"above {self.factor:g} x the lowest ({self.lowest:.4g}), last {self.last_loss:.4g},"
         else:
             what = f"{self.last_loss}"
-        since = f", from step {self.since_step}" if self.since_step is not None else ""
+        since = (f", from step {self.since_step}" if self.since_step is not None else
+                 " (the log has no step numbers: give the trainer's --logging_steps in the command, or the checkpoints "
+                 "saved after the divergence cannot be told from those before)")
         return f"the loss was {what} for {self.count} training record(s) in a row{since}"
 
     def record(self) -> dict[str, Any]:
         """The streak for the triage bundle."""
         return {"records": self.count, "since_step": self.since_step, "last_clean_step": self.last_clean_step,
                 "lowest_loss": self.lowest}
+
+
+def _before(step: Any, other: Any) -> bool:
+    """``step`` is a number below ``other`` (both known)."""
+    return isinstance(step, int | float) and isinstance(other, int | float) and step < other
 
 
 def _as_float(value: Any) -> float | None:

@@ -227,7 +227,7 @@ def _task_words(task: str | None) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if hasattr(value, "as_dict") and is_dataclass(value):  # a trial's row as trials.json has it (its columns flat)
+    if hasattr(value, "as_dict") and is_dataclass(value) and not isinstance(value, type):  # a row as trials.json has it
         return _plain(value.as_dict())
     if is_dataclass(value) and not isinstance(value, type):
         return _plain({f.name: getattr(value, f.name) for f in fields(value)})
@@ -427,7 +427,8 @@ def _api_env(args: argparse.Namespace) -> tuple[dict[str, str], str | None, Any]
     if args.api_url:
         env["VAST_URL"] = args.api_url
     url = env.get("VAST_URL")
-    if url and not url.strip().startswith(("http://", "https://")):  # as train and sweep say it, before anything
+    # As train and sweep say it, before anything; vastsim (--sim) brings its own URL.
+    if url and not wants_sim(args) and not url.strip().startswith(("http://", "https://")):
         raise InputError(f"the Vast API URL must start with http:// or https://, got {url!r} "
                          f"({'--api-url' if args.api_url else 'VAST_URL'})")
     sim = None

@@ -224,6 +224,8 @@ def stopped_when_the_loss_went_nan(outcome: Outcome) -> None:
     aside = sorted(path.name for path in (outcome.results / "checkpoints" / "diverged").glob("checkpoint-*"))
     assert "checkpoint-150" in aside and aside == sorted(teardown["diverged_checkpoints"]), (aside, teardown)
     assert teardown["newest_checkpoint"] == "checkpoint-100", teardown
+    home = sorted(path.name for path in (outcome.results / "checkpoints").glob("checkpoint-*"))
+    assert home == ["checkpoint-100", "checkpoint-50"], "the sound ones, none pruned for the diverged ones"
     model = json.loads((outcome.results / "checkpoints" / "diverged" / "checkpoint-150" / "model.json").read_text())
     assert any(value != value for value in model["params"]), "checkpoint-150 was saved after the NaN"
 
@@ -286,8 +288,10 @@ CASES = [
          newest=150, message=r"(?i)crash", check=crashed_with_its_traceback),
     Case("smoke-divergence", trainer="--diverge", completes=False, newest=0, message=r"Smoke test failed",
          check=never_started_the_long_run),
+    # Keeping 1 checkpoint would leave only the NaN one: a diverged run's teardown prunes none.
     Case("nan-mid-run", max_steps=1000, trainer="--step_seconds 0.05 --nan_at_step 120", completes=False,
-         newest=100, message=r"(?i)diverged", check=stopped_when_the_loss_went_nan),
+         run_vars={"run_keep_checkpoints": 1}, newest=100, message=r"(?i)diverged",
+         check=stopped_when_the_loss_went_nan),
     Case("hang", max_steps=400, trainer="--step_seconds 0.02 --hang_at_step 120", completes=False, newest=100,
          message=r"(?i)stall", check=stalled_where_it_hung),
     # The host or the market misbehaves mid-run.

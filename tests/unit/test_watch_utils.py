@@ -253,6 +253,28 @@ def test_follower_sees_the_nan_the_hugging_face_trainer_logs_as_zero() -> None:
     assert other.divergence.count == 0 and other.divergence.last_clean_step == 10
 
 
+def test_last_clean_step_follows_a_resumed_attempt_and_stepless_hf_lines() -> None:
+    """An attempt resumed in place appends to run.log: the steps go back, and the earlier attempt's clean records
+    at later steps say nothing of this one. Lines without a step (as the HF Trainer prints them) count with
+    logging_steps; without it the divergence has no step, and says so."""
+    resumed = tl.DivergenceStreak()
+    for step, loss in ((130, 0.3), (140, 0.29), (110, math.nan), (120, math.nan)):
+        resumed.observe(loss, step)
+    assert (resumed.count, resumed.since_step, resumed.last_clean_step) == (2, 110, 109)
+    again = tl.DivergenceStreak()
+    for step, loss in ((100, 0.3), (110, 0.2), (120, 0.25)):
+        again.observe(loss, step)
+    assert again.last_clean_step == 120
+    follower = tl.LogFollower(logging_steps=10)
+    feed_text(follower, "{'loss': 0.3, 'grad_norm': 0.5, 'epoch': 0.1}\n"
+                        "{'loss': 0.0, 'grad_norm': nan, 'epoch': 0.2}\n")
+    assert (follower.divergence.since_step, follower.divergence.last_clean_step) == (20, 10)
+    stepless = tl.LogFollower()
+    feed_text(stepless, "{'loss': 0.3, 'epoch': 0.1}\n{'loss': nan, 'epoch': 0.2}\n")
+    assert stepless.divergence.since_step is None and "--logging_steps" in stepless.divergence.describe()
+    assert tl.hides_a_nan(0, 10**400) is True and tl.hides_a_nan(0.0, 1.5) is False  # too large: infinite, no raise
+
+
 def test_divergence_factor_edges() -> None:
     negative = tl.DivergenceStreak(factor=10)
     for step, loss in enumerate([-2.0, -3.0, 1e9]):
