@@ -97,11 +97,13 @@ def good_query(sim: Sim) -> str:
     return f"reliability > 0.95 num_gpus=1 machine_id notin [{','.join(map(str, bad))}]"
 
 
-def one_round(sim: Sim, n: int, root: Path, args: argparse.Namespace, deadline: Deadline) -> dict[str, Any]:
-    work = root / f"n{n}"
+def one_round(sim: Sim, n: int, root: Path, args: argparse.Namespace, deadline: Deadline,
+              name: str = "") -> dict[str, Any]:
+    work = root / (name or f"n{n}")
     work.mkdir(parents=True)
+    template_cache = args.template_cache_dir or work / "template-cache"  # cold: this round's own, empty
     env = ansible_env(sim, work, MLOPS_VAST_LEDGER=str(work / "contracts.jsonl"),
-                      MLOPS_VAST_EXCLUSIONS=str(work / "excluded.json"),
+                      MLOPS_VAST_EXCLUSIONS=str(work / "excluded.json"), MLOPS_VAST_TEMPLATE_CACHE=str(template_cache),
                       **({"ANSIBLE_STRATEGY": args.strategy} if args.strategy else {}))
     results_dir = work / "results"
     extra = {
@@ -211,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the strategy of the sweep (ANSIBLE_STRATEGY) and of its trials (sweep_trial_strategy), "
                         "e.g. ansible.builtin.linear; default: ansible.cfg's for the sweep, sweep_trial_strategy's "
                         "default (auto: mlops.vast.linear) for the trials")
+    parser.add_argument("--template-cache", choices=("warm", "cold"), default="warm",
+                        help="the trials' compiled-template cache (mlops.vast.linear's, MLOPS_VAST_TEMPLATE_CACHE): "
+                        "warm (default), one folder for every round, filled by an unmeasured one-trial round first, "
+                        "as any earlier run on the controller leaves it; cold, an empty folder for each round, a "
+                        "controller's very first sweep")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     parser.add_argument("--deadline", type=float, default=5400.0, help="overall limit in seconds (default 5400)")
     args = parser.parse_args(argv)
@@ -223,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sizes must list N >= 1; --speeds numbers > 0; --poll > 0; --steps >= 1")
     deadline = Deadline(args.deadline)
     root = Path(tempfile.mkdtemp(prefix="vastsim-fleet-"))
-    results: dict[str, Any] = {"params": {k: v for k, v in vars(args).items() if k != "json"},
+    args.template_cache_dir = root / "template-cache" if args.template_cache == "warm" else None
+    results: dict[str, Any] = {"params": {k: v for k, v in vars(args).items()
+                                          if k not in ("json", "template_cache_dir")},
                                "host": host_info(euid=os.geteuid()), "errors": [], "speeds": []}
     code = 0
     try:
@@ -239,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"{speed_title(speed)}\nvastsim at {sim.url}; {os.cpu_count()} CPUs, load "
                         f"{os.getloadavg()[0]:.2f}; {args.steps} steps x {args.step_seconds:g} s per trial, "
                         f"poll {args.poll:g} s; strategy "
-                        f"{args.strategy or 'the defaults (the trials: mlops.vast.linear)'}")
+                        f"{args.strategy or 'the defaults (the trials: mlops.vast.linear)'}; template cache "
+                        f"{args.template_cache}")
+                    if args.template_cache == "warm" and not results["speeds"][:-1]:
+                        say("warm-up: one trial, unmeasured, leaves the template cache as any earlier run would ...")
+                        one_round(sim, 1, root / f"speed-{speed:g}", args, deadline, name="warm-up")
                     for n in sizes:
                         say(f"N={n}: running sweep.yml with {n} trial(s), {n} at once ...")
                         part["rounds"].append(one_round(sim, n, root / f"speed-{speed:g}", args, deadline))

@@ -27,6 +27,13 @@ description:
     before. A worker freezes the objects it inherits from the controller as it starts (C(gc.freeze) in the
     forked child), so its garbage collector does not walk them, which would copy the controller's memory page by
     page.
+  - Ansible compiles a template or conditional anew every time it uses it (about 650 times in one C(train.yml)'s
+    controller process, and again in every worker). Under this strategy each process compiles a text once and
+    keeps the code (its workers inherit it), and the code of the collection's own playbooks and roles is also kept
+    on disk, so the next run, or a sweep's next trial, loads it instead of compiling it. The folder is
+    C(mlops-vast/templates) under E(XDG_CACHE_HOME) (default C(~/.cache)); E(MLOPS_VAST_TEMPLATE_CACHE) names
+    another, and an empty value keeps the code in memory only. Only text from the collection's own files is
+    written there; a folder that another user may write to is not used.
   - An accelerator like mitogen's strategies. C(playbooks/sweep.yml) runs each trial with it (the variable
     C(sweep_trial_strategy), option O(mlops.vast.sweep#module:trial_strategy)), where many trials starting
     together share the controller's cores. Elsewhere select it with C(ANSIBLE_STRATEGY=mlops.vast.linear), C(strategy =
@@ -53,6 +60,7 @@ import os
 from ansible.plugins.strategy.linear import StrategyModule as LinearStrategy
 from ansible.release import __version__ as ANSIBLE_CORE_VERSION
 from ansible.utils.display import Display
+from ansible_collections.mlops.vast.plugins.plugin_utils import template_cache
 
 display = Display()
 
@@ -87,6 +95,7 @@ class StrategyModule(LinearStrategy):
                             "every task runs in a worker, as with ansible.builtin.linear")
         else:
             _freeze_inherited_objects_in_forks()
+            template_cache.install()
 
     def _queue_task(self, host, task, task_vars, play_context):
         if not SUPPORTED or not (self._runs_here(task) or self._may_skip_here(task)):
