@@ -41,7 +41,7 @@ import yaml
 
 from mlops_vast import _keys
 from mlops_vast import events as ev
-from mlops_vast.inputs import InputError, check_run, check_sweep, collection_root, load_vars
+from mlops_vast.inputs import InputError, check_api_url, check_run, check_sweep, collection_root, load_vars
 from mlops_vast.ledger import ledger_path, open_contracts
 
 EventHandler = Callable[[ev.Event], Any]
@@ -227,12 +227,13 @@ def _context(api_url: str | None, api_key: str | None, sim: Any, cwd: str | os.P
         api_key = api_key or sim.api_key
     elif api_url:
         env_extra["VAST_URL"] = api_url
-    url = env_extra.get("VAST_URL") or os.environ.get("VAST_URL")
-    if url and not url.strip().startswith(("http://", "https://")):  # the collection's rule (api_client), said first
+    try:
+        check_api_url(env_extra.get("VAST_URL") or os.environ.get("VAST_URL"),
+                      "api_url / --api-url" if api_url else "VAST_URL")
+    except InputError:
         if local_sim is not None:
             local_sim.stop()
-        raise InputError(f"the Vast API URL must start with http:// or https://, got {url!r} "
-                         f"({'api_url / --api-url' if api_url else 'VAST_URL'})")
+        raise
     try:
         key = api_key or _keys.resolve_api_key({**os.environ, **env_extra})
     except OSError as exc:
@@ -483,31 +484,38 @@ def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name
             except BaseException:  # the playbook must still be stopped
                 play.cancel_requested = True
 
-    while True:
-        finished = play.done  # read before the last poll, so that poll sees everything the playbook wrote
-        try:
-            while True:
-                try:
-                    event = play.events.get_nowait()
-                except queue.Empty:
-                    break
-                warning = ev.warning_from_runner_event(event, run_name)
-                if warning is not None:
-                    emit(warning)
-            poll()
-            if not state["cancelled"] and cancelled():
-                state["cancelled"] = True
-                on_cancel()
-        except BaseException as exc:  # whatever ends this call first stops the run
-            interrupted(exc)
-        if finished:
-            break
-        try:
-            # Nearly all of the wait is spent here: a Ctrl-C or the caller's SystemExit lands here most often.
-            time.sleep(POLL_S)
-        except BaseException as exc:
-            interrupted(exc)
-    play.thread.join()
+    try:
+        while True:
+            finished = play.done  # read before the last poll, so that poll sees everything the playbook wrote
+            try:
+                while True:
+                    try:
+                        event = play.events.get_nowait()
+                    except queue.Empty:
+                        break
+                    warning = ev.warning_from_runner_event(event, run_name)
+                    if warning is not None:
+                        emit(warning)
+                poll()
+                if not state["cancelled"] and cancelled():
+                    state["cancelled"] = True
+                    on_cancel()
+            except BaseException as exc:  # whatever ends this call first stops the run
+                interrupted(exc)
+            if finished:
+                break
+            try:
+                # Nearly all of the wait is spent here: a Ctrl-C or the caller's SystemExit lands here most often.
+                time.sleep(POLL_S)
+            except BaseException as exc:
+                interrupted(exc)
+        play.thread.join()
+    except KeyboardInterrupt:
+        # The playbook was killed, but not what it started in sessions of their own (a sweep's trials and their
+        # teardowns, which the guard of each starts once its parent is gone): they still need the key file, which
+        # is handed over instead of deleted.
+        play.ctx.teardowns_left_running = True
+        raise
     if state["cause"] is not None:
         raise _Interrupted(state["cause"])
     return bool(state["cancelled"])
@@ -575,11 +583,6 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
             cancelled = _wait(play, poll, emit, name, is_cancelled, lambda: setattr(play, "cancel_requested", True))
         except _Interrupted as stop:
             cancelled, cause = True, stop.cause
-        except KeyboardInterrupt:
-            # A second Ctrl-C kills the playbook, not what it started in sessions of their own (a sweep's trials and
-            # their teardowns, which the guard of each starts once its parent is gone): they still need the key.
-            ctx.teardowns_left_running = True
-            raise
         status, rc = play.result()
         teardown_ok = None
         if cancelled:
@@ -775,11 +778,6 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
             cancelled = _wait(play, poll, emit, name, is_cancelled, on_cancel)
         except _Interrupted as stop:
             cancelled, cause = True, stop.cause
-        except KeyboardInterrupt:
-            # A second Ctrl-C kills the playbook, not what it started in sessions of their own (a sweep's trials and
-            # their teardowns, which the guard of each starts once its parent is gone): they still need the key.
-            ctx.teardowns_left_running = True
-            raise
         status, rc = play.result()
         refused = _refused_input(play.artifacts_dir, SWEEP_INPUT_CHECKS) if status == "failed" else None
         if refused is not None:  # nothing started: the checks come before the reaper, the key and any trial

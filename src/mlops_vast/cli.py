@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from mlops_vast import events as ev
-from mlops_vast.inputs import InputError, check_run, collection_root, load_vars, plugin_util
+from mlops_vast.inputs import InputError, check_api_url, check_run, collection_module, collection_root, load_vars
 from mlops_vast.ledger import ledger_path as _ledger_path
 from mlops_vast.ledger import open_contracts
 
@@ -273,7 +273,7 @@ class Interrupts:
         self.previous: dict[int, Any] = {}
         self.tty_fds = tuple(fd for fd in (1, 2) if os.isatty(fd))
         # Loaded now, not in the handler: the collection's own helper (plugins/plugin_utils/terminal.py).
-        self.detach = plugin_util(collection_root(), "terminal").detach_from_terminal
+        self.detach = collection_module(collection_root(), "terminal", "plugin_utils").detach_from_terminal
 
     def handler(self, signum: int, frame: Any) -> None:
         # A signal handler runs between two bytecodes of the main thread, which may hold rich's or a stream's lock
@@ -428,9 +428,8 @@ def _api_env(args: argparse.Namespace) -> tuple[dict[str, str], str | None, Any]
         env["VAST_URL"] = args.api_url
     url = env.get("VAST_URL")
     # As train and sweep say it, before anything; vastsim (--sim) brings its own URL.
-    if url and not wants_sim(args) and not url.strip().startswith(("http://", "https://")):
-        raise InputError(f"the Vast API URL must start with http:// or https://, got {url!r} "
-                         f"({'--api-url' if args.api_url else 'VAST_URL'})")
+    if not wants_sim(args):
+        check_api_url(url, "--api-url" if args.api_url else "VAST_URL")
     sim = None
     if wants_sim(args):
         from mlops_vast.sim import harness

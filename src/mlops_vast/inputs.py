@@ -36,6 +36,13 @@ def collection_root() -> Path:
                      "its checkout (pip install -e .) or set MLOPS_VAST_COLLECTION to the checkout")
 
 
+def check_api_url(url: str | None, named: str) -> None:
+    """The collection's rule for the API's address (its api_client's), said before anything starts; ``named``: where
+    the URL came from, for the message."""
+    if url and not url.strip().startswith(("http://", "https://")):
+        raise InputError(f"the Vast API URL must start with http:// or https://, got {url!r} ({named})")
+
+
 def load_vars(source: dict[str, Any] | str | os.PathLike[str], what: str,
               cwd: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], Path | None]:
     """The variables of a run or sweep and the file they came from (None for a dict); a relative path is looked for
@@ -152,32 +159,12 @@ def _top_level_missing(error: str) -> bool:
 def _contract(root: Path) -> Any:
     """The collection's own contract checks (plugins/plugin_utils/contract.py), loaded from the checkout: the
     same code as the playbook's first task, without the collection loader."""
-    return plugin_util(root, "contract")
-
-
-def plugin_util(root: Path, name: str, folder: str = "plugin_utils") -> Any:
-    """A standard-library module of the collection's plugins/plugin_utils (or ``folder``), loaded from the checkout
-    by path."""
-    path = root / "plugins" / folder / f"{name}.py"
-    qualified = f"mlops_vast._{folder}_{name}"
-    if qualified in sys.modules:
-        return sys.modules[qualified]
-    spec = importlib.util.spec_from_file_location(qualified, path)
-    if spec is None or spec.loader is None:
-        raise InputError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[qualified] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(qualified, None)
-        raise
-    return module
+    return collection_module(root, "contract", "plugin_utils")
 
 
 def collection_module(root: Path, name: str, folder: str = "module_utils") -> Any:
-    """A module of the collection's plugins/<folder> that imports its siblings (``from .x import y``), loaded from
-    the checkout as part of a package of that folder, without the collection loader."""
+    """A module of the collection's plugins/<folder>, loaded from the checkout without the collection loader, as part
+    of a package of that folder, so that its imports of its siblings (``from .x import y``) work too."""
     package = f"mlops_vast._{folder}_package"
     if package not in sys.modules:
         spec = importlib.util.spec_from_loader(package, loader=None, is_package=True)
@@ -209,7 +196,7 @@ def estimate_problems(data: dict[str, Any], root: Path) -> list[str]:
 def query_problems(data: dict[str, Any], root: Path) -> list[str]:
     """What the offer search would say of run_query and run_order before it searches (the CLI's query language),
     said before anything starts; a templated one is left to the playbook."""
-    query_language = plugin_util(root, "vast_query", "module_utils")
+    query_language = collection_module(root, "vast_query")
     found = []
     for name, parse in (("run_query", query_language.parse_query), ("run_order", query_language.parse_order)):
         value = data.get(name)
@@ -266,7 +253,7 @@ def _plan_problems(data: dict[str, Any], root: Path) -> list[str]:
     keys = ("sweep_grid", "sweep_random", "sweep_trials")
     if any("{{" in str(data.get(key)) for key in keys):
         return []  # templated: the playbook expands it
-    plan = plugin_util(root, "sweep_plan")
+    plan = collection_module(root, "sweep_plan", "plugin_utils")
     try:
         plan.expand(*(data.get(key) or ({} if key != "sweep_trials" else []) for key in keys))
     except plan.SweepSpecError as exc:
