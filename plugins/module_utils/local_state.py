@@ -141,14 +141,18 @@ class ContractLedger:
             return handle.read().strip()
 
     def open_contracts(self, api_url: str | None = None) -> list[dict[str, Any]]:
-        """Contracts created and not yet recorded as destroyed, oldest first."""
+        """Contracts created and not yet recorded as destroyed (of ``api_url`` when given: with or without a
+        trailing slash, the same API), oldest first."""
         live: dict[int, dict[str, Any]] = {}
+        wanted = api_url.rstrip("/") if api_url else None
         try:
             with open(self.path, "rb") as handle:
                 for line in handle:
                     try:
                         record = json.loads(line)  # bytes: a line that is not UTF-8 is a ValueError too
-                        if not isinstance(record, dict) or (api_url and record.get("api_url") != api_url):
+                        if not isinstance(record, dict):
+                            continue
+                        if wanted and str(record.get("api_url")).rstrip("/") != wanted:
                             continue
                         if record.get("event") == "created":
                             live[int(record["id"])] = record

@@ -1,36 +1,29 @@
-"""The controller's local contract ledger as the package reads it (plugins/module_utils/local_state.py writes it):
-where it is, and which contracts it still holds open."""
+"""The controller's local contract ledger as the package reads it: the collection's own reader
+(plugins/module_utils/local_state.py, which also writes it), loaded from the checkout."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mlops_vast.inputs import InputError, collection_module, collection_root
+
+
+def _local_state() -> Any:
+    return collection_module(collection_root(), "local_state")
+
 
 def ledger_path(env: Mapping[str, str]) -> Path:
     """MLOPS_VAST_LEDGER, else contracts.jsonl in the XDG state directory (as the collection finds it)."""
-    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(env.get("MLOPS_VAST_LEDGER") or os.path.join(base, "mlops-vast", "contracts.jsonl")).expanduser()
+    return Path(_local_state().default_ledger_path(env)).expanduser()
 
 
 def open_contracts(path: Path, api_url: str | None = None) -> list[dict[str, Any]]:
-    """The ledger's contracts created and not yet destroyed (those of ``api_url`` when given)."""
-    live: dict[int, dict[str, Any]] = {}
-    with contextlib.suppress(OSError):
-        for line in path.read_bytes().splitlines():
-            # A damaged line (not UTF-8, not an object) is skipped; the others still say what is open.
-            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    continue
-                if api_url and record.get("api_url") and record["api_url"].rstrip("/") != api_url.rstrip("/"):
-                    continue
-                if record.get("event") == "created":
-                    live[int(record["id"])] = record
-                elif record.get("event") == "destroyed":
-                    live.pop(int(record["id"]), None)
-    return list(live.values())
+    """The ledger's contracts created and not yet destroyed (those of ``api_url`` when given), oldest first; none
+    when there is no ledger yet. A ledger that cannot be read is an :class:`InputError`: it may hold what bills."""
+    try:
+        return _local_state().ContractLedger(str(path)).open_contracts(api_url)
+    except OSError as exc:
+        raise InputError(f"cannot read the contract ledger {path}: {exc.strerror or exc} (MLOPS_VAST_LEDGER names "
+                         "it; unset, it is contracts.jsonl under $XDG_STATE_HOME/mlops-vast)") from None

@@ -129,6 +129,10 @@ def test_ledger_and_spend(tmp_path: Path) -> None:
     from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger
 
     assert [c["id"] for c in ContractLedger(str(ledger)).open_contracts("http://x")] == [2, 4]
+    assert [c["id"] for c in cli.open_contracts(ledger, "http://x/")] == [2, 4]  # the same API
+    # A ledger that cannot be read may hold what bills: said, not taken for an empty one.
+    with pytest.raises(cli.InputError, match=f"cannot read the contract ledger {tmp_path}.*MLOPS_VAST_LEDGER"):
+        cli.open_contracts(tmp_path)
     row = {"uptime_mins": 30, "dph_base": 0.4, "start_date": 1000.0, "storage_total_cost": 0.02, "dph_total": 0.42}
     assert cli.instance_spend(row, now=1000.0 + 3600) == (0.22, 0.42)
     assert cli.instance_spend({"uptime_mins": "x"}) == (None, None)
