@@ -1,19 +1,27 @@
 # Copyright: (c) 2026, mlops.vast developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Compile each Jinja template and conditional of the collection once, not at every use in every process.
+"""Compile each Jinja template and conditional once, not at every use in every process.
 
 ansible-core 2.19 compiles a template's source to Python (Jinja's parse, code generation and ``compile``, ~0.8 ms
 on a 2-core controller) every time it templates it: the same ``when`` or task argument is compiled again for every
 task, host and loop item, ~650 compilations in one train.yml's controller process, and again in every worker, and
-again in every trial of a sweep. What Jinja's compiler produces is a code object that depends only on the source
-and on the syntax settings it reads; it is bound to an environment only when a template object is made from it
-(``Template.from_code``), which stays as Jinja does it. So:
+again in every trial of a sweep. What Jinja's compiler produces is a code object that depends only on the source,
+on the syntax settings it reads, and on how each filter and test it calls wants its arguments (the function's
+``pass_context`` mark, read at compile time). It is bound to an environment only when a template object is made
+from it (``Template.from_code``), which stays as Jinja does it. So:
 
-- every controller process keeps the code objects it compiled (bounded), and a worker inherits them as it forks;
-- the code of templates written in the collection's own files (its playbooks and roles: what every run and every
-  trial templates) is also kept on disk, in a private folder under the user's cache, so that the next process
-  (the next trial) loads it (marshal, ~5 µs) instead of compiling it. Nothing from elsewhere (extra vars, a user's
-  playbook, inventory) is written: the folder only ever holds text the collection ships.
+- a controller process keeps the code objects it compiled (bounded), with the filters and tests each one calls
+  and their marks, which must still be the same at each reuse (a role's own ``filter_plugins`` may shadow a name
+  later in the play); a worker inherits them as it forks;
+- the code of templates written in the collection's ``playbooks/`` and ``roles/`` (what every run and every trial
+  templates) is also kept on disk, in a private folder under the user's cache, so that the next process (the
+  next trial) loads it instead of compiling it. Nothing from elsewhere (extra vars, ``examples/``, a user's
+  playbook, inventory) is written: the folder only holds text the collection ships.
+
+The folder's files are loaded as code, so it is used only when nobody else can write to it or to a folder above
+it, each file is opened without following links, only if it is this user's and not writable by others, and only
+if its content matches the digest it carries. Each entry names the Python, Jinja and ansible-core it was compiled
+by.
 
 Written against ansible-core 2.19's templating internals (and Jinja 3.1); on anything else :func:`install` does
 nothing. Template debugging (which writes each compiled source to a file) bypasses it.
@@ -25,11 +33,12 @@ import contextlib
 import contextvars
 import functools
 import hashlib
+import importlib.util
 import marshal
 import os
+import secrets
 import stat
 import sys
-import tempfile
 import typing as t
 
 try:
@@ -41,21 +50,28 @@ try:
     from jinja2.environment import TemplateExpression
     from jinja2.exceptions import TemplateSyntaxError
     from jinja2.parser import Parser
+    from jinja2.utils import _PassArg
 
     SUPPORTED = (ANSIBLE_CORE_VERSION.startswith("2.19.") and jinja2.__version__.startswith("3.1.")
                  and hasattr(_jinja_bits, "_TemplateCompileContext")
                  and hasattr(_engine.TemplateEngine, "_compile_template")
                  and hasattr(_engine.TemplateEngine, "_compile_expression"))
+    # What compiled the code: an entry of another Python, Jinja or ansible-core is another key.
+    TAG = (f"{sys.implementation.cache_tag}-{importlib.util.MAGIC_NUMBER.hex()}-jinja{jinja2.__version__}"
+           f"-ansible{ANSIBLE_CORE_VERSION}")
 except ImportError:  # pragma: no cover - depends on the installed ansible-core and Jinja
     SUPPORTED = False
+    TAG = ""
 
 # Overrides the disk folder; empty: keep code in memory only.
 DIR_VARIABLE = "MLOPS_VAST_TEMPLATE_CACHE"
 # Bounded: a play that templates generated strings (a loop building templates) must not grow a process or the folder.
 MAX_ENTRIES = 4096
 MAX_FILES = 8192
-# The collection's own files: what the disk may hold.
-COLLECTION_ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", "..")) + os.sep
+MAX_FILE_BYTES = 1 << 20
+# The collection's own playbooks and roles: what the disk may hold.
+COLLECTION_ROOT = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SHIPPED_FOLDERS = tuple(os.path.join(COLLECTION_ROOT, name) + os.sep for name in ("playbooks", "roles"))
 
 # Every environment attribute Jinja's lexer, parser or code generator reads (an overlay may change any of them).
 _SYNTAX = ("block_start_string", "block_end_string", "variable_start_string", "variable_end_string",
@@ -72,9 +88,11 @@ class Stats:
 
 
 stats = Stats()
-_codes: dict[str, t.Any] = {}
+# key -> (the filters and tests the code calls with their marks, the code)
+_codes: dict[str, tuple[tuple[tuple[str, str, str], ...], t.Any]] = {}
 _folder: str | None = None
-# Set while Ansible compiles a template or conditional that came from one of the collection's files.
+_folder_fd: int | None = None
+# Set while Ansible compiles a template or conditional that came from the collection's playbooks or roles.
 _shipped: contextvars.ContextVar[bool] = contextvars.ContextVar("mlops_vast_shipped_template", default=False)
 
 
@@ -82,78 +100,108 @@ def _name(value: t.Any) -> str:
     return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
 
 
-@functools.cache
-def _plugins_fingerprint() -> str:
-    # Jinja compiles a filter's or test's call after the function's pass_context/pass_environment marks: code kept
-    # on disk is for these plugin files (ansible-core's own are in the folder's name, by version).
-    found = []
-    for kind in ("filter", "test"):
-        with contextlib.suppress(OSError), os.scandir(os.path.join(COLLECTION_ROOT, "plugins", kind)) as entries:
-            found += [(entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in entries
-                      if entry.name.endswith(".py")]
-    return hashlib.sha256(repr(sorted(found)).encode()).hexdigest()[:16]
-
-
 def _key(env: t.Any, kind: str, source: str, *extra: t.Any) -> str | None:
-    """Everything the compiled code depends on, as text (also the disk's file name, hashed); None: do not cache."""
+    """Everything the compiled code depends on but the filters' and tests' marks, as text (also the disk's file
+    name, hashed); None: do not cache."""
     if env._debuggable_template_source or callable(env.autoescape):
         return None
     escaping = _jinja_bits._TemplateCompileContext.current(optional=True)
-    return repr((kind, _plugins_fingerprint(), _name(type(env)), _name(env.code_generator_class), _name(env.finalize),
+    return repr((kind, TAG, _name(type(env)), _name(env.code_generator_class), _name(env.finalize),
                  sorted(env.extensions), [getattr(env, name) for name in _SYNTAX],
                  bool(escaping and escaping.escape_backslashes), _jinja_bits._TemplateConfig.allow_embedded_templates,
                  str(source), *extra))
 
 
-def _path(key: str) -> str | None:
-    return os.path.join(_folder, hashlib.sha256(key.encode()).hexdigest()) if _folder else None
+def _mark(mapping: t.Any, name: str) -> str:
+    # As Jinja's code generator reads it: the function's pass_context/pass_environment mark, or none found.
+    try:
+        function = mapping.get(name)
+    except Exception:  # a plugin that fails to load: never the same as one that loads
+        return "unloadable"
+    return "missing" if function is None else str(_PassArg.from_obj(function))
 
 
-def _load(key: str) -> t.Any:
-    path = _path(key)
-    if not path or not _shipped.get():
+def _calls(env: t.Any, tree: t.Any) -> tuple[tuple[str, str, str], ...]:
+    """The filters and tests the compiled code calls, each with its mark as this environment resolves it now."""
+    found = []
+    for node_type, kind, mapping in ((nodes.Filter, "filter", env.filters), (nodes.Test, "test", env.tests)):
+        for name in sorted({node.name for node in tree.find_all(node_type)}):
+            found.append((kind, name, _mark(mapping, name)))
+    return tuple(found)
+
+
+def _calls_hold(env: t.Any, calls: tuple[tuple[str, str, str], ...]) -> bool:
+    return all(_mark(env.filters if kind == "filter" else env.tests, name) == mark for kind, name, mark in calls)
+
+
+def _file_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _load(key: str) -> tuple[tuple[tuple[str, str, str], ...], t.Any] | None:
+    if _folder_fd is None or not _shipped.get():
         return None
     try:
-        with open(path, "rb") as handle:
-            stored_key, code = marshal.load(handle)
-    except (OSError, EOFError, ValueError, TypeError):  # absent, being replaced, damaged: compiled instead
+        fd = os.open(_file_name(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=_folder_fd)
+    except OSError:  # absent (or a link): compiled instead
         return None
-    return code if stored_key == key else None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not _private(info, stat.S_ISREG) or info.st_size > MAX_FILE_BYTES:
+                return None
+            raw = handle.read(MAX_FILE_BYTES + 1)
+        digest, payload = raw[:32], raw[32:]
+        if hashlib.sha256(payload).digest() != digest:  # cut short, damaged: compiled instead
+            return None
+        stored_key, calls, code = marshal.loads(payload)
+    except Exception:  # whatever a damaged file raises, the template is compiled instead
+        return None
+    return (tuple(tuple(call) for call in calls), code) if stored_key == key else None
 
 
-def _store(key: str, code: t.Any) -> None:
-    path = _path(key)
-    if not path or not _shipped.get():
+def _store(key: str, calls: tuple[tuple[str, str, str], ...], code: t.Any) -> None:
+    if _folder_fd is None or not _shipped.get():
         return
+    name, temporary = _file_name(key), f".tmp-{os.getpid()}-{secrets.token_hex(6)}"
+    created = False
     try:
-        fd, temporary = tempfile.mkstemp(dir=_folder, prefix=".tmp-")
+        payload = marshal.dumps((key, calls, code))
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=_folder_fd)
+        created = True
         with os.fdopen(fd, "wb") as handle:
-            marshal.dump((key, code), handle)
-        os.replace(temporary, path)  # a reader sees the whole file or none (trials write the same one at once)
+            handle.write(hashlib.sha256(payload).digest() + payload)
+        # A reader sees the whole file or none (trials write the same one at once).
+        os.replace(temporary, name, src_dir_fd=_folder_fd, dst_dir_fd=_folder_fd)
         stats.stored += 1
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+    except Exception:  # a full disk or a vanished folder: the code stays in memory only
+        if created:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=_folder_fd)
 
 
-def _remember(key: str | None, compile_it: t.Callable[[], t.Any]) -> t.Any:
+def _remember(env: t.Any, key: str | None, compile_it: t.Callable[[], tuple[tuple[tuple[str, str, str], ...], t.Any]]
+              ) -> t.Any:
     if key is None:
-        return compile_it()
-    code = _codes.get(key)
-    if code is not None:
+        return compile_it()[1]
+    kept = _codes.get(key)
+    if kept is not None and _calls_hold(env, kept[0]):
         stats.hits += 1
-        return code
-    code = _load(key)
-    if code is not None:
-        stats.loaded += 1
-    else:
-        code = compile_it()  # a syntax error raises here, and nothing is kept
+        return kept[1]
+    kept = _load(key)
+    compiled = kept is None or not _calls_hold(env, kept[0])
+    if compiled:
+        kept = compile_it()  # a syntax error raises here, and nothing is kept
         stats.compiled += 1
-        _store(key, code)
+    else:
+        stats.loaded += 1
     if len(_codes) >= MAX_ENTRIES:
         _codes.clear()
-    _codes[key] = code
-    return code
+    _codes[key] = kept  # before the disk: whatever happens there, this process keeps it
+    if compiled:
+        _store(key, *kept)
+    return kept[1]
 
 
 def _cached_compile(original: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
@@ -161,7 +209,14 @@ def _cached_compile(original: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
     def compile(self, source, name=None, filename=None, raw=False, defer_init=False):
         key = _key(self, "template", source, name, filename, defer_init) if isinstance(source, str) and not raw \
             else None
-        return _remember(key, lambda: original(self, source, name, filename, raw, defer_init))
+        if key is None:
+            return original(self, source, name, filename, raw, defer_init)
+
+        def compile_it() -> tuple[tuple[tuple[str, str, str], ...], t.Any]:
+            code = original(self, source, name, filename, raw, defer_init)  # Jinja's own errors, as they were
+            return _calls(self, self._parse(source, name, filename)), code
+
+        return _remember(self, key, compile_it)
 
     return compile
 
@@ -173,7 +228,7 @@ def _cached_compile_expression(original: t.Callable[..., t.Any]) -> t.Callable[.
         if key is None:
             return original(self, source, undefined_to_none)
 
-        def compile_it() -> t.Any:
+        def compile_it() -> tuple[tuple[tuple[str, str, str], ...], t.Any]:
             # Jinja's own compile_expression (3.1), up to the code object, which Jinja does not keep.
             parser = Parser(self, source, state="variable")
             try:
@@ -183,10 +238,10 @@ def _cached_compile_expression(original: t.Callable[..., t.Any]) -> t.Callable[.
                 expr.set_environment(self)
             except TemplateSyntaxError:
                 self.handle_exception(source=source)
-            return self.compile(nodes.Template([nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)],
-                                               lineno=1))
+            tree = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)], lineno=1)
+            return _calls(self, tree), self.compile(tree)
 
-        code = _remember(key, compile_it)
+        code = _remember(self, key, compile_it)
         return TemplateExpression(self.template_class.from_code(self, code, self.make_globals(None), None),
                                   undefined_to_none)
 
@@ -199,7 +254,7 @@ def _noting_origin(original: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
     def compile_noting_origin(self, source, options):
         origin = Origin.get_tag(source)
         token = _shipped.set(bool(origin and origin.path
-                                  and os.path.realpath(origin.path).startswith(COLLECTION_ROOT)))
+                                  and os.path.realpath(origin.path).startswith(SHIPPED_FOLDERS)))
         try:
             return original(self, source, options)
         finally:
@@ -210,38 +265,63 @@ def _noting_origin(original: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
 
 def default_folder() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    tag = f"{sys.implementation.cache_tag}-jinja{jinja2.__version__}-ansible{ANSIBLE_CORE_VERSION}"
-    return os.path.join(base, "mlops-vast", "templates", tag)
+    return os.path.join(base, "mlops-vast", "templates", TAG)
 
 
-def private_folder(path: str) -> str | None:
-    """``path``, made if missing; None unless it is a folder of this user's that nobody else may write to (what it
-    holds is loaded as code)."""
+def _private(info: os.stat_result, is_type: t.Callable[[int], bool]) -> bool:
+    return (is_type(info.st_mode) and info.st_uid == os.geteuid()
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _ancestors_safe(path: str) -> bool:
+    # Whoever may replace a folder on the way may replace the cache under it: only this user or root may write to
+    # each, or it is sticky (as /tmp), where nobody may move what others own.
+    while True:
+        info = os.stat(path)
+        if info.st_uid not in (0, os.geteuid()) or (
+                info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX):
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def private_folder(path: str) -> int | None:
+    """An open descriptor of ``path`` (made if missing), or None unless it is a folder of this user's that nobody
+    else may write to, under folders nobody else may change (what it holds is loaded as code)."""
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        info = os.lstat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return None
-    with contextlib.suppress(OSError):
-        with os.scandir(path) as entries:
-            names = [entry.path for entry in entries]
+    try:
+        if not _private(os.fstat(fd), stat.S_ISDIR) or not _ancestors_safe(os.path.dirname(os.path.realpath(path))):
+            os.close(fd)
+            return None
+        names = os.listdir(fd)
         if len(names) > MAX_FILES:  # kept small: start over rather than track what is used
             for name in names:
                 with contextlib.suppress(OSError):
-                    os.unlink(name)
-    return path
+                    os.unlink(name, dir_fd=fd)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 @functools.cache
 def install() -> bool:
-    """Put the cache in front of Ansible's template compilation, once per process; False where unsupported."""
-    global _folder
+    """Put the cache in front of Ansible's template compilation, for the rest of this process (and its workers);
+    False where unsupported."""
+    global _folder, _folder_fd
     if not SUPPORTED:
         return False
     wanted = os.environ.get(DIR_VARIABLE)
-    _folder = private_folder(default_folder() if wanted is None else wanted) if wanted != "" else None
+    if wanted != "":
+        folder = default_folder() if wanted is None else wanted
+        _folder_fd = private_folder(folder)
+        _folder = folder if _folder_fd is not None else None
     env_class = _jinja_bits.AnsibleEnvironment
     env_class.compile = _cached_compile(env_class.compile)
     env_class.compile_expression = _cached_compile_expression(env_class.compile_expression)

@@ -28,12 +28,17 @@ description:
     forked child), so its garbage collector does not walk them, which would copy the controller's memory page by
     page.
   - Ansible compiles a template or conditional anew every time it uses it (about 650 times in one C(train.yml)'s
-    controller process, and again in every worker). Under this strategy each process compiles a text once and
-    keeps the code (its workers inherit it), and the code of the collection's own playbooks and roles is also kept
-    on disk, so the next run, or a sweep's next trial, loads it instead of compiling it. The folder is
-    C(mlops-vast/templates) under E(XDG_CACHE_HOME) (default C(~/.cache)); E(MLOPS_VAST_TEMPLATE_CACHE) names
-    another, and an empty value keeps the code in memory only. Only text from the collection's own files is
-    written there; a folder that another user may write to is not used.
+    controller process, and again in every worker). Once this strategy has started, its ansible-playbook process
+    (the plays of other strategies in it included) compiles a text once and keeps the code, which its workers
+    inherit; it is reused only while the filters and tests it calls are still the same kind of function (a role's
+    own C(filter_plugins) may shadow a name). The code of the collection's own C(playbooks/) and C(roles/) is also
+    kept on disk, so the next run, or a sweep's next trial, loads it instead of compiling it, in
+    C(mlops-vast/templates/<python, Jinja and ansible-core versions>) under E(XDG_CACHE_HOME) (default
+    C(~/.cache)); E(MLOPS_VAST_TEMPLATE_CACHE) names another folder, and an empty value keeps the code in memory
+    only. No other text is written there (not extra vars, not C(examples/), not a user's playbook). The folder is
+    used only when it is this user's, nobody else may write to it or to a folder above it (unless sticky, as
+    C(/tmp)), and it is not a link; a file in it is loaded only when it is this user's, not writable by others and
+    matches the digest it carries.
   - An accelerator like mitogen's strategies. C(playbooks/sweep.yml) runs each trial with it (the variable
     C(sweep_trial_strategy), option O(mlops.vast.sweep#module:trial_strategy)), where many trials starting
     together share the controller's cores. Elsewhere select it with C(ANSIBLE_STRATEGY=mlops.vast.linear), C(strategy =

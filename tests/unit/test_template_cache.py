@@ -1,12 +1,14 @@
 """The compiled-template cache of mlops.vast.linear (plugins/plugin_utils/template_cache.py): templates and
-conditionals render exactly as without it, from memory, from disk and after damage; only the collection's own text
-reaches the disk; a folder that others may write to is not used.
+conditionals render exactly as without it, from memory, from disk, after damage, when the folder vanishes and when
+a filter changes how it wants its arguments; only the text of the collection's playbooks and roles reaches the disk;
+a folder that others may write to (or a folder above it), a link, or a file of another user's is not used.
 
 Each check runs Ansible's Templar in a Python process of its own: the cache patches Ansible's classes for the
 process's lifetime, which must not reach the other tests."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import marshal
 import os
@@ -20,6 +22,7 @@ from tests.conftest import REPO
 
 SHIPPED = str(REPO / "roles" / "train" / "tasks" / "main.yml")  # the origin Ansible gives text from that file
 ELSEWHERE = "/srv/users-own/playbook.yml"
+IN_THE_CHECKOUT = str(REPO / "examples" / "run.yml")  # a user's own variables, inside the checkout: not shipped
 FOREIGN_TEXT = "users-own-text-"
 
 # (kind, source, origin): template or conditional; origin None is text with no file (extra vars, module results).
@@ -43,11 +46,12 @@ CASES = [
     ("template", FOREIGN_TEXT + "elsewhere {{ a }}", ELSEWHERE),
     ("template", FOREIGN_TEXT + "no file {{ b }}", None),
     ("conditional", f"'{FOREIGN_TEXT}cond' != b", ELSEWHERE),
+    ("template", FOREIGN_TEXT + "HF_TOKEN=hf_x python train.py --lr {{ a }}", IN_THE_CHECKOUT),
     ("template", "{{ a }} and {{ b }}", ELSEWHERE),  # shipped text, here from elsewhere: memory only
 ]
 
 SCRIPT = r"""
-import json, sys
+import json, shutil, sys
 from ansible.plugins.loader import init_plugin_loader
 init_plugin_loader([sys.argv[1]])
 from ansible._internal._datatag._tags import Origin
@@ -73,33 +77,43 @@ def render():
 
 
 report = {}
-if mode == "cached":
+if mode in ("cached", "vanish"):
     report["installed"] = template_cache.install()
     report["folder"] = template_cache._folder
+if mode == "vanish":
+    shutil.rmtree(template_cache._folder)
 report["results"] = render()
+if len(sys.argv) > 4:  # a folder of filter plugins found first from now on, as a role's own filter_plugins would be
+    from ansible.plugins.loader import filter_loader
+    filter_loader.add_directory(sys.argv[4])
 report["again"] = render()
 report["stats"] = vars(template_cache.stats)
 print(json.dumps(report))
 """
 
 
-def run(mode: str, cache: str | None, tmp_path: Path) -> dict:
+def run(mode: str, cache: str | None, tmp_path: Path, cases: list | None = None, shadow: Path | None = None,
+        **env_extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MLOPS_VAST_"))}
     env.update(HOME=str(tmp_path / "home"), ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-local"))
+               ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-local"), **env_extra)
     if cache is not None:
         env["MLOPS_VAST_TEMPLATE_CACHE"] = cache
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO / ".collections"), json.dumps(CASES), mode],
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO / ".collections"), json.dumps(cases or CASES),
+                           mode, *([str(shadow)] if shadow else [])],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def stored(folder: Path) -> list[tuple[str, bytes]]:
+    """Each entry's key and whole file, checked against the digest it carries."""
     found = []
     for path in sorted(folder.iterdir()):
         raw = path.read_bytes()
-        key, _code = marshal.loads(raw)
+        assert hashlib.sha256(raw[32:]).digest() == raw[:32], path
+        key, _calls, _code = marshal.loads(raw[32:])
+        assert path.name == hashlib.sha256(key.encode()).hexdigest()
         found.append((key, raw))
     return found
 
@@ -164,20 +178,101 @@ def test_only_the_collections_own_text_reaches_the_disk(runs: dict) -> None:
     assert os.stat(runs["folder"]).st_mode & 0o777 == 0o700
 
 
+def copy_of(runs: dict, folder: Path) -> list[Path]:
+    folder.mkdir(mode=0o700)
+    copies = []
+    for path in sorted(runs["folder"].iterdir()):
+        (folder / path.name).write_bytes(path.read_bytes())
+        copies.append(folder / path.name)
+    return copies
+
+
 def test_damaged_or_foreign_files_are_compiled_again(runs: dict, tmp_path: Path) -> None:
     folder = tmp_path / "cache"
-    folder.mkdir(mode=0o700)
-    for index, path in enumerate(sorted(runs["folder"].iterdir())):
+    copies = copy_of(runs, folder)
+    codes = [marshal.loads(path.read_bytes()[32:])[2] for path in copies]
+    for index, path in enumerate(copies):
         raw = path.read_bytes()
+        key, calls, code = marshal.loads(raw[32:])
+        foreign = marshal.dumps(("another text's key", calls, code))
+        swapped = marshal.dumps((key, calls, codes[index - 1]))  # this key, another text's code, the old digest
         damage = (raw[: len(raw) // 2],  # cut short
-                  b"\x00not marshal",
-                  marshal.dumps(("another text's key", marshal.loads(raw)[1])))  # another text's code
-        (folder / path.name).write_bytes(damage[index % 3])
+                  raw[:40] + bytes([raw[40] ^ 1]) + raw[41:],  # one bit flipped
+                  hashlib.sha256(foreign).digest() + foreign,  # sound, but another text's
+                  raw[:32] + swapped)
+        path.write_bytes(damage[index % 4])
     damaged = run("cached", str(folder), tmp_path)
     assert damaged["results"] == runs["plain"]["results"]
     assert damaged["stats"]["loaded"] == 0
     assert damaged["stats"]["stored"] == len(runs["files"])  # replaced by sound ones
     assert {key for key, _raw in stored(folder)} == {key for key, _raw in runs["files"]}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_a_file_of_another_users_or_that_others_may_write_is_not_loaded(runs: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    for index, path in enumerate(copy_of(runs, folder)):
+        if index % 2:
+            os.chown(path, 65534, 65534)
+        else:
+            path.chmod(0o666)
+    refused = run("cached", str(folder), tmp_path)
+    assert refused["results"] == runs["plain"]["results"]
+    assert refused["stats"]["loaded"] == 0 and refused["stats"]["stored"] == len(runs["files"])
+    assert all(path.stat().st_uid == os.geteuid() and path.stat().st_mode & 0o777 == 0o600
+               for path in folder.iterdir())
+
+
+def test_a_folder_that_vanishes_leaves_the_code_in_memory(runs: dict, tmp_path: Path) -> None:
+    gone = run("vanish", str(tmp_path / "cache"), tmp_path)
+    assert gone["results"] == runs["plain"]["results"] and gone["again"] == runs["plain"]["results"]
+    assert gone["stats"]["stored"] == 0 and gone["stats"]["hits"] >= gone["stats"]["compiled"] > 0
+
+
+PLAIN_FILTER = "class FilterModule:\n    def filters(self):\n        return {'shape': lambda value: f'plain:{value}'}\n"
+CONTEXT_FILTER = ("from jinja2 import pass_context\n\n\n@pass_context\ndef shape(context, value):\n"
+                  "    return f'context:{value}:{context.get(\"b\")}'\n\n\nclass FilterModule:\n"
+                  "    def filters(self):\n        return {'shape': shape}\n")
+
+
+def test_code_is_not_reused_once_a_filter_wants_its_arguments_otherwise(tmp_path: Path) -> None:
+    # Jinja compiles a call after the filter's pass_context mark: the same text with a filter of the same name that
+    # now wants the context (a user's filter_plugins, another version) is compiled again, here and from disk.
+    cases = [("template", "{{ a | shape }}", SHIPPED), ("conditional", "(a | shape) != 'x'", SHIPPED)]
+    folder, plugins = tmp_path / "cache", tmp_path / "filter_plugins"
+    plugins.mkdir()
+    (plugins / "shape.py").write_text(PLAIN_FILTER)
+    first = run("cached", str(folder), tmp_path, cases, ANSIBLE_FILTER_PLUGINS=str(plugins))
+    assert first["results"][0] == ["ok", repr("plain:3")] and first["stats"]["stored"] == 2
+    (plugins / "shape.py").write_text(CONTEXT_FILTER)
+    second = run("cached", str(folder), tmp_path, cases, ANSIBLE_FILTER_PLUGINS=str(plugins))
+    assert second["results"][0] == ["ok", repr("context:3:bee")]
+    assert second["results"][1] == ["ok", "True"]
+    assert second["stats"]["loaded"] == 0 and second["stats"]["compiled"] == 2
+    # And within one process: a folder of filters found first from the middle of the run on.
+    (plugins / "shape.py").write_text(PLAIN_FILTER)
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "shape.py").write_text(CONTEXT_FILTER)
+    midway = run("cached", "", tmp_path, cases, shadow=shadow, ANSIBLE_FILTER_PLUGINS=str(plugins))
+    assert midway["results"][0] == ["ok", repr("plain:3")]
+    assert midway["again"][0] == ["ok", repr("context:3:bee")], midway
+    assert midway["again"][1] == ["ok", "True"]
+
+
+def test_a_linked_folder_or_one_under_a_folder_others_may_change_is_not_used(runs: dict, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    open_parent = tmp_path / "open"
+    open_parent.mkdir()
+    open_parent.chmod(0o777)  # not sticky: anyone could swap the cache folder under it
+    for folder in (tmp_path / "link", open_parent / "cache"):
+        refused = run("cached", str(folder), tmp_path)
+        assert refused["folder"] is None, folder
+        assert refused["results"] == runs["plain"]["results"]
+        assert refused["stats"]["stored"] == 0
+    assert list(real.iterdir()) == [] and list((open_parent / "cache").iterdir()) == []
 
 
 def test_a_folder_others_may_write_to_is_not_used(runs: dict, tmp_path: Path) -> None:
