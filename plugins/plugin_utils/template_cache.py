@@ -14,9 +14,9 @@ from it (``Template.from_code``), which stays as Jinja does it. So:
   and their marks, which must still be the same at each reuse (a role's own ``filter_plugins`` may shadow a name
   later in the play); a worker inherits them as it forks;
 - the code of templates written in the collection's ``playbooks/`` and ``roles/`` (what every run and every trial
-  templates) is also kept on disk, in a private folder under the user's cache, so that the next process (the
-  next trial) loads it instead of compiling it. Nothing from elsewhere (extra vars, ``examples/``, a user's
-  playbook, inventory) is written: the folder only holds text the collection ships.
+  templates; not ``group_vars``/``host_vars`` there) is also kept on disk, in a private folder under the user's
+  cache, so that the next process (the next trial) loads it instead of compiling it. Nothing from elsewhere (extra
+  vars, ``examples/``, inventory, a playbook outside those folders) is written.
 
 The folder's files are loaded as code, so it is used only when nobody else can write to it or to a folder above
 it, each file is opened without following links, only if it is this user's and not writable by others, and only
@@ -39,7 +39,11 @@ import os
 import secrets
 import stat
 import sys
+import types
 import typing as t
+
+# The layout of an entry (key, calls, code): another layout is another key.
+ENTRY_FORMAT = 1
 
 try:
     import jinja2
@@ -58,7 +62,7 @@ try:
                  and hasattr(_engine.TemplateEngine, "_compile_expression"))
     # What compiled the code: an entry of another Python, Jinja or ansible-core is another key.
     TAG = (f"{sys.implementation.cache_tag}-{importlib.util.MAGIC_NUMBER.hex()}-jinja{jinja2.__version__}"
-           f"-ansible{ANSIBLE_CORE_VERSION}")
+           f"-ansible{ANSIBLE_CORE_VERSION}-entry{ENTRY_FORMAT}")
 except ImportError:  # pragma: no cover - depends on the installed ansible-core and Jinja
     SUPPORTED = False
     TAG = ""
@@ -155,9 +159,12 @@ def _load(key: str) -> tuple[tuple[tuple[str, str, str], ...], t.Any] | None:
         if hashlib.sha256(payload).digest() != digest:  # cut short, damaged: compiled instead
             return None
         stored_key, calls, code = marshal.loads(payload)
-    except Exception:  # whatever a damaged file raises, the template is compiled instead
+        if stored_key != key or not isinstance(code, types.CodeType):
+            return None
+        calls = tuple((str(kind), str(name), str(mark)) for kind, name, mark in calls)
+    except Exception:  # whatever a damaged or foreign file raises, the template is compiled instead
         return None
-    return (tuple(tuple(call) for call in calls), code) if stored_key == key else None
+    return calls, code
 
 
 def _store(key: str, calls: tuple[tuple[str, str, str], ...], code: t.Any) -> None:
@@ -167,6 +174,8 @@ def _store(key: str, calls: tuple[tuple[str, str, str], ...], code: t.Any) -> No
     created = False
     try:
         payload = marshal.dumps((key, calls, code))
+        if len(payload) + 32 > MAX_FILE_BYTES:  # never loaded: not written
+            return
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=_folder_fd)
         created = True
@@ -252,9 +261,8 @@ def _noting_origin(original: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
     # The engine still holds the source as Ansible tagged it (where it came from); Jinja's compile no longer does.
     @functools.wraps(original)
     def compile_noting_origin(self, source, options):
-        origin = Origin.get_tag(source)
-        token = _shipped.set(bool(origin and origin.path
-                                  and os.path.realpath(origin.path).startswith(SHIPPED_FOLDERS)))
+        origin = Origin.get_tag(source) if _folder_fd is not None else None
+        token = _shipped.set(bool(origin and origin.path and _is_shipped(origin.path)))
         try:
             return original(self, source, options)
         finally:
@@ -263,8 +271,17 @@ def _noting_origin(original: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
     return compile_noting_origin
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_shipped(path: str) -> bool:
+    # The collection's playbooks and roles, not the inventory variables Ansible reads beside them.
+    real = os.path.realpath(path)
+    return real.startswith(SHIPPED_FOLDERS) and not {"group_vars", "host_vars"} & set(real.split(os.sep))
+
+
 def default_folder() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):  # the XDG rule: a relative one is ignored
+        base = os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "mlops-vast", "templates", TAG)
 
 
@@ -274,12 +291,13 @@ def _private(info: os.stat_result, is_type: t.Callable[[int], bool]) -> bool:
 
 
 def _ancestors_safe(path: str) -> bool:
-    # Whoever may replace a folder on the way may replace the cache under it: only this user or root may write to
-    # each, or it is sticky (as /tmp), where nobody may move what others own.
+    # Whoever may replace a folder on the way may replace the cache under it: each must be this user's or root's,
+    # writable by nobody else (its group only when that is this user's own group, as under umask 002's user
+    # private groups), or sticky (as /tmp), where nobody may move what others own.
     while True:
         info = os.stat(path)
-        if info.st_uid not in (0, os.geteuid()) or (
-                info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX):
+        others_write = info.st_mode & stat.S_IWOTH or (info.st_mode & stat.S_IWGRP and info.st_gid != os.getegid())
+        if info.st_uid not in (0, os.geteuid()) or (others_write and not info.st_mode & stat.S_ISVTX):
             return False
         parent = os.path.dirname(path)
         if parent == path:
@@ -288,15 +306,25 @@ def _ancestors_safe(path: str) -> bool:
 
 
 def private_folder(path: str) -> int | None:
-    """An open descriptor of ``path`` (made if missing), or None unless it is a folder of this user's that nobody
-    else may write to, under folders nobody else may change (what it holds is loaded as code)."""
+    """An open descriptor of ``path``, or None unless it is a folder of this user's that nobody else may write to,
+    under folders nobody else may change (what it holds is loaded as code). Missing folders are made, each 0700
+    whatever the umask, and only under such a folder: never in another user's home, for example."""
+    path = os.path.abspath(path)
+    missing = []
+    existing = path
+    while not os.path.lexists(existing):
+        missing.append(existing)
+        existing = os.path.dirname(existing)
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        if not _ancestors_safe(os.path.realpath(existing if missing else os.path.dirname(path))):
+            return None
+        for folder in reversed(missing):
+            os.mkdir(folder, 0o700)
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        if not _private(os.fstat(fd), stat.S_ISDIR) or not _ancestors_safe(os.path.dirname(os.path.realpath(path))):
+        if not _private(os.fstat(fd), stat.S_ISDIR):
             os.close(fd)
             return None
         names = os.listdir(fd)
@@ -319,7 +347,7 @@ def install() -> bool:
         return False
     wanted = os.environ.get(DIR_VARIABLE)
     if wanted != "":
-        folder = default_folder() if wanted is None else wanted
+        folder = default_folder() if wanted is None else os.path.expanduser(wanted)
         _folder_fd = private_folder(folder)
         _folder = folder if _folder_fd is not None else None
     env_class = _jinja_bits.AnsibleEnvironment

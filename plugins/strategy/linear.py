@@ -35,9 +35,11 @@ description:
     kept on disk, so the next run, or a sweep's next trial, loads it instead of compiling it, in
     C(mlops-vast/templates/<python, Jinja and ansible-core versions>) under E(XDG_CACHE_HOME) (default
     C(~/.cache)); E(MLOPS_VAST_TEMPLATE_CACHE) names another folder, and an empty value keeps the code in memory
-    only. No other text is written there (not extra vars, not C(examples/), not a user's playbook). The folder is
-    used only when it is this user's, nobody else may write to it or to a folder above it (unless sticky, as
-    C(/tmp)), and it is not a link; a file in it is loaded only when it is this user's, not writable by others and
+    only. No other text is written there (not extra vars, not C(examples/), not C(group_vars) or C(host_vars), not
+    a playbook outside those folders; one saved inside them counts as the collection's). The folder is used only
+    when it is this user's, nobody else may write to it or to a folder above it (unless sticky, as C(/tmp), or
+    only this user's own group), and it is not a link; missing folders are made 0700, and never under a folder
+    that fails that test; a file in it is loaded only when it is this user's, not writable by others and
     matches the digest it carries.
   - An accelerator like mitogen's strategies. C(playbooks/sweep.yml) runs each trial with it (the variable
     C(sweep_trial_strategy), option O(mlops.vast.sweep#module:trial_strategy)), where many trials starting

@@ -23,6 +23,7 @@ from tests.conftest import REPO
 SHIPPED = str(REPO / "roles" / "train" / "tasks" / "main.yml")  # the origin Ansible gives text from that file
 ELSEWHERE = "/srv/users-own/playbook.yml"
 IN_THE_CHECKOUT = str(REPO / "examples" / "run.yml")  # a user's own variables, inside the checkout: not shipped
+INVENTORY_VARS = str(REPO / "playbooks" / "group_vars" / "all.yml")  # Ansible reads it beside the playbooks
 FOREIGN_TEXT = "users-own-text-"
 
 # (kind, source, origin): template or conditional; origin None is text with no file (extra vars, module results).
@@ -47,6 +48,7 @@ CASES = [
     ("template", FOREIGN_TEXT + "no file {{ b }}", None),
     ("conditional", f"'{FOREIGN_TEXT}cond' != b", ELSEWHERE),
     ("template", FOREIGN_TEXT + "HF_TOKEN=hf_x python train.py --lr {{ a }}", IN_THE_CHECKOUT),
+    ("template", FOREIGN_TEXT + "group vars {{ a }}", INVENTORY_VARS),
     ("template", "{{ a }} and {{ b }}", ELSEWHERE),  # shipped text, here from elsewhere: memory only
 ]
 
@@ -93,15 +95,18 @@ print(json.dumps(report))
 
 
 def run(mode: str, cache: str | None, tmp_path: Path, cases: list | None = None, shadow: Path | None = None,
-        **env_extra: str) -> dict:
+        umask: int = 0o022, **env_extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MLOPS_VAST_"))}
-    env.update(HOME=str(tmp_path / "home"), ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-               ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-local"), **env_extra)
+    env.update({"HOME": str(tmp_path / "home"), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+                "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"), **env_extra})
+    if "XDG_CACHE_HOME" not in env_extra:  # the caller's own must not take the cache elsewhere
+        env.pop("XDG_CACHE_HOME", None)
     if cache is not None:
         env["MLOPS_VAST_TEMPLATE_CACHE"] = cache
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO / ".collections"), json.dumps(cases or CASES),
                            mode, *([str(shadow)] if shadow else [])],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          preexec_fn=lambda: os.umask(umask))
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -196,11 +201,13 @@ def test_damaged_or_foreign_files_are_compiled_again(runs: dict, tmp_path: Path)
         key, calls, code = marshal.loads(raw[32:])
         foreign = marshal.dumps(("another text's key", calls, code))
         swapped = marshal.dumps((key, calls, codes[index - 1]))  # this key, another text's code, the old digest
+        other_layout = marshal.dumps((key, 5, code))
         damage = (raw[: len(raw) // 2],  # cut short
                   raw[:40] + bytes([raw[40] ^ 1]) + raw[41:],  # one bit flipped
                   hashlib.sha256(foreign).digest() + foreign,  # sound, but another text's
-                  raw[:32] + swapped)
-        path.write_bytes(damage[index % 4])
+                  raw[:32] + swapped,
+                  hashlib.sha256(other_layout).digest() + other_layout)  # sound, of another layout
+        path.write_bytes(damage[index % 5])
     damaged = run("cached", str(folder), tmp_path)
     assert damaged["results"] == runs["plain"]["results"]
     assert damaged["stats"]["loaded"] == 0
@@ -272,7 +279,31 @@ def test_a_linked_folder_or_one_under_a_folder_others_may_change_is_not_used(run
         assert refused["folder"] is None, folder
         assert refused["results"] == runs["plain"]["results"]
         assert refused["stats"]["stored"] == 0
-    assert list(real.iterdir()) == [] and list((open_parent / "cache").iterdir()) == []
+    assert list(real.iterdir()) == [] and not (open_parent / "cache").exists()  # nothing made under it
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a home of another user's")
+def test_nothing_is_made_in_another_users_home(runs: dict, tmp_path: Path) -> None:
+    # root with a user's HOME (sudo -E): that user's ~/.cache must not become root's.
+    home = tmp_path / "someone"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    theirs = run("cached", None, tmp_path, HOME=str(home))
+    assert theirs["folder"] is None and theirs["results"] == runs["plain"]["results"]
+    assert list(home.iterdir()) == []
+
+
+def test_a_umask_that_opens_new_folders_to_the_group_does_not_disable_the_cache(runs: dict, tmp_path: Path) -> None:
+    base = tmp_path / "xdg"
+    first = run("cached", None, tmp_path, umask=0o002, XDG_CACHE_HOME=str(base))
+    assert first["folder"] is not None and first["folder"].startswith(str(base / "mlops-vast" / "templates"))
+    assert first["stats"]["stored"] > 0
+    made = Path(first["folder"])
+    while made != base:
+        assert made.stat().st_mode & 0o777 == 0o700, made
+        made = made.parent
+    again = run("cached", None, tmp_path, umask=0o002, XDG_CACHE_HOME=str(base))
+    assert again["stats"]["loaded"] > 0 and again["results"] == runs["plain"]["results"]
 
 
 def test_a_folder_others_may_write_to_is_not_used(runs: dict, tmp_path: Path) -> None:
