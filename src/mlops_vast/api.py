@@ -794,10 +794,7 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
             # playbooks stopped first (each in its own session, so killing the sweep's playbook left them running,
             # and one recovering would rent again).
             _kill_trial_playbooks(watcher.trials())
-            # Only what is still open: the scheduler's own teardowns may have finished the others (a second pull
-            # into the same folder, or a teardown of a trial that never started, would only do harm).
-            still_open = {str(c.get("label")) for c in open_contracts(ledger_path(ctx.env()))}
-            stopped = [trial for trial in watcher.trials() if trial.get("label") in still_open]
+            stopped = _trials_still_open(watcher.trials(), ledger_path(ctx.env()), emit, name)
             _teardown(ctx, [_teardown_vars(trial["label"], Path(trial.get("results_dir") or results_dir), merged,
                                            float(trial.get("started_at") or started)) for trial in stopped],
                       results_dir)
@@ -809,6 +806,19 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
         return result
     finally:
         ctx.close()
+
+
+def _trials_still_open(trials: list[dict[str, Any]], ledger: Path, emit: Callable[[ev.Event], None],
+                       run_name: str) -> list[dict[str, Any]]:
+    """The trials of a cancelled sweep that still hold an instance, by the ledger: the scheduler's own teardowns
+    may have finished the others (a second pull into the same folder, or a teardown of a trial that never started,
+    would only do harm). A ledger that cannot be read says nothing: then every trial is torn down."""
+    try:
+        still_open = {str(c.get("label")) for c in open_contracts(ledger)}
+    except InputError as exc:
+        emit(ev.Warning(run=run_name, message=f"{exc}: tearing down every trial"))
+        return list(trials)
+    return [trial for trial in trials if trial.get("label") in still_open]
 
 
 class _SweepWatcher:

@@ -301,3 +301,20 @@ def test_spend_goes_on_from_the_replaced_instance_never_back() -> None:
     later = ev.merge("r", None, {"instance_id": 2, "spent_usd": 0.0003}, replaced)
     assert later.spent_usd == 0.001
     assert [type(e).__name__ for e in ev.diff(replaced, later)] == ["Spend"]
+
+
+def test_a_cancelled_sweep_tears_down_the_trials_the_ledger_holds_open_or_all_when_it_cannot_be_read(
+        tmp_path: Path) -> None:
+    trials = [{"label": "t-a"}, {"label": "t-b"}, {"label": "t-c"}]
+    ledger = tmp_path / "contracts.jsonl"
+    ledger.write_text("".join(json.dumps(line) + "\n" for line in (
+        {"event": "created", "id": 1, "label": "t-a", "api_url": "http://x"},
+        {"event": "created", "id": 2, "label": "t-b", "api_url": "http://x"},
+        {"event": "destroyed", "id": 1, "api_url": "http://x"})))
+    said: list[ev.Event] = []
+    assert api._trials_still_open(trials, ledger, said.append, "s") == [{"label": "t-b"}]
+    assert said == []
+    # A ledger that is there but cannot be read (here a folder) says nothing of what bills: all are torn down.
+    assert api._trials_still_open(trials, tmp_path, said.append, "s") == trials
+    assert len(said) == 1 and isinstance(said[0], ev.Warning)
+    assert "cannot read the contract ledger" in said[0].message and "every trial" in said[0].message
