@@ -50,7 +50,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.training_log import (
     LAST_LINES,
     DivergenceStreak,
     LogFollower,
-    metrics_from_tail,
+    Metrics,
 )
 from ansible_collections.mlops.vast.plugins.plugin_utils.watch_decisions import (
     GONE_OUTCOMES,
@@ -242,8 +242,11 @@ class Watcher:
         self.follower = LogFollower(log_format=params["log_format"], traceback_regex=params["traceback_regex"] or None,
                                     summary_regex=params["summary_regex"] or None,
                                     logging_steps=params["logging_steps"], diverge_factor=params["diverge_factor"])
-        # With a metrics file, its newest record at each poll: each step counted once.
-        self.metrics_file_divergence = DivergenceStreak(params["diverge_factor"])
+        # The metrics file, followed as the log is: its records, once they come, outrank the log's.
+        self.metrics_follower = (LogFollower(log_format=params["log_format"], traceback_regex=None, summary_regex=None,
+                                             logging_steps=params["logging_steps"],
+                                             diverge_factor=params["diverge_factor"])
+                                 if params["metrics_file"] else None)
         self.limits = Limits(max_runtime=params["max_runtime"], stall_timeout=params["stall_timeout"],
                              reconnect_timeout=params["reconnect_timeout"], timeout=params["timeout"],
                              diverge_records=params["diverge_records"])
@@ -256,7 +259,6 @@ class Watcher:
         self.connection_failures = 0
         self.last_failure: str | None = None
         self.unreachable_since: float | None = None
-        self.metrics_file_metrics = None
         self.exit_code: int | None = None
         self.exit_code_raw: str | None = None
         self.tmux: bool | None = None
@@ -370,6 +372,7 @@ class Watcher:
             run_dir=self.p["run_dir"], log_file=self.p["log_file"], exit_code_file=self.p["exit_code_file"],
             tmux_session=self.p["tmux_session"], marker=self.marker, log_offset=self.follower.next_offset(),
             gpu_util=self.p["gpu_util"], metrics_file=self.p["metrics_file"],
+            metrics_offset=self.metrics_follower.next_offset() if self.metrics_follower else 0,
             status_file=self.p["status_file"] if want_status and self.p["status_file"] else None,
             # Until it has been read (it outranks STATUS.md): the wrapper may not have written it yet.
             started_file=self.p["started_file"] if self.p["started_file"] and self.run_started_source not in (
@@ -409,13 +412,8 @@ class Watcher:
                 if started is not None:
                     self.run_started, self.run_started_source = started, self.p["status_file"]
         self.follower.feed(snap.log_size, snap.log_start, snap.log_data)
-        if self.p["metrics_file"]:
-            found = metrics_from_tail(snap.metrics_text or "", self.p["log_format"])
-            if found is not None:
-                self.metrics_file_metrics = (found, snap.metrics_text)
-                # The newest record, read again at every poll until a newer one comes: counted once.
-                self.metrics_file_divergence.observe(found.loss, found.step, found.grad_norm,
-                                                     key=(found.step, snap.metrics_text[-300:]))
+        if self.metrics_follower is not None:
+            self.metrics_follower.feed(snap.metrics_size, snap.metrics_start, snap.metrics_data)
 
     def long_poll_s(self) -> float:
         """How long this poll may wait on the host for the exit code: not on the first poll (it reads the state as it
@@ -437,19 +435,19 @@ class Watcher:
 
     # ----------------------------------------------------------------------------- state
 
-    def metrics(self):
-        if self.metrics_file_metrics is not None:
-            return self.metrics_file_metrics[0]
-        return self.follower.metrics
+    def training_records(self) -> LogFollower:
+        """Where step, loss and divergence are read: the metrics file once it holds a training record, else the log."""
+        metrics_file = self.metrics_follower
+        return metrics_file if metrics_file is not None and metrics_file.metric_lines else self.follower
+
+    def metrics(self) -> Metrics:
+        return self.training_records().metrics
 
     def divergence(self) -> DivergenceStreak:
-        return self.follower.divergence if self.metrics_file_metrics is None else self.metrics_file_divergence
+        return self.training_records().divergence
 
     def progress_token(self) -> tuple[Any, ...]:
-        if self.metrics_file_metrics is not None:
-            metrics, text = self.metrics_file_metrics
-            return ("step", metrics.step) if metrics.step is not None else ("metrics", text[-300:])
-        return self.follower.progress_token()
+        return self.training_records().progress_token()
 
     def run_elapsed(self) -> tuple[float | None, str]:
         if self.run_started is not None:

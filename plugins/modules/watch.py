@@ -107,8 +107,10 @@ options:
     default: hf
   metrics_file:
     description:
-      - A JSON-lines metrics file to read step, loss and reward from instead of the log. Tracebacks and the
-        summary marker are still looked for in the log.
+      - A JSON-lines metrics file to read step, loss and reward from instead of the log, once it holds a training
+        record. It is followed as the log is, each poll reading what was added since the last (at most 256 KiB; a
+        file that shrank is read again from its start). Tracebacks and the summary marker are still looked for in
+        the log.
     type: str
   logging_steps:
     description:
@@ -158,9 +160,10 @@ options:
         0.0 logged with a grad_norm that is not finite counts too (the Hugging Face Trainer's
         C(logging_nan_inf_filter), on by default, logs a window of NaN losses so), and with O(diverge_factor) a
         loss above that many times the lowest positive loss so far.
-      - A sane record ends the streak; records without a loss (reward only) do not count. With O(metrics_file) the
-        newest record at each poll is what counts. RV(triage.divergence.last_clean_step) says after which step
-        checkpoints may hold the diverged weights. C(0) disables the rule.
+      - A sane record ends the streak; records without a loss (reward only) do not count. With O(metrics_file)
+        its records are the ones counted, every one of them, as the log's would be.
+        RV(triage.divergence.last_clean_step) says after which step checkpoints may hold the diverged weights.
+        C(0) disables the rule.
     type: int
     default: 3
   diverge_factor:

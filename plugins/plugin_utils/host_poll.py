@@ -31,6 +31,7 @@ class PollRequest:
     marker: str
     log_offset: int = 0
     chunk: int = LOG_CHUNK
+    metrics_offset: int = 0
     gpu_util: bool = True
     metrics_file: str | None = None
     status_file: str | None = None  # read STATUS.md this time
@@ -84,17 +85,26 @@ def poll_script(req: PollRequest) -> str:
         lines.append(f'if [ -f {q(req.status_file)} ]; then echo "$M begin status"; head -c 8192 {q(req.status_file)}; '
                      'echo; echo "$M end status"; fi')
     if req.metrics_file:
-        lines.append(f'if [ -f {q(req.metrics_file)} ]; then echo "$M begin metrics"; tail -n 5 {q(req.metrics_file)} '
-                     '| head -c 65536; echo; echo "$M end metrics"; fi')
-    lines += [
-        f'Z=$(stat -c %s "$L" 2>/dev/null || echo -1); O={int(req.log_offset)}',
-        '[ "$Z" -ge 0 ] && [ "$Z" -lt "$O" ] && O=0',
-        f'[ $((Z - O)) -gt {int(req.chunk)} ] && O=$((Z - {int(req.chunk)}))',
-        'echo "$M log $Z $O"',
-        'if [ "$Z" -gt "$O" ]; then tail -c +$((O + 1)) "$L" | head -c $((Z - O)); fi',
-    ]
+        # Followed from where the last poll stopped, as the log is, so that every record counts (a burst of NaN
+        # records between two polls is a streak), not only the newest. Its bytes end just before the log line.
+        lines += _follow(f"F={q(req.metrics_file)}", "F", "Y", "P", req.metrics_offset, req.chunk, "metrics")
+        lines[-1] += "; echo"
+    lines += _follow("", "L", "Z", "O", req.log_offset, req.chunk, "log")
     # No newline at the end: Ansible appends " && sleep 0" to the last line.
     return "\n".join(lines)
+
+
+def _follow(setup: str, file: str, size: str, start: str, offset: int, chunk: int, name: str) -> list[str]:
+    """sh lines that print ``$M <name> <size> <start>`` and the file's bytes from ``offset`` (from the start if
+    the file shrank, the last ``chunk`` bytes if more came)."""
+    return [
+        f'{setup}{"; " if setup else ""}{size}=$(stat -c %s "${file}" 2>/dev/null || echo -1); {start}={int(offset)}',
+        f'[ "${size}" -ge 0 ] && [ "${size}" -lt "${start}" ] && {start}=0',
+        f'[ $(({size} - {start})) -gt {int(chunk)} ] && {start}=$(({size} - {int(chunk)}))',
+        f'echo "$M {name} ${size} ${start}"',
+        f'if [ "${size}" -gt "${start}" ]; then tail -c +$(({start} + 1)) "${file}" '
+        f'| head -c $(({size} - {start})); fi',
+    ]
 
 
 @dataclass
@@ -110,7 +120,9 @@ class Snapshot:
     gpu_util: list[int] | None = None
     status_text: str | None = None
     started_text: str | None = None
-    metrics_text: str | None = None
+    metrics_size: int | None = None  # None: no metrics file (or none asked for)
+    metrics_start: int = 0
+    metrics_data: str = ""
     log_size: int | None = None
     log_start: int = 0
     log_data: str = ""
@@ -123,6 +135,7 @@ def parse_poll(stdout: str, marker: str) -> Snapshot:
     if sep:
         snap.ok = True
         snap.log_data = data
+        head = _split_metrics(head, marker, snap)
     section: str | None = None
     body: list[str] = []
     for line in head.splitlines():
@@ -140,8 +153,6 @@ def parse_poll(stdout: str, marker: str) -> Snapshot:
             text = "\n".join(body).strip("\n")
             if section == "status":
                 snap.status_text = text
-            elif section == "metrics":
-                snap.metrics_text = text
             section = None
         elif key == "nodir":
             snap.run_dir_exists = False
@@ -164,11 +175,27 @@ def parse_poll(stdout: str, marker: str) -> Snapshot:
             utils = [round(v) for v in (_float(w) for w in value.replace(",", " ").split()) if v is not None]
             snap.gpu_util = utils or None
         elif key == "log":
-            parts = value.split()
-            size = int(parts[0]) if parts and _is_int(parts[0]) else -1
-            snap.log_size = size if size >= 0 else None
-            snap.log_start = int(parts[1]) if len(parts) > 1 and _is_int(parts[1]) else 0
+            snap.log_size, snap.log_start = _size_and_start(value)
     return snap
+
+
+def _size_and_start(value: str) -> tuple[int | None, int]:
+    parts = value.split()
+    size = int(parts[0]) if parts and _is_int(parts[0]) else -1
+    return (size if size >= 0 else None), (int(parts[1]) if len(parts) > 1 and _is_int(parts[1]) else 0)
+
+
+def _split_metrics(head: str, marker: str, snap: Snapshot) -> str:
+    """Takes the metrics file's bytes (between its line and the log line, which ``head`` ends with) out of
+    ``head`` into ``snap``; what is left is read line by line."""
+    match = re.search(rf"(?m)^{re.escape(marker)} metrics ([^\n]*)\n", head)
+    log_line = re.search(rf"(?m)^{re.escape(marker)} log ", head)
+    if not match or not log_line or log_line.start() < match.end():
+        return head
+    snap.metrics_size, snap.metrics_start = _size_and_start(match.group(1))
+    data = head[match.end():log_line.start()]
+    snap.metrics_data = data[:-1] if data.endswith("\n") else data  # the newline the script adds
+    return head[:match.start()] + head[log_line.start():]
 
 
 def _split_log(stdout: str, marker: str) -> tuple[str, bool, str]:

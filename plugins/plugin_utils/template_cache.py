@@ -92,8 +92,10 @@ class Stats:
 
 
 stats = Stats()
-# key -> (the filters and tests the code calls with their marks, the code)
-_codes: dict[str, tuple[tuple[tuple[str, str, str], ...], t.Any]] = {}
+# The filters and tests a compiled code calls, each as (filter or test, name, the function's mark).
+Calls = tuple[tuple[str, str, str], ...]
+# key -> (what the code calls, the code)
+_codes: dict[str, tuple[Calls, t.Any]] = {}
 _folder: str | None = None
 _folder_fd: int | None = None
 # Set while Ansible compiles a template or conditional that came from the collection's playbooks or roles.
@@ -125,24 +127,28 @@ def _mark(mapping: t.Any, name: str) -> str:
     return "missing" if function is None else str(_PassArg.from_obj(function))
 
 
-def _calls(env: t.Any, tree: t.Any) -> tuple[tuple[str, str, str], ...]:
+def _plugins(env: t.Any, kind: str) -> t.Any:
+    return env.filters if kind == "filter" else env.tests
+
+
+def _calls(env: t.Any, tree: t.Any) -> Calls:
     """The filters and tests the compiled code calls, each with its mark as this environment resolves it now."""
     found = []
-    for node_type, kind, mapping in ((nodes.Filter, "filter", env.filters), (nodes.Test, "test", env.tests)):
+    for node_type, kind in ((nodes.Filter, "filter"), (nodes.Test, "test")):
         for name in sorted({node.name for node in tree.find_all(node_type)}):
-            found.append((kind, name, _mark(mapping, name)))
+            found.append((kind, name, _mark(_plugins(env, kind), name)))
     return tuple(found)
 
 
-def _calls_hold(env: t.Any, calls: tuple[tuple[str, str, str], ...]) -> bool:
-    return all(_mark(env.filters if kind == "filter" else env.tests, name) == mark for kind, name, mark in calls)
+def _calls_hold(env: t.Any, calls: Calls) -> bool:
+    return all(_mark(_plugins(env, kind), name) == mark for kind, name, mark in calls)
 
 
 def _file_name(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _load(key: str) -> tuple[tuple[tuple[str, str, str], ...], t.Any] | None:
+def _load(key: str) -> tuple[Calls, t.Any] | None:
     if _folder_fd is None or not _shipped.get():
         return None
     try:
@@ -167,7 +173,7 @@ def _load(key: str) -> tuple[tuple[tuple[str, str, str], ...], t.Any] | None:
     return calls, code
 
 
-def _store(key: str, calls: tuple[tuple[str, str, str], ...], code: t.Any) -> None:
+def _store(key: str, calls: Calls, code: t.Any) -> None:
     if _folder_fd is None or not _shipped.get():
         return
     name, temporary = _file_name(key), f".tmp-{os.getpid()}-{secrets.token_hex(6)}"
@@ -190,7 +196,7 @@ def _store(key: str, calls: tuple[tuple[str, str, str], ...], code: t.Any) -> No
                 os.unlink(temporary, dir_fd=_folder_fd)
 
 
-def _remember(env: t.Any, key: str | None, compile_it: t.Callable[[], tuple[tuple[tuple[str, str, str], ...], t.Any]]
+def _remember(env: t.Any, key: str | None, compile_it: t.Callable[[], tuple[Calls, t.Any]]
               ) -> t.Any:
     if key is None:
         return compile_it()[1]
@@ -221,7 +227,7 @@ def _cached_compile(original: t.Callable[..., t.Any]) -> t.Callable[..., t.Any]:
         if key is None:
             return original(self, source, name, filename, raw, defer_init)
 
-        def compile_it() -> tuple[tuple[tuple[str, str, str], ...], t.Any]:
+        def compile_it() -> tuple[Calls, t.Any]:
             code = original(self, source, name, filename, raw, defer_init)  # Jinja's own errors, as they were
             return _calls(self, self._parse(source, name, filename)), code
 
@@ -237,7 +243,7 @@ def _cached_compile_expression(original: t.Callable[..., t.Any]) -> t.Callable[.
         if key is None:
             return original(self, source, undefined_to_none)
 
-        def compile_it() -> tuple[tuple[tuple[str, str, str], ...], t.Any]:
+        def compile_it() -> tuple[Calls, t.Any]:
             # Jinja's own compile_expression (3.1), up to the code object, which Jinja does not keep.
             parser = Parser(self, source, state="variable")
             try:

@@ -138,8 +138,7 @@ class DivergenceStreak:
     a ``factor``, when its loss is above ``factor`` times the lowest positive loss so far. A record with a sane loss
     ends the streak; a record without a loss (reward only) leaves it as it is. A record is clean when it is sane
     and its grad_norm (if logged) is finite: checkpoints saved after the last clean record may hold the diverged
-    weights. With a ``key``, a record already observed under the same key is not counted again (a metrics file
-    whose newest record is read at every poll).
+    weights.
     """
 
     def __init__(self, factor: float | None = None) -> None:
@@ -150,13 +149,11 @@ class DivergenceStreak:
         self.lowest: float | None = None  # the lowest positive loss of a sane record
         self.last_loss: float | None = None
         self.last_kind = ""
-        self._last_key: Any = None
         self._last_step: Any = None
 
-    def observe(self, loss: Any, step: Any = None, grad_norm: Any = None, *, key: Any = None) -> None:
-        if loss is None or (key is not None and key == self._last_key):
+    def observe(self, loss: Any, step: Any = None, grad_norm: Any = None) -> None:
+        if loss is None:
             return
-        self._last_key = key
         if _before(step, self._last_step) and _before(step, self.last_clean_step):
             # The steps went back: an attempt resumed from an earlier checkpoint (its log appended to the last
             # one's). Cleanness of the earlier attempt's later steps says nothing of this one's.
@@ -370,12 +367,3 @@ class LogFollower:
             return ("records", self.metric_lines, self.metrics.epoch)
         return ("bytes", self.size, len(self.partial))
 
-
-def metrics_from_tail(text: str, log_format: str = "jsonl") -> Metrics | None:
-    """The newest training record among the last lines of a metrics file."""
-    for line in reversed(text.splitlines()):
-        record = parse_record(line, log_format)
-        metrics = training_metrics(record) if record is not None else None
-        if metrics is not None:
-            return metrics
-    return None

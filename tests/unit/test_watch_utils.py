@@ -89,11 +89,6 @@ def test_training_metrics_picks_step_loss_reward_epoch() -> None:
     assert tl.training_metrics({"loss": True, "step": "10"}) is None
 
 
-def test_metrics_from_tail_takes_the_newest_record() -> None:
-    text = '{"step": 1, "loss": 0.9}\n{"step": 2, "loss": 0.8}\n{"note": "checkpoint"}\n{"step": 3, "lo'
-    assert tl.metrics_from_tail(text) == tl.Metrics(step=2, loss=0.8)
-    assert tl.metrics_from_tail("") is None
-
 
 # ------------------------------------------------------------------------------------- log follower
 
@@ -290,13 +285,7 @@ def test_divergence_factor_edges() -> None:
     assert tl.DivergenceStreak(factor=0).factor is None
 
 
-def test_divergence_streak_counts_a_reread_record_once_and_breaks_on_a_gap() -> None:
-    streak = tl.DivergenceStreak()
-    for _poll in range(5):
-        streak.observe(math.nan, None, key=(None, '{"loss": NaN}'))  # no step: the record's text is its identity
-    assert streak.count == 1
-    streak.observe(math.inf, 40, key=(40, '{"step": 40, "loss": Infinity}'))
-    assert streak.count == 2
+def test_divergence_streak_breaks_on_a_gap() -> None:
     follower = tl.LogFollower()
     feed_text(follower, "{'loss': nan, 'step': 10}\n{'loss': nan, 'step': 20}\n")
     follower.feed(10_000, 9_000, "{'loss': nan, 'step': 900}\n")  # the lines between were skipped unread
@@ -530,7 +519,9 @@ def test_poll_script_reads_everything_in_one_command(fake_host: dict[str, Any]) 
     assert abs(snap.host_now - time.time()) < 5
     assert snap.status_text == "- started_at: 2026-05-01T10:00:00Z"
     assert snap.started_text == "1777629600"
-    assert tl.metrics_from_tail(snap.metrics_text) == tl.Metrics(step=2, loss=0.9)
+    metrics_bytes = len('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n')
+    assert (snap.metrics_size, snap.metrics_start, snap.metrics_data) == (
+        metrics_bytes, 0, '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n')
     assert (snap.log_size, snap.log_start, snap.log_data) == (len("loading\n" + HF[0] + "\n"), 0,
                                                               "loading\n" + HF[0] + "\n")
     # The run ends: exit code written, session gone; the next poll reads only the new bytes.
@@ -538,11 +529,24 @@ def test_poll_script_reads_everything_in_one_command(fake_host: dict[str, Any]) 
         log.write(SUMMARY + "\n")
     (run / "EXIT_CODE").write_text("0\n")
     (run / "alive-run_r1").unlink()
+    with open(run / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 3, "loss": 0.8}\n{"step": 4, "lo')  # a record still being written
     offset = len("loading\n" + HF[0] + "\n")
-    snap, _ = run_poll(fake_host, request(log_offset=offset, gpu_util=False))
+    snap, _ = run_poll(fake_host, request(log_offset=offset, gpu_util=False, metrics_file="metrics.jsonl",
+                                          metrics_offset=metrics_bytes))
     assert (snap.exit_code, snap.tmux, snap.gpu_util) == (0, False, None)
     assert (snap.status_text, snap.started_text) == (None, None), "neither was asked for"
     assert (snap.log_start, snap.log_data) == (offset, SUMMARY + "\n")
+    assert (snap.metrics_start, snap.metrics_data) == (metrics_bytes, '{"step": 3, "loss": 0.8}\n{"step": 4, "lo'), \
+        "only the new bytes, the unfinished line as it is"
+    # A metrics file rewritten shorter is read from its start; none at all is told apart from an empty one.
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    snap, _ = run_poll(fake_host, request(metrics_file="metrics.jsonl", metrics_offset=metrics_bytes))
+    assert (snap.metrics_size, snap.metrics_start, snap.metrics_data) == (12, 0, '{"step": 1}\n')
+    assert (snap.log_start, snap.log_data) == (0, "loading\n" + HF[0] + "\n" + SUMMARY + "\n")
+    (run / "metrics.jsonl").unlink()
+    snap, _ = run_poll(fake_host, request(metrics_file="metrics.jsonl", metrics_offset=12))
+    assert snap.ok and (snap.metrics_size, snap.metrics_data) == (None, "")
 
 
 def test_poll_script_tells_a_restarted_container_by_its_first_process(fake_host: dict[str, Any]) -> None:
@@ -799,7 +803,7 @@ def test_loop_diverged_stops_a_run_whose_loss_went_nan(fake_host: dict[str, Any]
                                               "lowest_loss": 0.5123}
     for name in ("run.log",):
         (fake_host["run"] / name).unlink()
-    # The metrics file's newest record, read at every poll, counts once per step.
+    # The metrics file is followed: a record read once counts once, however many polls come after it.
     metrics = fake_host["run"] / "metrics.jsonl"
     metrics.write_text('{"step": 10, "loss": 0.7}\n')
 
@@ -820,6 +824,15 @@ def test_loop_diverged_stops_a_run_whose_loss_went_nan(fake_host: dict[str, Any]
     result, _ = run_watch(fake_host, script, poll_interval=30, diverge_records=2, metrics_file="metrics.jsonl",
                           log_format="jsonl", stall_timeout=0, timeout=200)
     assert result["outcome"] == "timeout" and result["triage"]["divergence"]["records"] == 1, result["msg"]
+    metrics.unlink()
+    # Every record counts, not only each poll's newest: a burst of NaN between two polls is a streak at once.
+    metrics.write_text('{"step": 10, "loss": 0.7}\n')
+    script = {1: start_run, 2: lambda run: [nan_at(step)(run) for step in (20, 30, 40)]}
+    result, _ = run_watch(fake_host, script, poll_interval=30, diverge_records=3, metrics_file="metrics.jsonl",
+                          log_format="jsonl", stall_timeout=0, timeout=400)
+    assert result["outcome"] == "diverged" and result["polls"] == 2, result["msg"]
+    assert result["triage"]["divergence"] == {"records": 3, "since_step": 20, "last_clean_step": 10,
+                                              "lowest_loss": 0.7}
     metrics.unlink()
 
 
