@@ -24,6 +24,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.release import __version__ as ANSIBLE_CORE_VERSION
 from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger, default_ledger_path
+from ansible_collections.mlops.vast.plugins.plugin_utils import var_files
 from ansible_collections.mlops.vast.plugins.plugin_utils.contract import plain_errors, problems, validated
 from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import Target as TeardownTarget
 from ansible_collections.mlops.vast.plugins.plugin_utils.interrupt_teardown import teardown_argv, wait_or_destroy
@@ -174,10 +175,10 @@ class ActionModule(ActionBase):
             run_vars = dict(trial.run_vars)
             if trial.cap_usd:
                 run_vars["run_max_total_usd"] = trial.cap_usd
-            vars_file = os.path.join(private_dir, f"{trial.id}.json")
-            fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(run_vars, handle)
+            vars_file = os.path.join(private_dir, f"{trial.id}.yml")
+            # Every value was templated here already (sweep.yml's templating, then the trial's parameters): the
+            # trial's playbook must not template it again ({#...#} in a value would vanish, {{ x }} fail).
+            var_files.write(vars_file, run_vars, unsafe=True)
             env = trial_environment(os.environ, progress_file=os.path.join(trial.results_dir, "progress.json"),
                                     strategy=strategy)
             log = open(os.path.join(trial.results_dir, "ansible.log"), "ab")  # noqa: SIM115 - the child keeps it
@@ -205,7 +206,7 @@ class ActionModule(ActionBase):
                                   {"id": trial.id, "label": trial.label, "params": trial.params,
                                    "trains": training_digests(trial.run_vars), "row": trial.row})
             with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(private_dir, f"{trial.id}.json"))
+                os.remove(os.path.join(private_dir, f"{trial.id}.yml"))
 
         def teardown(stopped: Sequence[Trial]) -> None:
             env = {**plain_environment(os.environ), "MLOPS_VAST_GUARD": "off"}

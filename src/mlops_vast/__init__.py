@@ -15,7 +15,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = {"train", "sweep", "RunResult", "SweepResult", "TrialRow"}
+_API = {"train", "sweep", "unsafe", "RunResult", "SweepResult", "TrialRow"}
 _EVENTS = {"Event", "PhaseChanged", "Progress", "Spend", "Warning", "TrialStateChanged", "Finished", "Snapshot"}
 __all__ = sorted(_API | _EVENTS | {"InputError", "__version__"})
 

@@ -37,11 +37,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mlops_vast import _keys
 from mlops_vast import events as ev
-from mlops_vast.inputs import InputError, check_api_url, check_run, check_sweep, collection_root, load_vars
+from mlops_vast.inputs import (
+    InputError,
+    check_api_url,
+    check_run,
+    check_sweep,
+    collection_module,
+    collection_root,
+    load_vars,
+)
 from mlops_vast.ledger import ledger_path, open_contracts
 
 EventHandler = Callable[[ev.Event], Any]
@@ -193,9 +199,8 @@ class _Context:
 
     def var_file(self, name: str, data: dict[str, Any]) -> Path:
         path = self.scratch / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump(data, handle, sort_keys=False)
+        # Text marked !unsafe (mlops_vast.unsafe(), or read so from a file) stays so for the playbook.
+        collection_module(self.root, "var_files", "plugin_utils").write(path, data)
         return path
 
     def close(self) -> None:
@@ -531,6 +536,12 @@ class _Interrupted(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- train
+
+
+def unsafe(text: str) -> str:
+    """``text`` as YAML's ``!unsafe`` marks it: the playbook uses it as written and never templates it (a prompt
+    template with ``{{ }}``, a shell ``${#ARR[@]}``), in a run or sweep given as a dict."""
+    return collection_module(collection_root(), "var_files", "plugin_utils").UnsafeText(text)
 
 
 def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandler | None = None,

@@ -61,7 +61,8 @@ def load_vars(source: dict[str, Any] | str | os.PathLike[str], what: str,
     if not path.is_file():
         raise InputError(f"{what} file {path} does not exist" if not path.exists() else f"{path} is not a file")
     try:
-        data = yaml.safe_load(path.read_text())
+        # As ansible-playbook reads -e @FILE: !unsafe marks text the playbook must not template.
+        data = collection_module(collection_root(), "var_files", "plugin_utils").load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
