@@ -55,6 +55,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import 
     MIN_TRIAL_USD,
     Budget,
     Scheduler,
+    SweepLock,
     Trial,
     settle_row,
     trial_environment,
@@ -155,6 +156,19 @@ class ActionModule(ActionBase):
             return result
 
         os.makedirs(results_dir, exist_ok=True)
+        lock = SweepLock(results_dir, args["name"])
+        try:
+            lock.acquire()
+        except SweepSpecError as exc:
+            _fail(str(exc))
+        try:
+            return self._run_trials(result, args, trials, bases, floor, run_cap, results_dir, playbook_dir)
+        finally:
+            lock.release()
+
+    def _run_trials(self, result: dict[str, Any], args: dict[str, Any], trials: list[Trial],
+                    bases: list[dict[str, Any]], floor: dict[str, Any], run_cap: float, results_dir: str,
+                    playbook_dir: str) -> dict[str, Any]:
         strategy = trial_strategy(args["trial_strategy"], C.config.get_config_value_and_origin("DEFAULT_STRATEGY")[1],
                                   ANSIBLE_CORE_VERSION)
         reused, retrained = self._reuse_completed(trials) if args["rerun"] == "skip_completed" else (0, {})
@@ -384,7 +398,9 @@ class ActionModule(ActionBase):
             except (OSError, ValueError):
                 continue
             row = earlier.get("row") if isinstance(earlier, dict) else None
-            same_params = isinstance(earlier, dict) and earlier.get("params") == trial.params
+            # The label too: a trial of another sweep's (its name changed) is not this one's result.
+            same_params = (isinstance(earlier, dict) and earlier.get("params") == trial.params
+                           and earlier.get("label", trial.label) == trial.label)
             if not (same_params and isinstance(row, dict) and row.get("outcome") == "completed"):
                 continue
             changed = changed_training(earlier.get("trains"), training_digests(trial.run_vars))

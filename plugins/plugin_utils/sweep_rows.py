@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .sweep_plan import format_value
 from .training_log import hides_a_nan, parse_record, training_metrics
 
 ROW_FIELDS = ("id", "label", "outcome", "final_loss", "best_loss", "steps", "cost_usd", "attempts", "hosts",
@@ -226,7 +227,9 @@ def rows_csv(rows: Sequence[Mapping[str, Any]]) -> str:
             if isinstance(value, list):
                 value = " ".join(str(item) for item in value)
             values.append("" if value is None else value)
-        writer.writerow([row.get("id"), row.get("label"), *(params.get(name, "") for name in names), *values])
+        # A parameter as its trial's command got it: JSON for lists and mappings, true/false (not Python's repr).
+        writer.writerow([row.get("id"), row.get("label"), *(format_value(params.get(name)) for name in names),
+                         *values])
     return buffer.getvalue()
 
 

@@ -18,6 +18,7 @@ spend read live still reaches the budget, the running trials are stopped and tor
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import SweepSpecError
 
 STATES = ("queued", "running", "done", "skipped", "cancelled")
 
@@ -296,6 +298,12 @@ class Scheduler:
                 # recover from): what it rented is destroyed here, by label.
                 trial.orphaned = True
                 self.teardown([trial])
+            if rc < 0:  # its log says nothing of why: the row must
+                trial.message = trial.message or (
+                    f"its playbook was killed ({_signal_name(-rc)})"
+                    + ("; the sweep tore its instance down, bringing its newest sealed checkpoint home first "
+                       "(teardown.json in its folder says what came home)" if trial.orphaned else
+                       "; nothing of it was left open"))
             trial.cost_usd = self.spend_of(trial)
             self._finish(trial)
             changed = True
@@ -347,6 +355,58 @@ class Scheduler:
             trial.cost_usd = self.spend_of(trial)
             self._finish(trial)
         self.save()
+
+
+class SweepLock:
+    """One run of a sweep at a time in its results folder, and only that sweep's results there. A second run of the
+    same sweep would set the first one's live trial folders aside and write the same tables; another sweep's
+    tables would be overwritten with its rows. Held with flock, so a killed run leaves nothing to clear."""
+
+    FILE = ".sweep.lock"
+
+    def __init__(self, results_dir: str, name: str) -> None:
+        self.results_dir, self.name = results_dir, name
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Raises SweepSpecError, saying what to do, when the folder is not this sweep's to use now."""
+        other = self._sweep_there()
+        if other is not None and other != self.name:
+            raise SweepSpecError(f"{self.results_dir} holds the results of sweep {other!r}, not {self.name!r}: give "
+                                 "this sweep a sweep_results_dir of its own (or its old sweep_name), so that neither "
+                                 "sweep's rows overwrite the other's")
+        fd = os.open(os.path.join(self.results_dir, self.FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise SweepSpecError(f"sweep {self.name!r} is already running in {self.results_dir} (process {holder}): "
+                                 "wait for it to end, or stop it first (Ctrl-C there, or create CANCEL in that "
+                                 "folder); nothing was started") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _sweep_there(self) -> str | None:
+        try:
+            with open(os.path.join(self.results_dir, "sweep-state.json"), encoding="utf-8") as handle:
+                name = json.load(handle).get("sweep")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return name if isinstance(name, str) else None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def settle_row(trial: Trial) -> None:

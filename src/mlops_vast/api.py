@@ -88,7 +88,7 @@ class RunResult:
 
 
 ROW_FIELDS = ("id", "label", "params", "outcome", "final_loss", "best_loss", "steps", "cost_usd", "attempts", "hosts",
-              "duration_s", "results_dir")
+              "duration_s", "message", "results_dir")
 
 
 @dataclass
@@ -106,6 +106,7 @@ class TrialRow:
     attempts: int | None = None
     hosts: Any = None
     duration_s: float | None = None
+    message: str | None = None  # why it did not complete, or what to know of how it did
     results_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # any other column
 

@@ -98,14 +98,15 @@ def test_sweep_watcher_follows_the_state_and_each_trials_files(tmp_path: Path) -
 def test_sweep_result_reads_the_rows_and_names_the_outcome(tmp_path: Path) -> None:
     rows = [{"id": "t000", "label": "s-t000", "params": {"lr": 0.1}, "outcome": "completed", "final_loss": 0.2,
              "best_loss": 0.1, "steps": 100, "cost_usd": 0.01, "attempts": 1, "hosts": [5], "duration_s": 30.0,
-             "results_dir": "/x", "extra_col": 1},
+             "message": "", "results_dir": "/x", "extra_col": 1},
             {"id": "t001", "label": "s-t001", "params": {"lr": 1.0}, "outcome": "crash", "final_loss": None,
              "best_loss": None, "steps": 10, "cost_usd": 0.003, "attempts": 1, "hosts": [6], "duration_s": 9.0,
-             "results_dir": "/y"}]
+             "message": "RuntimeError: boom at step 10", "results_dir": "/y"}]
     write(tmp_path / "trials.json", rows)
     watcher = api._SweepWatcher("s", tmp_path, time.time() - 5, api._Emitter(None))
     result = api._sweep_result("s", tmp_path, "failed", 2, False, watcher, tmp_path / "artifacts")
     assert result.outcome == "partial" and [r.as_dict() for r in result.trials] == rows
+    assert result.trials[1].message == "RuntimeError: boom at step 10" and result.trials[0].extra == {"extra_col": 1}
     result = api._sweep_result("s", tmp_path, "successful", 0, False, watcher, tmp_path / "artifacts")
     assert result.outcome == "partial"  # a trial did not complete, whatever the status says
     write(tmp_path / "trials.json", rows[:1])

@@ -248,6 +248,16 @@ def test_a_rerun_reuses_a_completed_trial_only_while_it_trains_the_same(tmp_path
            trial("t4", run_command="anything")]
     reused, retrained = SweepAction._reuse_completed(now)
     assert reused == 2 and [t.state for t in now] == ["done", "queued", "queued", "done"]
+    # The same parameters and training under another sweep's label: that sweep's result, not this one's.
+    (tmp_path / "t1" / "trial.json").write_text(json.dumps(
+        {"id": "t1", "label": "other-t1", "params": {"lr": 0.1}, "trains": training_digests(now[0].run_vars),
+         "row": row}))
+    again = trial("t1", run_poll_interval_s=5)
+    assert SweepAction._reuse_completed([again]) == (0, {}) and again.state == "queued"
+    (tmp_path / "t1" / "trial.json").write_text(json.dumps(
+        {"id": "t1", "label": "sw-t1", "params": {"lr": 0.1}, "trains": training_digests(now[0].run_vars),
+         "row": row}))
+    assert SweepAction._reuse_completed([again]) == (1, {}) and again.state == "done"
     assert retrained == {"t2": ["run_command"], "t3": ["run_image", "run_env"]}
 
 

@@ -77,6 +77,12 @@ def test_csv_has_one_column_per_parameter_and_one_line_per_trial() -> None:
     assert [r["id"] for r in table] == ["t000", "t001"]
     assert table[0]["param_lr"] == "0.1" and table[0]["param_seed"] == "" and table[1]["param_seed"] == "3"
     assert table[0]["hosts"] == "1 2" and table[1]["outcome"] == "failed"
+    # Parameters as the trial's command got them: JSON for lists and mappings, true/false, nothing for null.
+    odd = [{"id": "t002", "label": "c", "params": {"layers": [64, 32], "opt": {"name": "adam", "beta": 0.9},
+                                                  "flag": True, "off": False, "none": None, "lr": 1e-4}}]
+    row = next(csv.DictReader(io.StringIO(rows_csv(odd))))
+    assert (row["param_layers"], row["param_opt"]) == ("[64, 32]", '{"name": "adam", "beta": 0.9}')
+    assert (row["param_flag"], row["param_off"], row["param_none"], row["param_lr"]) == ("true", "false", "", "0.0001")
 
 
 def test_spend_adds_the_attempt_being_watched_to_the_finished_ones(tmp_path: Path) -> None:

@@ -4,16 +4,20 @@ parallel cap, failure isolation, the shared budget, stopping on request, and its
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import SweepSpecError
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import (
     MIN_TRIAL_USD,
     Budget,
     Scheduler,
+    SweepLock,
     Trial,
     trial_environment,
     trial_floor,
@@ -45,6 +49,8 @@ class Harness:
         self.started.append((trial.id, time.monotonic()))
         seconds, rc = trial.params.get("seconds", 0.2), trial.params.get("rc", 0)
         script = f"import time; time.sleep({seconds}); raise SystemExit({rc})"
+        if trial.params.get("signal"):
+            script = f"import os, time; time.sleep({seconds}); os.kill(os.getpid(), {trial.params['signal']})"
         return subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
 
     def finish(self, trial: Trial) -> None:
@@ -150,6 +156,19 @@ def test_a_trial_that_ended_with_its_instance_still_open_is_torn_down(tmp_path: 
     assert trials[0].orphaned and not trials[1].orphaned
 
 
+def test_a_killed_trial_s_row_says_it_was_killed_and_what_the_sweep_did(tmp_path: Path) -> None:
+    run = Harness(tmp_path, [{"signal": 9}, {"signal": 15}, {"rc": 3, "says": "the smoke test failed"}], max_parallel=3,
+                  rows=True)
+    run.scheduler.left_open = lambda trial: [{"id": 1}] if trial.id == "t000" else []
+    trials = run.scheduler.run(deadline_s=60)
+    assert run.torn_down == ["sw-t000"] and [t.rc for t in trials] == [-9, -15, 3]
+    assert trials[0].row["message"] == ("its playbook was killed (SIGKILL); the sweep tore its instance down, "
+                                        "bringing its newest sealed checkpoint home first (teardown.json in its "
+                                        "folder says what came home)")
+    assert trials[1].row["message"] == "its playbook was killed (SIGTERM); nothing of it was left open"
+    assert trials[2].row["message"] == "the smoke test failed", "what the trial's own log said comes first"
+
+
 def test_a_trial_runs_with_the_sweep_s_strategy_its_progress_file_and_no_guard_of_its_own() -> None:
     base = {"PATH": "/usr/bin", "ANSIBLE_CALLBACKS_ENABLED": "mlops.vast.guard,", "ANSIBLE_STRATEGY": "free"}
     env = trial_environment(base, progress_file="/r/t1/progress.json", strategy="mlops.vast.linear")
@@ -252,3 +271,27 @@ def test_a_trial_train_yml_refused_for_its_cap_is_a_budget_row_not_a_failure(tmp
     assert [t.row["outcome"] for t in trials] == ["budget", "budget", "failed"]
     assert [t.outcome for t in trials] == ["budget", "budget", "failed"]
     assert trials[0].row["message"] == refused  # train.yml's own words stay
+
+
+def test_one_run_of_a_sweep_at_a_time_and_only_its_own_results_folder(tmp_path: Path) -> None:
+    first = SweepLock(str(tmp_path), "sw")
+    first.acquire()
+    second = SweepLock(str(tmp_path), "sw")
+    with pytest.raises(SweepSpecError, match=rf"sweep 'sw' is already running in {tmp_path} \(process "
+                                             rf"{os.getpid()}\): wait for it to end, or stop it first"):
+        second.acquire()
+    first.release()
+    second.acquire()  # the first run ended: the next one goes
+    second.release()
+    (tmp_path / "sweep-state.json").write_text(json.dumps({"sweep": "other", "trials": []}))
+    with pytest.raises(SweepSpecError, match=rf"{tmp_path} holds the results of sweep 'other', not 'sw'"):
+        SweepLock(str(tmp_path), "sw").acquire()
+    held = SweepLock(str(tmp_path), "other")
+    held.acquire()  # its own folder
+    held.release()
+    # A run killed while it held the lock leaves nothing to clear: the lock goes with its process.
+    killed = subprocess.run([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+                             "fcntl.flock(fd, fcntl.LOCK_EX); os.kill(os.getpid(), 9)",
+                             str(tmp_path / SweepLock.FILE)], check=False)
+    assert killed.returncode == -9
+    SweepLock(str(tmp_path), "other").acquire()
