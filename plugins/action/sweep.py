@@ -23,6 +23,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible.release import __version__ as ANSIBLE_CORE_VERSION
+from ansible.template import is_trusted_as_template
 from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger, default_ledger_path
 from ansible_collections.mlops.vast.plugins.plugin_utils import var_files
 from ansible_collections.mlops.vast.plugins.plugin_utils.contract import plain_errors, problems, validated
@@ -42,6 +43,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     training_digests,
     trial_expressions,
     trial_ids,
+    trial_references,
     trial_run_vars,
 )
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import (
@@ -131,7 +133,7 @@ class ActionModule(ActionBase):
                 run_vars = {f"run_{key}": value for key, value in args["base"].items()}
                 spec_path = None  # a base given whole was checked by whoever gave it
             else:
-                run_vars = self._run_variables(task_vars)
+                run_vars = self._run_variables(task_vars, {name for params in param_sets for name in params})
                 spec_path = os.path.join(playbook_dir, RUN_SPEC_FILE)
             bases, trials = self._plan(args["name"], run_vars, param_sets, args["trial_vars"], results_dir,
                                        spec_path)
@@ -314,16 +316,22 @@ class ActionModule(ActionBase):
             bases = [_without_prefix(run_vars)] * len(param_sets)
         return bases, cls._trials(name, bases, param_sets, results_dir, trial_vars, placed)
 
-    def _run_variables(self, task_vars: dict[str, Any]) -> dict[str, Any]:
-        """The play's run_* variables, templated with ``trial`` bound to placeholders (as sweep.yml binds it)."""
+    def _run_variables(self, task_vars: dict[str, Any], names: Collection[str]) -> dict[str, Any]:
+        """The play's run_* variables, templated with ``trial`` bound to placeholders (as sweep.yml binds it);
+        ``names``: the sweep's parameters."""
         written = {name: task_vars[name] for name in task_vars if name.startswith("run_")}
-        # As written, before templating: only there is {{ trial.lr * 2 }} told from {{ trial.lr }}.
-        computed = trial_expressions({**written, **({"sweep_trial_vars": task_vars["sweep_trial_vars"]}
-                                                    if isinstance(task_vars.get("sweep_trial_vars"), Mapping) else {})})
+        # As written, before templating: only there is {{ trial.lr * 2 }} told from {{ trial.lr }}, and a name
+        # that is no parameter told from an error of Ansible's templating.
+        scanned = {**written, **({"sweep_trial_vars": task_vars["sweep_trial_vars"]}
+                                 if isinstance(task_vars.get("sweep_trial_vars"), Mapping) else {})}
+        computed = trial_expressions(scanned, templated=is_trusted_as_template)
         if computed:
             raise SweepSpecError("; ".join(computed) + ". Only a parameter's own value can be placed, as "
                                  "{{ trial.NAME }} (or {{ trial.NAME | quote }}): give each trial the value it needs "
                                  "(sweep_trials, sweep_grid), or compute it in the trainer")
+        wrong = trial_references(scanned, names, templated=is_trusted_as_template)
+        if wrong:
+            raise SweepSpecError("; ".join(wrong))
         return dict(self._templar.template(written))
 
     @staticmethod

@@ -12,6 +12,7 @@ name are appended as ``--name value`` (``True`` as a bare flag, ``False`` left o
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import itertools
 import json
@@ -19,7 +20,7 @@ import math
 import random
 import re
 import shlex
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 PLACEHOLDER = "@@mlops-trial:{name}@@"
@@ -34,6 +35,12 @@ class SweepSpecError(ValueError):
     """The sweep's trials are described wrongly; the message names the variable and how to fix it."""
 
 
+# A trial's label, <sweep_name>-<id> (t and 6 hex digits, -2 for a repeat), must fit Vast's 256 characters, and the
+# name makes a folder (255 bytes).
+MAX_SWEEP_NAME = 200
+MAX_SWEEP_NAME_BYTES = 240
+
+
 def check_sweep_name(name: Any) -> str:
     """The sweep's name makes the results folder (results/<name>) and every trial's label (<name>-<id>).
     playbooks/sweep.meta.yml's pattern says the same before sweep.yml reaches the module; this is the module's own
@@ -44,6 +51,10 @@ def check_sweep_name(name: Any) -> str:
     if "/" in name or name.startswith("."):
         raise SweepSpecError(f"sweep_name {name!r} must not contain '/' or start with '.' (it names "
                              "results/<sweep_name> and each trial's label)")
+    if len(name) > MAX_SWEEP_NAME or len(name.encode("utf-8", "surrogateescape")) > MAX_SWEEP_NAME_BYTES:
+        raise SweepSpecError(f"sweep_name is {len(name)} characters long: at most {MAX_SWEEP_NAME} (and "
+                             f"{MAX_SWEEP_NAME_BYTES} bytes), since each trial's instance label is <sweep_name>-<id> "
+                             "(Vast takes 256 characters) and the name is a folder's (255 bytes)")
     return name
 
 
@@ -300,11 +311,14 @@ _PLACEABLE_RE = re.compile(r"""trial\s*(?:\.\s*[A-Za-z_]\w*|\[\s*(['"])[A-Za-z_]
                            r"(?:\s*\|\s*(?:ansible\.builtin\.)?(?:quote|string))*")
 
 
-def _strings(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
-    """Every string in the variables (inside their mappings and lists too), with where it is (run_env.SEED)."""
+def _strings(values: Mapping[str, Any], prefix: str = "",
+             templated: Callable[[str], bool] | None = None) -> Iterator[tuple[str, str]]:
+    """Every string in the variables (inside their mappings and lists too), with where it is (run_env.SEED); with
+    ``templated``, only those it says Ansible will template (not text marked !unsafe)."""
     def walk(where: str, value: Any) -> Iterator[tuple[str, str]]:
         if isinstance(value, str):
-            yield where, value
+            if templated is None or templated(value):
+                yield where, value
         elif isinstance(value, Mapping):
             for key, item in value.items():
                 yield from walk(f"{where}.{key}", item)
@@ -316,13 +330,14 @@ def _strings(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str,
         yield from walk(f"{prefix}{name}", value)
 
 
-def trial_expressions(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+def trial_expressions(values: Mapping[str, Any], prefix: str = "",
+                      templated: Callable[[str], bool] | None = None) -> list[str]:
     """One sentence per template (in the variables as written, before Ansible templates them) that does more with a
     trial parameter than place it: ``{{ trial.lr * 2 }}``, ``{{ trial.x | upper }}``, ``{% if trial.flag %}``. The
     placeholder bound to ``trial`` goes through them as text (a condition on it is always true), so each trial
     would run with something else than its value."""
     found: list[str] = []
-    for where, text in _strings(values, prefix):
+    for where, text in _strings(values, prefix, templated):
         for match in _JINJA_RE.finditer(text):
             # Whitespace control ({{- x -}}) is no computation, and a string literal ('-trial') names nothing.
             expression, statement = (None if part is None else part.strip().strip("-+").strip()
@@ -338,6 +353,36 @@ def trial_expressions(values: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 def _names_trial(jinja: str) -> bool:
     return bool(_TRIAL_RE.search(_LITERAL_RE.sub("''", jinja)))
+
+
+_REFERENCE_RE = re.compile(r"""\btrial\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*(['"])([A-Za-z_][A-Za-z0-9_.-]*)\2\s*\])""")
+_MAPPING_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
+
+
+def trial_references(values: Mapping[str, Any], names: Collection[str], prefix: str = "",
+                     templated: Callable[[str], bool] | None = None) -> list[str]:
+    """One sentence per {{ trial.NAME }} (in the variables as written, before Ansible templates them) that names no
+    parameter of the sweep, or names one like a mapping's method with a dot (Jinja would find the method)."""
+    found: dict[str, None] = {}
+    for where, text in _strings(values, prefix, templated):
+        for match in _JINJA_RE.finditer(text):
+            jinja = match.group(1) or match.group(2) or ""
+            # 'trial.x' in a string literal names nothing.
+            literals = [literal.span() for literal in _LITERAL_RE.finditer(jinja)]
+            for ref in _REFERENCE_RE.finditer(jinja):
+                if any(start <= ref.start() < end for start, end in literals):
+                    continue
+                dotted, name = ref.group(1) is not None, ref.group(1) or ref.group(3)
+                if dotted and name in _MAPPING_METHODS:
+                    found[f"{where}: {{{{ trial.{name} }}}} would give the method {name} of the trial mapping, not "
+                          f"the parameter {name!r} (a parameter named like a mapping's method); write "
+                          f"{{{{ trial['{name}'] }}}}"] = None
+                elif name not in names:
+                    close = difflib.get_close_matches(name, list(names), n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    found[f"{where}: {match.group(0).strip()} names no parameter of the sweep (its parameters: "
+                          f"{', '.join(sorted(names)) or 'none'}){hint}"] = None
+    return list(found)
 
 
 # What Jinja gives for {{ trial.items }}: its attribute lookup finds the mapping's method before the key.

@@ -252,9 +252,13 @@ def sweep_value_problems(data: dict[str, Any], root: Path) -> list[str]:
 def _plan_problems(data: dict[str, Any], root: Path) -> list[str]:
     """The trials the sweep describes (grid, random samples, explicit list), expanded as sweep.yml will."""
     keys = ("sweep_grid", "sweep_random", "sweep_trials")
+    plan = collection_module(root, "sweep_plan", "plugin_utils")
+    try:
+        plan.check_sweep_name(data.get("sweep_name"))
+    except plan.SweepSpecError as exc:
+        return [str(exc)]
     if any("{{" in str(data.get(key)) for key in keys):
         return []  # templated: the playbook expands it
-    plan = collection_module(root, "sweep_plan", "plugin_utils")
     try:
         plan.expand(*(data.get(key) or ({} if key != "sweep_trials" else []) for key in keys))
     except plan.SweepSpecError as exc:

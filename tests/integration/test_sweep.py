@@ -211,6 +211,12 @@ REFUSED_BEFORE_ANYTHING = [
     ({"run_command": "python3 train.py {% if trial.seed == 1 %}--x{% endif %}"},
      "{% if trial.seed == 1 %} decides on a trial parameter"),
     ({"sweep_trials": "lr=0.1"}, "sweep_trials must be a list of mappings"),  # Ansible would make [{lr: '0.1'}]
+    # Said with the variable, not as Ansible's templating error ("object of type 'dict' has no attribute 'sed'").
+    ({"run_env": {"X": "{{ trial.sed }}"}}, "run_env.X: {{ trial.sed }} names no parameter of the sweep (its "
+                                            "parameters: learning_rate, seed); did you mean 'seed'?"),
+    ({"sweep_grid": {"keys": [1]}, "run_env": {"K": "{{ trial.keys }}"}},
+     "run_env.K: {{ trial.keys }} would give the method keys of the trial mapping"),
+    ({"sweep_name": "K" * 260}, "and may be at most 200 characters"),  # each trial's label must fit Vast's 256
     # $1/h for a minute before training, 2 s to the next look and a 60 s tail: every trial would stop for it.
     ({"run_max_total_usd": 0.01}, "run_max_total_usd $0.01 is below $0.033889, the least a trial can start with"),
 ]

@@ -30,6 +30,7 @@ def test_exit_codes(outcome: str, code: int) -> None:
     ("run_name: x\nrun_bogus: 1\nfoo: 2\n", "unknown variable(s) foo, run_bogus"),
     ("run_query: x\n", "run_name is missing"),
     ("run_name: ../up\n", "run_name must not be empty, contain '/'"),
+    (f"run_name: {'n' * 260}\n", "and may be at most 240 characters"),
     ("run_name: x\nrun_command: t\nrun_env: 5\n", "run_env must be a mapping, got a value not shown"),
 ])
 @pytest.mark.parametrize("command", ["train", "estimate"])
@@ -59,6 +60,7 @@ SWEEP = "sweep_name: s\nrun_command: python3 train.py\nsweep_trials: [{lr: 1}]\n
     ("sweep_name: s\nrun_command: t\nsweep_random: {count: 0, params: {lr: {min: 0.1, max: 1}}}\n",
      "sweep_random.count must be a whole number"),
     ("sweep_name: s\nsweep_trials: [{lr: 1}]\n", "run_command is missing"),
+    (SWEEP.replace("sweep_name: s", f"sweep_name: {'K' * 260}"), "and may be at most 200 characters"),
 ])
 def test_bad_sweep_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
                                 expected: str) -> None:

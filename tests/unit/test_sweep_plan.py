@@ -20,6 +20,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
     training_digests,
     trial_expressions,
     trial_ids,
+    trial_references,
     trial_run_vars,
 )
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import Trial
@@ -138,7 +139,7 @@ def test_trial_ids_follow_the_parameters_not_the_position() -> None:
     assert trial_ids([{"a": 1}, {"a": 1}])[1] == trial_ids([{"a": 1}])[0] + "-2"
 
 
-@pytest.mark.parametrize("name", ["../qa-esc", "a/b", ".hidden", "", "  ", None])
+@pytest.mark.parametrize("name", ["../qa-esc", "a/b", ".hidden", "", "  ", None, "K" * 201, "é" * 121])
 def test_a_sweep_name_that_leaves_results_or_names_nothing_is_refused(name) -> None:
     with pytest.raises(SweepSpecError, match="sweep_name"):
         check_sweep_name(name)
@@ -146,6 +147,11 @@ def test_a_sweep_name_that_leaves_results_or_names_nothing_is_refused(name) -> N
 
 def test_a_plain_sweep_name_is_accepted() -> None:
     assert check_sweep_name("lr-sweep.v2") == "lr-sweep.v2"
+    # The longest name still makes labels Vast takes and a folder name the file system takes.
+    longest = "K" * 200
+    assert check_sweep_name(longest) == longest and len(f"{longest}-{trial_ids([{'a': 1}] * 2)[1]}") <= 256
+    with pytest.raises(SweepSpecError, match="sweep_name is 201 characters long: at most 200"):
+        check_sweep_name(longest + "K")
 
 
 def test_a_random_int_param_stays_within_its_range_or_is_refused() -> None:
@@ -277,6 +283,22 @@ def test_a_template_that_computes_or_decides_on_a_trial_parameter_is_named() -> 
     assert [line.split(":", 1)[0] for line in found] == ["run_command", "run_env.UP", "run_smoke_args"], found
     assert "{{ trial.lr * 2 }} computes with a trial parameter" in found[0]
     assert "{% if trial.fast %} decides on a trial parameter" in found[2]
+
+
+def test_a_trial_name_that_is_no_parameter_or_a_mapping_method_is_named_before_templating() -> None:
+    written = {"run_command": "python3 t.py --seed {{ trial.seed }} --tag '{{ trial[\"warm-up\"] }}' {{ 'trial.x' }}",
+               "run_env": {"X": "{{ trial.sed }}", "K": "{{ trial.keys }}", "OK": "{{ trial['items'] }}"},
+               "run_smoke_args": "--n {{ trial['nope'] | quote }}", "run_image": "img:{{ trial.seed }}"}
+    found = trial_references(written, {"seed", "warm-up", "items", "keys"})
+    assert found == [
+        "run_env.X: {{ trial.sed }} names no parameter of the sweep (its parameters: items, keys, seed, warm-up); "
+        "did you mean 'seed'?",
+        "run_env.K: {{ trial.keys }} would give the method keys of the trial mapping, not the parameter 'keys' (a "
+        "parameter named like a mapping's method); write {{ trial['keys'] }}",
+        "run_smoke_args: {{ trial['nope'] | quote }} names no parameter of the sweep (its parameters: items, keys, "
+        "seed, warm-up)"]
+    # Text that Ansible will not template (marked !unsafe) names nothing.
+    assert trial_references(written, {"seed"}, templated=lambda text: text.startswith("img:")) == []
 
 
 def test_a_placeholder_changed_by_a_filter_elsewhere_is_refused() -> None:
