@@ -156,7 +156,8 @@ options:
   diverge_records:
     description:
       - This many training records in a row whose loss is NaN or infinite make the run C(diverged), stopped like
-        a stall so that no more is spent on it; so does a run that exits 0 with such a streak at its end. A loss of
+        a stall so that no more is spent on it; so does a run that exits 0 with such a streak at its end, or with
+        its last record NaN or infinite however short the streak (its final weights are no result). A loss of
         0.0 logged with a grad_norm that is not finite counts too (the Hugging Face Trainer's
         C(logging_nan_inf_filter), on by default, logs a window of NaN losses so), and with O(diverge_factor) a
         loss above that many times the lowest positive loss so far.

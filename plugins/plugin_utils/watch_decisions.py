@@ -151,6 +151,8 @@ class Observation:
     progress: str = ""
     diverging_records: int = 0  # consecutive training records whose loss says the run diverged
     divergence: str = ""  # those records in words
+    # The last training record's loss was NaN or infinite (or 0.0 beside a NaN grad_norm): the weights are.
+    ends_nonfinite: bool = False
     instance_gone: str | None = None
     gone_kind: str = "instance_gone"
     unreachable_for: float | None = None
@@ -170,7 +172,8 @@ def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
     """The outcome and its message, or None to keep watching.
 
     Precedence: completed > preempted/host_lost/instance_gone > crash > diverged > max_runtime > stall > timeout,
-    except that a run which exited 0 with its loss diverged is diverged, not completed. A
+    except that a run which exited 0 with its loss diverged (the streak, or a last record that is NaN or infinite
+    however short its streak) is diverged, not completed. A
     host-side `timeout` kill at the max runtime (exit 124/137) is max_runtime, not a crash; a host that stays
     unreachable while the API still calls it running is host_lost.
     """
@@ -179,6 +182,10 @@ def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
     if obs.host_fresh and obs.exit_code == 0 and (obs.summary or not obs.summary_required):
         if diverged:  # it ran to its end before a poll saw the streak: what it trained is not a result
             return "diverged", f"{obs.divergence}; the run then exited 0"
+        if limits.diverge_records > 0 and obs.ends_nonfinite:
+            # Fewer records than the streak needs, but they were its last: the final weights are NaN too.
+            return "diverged", (f"{obs.divergence}; the run then exited 0 with that loss (its final weights are "
+                                "not a result)")
         return "completed", "the run exited 0" + (" and printed its summary" if obs.summary else "")
     if obs.instance_gone:
         return obs.gone_kind, f"the instance is gone: {obs.instance_gone}"

@@ -357,6 +357,10 @@ LIMITS = wd.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, t
     (obs(diverging_records=5, divergence="the loss was nan", exit_code=0, summary=True, tmux=False), "diverged",
      "the loss was nan; the run then exited 0"),
     (obs(diverging_records=2, exit_code=0, summary=True, tmux=False), "completed", "exited 0"),
+    # A shorter streak that was the run's last records: the final weights are NaN, not a result to keep.
+    (obs(diverging_records=2, ends_nonfinite=True, divergence="the loss was nan for 2", exit_code=0, summary=True,
+         tmux=False), "diverged", "the loss was nan for 2; the run then exited 0 with that loss"),
+    (obs(diverging_records=2, ends_nonfinite=True, divergence="nan"), None, None),  # still going: too short yet
     (obs(diverging_records=5, divergence="diverging", stalled=True, idle=950), "diverged", "diverging"),
     (obs(stalled=True, idle=950, watch_elapsed=8000), "stall", "no progress"),
     (obs(watch_elapsed=7200), "timeout", "the run goes on"),
@@ -834,6 +838,29 @@ def test_loop_diverged_stops_a_run_whose_loss_went_nan(fake_host: dict[str, Any]
     assert result["triage"]["divergence"] == {"records": 3, "since_step": 20, "last_clean_step": 10,
                                               "lowest_loss": 0.7}
     metrics.unlink()
+
+
+def test_a_run_that_exits_0_with_its_last_loss_nan_is_diverged_however_short_the_streak(
+        fake_host: dict[str, Any]) -> None:
+    nan_tail = ["{'loss': 0.0, 'grad_norm': nan, 'epoch': 0.5, 'step': 50}",
+                "{'loss': 0.0, 'grad_norm': nan, 'epoch': 0.6, 'step': 60}"]
+    result, _ = run_watch(fake_host, {1: start_run, 2: both(append(*HF, *nan_tail, SUMMARY), end_run(0))},
+                          poll_interval=30, diverge_records=3)
+    assert result["outcome"] == "diverged", result["msg"]
+    assert "for 2 training record(s) in a row, from step 50; the run then exited 0 with that loss" in result["msg"]
+    # Its last record sane again (a spike it came back from): completed. A loss above the factor is no NaN either.
+    for name in ("run.log", "EXIT_CODE"):
+        (fake_host["run"] / name).unlink()
+    spike = ["{'loss': 9.5, 'epoch': 0.5, 'step': 50}"]
+    result, _ = run_watch(fake_host, {1: start_run, 2: both(append(*HF, *nan_tail, "{'loss': 0.4, 'step': 70}",
+                                                                   SUMMARY), end_run(0))},
+                          poll_interval=30, diverge_records=3)
+    assert result["outcome"] == "completed", result["msg"]
+    for name in ("run.log", "EXIT_CODE"):
+        (fake_host["run"] / name).unlink()
+    result, _ = run_watch(fake_host, {1: start_run, 2: both(append(*HF, *spike, SUMMARY), end_run(0))},
+                          poll_interval=30, diverge_records=3, diverge_factor=5)
+    assert result["outcome"] == "completed", result["msg"]
 
 
 def test_a_diverge_factor_at_or_below_one_is_refused() -> None:
