@@ -48,6 +48,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import (
 )
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import (
     build_row,
+    earlier_spend,
     read_ledger,
     row_line,
     rows_csv,
@@ -174,6 +175,7 @@ class ActionModule(ActionBase):
         strategy = trial_strategy(args["trial_strategy"], C.config.get_config_value_and_origin("DEFAULT_STRATEGY")[1],
                                   ANSIBLE_CORE_VERSION)
         reused, retrained = self._reuse_completed(trials) if args["rerun"] == "skip_completed" else (0, {})
+        spent_before = earlier_spend(results_dir, [t.id for t in trials if t.state == "queued"])
         ledger_path = default_ledger_path()
         private_dir = tempfile.mkdtemp(prefix="mlops-sweep-")  # trial variables (run_env may hold tokens), 0700
         cancel_file = os.path.join(results_dir, "CANCEL")
@@ -244,7 +246,7 @@ class ActionModule(ActionBase):
         waves = -(-sum(1 for t in trials if t.state == "queued") // args["max_parallel"])
         scheduler = Scheduler(
             trials, launch=launch, max_parallel=args["max_parallel"],
-            budget=Budget(total=args["budget_usd"], run_cap=run_cap, **floor),
+            budget=Budget(total=args["budget_usd"], run_cap=run_cap, spent_before=spent_before, **floor),
             state_file=os.path.join(results_dir, "sweep-state.json"), cancel_file=cancel_file,
             sweep_name=args["name"], finish=finish, teardown=teardown,
             spend_of=lambda trial: spent(trial.results_dir), trial_timeout_s=timeout_s, poll_s=args["poll_s"],
@@ -271,7 +273,8 @@ class ActionModule(ActionBase):
             changed=len(trials) > reused, rows=rows, results_dir=results_dir, completed=completed,
             not_completed=len(rows) - completed, reused=reused, cancelled=scheduler.cancel_reason,
             states=dict(trial_states(trials)),
-            spent_usd=round(sum(float(row.get("cost_usd") or 0) for row in rows), 6),
+            spent_usd=round(spent_before + sum(float(row.get("cost_usd") or 0) for row in rows), 6),
+            spent_before_usd=spent_before,
             labels=[t.label for t in trials], lines=[row_line(row) for row in rows],
             started_at={t.label: t.started_at for t in trials if t.started_at})
         changed_vars = sorted({name for names in retrained.values() for name in names})
@@ -280,7 +283,9 @@ class ActionModule(ActionBase):
                          + (f" ({reused} from an earlier run)" if reused else "")
                          + (f"; {len(retrained)} completed before ran again, {', '.join(changed_vars)} changed since"
                             if retrained else "")
-                         + (f"; stopped: {scheduler.cancel_reason}" if scheduler.cancel_reason else ""))
+                         + (f"; stopped: {scheduler.cancel_reason}" if scheduler.cancel_reason else "")
+                         + (f"; ${spent_before:.6g} of the sweep's spend was by earlier runs of it, on tries run "
+                            "again" if spent_before else ""))
         # The API and the CLI say the same as the playbook (reused and re-run trials included).
         write_json_atomic(os.path.join(results_dir, "sweep-state.json"),
                           {**scheduler.snapshot(), "summary": result["msg"]})

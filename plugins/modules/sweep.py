@@ -19,7 +19,8 @@ description:
     unless the command names them (C({{ trial.name }}) in C(run_command), which playbooks/sweep.yml turns into
     placeholders this action fills in), or another run variable or O(trial_vars) does (C(run_disk_gb) set to
     C({{ trial.disk }})), where they are placed instead.
-  - O(budget_usd) is shared. Each trial runs with a spending cap (C(run_max_total_usd)) that its own watch
+  - O(budget_usd) is shared, and is the whole sweep's across its re-runs (what earlier runs spent on tries that
+    run again counts toward it). Each trial runs with a spending cap (C(run_max_total_usd)) that its own watch
     enforces; a trial starts only while the finished trials' cost plus the running trials' caps plus its own cap
     fit in the budget (without a cap of the run's own, what is left is shared among the queued trials), never
     with a cap below what its watch holds in reserve at C(run_max_dph) (the burn until its next look plus
@@ -205,7 +206,16 @@ states:
   returned: success
   type: dict
 spent_usd:
-  description: What the trials' instances cost, as their watches read it.
+  description:
+    - What the sweep's instances cost, as their watches read it, earlier runs' tries that ran again included
+      (RV(spent_before_usd)); the rows' C(cost_usd) are this run's.
+  returned: success
+  type: float
+spent_before_usd:
+  description:
+    - What earlier runs of the sweep spent on tries no row of this run counts (the trials that run again, their
+      earlier folders set aside as C(<id>.before-<time>)). It counts toward O(budget_usd), which is the whole
+      sweep's, re-runs included.
   returned: success
   type: float
 lines:

@@ -155,6 +155,30 @@ def spent(results_dir: str) -> float:
     return watched if charged is None else round(max(watched, charged), 6)
 
 
+# A trial's folder from an earlier run of the sweep, set aside when the trial ran again (<id>.before-<time>).
+_SET_ASIDE_RE = re.compile(r"^t[0-9a-f]{6}(?:-\d+)?\.before-\d{8}T\d{6}$")
+
+
+def earlier_spend(results_dir: str, again: Iterable[str]) -> float:
+    """What earlier runs of a sweep spent on tries that no row of this run will count: the folders set aside
+    before (``<id>.before-<time>``), and the current folders of the trials ``again`` (ids), which run again now and
+    will be set aside in turn. The budget is the whole sweep's, re-runs included."""
+    try:
+        names = os.listdir(results_dir)
+    except OSError:
+        return 0.0
+    folders = [name for name in names if _SET_ASIDE_RE.match(name)] + [name for name in again if name in names]
+    total = 0.0
+    for name in folders:
+        folder = os.path.join(results_dir, name)
+        record = read_json(os.path.join(folder, "trial.json"))
+        row = record.get("row") if isinstance(record, dict) else None
+        cost = _number_or_none(row.get("cost_usd")) if isinstance(row, dict) else None
+        # The larger: a run in which the trial never started rewrote its row with no cost.
+        total += max(cost or 0.0, spent(folder))
+    return round(total, 6)
+
+
 def _watched_spend(results_dir: str) -> float:
     per_instance: dict[Any, float] = {}
     for index, record in enumerate(watch_records(results_dir)):

@@ -133,10 +133,11 @@ class Budget:
     run_cap: float = 0.0
     floor: float = MIN_TRIAL_USD
     floor_why: str = _FLOOR_WHY
+    spent_before: float = 0.0  # by earlier runs of the sweep, on tries that no row of this run counts
 
     def committed(self, trials: Sequence[Trial]) -> float:
-        """Finished trials' cost plus each running trial's cap (what it may still reach)."""
-        return sum(t.cost_usd for t in trials if t.state in ("done", "cancelled")) + \
+        """What earlier runs spent, finished trials' cost, plus each running trial's cap (what it may still reach)."""
+        return self.spent_before + sum(t.cost_usd for t in trials if t.state in ("done", "cancelled")) + \
             sum(max(t.cap_usd or 0.0, t.cost_usd) for t in trials if t.state == "running")
 
     def cap_for_next(self, trials: Sequence[Trial]) -> float | None:
@@ -172,7 +173,7 @@ class Budget:
         return share, ""
 
     def live_spent(self, trials: Sequence[Trial]) -> float:
-        return sum(t.cost_usd for t in trials if t.state in ("done", "running", "cancelled"))
+        return self.spent_before + sum(t.cost_usd for t in trials if t.state in ("done", "running", "cancelled"))
 
 
 def write_json_atomic(path: str, data: Any) -> None:
@@ -208,6 +209,7 @@ class Scheduler:
         return {"sweep": self.sweep_name, "budget_usd": self.budget.total,
                 "spent_usd": round(self.budget.live_spent(self.trials), 6),
                 "committed_usd": round(self.budget.committed(self.trials), 6),
+                "spent_before_usd": round(self.budget.spent_before, 6),
                 "max_parallel": self.max_parallel, "cancelled": self.cancel_reason,
                 "updated_at": self.clock(), "trials": [t.public() for t in self.trials]}
 

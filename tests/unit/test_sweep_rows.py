@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import (
     build_row,
+    earlier_spend,
     failure_message,
     losses,
     rows_csv,
@@ -170,3 +171,22 @@ def test_a_loss_that_became_nan_is_null_in_the_row_and_said_in_words(tmp_path: P
     assert row["final_loss"] is None and row["best_loss"] == 0.2 and row["steps"] == 30
     assert row["message"] == "the last loss logged was nan (step 30)"
     json.loads(json.dumps(row, allow_nan=False))
+
+
+def test_earlier_runs_spend_counts_the_tries_set_aside_and_those_about_to_run_again(tmp_path: Path) -> None:
+    def folder(name: str, row_cost: float | None, watched: float | None) -> None:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "trial.json").write_text(json.dumps({"id": name[:7], "row": None if row_cost is None else
+                                                     {"outcome": "crash", "cost_usd": row_cost}}))
+        if watched is not None:
+            (path / "watch.json").write_text(json.dumps({"outcome": "crash", "triage": {"spent_usd": watched}}))
+
+    folder("t0000aa.before-20261201T101010", 0.002, 0.002)   # set aside by an earlier re-run
+    folder("t0000bb.before-20261202T101010", None, 0.003)    # its controller was killed: no row, its watch's word
+    folder("t0000cc", 0.004, 0.004)                          # runs again now
+    folder("t0000dd", 0.0, 0.005)                            # a run in which it never started wrote a row of $0
+    folder("t0000ee", 0.007, 0.007)                          # reused (completed): its row counts it already
+    folder("checkpoints.before-20261202T101010", 1.0, 1.0)   # not a trial's folder
+    assert earlier_spend(str(tmp_path), ["t0000cc", "t0000dd", "t0000ff"]) == 0.014
+    assert earlier_spend(str(tmp_path / "none"), ["t0000cc"]) == 0.0

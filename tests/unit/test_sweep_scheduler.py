@@ -273,6 +273,17 @@ def test_a_trial_train_yml_refused_for_its_cap_is_a_budget_row_not_a_failure(tmp
     assert trials[0].row["message"] == refused  # train.yml's own words stay
 
 
+def test_what_earlier_runs_spent_counts_toward_the_budget(tmp_path: Path) -> None:
+    # $0.30 with $0.25 spent by an earlier run on these same trials: $0.05 left for three, not $0.30.
+    budget = Budget(total=0.30, spent_before=0.25, floor=0.01)
+    run = Harness(tmp_path, [{"cost": 0.01}, {"cost": 0.01}, {"cost": 0.01}], max_parallel=1, budget=budget)
+    trials = run.scheduler.run(deadline_s=60)
+    assert trials[0].cap_usd == 0.016666, trials[0].cap_usd  # a third of what is left, not of $0.30
+    state = json.loads((tmp_path / "sweep-state.json").read_text())
+    assert state["spent_before_usd"] == 0.25 and abs(state["spent_usd"] - 0.28) < 1e-9
+    assert Budget(total=0.30, spent_before=0.29, floor=0.02).next_cap(trials[:1])[0] is None
+
+
 def test_one_run_of_a_sweep_at_a_time_and_only_its_own_results_folder(tmp_path: Path) -> None:
     first = SweepLock(str(tmp_path), "sw")
     first.acquire()
