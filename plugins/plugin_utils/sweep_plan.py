@@ -162,9 +162,10 @@ def _random(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     params = spec.get("params")
     if not isinstance(params, Mapping) or not params:
         raise SweepSpecError("sweep_random.params must map each parameter to {min, max, log} or {choices: [...]}")
-    samplers = [(name, _sampler(name, param)) for name, param in params.items()]
-    rng = random.Random(seed)
-    return [{name: sample(rng) for name, sample in samplers} for _trial in range(count)]
+    # A stream of its own for each parameter, from the seed and its name: the trials do not change when the params
+    # are written in another order, and adding a parameter leaves the others' values as they were.
+    streams = [(name, _sampler(name, param), random.Random(f"{seed}:{name}")) for name, param in params.items()]
+    return [{name: sample(rng) for name, sample, rng in streams} for _trial in range(count)]
 
 
 def _explicit(trials: Sequence[Any]) -> list[dict[str, Any]]:

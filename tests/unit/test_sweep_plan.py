@@ -60,6 +60,12 @@ def test_random_is_reproducible_from_its_seed_and_respects_bounds_and_scale() ->
     assert 10 <= sum(lr < 1e-3 for lr in lrs) <= 40
     assert {s["layers"] for s in first} <= {1, 2, 3, 4} and all(isinstance(s["layers"], int) for s in first)
     assert {s["opt"] for s in first} == {"adam", "sgd"}
+    # The order the params are written in does not matter, and a parameter added keeps the others' values.
+    reordered = {**spec, "params": dict(reversed(list(spec["params"].items())))}
+    assert [dict(sorted(t.items())) for t in expand(None, reordered, None)] == [dict(sorted(t.items())) for t in first]
+    more = expand(None, {**spec, "params": {**spec["params"], "dropout": {"min": 0.0, "max": 0.5}}}, None)
+    assert [{k: v for k, v in t.items() if k != "dropout"} for t in more] == first
+    assert trial_ids(expand(None, reordered, None)) == trial_ids(first), "the same trials are the same ids"
 
 
 @pytest.mark.parametrize(("grid", "random", "trials", "needle"), [
