@@ -79,7 +79,7 @@ options:
   random:
     description:
       - "C({count, seed, params}); each param is C({min, max, log, int}) or C({choices: [...]})."
-      - The same seed always gives the same trials, whatever the order of O(random.params); a parameter added
+      - The same seed always gives the same trials, whatever the order of its C(params); a parameter added
         leaves the others' values as they were (each has a random stream of its own).
     type: dict
   trials:
