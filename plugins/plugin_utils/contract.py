@@ -210,8 +210,8 @@ def _range_problems(values: Mapping[str, Any], spec: Mapping[str, Any], converte
             continue
         pattern, says = (option.get(key) for key in PATTERN_KEYS)
         if pattern and name in values and isinstance(value, str) and not re.fullmatch(pattern, value):
-            shown = "a value not shown" if option.get("no_log") else repr(value if len(value) <= 80 else
-                                                                           f"{value[:40]}...{value[-20:]}")
+            short = value if len(value) <= 80 else f"{value[:40]}...{value[-20:]}"
+            shown = "a value not shown" if option.get("no_log") else repr(short)
             found.append(f"{prefix}{name} {says or 'must match ' + pattern}, got {shown}")
             continue
         if name not in values or isinstance(value, bool) or not isinstance(value, int | float):

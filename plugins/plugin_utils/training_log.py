@@ -366,4 +366,3 @@ class LogFollower:
         if self.metric_lines:
             return ("records", self.metric_lines, self.metrics.epoch)
         return ("bytes", self.size, len(self.partial))
-
