@@ -56,6 +56,7 @@ from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import (
 )
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_scheduler import (
     MIN_TRIAL_USD,
+    PROGRESS_FILE,
     Budget,
     Scheduler,
     SweepLock,
@@ -197,7 +198,8 @@ class ActionModule(ActionBase):
             # Every value was templated here already (sweep.yml's templating, then the trial's parameters): the
             # trial's playbook must not template it again ({#...#} in a value would vanish, {{ x }} fail).
             var_files.write(vars_file, run_vars, unsafe=True)
-            env = trial_environment(os.environ, progress_file=os.path.join(trial.results_dir, "progress.json"),
+            trial.vars_file = vars_file
+            env = trial_environment(os.environ, progress_file=os.path.join(trial.results_dir, PROGRESS_FILE),
                                     strategy=strategy)
             log = open(os.path.join(trial.results_dir, "ansible.log"), "ab")  # noqa: SIM115 - the child keeps it
             try:
@@ -223,8 +225,10 @@ class ActionModule(ActionBase):
                 write_json_atomic(os.path.join(trial.results_dir, "trial.json"),
                                   {"id": trial.id, "label": trial.label, "params": trial.params,
                                    "trains": training_digests(trial.run_vars), "row": trial.row})
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(private_dir, f"{trial.id}.yml"))
+            if trial.vars_file:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(trial.vars_file)
+                trial.vars_file = None
 
         def teardown(stopped: Sequence[Trial]) -> None:
             env = {**plain_environment(os.environ), "MLOPS_VAST_GUARD": "off"}

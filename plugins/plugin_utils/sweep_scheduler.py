@@ -68,6 +68,8 @@ class Trial:
     orphaned: bool = False
     row: dict[str, Any] | None = None
     message: str = ""
+    # Its variables for ansible-playbook -e @FILE (run_env may hold tokens): removed once its playbook has read them.
+    vars_file: str | None = field(default=None, repr=False)
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "label": self.label, "params": self.params, "state": self.state,
@@ -78,6 +80,8 @@ class Trial:
 
 
 PROGRESS_CALLBACK = "mlops.vast.progress"
+# In each trial's folder; the callback writes it when the first play starts, after the extra variables were read.
+PROGRESS_FILE = "progress.json"
 COLLECTION_STRATEGY = "mlops.vast.linear"
 
 
@@ -238,6 +242,7 @@ class Scheduler:
             if self.cancel_reason:
                 self._cancel_all()
                 break
+            self._drop_read_variables()
             changed = self._reap() | self._refresh_spend()
             if self.budget.total > 0 and self.budget.live_spent(self.trials) >= self.budget.total - 1e-9 \
                     and self.running():
@@ -251,6 +256,16 @@ class Scheduler:
                 time.sleep(self.poll_s)
         self.save()
         return self.trials
+
+    def _drop_read_variables(self) -> None:
+        """A trial's variables file stays on disk only until its playbook has read it: the first play's start says
+        so. A controller killed with its trials (nothing left to clean up after them) then leaves no tokens
+        behind, unless it dies in a trial's first second."""
+        for trial in self.running():
+            if trial.vars_file and os.path.exists(os.path.join(trial.results_dir, PROGRESS_FILE)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(trial.vars_file)
+                trial.vars_file = None
 
     def _start_what_fits(self) -> bool:
         changed = False

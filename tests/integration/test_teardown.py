@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,92 @@ def test_teardown_keep_unverified_false_destroys_anyway(sim: Sim, tmp_path: Path
     record = json.loads((tmp_path / "results" / "teardown.json").read_text())
     assert record["checkpoints_verified"] is False and record["destroyed"]
     assert instance_rows(sim) == [] and ledger_open(tmp_path) == []
+
+
+# Two sealed checkpoints on the host; only the older one was brought home before the run was interrupted.
+SEALED = (f"mkdir -p {OUTPUT}/checkpoint-50 {OUTPUT}/checkpoint-100 && echo old > {OUTPUT}/checkpoint-50/model.json"
+          f" && echo new > {OUTPUT}/checkpoint-100/model.json && python3 -c '{SEAL}' {OUTPUT}")
+
+
+def rent_with_checkpoints(tmp_path: Path, sim: Sim, env: dict[str, str], label: str) -> int:
+    playbook = tmp_path / f"rent-{label}.yml"
+    playbook.write_text(yaml.safe_dump([
+        {"hosts": "localhost", "gather_facts": False,
+         "roles": [{"role": "mlops.vast.provision", "vars": {
+             "provision_label": label, "provision_query": good_query(sim, "reliability > 0.95 num_gpus=1"),
+             "provision_probe": False, "provision_check": False, "provision_disk_gb": 10,
+             "provision_exclusions_path": str(tmp_path / "excluded.json"),
+             "provision_ssh_private_key": str(tmp_path / "key")}}]},
+        {"hosts": "provisioned", "gather_facts": False,
+         "tasks": [{"name": "Two sealed checkpoints", "ansible.builtin.shell": SEALED, "changed_when": True}]},
+    ]))
+    done = run_playbook(str(playbook), env, "-i", str(local_inventory(tmp_path)))
+    assert done.returncode == 0, failure_excerpt(done.stdout)
+    with sim.client() as client:
+        rows = [row for row in client.get("/api/v1/instances/").json()["instances"] if row["label"] == label]
+    assert len(rows) == 1
+    return rows[0]["id"]
+
+
+def results_of_an_interrupted_run(tmp_path: Path, label: str, instance_id: int) -> Path:
+    """What train.yml leaves before its teardown: the older checkpoint home, the watch's last word naming the
+    instance the run trains on."""
+    results = tmp_path / f"results-{label}"
+    (results / "checkpoints" / "checkpoint-50").mkdir(parents=True)
+    (results / "checkpoints" / "checkpoint-50" / "model.json").write_text("old\n")
+    (results / "progress-watch.json").write_text(json.dumps({"instance_id": instance_id, "step": 120,
+                                                             "outcome": None}))
+    return results
+
+
+def wait_status(sim: Sim, instance_id: int, status: str) -> None:
+    with sim.client() as client:
+        for _ in range(100):
+            if client.get(f"/api/v0/instances/{instance_id}/").json()["instances"]["actual_status"] == status:
+                return
+            time.sleep(0.1)
+    raise AssertionError(f"instance {instance_id} never {status}")
+
+
+def test_an_interrupted_run_whose_host_is_offline_gets_its_wait_through_the_inventory(sim: Sim,
+                                                                                      tmp_path: Path) -> None:
+    # The guard's, the API's and mlops-vast's teardown go through inventory/vast.yml, which lists running instances
+    # only: a host offline at that moment is not in it, and was destroyed at once with its newer checkpoints.
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(tmp_path / "key"))
+    back = rent_with_checkpoints(tmp_path, sim, env, "td-offline-back")
+    results = results_of_an_interrupted_run(tmp_path, "td-offline-back", back)
+    with sim.client() as client:
+        assert client.post("/_sim/faults", json={"kind": "offline", "instance_id": back, "for_s": 4}).status_code == 200
+    wait_status(sim, back, "offline")
+    done = run_playbook("playbooks/teardown.yml", env, "-i", "inventory/vast.yml", "-e",
+                        "teardown_label=td-offline-back", "-e", f"teardown_results_dir={results}", "-e",
+                        "teardown_unreachable_wait_s=60")
+    assert done.returncode == 0, failure_excerpt(done.stdout)
+    record = json.loads((results / "teardown.json").read_text())
+    assert record["host_reachable"] is True and record["checkpoints_verified"] is True, record
+    assert record["newest_checkpoint"] == "checkpoint-100" and record["may_lose"] == "", record
+    assert (results / "checkpoints" / "checkpoint-100" / "model.json").read_text() == "new\n"
+    assert not any(row["label"] == "td-offline-back" for row in instance_rows_all(sim))
+
+    # One that stays offline past the wait: destroyed, and the record names what is home and what may be lost.
+    gone = rent_with_checkpoints(tmp_path, sim, env, "td-offline-gone")
+    results = results_of_an_interrupted_run(tmp_path, "td-offline-gone", gone)
+    with sim.client() as client:
+        assert client.post("/_sim/faults", json={"kind": "offline", "instance_id": gone}).status_code == 200
+    wait_status(sim, gone, "offline")
+    done = run_playbook("playbooks/teardown.yml", env, "-i", "inventory/vast.yml", "-e",
+                        "teardown_label=td-offline-gone", "-e", f"teardown_results_dir={results}", "-e",
+                        "teardown_unreachable_wait_s=3")
+    assert done.returncode == 0, failure_excerpt(done.stdout)
+    record = json.loads((results / "teardown.json").read_text())
+    assert record["host_reachable"] is False and record["newest_checkpoint"] == "checkpoint-50", record
+    assert "did not come back within 3 s" in record["may_lose"] and "(checkpoint-50) is lost with it" in \
+        record["may_lose"], record
+    assert "td-offline-gone: the host did not come back within 3 s" in done.stdout
+    assert not any(row["label"] == "td-offline-gone" for row in instance_rows_all(sim)) and ledger_open(tmp_path) == []
+
+
+def instance_rows_all(sim: Sim) -> list[dict]:
+    with sim.client() as client:
+        return client.get("/api/v1/instances/").json()["instances"]

@@ -49,6 +49,11 @@ class Harness:
         self.started.append((trial.id, time.monotonic()))
         seconds, rc = trial.params.get("seconds", 0.2), trial.params.get("rc", 0)
         script = f"import time; time.sleep({seconds}); raise SystemExit({rc})"
+        if trial.params.get("reads_vars"):
+            # As a trial's playbook: reads its variables, starts its first play (the progress file), then runs on.
+            script = (f"import os, sys, time; open({os.path.join(trial.results_dir, 'progress.json')!r}, 'w').close()"
+                      f"\nfor _ in range(100):\n    if not os.path.exists({trial.vars_file!r}): sys.exit(0)\n"
+                      "    time.sleep(0.05)\nsys.exit(7)")
         if trial.params.get("signal"):
             script = f"import os, time; time.sleep({seconds}); os.kill(os.getpid(), {trial.params['signal']})"
         return subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
@@ -271,6 +276,19 @@ def test_a_trial_train_yml_refused_for_its_cap_is_a_budget_row_not_a_failure(tmp
     assert [t.row["outcome"] for t in trials] == ["budget", "budget", "failed"]
     assert [t.outcome for t in trials] == ["budget", "budget", "failed"]
     assert trials[0].row["message"] == refused  # train.yml's own words stay
+
+
+def test_a_trials_variables_file_goes_once_its_playbook_has_started(tmp_path: Path) -> None:
+    run = Harness(tmp_path, [{"reads_vars": True}, {"seconds": 0.3}], max_parallel=2)
+    for trial in run.trials:
+        os.makedirs(trial.results_dir)
+        trial.vars_file = str(tmp_path / f"{trial.id}.yml")
+        Path(trial.vars_file).write_text("run_env: {TOKEN: s3cret}\n")
+    trials = run.scheduler.run(deadline_s=60)
+    assert trials[0].rc == 0, "removed while its playbook ran, once its first play had started"
+    assert trials[0].vars_file is None and not (tmp_path / "t000.yml").exists()
+    # Not started (no progress file): kept for the playbook to read; the sweep's finish removes it.
+    assert trials[1].vars_file and (tmp_path / "t001.yml").exists()
 
 
 def test_what_earlier_runs_spent_counts_toward_the_budget(tmp_path: Path) -> None:
