@@ -521,6 +521,11 @@ def _wait(play: _PlaybookRun, poll: Callable[[], None], emit: _Emitter, run_name
         # teardowns, which the guard of each starts once its parent is gone): they still need the key file, which
         # is handed over instead of deleted.
         play.ctx.teardowns_left_running = True
+        with contextlib.suppress(BaseException):  # the caller's Ctrl-C goes on whatever on_event does
+            emit(ev.Warning(run=run_name, message=(
+                "interrupted twice: left at once, the playbook killed; teardowns already under way go on in the "
+                "background (their logs in the results folder), anything they had not reached is still rented: "
+                "check with `mlops-vast status`, finish with `mlops-vast teardown --all`")))
         raise
     if state["cause"] is not None:
         raise _Interrupted(state["cause"])

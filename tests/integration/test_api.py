@@ -199,10 +199,13 @@ def test_a_second_ctrl_c_during_a_sweep_leaves_its_teardowns_the_key(sim: Sim, t
              "run_command": COMMAND.replace("--max_steps 200", "--max_steps 100000")}
     del sweep["run_name"]
     steps: dict[str, int] = {}
+    warnings: list[str] = []
 
     def on_event(event: mlops_vast.Event) -> None:
         if isinstance(event, mlops_vast.Progress) and event.step:
             steps[event.run] = event.step
+        if isinstance(event, mlops_vast.Warning):
+            warnings.append(event.message)
 
     def ctrl_c_twice() -> None:
         deadline = time.monotonic() + 300
@@ -219,6 +222,8 @@ def test_a_second_ctrl_c_during_a_sweep_leaves_its_teardowns_the_key(sim: Sim, t
         with pytest.raises(KeyboardInterrupt):
             mlops_vast.sweep(sweep, on_event=on_event, sim=local_sim(sim, tmp_path), cwd=tmp_path, env=env)
         assert len(steps) == 2 and min(steps.values()) >= 60, steps
+        assert any(w.startswith("interrupted twice: left at once") and "mlops-vast teardown --all" in w
+                   for w in warnings), warnings
         # What the killed playbook left running tears down by itself, with the key it was started with.
         deadline = time.monotonic() + 240
         open_now = None
