@@ -57,6 +57,7 @@ POLL_S = 0.25
 # The sweep's scheduler stops its trials and brings each one's checkpoints home (its teardowns may take 600 s).
 SWEEP_CANCEL_GRACE_S = 660.0
 TEARDOWN_TIMEOUT_S = 900.0
+TEARDOWN_SLOW_S = 60.0  # a teardown still going after this long says so, and again each time as long
 # How long a stopped run's teardown waits for a host that does not answer before destroying it (the guard's).
 UNREACHABLE_WAIT_S = 10.0
 
@@ -375,34 +376,42 @@ def run_folders(results: Path, labels: Iterable[str]) -> dict[str, Path]:
     return {name: folder for name, (_began, folder) in found.items()}
 
 
-def teardown_runs(folders: dict[str, Path], *, env: dict[str, str], cwd: Path, api_key: str) -> dict[str, bool]:
+def teardown_runs(folders: dict[str, Path], *, env: dict[str, str], cwd: Path, api_key: str,
+                  on_event: EventHandler | None = None) -> dict[str, bool]:
     """Bring each run's newest sealed checkpoint and files home into its results folder (verified), then destroy its
     instance: ``{label: results folder}``, the teardown ``mlops-vast teardown`` does for a run it finds the folder
-    of; {label: succeeded}. Each teardown's output goes to ``<folder>/teardown-<label>.log``."""
+    of; {label: succeeded}. Each teardown's output goes to ``<folder>/teardown-<label>.log``; ``on_event`` gets a
+    ``Warning`` each minute a teardown goes on."""
     scratch = Path(tempfile.mkdtemp(prefix="mlops-vast-teardown-"))
     os.chmod(scratch, 0o700)
     ctx = _Context(root=collection_root(), cwd=cwd.resolve(), env_extra=dict(env),
                    key_file=_keys.KeyFile(api_key, also=[scratch]), scratch=scratch)
     try:
-        return _teardown(ctx, [_teardown_vars(label, folder, {}, 0.0) for label, folder in folders.items()])
+        return _teardown(ctx, [_teardown_vars(label, folder, {}, 0.0) for label, folder in folders.items()],
+                         emit=_Emitter(on_event))
     finally:
         ctx.close()
 
 
 def _teardown(ctx: _Context, runs: Iterable[dict[str, Any]], log_dir: Path | None = None, *,
-              parallel: int = 8) -> dict[str, bool]:
+              parallel: int = 8, emit: Callable[[ev.Event], None] | None = None,
+              slow_s: float = TEARDOWN_SLOW_S) -> dict[str, bool]:
     """playbooks/teardown.yml through the inventory once per run (``_teardown_vars``), in parallel, each in its own
     session so a Ctrl-C in the terminal does not cut it short; {label: succeeded}. Their output goes to
-    ``log_dir/teardown-<label>.log`` (without ``log_dir``, into each run's results folder)."""
+    ``log_dir/teardown-<label>.log`` (without ``log_dir``, into each run's results folder). ``emit`` gets a
+    ``Warning`` for each teardown still going every ``slow_s``: a pull that does not end, or an API that refuses
+    the destroy, bills meanwhile, and the person waiting should know."""
     by_label = {run["teardown_label"]: run for run in runs if run.get("teardown_label")}
     labels = list(by_label)
     env = ctx.env()
     outcome: dict[str, bool] = {}
+    started: dict[str, tuple[float, Path]] = {}
 
     def one(label: str) -> None:
         playbook = [str(Path(sys.executable).parent / "ansible-playbook"), str(ctx.root / "playbooks" / "teardown.yml")]
         logs = log_dir or Path(by_label[label]["teardown_results_dir"])
         logs.mkdir(parents=True, exist_ok=True)
+        started[label] = (time.monotonic(), logs / f"teardown-{label}.log")
         with open(logs / f"teardown-{label}.log", "w") as log:
             process = subprocess.Popen([*playbook, "-i", str(ctx.root / "inventory" / "vast.yml"), "-e",
                                         json.dumps(by_label[label])], env=env, cwd=ctx.cwd, stdin=subprocess.DEVNULL,
@@ -433,10 +442,15 @@ def _teardown(ctx: _Context, runs: Iterable[dict[str, Any]], log_dir: Path | Non
             thread = threading.Thread(target=one, args=(label,), daemon=True)
             thread.start()
             threads.append(thread)
+        next_word = time.monotonic() + slow_s
         for thread in threads:
             while thread.is_alive():
                 try:
-                    thread.join()
+                    thread.join(timeout=max(0.1, min(POLL_S * 5, next_word - time.monotonic())))
+                    if emit is not None and time.monotonic() >= next_word:
+                        next_word += slow_s
+                        _still_tearing_down(emit, {label: started[label] for label in labels
+                                                   if label in started and label not in outcome})
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:  # a SystemExit: the key must outlive the teardowns that use it
@@ -449,6 +463,18 @@ def _teardown(ctx: _Context, runs: Iterable[dict[str, Any]], log_dir: Path | Non
     if pending is not None:
         raise pending
     return outcome
+
+
+def _still_tearing_down(emit: Callable[[ev.Event], None], going: dict[str, tuple[float, Path]]) -> None:
+    now = time.monotonic()
+    for label, (began, log) in going.items():
+        lines = (_read_text(log) or "").splitlines()
+        task = next((line[6:].split("]")[0] for line in reversed(lines) if line.startswith("TASK [")), None)
+        at = f" (at: {task})" if task else ""
+        emit(ev.Warning(run=label, task=task, message=(
+            f"still tearing down after {now - began:.0f} s{at}; the instance bills until it is destroyed. After "
+            f"{TEARDOWN_TIMEOUT_S:g} s the teardown is stopped and the instance destroyed by label; a destroy the API "
+            f"keeps refusing is retried. Its log: {log}")))
 
 
 def _kill_trial_playbooks(trials: Iterable[dict[str, Any]]) -> None:
@@ -606,7 +632,7 @@ def train(run: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHandle
             emit(ev.PhaseChanged(run=name, phase="teardown", previous=state["snap"].phase if state["snap"] else None,
                                  task="Cancelled: playbooks/teardown.yml for the run's label"))
             teardown_ok = _teardown(ctx, [_teardown_vars(name, results_dir, merged, started)],
-                                    results_dir).get(name, False)
+                                    results_dir, emit=emit).get(name, False)
         result = _run_result(name, results_dir, status, rc, cancelled, teardown_ok, play.artifacts_dir, started)
         emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))
         if cause is not None:
@@ -814,7 +840,7 @@ def sweep(sweep: dict[str, Any] | str | os.PathLike[str], *, on_event: EventHand
             stopped = _trials_still_open(watcher.trials(), ledger_path(ctx.env()), emit, name)
             _teardown(ctx, [_teardown_vars(trial["label"], Path(trial.get("results_dir") or results_dir), merged,
                                            float(trial.get("started_at") or started)) for trial in stopped],
-                      results_dir)
+                      results_dir, emit=emit)
         result = _sweep_result(name, results_dir, status, rc, cancelled, watcher, play.artifacts_dir,
                                _number(merged.get("sweep_budget_usd")))
         emit(ev.Finished(run=name, outcome=result.outcome, status=status, results_dir=str(results_dir)))

@@ -560,6 +560,11 @@ def _api_key(env: dict[str, str]) -> str | None:
         raise InputError(str(exc)) from None
 
 
+def _say_warning(event: ev.Event) -> None:
+    if isinstance(event, ev.Warning):
+        print(f"mlops-vast: {event.run}: {event.message}", file=sys.stderr)
+
+
 def cmd_teardown(args: argparse.Namespace) -> int:
     from mlops_vast import _keys
 
@@ -663,7 +668,8 @@ def _bring_home(args: argparse.Namespace, contracts: list[dict[str, Any]], env: 
               + ", ".join(f"{label} (into {folder})" for label, folder in folders.items()) + " before destroying",
               file=sys.stderr)
     began = time.time()
-    outcome = api.teardown_runs(folders, env=env, cwd=Path.cwd(), api_key=key)
+    outcome = api.teardown_runs(folders, env=env, cwd=Path.cwd(), api_key=key,
+                                on_event=None if args.json else _say_warning)
     home: dict[str, dict[str, Any]] = {}
     for label, folder in folders.items():
         record = ev.read_json(folder / "teardown.json") or {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -319,3 +320,32 @@ def test_a_cancelled_sweep_tears_down_the_trials_the_ledger_holds_open_or_all_wh
     assert api._trials_still_open(trials, tmp_path, said.append, "s") == trials
     assert len(said) == 1 and isinstance(said[0], ev.Warning)
     assert "cannot read the contract ledger" in said[0].message and "every trial" in said[0].message
+
+
+def test_a_teardown_that_goes_on_says_so_each_time_it_has_taken_as_long_again(tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    # ansible-playbook stands in for a teardown whose destroy the API keeps refusing: it sits in that task.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ansible-playbook").write_text("#!/bin/sh\necho 'TASK [Destroy the instances with the label] ***'\n"
+                                              "sleep 1.4\n")
+    (bin_dir / "ansible-playbook").chmod(0o755)
+    monkeypatch.setattr(api.sys, "executable", str(bin_dir / "python3"))
+    ctx = api._Context(root=api.collection_root(), cwd=tmp_path, env_extra={}, key_file=None, scratch=tmp_path)
+    seen: list[ev.Event] = []
+    outcome = api._teardown(ctx, [{"teardown_label": "slow-run", "teardown_results_dir": str(tmp_path / "r")}],
+                            emit=seen.append, slow_s=0.5)
+    assert outcome == {"slow-run": True}
+    warnings = [e for e in seen if isinstance(e, ev.Warning)]
+    assert 2 <= len(warnings) <= 3, warnings
+    first = warnings[0]
+    assert first.run == "slow-run" and first.task == "Destroy the instances with the label"
+    assert re.match(r"still tearing down after \d s \(at: Destroy the instances with the label\); the instance "
+                    r"bills until it is destroyed\. After 900 s the teardown is stopped", first.message), first.message
+    assert first.message.endswith(f"Its log: {tmp_path / 'r' / 'teardown-slow-run.log'}")
+    # A quick one says nothing.
+    (bin_dir / "ansible-playbook").write_text("#!/bin/sh\nexit 0\n")
+    seen.clear()
+    assert api._teardown(ctx, [{"teardown_label": "quick", "teardown_results_dir": str(tmp_path / "q")}],
+                         emit=seen.append, slow_s=5) == {"quick": True}
+    assert seen == []
