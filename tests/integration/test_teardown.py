@@ -37,18 +37,24 @@ REWRITER = (f"mkdir -p {OUTPUT}/checkpoint-50 {OUTPUT}/checkpoint-100 && echo ol
             " >/dev/null 2>&1 < /dev/null &)")
 
 
-def rent_write_and_tear_down(tmp_path: Path, sim: Sim, **teardown_vars: object) -> Path:
-    playbook = tmp_path / "teardown-guard.yml"
-    playbook.write_text(yaml.safe_dump([
+def rent_and_write(tmp_path: Path, sim: Sim, label: str, what: str, shell: str) -> list[dict]:
+    """Plays that rent an instance labelled ``label`` (no probe, no check) and run ``shell`` on it."""
+    return [
         {"hosts": "localhost", "gather_facts": False,
          "roles": [{"role": "mlops.vast.provision", "vars": {
-             "provision_label": LABEL, "provision_query": good_query(sim, "reliability > 0.95 num_gpus=1"),
+             "provision_label": label, "provision_query": good_query(sim, "reliability > 0.95 num_gpus=1"),
              "provision_probe": False, "provision_check": False, "provision_disk_gb": 10,
              "provision_exclusions_path": str(tmp_path / "excluded.json"),
              "provision_ssh_private_key": str(tmp_path / "key")}}]},
         {"hosts": "provisioned", "gather_facts": False,
-         "tasks": [{"name": "A run that keeps rewriting its newest checkpoint",
-                    "ansible.builtin.shell": REWRITER, "changed_when": True}]},
+         "tasks": [{"name": what, "ansible.builtin.shell": shell, "changed_when": True}]},
+    ]
+
+
+def rent_write_and_tear_down(tmp_path: Path, sim: Sim, **teardown_vars: object) -> Path:
+    playbook = tmp_path / "teardown-guard.yml"
+    playbook.write_text(yaml.safe_dump([
+        *rent_and_write(tmp_path, sim, LABEL, "A run that keeps rewriting its newest checkpoint", REWRITER),
         {"hosts": "localhost", "gather_facts": False,
          "roles": [{"role": "mlops.vast.teardown", "vars": {
              "teardown_label": LABEL, "teardown_results_dir": str(tmp_path / "results"), **teardown_vars}}]},
@@ -102,16 +108,7 @@ SEALED = (f"mkdir -p {OUTPUT}/checkpoint-50 {OUTPUT}/checkpoint-100 && echo old 
 
 def rent_with_checkpoints(tmp_path: Path, sim: Sim, env: dict[str, str], label: str) -> int:
     playbook = tmp_path / f"rent-{label}.yml"
-    playbook.write_text(yaml.safe_dump([
-        {"hosts": "localhost", "gather_facts": False,
-         "roles": [{"role": "mlops.vast.provision", "vars": {
-             "provision_label": label, "provision_query": good_query(sim, "reliability > 0.95 num_gpus=1"),
-             "provision_probe": False, "provision_check": False, "provision_disk_gb": 10,
-             "provision_exclusions_path": str(tmp_path / "excluded.json"),
-             "provision_ssh_private_key": str(tmp_path / "key")}}]},
-        {"hosts": "provisioned", "gather_facts": False,
-         "tasks": [{"name": "Two sealed checkpoints", "ansible.builtin.shell": SEALED, "changed_when": True}]},
-    ]))
+    playbook.write_text(yaml.safe_dump(rent_and_write(tmp_path, sim, label, "Two sealed checkpoints", SEALED)))
     done = run_playbook(str(playbook), env, "-i", str(local_inventory(tmp_path)))
     assert done.returncode == 0, failure_excerpt(done.stdout)
     with sim.client() as client:
@@ -140,43 +137,41 @@ def wait_status(sim: Sim, instance_id: int, status: str) -> None:
     raise AssertionError(f"instance {instance_id} never {status}")
 
 
+def offline_then_tear_down(sim: Sim, tmp_path: Path, env: dict[str, str], label: str, *, offline_s: float | None,
+                           wait_s: float) -> tuple[dict, str, Path]:
+    """An interrupted run's instance goes offline (for ``offline_s``, None: for good); then the teardown the guard,
+    the API and mlops-vast run: (teardown.json, its output, the results folder)."""
+    instance = rent_with_checkpoints(tmp_path, sim, env, label)
+    results = results_of_an_interrupted_run(tmp_path, label, instance)
+    fault = {"kind": "offline", "instance_id": instance, **({"for_s": offline_s} if offline_s else {})}
+    with sim.client() as client:
+        assert client.post("/_sim/faults", json=fault).status_code == 200
+    wait_status(sim, instance, "offline")
+    done = run_playbook("playbooks/teardown.yml", env, "-i", "inventory/vast.yml", "-e", f"teardown_label={label}",
+                        "-e", f"teardown_results_dir={results}", "-e", f"teardown_unreachable_wait_s={wait_s:g}")
+    assert done.returncode == 0, failure_excerpt(done.stdout)
+    assert not any(row["label"] == label for row in instance_rows_all(sim))
+    return json.loads((results / "teardown.json").read_text()), done.stdout, results
+
+
 def test_an_interrupted_run_whose_host_is_offline_gets_its_wait_through_the_inventory(sim: Sim,
                                                                                       tmp_path: Path) -> None:
     # The guard's, the API's and mlops-vast's teardown go through inventory/vast.yml, which lists running instances
     # only: a host offline at that moment is not in it, and was destroyed at once with its newer checkpoints.
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
     env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(tmp_path / "key"))
-    back = rent_with_checkpoints(tmp_path, sim, env, "td-offline-back")
-    results = results_of_an_interrupted_run(tmp_path, "td-offline-back", back)
-    with sim.client() as client:
-        assert client.post("/_sim/faults", json={"kind": "offline", "instance_id": back, "for_s": 4}).status_code == 200
-    wait_status(sim, back, "offline")
-    done = run_playbook("playbooks/teardown.yml", env, "-i", "inventory/vast.yml", "-e",
-                        "teardown_label=td-offline-back", "-e", f"teardown_results_dir={results}", "-e",
-                        "teardown_unreachable_wait_s=60")
-    assert done.returncode == 0, failure_excerpt(done.stdout)
-    record = json.loads((results / "teardown.json").read_text())
+    record, _, results = offline_then_tear_down(sim, tmp_path, env, "td-offline-back", offline_s=4, wait_s=60)
     assert record["host_reachable"] is True and record["checkpoints_verified"] is True, record
     assert record["newest_checkpoint"] == "checkpoint-100" and record["may_lose"] == "", record
     assert (results / "checkpoints" / "checkpoint-100" / "model.json").read_text() == "new\n"
-    assert not any(row["label"] == "td-offline-back" for row in instance_rows_all(sim))
 
     # One that stays offline past the wait: destroyed, and the record names what is home and what may be lost.
-    gone = rent_with_checkpoints(tmp_path, sim, env, "td-offline-gone")
-    results = results_of_an_interrupted_run(tmp_path, "td-offline-gone", gone)
-    with sim.client() as client:
-        assert client.post("/_sim/faults", json={"kind": "offline", "instance_id": gone}).status_code == 200
-    wait_status(sim, gone, "offline")
-    done = run_playbook("playbooks/teardown.yml", env, "-i", "inventory/vast.yml", "-e",
-                        "teardown_label=td-offline-gone", "-e", f"teardown_results_dir={results}", "-e",
-                        "teardown_unreachable_wait_s=3")
-    assert done.returncode == 0, failure_excerpt(done.stdout)
-    record = json.loads((results / "teardown.json").read_text())
+    record, out, _ = offline_then_tear_down(sim, tmp_path, env, "td-offline-gone", offline_s=None, wait_s=3)
     assert record["host_reachable"] is False and record["newest_checkpoint"] == "checkpoint-50", record
     assert "did not come back within 3 s" in record["may_lose"] and "(checkpoint-50) is lost with it" in \
         record["may_lose"], record
-    assert "td-offline-gone: the host did not come back within 3 s" in done.stdout
-    assert not any(row["label"] == "td-offline-gone" for row in instance_rows_all(sim)) and ledger_open(tmp_path) == []
+    assert "td-offline-gone: the host did not come back within 3 s" in out
+    assert ledger_open(tmp_path) == []
 
 
 def instance_rows_all(sim: Sim) -> list[dict]:
