@@ -465,7 +465,7 @@ class Watcher:
             summary_required=bool(self.p["summary_regex"]), host_fresh=host_fresh, run_elapsed=elapsed,
             idle=self.stall.idle(now), stalled=self.stall.stalled(now), progress=describe_progress(token),
             diverging_records=self.divergence().count, divergence=self.divergence().describe(),
-            ends_nonfinite=self.divergence().count > 0 and self.divergence().last_kind in ("nonfinite", "filtered"),
+            ends_nonfinite=self.divergence().ends_nonfinite,
             instance_gone=self.instance_gone,
             gone_kind=self.gone_kind,
             unreachable_for=None if self.unreachable_since is None else now - self.unreachable_since,

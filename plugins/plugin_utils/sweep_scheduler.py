@@ -32,6 +32,7 @@ from typing import Any
 
 from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_plan import SweepSpecError
+from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import read_json
 
 STATES = ("queued", "running", "done", "skipped", "cancelled")
 
@@ -411,11 +412,8 @@ class SweepLock:
             self.fd = None
 
     def _sweep_there(self) -> str | None:
-        try:
-            with open(os.path.join(self.results_dir, "sweep-state.json"), encoding="utf-8") as handle:
-                name = json.load(handle).get("sweep")
-        except (OSError, ValueError, AttributeError):
-            return None
+        state = read_json(os.path.join(self.results_dir, "sweep-state.json"))
+        name = state.get("sweep") if isinstance(state, dict) else None
         return name if isinstance(name, str) else None
 
 

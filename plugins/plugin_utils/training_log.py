@@ -183,6 +183,11 @@ class DivergenceStreak:
         if grad_norm is None or math.isfinite(grad_norm):
             self.last_clean_step = step
 
+    @property
+    def ends_nonfinite(self) -> bool:
+        """The last training record's loss was NaN or infinite (or 0.0 beside a NaN grad_norm): so are the weights."""
+        return self.count > 0 and self.last_kind in ("nonfinite", "filtered")
+
     def break_streak(self) -> None:
         """Records were skipped unread (a poll that had to leave part of the log): they may have been sane."""
         self.count = 0

@@ -70,8 +70,9 @@ _Dumper.add_representer(UnsafeText, _represent_unsafe)
 
 
 def load(text: str) -> Any:
-    """YAML as ``yaml.safe_load`` reads it, with ``!unsafe`` strings as :class:`UnsafeText`."""
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader: one more tag, for text only
+    """YAML as ``yaml.safe_load`` reads it, with the strings under ``!unsafe`` (a mapping's and a list's too) as
+    :class:`UnsafeText`."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader with one more tag, which builds only plain values
 
 
 def plain(value: Any, *, unsafe: bool = False) -> Any:
