@@ -92,7 +92,8 @@ class KeyFile:
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(key + "\n")
-        self._dirs = [self._dir, *(os.fspath(d) for d in also)]
+        # The key's own directory last: once it is gone, everything else is (what the janitor's watchers rely on).
+        self._dirs = [*(os.fspath(d) for d in also), self._dir]
         self._alive_fd: int | None = None
         self._janitor: subprocess.Popen[bytes] | None = None
         with contextlib.suppress(OSError):

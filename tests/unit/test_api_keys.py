@@ -113,7 +113,7 @@ def test_a_killed_owner_leaves_no_key_file_once_nothing_started_with_it_runs(tmp
         assert scratch.exists()
         os.kill(user_pid, signal.SIGKILL)
         assert _wait_gone(key_path.parent, 15), "the key file outlived everything that used it"
-        assert not scratch.exists()
+        assert not scratch.exists(), "the key's directory went before the call's other private directory"
     finally:
         with contextlib.suppress(ProcessLookupError):
             owner.kill()
