@@ -154,11 +154,14 @@ def test_a_budget_below_the_runs_cost_stops_it_within_one_poll(sim: Sim, tmp_pat
     env = ansible_env(sim, tmp_path)
     found = run_task("mlops.vast.vast_offer", {"query": query, "order": "dph+", "limit": 1, "storage": 20},
                      env, tmp_path)
+    # On demand, so the run bills this rate (an interruptible one bills its bid, well below it, and would stop
+    # near the end of the run instead of early in it).
     rate = found["offers"][0]["dph_total"] / 3600  # $/s of the offer the run will rent
-    budget = round(rate * 150, 6)  # the whole run takes well over 150 s of billing: 400 steps of 0.5 s
+    budget = round(rate * 100, 6)  # the whole run takes well over 100 s of billing: 400 steps of 0.5 s
     poll = 5
     done = train(sim, tmp_path, run_name="est-budget-stop", run_query=query, run_max_total_usd=budget,
-                 run_tail_s=10, run_poll_interval_s=poll, run_command=tiny_command(step_seconds=0.5))
+                 run_interruptible=False, run_tail_s=10, run_poll_interval_s=poll,
+                 run_command=tiny_command(step_seconds=0.5))
     assert done.returncode != 0 and "The run did not complete: budget:" in done.stdout, failure_excerpt(done.stdout)
     watch = json.loads((tmp_path / "results" / "watch.json").read_text())
     assert watch["outcome"] == "budget"
