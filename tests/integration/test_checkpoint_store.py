@@ -5,6 +5,7 @@ downloads through boto3, and the module does the same through ansible-playbook."
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import os
 import secrets
@@ -188,7 +189,7 @@ def test_the_grant_limits_keys_to_the_attempt_objects_to_5_gib_and_lives_at_most
     assert ["starts-with", "$key", f"{PREFIX}/{RUN}/attempt-3/"] in policy["conditions"]
     assert ["content-length-range", 0, MAX_OBJECT_BYTES] in policy["conditions"] and MAX_OBJECT_BYTES == 5 * 1024 ** 3
     assert {"bucket": s3_bucket["bucket"]} in policy["conditions"]
-    expiration = time.mktime(time.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    expiration = calendar.timegm(time.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ"))
     assert abs(expiration - (before + GRANT_MAX_S)) < 120
     assert s3_bucket["secret_key"] not in json.dumps(grant)
     for bad in (0, -5, True):

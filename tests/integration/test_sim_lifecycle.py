@@ -174,15 +174,19 @@ def test_billing_matches_prices_and_credit_goes_down(sim: Sim) -> None:
         instance_id = rent(client)
         running = wait_status(client, instance_id, "running")
         time.sleep(2.0)
+        asked = time.time()  # before the ledger is read: a stall after it must not count as billed time
         ledger = client.get("/_sim/ledger").json()
         row = next(r for r in ledger["rows"] if r["id"] == instance_id)
         gpu_rate = running["dph_base"] / 3600
         storage_rate = running["storage_total_cost"] / 3600
         assert row["gpu_cost"] == pytest.approx(gpu_rate * row["running_seconds"], rel=0.05)
-        age = time.time() - running["start_date"]
-        assert row["storage_cost"] == pytest.approx(storage_rate * age, rel=0.1)
+        assert row["storage_cost"] == pytest.approx(storage_rate * (asked - running["start_date"]), rel=0.1)
+        # Destroyed, its cost stops growing: what the account was charged is then exactly what the ledger says.
+        assert client.request("DELETE", f"/api/v0/instances/{instance_id}/", json={}).json()["success"]
+        final = next(r for r in client.get("/_sim/ledger").json()["rows"] if r["id"] == instance_id)
+        assert final["cost"] >= row["cost"]
         credit_after = client.get("/api/v0/users/current").json()["credit"]
-        assert credit_before - credit_after == pytest.approx(row["cost"], rel=0.1)
+        assert credit_before - credit_after == pytest.approx(final["cost"], rel=0.01)
 
 
 def test_out_of_credit_stops_instances_but_storage_still_bills(sim: Sim) -> None:
