@@ -5,8 +5,8 @@ and the local contract ledger), **no sealed checkpoint lost** (the newest one th
 end is home and verified), **a clear message** naming what happened, and **the right exit status**.
 
 Cases run concurrently (a train.yml costs ~25 CPU-seconds of controller and mostly waits): the ones whose
-faults aim at one label share a simulator; the ones that need the whole API (HTTP storms) or the whole account
-(credit) get their own. Each case has its own label, ledger, key and results folder.
+faults aim at one label share a simulator; the ones that need the whole API (HTTP storms), the whole account
+(credit) or a whole machine (a competing bid) get their own. Each case has its own label, ledger, key and results folder.
 """
 
 from __future__ import annotations
@@ -311,8 +311,9 @@ CASES = [
                                                                **when_log(r"'step': 160\b")}),
          run_vars={"run_recovery": {"strategy": "wait_then_replace", "wait_in_place_s": 120}},
          message=r"completed after 1 recovery"),
-    # Outbid 1.6 s before checkpoint-200 is saved: time for the simulator, shared with other cases, to stop it.
-    Case("outbid", max_steps=300, trainer="--step_seconds 0.08",
+    # Outbid 1.6 s before checkpoint-200 is saved: time for the simulator to stop it. A simulator of its own: the
+    # competing bid takes its machine's GPUs from every lower bid there, another case's instance included.
+    Case("outbid", own_sim=True, max_steps=300, trainer="--step_seconds 0.08",
          during=lambda sim, label, _key: arm_on_running(sim, label, {"kind": "outbid", "price_factor": 2.0,
                                                                **when_log(r"'step': 180\b")}, target="machine_id"),
          run_vars={"run_interruptible": True, "run_max_bid": 50,
