@@ -6,7 +6,8 @@ end is home and verified), **a clear message** naming what happened, and **the r
 
 Cases run concurrently (a train.yml costs ~25 CPU-seconds of controller and mostly waits): the ones whose
 faults aim at one label share a simulator; the ones that need the whole API (HTTP storms), the whole account
-(credit) or a whole machine (a competing bid) get their own. Each case has its own label, ledger, key and results folder.
+(credit) or a whole machine (a competing bid) get their own. Each case has its own label, ledger, key and results
+folder.
 """
 
 from __future__ import annotations
