@@ -72,14 +72,10 @@ smoke test's memory sampling sees a job's footprint without a GPU
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
 import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -108,6 +104,50 @@ CUDA_BY_BRANCH = {
     530: "12.1", 535: "12.2", 545: "12.3", 550: "12.4", 555: "12.5", 560: "12.6",
     565: "12.7", 570: "12.8", 575: "12.9", 580: "13.0", 590: "13.1", 595: "13.2",
 }
+
+
+def _record(cls: type) -> type:
+    """Make ``cls`` a plain record of its annotated fields, as ``@dataclass`` would: an ``__init__`` taking them in
+    order or by name (a class-level value is the default), ``__eq__`` and ``__repr__``.
+
+    Not ``dataclasses`` itself: importing it (with ``inspect``) and generating each class's methods was about a
+    third of this fake's run time, and the fake runs at every ``nvidia-smi`` call, every poll of every watch.
+    """
+    names = tuple(cls.__dict__.get("__annotations__", {}))  # noqa: RUF063 - inspect is what this file avoids
+    defaults = {name: cls.__dict__[name] for name in names if name in cls.__dict__}
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__}() takes {len(names)} values, {len(args)} given")
+        values = dict(zip(names, args, strict=False))  # fewer values than fields: the rest by name
+        for name, value in kwargs.items():
+            if name not in names or name in values:
+                raise TypeError(f"{cls.__name__}() got an unexpected or repeated value {name!r}")
+            values[name] = value
+        for name in names:
+            if name not in values:
+                if name not in defaults:
+                    raise TypeError(f"{cls.__name__}() is missing {name!r}")
+                values[name] = defaults[name]
+        self.__dict__.update(values)
+
+    def __eq__(self: Any, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in names)
+
+    def __repr__(self: Any) -> str:
+        return f"{cls.__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in names)})"
+
+    cls.__init__ = __init__  # type: ignore[misc]
+    cls.__eq__ = __eq__  # type: ignore[method-assign,assignment]
+    cls.__repr__ = __repr__  # type: ignore[method-assign,assignment]
+    cls.__hash__ = None  # type: ignore[assignment]  # equal records must hash alike, and these are mutable
+    cls._fields = names  # type: ignore[attr-defined]
+    return cls
+
+
+def _replace(record: Any, **changes: Any) -> Any:
+    """A copy of a ``_record`` with some fields changed (``dataclasses.replace``)."""
+    return type(record)(**{**{name: getattr(record, name) for name in record._fields}, **changes})
 
 
 class SpecError(Exception):
@@ -188,7 +228,7 @@ def _model_row(name: str) -> tuple[str, str, int, int, int]:
     return _FALLBACK_MODEL
 
 
-@dataclass
+@_record
 class Gpu:
     """One simulated GPU with every value the output forms need, defaults resolved."""
 
@@ -240,6 +280,8 @@ def _get(raw: dict[str, Any], key: str, kind: type | tuple[type, ...], default: 
 
 
 def _default_uuid(name: str, index: int) -> str:
+    import hashlib  # here, not at the top: most calls name no GPU without a uuid in its spec
+
     digest = hashlib.sha256(f"vastsim:{name}:{index}".encode()).hexdigest()
     return f"GPU-{digest[0:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
@@ -291,6 +333,8 @@ def gpu_from_spec(raw: dict[str, Any], index: int) -> Gpu:
         default_ecc = "N/A"
     serial_guess = None
     if datacenter:
+        import hashlib  # here: only a data-centre part without a serial in its spec needs it
+
         serial_guess = str(int(hashlib.sha256(f"serial:{name}:{index}".encode()).hexdigest(), 16))[:13]
     bus = _get(raw, "pci_bus_id", str, f"00000000:{index + 1:02X}:00.0")
     try:
@@ -339,7 +383,7 @@ def gpu_from_spec(raw: dict[str, Any], index: int) -> Gpu:
     return gpu
 
 
-@dataclass
+@_record
 class Machine:
     """Everything the fake knows about the host: driver, CUDA and its GPUs."""
 
@@ -400,7 +444,7 @@ def load_machine(path: str) -> Machine:
 # --------------------------------------------------------------------------- table
 
 
-@dataclass(frozen=True)
+@_record
 class Layout:
     """Column widths of the summary table, which NVIDIA changes between driver branches.
 
@@ -612,7 +656,7 @@ Please see the nvidia-smi(1) manual page for more detailed information.
 NA = None  # a value the real tool prints as [N/A]
 
 
-@dataclass(frozen=True)
+@_record
 class Field:
     """A --query-gpu property: its unit (shown in the header, and after values unless nounits)."""
 
@@ -766,7 +810,7 @@ def render_query(machine: Machine, gpus: list[Gpu], fields: list[str], header: b
 # --------------------------------------------------------------------------- processes
 
 
-@dataclass(frozen=True)
+@_record
 class GpuProcess:
     pid: int
     gpu: int
@@ -790,8 +834,10 @@ def read_processes(directory: str) -> list[GpuProcess]:
             continue
         path = os.path.join(directory, name)
         if not os.path.exists(f"/proc/{name}"):
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 - contextlib costs an import at every call
                 os.unlink(path)
+            except OSError:
+                pass
             continue
         try:
             with open(path, encoding="utf-8") as fh:
@@ -812,8 +858,8 @@ def with_processes(machine: Machine, processes: list[GpuProcess]) -> Machine:
     for gpu in machine.gpus:
         extra = sum(proc.used_mib for proc in processes if proc.gpu == gpu.index)
         used = min(gpu.memory_total_mib - gpu.memory_reserved_mib, gpu.memory_used_mib + extra)
-        gpus.append(dataclasses.replace(gpu, memory_used_mib=used))
-    return dataclasses.replace(machine, gpus=gpus)
+        gpus.append(_replace(gpu, memory_used_mib=used))
+    return _replace(machine, gpus=gpus)
 
 
 APP_FIELDS: dict[str, tuple[str, Callable[[GpuProcess, Gpu], Any], str | None]] = {
@@ -857,7 +903,7 @@ def render_compute_apps(machine: Machine, processes: list[GpuProcess], spec: str
 # --------------------------------------------------------------------------- command line
 
 
-@dataclass
+@_record
 class Request:
     """What the command line asked for."""
 
