@@ -148,6 +148,13 @@ class ActionModule(ActionBase):
             # Every trial would be refused for it once the sweep runs: said here, before anything happens.
             _fail(f"run_max_total_usd ${run_cap:g} is below ${floor['floor']:g}, the least a trial can start with "
                   f"({floor['floor_why']}): raise it, or leave it out and let the trials share sweep_budget_usd")
+        if 0 < args["budget_usd"] < (run_cap or floor["floor"]) - 1e-12:
+            # No trial could ever start: said here, before the reaper, the key or anything else runs.
+            least = (f"run_max_total_usd ${run_cap:g}, the cap each trial starts with" if run_cap else
+                     f"${floor['floor']:g}, the least a trial can start with ({floor['floor_why']})")
+            _fail(f"sweep_budget_usd ${args['budget_usd']:g} is below {least}: no trial could start. Raise "
+                  "sweep_budget_usd" + (", or lower run_max_total_usd (or leave it out: the trials share the budget)"
+                                        if run_cap else " (0 means no shared budget)"))
 
         if args["plan"] or self._play_context.check_mode:
             # Nothing is written: the plan is what --check shows, and what sweep.yml checks before renting.

@@ -22,7 +22,8 @@ description:
   - O(budget_usd) is shared, and is the whole sweep's across its re-runs (what earlier runs spent on tries that
     run again counts toward it). Each trial runs with a spending cap (C(run_max_total_usd)) that its own watch
     enforces; a trial starts only while the finished trials' cost plus the running trials' caps plus its own cap
-    fit in the budget (without a cap of the run's own, what is left is shared among the queued trials), never
+    fit in the budget (without a cap of the run's own, what is left is shared among the queued trials, or, when that
+    share would be below the floor, among as many as can start with the floor each, the rest waiting), never
     with a cap below what its watch holds in reserve at C(run_max_dph) (the burn until its next look plus
     C(run_tail_s)), and never below $0.0005, the least a trial can cost (a minute of the cheapest GPU). If the
     instances' spend still reaches the budget, the running trials are stopped and their instances destroyed, their

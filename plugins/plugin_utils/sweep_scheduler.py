@@ -153,7 +153,9 @@ class Budget:
         """``(cap, "")`` for the next trial (0: no cap), or ``(None, why it cannot start)``.
 
         Without a cap of the run's own, what is left is shared equally among the trials still queued, so a
-        trial that finishes under its share leaves more for the ones after it and all of them can start.
+        trial that finishes under its share leaves more for the ones after it and all of them can start. When
+        that share would be below the floor, it is shared among as many as can start with the floor each: those
+        start, and the rest wait for what they leave (a budget that pays for some trials runs some, not none).
         """
         floor_why = f"${self.floor:g}, the least a trial can start with ({self.floor_why})"
         if 0 < self.run_cap < self.floor:
@@ -169,12 +171,13 @@ class Budget:
                 return self.run_cap, ""
             return None, f"{held}, less than the trial's cap run_max_total_usd ${self.run_cap:g}"
         queued = max(1, sum(1 for t in trials if t.state == "queued"))
+        sharing = min(queued, int((left + 1e-9) / self.floor)) if self.floor > 0 else queued
         # Rounded down (past float noise), so the caps never add up past the budget.
-        share = math.floor(left / queued * 1e6 + 1e-6) / 1e6
-        if share <= 0 or share < self.floor - 1e-12:
-            return None, (f"{held} for {queued} trial(s) not yet started: a share of ${left / queued:.6g} each, "
-                          f"below {floor_why}; a budget of at least ${committed + self.floor * queued:.6g} "
-                          f"would start them")
+        share = math.floor(left / max(1, sharing) * 1e6 + 1e-6) / 1e6
+        if sharing < 1 or share <= 0 or share < self.floor - 1e-12:
+            return None, (f"{held} for {queued} trial(s) not yet started, below {floor_why}; a budget of at least "
+                          f"${committed + self.floor:.6g} would start one"
+                          + (f", ${committed + self.floor * queued:.6g} all {queued} at once" if queued > 1 else ""))
         return share, ""
 
     def live_spent(self, trials: Sequence[Trial]) -> float:

@@ -210,6 +210,12 @@ PLAYBOOK_CASES = [
      ["sweep_max_parallel"]),
     ("sweep.yml", {"sweep_name": "s", "sweep_trials": [{"lr": 1}], "sweep_budjet_usd": 5},
      ["sweep_budjet_usd", "did you mean sweep_budget_usd"]),
+    ("sweep.yml", {"sweep_name": "s", "sweep_trials": [{"lr": 1}], "sweep_budget_usd": 0.03,
+                   "run_max_total_usd": 0.035},
+     ["sweep_budget_usd $0.03 is below run_max_total_usd $0.035, the cap each trial starts with: no trial could start",
+      "or lower run_max_total_usd"]),
+    ("sweep.yml", {"sweep_name": "s", "sweep_trials": [{"lr": 1}], "sweep_budget_usd": 0.0001},
+     ["sweep_budget_usd $0.0001 is below $", "the least a trial can start with", "no trial could start"]),
     ("train.yml", {"run_interruptible": "sometimes"}, ["run_interruptible"]),
     ("train.yml", {"run_recovery": {"max_preemptions": 99}}, ["run_recovery.max_preemptions must be at most 5"]),
     ("train.yml", {"run_code_src": "no/such/code"}, ["run_code_src 'no/such/code' is not a directory on this "

@@ -212,8 +212,9 @@ def test_a_share_below_the_watchs_reserve_at_the_price_limit_is_not_started(tmp_
     trials = run.scheduler.run(deadline_s=60)
     assert run.started == []
     message = trials[0].row["message"]
-    assert "a share of $0.001 each, below $0.008334, the least a trial can start with" in message, message
-    assert "a budget of at least $0.016668 would start them" in message, message
+    assert "has $0.002 left for 2 trial(s) not yet started, below $0.008334, the least a trial can start with" \
+        in message, message
+    assert "a budget of at least $0.008334 would start one, $0.016668 all 2 at once" in message, message
     # Enough for both: they start, each with its share.
     (tmp_path / "enough").mkdir()
     run = Harness(tmp_path / "enough", [{"cost": 0.0002}] * 2, max_parallel=2,
@@ -230,21 +231,48 @@ def test_a_budget_too_small_for_one_trial_rents_nothing_and_says_why(tmp_path: P
     assert run.started == []
     assert [(t.state, t.outcome, t.row["outcome"]) for t in trials] == [("skipped", "budget", "budget")] * 2
     message = trials[0].row["message"]
-    assert "sweep_budget_usd $1e-05" in message and "a share of $5e-06 each" in message, message
+    assert "sweep_budget_usd $1e-05 has $1e-05 left for 2 trial(s)" in message, message
     assert f"below ${MIN_TRIAL_USD:g}, the least a trial can start with" in message, message
     assert "nothing rented" in message
     state = json.loads((tmp_path / "sweep-state.json").read_text())
-    assert all("a share of $5e-06" in t["message"] for t in state["trials"])
+    assert all("has $1e-05 left" in t["message"] for t in state["trials"])
 
 
 def test_the_floor_is_a_minute_of_the_cheapest_gpu_and_a_share_at_it_starts() -> None:
     assert MIN_TRIAL_USD == 0.0005
     two = [Trial(id=f"t{i}", label=f"l{i}", params={}, results_dir="r") for i in range(2)]
     assert Budget(total=2 * MIN_TRIAL_USD).next_cap(two) == (MIN_TRIAL_USD, "")
-    cap, why = Budget(total=2 * MIN_TRIAL_USD - 0.000002).next_cap(two)
-    assert cap is None and "a budget of at least $0.001 would start them" in why, why
+    # Not enough for both at the floor: one starts with all of it; the other waits for what it leaves.
+    assert Budget(total=2 * MIN_TRIAL_USD - 0.000002).next_cap(two) == (0.000998, "")
+    cap, why = Budget(total=MIN_TRIAL_USD - 0.000001).next_cap(two)
+    assert cap is None and "a budget of at least $0.0005 would start one, $0.001 all 2 at once" in why, why
     # No shared budget and no cap of the run's own: no cap at all, as before.
     assert Budget(total=0).next_cap(two) == (0.0, "")
+
+
+def test_a_budget_that_pays_for_some_trials_at_once_runs_them_in_turn(tmp_path: Path) -> None:
+    # The QA case: $0.08 for three trials whose floor is ~$0.034 ($0.0267 each would be below it) ran none; each
+    # really cost ~$0.0004. Two can start with the floor each: they share it; the third starts with what they leave.
+    floor = 0.033889
+    for max_parallel in (1, 2):
+        work = tmp_path / f"p{max_parallel}"
+        work.mkdir()
+        run = Harness(work, [{"cost": 0.0004, "seconds": 0.1}] * 3, max_parallel=max_parallel, rows=True,
+                      budget=Budget(total=0.08, floor=floor, floor_why="the watch's reserve"))
+        trials = run.scheduler.run(deadline_s=60)
+        assert [t.row["outcome"] for t in trials] == ["completed"] * 3, [t.row["message"] for t in trials]
+        assert trials[0].cap_usd == 0.04, trials[0].cap_usd
+        assert all(t.cap_usd >= floor for t in trials)
+        assert run.max_concurrent() <= max_parallel
+    # At most what the budget can hold at the floor runs at once, whatever sweep_max_parallel allows.
+    work = tmp_path / "p3"
+    work.mkdir()
+    run = Harness(work, [{"cost": 0.0004, "seconds": 0.3}] * 3, max_parallel=3, rows=True,
+                  budget=Budget(total=0.08, floor=floor, floor_why="the watch's reserve"))
+    trials = run.scheduler.run(deadline_s=60)
+    assert [t.row["outcome"] for t in trials] == ["completed"] * 3
+    assert run.max_concurrent() == 2
+    assert sum(t.cap_usd for t in trials[:2]) <= 0.08 + 1e-9
 
 
 def test_a_run_cap_below_the_floor_starts_no_trial(tmp_path: Path) -> None:
