@@ -48,8 +48,9 @@ def check_sweep_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise SweepSpecError(f"sweep_name must be a non-empty name (it names results/<sweep_name> and each trial's "
                              f"label); got {name!r}")
-    if "/" in name or name.startswith("."):
-        raise SweepSpecError(f"sweep_name {name!r} must not contain '/' or start with '.' (it names "
+    if "/" in name or "$" in name or name.startswith("."):
+        # '$': the modules that take the trials' paths expand $VAR in them (type path); other parts would not.
+        raise SweepSpecError(f"sweep_name {name!r} must not contain '/' or '$' or start with '.' (it names "
                              "results/<sweep_name> and each trial's label)")
     if len(name) > MAX_SWEEP_NAME or len(name.encode("utf-8", "surrogateescape")) > MAX_SWEEP_NAME_BYTES:
         raise SweepSpecError(f"sweep_name is {len(name)} characters long: at most {MAX_SWEEP_NAME} (and "

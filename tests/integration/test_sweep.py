@@ -198,7 +198,8 @@ ESCAPE = f"qa-esc-{os.getpid()}"  # where results/../<name> would land, under th
 # Each is refused by the sweep's first checks (its variables, its plan), before the reaper, the SSH key or any
 # trial: nothing happens on bad input.
 REFUSED_BEFORE_ANYTHING = [
-    ({"sweep_name": f"../{ESCAPE}"}, "sweep_name must not be empty, contain '/' or start with '.'"),
+    ({"sweep_name": f"../{ESCAPE}"}, "sweep_name must not be empty, contain '/' or '$' or start with '.'"),
+    ({"sweep_name": "lr sweep's $HOME"}, "sweep_name must not be empty, contain '/' or '$' or start with '.'"),
     ({"sweep_name": ""}, "sweep_name must not be empty"),
     ({"sweep_grid": {"items": [1, 2], "seed": [1]}, "run_command": "python3 train.py --items {{ trial.items }}"},
      "write {{ trial['items'] }}"),

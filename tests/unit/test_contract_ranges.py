@@ -112,11 +112,12 @@ def test_a_dict_given_as_text_is_range_checked_too(spec: dict[str, Any]) -> None
     assert problems(values, spec) == ["run_recovery.max_preemptions must be at most 5, got 9"]
 
 
-@pytest.mark.parametrize("name", ["../up", "", ".hidden", "a/b", "n" * 241])
+@pytest.mark.parametrize("name", ["../up", "", ".hidden", "a/b", "n" * 241, "lr $HOME", "$x"])
 def test_a_run_name_that_would_leave_results_or_not_fit_a_label_is_refused(spec: dict[str, Any], name: str) -> None:
     said = check(spec, run_name=name)
     shown = repr(name) if len(name) <= 80 else repr("n" * 40 + "..." + "n" * 20)
-    assert said == ["run_name must not be empty, contain '/' or start with '.', and may be at most 240 characters (it "
+    assert said == ["run_name must not be empty, contain '/' or '$' or start with '.', and may be at most 240 "
+                    "characters (it "
                     f"names the folder results/<run_name> and the instance's label), got {shown}"]
 
 

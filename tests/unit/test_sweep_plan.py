@@ -145,7 +145,7 @@ def test_trial_ids_follow_the_parameters_not_the_position() -> None:
     assert trial_ids([{"a": 1}, {"a": 1}])[1] == trial_ids([{"a": 1}])[0] + "-2"
 
 
-@pytest.mark.parametrize("name", ["../qa-esc", "a/b", ".hidden", "", "  ", None, "K" * 201, "é" * 121])
+@pytest.mark.parametrize("name", ["../qa-esc", "a/b", ".hidden", "", "  ", None, "K" * 201, "é" * 121, "lr $HOME"])
 def test_a_sweep_name_that_leaves_results_or_names_nothing_is_refused(name) -> None:
     with pytest.raises(SweepSpecError, match="sweep_name"):
         check_sweep_name(name)
