@@ -671,7 +671,7 @@ def _make_results_dir(path: Path, variable: str) -> Path | None:
 
 def _results_dir(given: Any, default: Path, cwd: Path) -> Path:
     if isinstance(given, str) and given.strip() and "{{" not in given:
-        path = Path(given).expanduser()
+        path = Path(os.path.expandvars(given)).expanduser()  # as train.yml reads it (Ansible's paths: $VAR, then ~)
         return path if path.is_absolute() else (cwd / path).resolve()
     return default
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Sim, needs_root, ssh_run
+from tests.conftest import REPO, Sim, needs_root, ssh_run
 from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, local_inventory, run_playbook
 from tests.integration.test_modules import good_query
 
@@ -21,11 +21,13 @@ pytestmark = [pytest.mark.slow, needs_root]
 BASE = "python3 train.py --output_dir /workspace/run/output --logging_steps 10 --save_steps 50"
 
 
-def run_train(sim: Sim, tmp_path: Path, name: str, command: str, *extra: str) -> subprocess.CompletedProcess:
+def run_train(sim: Sim, tmp_path: Path, name: str, command: str, *extra: str, **env_extra: str
+              ) -> subprocess.CompletedProcess:
     key = tmp_path / "key"
     if not key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(key), MLOPS_VAST_EXCLUSIONS=str(tmp_path / "excl.json"))
+    env = ansible_env(sim, tmp_path, MLOPS_VAST_SSH_KEY=str(key), MLOPS_VAST_EXCLUSIONS=str(tmp_path / "excl.json"),
+                      **env_extra)
     return run_playbook("playbooks/train.yml", env, "-i", str(local_inventory(tmp_path)),
                         "-e", "@examples/run.yml",
                         "-e", json.dumps({"run_name": name, "run_command": command,
@@ -89,7 +91,10 @@ def test_run_completes_with_verified_checkpoints_and_nothing_billing(sim: Sim, t
     watcher.kill_ssh_at_step = 15  # a dropped connection mid-run must change nothing for the training
     watcher.start()
     try:
-        done = run_train(sim, tmp_path, "e2e-ok", f"{BASE} --max_steps 400 --step_seconds 0.02")
+        # run_results_dir as a user may write it, with an environment variable: every part of the run (the modules
+        # that expand paths and those that do not) must put the results in the same, expanded, folder.
+        done = run_train(sim, tmp_path, "e2e-ok", f"{BASE} --max_steps 400 --step_seconds 0.02",
+                         "-e", json.dumps({"run_results_dir": "$E2E_OK_DIR/results"}), E2E_OK_DIR=str(tmp_path))
     finally:
         watcher.stop.set()
         watcher.join(30)
@@ -99,6 +104,8 @@ def test_run_completes_with_verified_checkpoints_and_nothing_billing(sim: Sim, t
     assert watcher.seen.get("live"), "STATUS.md, run.log and the tmux session were never seen on the host"
     assert watcher.killed
     results = tmp_path / "results"
+    assert not (REPO / "$E2E_OK_DIR").exists() and not list(tmp_path.glob("*E2E_OK_DIR*")), "a folder of the name"
+    assert json.loads((results / "run.json").read_text())["results_dir"] == str(results)
     watch = json.loads((results / "watch.json").read_text())
     assert watch["outcome"] == "completed" and watch["triage"]["summary"] is True
     # Whether the watch saw the cut depends on when it polled (ControlPersist reconnects quietly); what
