@@ -27,7 +27,15 @@ from typing import Any
 import yaml
 
 from mlops_vast import events as ev
-from mlops_vast.inputs import InputError, check_api_url, check_run, collection_module, collection_root, load_vars
+from mlops_vast.inputs import (
+    InputError,
+    check_api_url,
+    check_run,
+    collection_module,
+    collection_root,
+    load_vars,
+    search_defaults,
+)
 from mlops_vast.ledger import ledger_path as _ledger_path
 from mlops_vast.ledger import open_contracts
 
@@ -744,22 +752,28 @@ ESTIMATE_PLAY = """\
     - name: Estimate the job
       mlops.vast.estimate:
         job: "{{ run_estimate }}"
-        disk_gb: "{{ run_disk_gb | default(20) | float }}"
-        query: "{{ run_query | default(omit) }}"
+        disk_gb: "{{ run_disk_gb | float }}"
+        query: "{{ run_query }}"
         max_total_usd: "{{ run_max_total_usd | float if run_max_total_usd | default(0) | float > 0 else omit }}"
       register: estimate_job
-    - name: Search the offers that meet the floors
+    - name: Read the machines excluded by earlier runs (train.yml never rents them)
+      mlops.vast.machine_exclusions:
+      register: estimate_exclusions
+      when: estimate_offers | int > 0
+    - name: Search the offers that meet the floors, as train.yml does
       mlops.vast.vast_offer:
         query: "{{ estimate_job.query }}"
-        order: "{{ run_order | default('dph+') }}"
-        storage: "{{ run_disk_gb | default(20) }}"
+        order: "{{ run_order }}"
+        storage: "{{ run_disk_gb }}"
+        exclude_machines: "{{ estimate_exclusions.machine_ids }}"
+        max_dph: "{{ run_max_dph if run_max_dph | float > 0 else omit }}"
         limit: "{{ estimate_offers | int }}"
       register: estimate_market
       when: estimate_offers | int > 0
     - name: Price the job on them
       mlops.vast.estimate:
         job: "{{ run_estimate }}"
-        disk_gb: "{{ run_disk_gb | default(20) | float }}"
+        disk_gb: "{{ run_disk_gb | float }}"
         offers: "{{ estimate_market.offers }}"
         max_total_usd: "{{ run_max_total_usd | float if run_max_total_usd | default(0) | float > 0 else omit }}"
       register: estimate_priced
@@ -805,7 +819,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                 out = Path(scratch) / "estimate.json"
                 run_env = _keys.scrub_env(env, key_file.path if key_file else None)
                 run_env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
-                argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(play), "-e", f"@{path}",
+                # train.yml's defaults first (the run file's own values override them): the same query, order,
+                # disk and price limit as the run it estimates, not the whole market.
+                argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(play),
+                        "-e", json.dumps(search_defaults(root)), "-e", f"@{path}",
                         "-e", json.dumps({"estimate_out": str(out), "estimate_offers": args.offers})]
                 done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
             finally:

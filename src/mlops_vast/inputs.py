@@ -110,6 +110,16 @@ def check_run(data: dict[str, Any], root: Path, where: str = "the run", *, compl
     return name
 
 
+SEARCH_VARIABLES = ("run_query", "run_order", "run_disk_gb", "run_max_dph")
+
+
+def search_defaults(root: Path) -> dict[str, Any]:
+    """train.meta.yml's defaults of the variables that choose the offers a run rents (its query, order, disk and price
+    limit): what an estimate searches with when the run file leaves them out."""
+    options = _options(root, "train.meta.yml")
+    return {name: options[name]["default"] for name in SEARCH_VARIABLES if "default" in options.get(name, {})}
+
+
 def _options(root: Path, meta: str) -> dict[str, Any]:
     return yaml.safe_load((root / "playbooks" / meta).read_text())["argument_specs"]["main"]["options"]
 

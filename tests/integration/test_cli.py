@@ -248,3 +248,31 @@ def test_estimate_without_offers_prices_none_and_exits_0(tmp_path: Path) -> None
                            env={**env, "HOME": str(tmp_path)}, cwd=tmp_path, capture_output=True, text=True,
                            timeout=300, stdin=subprocess.DEVNULL)
     assert plain.returncode == 0 and "no offers priced (--offers 0)" in plain.stdout, plain.stdout[-2000:]
+
+
+def test_estimate_searches_the_offers_train_would_rent(sim: Sim, tmp_path: Path) -> None:
+    """A run file without run_query is estimated on train.yml's default query (not the whole market), within its
+    run_max_dph, without the machines earlier runs excluded: the offers train would rent, priced."""
+    from ansible_collections.mlops.vast.plugins.module_utils.local_state import MachineExclusions
+
+    run = yaml.safe_load((REPO / "examples" / "run-estimate.yml").read_text())
+    assert "run_query" not in run  # the point of the test: the example leaves the query to train.yml's default
+    (tmp_path / "run.yml").write_text(yaml.safe_dump({**run, "run_max_dph": 0.5}))
+    env = cli_env(sim, tmp_path)
+
+    def priced() -> dict:
+        done = subprocess.run([CLI, "estimate", "run.yml", "--offers", "8", "--json", "--api-url", sim.url], env=env,
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return json.loads(done.stdout)
+
+    first = priced()
+    default_query = yaml.safe_load((REPO / "playbooks" / "train.meta.yml").read_text())[
+        "argument_specs"]["main"]["options"]["run_query"]["default"]
+    assert first["job"]["query"].startswith(default_query), first["job"]["query"]
+    offers = first["priced"]["offers"]
+    assert offers and all(o["num_gpus"] == 1 and o["gpu_ram_gib"] >= 15.9 and o["dph_total"] <= 0.5 for o in offers), \
+        [(o["gpu_name"], o["num_gpus"], o["gpu_ram_gib"], o["dph_total"]) for o in offers]
+    excluded = offers[0]["machine_id"]
+    MachineExclusions(env["MLOPS_VAST_EXCLUSIONS"]).update(excluded, present=True, reason="a test's bad host")
+    assert excluded not in {o["machine_id"] for o in priced()["priced"]["offers"]}
