@@ -133,6 +133,20 @@ def test_sigint_during_the_watch_leaves_nothing_billing_and_brings_the_newest_ch
     label = "guard-int"
     process, env, log = start_train(shared_sim, tmp_path, label)
     wait_phase(process, tmp_path, "training", sealed_home=True)
+    # A second run of the name while this one trains is refused before it moves, rents or writes anything: it would
+    # take over this run's instance (renting adopts the label's instance, as a re-run after a killed controller should).
+    home = sorted(path.name for path in (tmp_path / "results" / "checkpoints").iterdir())
+    contracts = (tmp_path / "contracts.jsonl").read_text()
+    second = run_playbook("playbooks/train.yml", {**env, "MLOPS_VAST_PROGRESS_FILE": str(tmp_path / "second.json")},
+                          "-i", str(local_inventory(tmp_path)), "-e", "@examples/run.yml",
+                          "-e", json.dumps({"run_name": label, "run_command": LONG,
+                                            "run_results_dir": str(tmp_path / "results")}), timeout=300)
+    assert second.returncode == 2, second.stdout[-3000:]
+    assert f"A run named {label} is already going on this controller (ansible-playbook pid {process.pid}," \
+        in second.stdout, second.stdout[-3000:]
+    assert process.poll() is None and not list((tmp_path / "results").glob("checkpoints.before-*"))
+    assert set(home) <= {path.name for path in (tmp_path / "results" / "checkpoints").iterdir()}
+    assert (tmp_path / "contracts.jsonl").read_text() == contracts, "the second run rented nothing"
     before = host_sealed(shared_sim, tmp_path / "key", label)
     assert before, "no sealed checkpoint on the host although one is home"
     sent = time.time()
