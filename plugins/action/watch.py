@@ -263,6 +263,7 @@ class Watcher:
         self.exit_code_raw: str | None = None
         self.tmux: bool | None = None
         self.restarted = False
+        self.stopped_by: str | None = None
         self.run_dir_exists = True
         self.gpu_util: list[int] | None = None
         self.host_offset: float | None = None  # host clock minus controller clock
@@ -399,6 +400,7 @@ class Watcher:
             self.host_offset = snap.host_now - controller_now
         self.exit_code, self.exit_code_raw = snap.exit_code, snap.exit_code_raw
         self.tmux, self.run_dir_exists, self.restarted = snap.tmux, snap.run_dir_exists, snap.restarted
+        self.stopped_by = snap.stopped_by
         if snap.gpu_util is not None or not self.p["gpu_util"]:
             self.gpu_util = snap.gpu_util
         if request.started_file and snap.started_text:
@@ -468,6 +470,7 @@ class Watcher:
             ends_nonfinite=self.divergence().ends_nonfinite,
             instance_gone=self.instance_gone,
             gone_kind=self.gone_kind,
+            stopped_by=self.stopped_by,
             unreachable_for=None if self.unreachable_since is None else now - self.unreachable_since,
             watch_elapsed=now - self.start,
         )

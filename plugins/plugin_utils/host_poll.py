@@ -18,6 +18,9 @@ LOG_CHUNK = 256 * 1024
 # Relative to the run directory: the start time of the container's first process when the run was launched
 # (the train role writes it).
 BOOT_MARK = ".mlops/boot"
+# Relative to the run directory: who stopped the run from outside it (the teardown role writes it before its SIGTERM;
+# the train role removes it at each launch).
+STOPPED_MARK = ".mlops/stopped-by"
 
 
 # --------------------------------------------------------------------------------- the poll script
@@ -68,6 +71,9 @@ def poll_script(req: PollRequest) -> str:
         'if command -v tmux >/dev/null 2>&1; then if tmux has-session -t "=$S" 2>/dev/null; '
         'then echo "$M tmux 1"; else echo "$M tmux 0"; fi; else echo "$M tmux -"; fi',
         'if [ -f "$E" ]; then echo "$M exit $(head -c 64 "$E" | tr -d \' \\t\\r\\n\')"; fi',
+        # Written by a teardown from outside this run (teardown.yml, mlops-vast teardown, a sweep's stop) just before
+        # it stops the trainer: its SIGTERM is not the run's crash.
+        f'if [ -f {STOPPED_MARK} ]; then echo "$M stoppedby $(head -c 200 {STOPPED_MARK} | tr \'\\n\' \' \')"; fi',
         # When the container's first process started (field 22 of /proc/1/stat, counted after the command name,
         # which may hold spaces), now and as the launch recorded it: a restarted container has a new one.
         f'echo "$M boot $(sed \'s/.*) //\' /proc/1/stat 2>/dev/null | cut -d\' \' -f20)'
@@ -117,6 +123,7 @@ class Snapshot:
     tmux: bool | None = None  # None: tmux is not installed
     # The container's first process started at another time than when the run was launched: it restarted.
     restarted: bool = False
+    stopped_by: str | None = None  # who stopped the run from outside it (STOPPED_MARK), if anyone did
     gpu_util: list[int] | None = None
     status_text: str | None = None
     started_text: str | None = None
@@ -168,6 +175,8 @@ def parse_poll(stdout: str, marker: str) -> Snapshot:
                     snap.exit_code_raw = value[:64]
         elif key == "tmux":
             snap.tmux = {"1": True, "0": False}.get(value)
+        elif key == "stoppedby":
+            snap.stopped_by = value or "a teardown"
         elif key == "boot":
             marks = value.split()
             snap.restarted = len(marks) == 2 and all(map(_is_int, marks)) and marks[0] != marks[1]

@@ -155,6 +155,7 @@ class Observation:
     ends_nonfinite: bool = False
     instance_gone: str | None = None
     gone_kind: str = "instance_gone"
+    stopped_by: str | None = None  # a teardown from outside the run stopped its trainer (host_poll.STOPPED_MARK)
     unreachable_for: float | None = None
     watch_elapsed: float = 0.0
 
@@ -189,6 +190,12 @@ def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
         return "completed", "the run exited 0" + (" and printed its summary" if obs.summary else "")
     if obs.instance_gone:
         return obs.gone_kind, f"the instance is gone: {obs.instance_gone}"
+    if obs.host_fresh and obs.stopped_by and ended and obs.exit_code != 0:
+        # Not the run's crash: its trainer was stopped on purpose, and that teardown brings its newest checkpoint
+        # home and destroys the instance (recovery leaves it alone, as it leaves a destroyed instance).
+        code = obs.exit_code if obs.exit_code is not None else obs.exit_code_raw
+        return "instance_gone", (f"the run was stopped from outside it by {obs.stopped_by} (exit code {code}), "
+                                 "which brings its newest checkpoint home and destroys the instance")
     if obs.unreachable_for is not None and obs.unreachable_for >= limits.reconnect_timeout:
         return "host_lost", (f"the host has been unreachable for {obs.unreachable_for:.0f} s "
                              f"(reconnect_timeout {limits.reconnect_timeout:g} s)")

@@ -340,6 +340,11 @@ LIMITS = wd.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, t
     (obs(exit_code=1, instance_gone="destroyed"), "instance_gone", "destroyed"),
     (obs(tmux=False, instance_gone="outbid or interrupted", gone_kind="preempted"), "preempted", "outbid"),
     (obs(tmux=False, instance_gone="offline", gone_kind="host_lost"), "host_lost", "offline"),
+    # A teardown from outside the run (mlops-vast teardown, a sweep's stop) stopped its trainer: not the run's crash.
+    (obs(exit_code=143, tmux=False, stopped_by="a teardown of exp"), "instance_gone",
+     "stopped from outside it by a teardown of exp (exit code 143)"),
+    (obs(exit_code=0, summary=True, tmux=False, stopped_by="a teardown of exp"), "completed", "exited 0"),
+    (obs(tmux=True, stopped_by="a teardown of exp"), None, None),  # still going: the stop has not landed yet
     (obs(host_fresh=False, unreachable_for=600), "host_lost", "unreachable for 600 s"),
     (obs(host_fresh=False, unreachable_for=599), None, None),
     (obs(run_elapsed=3600, tmux=True), "max_runtime", "beyond max_runtime 3600"),
@@ -565,6 +570,16 @@ def test_poll_script_tells_a_restarted_container_by_its_first_process(fake_host:
     (run / ".mlops" / "boot").write_text(str(int(started) + 1) + "\n")
     snap, _ = run_poll(fake_host, request())
     assert snap.restarted is True
+
+
+def test_poll_script_reads_who_stopped_the_run_from_outside(fake_host: dict[str, Any]) -> None:
+    run = fake_host["run"]
+    snap, _ = run_poll(fake_host, request())
+    assert snap.ok and snap.stopped_by is None
+    (run / ".mlops").mkdir()
+    (run / hp.STOPPED_MARK).write_text("a teardown of exp-42\n")
+    snap, _ = run_poll(fake_host, request())
+    assert snap.stopped_by == "a teardown of exp-42"
 
 
 def test_poll_script_caps_the_chunk_and_notices_truncation(fake_host: dict[str, Any]) -> None:
