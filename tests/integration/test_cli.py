@@ -276,3 +276,16 @@ def test_estimate_searches_the_offers_train_would_rent(sim: Sim, tmp_path: Path)
     excluded = offers[0]["machine_id"]
     MachineExclusions(env["MLOPS_VAST_EXCLUSIONS"]).update(excluded, present=True, reason="a test's bad host")
     assert excluded not in {o["machine_id"] for o in priced()["priced"]["offers"]}
+
+
+def test_teardown_all_asks_the_account_even_with_an_empty_ledger(tmp_path: Path) -> None:
+    """"Nothing left billing" is the account's word, not the ledger's: an API that cannot be reached fails the
+    teardown, also when the ledger lists nothing (it said so, exit 0, without asking)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAST_", "ANSIBLE_", "MLOPS_VAST_"))}
+    env.update({"HOME": str(tmp_path), "MLOPS_VAST_LEDGER": str(tmp_path / "contracts.jsonl"),
+                "VAST_API_KEY": "k-0123456789abcdef0123"})
+    done = subprocess.run([CLI, "teardown", "--all", "--api-url", "http://127.0.0.1:9"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "cannot reach the Vast API at http://127.0.0.1:9" in done.stdout, done.stdout[-2000:]
+    assert "Nothing this controller rented is left billing" not in done.stdout
