@@ -248,9 +248,9 @@ def _context(api_url: str | None, api_key: str | None, sim: Any, cwd: str | os.P
             local_sim.stop()
         raise InputError(str(exc)) from None
     if not key:  # said before any playbook starts, not by its first task that talks to the API
-        raise InputError("No Vast API key: set VAST_API_KEY (or VAST_API_KEY_FILE), pass api_key, or run "
-                         "`vastai set api-key KEY`; for vastsim instead, pass sim=True (mlops-vast uses vastsim when "
-                         "neither a key nor VAST_URL or --api-url is given)")
+        raise InputError("No Vast API key: set VAST_API_KEY (or VAST_API_KEY_FILE) or run `vastai set api-key KEY` "
+                         "(in Python, api_key= too); for vastsim instead, give mlops-vast --sim (in Python, sim=True), "
+                         "or leave out the key, VAST_URL and --api-url alike")
     scratch = Path(tempfile.mkdtemp(prefix="mlops-vast-run-"))
     os.chmod(scratch, 0o700)
     return _Context(root=root, cwd=Path(cwd or os.getcwd()).resolve(), env_extra=env_extra,

@@ -67,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=f"run playbooks/{name}.yml with live progress")
         p.add_argument("file", metavar="RUN.yml" if name == "train" else "SWEEP.yml", help=what)
         p.add_argument("-e", "--extra-var", action="append", default=[], metavar="NAME=VALUE",
-                       help="override one variable (VALUE is read as YAML), or @FILE: the variables of a YAML file")
+                       help="override one variable (VALUE is read as YAML); @FILE: the variables of a YAML file; "
+                       "'{...}': a JSON or YAML mapping of them")
         common(p)
     p = sub.add_parser("status", help="what is rented and billing now (the ledger and the account), and its cost")
     common(p)
@@ -98,11 +99,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def extra_vars(items: list[str]) -> dict[str, Any]:
-    """``-e NAME=VALUE`` (VALUE read as YAML) and, as ansible-playbook takes it, ``-e @FILE`` (a YAML mapping)."""
+    """``-e NAME=VALUE`` (VALUE read as YAML) and, as ansible-playbook takes them, ``-e @FILE`` (a YAML mapping) and
+    ``-e '{"NAME": VALUE, ...}'`` (a JSON or YAML mapping written out)."""
     out: dict[str, Any] = {}
     for item in items:
         if item.startswith("@"):
             out.update(load_vars(item[1:], "extra variables")[0])
+            continue
+        if item.lstrip().startswith("{"):
+            try:
+                mapping = yaml.safe_load(item)
+            except yaml.YAMLError:
+                raise InputError(f"-e {item[:80]!r}: not a valid JSON or YAML mapping; write -e '{{\"name\": value}}', "
+                                 "-e NAME=VALUE or -e @FILE") from None
+            if not isinstance(mapping, dict):
+                raise InputError(f"-e {item[:80]!r}: expected a mapping of variable names to values")
+            out.update({str(name): value for name, value in mapping.items()})
             continue
         name, sep, value = item.partition("=")
         if not sep or not name.strip():

@@ -83,6 +83,16 @@ def test_a_run_to_train_needs_its_command_and_an_api_key(tmp_path: Path, capsys:
     assert cli.main(["train", str(tmp_path / "r.yml"), "--api-url", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err
     assert "No Vast API key" in err and err.count("\n") == 1, err
+    assert "mlops-vast --sim" in err, "the CLI's own option, not only the Python API's argument"
+
+
+def test_extra_vars_take_a_mapping_written_out_as_ansible_playbook_does() -> None:
+    assert cli.extra_vars(['{"sweep_trials": [{"lr": 0.1}], "run_disk_gb": 30}', "run_name=b"]) == {
+        "sweep_trials": [{"lr": 0.1}], "run_disk_gb": 30, "run_name": "b"}
+    assert cli.extra_vars(["{run_disk_gb: 40}"]) == {"run_disk_gb": 40}  # YAML flow style too
+    for bad in ("{run_disk_gb: [}", "{} trailing"):
+        with pytest.raises(cli.InputError, match="not a valid JSON or YAML mapping; write -e"):
+            cli.extra_vars([bad])
 
 
 def test_bad_extra_vars_and_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
