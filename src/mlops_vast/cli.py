@@ -98,6 +98,11 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _where(path: Path, overrides: dict[str, Any]) -> str:
+    """Where a wrong value came from, as an error names it: the file, and the -e values that override it."""
+    return f"{path} with -e {', '.join(sorted(overrides))}" if overrides else str(path)
+
+
 def extra_vars(items: list[str]) -> dict[str, Any]:
     """``-e NAME=VALUE`` (VALUE read as YAML) and, as ansible-playbook takes them, ``-e @FILE`` (a YAML mapping) and
     ``-e '{"NAME": VALUE, ...}'`` (a JSON or YAML mapping written out)."""
@@ -374,7 +379,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data, path = load_vars(args.file, "run")
     overrides = extra_vars(args.extra_var)
-    name = check_run({**data, **overrides}, collection_root(), str(path))
+    name = check_run({**data, **overrides}, collection_root(), _where(path, overrides))
     display = Display(f"mlops-vast train {name}", json_mode=args.json)
     target = _target(args, display)
     with display, Interrupts(display, f"run {name}") as interrupts:
@@ -412,7 +417,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     data, path = load_vars(args.file, "sweep")
     overrides = extra_vars(args.extra_var)
-    name = check_sweep({**data, **overrides}, collection_root(), str(path))
+    name = check_sweep({**data, **overrides}, collection_root(), _where(path, overrides))
     display = Display(f"mlops-vast sweep {name}", json_mode=args.json)
     target = _target(args, display)
     with display, Interrupts(display, f"sweep {name}") as interrupts:

@@ -250,6 +250,8 @@ def test_bad_playbook_variables_fail_before_renting(bsim: Sim, tmp_path: Path, p
     (["train", "run.yml", "-e", "run_dsik_gb=30"], "run_dsik_gb"),
     (["sweep", "missing-sweep.yml"], "does not exist"),
     (["train", "run.yml", "-e", "run_disk_gb=-5"], "run_disk_gb must be at least 8, got -5"),
+    # The -e value is wrong, not the file: the message says which.
+    (["train", "run.yml", "-e", "run_max_dph=abc"], "run.yml with -e run_max_dph: run_max_dph must be a number"),
     (["train", "run.yml", "-e", "novalue"], "expected NAME=VALUE"),
     (["train", "run.yml", "-e", "run_max_runtime_s=.inf"], "run_max_runtime_s must be a finite number, got inf"),
     # The key file named is not there (VAST_API_KEY_FILE below): said as bad input, not as an OSError.
