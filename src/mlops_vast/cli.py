@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -51,8 +51,19 @@ def exit_code(outcome: str) -> int:
 # ---------------------------------------------------------------------------------------------- arguments
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, keeping what it found wrong (for --json, which must print JSON whatever happened); its
+    subcommands' parsers are of this class too."""
+
+    last_error: str | None = None
+
+    def error(self, message: str) -> NoReturn:
+        _Parser.last_error = message
+        super().error(message)
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="mlops-vast", description="Train on rented Vast.ai GPUs (or on vastsim), "
+    top = _Parser(prog="mlops-vast", description="Train on rented Vast.ai GPUs (or on vastsim), "
                                   "with live progress; nothing left billing.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -976,7 +987,15 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "status": cmd_status, "teard
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:
+        # argparse has said what was wrong (usage on stderr); a script that asked for --json still gets JSON.
+        if exc.code not in (0, None) and "--json" in given:
+            _print_json({"outcome": "error", "exit_code": EXIT_USAGE,
+                         "error": f"usage: {_Parser.last_error or 'see the message on stderr'}"})
+        raise
 
     def fail(code: int, message: str) -> int:
         print(f"mlops-vast: {message}", file=sys.stderr)

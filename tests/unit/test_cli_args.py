@@ -86,6 +86,18 @@ def test_a_run_to_train_needs_its_command_and_an_api_key(tmp_path: Path, capsys:
     assert "mlops-vast --sim" in err, "the CLI's own option, not only the Python API's argument"
 
 
+def test_a_usage_error_with_json_still_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["status", "--json", "--bogus"])
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"outcome": "error", "exit_code": 2, "error": "usage: unrecognized arguments: --bogus"}
+    assert "unrecognized arguments: --bogus" in err
+    with pytest.raises(SystemExit):
+        cli.main(["status", "--bogus"])
+    assert capsys.readouterr().out == ""  # without --json, nothing on stdout
+
+
 def test_extra_vars_take_a_mapping_written_out_as_ansible_playbook_does() -> None:
     assert cli.extra_vars(['{"sweep_trials": [{"lr": 0.1}], "run_disk_gb": 30}', "run_name=b"]) == {
         "sweep_trials": [{"lr": 0.1}], "run_disk_gb": 30, "run_name": "b"}
