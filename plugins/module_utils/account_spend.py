@@ -19,8 +19,8 @@ CLOCK_SLACK_S = 300.0  # the API's clock may differ from the controller's, which
 KINDS = ("gpu", "storage", "bandwidth")
 
 
-def ledger_history(path: str, label: str, api_url: str, since: float = 0.0) -> tuple[set[int], float | None]:
-    """Every contract the local ledger saw created with ``label`` on this API, and when the first was.
+def ledger_history(path: str, label: str | None, api_url: str, since: float = 0.0) -> tuple[set[int], float | None]:
+    """Every contract the local ledger saw created with ``label`` (None: any) on this API, and when the first was.
 
     With ``since`` (when the run started, by the controller's clock, as the ledger's ``ts``) a contract created
     before it is an earlier run's that used the same label, not this run's."""
@@ -33,7 +33,8 @@ def ledger_history(path: str, label: str, api_url: str, since: float = 0.0) -> t
                     record = json.loads(line)
                 except ValueError:
                     continue  # a torn last line after a crash
-                if record.get("event") != "created" or record.get("label") != label or record.get("api_url") != api_url:
+                if record.get("event") != "created" or record.get("api_url") != api_url or (
+                        label is not None and record.get("label") != label):
                     continue
                 ts = float(record.get("ts") or 0) or None
                 if since > 0 and (ts is None or ts < since):

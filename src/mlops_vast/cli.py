@@ -504,6 +504,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     contracts = open_contracts(ledger, api_url)
     instances: list[dict[str, Any]] | None = None
     problem = None
+    key: str | None = None
     if api_url:
         try:
             key = _keys.resolve_api_key(env)
@@ -534,10 +535,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     total_rate = round(sum(r["dph"] or 0 for r in rows), 4) if instances is not None else None
     total_spent = round(sum(r["spent_usd"] or 0 for r in rows), 4) if instances is not None else None
     known = {r["id"] for r in rows}
+    cost, cost_problem = _ledger_cost(ledger, api_url, key) if instances is not None else (None, None)
     summary = {"api_url": api_url, "ledger": str(ledger), "open_contracts": contracts,
                "open_not_in_account": [c["id"] for c in contracts if instances is not None and c["id"] not in known],
                "instances": rows if instances is not None else None, "billing_dph": total_rate,
-               "spent_usd": total_spent, "note": problem}
+               "spent_usd": total_spent, "cost": cost, "note": "; ".join(filter(None, (problem, cost_problem)))
+               or None}
     # Unknown is not "nothing billing": a script must be able to tell the two apart.
     code = EXIT_FAILED if api_url and instances is None else EXIT_OK
     if args.json:
@@ -561,9 +564,39 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(table)
         if summary["open_not_in_account"]:
             console.print(f"in the ledger but not in the account (gone): {summary['open_not_in_account']}")
-    if problem:
-        console.print(problem)
+        if cost is not None:
+            console.print(f"what this controller rented in the last {COST_DAYS} days ({cost['contracts']} contract(s) "
+                          f"in the ledger) cost {_money(cost['total_usd'])} by the account's charges (GPU "
+                          f"{_money(cost['gpu_usd'])}, storage {_money(cost['storage_usd'])}, bandwidth "
+                          f"{_money(cost['bandwidth_usd'])})")
+    if summary["note"]:
+        console.print(summary["note"])
     return code
+
+
+COST_DAYS = 30  # how far back status adds up the charges of the ledger's contracts
+
+
+def _ledger_cost(ledger: Path, api_url: str, key: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """What the contracts the ledger recorded on this API in the last COST_DAYS days cost, by the account's charges
+    (GET /api/v0/charges/), or why that could not be read."""
+    root = collection_root()
+    spend = collection_module(root, "account_spend")
+    now = time.time()
+    ids, first = spend.ledger_history(str(ledger), None, api_url, since=now - COST_DAYS * 86400)
+    if not ids:
+        return {"contracts": 0, "since": now - COST_DAYS * 86400, "total_usd": 0.0, "gpu_usd": 0.0,
+                "storage_usd": 0.0, "bandwidth_usd": 0.0}, None
+    client_module = collection_module(root, "api_client")
+    errors = collection_module(root, "errors")
+    try:
+        client = client_module.VastClient(key, api_url, deadline=collection_module(root, "waiting").Deadline(60))
+        rows = spend.charges(client, spend.charge_window(first, 0.0, now), now)
+    except (errors.VastError, ValueError) as exc:
+        return None, f"the account's charges could not be read: {exc}"
+    totals = spend.run_spend(rows, ids, "")
+    return {"contracts": len(ids), "since": first, **{k: totals[k] for k in (
+        "total_usd", "gpu_usd", "storage_usd", "bandwidth_usd")}}, None
 
 
 def _http_problem(exc: Exception) -> str:

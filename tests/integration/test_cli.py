@@ -232,6 +232,13 @@ def test_status_and_teardown_say_what_is_rented_and_what_they_destroyed(sim: Sim
     assert open_instances(sim) == [] and ledger_open(tmp_path) == []
     after = json.loads(mlops_vast("status", "--json").stdout)
     assert after["open_contracts"] == [] and after["instances"] == [] and after["billing_dph"] == 0
+    # What it cost stays said after it is gone: the account's charges for the ledger's contract.
+    with sim.client() as client:
+        charged = sum(row["cost"] for row in client.get("/_sim/ledger").json()["rows"] if row["id"] == instance_id)
+    assert after["cost"]["contracts"] == 1 and charged > 0, (after["cost"], charged)
+    assert abs(after["cost"]["total_usd"] - charged) <= max(1e-5, 0.01 * charged), (after["cost"], charged)
+    plain = mlops_vast("status")
+    assert re.search(r"in the last 30 days \(1 contract\(s\) in the ledger\) cost \$\d", plain.stdout), plain.stdout
 
 
 def test_estimate_without_offers_prices_none_and_exits_0(tmp_path: Path) -> None:
