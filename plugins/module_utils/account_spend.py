@@ -138,7 +138,8 @@ def run_spend(all_charges: Iterable[Mapping[str, Any]], ids: set[int], label: st
             continue
         instance_id = _charge_id(charge)
         if instance_id not in ids:
-            if (charge.get("metadata") or {}).get("label") != label or instance_id in earlier:
+            # Without a label (mlops-vast status: the ledger's contracts), only the ids count.
+            if not label or (charge.get("metadata") or {}).get("label") != label or instance_id in earlier:
                 continue
             ended = _ended_at(charge)
             if since > 0 and ended is not None and ended < since - CLOCK_SLACK_S:

@@ -33,9 +33,12 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 
 def process_start(pid: int) -> int | None:
-    """When the process began (clock ticks since boot), or None when it is not there."""
+    """When the process began (clock ticks since boot), or None when it is not there (or is a zombie: it has
+    ended, and only waits for its parent to read its exit status)."""
     fields = _stat_fields(pid)
-    return int(fields[19]) if fields and len(fields) > 19 else None
+    if not fields or len(fields) <= 19 or fields[0] == "Z":
+        return None
+    return int(fields[19])
 
 
 def _parent(pid: int) -> int | None:
@@ -43,32 +46,39 @@ def _parent(pid: int) -> int | None:
     return int(fields[1]) if fields and len(fields) > 1 else None
 
 
-def _is_playbook(pid: int) -> bool:
+def _cmdline(pid: int) -> bytes | None:
     try:
         with open(f"/proc/{int(pid)}/cmdline", "rb") as handle:
-            argv = handle.read().split(b"\0")
+            return handle.read()
     except OSError:
-        return False
+        return None
+
+
+def _is_playbook(pid: int) -> bool:
+    argv = (_cmdline(pid) or b"").split(b"\0")
     return any(os.path.basename(arg) == b"ansible-playbook" for arg in argv[:2])
 
 
 def playbook_process(pid: int | None = None) -> int:
-    """The ansible-playbook that runs this task: the outermost of the unbroken chain of ansible-playbook processes
-    above ``pid`` (Ansible's workers are forks of it and keep its command line; a module's own Python sits under a
-    worker). ``pid`` itself (default this process) when none is above it."""
+    """The ansible-playbook that runs this task: the nearest ansible-playbook at or above ``pid`` (a module's own
+    Python sits under one of its workers), then up through its parents with the very same command line (Ansible's
+    workers are forks of it and keep it), not into another ansible-playbook that started this one (a sweep starts
+    its trials' playbooks: each trial's is its own). ``pid`` itself (default this process) when none is above it."""
     start = os.getpid() if pid is None else pid
-    found = start if _is_playbook(start) else None
-    current = start
-    for _ in range(MAX_PARENTS):
-        parent = _parent(current)
-        if not parent or parent <= 1:
+    current: int | None = start
+    for _step in range(MAX_PARENTS):
+        if current is None or current <= 1 or _is_playbook(current):
             break
-        if _is_playbook(parent):
-            found = parent
-        elif found is not None:
+        current = _parent(current)
+    if current is None or current <= 1 or not _is_playbook(current):
+        return start
+    argv = _cmdline(current)
+    for _step in range(MAX_PARENTS):
+        parent = _parent(current)
+        if not parent or parent <= 1 or _cmdline(parent) != argv:
             break
         current = parent
-    return found if found is not None else start
+    return current
 
 
 class RunClaims:
@@ -91,7 +101,8 @@ class RunClaims:
         if not isinstance(record, dict) or record.get("name") != name:
             return None
         pid = record.get("pid")
-        if not isinstance(pid, int) or process_start(pid) != record.get("started"):
+        started = process_start(pid) if isinstance(pid, int) else None
+        if started is None or started != record.get("started"):
             return None  # that run has ended (or its pid belongs to another process now)
         return record
 

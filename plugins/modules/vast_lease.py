@@ -15,7 +15,7 @@ description:
   - The teardown role runs it first; so does the guard (C(mlops.vast.guard)) as it starts its teardown. Renew it
     the same way in your own playbooks before long work on an instance you rented without the watch.
   - With O(claim), it first claims the label for the C(ansible-playbook) it runs in, and fails when another live
-    C(ansible-playbook) on this controller has claimed it: two runs of one name at once would share one instance
+    C(ansible-playbook) on this controller has claimed it, since two runs of one name at once would share one instance
     (renting takes over the label's instance, as a re-run after a killed controller should). C(train.yml) does
     this before it reaps or rents. A claim lapses when its C(ansible-playbook) ends, killed or not.
   - Local bookkeeping only; it sends no request and reports C(changed=false). In check mode it writes nothing (a

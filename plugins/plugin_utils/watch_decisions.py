@@ -190,7 +190,7 @@ def decide(obs: Observation, limits: Limits) -> tuple[str, str] | None:
         return "completed", "the run exited 0" + (" and printed its summary" if obs.summary else "")
     if obs.instance_gone:
         return obs.gone_kind, f"the instance is gone: {obs.instance_gone}"
-    if obs.host_fresh and obs.stopped_by and ended and obs.exit_code != 0:
+    if obs.host_fresh and obs.stopped_by and ended:  # a completed run (exit 0, its summary) was decided above
         # Not the run's crash: its trainer was stopped on purpose, and that teardown brings its newest checkpoint
         # home and destroys the instance (recovery leaves it alone, as it leaves a destroyed instance).
         code = obs.exit_code if obs.exit_code is not None else obs.exit_code_raw

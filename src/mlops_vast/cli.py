@@ -125,11 +125,14 @@ def extra_vars(items: list[str]) -> dict[str, Any]:
         if item.lstrip().startswith("{"):
             try:
                 mapping = yaml.safe_load(item)
-            except yaml.YAMLError:
-                raise InputError(f"-e {item[:80]!r}: not a valid JSON or YAML mapping; write -e '{{\"name\": value}}', "
+            except yaml.YAMLError as exc:
+                # Where, not what: the value may hold a token (run_env).
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at column {mark.column + 1}" if mark is not None else ""
+                raise InputError(f"an -e mapping is not valid JSON or YAML{where}; write -e '{{\"name\": value}}', "
                                  "-e NAME=VALUE or -e @FILE") from None
             if not isinstance(mapping, dict):
-                raise InputError(f"-e {item[:80]!r}: expected a mapping of variable names to values")
+                raise InputError("an -e value that starts with '{' must be a mapping of variable names to values")
             out.update({str(name): value for name, value in mapping.items()})
             continue
         name, sep, value = item.partition("=")

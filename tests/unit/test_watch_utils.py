@@ -344,6 +344,7 @@ LIMITS = wd.Limits(max_runtime=3600, stall_timeout=900, reconnect_timeout=600, t
     (obs(exit_code=143, tmux=False, stopped_by="a teardown of exp"), "instance_gone",
      "stopped from outside it by a teardown of exp (exit code 143)"),
     (obs(exit_code=0, summary=True, tmux=False, stopped_by="a teardown of exp"), "completed", "exited 0"),
+    (obs(exit_code=0, tmux=False, stopped_by="a teardown of exp"), "instance_gone", "exit code 0"),  # it took the TERM
     (obs(tmux=True, stopped_by="a teardown of exp"), None, None),  # still going: the stop has not landed yet
     (obs(host_fresh=False, unreachable_for=600), "host_lost", "unreachable for 600 s"),
     (obs(host_fresh=False, unreachable_for=599), None, None),
