@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ansible_collections.mlops.vast.plugins.module_utils.local_state import ContractLedger
+from ansible_collections.mlops.vast.plugins.module_utils.run_claims import process_start
 from ansible_collections.mlops.vast.plugins.plugin_utils.runner_env import plain_environment
 from ansible_collections.mlops.vast.plugins.plugin_utils.sweep_rows import read_json
 
@@ -124,17 +125,9 @@ def stop_workers(pid: int, wait_s: float = 3.0) -> list[int]:
         with contextlib.suppress(OSError):
             os.kill(worker, signal.SIGTERM)
     end = time.monotonic() + wait_s
-    while time.monotonic() < end and any(_alive(w) for w in workers):
+    while time.monotonic() < end and any(process_start(w) is not None for w in workers):
         time.sleep(0.1)
-    return [w for w in workers if _alive(w)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return [w for w in workers if process_start(w) is not None]  # zombies count as gone
 
 
 def ansible_playbook() -> list[str]:
