@@ -104,7 +104,9 @@ def test_run_completes_with_verified_checkpoints_and_nothing_billing(sim: Sim, t
     assert watcher.seen.get("live"), "STATUS.md, run.log and the tmux session were never seen on the host"
     assert watcher.killed
     results = tmp_path / "results"
-    assert not (REPO / "$E2E_OK_DIR").exists() and not list(tmp_path.glob("*E2E_OK_DIR*")), "a folder of the name"
+    # Every part put its files in the expanded folder (run.json by local_file, which expands $VAR itself; the pulled
+    # checkpoints below by rsync, which does not): none under a folder named after the variable, or elsewhere.
+    assert not list(tmp_path.glob("*E2E_OK_DIR*")) and not (REPO / "tmp").exists(), "results outside the folder"
     assert json.loads((results / "run.json").read_text())["results_dir"] == str(results)
     watch = json.loads((results / "watch.json").read_text())
     assert watch["outcome"] == "completed" and watch["triage"]["summary"] is True
