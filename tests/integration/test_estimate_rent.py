@@ -3,9 +3,13 @@ rents nothing and says why; a job that fits rents the offer the estimate ranked 
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import re
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ import yaml
 from ansible_collections.mlops.vast.plugins.module_utils.estimate_cost import estimate
 from ansible_collections.mlops.vast.plugins.module_utils.estimate_job import job_from_params
 
-from tests.conftest import REPO, Sim, needs_root
+from tests.conftest import IS_ROOT, REPO, Sim, needs_root, running_sim
 from tests.integration.ansible_run import (
     ansible_env,
     failure_excerpt,
@@ -119,15 +123,66 @@ def test_a_smoke_test_that_contradicts_the_estimate_aborts_before_the_long_run(s
     assert ledger_open(tmp_path) == [], "torn down"
 
 
-@needs_root
-def test_a_smoke_test_within_the_estimate_passes_and_reestimates_the_cost(sim: Sim, tmp_path: Path) -> None:
-    """The re-estimate after the smoke test (spend so far, plus the measured step time over the run's steps
-    and the end of the run, at the instance's rate) against what vastsim's ledger charged the instance."""
+def smoke_pass_run(sim: Sim, tmp_path: Path) -> subprocess.CompletedProcess:
     example = yaml.safe_load((REPO / "examples" / "run-estimate.yml").read_text())
     base = estimate_base_gib(example["run_estimate"])
-    done = train(sim, tmp_path, run_name="est-smoke-pass", run_query=good_query(sim, "reliability > 0.95 num_gpus=1"),
+    return train(sim, tmp_path, run_name="est-smoke-pass", run_query=good_query(sim, "reliability > 0.95 num_gpus=1"),
                  run_estimate=example["run_estimate"], run_tail_s=TAIL_S,
                  run_command=tiny_command(step_seconds=0.2, gpu_mem_gib=round(1.05 * base, 3)))
+
+
+BUDGET_POLL_S = 5
+
+
+def budget_stop_run(sim: Sim, tmp_path: Path) -> tuple[subprocess.CompletedProcess, float, float]:
+    """The run, its budget and the $/s of the offer it rents."""
+    query = good_query(sim, "reliability > 0.95 num_gpus=1")
+    env = ansible_env(sim, tmp_path)
+    found = run_task("mlops.vast.vast_offer", {"query": query, "order": "dph+", "limit": 1, "storage": 20},
+                     env, tmp_path)
+    # On demand, so the run bills this rate (an interruptible one bills its bid, well below it, and would stop
+    # near the end of the run instead of early in it).
+    rate = found["offers"][0]["dph_total"] / 3600
+    budget = round(rate * 100, 6)  # the whole run takes well over 100 s of billing: 400 steps of 0.5 s
+    done = train(sim, tmp_path, run_name="est-budget-stop", run_query=query, run_max_total_usd=budget,
+                 run_interruptible=False, run_tail_s=10, run_poll_interval_s=BUDGET_POLL_S,
+                 run_command=tiny_command(step_seconds=0.5))
+    return done, budget, rate
+
+
+@dataclass
+class LongRun:
+    sim: Sim
+    tmp_path: Path
+    future: concurrent.futures.Future
+
+
+@pytest.fixture(scope="module", autouse=True)
+def long_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LongRun]]:
+    """The two runs that train for minutes start as the module starts, each on a simulator of its own, and go on
+    while the module's other tests run: they mostly wait on the tiny trainer's steps, so the module takes about
+    as long as the longer of them instead of the sum of all its tests."""
+    if not IS_ROOT:
+        yield {}
+        return
+    jobs = {"smoke_pass": smoke_pass_run, "budget_stop": budget_stop_run}
+    with contextlib.ExitStack() as stack:
+        places = {name: tmp_path_factory.mktemp(name) for name in jobs}
+        sims = {name: stack.enter_context(running_sim(places[name] / "state")) for name in jobs}
+        # Entered after the simulators, so it is left first: its exit waits for both runs to end before either
+        # simulator stops, also when a test failed early.
+        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)))
+        yield {name: LongRun(sims[name], places[name], pool.submit(job, sims[name], places[name]))
+               for name, job in jobs.items()}
+
+
+@needs_root
+def test_a_smoke_test_within_the_estimate_passes_and_reestimates_the_cost(long_runs: dict[str, LongRun]) -> None:
+    """The re-estimate after the smoke test (spend so far, plus the measured step time over the run's steps
+    and the end of the run, at the instance's rate) against what vastsim's ledger charged the instance."""
+    run = long_runs["smoke_pass"]
+    sim, tmp_path = run.sim, run.tmp_path
+    done = run.future.result(timeout=900)
     assert done.returncode == 0, failure_excerpt(done.stdout)
     smoke = json.loads((tmp_path / "results" / "smoke.json").read_text())
     assert smoke["verdict"] in ("pass", "warn"), smoke["checks"]
@@ -149,25 +204,16 @@ def test_a_smoke_test_within_the_estimate_passes_and_reestimates_the_cost(sim: S
 
 
 @needs_root
-def test_a_budget_below_the_runs_cost_stops_it_within_one_poll(sim: Sim, tmp_path: Path) -> None:
-    query = good_query(sim, "reliability > 0.95 num_gpus=1")
-    env = ansible_env(sim, tmp_path)
-    found = run_task("mlops.vast.vast_offer", {"query": query, "order": "dph+", "limit": 1, "storage": 20},
-                     env, tmp_path)
-    # On demand, so the run bills this rate (an interruptible one bills its bid, well below it, and would stop
-    # near the end of the run instead of early in it).
-    rate = found["offers"][0]["dph_total"] / 3600  # $/s of the offer the run will rent
-    budget = round(rate * 100, 6)  # the whole run takes well over 100 s of billing: 400 steps of 0.5 s
-    poll = 5
-    done = train(sim, tmp_path, run_name="est-budget-stop", run_query=query, run_max_total_usd=budget,
-                 run_interruptible=False, run_tail_s=10, run_poll_interval_s=poll,
-                 run_command=tiny_command(step_seconds=0.5))
+def test_a_budget_below_the_runs_cost_stops_it_within_one_poll(long_runs: dict[str, LongRun]) -> None:
+    run = long_runs["budget_stop"]
+    sim, tmp_path = run.sim, run.tmp_path
+    done, budget, rate = run.future.result(timeout=900)
     assert done.returncode != 0 and "The run did not complete: budget:" in done.stdout, failure_excerpt(done.stdout)
     watch = json.loads((tmp_path / "results" / "watch.json").read_text())
     assert watch["outcome"] == "budget"
     charged = ledger_row(sim, watch["instance"]["id"])["cost"]
-    assert charged <= budget + rate * poll, (charged, budget, rate)
-    assert charged >= budget - rate * (poll + 10 + 30), "stopped near the budget, not long before it"
+    assert charged <= budget + rate * BUDGET_POLL_S, (charged, budget, rate)
+    assert charged >= budget - rate * (BUDGET_POLL_S + 10 + 30), "stopped near the budget, not long before it"
     assert list((tmp_path / "results" / "checkpoints").glob("checkpoint-*")), "checkpoints home"
     assert ledger_open(tmp_path) == [], "nothing billing"
 

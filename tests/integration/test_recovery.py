@@ -6,6 +6,7 @@ every recovered run must end with the very model an uninterrupted run produces."
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import itertools
 import json
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,15 @@ RUN_LOG = "/workspace/run/run.log"
 @pytest.fixture(scope="module")
 def rsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
     with running_sim(tmp_path_factory.mktemp("recovery-sim") / "state") as simulator:
+        yield simulator
+
+
+@pytest.fixture(scope="module")
+def s3_sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
+    """The S3 test's own simulator: its outbid is a competing bid on a whole machine, which would also preempt the
+    offline run's instance (training meanwhile on ``rsim``) had it landed there. Its state (API keys included)
+    stays out of the test's folder, which is searched for secrets."""
+    with running_sim(tmp_path_factory.mktemp("s3-sim") / "state") as simulator:
         yield simulator
 
 
@@ -86,22 +97,6 @@ class Armer(threading.Thread):
                 self.stop.wait(0.5)
 
 
-def train_with_fault(sim: Sim, tmp_path: Path, armer: Armer, label: str, reference: bytes,
-                     **run_vars: object) -> tuple[subprocess.CompletedProcess, Path, dict]:
-    """train.yml while ``armer`` arms its fault; the run must complete with the uninterrupted run's model.
-    Returns the run, its results folder and its one recovery's record."""
-    armer.start()
-    try:
-        done = train(sim, tmp_path, label, **run_vars)
-    finally:
-        armer.stop.set()
-        armer.join(10)
-    assert armer.armed, "the fault was never armed"
-    results = tmp_path / "results"
-    assert_completed_with_the_reference_model(done, results, reference)
-    return done, results, recovery_record(results)["recoveries"][0]
-
-
 def sim_rows(sim: Sim, label: str) -> list[dict]:
     with sim.client() as client:
         return [row for row in client.get("/_sim/ledger").json()["rows"] if row["label"] == label]
@@ -128,27 +123,6 @@ def assert_completed_with_the_reference_model(done: subprocess.CompletedProcess,
     assert "completed after 1 recovery" in done.stdout, failure_excerpt(done.stdout)
     final = results / "checkpoints" / f"checkpoint-{MAX_STEPS}" / "model.json"
     assert final.read_bytes() == reference, "the recovered run must end with the uninterrupted run's model"
-
-
-def test_a_host_that_goes_offline_is_replaced_never_two_at_once_and_the_old_one_proven_gone(
-        rsim: Sim, tmp_path: Path, reference_model: bytes) -> None:
-    label = "rec-offline"
-    armer = Armer(rsim, label, {"kind": "offline", "when_log": {"path": RUN_LOG, "pattern": r"'step': 340\b"}})
-    _done, _results, recovery = train_with_fault(
-        rsim, tmp_path, armer, label, reference_model,
-        run_recovery={"strategy": "wait_then_replace", "wait_in_place_s": 5})
-    lost = armer.armed["instance"]
-    assert recovery["outcome"] == "host_lost" and recovery["mode"] == "replace", recovery
-    assert recovery["lost_instance"] == lost["id"] and recovery["new_machine"] != lost["machine_id"], recovery
-    # Restored from the controller's verified copy: a sealed checkpoint, not the one being written.
-    assert recovery["resumed_from"]["step"] in (250, 300) and recovery["resumed_from"]["step"] % SAVE_STEPS == 0
-    rows = sim_rows(rsim, label)
-    assert_never_two_at_once(rows)
-    old = next(row for row in rows if row["id"] == lost["id"])
-    assert old["status"] == "destroyed" and old["destroyed_at"] < recovery["training_again_at"]
-    with rsim.client() as client:
-        assert client.get(f"/api/v0/instances/{lost['id']}/").json()["instances"] is None, "proven gone"
-    assert all(row["status"] == "destroyed" for row in rows) and ledger_open(tmp_path) == []
 
 
 def scan_host_for(sim: Sim, key: Path, label: str, secrets: list[str], found: dict, stop: threading.Event) -> None:
@@ -183,9 +157,9 @@ def scan_host_for(sim: Sim, key: Path, label: str, secrets: list[str], found: di
 
 
 def test_s3_store_a_preemption_mid_save_and_a_corrupt_object_never_resume_from_a_broken_checkpoint(
-        rsim: Sim, tmp_path: Path, reference_model: bytes, s3_bucket: dict) -> None:
+        s3_sim: Sim, tmp_path: Path, reference_model: bytes, s3_bucket: dict) -> None:
     label = "rec-s3"
-    with rsim.client() as client:
+    with s3_sim.client() as client:
         mode = client.get("/_sim/info").json()["host_mode"]
         answer = client.post("/_sim/forwards", json={"name": "s3.vastsim",
                                                      "to": s3_bucket["endpoint_url"].split("://", 1)[1]})
@@ -193,7 +167,7 @@ def test_s3_store_a_preemption_mid_save_and_a_corrupt_object_never_resume_from_a
     host_endpoint = "http://s3.vastsim" if mode == "namespace" else s3_bucket["endpoint_url"]
     bucket, s3 = s3_bucket["bucket"], s3_bucket["client"]
     # Outbid while checkpoint-300 is half written (its files go in one by one, trainer_state.json last).
-    armer = Armer(rsim, label, {"kind": "outbid", "price": 100.0, "when_partial": {
+    armer = Armer(s3_sim, label, {"kind": "outbid", "price": 100.0, "when_partial": {
         "glob": "/workspace/run/output/checkpoint-300", "missing": "trainer_state.json"}}, target="machine_id")
     corrupted: dict = {}
 
@@ -215,11 +189,11 @@ def test_s3_store_a_preemption_mid_save_and_a_corrupt_object_never_resume_from_a
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     threads = [armer, threading.Thread(target=corrupt_checkpoint_250, daemon=True),
                threading.Thread(target=scan_host_for, daemon=True,
-                                args=(rsim, key, label, [s3_bucket["secret_key"], rsim.api_key], scan, stop))]
+                                args=(s3_sim, key, label, [s3_bucket["secret_key"], s3_sim.api_key], scan, stop))]
     for thread in threads:
         thread.start()
     try:
-        done = train(rsim, tmp_path, label, "-vvv", run_interruptible=True, run_recovery={"strategy": "replace"},
+        done = train(s3_sim, tmp_path, label, "-vvv", run_interruptible=True, run_recovery={"strategy": "replace"},
                      run_command=TRAIN + " --save_mode inplace --save_file_seconds 0.5",
                      run_checkpoint_store={"type": "s3", "bucket": bucket, "prefix": "runs",
                                            "endpoint_url": s3_bucket["endpoint_url"],
@@ -252,8 +226,60 @@ def test_s3_store_a_preemption_mid_save_and_a_corrupt_object_never_resume_from_a
     assert len(scan["scanned"]) >= 2 and scan["hits"] == [], scan
     # Nor, as is, URL-encoded or in base64, in the -vvv output, the results, the ledger, the leases and the
     # rest of the controller's state for the run (everything under tmp_path).
-    secrets = [s3_bucket["secret_key"], rsim.api_key]
+    secrets = [s3_bucket["secret_key"], s3_sim.api_key]
     assert text_holding(done.stdout + done.stderr, secrets) == []
     assert "ESTABLISH SSH CONNECTION FOR USER" in done.stdout, "the run was not at -vvv"
     assert files_holding(tmp_path, secrets) == []
-    assert ledger_open(tmp_path) == [] and all(row["status"] == "destroyed" for row in sim_rows(rsim, label))
+    assert ledger_open(tmp_path) == [] and all(row["status"] == "destroyed" for row in sim_rows(s3_sim, label))
+
+
+OFFLINE_LABEL = "rec-offline"
+
+
+@dataclass
+class OfflineRun:
+    tmp_path: Path
+    armer: Armer
+    future: concurrent.futures.Future
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline_run(rsim: Sim, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineRun]:
+    """The host-offline run starts as the module starts and trains while the S3 test runs its own: both mostly
+    wait on the tiny trainer's steps and on vastsim, and their faults aim at their own labels."""
+    tmp_path = tmp_path_factory.mktemp(OFFLINE_LABEL)
+    armer = Armer(rsim, OFFLINE_LABEL, {"kind": "offline", "when_log": {"path": RUN_LOG, "pattern": r"'step': 340\b"}})
+
+    def run() -> subprocess.CompletedProcess:
+        armer.start()
+        try:
+            return train(rsim, tmp_path, OFFLINE_LABEL,
+                         run_recovery={"strategy": "wait_then_replace", "wait_in_place_s": 5})
+        finally:
+            armer.stop.set()
+            armer.join(10)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        yield OfflineRun(tmp_path, armer, pool.submit(run))
+
+
+def test_a_host_that_goes_offline_is_replaced_never_two_at_once_and_the_old_one_proven_gone(
+        rsim: Sim, offline_run: OfflineRun, reference_model: bytes) -> None:
+    done = offline_run.future.result(timeout=900)
+    armer, tmp_path = offline_run.armer, offline_run.tmp_path
+    assert armer.armed, "the fault was never armed"
+    results = tmp_path / "results"
+    assert_completed_with_the_reference_model(done, results, reference_model)
+    recovery = recovery_record(results)["recoveries"][0]
+    lost = armer.armed["instance"]
+    assert recovery["outcome"] == "host_lost" and recovery["mode"] == "replace", recovery
+    assert recovery["lost_instance"] == lost["id"] and recovery["new_machine"] != lost["machine_id"], recovery
+    # Restored from the controller's verified copy: a sealed checkpoint, not the one being written.
+    assert recovery["resumed_from"]["step"] in (250, 300) and recovery["resumed_from"]["step"] % SAVE_STEPS == 0
+    rows = sim_rows(rsim, OFFLINE_LABEL)
+    assert_never_two_at_once(rows)
+    old = next(row for row in rows if row["id"] == lost["id"])
+    assert old["status"] == "destroyed" and old["destroyed_at"] < recovery["training_again_at"]
+    with rsim.client() as client:
+        assert client.get(f"/api/v0/instances/{lost['id']}/").json()["instances"] is None, "proven gone"
+    assert all(row["status"] == "destroyed" for row in rows) and ledger_open(tmp_path) == []
