@@ -312,6 +312,12 @@ CASES = [
                                                                **when_log(r"'step': 160\b")}),
          run_vars={"run_recovery": {"strategy": "wait_then_replace", "wait_in_place_s": 120}},
          message=r"completed after 1 recovery"),
+    # The host disconnects while it is being set up (its code folder has just appeared), before anything trained:
+    # the failed set-up says so, rather than as a later task's error on a result the host never sent.
+    Case("offline-in-setup", completes=False, newest=0,
+         faults=[{"kind": "offline", "when_partial": {"glob": "/workspace/run/code", "missing": ".never-there"}}],
+         message=r"The run did not complete: .*the host stopped answering over SSH .*the instance is offline",
+         check=never_started_the_long_run),
     # Outbid 1.6 s before checkpoint-200 is saved: time for the simulator to stop it. A simulator of its own: the
     # competing bid takes its machine's GPUs from every lower bid there, another case's instance included.
     Case("outbid", own_sim=True, max_steps=300, trainer="--step_seconds 0.08",
