@@ -8,6 +8,7 @@ it may be running and no network namespace of its simulators may remain.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -64,12 +67,14 @@ def leftovers(home: Path) -> list[str]:
     return found
 
 
-@pytest.mark.slow
-@needs_root
-@pytest.mark.timeout(420)
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(scenario: str) -> None:
-    config = yaml.safe_load((REPO / "molecule" / scenario / "molecule.yml").read_text())
+@dataclass
+class ScenarioRun:
+    done: subprocess.CompletedProcess
+    seconds: float
+    left: list[str]
+
+
+def run_scenario(scenario: str) -> ScenarioRun:
     # Short on purpose: SSH control sockets live in $HOME/.ansible/cp (a socket path has at most 107 bytes).
     home = Path(tempfile.mkdtemp(prefix="molecule-", dir="/tmp"))
     started = time.monotonic()
@@ -80,9 +85,33 @@ def test_molecule_scenario(scenario: str) -> None:
         seconds = time.monotonic() - started
         left = leftovers(home)  # also after a timeout: whatever is still up is stopped here
         shutil.rmtree(home, ignore_errors=True)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"molecule test -s {scenario} failed after {seconds:.0f} s:\n{output[-8000:]}"
+    return ScenarioRun(done, seconds, left)
+
+
+# Scenarios at once. Each has its own HOME and its own vastsim; one keeps about one core busy (Ansible's controller),
+# and one at a time left the second core of a 2-core CI machine mostly idle.
+PARALLEL = 2
+
+
+@pytest.fixture(scope="module")
+def scenario_runs(request: pytest.FixtureRequest) -> Iterator[dict[str, concurrent.futures.Future]]:
+    """The selected scenarios, started in the order their tests run (-k picks which)."""
+    selected = [item.callspec.params["scenario"] for item in request.session.items
+                if item.module is request.module and getattr(item, "originalname", "") == "test_molecule_scenario"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        yield {scenario: pool.submit(run_scenario, scenario) for scenario in selected}
+
+
+@pytest.mark.slow
+@needs_root
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_molecule_scenario(scenario: str, scenario_runs: dict[str, concurrent.futures.Future]) -> None:
+    config = yaml.safe_load((REPO / "molecule" / scenario / "molecule.yml").read_text())
+    run = scenario_runs[scenario].result(timeout=1400)
+    output = run.done.stdout + run.done.stderr
+    assert run.done.returncode == 0, f"molecule test -s {scenario} failed after {run.seconds:.0f} s:\n{output[-8000:]}"
     for step in config["scenario"]["test_sequence"]:  # every step ran (none skipped or missing)
         assert re.search(rf"{scenario} (>|➜) {step}: Executed: Successful", output), f"{step}:\n{output[-3000:]}"
-    assert not left, f"molecule test -s {scenario} left behind: {left}"
-    print(f"molecule test -s {scenario}: {seconds:.1f} s")
+    assert not run.left, f"molecule test -s {scenario} left behind: {run.left}"
+    print(f"molecule test -s {scenario}: {run.seconds:.1f} s")
