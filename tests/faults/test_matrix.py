@@ -235,6 +235,26 @@ def never_started_the_long_run(outcome: Outcome) -> None:
     assert not (outcome.results / "run.log").exists(), "the long run must never start after a failed smoke test"
 
 
+OFFLINE_IN_SETUP = {"kind": "offline", "count": 1,
+                    "when_partial": {"glob": "/workspace/run/code", "missing": ".never-there"}}
+
+
+def recovered_from_a_host_lost_in_setup(outcome: Outcome) -> None:
+    [recovery] = json.loads((outcome.results / "recovery.json").read_text())["recoveries"]
+    assert recovery["outcome"] == "host_lost" and recovery["before_launch"] is True, recovery
+    assert recovery["mode"] == "replace" and "stopped answering over SSH" in recovery["why"], recovery
+    assert not recovery["resumed_from"], "nothing had trained: the replacement starts afresh"
+    smoke = json.loads((outcome.results / "smoke.json").read_text())
+    assert smoke["verdict"] in ("pass", "warn"), "the job was smoke-tested on the replacement before it trained"
+
+
+def recovered_in_place_from_a_host_lost_in_setup(outcome: Outcome) -> None:
+    [recovery] = json.loads((outcome.results / "recovery.json").read_text())["recoveries"]
+    assert recovery["before_launch"] is True and recovery["mode"] == "in_place", recovery
+    assert "Smoke test" in outcome.done.stdout.split("Recovery: set up, restore, relaunch (round 1)", 1)[-1], \
+        "set up again and smoke-tested in place before it trained"
+
+
 def reference_model(max_steps: int) -> bytes:
     """The final model of the same training run locally without interruption."""
     out = Path(tempfile.mkdtemp(prefix="fm-reference-"))
@@ -313,9 +333,16 @@ CASES = [
          run_vars={"run_recovery": {"strategy": "wait_then_replace", "wait_in_place_s": 120}},
          message=r"completed after 1 recovery"),
     # The host disconnects while it is being set up (its code folder has just appeared), before anything trained:
-    # the failed set-up says so, rather than as a later task's error on a result the host never sent.
-    Case("offline-in-setup", completes=False, newest=0,
-         faults=[{"kind": "offline", "when_partial": {"glob": "/workspace/run/code", "missing": ".never-there"}}],
+    # the recovery rounds take it over as a host lost mid-run (waited for, then replaced, set up and smoke-tested
+    # there); without recovery the run fails and says so, not as a later task's error on a result never sent.
+    Case("offline-in-setup", faults=[OFFLINE_IN_SETUP],
+         run_vars={"run_recovery": {"strategy": "wait_then_replace", "wait_in_place_s": 5}},
+         message=r"completed after 1 recovery", check=recovered_from_a_host_lost_in_setup),
+    Case("offline-in-setup-and-back", faults=[{**OFFLINE_IN_SETUP, "for_s": 5}], rentals=1,
+         run_vars={"run_recovery": {"strategy": "wait_then_replace", "wait_in_place_s": 120}},
+         message=r"completed after 1 recovery", check=recovered_in_place_from_a_host_lost_in_setup),
+    Case("offline-in-setup-no-recovery", completes=False, newest=0, faults=[OFFLINE_IN_SETUP],
+         run_vars={"run_recovery": {"strategy": "none"}},
          message=r"The run did not complete: .*the host stopped answering over SSH .*the instance is offline",
          check=never_started_the_long_run),
     # Outbid 1.6 s before checkpoint-200 is saved: time for the simulator to stop it. A simulator of its own: the
