@@ -112,6 +112,13 @@ def ssh_run(host: str, port: int, key: Path, command: str, user: str = "root",
                           capture_output=True, text=True, timeout=timeout)
 
 
+def selected_items(request: pytest.FixtureRequest, test_name: str) -> list[pytest.Item]:
+    """The items of ``test_name`` in the requesting module that this session runs (after -k and deselection): a
+    module fixture that starts work for its tests in the background starts only theirs."""
+    return [item for item in request.session.items
+            if item.module is request.module and getattr(item, "originalname", item.name) == test_name]
+
+
 def cheapest_good_offer(client: httpx.Client, query: dict | None = None) -> dict:
     """The cheapest offer matching `query` that is not on one of the catalogue's deliberately bad hosts."""
     search = {"verified": {"eq": True}, "rentable": {"eq": True}, "order": [["dph_total", "asc"]],

@@ -92,6 +92,8 @@ def instance_summary(instance: Mapping[str, Any], ssh_user: str = "root") -> dic
                           if instance.get("uptime_mins") is not None else None),
         "dph_base": instance.get("dph_base"),
         "storage_dph": instance.get("storage_total_cost"),
+        # What it has cost since it was created (None without the fields to tell).
+        "spent_usd": instance_spend_usd(instance, time.time()),
         "is_bid": instance.get("is_bid"),
         "public_ipaddr": (instance.get("public_ipaddr") or "").strip() or None,
         "ssh_host": host,

@@ -171,6 +171,8 @@ instance:
     ssh_user: {description: SSH user, type: str}
     ssh_kind: {description: "C(direct) or C(proxy)", type: str}
     dph_total: {description: "$/h while running, storage included", type: float}
+    spent_usd: {description: "What it has cost since it was created, from its row (GPU while it ran, storage since
+        creation); null without the fields to tell", type: float}
     gpu_name: {description: GPU model, type: str}
     num_gpus: {description: Number of GPUs, type: int}
     gpu_ram: {description: VRAM per GPU in MB as Vast reports it, type: int}

@@ -17,7 +17,7 @@ import yaml
 from ansible_collections.mlops.vast.plugins.module_utils.estimate_cost import estimate
 from ansible_collections.mlops.vast.plugins.module_utils.estimate_job import job_from_params
 
-from tests.conftest import IS_ROOT, REPO, Sim, needs_root, running_sim
+from tests.conftest import IS_ROOT, REPO, Sim, needs_root, running_sim, selected_items
 from tests.integration.ansible_run import (
     ansible_env,
     failure_excerpt,
@@ -158,20 +158,23 @@ class LongRun:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def long_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LongRun]]:
+def long_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LongRun]]:
     """The two runs that train for minutes start as the module starts, each on a simulator of its own, and go on
     while the module's other tests run: they mostly wait on the tiny trainer's steps, so the module takes about
     as long as the longer of them instead of the sum of all its tests."""
-    if not IS_ROOT:
+    if not IS_ROOT:  # their tests are skipped
         yield {}
         return
-    jobs = {"smoke_pass": smoke_pass_run, "budget_stop": budget_stop_run}
+    tests = {"smoke_pass": "test_a_smoke_test_within_the_estimate_passes_and_reestimates_the_cost",
+             "budget_stop": "test_a_budget_below_the_runs_cost_stops_it_within_one_poll"}
+    jobs = {name: job for name, job in (("smoke_pass", smoke_pass_run), ("budget_stop", budget_stop_run))
+            if selected_items(request, tests[name])}
     with contextlib.ExitStack() as stack:
         places = {name: tmp_path_factory.mktemp(name) for name in jobs}
         sims = {name: stack.enter_context(running_sim(places[name] / "state")) for name in jobs}
         # Entered after the simulators, so it is left first: its exit waits for both runs to end before either
         # simulator stops, also when a test failed early.
-        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)))
+        pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(jobs))))
         yield {name: LongRun(sims[name], places[name], pool.submit(job, sims[name], places[name]))
                for name, job in jobs.items()}
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from mlops_vast.sim import harness
-from tests.conftest import REPO, needs_root
+from tests.conftest import REPO, needs_root, selected_items
 
 BIN = Path(sys.executable).parent
 SCENARIOS = sorted(path.parent.name for path in (REPO / "molecule").glob("*/molecule.yml"))
@@ -96,10 +96,13 @@ PARALLEL = 2
 @pytest.fixture(scope="module")
 def scenario_runs(request: pytest.FixtureRequest) -> Iterator[dict[str, concurrent.futures.Future]]:
     """The selected scenarios, started in the order their tests run (-k picks which)."""
-    selected = [item.callspec.params["scenario"] for item in request.session.items
-                if item.module is request.module and getattr(item, "originalname", "") == "test_molecule_scenario"]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+    selected = [item.callspec.params["scenario"] for item in selected_items(request, "test_molecule_scenario")]
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=PARALLEL)
+    try:
         yield {scenario: pool.submit(run_scenario, scenario) for scenario in selected}
+    finally:
+        # After -x stopped the session early, scenarios not yet started are not started at all.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from ansible_collections.mlops.vast.plugins.module_utils.rows import ssh_endpoint
 
-from tests.conftest import REPO, Sim, needs_root, running_sim
+from tests.conftest import REPO, Sim, needs_root, running_sim, selected_items
 from tests.integration.ansible_run import ansible_env, failure_excerpt, ledger_open, local_inventory, run_playbook
 from tests.integration.secret_scan import files_holding, forms, text_holding
 from tests.integration.test_modules import good_query
@@ -234,6 +234,7 @@ def test_s3_store_a_preemption_mid_save_and_a_corrupt_object_never_resume_from_a
 
 
 OFFLINE_LABEL = "rec-offline"
+OFFLINE_TEST = "test_a_host_that_goes_offline_is_replaced_never_two_at_once_and_the_old_one_proven_gone"
 
 
 @dataclass
@@ -244,9 +245,14 @@ class OfflineRun:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def offline_run(rsim: Sim, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineRun]:
+def offline_run(request: pytest.FixtureRequest,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineRun | None]:
     """The host-offline run starts as the module starts and trains while the S3 test runs its own: both mostly
     wait on the tiny trainer's steps and on vastsim, and their faults aim at their own labels."""
+    if not selected_items(request, OFFLINE_TEST):
+        yield None
+        return
+    rsim: Sim = request.getfixturevalue("rsim")
     tmp_path = tmp_path_factory.mktemp(OFFLINE_LABEL)
     armer = Armer(rsim, OFFLINE_LABEL, {"kind": "offline", "when_log": {"path": RUN_LOG, "pattern": r"'step': 340\b"}})
 
@@ -264,7 +270,8 @@ def offline_run(rsim: Sim, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def test_a_host_that_goes_offline_is_replaced_never_two_at_once_and_the_old_one_proven_gone(
-        rsim: Sim, offline_run: OfflineRun, reference_model: bytes) -> None:
+        rsim: Sim, offline_run: OfflineRun | None, reference_model: bytes) -> None:
+    assert offline_run is not None
     done = offline_run.future.result(timeout=900)
     armer, tmp_path = offline_run.armer, offline_run.tmp_path
     assert armer.armed, "the fault was never armed"
