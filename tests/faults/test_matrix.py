@@ -345,7 +345,8 @@ CASES = [
          run_vars={"run_recovery": {"strategy": "wait_then_replace", "wait_in_place_s": 120}},
          message=r"completed after 1 recovery", check=recovered_in_place_from_a_host_lost_in_setup),
     Case("offline-in-setup-no-recovery", completes=False, newest=0, faults=[OFFLINE_IN_SETUP],
-         run_vars={"run_recovery": {"strategy": "none"}},
+         # Handed to the recovery rounds, none of which may act: the run must not read as completed.
+         run_vars={"run_recovery": {"strategy": "wait_then_replace", "max_preemptions": 0}},
          message=r"The run did not complete: .*the host stopped answering over SSH .*the instance is offline",
          check=never_started_the_long_run),
     # Outbid 1.6 s before checkpoint-200 is saved: time for the simulator to stop it. A simulator of its own: the
