@@ -172,6 +172,9 @@ def _loss(value: Any) -> str:
         return str(value)
 
 
+PROGRESS_EVERY_S = 10.0
+
+
 class Display:
     """One line per run or trial (phase, step/max, loss, $/h, spent, ETA), live in a terminal; plain lines
     otherwise; nothing with --json."""
@@ -189,6 +192,9 @@ class Display:
         self.note = ""
         self.started = time.time()
         self.live: Any = None
+        # Plain lines (a pipe, a CI log): a run's progress every PROGRESS_EVERY_S at most, and each warning once.
+        self.progress_said: dict[str, float] = {}
+        self.warned: dict[str, list[str]] = {}
 
     # rich calls this on every refresh
     def __rich__(self) -> Any:
@@ -241,6 +247,8 @@ class Display:
                 self.console.print(f"{event.run}: {event.phase}" + (f" ({task})" if task else ""))
         elif isinstance(event, ev.Progress):
             row.update(step=event.step, total=event.total, loss=event.loss, eta=event.eta_s)
+            if not self.live_mode and not self.json_mode:
+                self._say_progress(event.run, row)
         elif isinstance(event, ev.Spend):
             row.update(spent=event.spent_usd, dph=event.dph)
         elif isinstance(event, ev.TrialStateChanged):
@@ -248,7 +256,7 @@ class Display:
             if not self.live_mode and not self.json_mode:
                 self.console.print(f"{event.run}: {event.state}" + (f" ({event.outcome})" if event.outcome else ""))
         elif isinstance(event, ev.Warning):
-            if not self.json_mode:
+            if not self.json_mode and self._first_time_warned(event.run, event.message):
                 from rich.text import Text
 
                 self.console.print(Text.assemble(("warning", "yellow"), f" {event.run}: {event.message}"))
@@ -256,6 +264,38 @@ class Display:
             row["outcome"] = event.outcome
         if self.live is not None:
             self.live.refresh()
+
+
+    def _say_progress(self, run: str, row: dict[str, Any]) -> None:
+        """A plain progress line for a log reader: the first step seen, then at most every PROGRESS_EVERY_S, and
+        the last step."""
+        now = time.monotonic()
+        last = self.progress_said.get(run)
+        step, total = row.get("step"), row.get("total")
+        finished = step is not None and total is not None and step >= total
+        if last is not None and now - last < PROGRESS_EVERY_S and not finished:
+            return
+        self.progress_said[run] = now
+        said = [f"step {step}/{total}" if total else f"step {step}"]
+        if row.get("loss") is not None:
+            said.append(f"loss {_loss(row['loss'])}")
+        if row.get("spent") is not None:
+            said.append(f"{_money(row['spent'])} spent" + (f" at {_money(row['dph'], 3)}/h" if row.get("dph") else ""))
+        if row.get("eta") is not None and not finished:
+            said.append(f"ETA {ev.format_duration(row['eta'])}")
+        self.console.print(f"{run}: " + ", ".join(said))
+
+    def _first_time_warned(self, run: str, message: str) -> bool:
+        """False for a warning that repeats one already said for the run: a failed step's reason comes again in
+        the step that stops the run on it ("Renting failed: <the same reason>")."""
+        core = message.rstrip("…").strip()
+        said = self.warned.setdefault(run, [])
+        # Short texts ("unreachable") only when equal: they are not one reason said twice, but any two failures.
+        if any(core == earlier or (min(len(core), len(earlier)) >= 40 and (core in earlier or earlier in core))
+               for earlier in said):
+            return False
+        said.append(core)
+        return True
 
 
 def _task_words(task: str | None) -> str:
@@ -665,6 +705,7 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     home = {} if args.no_pull or not key else _bring_home(args, before, env, key)
     kept = sorted(label for label, record in home.items() if record["kept"])
     done = None
+    log = ledger.parent / "teardown.log"
     if not (args.label and kept):  # a run whose checkpoint could not be verified keeps its (stopped) instance
         with contextlib.ExitStack() as stack:
             key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
@@ -675,8 +716,14 @@ def cmd_teardown(args: argparse.Namespace) -> int:
             chosen = {"teardown_label": args.label} if args.label else {"teardown_spare": kept} if kept else None
             if chosen:
                 argv += ["-e", json.dumps(chosen)]
-            done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True,
-                                  capture_output=args.json)
+            if not args.json:
+                print("mlops-vast: destroying " + (f"the instances labelled {args.label!r}" if args.label else
+                      "everything this controller rented") + ", then asking the account that nothing is billing")
+            done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True, capture_output=True)
+        # The playbook's whole output is for when something went wrong; the terminal gets what it did, or why not.
+        with contextlib.suppress(OSError):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(done.stdout + done.stderr)
     still = {c["id"] for c in open_contracts(ledger, api_url)}
     closed = [{"id": c["id"], "label": c.get("label")} for c in before if c["id"] not in still]
     ok = (done is None or done.returncode == 0) and all(record["ok"] for record in home.values())
@@ -704,6 +751,13 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     if closed:
         print(f"mlops-vast: destroyed and closed in the ledger: "
               f"{', '.join(str(c['id']) + ' (' + str(c['label'] or '') + ')' for c in closed)}")
+    if done is not None and done.returncode != 0:
+        print(f"mlops-vast: the teardown failed: {_why_failed(done)} (its whole output: {log}); run it again, "
+              "or see what still bills with mlops-vast status", file=sys.stderr)
+    elif done is not None:
+        print("mlops-vast: the account says nothing " + (f"labelled {args.label!r}" if args.label else
+              "this controller rented") + " is billing" + (f", but for the instances kept stopped with data that could "
+              f"not be verified, which bill their disk: {', '.join(kept)}" if kept else ""))
     return EXIT_OK if ok else EXIT_FAILED
 
 

@@ -216,6 +216,9 @@ def test_status_and_teardown_say_what_is_rented_and_what_they_destroyed(sim: Sim
 
     unknown = mlops_vast("teardown", "--label", "no-such-label")
     assert unknown.returncode == 0 and "no open contract labelled 'no-such-label'" in unknown.stderr
+    assert "the account says nothing labelled 'no-such-label' is billing" in unknown.stdout, unknown.stdout
+    assert "TASK [" not in unknown.stdout + unknown.stderr, "the playbook's output goes to its log, not the terminal"
+    assert "PLAY RECAP" in (tmp_path / "teardown.log").read_text()
     assert open_instances(sim) == [instance_id], "another label's teardown left this one alone"
     for empty in ("", "  "):  # not "no label", which would tear everything down
         refused = mlops_vast("teardown", "--label", empty)
@@ -294,5 +297,7 @@ def test_teardown_all_asks_the_account_even_with_an_empty_ledger(tmp_path: Path)
     done = subprocess.run([CLI, "teardown", "--all", "--api-url", "http://127.0.0.1:9"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "cannot reach the Vast API at http://127.0.0.1:9" in done.stdout, done.stdout[-2000:]
-    assert "Nothing this controller rented is left billing" not in done.stdout
+    assert "the teardown failed: cannot reach the Vast API at http://127.0.0.1:9" in done.stderr, done.stderr[-2000:]
+    assert str(tmp_path / "teardown.log") in done.stderr and "TASK [" not in done.stdout + done.stderr
+    assert "the account says nothing" not in done.stdout
+    assert "cannot reach the Vast API" in (tmp_path / "teardown.log").read_text()

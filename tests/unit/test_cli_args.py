@@ -191,6 +191,39 @@ def test_plain_display_prints_phase_changes_and_warnings() -> None:
     assert "10/100" in table.getvalue() and "$0.200" in table.getvalue()
 
 
+def test_plain_display_says_progress_now_and_then_and_a_reason_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipe or a CI log gets step, loss, spend and ETA (the first step, then at most every PROGRESS_EVERY_S, and
+    the last), and a failure's reason once, not again in the step that stops the run on it."""
+    clock = [100.0]
+    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    display = cli.Display("t", json_mode=False, console=Console(file=out, force_terminal=False, width=200))
+    display.on_event(ev.Spend(run="r", spent_usd=0.0125, dph=0.25))
+    display.on_event(ev.Progress(run="r", step=10, total=400, loss=1.5, eta_s=90))
+    clock[0] += 3
+    display.on_event(ev.Progress(run="r", step=20, total=400, loss=1.25, eta_s=80))  # too soon: not said
+    display.on_event(ev.Progress(run="other", step=5, total=50, loss=None))  # another run has its own pace
+    clock[0] += cli.PROGRESS_EVERY_S
+    display.on_event(ev.Progress(run="r", step=200, total=400, loss=0.75, eta_s=40))
+    clock[0] += 1
+    display.on_event(ev.Progress(run="r", step=400, total=400, loss=0.5, eta_s=0))  # the last step: said at once
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("r: step")]
+    assert lines == ["r: step 10/400, loss 1.5, $0.0125 spent at $0.250/h, ETA 1m30s",
+                     "r: step 200/400, loss 0.75, $0.0125 spent at $0.250/h, ETA 40s",
+                     "r: step 400/400, loss 0.5, $0.0125 spent at $0.250/h"], out.getvalue()
+    assert "other: step 5/50\n" in out.getvalue()
+
+    reason = "no GPU on the market is called 'RTX 9999'; names on the market now: A40, RTX 4090"
+    display.on_event(ev.Warning(run="r", message=reason))
+    display.on_event(ev.Warning(run="r", message=f"Renting failed: {reason}. Rejected bef…"))
+    display.on_event(ev.Warning(run="q", message=reason))  # another run's is its own
+    display.on_event(ev.Warning(run="r", message="unreachable"))
+    display.on_event(ev.Warning(run="r", message="unreachable host"))  # short texts: only equal ones are one
+    warned = [line for line in out.getvalue().splitlines() if line.startswith("warning")]
+    assert warned == [f"warning r: {reason}", f"warning q: {reason}", "warning r: unreachable",
+                      "warning r: unreachable host"], warned
+
+
 def test_the_final_sweep_table_says_the_budget_as_given(tmp_path: Path) -> None:
     from mlops_vast.api import SweepResult, _sweep_result
 
