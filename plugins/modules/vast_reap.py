@@ -61,6 +61,14 @@ options:
     description: Only instances whose label starts with this (a run name, a sweep's name); empty for all.
     type: str
     default: ""
+  spare_labels:
+    description:
+      - Instances with one of these labels are left alone whatever their lease, as if out of scope.
+        C(playbooks/teardown.yml) spares the runs whose teardown kept their instance stopped (a checkpoint it could
+        not verify).
+    type: list
+    elements: str
+    default: []
   ledger_path:
     description:
       - The local contract ledger; its leases and the controller's id are beside it. Defaults to
@@ -162,6 +170,7 @@ class VastReap(VastModule):
         "min_grace_s": {"type": "float", "default": 0.0},
         "unledgered": {"type": "bool", "default": False},
         "label_prefix": {"type": "str", "default": ""},
+        "spare_labels": {"type": "list", "elements": "str", "default": []},
         "ledger_path": {"type": "path"},
     }
 
@@ -190,7 +199,7 @@ class VastReap(VastModule):
         return max(grace, float(self.params["min_grace_s"]))
 
     def in_scope(self, label: str | None) -> bool:
-        return (label or "").startswith(self.params["label_prefix"])
+        return (label or "").startswith(self.params["label_prefix"]) and label not in self.params["spare_labels"]
 
     def entry(self, row: dict[str, Any], *, source: str, renewed_at: float, interval_s: float,
               now: float) -> dict[str, Any]:

@@ -118,6 +118,11 @@ def test_lost_ledger_found_by_marker_only_when_asked(reap_sim: Sim, tmp_path: Pa
     done, result = reap(env_b, tmp_path / "b", "-e", "reap_lease_grace_s=0", "-e", "reap_unledgered=true",
                         "-e", "reap_label_prefix=other-")
     assert done.returncode == 0 and result["orphans"] == [] and result["foreign"] == [], failure_excerpt(done.stdout)
+    # A label spared (teardown.yml spares a run whose teardown kept its instance stopped): left alone too.
+    spared = run_task("mlops.vast.vast_reap", {"lease_grace_s": 0, "unledgered": True, "spare_labels": ["reap-lost"]},
+                      env_b, tmp_path / "b")
+    assert not spared.get("failed") and not spared["changed"], spared.get("msg")
+    assert spared["orphans"] == [] and spared["foreign"] == [] and lost_id in open_on_sim(reap_sim)
 
     done, result = reap(env_b, tmp_path / "b", "-e", "reap_lease_grace_s=0", "-e", "reap_unledgered=true",
                         "-e", "reap_label_prefix=reap-")
