@@ -161,6 +161,26 @@ def arm_on_running(sim: Sim, label: str, spec: dict, *, target: str = "instance_
 FINISHED: set[str] = set()
 
 
+def lose_the_replacement_in_its_smoke_test(sim: Sim, label: str, _key: Path, deadline_s: float = 600) -> None:
+    """Once the label's first instance is lost (offline), take its replacement offline as soon as its smoke test
+    writes: a host lost while a recovery sets it up."""
+    deadline = time.monotonic() + deadline_s
+    lost: set[int] = set()  # remembered: the lost instance is destroyed before its replacement is rented
+    with sim.client() as client:
+        while time.monotonic() < deadline and label not in FINISHED:
+            rows = [row for row in client.get("/api/v0/instances/").json()["instances"] if row.get("label") == label]
+            lost |= {row["id"] for row in rows if row.get("actual_status") == "offline"}
+            replacement = [row["id"] for row in rows if lost and row["id"] > max(lost)
+                           and row.get("actual_status") == "running"]
+            if replacement:
+                answer = client.post("/_sim/faults", json={
+                    "kind": "offline", "count": 1, "instance_id": replacement[0],
+                    "when_partial": {"glob": "/workspace/run/smoke", "missing": ".never-there"}})
+                assert answer.status_code == 200, answer.text
+                return
+            time.sleep(0.5)
+
+
 def on_host_when(pattern: str, action: str, then: Callable[[httpx.Client], object] | None = None
                  ) -> Callable[[Sim, str, Path], None]:
     """Once the run's log on its host matches ``pattern``, run ``action`` there (as root, over SSH), then ``then``
@@ -247,6 +267,17 @@ def recovered_from_a_host_lost_in_setup(outcome: Outcome) -> None:
     smoke = outcome.results / "smoke.json"
     assert smoke.stat().st_mtime > recovery["detected_at"], "smoke-tested on the replacement before it trained"
     assert json.loads(smoke.read_text())["verdict"] in ("pass", "warn")
+
+
+def lost_in_setup_then_its_replacement_too(outcome: Outcome) -> None:
+    first, second = json.loads((outcome.results / "recovery.json").read_text())["recoveries"]
+    assert first["before_launch"] and first["mode"] == "replace" and first["relaunch_lost"], first
+    assert "stopped answering over SSH" in first["relaunch_lost"], first
+    assert second["lost_instance"] == first["new_instance"] and second["mode"] == "replace", second
+    assert second["before_launch"] and not second["relaunch_lost"] and not second["resumed_from"], second
+    assert len({first["lost_instance"], first["new_instance"], second["new_instance"]}) == 3
+    smoke = outcome.results / "smoke.json"
+    assert smoke.stat().st_mtime > second["detected_at"], "smoke-tested on the last host before it trained"
 
 
 def recovered_in_place_from_a_host_lost_in_setup(outcome: Outcome) -> None:
@@ -350,6 +381,10 @@ CASES = [
     Case("offline-blip-in-setup", faults=[{**OFFLINE_IN_SETUP, "for_s": 3}], rentals=1,
          run_vars={"run_recovery": {"strategy": "wait_then_replace", "wait_in_place_s": 120}},
          message=r"completed after 1 recovery", check=recovered_in_place_from_a_host_lost_in_setup),
+    # The replacement is lost during its own set-up too: the next round takes over from the relaunch's loss.
+    Case("offline-in-setup-twice", faults=[OFFLINE_IN_SETUP], during=lose_the_replacement_in_its_smoke_test, rentals=3,
+         run_vars={"run_recovery": {"strategy": "wait_then_replace", "wait_in_place_s": 5}},
+         message=r"completed after 2 recoveries;", check=lost_in_setup_then_its_replacement_too),
     Case("offline-in-setup-no-recovery", completes=False, newest=0, faults=[OFFLINE_IN_SETUP],
          # Handed to the recovery rounds, none of which may act: the run must not read as completed.
          run_vars={"run_recovery": {"strategy": "wait_then_replace", "max_preemptions": 0}},
