@@ -173,6 +173,11 @@ def _loss(value: Any) -> str:
 
 
 PROGRESS_EVERY_S = 10.0
+REPEAT_WINDOW_S = 30.0
+
+
+def _clock() -> float:
+    return time.monotonic()
 
 
 class Display:
@@ -192,9 +197,11 @@ class Display:
         self.note = ""
         self.started = time.time()
         self.live: Any = None
-        # Plain lines (a pipe, a CI log): a run's progress every PROGRESS_EVERY_S at most, and each warning once.
+        # Plain lines (a pipe, a CI log): a run's progress every PROGRESS_EVERY_S at most (its last step at once, once),
+        # and a warning not again right after itself.
         self.progress_said: dict[str, float] = {}
-        self.warned: dict[str, list[str]] = {}
+        self.last_step_said: set[str] = set()
+        self.last_warning: dict[str, tuple[str, float]] = {}
 
     # rich calls this on every refresh
     def __rich__(self) -> Any:
@@ -269,13 +276,15 @@ class Display:
     def _say_progress(self, run: str, row: dict[str, Any]) -> None:
         """A plain progress line for a log reader: the first step seen, then at most every PROGRESS_EVERY_S, and
         the last step."""
-        now = time.monotonic()
+        now = _clock()
         last = self.progress_said.get(run)
         step, total = row.get("step"), row.get("total")
-        finished = step is not None and total is not None and step >= total
+        finished = step is not None and total is not None and step >= total and run not in self.last_step_said
         if last is not None and now - last < PROGRESS_EVERY_S and not finished:
             return
         self.progress_said[run] = now
+        if finished:
+            self.last_step_said.add(run)
         said = [f"step {step}/{total}" if total else f"step {step}"]
         if row.get("loss") is not None:
             said.append(f"loss {_loss(row['loss'])}")
@@ -286,16 +295,17 @@ class Display:
         self.console.print(f"{run}: " + ", ".join(said))
 
     def _first_time_warned(self, run: str, message: str) -> bool:
-        """False for a warning that repeats one already said for the run: a failed step's reason comes again in
-        the step that stops the run on it ("Renting failed: <the same reason>")."""
+        """False for a warning that repeats the run's previous one within REPEAT_WINDOW_S: a failed step's reason
+        comes again in the step that stops the run on it ("Renting failed: <the same reason>"). A later loss with
+        the same words is another event, and is said."""
         core = message.rstrip("…").strip()
-        said = self.warned.setdefault(run, [])
+        now = _clock()
+        earlier, at = self.last_warning.get(run, ("", float("-inf")))
+        self.last_warning[run] = (core, now)
+        if now - at > REPEAT_WINDOW_S:
+            return True
         # Short texts ("unreachable") only when equal: they are not one reason said twice, but any two failures.
-        if any(core == earlier or (min(len(core), len(earlier)) >= 40 and (core in earlier or earlier in core))
-               for earlier in said):
-            return False
-        said.append(core)
-        return True
+        return not (core == earlier or (min(len(core), len(earlier)) >= 40 and (core in earlier or earlier in core)))
 
 
 def _task_words(task: str | None) -> str:
@@ -705,32 +715,36 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     home = {} if args.no_pull or not key else _bring_home(args, before, env, key)
     kept = sorted(label for label, record in home.items() if record["kept"])
     done = None
-    log = ledger.parent / "teardown.log"
+    reap: dict[str, Any] = {}
+    log: Path | None = None
     if not (args.label and kept):  # a run whose checkpoint could not be verified keeps its (stopped) instance
         with contextlib.ExitStack() as stack:
             key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
+            report = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlops-vast-teardown-"))) / "reap.json"
             run_env = _keys.scrub_env(env, key_file.path if key_file else None)
             run_env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
             run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
             argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(root / "playbooks" / "teardown.yml")]
-            chosen = {"teardown_label": args.label} if args.label else {"teardown_spare": kept} if kept else None
-            if chosen:
-                argv += ["-e", json.dumps(chosen)]
+            chosen = {"teardown_label": args.label} if args.label else {"teardown_spare": kept} if kept else {}
+            argv += ["-e", json.dumps({**chosen, "teardown_report": str(report)})]
             if not args.json:
                 print("mlops-vast: destroying " + (f"the instances labelled {args.label!r}" if args.label else
-                      "everything this controller rented") + ", then asking the account that nothing is billing")
+                      "everything this controller rented") + ", then asking the account that nothing is billing",
+                      flush=True)
             done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True, capture_output=True)
-        # The playbook's whole output is for when something went wrong; the terminal gets what it did, or why not.
-        with contextlib.suppress(OSError):
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(done.stdout + done.stderr)
+            with contextlib.suppress(OSError, ValueError):
+                reap = json.loads(report.read_text())
+        log = _keep_log(ledger.parent / "teardown.log", done.stdout + done.stderr)
     still = {c["id"] for c in open_contracts(ledger, api_url)}
     closed = [{"id": c["id"], "label": c.get("label")} for c in before if c["id"] not in still]
     ok = (done is None or done.returncode == 0) and all(record["ok"] for record in home.values())
+    reaped = [{"id": o["id"], "label": o.get("label")} for o in reap.get("reaped", [])]
+    stopped = [{"id": k["id"], "label": k.get("label"), "why": k.get("why")} for k in reap.get("kept", [])]
     if args.json:
         _print_json({"label": args.label, "all": args.all, "rc": None if done is None else done.returncode,
-                     "outcome": "completed" if ok else "failed", "destroyed": closed,
-                     "still_open": sorted(still & {c["id"] for c in before}), "brought_home": home})
+                     "outcome": "completed" if ok else "failed", "destroyed": closed, "reaped": reaped,
+                     "kept_stopped": stopped, "still_open": sorted(still & {c["id"] for c in before}),
+                     "brought_home": home})
         return EXIT_OK if ok else EXIT_FAILED
     for label, record in home.items():
         if not record["ok"] and not record["kept"]:
@@ -749,16 +763,34 @@ def cmd_teardown(args: argparse.Namespace) -> int:
                   f"(stopped) with its data. See {record['log']}; to give the data up: "
                   f"mlops-vast teardown --label {label} --no-pull", file=sys.stderr)
     if closed:
-        print(f"mlops-vast: destroyed and closed in the ledger: "
-              f"{', '.join(str(c['id']) + ' (' + str(c['label'] or '') + ')' for c in closed)}")
+        print(f"mlops-vast: destroyed and closed in the ledger: {_ids(closed)}")
+    if reaped:
+        print(f"mlops-vast: destroyed too, in no ledger here but marked as this controller's: {_ids(reaped)}")
     if done is not None and done.returncode != 0:
-        print(f"mlops-vast: the teardown failed: {_why_failed(done)} (its whole output: {log}); run it again, "
-              "or see what still bills with mlops-vast status", file=sys.stderr)
+        where = f"its whole output: {log}" if log else f"its last lines: {(done.stdout + done.stderr)[-1500:]}"
+        print(f"mlops-vast: the teardown failed: {_why_failed(done)} ({where}); run it again, or see what still bills "
+              "with mlops-vast status", file=sys.stderr)
     elif done is not None:
+        spared = sorted(set(kept) | {str(k["label"]) for k in stopped})
         print("mlops-vast: the account says nothing " + (f"labelled {args.label!r}" if args.label else
-              "this controller rented") + " is billing" + (f", but for the instances kept stopped with data that could "
-              f"not be verified, which bill their disk: {', '.join(kept)}" if kept else ""))
+              "this controller rented") + " is billing" + (", but for the instances kept stopped with data that "
+              f"could not be verified, which bill their disk: {', '.join(spared)}" if spared else ""))
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _ids(contracts: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{c['id']} ({c.get('label') or ''})" for c in contracts)
+
+
+def _keep_log(path: Path, text: str) -> Path | None:
+    """The playbook's whole output, for when something went wrong (the terminal gets what it did, or why not);
+    None when it cannot be written there."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError:
+        return None
+    return path
 
 
 def _run_folder(given: str) -> Path:

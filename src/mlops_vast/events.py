@@ -188,10 +188,11 @@ def diff(old: Snapshot | None, new: Snapshot) -> list[Event]:
     if old is None or old.phase != new.phase:
         events.append(PhaseChanged(run=run, phase=new.phase, previous=None if old is None else old.phase,
                                    task=new.task))
-    if new.step is not None and (old is None or (old.step, old.loss, old.total) != (new.step, new.loss, new.total)):
-        events.append(Progress(run=run, step=new.step, total=new.total, loss=new.loss, eta_s=new.eta_s))
+    # Spend first: a reader that prints a progress line with the spend shows the same snapshot's, not the last one's.
     if new.spent_usd is not None and (old is None or (old.spent_usd, old.dph) != (new.spent_usd, new.dph)):
         events.append(Spend(run=run, spent_usd=new.spent_usd, dph=new.dph))
+    if new.step is not None and (old is None or (old.step, old.loss, old.total) != (new.step, new.loss, new.total)):
+        events.append(Progress(run=run, step=new.step, total=new.total, loss=new.loss, eta_s=new.eta_s))
     return events
 
 

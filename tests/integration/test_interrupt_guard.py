@@ -297,6 +297,14 @@ def test_mlops_vast_teardown_all_keeps_an_unverified_run_and_destroys_the_rest(
                                                      "started_at": time.time()}))
     unwritable = tmp_path / "results" / "td-all-b"
     (unwritable / "checkpoints").write_text("a file where the checkpoints folder goes: the pull fails")
+    # And one of ours that the ledger lost (its line gone): only the account knows it, by this controller's marker.
+    lost = run_task("mlops.vast.vast_instance", {"label": "td-all-c", "query": good_query(shared_sim),
+                                                 "image": "pytorch/pytorch:latest", "disk": 12, "wait": False},
+                    env, tmp_path)
+    assert lost["changed"] and not lost.get("failed"), lost
+    ledger = tmp_path / "contracts.jsonl"
+    ledger.write_text("".join(line for line in ledger.read_text().splitlines(keepends=True)
+                              if json.loads(line)["id"] != lost["instance"]["id"]))
     try:
         done = subprocess.run([str(ANSIBLE_BIN / "mlops-vast"), "teardown", "--all", "--api-url", shared_sim.url],
                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -307,6 +315,11 @@ def test_mlops_vast_teardown_all_keeps_an_unverified_run_and_destroys_the_rest(
     assert done.returncode == 1, said[-3000:]
     assert "td-all-a" in done.stdout and "destroyed and closed in the ledger" in done.stdout, said[-3000:]
     assert "td-all-b: its data could not be brought home" in done.stderr, said[-3000:]
+    # The kept run spared, the reap still ran: the instance the ledger lost is destroyed, and said.
+    assert (f"destroyed too, in no ledger here but marked as this controller's: {lost['instance']['id']} (td-all-c)"
+            in done.stdout), said[-3000:]
+    assert "nothing this controller rented is billing, but for the instances kept stopped" in done.stdout
+    assert "td-all-b" in done.stdout.rsplit("kept stopped", 1)[1] and "TASK [" not in said, said[-3000:]
     with shared_sim.client() as client:
         rows = [r for r in client.get("/api/v1/instances/").json()["instances"] if r["label"].startswith("td-all-")]
     # Kept, stopped (Vast says "exited"); the other one destroyed.

@@ -41,7 +41,7 @@ def test_diff_gives_typed_events_only_for_what_changed() -> None:
     first = ev.merge("r", {"phase": "training"}, {"step": 10, "total_steps": 100, "loss": 1.0, "spent_usd": 0.1,
                                                   "dph": 0.5})
     kinds = [type(e).__name__ for e in ev.diff(None, first)]
-    assert kinds == ["PhaseChanged", "Progress", "Spend"]
+    assert kinds == ["PhaseChanged", "Spend", "Progress"]
     assert ev.diff(first, first) == []
     second = ev.merge("r", {"phase": "training"}, {"step": 20, "loss": 0.9}, first)
     events = ev.diff(first, second)

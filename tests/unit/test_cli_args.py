@@ -195,7 +195,7 @@ def test_plain_display_says_progress_now_and_then_and_a_reason_once(monkeypatch:
     """A pipe or a CI log gets step, loss, spend and ETA (the first step, then at most every PROGRESS_EVERY_S, and
     the last), and a failure's reason once, not again in the step that stops the run on it."""
     clock = [100.0]
-    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cli, "_clock", lambda: clock[0])
     out = io.StringIO()
     display = cli.Display("t", json_mode=False, console=Console(file=out, force_terminal=False, width=200))
     display.on_event(ev.Spend(run="r", spent_usd=0.0125, dph=0.25))
@@ -207,6 +207,8 @@ def test_plain_display_says_progress_now_and_then_and_a_reason_once(monkeypatch:
     display.on_event(ev.Progress(run="r", step=200, total=400, loss=0.75, eta_s=40))
     clock[0] += 1
     display.on_event(ev.Progress(run="r", step=400, total=400, loss=0.5, eta_s=0))  # the last step: said at once
+    display.on_event(ev.Progress(run="r", step=400, total=400, loss=0.49))  # once: a total that undercounts,
+    display.on_event(ev.Progress(run="r", step=410, total=400, loss=0.48))  # or a loss that moves, is paced again
     lines = [line for line in out.getvalue().splitlines() if line.startswith("r: step")]
     assert lines == ["r: step 10/400, loss 1.5, $0.0125 spent at $0.250/h, ETA 1m30s",
                      "r: step 200/400, loss 0.75, $0.0125 spent at $0.250/h, ETA 40s",
@@ -219,9 +221,11 @@ def test_plain_display_says_progress_now_and_then_and_a_reason_once(monkeypatch:
     display.on_event(ev.Warning(run="q", message=reason))  # another run's is its own
     display.on_event(ev.Warning(run="r", message="unreachable"))
     display.on_event(ev.Warning(run="r", message="unreachable host"))  # short texts: only equal ones are one
+    clock[0] += cli.REPEAT_WINDOW_S + 1
+    display.on_event(ev.Warning(run="r", message="unreachable host"))  # later, the same words: another event
     warned = [line for line in out.getvalue().splitlines() if line.startswith("warning")]
     assert warned == [f"warning r: {reason}", f"warning q: {reason}", "warning r: unreachable",
-                      "warning r: unreachable host"], warned
+                      "warning r: unreachable host", "warning r: unreachable host"], warned
 
 
 def test_the_final_sweep_table_says_the_budget_as_given(tmp_path: Path) -> None:
