@@ -272,7 +272,6 @@ class Display:
         if self.live is not None:
             self.live.refresh()
 
-
     def _say_progress(self, run: str, row: dict[str, Any]) -> None:
         """A plain progress line for a log reader: the first step seen, then at most every PROGRESS_EVERY_S, and
         the last step."""
