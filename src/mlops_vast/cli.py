@@ -686,9 +686,25 @@ def _say_warning(event: ev.Event) -> None:
         print(f"mlops-vast: {event.run}: {event.message}", file=sys.stderr)
 
 
-def cmd_teardown(args: argparse.Namespace) -> int:
+def run_playbook(playbook: Path, env: dict[str, str], key: str | None,
+                 extra: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run one of the collection's playbooks with this Python's ansible-playbook and the collection's ansible.cfg.
+
+    The key reaches the modules through a 0600 file named in the environment, never in argv or extravars;
+    the file is gone when this returns. Output is captured whole, for the caller to keep or quote.
+    """
     from mlops_vast import _keys
 
+    with contextlib.ExitStack() as stack:
+        key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
+        run_env = _keys.scrub_env(env, key_file.path if key_file else None)
+        run_env["ANSIBLE_CONFIG"] = str(collection_root() / "ansible.cfg")
+        run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
+        argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(playbook), *extra]
+        return subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True, capture_output=True)
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
     if args.label is not None and not args.label.strip():
         # Empty, it would read as no label at all: teardown.yml would destroy everything the ledger lists.
         raise InputError("--label must not be empty: give the run's label (mlops-vast status lists them), or --all")
@@ -717,20 +733,15 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     reap: dict[str, Any] = {}
     log: Path | None = None
     if not (args.label and kept):  # a run whose checkpoint could not be verified keeps its (stopped) instance
-        with contextlib.ExitStack() as stack:
-            key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
-            report = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlops-vast-teardown-"))) / "reap.json"
-            run_env = _keys.scrub_env(env, key_file.path if key_file else None)
-            run_env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
-            run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
-            argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(root / "playbooks" / "teardown.yml")]
+        with tempfile.TemporaryDirectory(prefix="mlops-vast-teardown-") as scratch:
+            report = Path(scratch) / "reap.json"
             chosen = {"teardown_label": args.label} if args.label else {"teardown_spare": kept} if kept else {}
-            argv += ["-e", json.dumps({**chosen, "teardown_report": str(report)})]
             if not args.json:
                 print("mlops-vast: destroying " + (f"the instances labelled {args.label!r}" if args.label else
                       "everything this controller rented") + ", then asking the account that nothing is billing",
                       flush=True)
-            done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True, capture_output=True)
+            done = run_playbook(root / "playbooks" / "teardown.yml", env, key,
+                                ["-e", json.dumps({**chosen, "teardown_report": str(report)})])
             with contextlib.suppress(OSError, ValueError):
                 reap = json.loads(report.read_text())
         log = _keep_log(ledger.parent / "teardown.log", done.stdout + done.stderr)
@@ -856,8 +867,6 @@ def _why_failed(done: subprocess.CompletedProcess[str]) -> str:
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from mlops_vast import _keys
-
     if args.grace is not None and not 0 <= args.grace <= 2592000:
         raise InputError(f"--grace must be between 0 and 2592000 seconds (30 days), got {args.grace:g}")
     env, api_url, _sim = _api_env(args)
@@ -867,19 +876,14 @@ def cmd_reap(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     root = collection_root()
     key = _api_key(env)
-    with contextlib.ExitStack() as stack:
-        key_file = stack.enter_context(_keys.KeyFile(key)) if key else None
-        report = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlops-vast-reap-"))) / "reap.json"
-        run_env = _keys.scrub_env(env, key_file.path if key_file else None)
-        run_env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
-        run_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{run_env.get('PATH', '')}"
+    with tempfile.TemporaryDirectory(prefix="mlops-vast-reap-") as scratch:
+        report = Path(scratch) / "reap.json"
         reap_vars = {"reap_unledgered": args.unledgered, "reap_label_prefix": args.label_prefix,
                      "reap_report": str(report)}
         if args.grace is not None:
             reap_vars["reap_lease_grace_s"] = args.grace
-        argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(root / "playbooks" / "reap.yml"),
-                "-e", json.dumps(reap_vars), *(["--check"] if args.check else [])]
-        done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, text=True, capture_output=True)
+        done = run_playbook(root / "playbooks" / "reap.yml", env, key,
+                            ["-e", json.dumps(reap_vars), *(["--check"] if args.check else [])])
         result = json.loads(report.read_text()) if report.exists() else None
     if args.json:
         _print_json({"rc": done.returncode, "check": args.check, "result": result})
@@ -938,8 +942,6 @@ ESTIMATE_PLAY = """\
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from mlops_vast import _keys
-
     root = collection_root()
     data, path = load_vars(args.file, "run")
     check_run(data, root, str(path), complete=False)  # an estimate needs no command
@@ -960,23 +962,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
                 env["VAST_API_KEY"] = sim.api_key
             elif args.api_url:
                 env["VAST_URL"] = args.api_url
-            key = _api_key(env) if args.offers else None
-            key_file = _keys.KeyFile(key) if key else None
-            try:
-                play = Path(scratch) / "estimate.yml"
-                play.write_text(ESTIMATE_PLAY)
-                out = Path(scratch) / "estimate.json"
-                run_env = _keys.scrub_env(env, key_file.path if key_file else None)
-                run_env["ANSIBLE_CONFIG"] = str(root / "ansible.cfg")
-                # train.yml's defaults first (the run file's own values override them): the same query, order,
-                # disk and price limit as the run it estimates, not the whole market.
-                argv = [str(Path(sys.executable).parent / "ansible-playbook"), str(play),
-                        "-e", json.dumps(search_defaults(root)), "-e", f"@{path}",
-                        "-e", json.dumps({"estimate_out": str(out), "estimate_offers": args.offers})]
-                done = subprocess.run(argv, env=run_env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-            finally:
-                if key_file is not None:
-                    key_file.close()
+            play = Path(scratch) / "estimate.yml"
+            play.write_text(ESTIMATE_PLAY)
+            out = Path(scratch) / "estimate.json"
+            # train.yml's defaults first (the run file's own values override them): the same query, order,
+            # disk and price limit as the run it estimates, not the whole market.
+            done = run_playbook(play, env, _api_key(env) if args.offers else None,
+                                ["-e", json.dumps(search_defaults(root)), "-e", f"@{path}",
+                                 "-e", json.dumps({"estimate_out": str(out), "estimate_offers": args.offers})])
             if not out.exists():
                 print(f"mlops-vast: the estimate failed: {_why_failed(done)}", file=sys.stderr)
                 return EXIT_FAILED
