@@ -19,6 +19,8 @@ scripts/sanity.sh
 # The slowest tests are listed at the end. MLOPS_VAST_TEST_WORKERS=2 runs two pytest-xdist workers, a test file
 # each (on 2 cores it saved little: the controller's CPU, not waiting, bounds the end-to-end tests).
 if [[ -n ${MLOPS_VAST_TEST_WORKERS:-} ]]; then
-  set -- -n "$MLOPS_VAST_TEST_WORKERS" --dist loadfile "$@"
+  # xdist puts each worker's temporary folders one level deeper (popen-gwN/); a short base keeps the SSH control
+  # sockets under a test's home (~/.ansible/cp/...) within the 107 bytes a Unix socket's path may have.
+  set -- -n "$MLOPS_VAST_TEST_WORKERS" --dist loadfile --basetemp "/tmp/mvt-$(id -u)" "$@"
 fi
 pytest --durations=25 "$@"

@@ -119,6 +119,23 @@ def _swallows_exceptions(frame: Any) -> bool:
     return any(path.endswith(file) and code.co_name == function for file, function in _AT_FORK_HOOKS)
 
 
+# Where ansible-core 2.19 keeps its templating contexts' stack (ansible/_internal/_templating/_access.py): each
+# context's __enter__ pushes, its __exit__ pops. A KeyboardInterrupt raised between the two halves of either leaves
+# the stack out of order, the next pop fails ("Out-of-order context deactivation detected"), and that RuntimeError
+# replaces the interruption: the playbook ends with status 4 and an error instead of as the signal asks.
+_TEMPLATING = "ansible/_internal/_templating/"
+
+
+def _in_context_bookkeeping(frame: Any) -> bool:
+    while frame is not None:
+        code = getattr(frame, "f_code", None)
+        path = "" if code is None else code.co_filename.replace(os.sep, "/")
+        if _TEMPLATING in path and (path.endswith("/_access.py") or code.co_name in ("__enter__", "__exit__")):
+            return True
+        frame = getattr(frame, "f_back", None)
+    return False
+
+
 def _signal_self(pid: int, signum: int) -> None:
     with contextlib.suppress(OSError):
         os.kill(pid, signum)
@@ -336,10 +353,12 @@ class CallbackModule(CallbackBase):
     def _chain(self, signum: int, frame: Any) -> None:
         previous = self._previous.get(signum, signal.SIG_DFL)
         if callable(previous):
-            if _swallows_exceptions(frame) and os.getpid() == self._pid and self._rechained < 20:
+            unsafe = _swallows_exceptions(frame) or _in_context_bookkeeping(frame)
+            if unsafe and os.getpid() == self._pid and self._rechained < 20:
                 # Ansible's handler raises KeyboardInterrupt in the frame the signal came in. In an at-fork hook
                 # (logging's lock, as a worker is forked) Python ignores it: Ansible would go on, and find its
-                # killed worker dead. The same signal again, a moment later, lands where it counts.
+                # killed worker dead. Halfway into or out of a templating context it breaks that context's stack.
+                # The same signal again, a moment later, lands where it counts.
                 self._rechain, self._rechained = signum, self._rechained + 1
                 threading.Timer(RECHAIN_S, _signal_self, (self._pid, signum)).start()
                 return

@@ -260,3 +260,45 @@ def test_a_signal_in_an_at_fork_hook_reaches_ansible_again_a_moment_later() -> N
         signal.signal(signal.SIGINT, previous)
     module._chain(signal.SIGINT, None)  # from an ordinary frame: Ansible's handler at once
     assert chained == [signal.SIGINT]
+
+
+def test_a_signal_halfway_into_or_out_of_a_templating_context_waits_until_it_is_whole() -> None:
+    """SIGINT while ansible-core pushed or popped one of its templating contexts: Ansible's KeyboardInterrupt there
+    left the contexts' stack out of order, the next pop raised "Out-of-order context deactivation detected", and
+    the playbook ended with status 4 instead of as interrupted (the fault matrix's sigint-in-smoke, under load).
+    The guard sends such a signal again a moment later, as it does one that lands in an at-fork hook."""
+    from ansible._internal._templating._datatag import DeprecatedAccessAuditContext
+    from ansible._internal._templating._jinja_common import JinjaCallContext
+
+    def nested_contexts() -> None:
+        with DeprecatedAccessAuditContext(), JinjaCallContext(accept_lazy_markers=False):
+            json.dumps({})
+
+    frames = _frames_of(nested_contexts)
+    halfway = [f for f in frames if f.f_code.co_name in ("__enter__", "__exit__", "_register_interest",
+                                                         "_unregister_interest")]
+    assert {f.f_code.co_name for f in halfway} >= {"__enter__", "__exit__", "_register_interest",
+                                                  "_unregister_interest"}
+    assert all(guard._in_context_bookkeeping(f) for f in halfway)
+    # In the with block's body, and anywhere else, an interruption is raised at once.
+    body = next(f for f in frames if f.f_code.co_name == "dumps")
+    assert not guard._in_context_bookkeeping(body)
+    assert not guard._in_context_bookkeeping(next(f for f in _frames_of(lambda: json.dumps({})) if f.f_code.co_name))
+
+    chained: list[int] = []
+    module = guard.CallbackModule.__new__(guard.CallbackModule)
+    module._previous = {signal.SIGINT: lambda signum, _frame: chained.append(signum)}
+    module._pid, module._rechain, module._rechained = os.getpid(), None, 0
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        module._chain(signal.SIGINT, halfway[0])
+        assert chained == [] and module._rechain == signal.SIGINT
+        end = time.monotonic() + 5
+        while not received and time.monotonic() < end:
+            time.sleep(0.01)
+        assert received == [signal.SIGINT]
+        module._chain(signal.SIGINT, body)  # where it is safe, Ansible's handler gets it at once
+        assert chained == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
