@@ -242,7 +242,12 @@ def test_a_signal_in_an_at_fork_hook_reaches_ansible_again_a_moment_later() -> N
     hook = next(f for f in _frames_of(lock_and_release) if f.f_code.co_name == after.__name__)
     assert guard._swallows_exceptions(hook)
     assert not guard._swallows_exceptions(next(f for f in _frames_of(lambda: json.dumps({})) if f.f_code.co_name))
+    _assert_sent_again(hook)
 
+
+def _assert_sent_again(unsafe: object, safe: object = None) -> None:
+    """The guard's chaining: a SIGINT that came in the frame ``unsafe`` is not handed to Ansible's handler but sent
+    again; one that came in ``safe`` (None: no frame) is handed over at once."""
     chained: list[int] = []
     module = guard.CallbackModule.__new__(guard.CallbackModule)
     module._previous = {signal.SIGINT: lambda signum, _frame: chained.append(signum)}
@@ -250,15 +255,15 @@ def test_a_signal_in_an_at_fork_hook_reaches_ansible_again_a_moment_later() -> N
     received: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
     try:
-        module._chain(signal.SIGINT, hook)
-        assert chained == [] and module._rechain == signal.SIGINT  # not raised where it would be ignored
+        module._chain(signal.SIGINT, unsafe)
+        assert chained == [] and module._rechain == signal.SIGINT  # not raised where it would do harm
         end = time.monotonic() + 5
         while not received and time.monotonic() < end:
             time.sleep(0.01)
         assert received == [signal.SIGINT]  # sent again
     finally:
         signal.signal(signal.SIGINT, previous)
-    module._chain(signal.SIGINT, None)  # from an ordinary frame: Ansible's handler at once
+    module._chain(signal.SIGINT, safe)  # where it does no harm: Ansible's handler at once
     assert chained == [signal.SIGINT]
 
 
@@ -284,21 +289,4 @@ def test_a_signal_halfway_into_or_out_of_a_templating_context_waits_until_it_is_
     body = next(f for f in frames if f.f_code.co_name == "dumps")
     assert not guard._in_context_bookkeeping(body)
     assert not guard._in_context_bookkeeping(next(f for f in _frames_of(lambda: json.dumps({})) if f.f_code.co_name))
-
-    chained: list[int] = []
-    module = guard.CallbackModule.__new__(guard.CallbackModule)
-    module._previous = {signal.SIGINT: lambda signum, _frame: chained.append(signum)}
-    module._pid, module._rechain, module._rechained = os.getpid(), None, 0
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
-    try:
-        module._chain(signal.SIGINT, halfway[0])
-        assert chained == [] and module._rechain == signal.SIGINT
-        end = time.monotonic() + 5
-        while not received and time.monotonic() < end:
-            time.sleep(0.01)
-        assert received == [signal.SIGINT]
-        module._chain(signal.SIGINT, body)  # where it is safe, Ansible's handler gets it at once
-        assert chained == [signal.SIGINT]
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    _assert_sent_again(halfway[0], body)
